@@ -1,0 +1,55 @@
+# kata-gpu: one entry point for people and CI. `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+# Debian packages the tests need: real containerd, runc and ctr; busybox for test images.
+APT_PACKAGES := containerd runc busybox-static
+
+.PHONY: help deps build test unit lint fmt bench fuzz clean
+
+help:
+	@echo "make deps   install what the tests need (apt-get; run as root)"
+	@echo "make build  build every crate and the kata-gpu binary"
+	@echo "make test   lint, then every test of the workspace (what CI runs)"
+	@echo "make unit   the tests alone, without lint"
+	@echo "make lint   cargo fmt --check and clippy -D warnings"
+	@echo "make bench  criterion benchmarks (figures go to BENCHMARKS.md)"
+	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS))"
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: all present ($(APT_PACKAGES))"; \
+	else echo "deps: installing$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@command -v containerd >/dev/null && command -v ctr >/dev/null && command -v runc >/dev/null \
+	  && command -v containerd-shim-runc-v2 >/dev/null && command -v busybox >/dev/null \
+	  || { echo "deps: containerd, ctr, runc, containerd-shim-runc-v2 or busybox still missing" >&2; exit 1; }
+	@rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+test: lint unit
+
+unit:
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	$(CARGO) bench -p cdi
+
+FUZZ_SECONDS ?= 20
+fuzz:
+	bash cdi/fuzz/run.sh $(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean

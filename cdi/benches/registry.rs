@@ -1,0 +1,2 @@
+//! Placeholder until the registry benchmark lands.
+fn main() {}

@@ -1,0 +1,176 @@
+//! Reading a spec: bytes → JSON or YAML → model → validated spec.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, Format};
+use crate::model::Spec;
+use crate::validate::validate_spec;
+
+/// Largest spec file we read; a host spec for a full HGX board is a few KiB.
+pub const MAX_SPEC_SIZE: u64 = 16 * 1024 * 1024;
+
+impl Format {
+    /// The format a file's extension names; `None` for anything but `.json` and `.yaml`.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "json" => Some(Format::Json),
+            "yaml" => Some(Format::Yaml),
+            _ => None,
+        }
+    }
+}
+
+/// Removes the parser's " at line L column C" from its message; the error has its own.
+fn strip_position(text: &str) -> String {
+    let Some(start) = text.find(" at line ") else {
+        return text.to_owned();
+    };
+    let rest = &text[start + " at line ".len()..];
+    let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let line_len = digits(rest);
+    let Some(after_col) = rest[line_len..].strip_prefix(" column ") else {
+        return text.to_owned();
+    };
+    let col_len = digits(after_col);
+    if line_len == 0 || col_len == 0 {
+        return text.to_owned();
+    }
+    format!("{}{}", &text[..start], &after_col[col_len..])
+}
+
+/// Parses bytes into the spec model without checking the rules; `origin` labels errors.
+pub fn parse_spec(bytes: &[u8], format: Format, origin: &Path) -> Result<Spec, Error> {
+    let syntax = |line, column, message: String| Error::Syntax {
+        path: origin.to_path_buf(),
+        format,
+        line,
+        column,
+        message: strip_position(&message),
+    };
+    match format {
+        Format::Json => serde_json::from_slice(bytes).map_err(|e| {
+            let line = (e.line() > 0).then_some(e.line());
+            let column = (e.line() > 0).then_some(e.column());
+            syntax(line, column, e.to_string())
+        }),
+        Format::Yaml => serde_yaml_ng::from_slice(bytes).map_err(|e| {
+            let pos = e.location();
+            syntax(
+                pos.as_ref().map(|l| l.line()),
+                pos.as_ref().map(|l| l.column()),
+                e.to_string(),
+            )
+        }),
+    }
+}
+
+/// Parses and validates a spec held in memory.
+pub fn load_spec(bytes: &[u8], format: Format, origin: &Path) -> Result<Spec, Error> {
+    let spec = parse_spec(bytes, format, origin)?;
+    validate_spec(&spec, Some(origin))?;
+    Ok(spec)
+}
+
+/// Reads, parses and validates one spec file; the extension decides the format.
+pub fn read_spec_file(path: &Path) -> Result<Spec, Error> {
+    let format = Format::from_path(path).ok_or_else(|| Error::Extension(path.to_path_buf()))?;
+    let read_err = |source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SPEC_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_SPEC_SIZE {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            size: fs::metadata(path)
+                .map(|m| m.len())
+                .unwrap_or(bytes.len() as u64),
+            max: MAX_SPEC_SIZE,
+        });
+    }
+    load_spec(&bytes, format, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD_YAML: &str = "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/devices/vfio0\n";
+
+    #[test]
+    fn yaml_and_json_load() {
+        let spec = load_spec(GOOD_YAML.as_bytes(), Format::Yaml, Path::new("a.yaml")).expect("ok");
+        assert_eq!(spec.devices[0].name, "0");
+        let json = serde_json::to_vec(&spec).expect("serializes");
+        let again = load_spec(&json, Format::Json, Path::new("a.json")).expect("ok");
+        assert_eq!(spec, again);
+    }
+
+    #[test]
+    fn syntax_errors_carry_file_line_and_column() {
+        let cases: &[(&str, Format, &str)] = &[
+            ("{\"cdiVersion\": \"0.5.0\",", Format::Json, "x.json:1:"),
+            (
+                "{\"cdiVersion\":\"0.5.0\",\"kind\":\"a/b\",\"devices\":[],\"extra\":1}",
+                Format::Json,
+                "unknown field `extra`",
+            ),
+            (
+                "cdiVersion: 0.5.0\nkind: a/b\ndevices:\n- name: x\n  containerEdits:\n    deviceNodes:\n    - path: /dev/x\n      major: \"one\"\n",
+                Format::Yaml,
+                "x.yaml:8:",
+            ),
+            ("cdiVersion: [\n", Format::Yaml, "invalid YAML"),
+
+            ("", Format::Yaml, "invalid YAML"),
+            ("kind: a/b\ndevices: []\n", Format::Yaml, "missing field `cdiVersion`"),
+        ];
+        for (text, format, want) in cases {
+            let origin = match format {
+                Format::Json => "x.json",
+                Format::Yaml => "x.yaml",
+            };
+            let err = load_spec(text.as_bytes(), *format, Path::new(origin)).expect_err(text);
+            let shown = err.to_string();
+            assert!(shown.contains(want), "want {want:?} in {shown:?}");
+            assert!(!shown.contains(" at line "), "position twice: {shown}");
+        }
+    }
+
+    #[test]
+    fn parser_positions_are_cut_wherever_they_stand() {
+        let cases = [
+            (
+                "EOF while parsing a list at line 10 column 0",
+                "EOF while parsing a list",
+            ),
+            (
+                "did not find expected '-' indicator at line 9 column 9, while parsing a block",
+                "did not find expected '-' indicator, while parsing a block",
+            ),
+            ("no position here", "no position here"),
+            ("at line x column 1", "at line x column 1"),
+            ("odd at line 3 col 1", "odd at line 3 col 1"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(strip_position(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn only_json_and_yaml_files_are_specs() {
+        assert_eq!(Format::from_path(Path::new("a.json")), Some(Format::Json));
+        assert_eq!(Format::from_path(Path::new("a.yaml")), Some(Format::Yaml));
+        for other in ["a.yml", "a.toml", "a", "a.json.bak", ".yaml"] {
+            assert_eq!(Format::from_path(Path::new(other)), None, "{other}");
+        }
+        let err = read_spec_file(Path::new("/nonexistent/a.yml")).expect_err("extension");
+        assert!(matches!(err, Error::Extension(_)));
+    }
+}

@@ -1,0 +1,218 @@
+//! `kata-gpu cdi validate|list`: the `cdi` crate's verdicts, one line per file or device.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cdi::registry::{FileProblem, Registry, RegistryConfig};
+use cdi::{one_line, Format};
+use clap::Subcommand;
+use serde::Serialize;
+
+use crate::{Global, Outcome};
+
+/// The `cdi` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CdiCommand {
+    /// Check spec files (or every .json/.yaml file of a directory); exit 0 only if all are valid.
+    Validate {
+        /// Spec files or directories.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// List the devices the spec directories define, with skipped files and conflicts.
+    List {
+        /// A spec directory, lowest priority first; repeat for several.
+        /// Default: /etc/cdi then /var/run/cdi under --host-root.
+        #[arg(long = "spec-dir", value_name = "DIR")]
+        spec_dirs: Vec<PathBuf>,
+    },
+}
+
+/// Runs one `cdi` subcommand.
+pub fn run(cmd: CdiCommand, global: &Global) -> anyhow::Result<Outcome> {
+    match cmd {
+        CdiCommand::Validate { paths } => validate(&paths, global.json),
+        CdiCommand::List { spec_dirs } => list(spec_dirs, global),
+    }
+}
+
+#[derive(Serialize)]
+struct Verdict {
+    path: PathBuf,
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cdi_version: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    devices: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The files a path stands for: itself, or the spec files of a directory (sorted).
+fn spec_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = fs::read_dir(path)
+        .with_context(|| format!("cannot list {}", path.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && Format::from_path(p).is_some())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!(
+            "{}: no .json or .yaml spec files in this directory",
+            path.display()
+        );
+    }
+    Ok(files)
+}
+
+fn validate(paths: &[PathBuf], json: bool) -> anyhow::Result<Outcome> {
+    let mut verdicts = Vec::new();
+    for path in paths {
+        for file in spec_files(path)? {
+            verdicts.push(match cdi::read_spec_file(&file) {
+                Ok(spec) => Verdict {
+                    path: file,
+                    valid: true,
+                    kind: Some(spec.kind.clone()),
+                    cdi_version: Some(spec.cdi_version.clone()),
+                    devices: spec.devices.iter().map(|d| d.name.clone()).collect(),
+                    error: None,
+                },
+                Err(e) => Verdict {
+                    path: file,
+                    valid: false,
+                    kind: None,
+                    cdi_version: None,
+                    devices: Vec::new(),
+                    error: Some(one_line(&e)),
+                },
+            });
+        }
+    }
+    let invalid = verdicts.iter().filter(|v| !v.valid).count();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verdicts)?);
+    } else {
+        for v in &verdicts {
+            match &v.error {
+                None => println!(
+                    "ok      {}: {} (cdiVersion {}), {} device(s): {}",
+                    v.path.display(),
+                    v.kind.as_deref().unwrap_or_default(),
+                    v.cdi_version.as_deref().unwrap_or_default(),
+                    v.devices.len(),
+                    v.devices.join(", ")
+                ),
+                Some(e) => println!("invalid {e}"),
+            }
+        }
+        println!(
+            "{} file(s): {} valid, {} invalid",
+            verdicts.len(),
+            verdicts.len() - invalid,
+            invalid
+        );
+    }
+    Ok(if invalid == 0 {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
+}
+
+#[derive(Serialize)]
+struct ListedDevice {
+    name: String,
+    spec: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Listing {
+    spec_dirs: Vec<PathBuf>,
+    devices: Vec<ListedDevice>,
+    skipped: Vec<SkippedEntry>,
+    conflicts: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct SkippedEntry {
+    path: PathBuf,
+    reason: &'static str,
+    message: String,
+}
+
+fn list(spec_dirs: Vec<PathBuf>, global: &Global) -> anyhow::Result<Outcome> {
+    let mut config = RegistryConfig::under_root(&global.host_root);
+    if !spec_dirs.is_empty() {
+        config.spec_dirs = spec_dirs;
+    }
+    let registry = Registry::new(config);
+    let listing = Listing {
+        spec_dirs: registry.config().spec_dirs.clone(),
+        devices: registry
+            .devices()
+            .map(|(name, d)| ListedDevice {
+                name: name.to_string(),
+                spec: d.spec.path.clone(),
+            })
+            .collect(),
+        skipped: registry
+            .skipped()
+            .iter()
+            .map(|s| SkippedEntry {
+                path: s.path.clone(),
+                reason: match s.problem {
+                    FileProblem::Invalid(_) => "invalid",
+                    FileProblem::Insecure { .. } => "insecure",
+                    FileProblem::Unreadable(_) => "unreadable",
+                },
+                message: s.to_string(),
+            })
+            .collect(),
+        conflicts: registry
+            .conflicts()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    };
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&listing)?);
+    } else {
+        let dirs: Vec<String> = listing
+            .spec_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        println!("spec dirs (later wins): {}", dirs.join(", "));
+        let width = listing
+            .devices
+            .iter()
+            .map(|d| d.name.len())
+            .max()
+            .unwrap_or(0);
+        for d in &listing.devices {
+            println!("{:width$}  {}", d.name, d.spec.display());
+        }
+        println!("{} device(s)", listing.devices.len());
+        for s in &listing.skipped {
+            println!("warning: {}", s.message);
+        }
+        for c in &listing.conflicts {
+            println!("conflict: {c}");
+        }
+    }
+    Ok(
+        if listing.skipped.is_empty() && listing.conflicts.is_empty() {
+            Outcome::Clean
+        } else {
+            Outcome::Findings
+        },
+    )
+}

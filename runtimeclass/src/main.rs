@@ -1,0 +1,66 @@
+//! `kata-gpu`: make a node ready for confidential GPU containers, and tell its admin what
+//! is wrong when it is not. Every command takes `--host-root` so that it can run against
+//! a simulated host, prints text by default and JSON with `--json`, and exits 0 on
+//! success, 1 on a finding or refusal, 2 on bad usage.
+
+mod cdi_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Options every command shares.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Root of the host to act on (a simulated host in tests).
+    #[arg(long, global = true, default_value = "/", value_name = "DIR")]
+    pub host_root: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kata-gpu",
+    version,
+    about = "Node set-up for confidential GPU containers with Kata"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Container Device Interface specs: validate and list.
+    #[command(subcommand)]
+    Cdi(cdi_cmd::CdiCommand),
+}
+
+/// What a command found: success, or findings the user must act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything checked is fine.
+    Clean,
+    /// At least one finding was reported.
+    Findings,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Cdi(cmd) => cdi_cmd::run(cmd, &cli.global),
+    };
+    match result {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Findings) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("kata-gpu: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `kata-gpu cdi validate|list` as a user runs them: exit codes, one line per verdict,
+//! JSON on request, against the shipped corpus and simulated hosts.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kata_gpu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .args(args)
+        .output()
+        .expect("run kata-gpu")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn corpus(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cdi/tests/data")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_valid_directory_passes_with_one_line_per_file() {
+    let out = kata_gpu(&["cdi", "validate", &corpus("valid")]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let files = fs::read_dir(corpus("valid")).expect("ls").count();
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), files);
+    assert!(
+        text.ends_with(&format!("{files} file(s): {files} valid, 0 invalid\n")),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_invalid_file_fails_naming_file_line_and_rule() {
+    let bad = corpus("invalid/type-major-as-string.json");
+    let good = corpus("valid/v0.5.0-pgpu-iommufd.yaml");
+    let out = kata_gpu(&["cdi", "validate", &good, &bad]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "invalid {bad}:12:26: invalid JSON: invalid type: string \"195\", expected i64"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("2 file(s): 1 valid, 1 invalid"), "{text}");
+
+    let out = kata_gpu(&["cdi", "validate", "--json", &bad]);
+    let verdicts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(verdicts[0]["valid"], false);
+    assert_eq!(verdicts[0]["path"], bad.as_str());
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn missing_paths_and_bad_usage_have_their_exit_codes() {
+    let out = kata_gpu(&["cdi", "validate", "/nonexistent/x.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("cannot read /nonexistent/x.yaml: No such file"),
+        "{}",
+        stdout(&out)
+    );
+
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = kata_gpu(&["cdi", "validate", &empty.path().display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no .json or .yaml spec files"));
+
+    assert_eq!(kata_gpu(&["cdi", "validate"]).status.code(), Some(2));
+    assert_eq!(kata_gpu(&["cdi", "frobnicate"]).status.code(), Some(2));
+}
+
+fn sim_host() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let etc = root.path().join("etc/cdi");
+    let run = root.path().join("var/run/cdi");
+    fs::create_dir_all(&etc).expect("mkdir");
+    fs::create_dir_all(&run).expect("mkdir");
+    fs::copy(
+        corpus("valid/v0.5.0-pgpu-iommufd.yaml"),
+        run.join("pgpu.yaml"),
+    )
+    .expect("copy");
+    fs::copy(
+        corpus("valid/v0.6.0-nvswitch.yaml"),
+        etc.join("nvswitch.yaml"),
+    )
+    .expect("copy");
+    (root, etc)
+}
+
+#[test]
+fn list_shows_the_devices_of_a_simulated_host() {
+    let (root, _) = sim_host();
+    let root_arg = root.path().display().to_string();
+    let out = kata_gpu(&["cdi", "list", "--host-root", &root_arg]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("nvidia.com/pgpu=") && l.ends_with("var/run/cdi/pgpu.yaml")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("nvidia.com/nvswitch=")),
+        "{text}"
+    );
+
+    let out = kata_gpu(&["cdi", "list", "--host-root", &root_arg, "--json"]);
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(listing["devices"].as_array().is_some_and(|d| !d.is_empty()));
+    assert_eq!(listing["skipped"], serde_json::json!([]));
+}
+
+#[test]
+fn list_reports_broken_files_and_still_lists_the_rest() {
+    let (root, etc) = sim_host();
+    fs::write(etc.join("broken.yaml"), "cdiVersion: [").expect("write");
+    let root_arg = root.path().display().to_string();
+    let out = kata_gpu(&["cdi", "list", "--host-root", &root_arg]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("warning: {}:", etc.join("broken.yaml").display())),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("nvidia.com/pgpu=")),
+        "{text}"
+    );
+}

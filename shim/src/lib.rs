@@ -1,6 +1,12 @@
-//! The containerd v2 shim `containerd-shim-kata-qemu-nvidia-gpu-snp-v2`.
+//! The containerd v2 shim `containerd-shim-kata-qemu-nvidia-gpu-snp-v2`, as a library.
 //!
 //! It sits between containerd and Kata's own shim so that it sees every sandbox's
-//! `Create` and can hand Kata a configuration shaped for exactly the GPUs the pod asked
-//! for (see `DESIGN.md` §1). The host view, the sandbox plan and the Task proxy arrive
-//! with their own issues; this crate holds the workspace's place for them today.
+//! `Create` and can hand Kata a VM shaped for exactly the GPUs the pod asked for
+//! (`DESIGN.md` §1). Today this crate holds the profiles, the host view (sysfs and `/dev`
+//! under a root) and the sandbox plan; the Task proxy arrives with its own issue.
+
+pub mod host;
+pub mod profile;
+
+pub use host::{Bdf, Host, HostError, PciFunction, Platform, VfioNode};
+pub use profile::Profile;

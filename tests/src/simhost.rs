@@ -1,0 +1,392 @@
+//! Simulated GPU hosts: the sysfs and `/dev` entries the shim reads, laid out as a real
+//! kernel lays them out (symlinked device directories, IOMMU groups, vfio-dev cdevs),
+//! with real-looking addresses, classes, BAR sizes and drivers.
+//!
+//! Device nodes are plain files: the code under test resolves them through sysfs, and the
+//! CDI specs it writes carry explicit major/minor numbers.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+/// How a host exposes VFIO devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VfioMode {
+    /// `/dev/vfio/devices/vfioN` character devices (and the group nodes beside them).
+    Iommufd,
+    /// Only `/dev/vfio/<group>` nodes, as before Linux 6.6.
+    Legacy,
+}
+
+/// One PCI function to lay out.
+#[derive(Clone, Debug)]
+pub struct Function {
+    /// `0000:41:00.0`.
+    pub bdf: String,
+    /// Vendor id.
+    pub vendor: u16,
+    /// Device id.
+    pub device: u16,
+    /// 24-bit class code.
+    pub class: u32,
+    /// Bound driver.
+    pub driver: Option<String>,
+    /// IOMMU group.
+    pub group: Option<u32>,
+    /// NUMA node (-1 for none).
+    pub numa: i32,
+    /// (BAR index, size, resource flags).
+    pub bars: Vec<(usize, u64, u64)>,
+    /// Extended (PCIe) config space.
+    pub pcie: bool,
+}
+
+/// Flags of a 32-bit non-prefetchable memory BAR.
+pub const MEM32: u64 = 0x0004_0200;
+/// Flags of a 64-bit prefetchable memory BAR.
+pub const MEM64_PREFETCH: u64 = 0x0014_220c;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+/// Major number of the simulated iommufd cdevs.
+pub const VFIO_CDEV_MAJOR: u32 = 237;
+/// Major number of the simulated legacy group nodes.
+pub const VFIO_GROUP_MAJOR: u32 = 243;
+
+impl Function {
+    /// An NVIDIA GPU bound to vfio-pci, with the BARs of a Hopper board.
+    pub fn hopper(bdf: &str, device: u16, group: u32, numa: i32) -> Self {
+        Self {
+            bdf: bdf.to_owned(),
+            vendor: 0x10de,
+            device,
+            class: 0x030200,
+            driver: Some("vfio-pci".to_owned()),
+            group: Some(group),
+            numa,
+            bars: vec![
+                (0, 16 * MIB, MEM32),
+                (1, 128 * GIB, MEM64_PREFETCH),
+                (3, 32 * MIB, MEM64_PREFETCH),
+            ],
+            pcie: true,
+        }
+    }
+
+    /// An NVIDIA NVSwitch (class 0x0680) bound to vfio-pci.
+    pub fn nvswitch(bdf: &str, group: u32, numa: i32) -> Self {
+        Self {
+            bdf: bdf.to_owned(),
+            vendor: 0x10de,
+            device: 0x22a3,
+            class: 0x068000,
+            driver: Some("vfio-pci".to_owned()),
+            group: Some(group),
+            numa,
+            bars: vec![(0, 32 * MIB, MEM32)],
+            pcie: true,
+        }
+    }
+}
+
+/// A simulated host under a temp root; removed on drop.
+pub struct SimHost {
+    dir: tempfile::TempDir,
+    next_cdev: u32,
+    next_group_minor: u32,
+}
+
+fn write(path: &Path, text: &str) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("mkdir in simulated host");
+    }
+    fs::write(path, text).expect("write in simulated host");
+}
+
+fn link(target: &str, at: &Path) {
+    if let Some(parent) = at.parent() {
+        fs::create_dir_all(parent).expect("mkdir in simulated host");
+    }
+    let _ = fs::remove_file(at);
+    symlink(target, at).expect("symlink in simulated host");
+}
+
+/// Where the kernel puts a function's directory: `sys/devices/pci<domain>:<bus>/<bdf>`.
+fn real_dir(bdf: &str) -> String {
+    format!("sys/devices/pci{}:{}/{bdf}", &bdf[..4], &bdf[5..7])
+}
+
+impl Default for SimHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SimHost {
+    /// An AMD EPYC host with KVM, the IOMMU and SEV-SNP on, and no PCI functions yet.
+    pub fn new() -> Self {
+        let host = Self {
+            dir: tempfile::Builder::new()
+                .prefix("simhost")
+                .tempdir()
+                .expect("tempdir for simulated host"),
+            next_cdev: 0,
+            next_group_minor: 0,
+        };
+        for d in [
+            "sys/bus/pci/devices",
+            "sys/kernel/iommu_groups",
+            "sys/class/vfio-dev",
+            "dev/vfio",
+            "etc/cdi",
+            "var/run/cdi",
+        ] {
+            fs::create_dir_all(host.path(d)).expect("mkdir simulated host");
+        }
+        write(&host.path("dev/kvm"), "");
+        write(&host.path("dev/iommu"), "");
+        write(&host.path("dev/vfio/vfio"), "");
+        write(&host.path("proc/cmdline"), "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro amd_iommu=on iommu=pt mem_encrypt=on kvm_amd.sev=1\n");
+        host.set_sev_snp(true);
+        host
+    }
+
+    /// The root directory (`--host-root`).
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path under the root.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel.trim_start_matches('/'))
+    }
+
+    /// Turns KVM's SEV-SNP support on or off.
+    pub fn set_sev_snp(&self, on: bool) {
+        write(
+            &self.path("sys/module/kvm_amd/parameters/sev_snp"),
+            if on { "Y\n" } else { "N\n" },
+        );
+    }
+
+    /// Turns KVM's TDX support on or off.
+    pub fn set_tdx(&self, on: bool) {
+        write(
+            &self.path("sys/module/kvm_intel/parameters/tdx"),
+            if on { "Y\n" } else { "N\n" },
+        );
+    }
+
+    /// Lays out one PCI function.
+    pub fn add(&mut self, f: &Function) -> &mut Self {
+        let real = real_dir(&f.bdf);
+        let dir = self.path(&real);
+        fs::create_dir_all(&dir).expect("mkdir pci function");
+        write(&dir.join("vendor"), &format!("0x{:04x}\n", f.vendor));
+        write(&dir.join("device"), &format!("0x{:04x}\n", f.device));
+        write(&dir.join("class"), &format!("0x{:06x}\n", f.class));
+        write(&dir.join("numa_node"), &format!("{}\n", f.numa));
+        let mut resource = String::new();
+        let mut start: u64 = 0x3800_0000_0000;
+        for index in 0..13 {
+            match f.bars.iter().find(|(i, _, _)| *i == index) {
+                Some((_, size, flags)) => {
+                    resource.push_str(&format!(
+                        "0x{start:016x} 0x{:016x} 0x{flags:016x}\n",
+                        start + size - 1
+                    ));
+                    start += size;
+                }
+                None => {
+                    resource.push_str("0x0000000000000000 0x0000000000000000 0x0000000000000000\n")
+                }
+            }
+        }
+        write(&dir.join("resource"), &resource);
+        fs::write(
+            dir.join("config"),
+            vec![0u8; if f.pcie { 4096 } else { 256 }],
+        )
+        .expect("config space");
+        if let Some(driver) = &f.driver {
+            fs::create_dir_all(self.path(&format!("sys/bus/pci/drivers/{driver}")))
+                .expect("mkdir driver");
+            link(
+                &format!("../../../bus/pci/drivers/{driver}"),
+                &dir.join("driver"),
+            );
+        }
+        if let Some(group) = f.group {
+            let gdir = self.path(&format!("sys/kernel/iommu_groups/{group}/devices"));
+            fs::create_dir_all(&gdir).expect("mkdir group");
+            link(
+                &format!("../../../kernel/iommu_groups/{group}"),
+                &dir.join("iommu_group"),
+            );
+            link(
+                &format!("../../../../devices/{}", &real["sys/devices/".len()..]),
+                &gdir.join(&f.bdf),
+            );
+        }
+        link(
+            &format!("../../../{}", &real["sys/".len()..]),
+            &self.path(&format!("sys/bus/pci/devices/{}", f.bdf)),
+        );
+        self
+    }
+
+    /// Exposes a vfio-pci function through VFIO: its group node, and in iommufd mode its
+    /// `vfioN` cdev with the sysfs links the kernel makes. Returns the cdev name, if any.
+    pub fn expose(&mut self, bdf: &str, group: u32, mode: VfioMode) -> Option<String> {
+        let gnode = self.path(&format!("dev/vfio/{group}"));
+        if !gnode.exists() {
+            write(&gnode, "");
+            write(
+                &self.path(&format!("sys/class/vfio/{group}/dev")),
+                &format!("{VFIO_GROUP_MAJOR}:{}\n", self.next_group_minor),
+            );
+            self.next_group_minor += 1;
+        }
+        if mode == VfioMode::Legacy {
+            return None;
+        }
+        let n = self.next_cdev;
+        self.next_cdev += 1;
+        let name = format!("vfio{n}");
+        let rel = format!("{}/vfio-dev/{name}", &real_dir(bdf)["sys/".len()..]);
+        let cdev_dir = self.path("sys").join(&rel);
+        assert!(
+            cdev_dir
+                .parent()
+                .and_then(Path::parent)
+                .is_some_and(Path::is_dir),
+            "lay out {bdf} before exposing it"
+        );
+        write(&cdev_dir.join("dev"), &format!("{VFIO_CDEV_MAJOR}:{n}\n"));
+        link("../../", &cdev_dir.join("device"));
+        link(
+            &format!("../../{rel}"),
+            &self.path(&format!("sys/class/vfio-dev/{name}")),
+        );
+        link(
+            &format!("../../{rel}"),
+            &self.path(&format!("sys/dev/char/{VFIO_CDEV_MAJOR}:{n}")),
+        );
+        write(&self.path(&format!("dev/vfio/devices/{name}")), "");
+        Some(name)
+    }
+
+    /// Lays out a function and, when bound to vfio-pci, exposes it.
+    pub fn add_exposed(&mut self, f: &Function, mode: VfioMode) -> &mut Self {
+        self.add(f);
+        if let (Some("vfio-pci"), Some(group)) = (f.driver.as_deref(), f.group) {
+            self.expose(&f.bdf, group, mode);
+        }
+        self
+    }
+
+    /// One H100 PCIe (10de:2331) at 0000:41:00.0 in IOMMU group 40.
+    pub fn h100_pcie(mode: VfioMode) -> Self {
+        let mut host = Self::new();
+        host.add_exposed(&Function::hopper("0000:41:00.0", 0x2331, 40, 0), mode);
+        host
+    }
+
+    /// An HGX board: 8 H100 SXM (10de:2330) and 4 NVSwitches, each in its own group.
+    pub fn hgx_8x_h100() -> Self {
+        let mut host = Self::new();
+        for (i, bus) in [0x05u8, 0x06, 0x07, 0x08].iter().enumerate() {
+            host.add_exposed(
+                &Function::nvswitch(&format!("0000:{bus:02x}:00.0"), 50 + i as u32, 0),
+                VfioMode::Iommufd,
+            );
+        }
+        for (i, bus) in [0x18u8, 0x2a, 0x3a, 0x5d, 0x9a, 0xab, 0xba, 0xdb]
+            .iter()
+            .enumerate()
+        {
+            let numa = if i < 4 { 0 } else { 1 };
+            host.add_exposed(
+                &Function::hopper(&format!("0000:{bus:02x}:00.0"), 0x2330, 30 + i as u32, numa),
+                VfioMode::Iommufd,
+            );
+        }
+        host
+    }
+
+    /// An H100 PCIe whose group 40 also holds its audio function and the PCI bridge above it.
+    pub fn gpu_with_audio_and_bridge() -> Self {
+        let mut host = Self::new();
+        host.add(&Function {
+            bdf: "0000:40:01.1".to_owned(),
+            vendor: 0x1022,
+            device: 0x14ab,
+            class: 0x060400,
+            driver: Some("pcieport".to_owned()),
+            group: Some(40),
+            numa: 0,
+            bars: vec![],
+            pcie: true,
+        });
+        host.add_exposed(
+            &Function::hopper("0000:41:00.0", 0x2331, 40, 0),
+            VfioMode::Iommufd,
+        );
+        host.add_exposed(
+            &Function {
+                bdf: "0000:41:00.1".to_owned(),
+                vendor: 0x10de,
+                device: 0x22ba,
+                class: 0x040300,
+                driver: Some("vfio-pci".to_owned()),
+                group: Some(40),
+                numa: 0,
+                bars: vec![(0, 16 * 1024, MEM32)],
+                pcie: true,
+            },
+            VfioMode::Iommufd,
+        );
+        host
+    }
+
+    /// An H100 PCIe still bound to the `nvidia` driver (no VFIO nodes).
+    pub fn gpu_bound_to_nvidia() -> Self {
+        let mut host = Self::new();
+        let mut gpu = Function::hopper("0000:41:00.0", 0x2331, 40, 0);
+        gpu.driver = Some("nvidia".to_owned());
+        host.add_exposed(&gpu, VfioMode::Iommufd);
+        host
+    }
+
+    /// An H200 SXM (10de:2335), not on the CC-capable list.
+    pub fn h200() -> Self {
+        let mut host = Self::new();
+        host.add_exposed(
+            &Function::hopper("0000:41:00.0", 0x2335, 40, 0),
+            VfioMode::Iommufd,
+        );
+        host
+    }
+
+    /// An H100 PCIe on a host booted without the IOMMU: no groups, no VFIO nodes.
+    pub fn no_iommu() -> Self {
+        let mut host = Self::new();
+        let mut gpu = Function::hopper("0000:41:00.0", 0x2331, 40, 0);
+        gpu.group = None;
+        gpu.driver = None;
+        host.add(&gpu);
+        fs::remove_file(host.path("dev/iommu")).expect("rm /dev/iommu");
+        write(
+            &host.path("proc/cmdline"),
+            "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro\n",
+        );
+        host
+    }
+
+    /// An H100 PCIe in iommufd mode on a host whose KVM offers no SEV-SNP.
+    pub fn no_snp() -> Self {
+        let host = Self::h100_pcie(VfioMode::Iommufd);
+        host.set_sev_snp(false);
+        host
+    }
+}

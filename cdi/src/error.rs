@@ -61,8 +61,13 @@ pub enum Problem {
         declared: SpecVersion,
     },
     /// The kind is not a valid `vendor/class`.
-    #[error("kind: {0}")]
-    Kind(NameError),
+    #[error("{}", kind_message(.kind, .problem))]
+    Kind {
+        /// The kind as written.
+        kind: String,
+        /// What is wrong with it.
+        problem: Box<NameError>,
+    },
     /// A device name breaks the naming rules.
     #[error(transparent)]
     DeviceName(NameError),
@@ -78,6 +83,24 @@ pub enum Problem {
     /// An env entry that is not `KEY=VALUE`.
     #[error("env entry {0:?} is not KEY=VALUE with a non-empty KEY")]
     Env(String),
+    /// A hook env entry that is not `KEY=VALUE`.
+    #[error("hook {hook}: env entry {entry:?} is not KEY=VALUE with a non-empty KEY")]
+    HookEnv {
+        /// The hook point.
+        hook: String,
+        /// The entry.
+        entry: String,
+    },
+    /// A negative device number, which runc would read as a wildcard.
+    #[error("device node {path:?}: {field} {value} is negative; device numbers are 0 or more")]
+    DeviceNumber {
+        /// The node's path.
+        path: String,
+        /// `major` or `minor`.
+        field: &'static str,
+        /// The number given.
+        value: i64,
+    },
     /// A device node's path or hostPath is unsafe or malformed.
     #[error("device node {field} {path:?}: {problem}")]
     DeviceNodePath {
@@ -242,7 +265,7 @@ pub enum Error {
     },
     /// The spec breaks a rule.
     #[error(transparent)]
-    Invalid(#[from] SpecError),
+    Invalid(Box<SpecError>),
     /// Writing a spec failed; nothing was replaced.
     #[error("cannot write {path}")]
     Write {
@@ -252,6 +275,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+impl From<SpecError> for Error {
+    fn from(e: SpecError) -> Self {
+        Error::Invalid(Box::new(e))
+    }
+}
+
+fn kind_message(kind: &str, problem: &NameError) -> String {
+    match problem {
+        NameError::NotAKind(_) => format!("kind: {problem}"),
+        _ => format!("kind {kind:?}: {problem}"),
+    }
 }
 
 fn location(line: Option<usize>, column: Option<usize>) -> String {

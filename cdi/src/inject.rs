@@ -170,11 +170,11 @@ fn add_device_node(spec: &mut OciSpec, node: &DeviceNode) {
 
     let linux = linux(spec);
     if matches!(typ, LinuxDeviceType::B | LinuxDeviceType::C) {
-        let access = node
-            .permissions
-            .clone()
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "rwm".to_owned());
+        let access = match node.permissions.as_deref() {
+            None | Some("") => "rwm".to_owned(),
+            Some("none") => String::new(),
+            Some(p) => p.to_owned(),
+        };
         let mut rule = LinuxDeviceCgroup::default();
         rule.set_allow(true);
         rule.set_typ(Some(typ));
@@ -243,9 +243,15 @@ fn to_oci_rdt(r: &IntelRdt) -> LinuxIntelRdt {
     rdt
 }
 
-/// Depth of a mount destination, for the parent-before-child order runtimes need.
+/// Depth of a mount destination, for the parent-before-child order runtimes need. Counts
+/// as Go's reference does (`len(strings.Split(path, "/"))`), where `/` and `/proc` tie.
 fn mount_depth(m: &OciMount) -> usize {
-    m.destination().components().count()
+    let n = m.destination().components().count();
+    if m.destination().has_root() {
+        n.max(2)
+    } else {
+        n
+    }
 }
 
 /// Applies edits, in order, to `spec`. Each entry carries the name of its owner (a device

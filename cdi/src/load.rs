@@ -52,7 +52,8 @@ pub fn parse_spec(bytes: &[u8], format: Format, origin: &Path) -> Result<Spec, E
     match format {
         Format::Json => serde_json::from_slice(bytes).map_err(|e| {
             let line = (e.line() > 0).then_some(e.line());
-            let column = (e.line() > 0).then_some(e.column());
+            // serde_json counts a column of 0 before a line's first character.
+            let column = (e.line() > 0).then_some(e.column().max(1));
             syntax(line, column, e.to_string())
         }),
         Format::Yaml => serde_yaml_ng::from_slice(bytes).map_err(|e| {

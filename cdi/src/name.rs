@@ -86,7 +86,7 @@ pub enum NameError {
         allowed: &'static str,
     },
     /// A kind that is not `vendor/class`.
-    #[error("kind {0:?} is not of the form vendor/class (e.g. nvidia.com/pgpu)")]
+    #[error("{0:?} is not of the form vendor/class (e.g. nvidia.com/pgpu)")]
     NotAKind(String),
     /// A device reference that is not `vendor/class=name`.
     #[error("{0:?} is not a qualified device name vendor/class=name (e.g. nvidia.com/pgpu=0)")]

@@ -83,8 +83,17 @@ fn check_device_node(node: &DeviceNode) -> Result<(), Problem> {
             });
         }
     }
+    for (field, value) in [("major", node.major), ("minor", node.minor)] {
+        if let Some(value) = value.filter(|v| *v < 0) {
+            return Err(Problem::DeviceNumber {
+                path: node.path.clone(),
+                field,
+                value,
+            });
+        }
+    }
     if let Some(perms) = &node.permissions {
-        if !perms.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+        if perms != "none" && !perms.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
             return Err(Problem::Permissions {
                 path: node.path.clone(),
                 permissions: perms.clone(),
@@ -111,7 +120,13 @@ fn check_hook(hook: &Hook) -> Result<(), Problem> {
         path: hook.path.clone(),
         problem,
     })?;
-    check_env(&hook.env)?;
+    check_env(&hook.env).map_err(|e| match e {
+        Problem::Env(entry) => Problem::HookEnv {
+            hook: hook.hook_name.clone(),
+            entry,
+        },
+        other => other,
+    })?;
     if let Some(timeout) = hook.timeout {
         if timeout <= 0 {
             return Err(Problem::HookTimeout {
@@ -199,7 +214,15 @@ pub fn validate_spec(spec: &Spec, file: Option<&Path>) -> Result<(), SpecError> 
         .cdi_version
         .parse()
         .map_err(|e| at(None, Problem::Version(e)))?;
-    parse_kind(&spec.kind).map_err(|e| at(None, Problem::Kind(e)))?;
+    parse_kind(&spec.kind).map_err(|problem| {
+        at(
+            None,
+            Problem::Kind {
+                kind: spec.kind.clone(),
+                problem: Box::new(problem),
+            },
+        )
+    })?;
     validate_annotations(&spec.annotations).map_err(|e| at(None, e.into()))?;
     check_edits(&spec.container_edits).map_err(|e| at(None, e))?;
     if spec.devices.is_empty() {
@@ -295,7 +318,39 @@ mod tests {
                     ..base()
                 },
                 None,
-                "kind \"nvidia.com\" is not of the form vendor/class",
+                "kind: \"nvidia.com\" is not of the form vendor/class",
+            ),
+            (
+                Spec {
+                    kind: "nvidia.com/".into(),
+                    ..base()
+                },
+                None,
+                "kind \"nvidia.com/\": class is empty",
+            ),
+            (
+                with_device_edits(|e| {
+                    e.device_nodes = vec![DeviceNode {
+                        device_type: Some("c".into()),
+                        major: Some(-1),
+                        minor: Some(0),
+                        ..node("/dev/any")
+                    }]
+                }),
+                Some("gpu0"),
+                "major -1 is negative",
+            ),
+            (
+                with_device_edits(|e| {
+                    e.hooks = vec![Hook {
+                        hook_name: "prestart".into(),
+                        path: "/bin/true".into(),
+                        env: vec!["BROKEN".into()],
+                        ..Hook::default()
+                    }]
+                }),
+                Some("gpu0"),
+                "hook prestart: env entry \"BROKEN\"",
             ),
             (
                 Spec {

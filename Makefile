@@ -1,8 +1,9 @@
 # kata-gpu: one entry point for people and CI. `make help` lists the targets.
 SHELL := /bin/bash
 CARGO ?= cargo
-# Debian packages the tests need: real containerd, runc and ctr; busybox for test images.
-APT_PACKAGES := containerd runc busybox-static
+# Debian packages the tests need: real containerd, runc and ctr; busybox for test root
+# file systems; QEMU to check the arguments the sandbox plan emits.
+APT_PACKAGES := containerd runc busybox-static qemu-system-x86
 
 .PHONY: help deps build test unit lint fmt bench fuzz clean
 
@@ -26,7 +27,8 @@ deps:
 	fi
 	@command -v containerd >/dev/null && command -v ctr >/dev/null && command -v runc >/dev/null \
 	  && command -v containerd-shim-runc-v2 >/dev/null && command -v busybox >/dev/null \
-	  || { echo "deps: containerd, ctr, runc, containerd-shim-runc-v2 or busybox still missing" >&2; exit 1; }
+	  && command -v qemu-system-x86_64 >/dev/null \
+	  || { echo "deps: containerd, ctr, runc, containerd-shim-runc-v2, busybox or qemu-system-x86_64 still missing" >&2; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
 
 build:

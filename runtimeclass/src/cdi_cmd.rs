@@ -20,6 +20,16 @@ pub enum CdiCommand {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Write the host's CDI specs for passthrough GPUs (nvidia.com/pgpu) and NVSwitches
+    /// (nvidia.com/nvswitch), named by index, IOMMU group and vfioN.
+    Generate {
+        /// Directory to write into (default: /var/run/cdi under --host-root).
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// Print the specs instead of writing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List the devices the spec directories define, with skipped files and conflicts.
     List {
         /// A spec directory, lowest priority first; repeat for several.
@@ -34,6 +44,10 @@ pub fn run(cmd: CdiCommand, global: &Global) -> anyhow::Result<Outcome> {
     match cmd {
         CdiCommand::Validate { paths } => validate(&paths, global.json),
         CdiCommand::List { spec_dirs } => list(spec_dirs, global),
+        CdiCommand::Generate {
+            output_dir,
+            dry_run,
+        } => generate(output_dir, dry_run, global),
     }
 }
 
@@ -215,4 +229,65 @@ fn list(spec_dirs: Vec<PathBuf>, global: &Global) -> anyhow::Result<Outcome> {
             Outcome::Findings
         },
     )
+}
+
+#[derive(Serialize)]
+struct Generated {
+    written: Vec<PathBuf>,
+    specs: Vec<cdi::Spec>,
+    warnings: Vec<String>,
+}
+
+fn generate(
+    output_dir: Option<PathBuf>,
+    dry_run: bool,
+    global: &Global,
+) -> anyhow::Result<Outcome> {
+    let host = kata_gpu_shim::Host::new(&global.host_root);
+    let dir =
+        output_dir.unwrap_or_else(|| cdi::inject::under_root(&global.host_root, "/var/run/cdi"));
+    let found = kata_gpu_shim::host_spec::host_specs(&host)
+        .context("cannot read the host's PCI devices")?;
+    let mut written = Vec::new();
+    if !dry_run && !found.specs.is_empty() {
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for spec in &found.specs {
+            written.push(cdi::write_spec(&dir, spec)?);
+        }
+    }
+    if global.json {
+        let out = Generated {
+            written,
+            specs: found.specs.clone(),
+            warnings: found.warnings.clone(),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        if dry_run {
+            for spec in &found.specs {
+                println!("# {}", cdi::write::spec_file_name(&spec.kind));
+                print!("{}", serde_yaml_ng::to_string(spec)?);
+            }
+        }
+        for (path, spec) in written.iter().zip(&found.specs) {
+            let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
+            println!(
+                "wrote {}: {} names: {}",
+                path.display(),
+                spec.kind,
+                names.join(", ")
+            );
+        }
+        for w in &found.warnings {
+            println!("warning: {w}");
+        }
+        if found.specs.is_empty() {
+            println!("no NVIDIA GPU or NVSwitch is bound to vfio-pci; nothing written");
+        }
+    }
+    Ok(if found.specs.is_empty() || !found.warnings.is_empty() {
+        Outcome::Findings
+    } else {
+        Outcome::Clean
+    })
 }

@@ -4,6 +4,7 @@
 //! success, 1 on a finding or refusal, 2 on bad usage.
 
 mod cdi_cmd;
+mod plan_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,9 +37,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Container Device Interface specs: validate and list.
+    /// Container Device Interface specs: validate, list, and generate the host's.
     #[command(subcommand)]
     Cdi(cdi_cmd::CdiCommand),
+    /// Show what a sandbox would get: devices, IOMMU groups, QEMU arguments, Kata overrides.
+    Plan(plan_cmd::PlanArgs),
 }
 
 /// What a command found: success, or findings the user must act on.
@@ -50,10 +53,22 @@ pub enum Outcome {
     Findings,
 }
 
+/// Restores the default SIGPIPE action, so that `kata-gpu … | head` ends quietly like
+/// other command-line tools instead of panicking on a closed stdout.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL installs no
+    // handler code, so no async-signal-safety requirement applies.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Cdi(cmd) => cdi_cmd::run(cmd, &cli.global),
+        Command::Plan(args) => plan_cmd::run(args, &cli.global),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

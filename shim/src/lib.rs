@@ -6,6 +6,8 @@
 //! under a root) and the sandbox plan; the Task proxy arrives with its own issue.
 
 pub mod host;
+pub mod host_spec;
+pub mod plan;
 pub mod profile;
 
 pub use host::{Bdf, Host, HostError, PciFunction, Platform, VfioNode};

@@ -151,6 +151,38 @@ impl SimHost {
         host
     }
 
+    /// Keeps the tree on disk after the value is dropped; returns its root.
+    pub fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+
+    /// A preset by name, as the `simhost` tool and the demo name them.
+    pub fn preset(name: &str) -> Option<Self> {
+        Some(match name {
+            "h100" | "h100-iommufd" => Self::h100_pcie(VfioMode::Iommufd),
+            "h100-legacy" => Self::h100_pcie(VfioMode::Legacy),
+            "hgx" => Self::hgx_8x_h100(),
+            "audio-bridge" => Self::gpu_with_audio_and_bridge(),
+            "nvidia-bound" => Self::gpu_bound_to_nvidia(),
+            "h200" => Self::h200(),
+            "no-iommu" => Self::no_iommu(),
+            "no-snp" => Self::no_snp(),
+            _ => return None,
+        })
+    }
+
+    /// The names [`SimHost::preset`] knows.
+    pub const PRESETS: [&'static str; 8] = [
+        "h100",
+        "h100-legacy",
+        "hgx",
+        "audio-bridge",
+        "nvidia-bound",
+        "h200",
+        "no-iommu",
+        "no-snp",
+    ];
+
     /// The root directory (`--host-root`).
     pub fn root(&self) -> &Path {
         self.dir.path()

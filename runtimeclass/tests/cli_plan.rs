@@ -1,0 +1,139 @@
+//! `kata-gpu cdi generate` and `kata-gpu plan` on simulated hosts, as a user runs them.
+
+use std::process::{Command, Output};
+
+use kata_gpu_tests::{SimHost, VfioMode};
+
+fn kata_gpu(root: &SimHost, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .args(args)
+        .arg("--host-root")
+        .arg(root.root())
+        .output()
+        .expect("run kata-gpu")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn generate_then_plan_an_h100() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let out = kata_gpu(&sim, &["cdi", "generate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let spec = sim.path("var/run/cdi/nvidia.com-pgpu.yaml");
+    assert!(
+        text(&out).contains(&format!(
+            "wrote {}: nvidia.com/pgpu names: 0, 40, vfio0",
+            spec.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    let out = kata_gpu(&sim, &["cdi", "validate", &spec.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = kata_gpu(
+        &sim,
+        &[
+            "plan",
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=0",
+            "--cbitpos",
+            "51",
+        ],
+    );
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("  rp0  0000:41:00.0  10de:2331"), "{shown}");
+    assert!(shown.contains("-object sev-snp-guest,id=snp,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,policy=0x30000"), "{shown}");
+    assert!(
+        shown.contains("-device vfio-pci,host=0000:41:00.0,id=vfio0,bus=rp0,iommufd=iommufd0"),
+        "{shown}"
+    );
+
+    let out = kata_gpu(
+        &sim,
+        &[
+            "plan",
+            "--json",
+            "--profile",
+            "gpu",
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=vfio0",
+        ],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["handler"], "kata-qemu-nvidia-gpu");
+    assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0");
+    assert_eq!(plan["overrides"]["cold_plug_vfio"], "root-port");
+}
+
+#[test]
+fn plan_refusals_are_one_line_with_the_fix_and_exit_1() {
+    let sim = SimHost::h100_pcie(VfioMode::Legacy);
+    assert_eq!(kata_gpu(&sim, &["cdi", "generate"]).status.code(), Some(0));
+    let out = kata_gpu(
+        &sim,
+        &["plan", "--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(
+            "kata-gpu: the sandbox cannot be planned: /dev/vfio/40 is a legacy VFIO group node"
+        ),
+        "{err}"
+    );
+
+    let out = kata_gpu(
+        &sim,
+        &["plan", "--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=9"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("nvidia.com/pgpu=9 is not defined; nvidia.com/pgpu has: 0, 40"),
+        "{}",
+        text(&out)
+    );
+
+    assert_eq!(
+        kata_gpu(&sim, &["plan", "--profile", "sev"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        kata_gpu(&sim, &["plan", "--annotation", "novalue"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn generate_on_a_host_without_vfio_gpus_writes_nothing_and_says_why() {
+    let sim = SimHost::gpu_bound_to_nvidia();
+    let out = kata_gpu(&sim, &["cdi", "generate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let shown = text(&out);
+    assert!(
+        shown.contains("run `kata-gpu vfio bind 0000:41:00.0`"),
+        "{shown}"
+    );
+    assert!(shown.contains("nothing written"), "{shown}");
+    assert!(!sim.path("var/run/cdi/nvidia.com-pgpu.yaml").exists());
+
+    let sim = SimHost::hgx_8x_h100();
+    let out = kata_gpu(&sim, &["cdi", "generate", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out).contains("kind: nvidia.com/nvswitch"));
+    assert!(
+        !sim.path("var/run/cdi/nvidia.com-pgpu.yaml").exists(),
+        "dry run wrote a file"
+    );
+}

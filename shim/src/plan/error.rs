@@ -1,0 +1,120 @@
+//! Why a sandbox cannot be planned. Every refusal names the device and says how to fix it,
+//! because the user reads it in `kubectl describe pod`, far from the node.
+
+use cdi::{AnnotationError, InjectError};
+
+use crate::host::{Bdf, HostError};
+use crate::profile::Profile;
+
+/// The most devices a sandbox may have: Kata makes at most 16 root ports.
+pub const MAX_DEVICES: usize = 16;
+
+/// A refusal of the plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The pod's `cdi.k8s.io/*` annotations are malformed.
+    #[error("pod annotation: {0}")]
+    Annotation(#[from] AnnotationError),
+    /// A requested CDI device does not resolve.
+    #[error(transparent)]
+    Resolve(#[from] InjectError),
+    /// The host could not be read.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// VFIO devices are asked for but the IOMMU is off.
+    #[error("the host has no IOMMU enabled, so {requested} cannot be passed through; add amd_iommu=on (or intel_iommu=on) iommu=pt to the kernel command line and reboot")]
+    NoIommu {
+        /// The first device asked for.
+        requested: String,
+    },
+    /// The profile's TEE is not offered by this host's KVM.
+    #[error("profile {profile} needs {tee}, which this host's KVM does not offer ({file} is not Y); {fix}")]
+    TeeUnavailable {
+        /// The profile.
+        profile: Profile,
+        /// The TEE, in words.
+        tee: &'static str,
+        /// The sysfs parameter checked.
+        file: &'static str,
+        /// How to fix it.
+        fix: &'static str,
+    },
+    /// A legacy group node under a confidential profile.
+    #[error("{node} is a legacy VFIO group node; a confidential guest needs iommufd: request /dev/vfio/devices/vfioN instead (Linux 6.6+ with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV) and regenerate the host spec with `kata-gpu cdi generate`")]
+    LegacyGroup {
+        /// The node.
+        node: String,
+    },
+    /// A function is not bound to vfio-pci.
+    #[error("{bdf} ({id}) is bound to {driver}, not vfio-pci; run `kata-gpu vfio bind {bdf}` (it binds its whole IOMMU group)")]
+    NotBoundToVfio {
+        /// The function.
+        bdf: Bdf,
+        /// `vendor:device`.
+        id: String,
+        /// Its driver, or "no driver".
+        driver: String,
+    },
+    /// A function has no IOMMU group.
+    #[error("{bdf} has no IOMMU group; enable the IOMMU (amd_iommu=on or intel_iommu=on, iommu=pt) and reboot")]
+    NoGroup {
+        /// The function.
+        bdf: Bdf,
+    },
+    /// A group lists a function that sysfs does not have.
+    #[error("IOMMU group {group} lists {bdf}, which is missing from /sys/bus/pci/devices; rescan the bus (echo 1 > /sys/bus/pci/rescan) or check the hardware")]
+    MissingGroupMember {
+        /// The group.
+        group: u32,
+        /// The missing function.
+        bdf: Bdf,
+    },
+    /// A function bound to vfio-pci has no iommufd cdev under a confidential profile.
+    #[error("{bdf} has no iommufd device (/dev/vfio/devices/vfioN); a confidential guest needs one: use Linux 6.6+ with CONFIG_VFIO_DEVICE_CDEV and rebind with `kata-gpu vfio bind {bdf}`")]
+    NoCdev {
+        /// The function.
+        bdf: Bdf,
+    },
+    /// More functions than Kata has root ports.
+    #[error("{count} PCI functions asked for ({list}), more than the {max} root ports Kata can create; request fewer devices")]
+    TooManyDevices {
+        /// How many.
+        count: usize,
+        /// At most this many.
+        max: usize,
+        /// Which, comma-separated.
+        list: String,
+    },
+    /// A GPU not on the confidential-computing list while policy refuses such GPUs.
+    #[error("{bdf} ({id}) is not a confidential-computing capable GPU (CC-capable: {capable}); use profile gpu or a CC-capable GPU")]
+    NotCcCapable {
+        /// The function.
+        bdf: Bdf,
+        /// `vendor:device`.
+        id: String,
+        /// The capable ids, comma-separated.
+        capable: String,
+    },
+    /// `default_memory` asked for by the pod is out of bounds or not a number.
+    #[error("pod annotation {key}={value:?}: {problem}; allowed are {min} to {max} MiB")]
+    Memory {
+        /// The annotation key.
+        key: String,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        problem: &'static str,
+        /// Lowest allowed.
+        min: u32,
+        /// Highest allowed.
+        max: u32,
+    },
+    /// A pod annotation that could steer the hypervisor outside what it may.
+    #[error("pod annotation {key} is refused: {reason}")]
+    RefusedAnnotation {
+        /// The annotation key.
+        key: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+}

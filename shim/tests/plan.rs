@@ -1,0 +1,438 @@
+//! The sandbox plan on every simulated host and profile: golden plans (reviewed by hand
+//! against Kata's command-line forms) and one test per refusal.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+
+use cdi::registry::{Registry, RegistryConfig};
+use kata_gpu_shim::host::Host;
+use kata_gpu_shim::host_spec::host_specs;
+use kata_gpu_shim::plan::{
+    plan, BaseValues, PlanError, PlanInput, Policy, SandboxPlan, TeeSettings,
+};
+use kata_gpu_shim::Profile;
+use kata_gpu_tests::simhost::Function;
+use kata_gpu_tests::{SimHost, VfioMode};
+use oci_spec::runtime::{LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceType, Spec as OciSpec};
+
+fn policy() -> Policy {
+    Policy {
+        tee: TeeSettings {
+            cbitpos: 51,
+            reduced_phys_bits: 1,
+            snp_policy: 0x30000,
+        },
+        ..Policy::default()
+    }
+}
+
+/// Writes the host's CDI specs as `kata-gpu cdi generate` does and loads the registry.
+fn registry(sim: &SimHost) -> Registry {
+    let host = Host::new(sim.root());
+    for spec in host_specs(&host).expect("host specs").specs {
+        cdi::write_spec(&sim.path("var/run/cdi"), &spec).expect("write host spec");
+    }
+    Registry::new(RegistryConfig {
+        require_root_owned: false,
+        ..RegistryConfig::under_root(sim.root())
+    })
+}
+
+fn oci(annotations: &[(&str, &str)]) -> OciSpec {
+    let mut spec = OciSpec::default();
+    let map: HashMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    spec.set_annotations(Some(map));
+    spec
+}
+
+fn run(
+    sim: &SimHost,
+    profile: Profile,
+    annotations: &[(&str, &str)],
+    policy: &Policy,
+) -> Result<SandboxPlan, PlanError> {
+    let registry = registry(sim);
+    let host = Host::new(sim.root());
+    let spec = oci(annotations);
+    plan(&PlanInput {
+        profile,
+        oci: &spec,
+        registry: &registry,
+        host: &host,
+        base: &BaseValues::default(),
+        policy,
+    })
+}
+
+fn golden(name: &str, plan: &SandboxPlan) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/plan")
+        .join(format!("{name}.txt"));
+    let text = plan.to_string();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::write(&path, &text).expect("write golden");
+    }
+    let want = fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(text, want, "plan differs from {}", path.display());
+}
+
+const GPU0: &[(&str, &str)] = &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0")];
+
+#[test]
+fn golden_h100_pcie_iommufd_in_every_profile() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.set_tdx(true);
+    for profile in Profile::ALL {
+        let p = run(&sim, profile, GPU0, &policy()).expect("plans");
+        assert_eq!(p.devices.len(), 1);
+        golden(&format!("h100-iommufd-{profile}"), &p);
+    }
+}
+
+#[test]
+fn golden_h100_by_group_and_cdev_names_give_the_same_device() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let by_index = run(&sim, Profile::Snp, GPU0, &policy()).expect("plans");
+    for name in ["nvidia.com/pgpu=40", "nvidia.com/pgpu=vfio0"] {
+        let p = run(&sim, Profile::Snp, &[("cdi.k8s.io/gpu", name)], &policy()).expect("plans");
+        assert_eq!(p.qemu_args, by_index.qemu_args, "{name}");
+    }
+}
+
+#[test]
+fn golden_h100_legacy_group_without_tee() {
+    let sim = SimHost::h100_pcie(VfioMode::Legacy);
+    let p = run(&sim, Profile::Gpu, GPU0, &policy()).expect("plans");
+    assert!(p.qemu_args.iter().all(|a| !a.contains("iommufd")));
+    golden("h100-legacy-gpu", &p);
+}
+
+#[test]
+fn golden_hgx_eight_gpus_and_four_nvswitches() {
+    let sim = SimHost::hgx_8x_h100();
+    let p = run(
+        &sim,
+        Profile::Snp,
+        &[
+            ("cdi.k8s.io/gpus", "nvidia.com/pgpu=0,nvidia.com/pgpu=1,nvidia.com/pgpu=2,nvidia.com/pgpu=3,nvidia.com/pgpu=4,nvidia.com/pgpu=5,nvidia.com/pgpu=6,nvidia.com/pgpu=7"),
+            ("cdi.k8s.io/switches", "nvidia.com/nvswitch=0,nvidia.com/nvswitch=1,nvidia.com/nvswitch=2,nvidia.com/nvswitch=3"),
+        ],
+        &policy(),
+    )
+    .expect("plans");
+    assert_eq!(p.devices.len(), 12);
+    assert_eq!(p.overrides.pcie_root_port, Some(12));
+    golden("hgx-8gpu-4nvswitch-snp", &p);
+}
+
+#[test]
+fn golden_group_with_audio_keeps_the_audio_and_leaves_the_bridge() {
+    let sim = SimHost::gpu_with_audio_and_bridge();
+    let p = run(&sim, Profile::Snp, GPU0, &policy()).expect("plans");
+    let bdfs: Vec<String> = p.devices.iter().map(|d| d.bdf.to_string()).collect();
+    assert_eq!(bdfs, ["0000:41:00.0", "0000:41:00.1"]);
+    golden("gpu-audio-bridge-snp", &p);
+}
+
+#[test]
+fn golden_h200_warns_by_default_and_is_refused_by_policy() {
+    let sim = SimHost::h200();
+    let p = run(&sim, Profile::Snp, GPU0, &policy()).expect("plans with a warning");
+    assert_eq!(p.warnings.len(), 1);
+    golden("h200-snp", &p);
+    let strict = Policy {
+        refuse_non_cc_gpus: true,
+        ..policy()
+    };
+    let err = run(&sim, Profile::Snp, GPU0, &strict).expect_err("refused");
+    assert!(
+        err.to_string()
+            .starts_with("0000:41:00.0 (10de:2335) is not a confidential-computing capable GPU"),
+        "{err}"
+    );
+    run(&sim, Profile::Gpu, GPU0, &strict).expect("no CC check without a TEE");
+}
+
+#[test]
+fn no_devices_means_no_overrides() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let p = run(&sim, Profile::Snp, &[], &policy()).expect("plans");
+    assert!(p.devices.is_empty());
+    assert_eq!(p.overrides, kata_gpu_configs::Overrides::default());
+    golden("no-devices-snp", &p);
+}
+
+#[test]
+fn a_gpu_bound_to_nvidia_is_refused_with_the_bind_command() {
+    let sim = SimHost::gpu_bound_to_nvidia();
+    // The host spec leaves such a GPU out; ask through a spec naming its group node.
+    fs::write(
+        sim.path("etc/cdi/manual.yaml"),
+        "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
+    )
+    .expect("spec");
+    let err = run(
+        &sim,
+        Profile::Gpu,
+        &[("cdi.k8s.io/gpu", "example.com/gpu=0")],
+        &policy(),
+    )
+    .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "0000:41:00.0 (10de:2331) is bound to nvidia, not vfio-pci; run `kata-gpu vfio bind 0000:41:00.0` (it binds its whole IOMMU group)"
+    );
+}
+
+#[test]
+fn a_group_member_on_another_driver_is_refused() {
+    let sim = SimHost::gpu_with_audio_and_bridge();
+    let audio = sim.path("sys/bus/pci/devices/0000:41:00.1/driver");
+    fs::remove_file(&audio).expect("unbind audio");
+    std::os::unix::fs::symlink("../../../bus/pci/drivers/snd_hda_intel", &audio)
+        .expect("bind audio");
+    let err = run(&sim, Profile::Snp, GPU0, &policy()).expect_err("refused");
+    assert!(
+        err.to_string()
+            .starts_with("0000:41:00.1 (10de:22ba) is bound to snd_hda_intel, not vfio-pci"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_legacy_group_is_refused_under_a_confidential_profile() {
+    let sim = SimHost::h100_pcie(VfioMode::Legacy);
+    let err = run(&sim, Profile::Snp, GPU0, &policy()).expect_err("refused");
+    assert!(matches!(err, PlanError::LegacyGroup { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with(
+            "/dev/vfio/40 is a legacy VFIO group node; a confidential guest needs iommufd"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_group_member_is_refused() {
+    let sim = SimHost::gpu_with_audio_and_bridge();
+    let registry = registry(&sim);
+    fs::remove_file(sim.path("sys/bus/pci/devices/0000:41:00.1")).expect("hide audio function");
+    let host = Host::new(sim.root());
+    let spec = oci(GPU0);
+    let err = plan(&PlanInput {
+        profile: Profile::Snp,
+        oci: &spec,
+        registry: &registry,
+        host: &host,
+        base: &BaseValues::default(),
+        policy: &policy(),
+    })
+    .expect_err("refused");
+    assert!(
+        err.to_string().starts_with(
+            "IOMMU group 40 lists 0000:41:00.1, which is missing from /sys/bus/pci/devices"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn more_than_sixteen_functions_are_refused() {
+    let mut sim = SimHost::new();
+    for i in 0..17u8 {
+        sim.add_exposed(
+            &Function::hopper(
+                &format!("0000:{:02x}:00.0", 0x10 + i),
+                0x2330,
+                100 + u32::from(i),
+                0,
+            ),
+            VfioMode::Iommufd,
+        );
+    }
+    let all: Vec<String> = (0..17).map(|i| format!("nvidia.com/pgpu={i}")).collect();
+    let value = all.join(",");
+    let err =
+        run(&sim, Profile::Snp, &[("cdi.k8s.io/gpu", &value)], &policy()).expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            PlanError::TooManyDevices {
+                count: 17,
+                max: 16,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("more than the 16 root ports Kata can create"),
+        "{err}"
+    );
+}
+
+#[test]
+fn hosts_without_iommu_or_tee_are_refused() {
+    let sim = SimHost::no_iommu();
+    fs::write(
+        sim.path("etc/cdi/manual.yaml"),
+        "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
+    )
+    .expect("spec");
+    let err = run(
+        &sim,
+        Profile::Gpu,
+        &[("cdi.k8s.io/gpu", "example.com/gpu=0")],
+        &policy(),
+    )
+    .expect_err("refused");
+    assert!(matches!(err, PlanError::NoIommu { .. }), "{err}");
+    assert!(err.to_string().contains("amd_iommu=on"), "{err}");
+
+    let sim = SimHost::no_snp();
+    let err = run(&sim, Profile::Snp, GPU0, &policy()).expect_err("refused");
+    assert!(
+        err.to_string()
+            .starts_with("profile snp needs AMD SEV-SNP, which this host's KVM does not offer"),
+        "{err}"
+    );
+    let err = run(&sim, Profile::Tdx, GPU0, &policy()).expect_err("refused");
+    assert!(matches!(err, PlanError::TeeUnavailable { .. }), "{err}");
+    run(&sim, Profile::Gpu, GPU0, &policy()).expect("plain passthrough needs no TEE");
+}
+
+#[test]
+fn unresolvable_and_malformed_requests_are_refused() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let err = run(
+        &sim,
+        Profile::Snp,
+        &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=3")],
+        &policy(),
+    )
+    .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("nvidia.com/pgpu=3 is not defined; nvidia.com/pgpu has: 0, 40, vfio0"),
+        "{err}"
+    );
+    let err = run(
+        &sim,
+        Profile::Snp,
+        &[("cdi.k8s.io/gpu", "pgpu0")],
+        &policy(),
+    )
+    .expect_err("refused");
+    assert!(
+        err.to_string()
+            .starts_with("pod annotation: annotation \"cdi.k8s.io/gpu\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn guest_memory_from_the_pod_only_within_bounds() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let key = "io.katacontainers.config.hypervisor.default_memory";
+    let p = run(&sim, Profile::Snp, &[GPU0[0], (key, "65536")], &policy()).expect("within bounds");
+    assert_eq!(p.overrides.default_memory, Some(65536));
+    for (value, problem) in [
+        ("1024", "below the minimum"),
+        ("99999999", "above the maximum"),
+        ("8G", "not a whole number"),
+    ] {
+        let err = run(&sim, Profile::Snp, &[(key, value)], &policy()).expect_err(value);
+        let text = err.to_string();
+        assert!(
+            text.contains(problem)
+                && text.contains(key)
+                && text.contains("allowed are 2048 to 1048576 MiB"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn vfio_nodes_already_in_the_spec_pass_through_too() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let registry = registry(&sim);
+    let host = Host::new(sim.root());
+    let mut spec = OciSpec::default();
+    let node = LinuxDeviceBuilder::default()
+        .path("/dev/vfio/devices/vfio0")
+        .typ(LinuxDeviceType::C)
+        .major(237)
+        .minor(0)
+        .build()
+        .expect("device");
+    spec.set_linux(Some(
+        LinuxBuilder::default()
+            .devices(vec![node])
+            .build()
+            .expect("linux"),
+    ));
+    let p = plan(&PlanInput {
+        profile: Profile::Snp,
+        oci: &spec,
+        registry: &registry,
+        host: &host,
+        base: &BaseValues {
+            pcie_root_port: 4,
+            default_memory: 8192,
+        },
+        policy: &policy(),
+    })
+    .expect("plans");
+    assert_eq!(p.devices.len(), 1);
+    assert_eq!(
+        p.overrides.pcie_root_port,
+        Some(4),
+        "the base value is a minimum"
+    );
+    assert_eq!(
+        p.devices[0].reason.to_string(),
+        "device node /dev/vfio/devices/vfio0 in the container spec"
+    );
+}
+
+#[test]
+fn the_host_spec_names_every_device_once_and_loads_back() {
+    let sim = SimHost::hgx_8x_h100();
+    let host = Host::new(sim.root());
+    let specs = host_specs(&host).expect("specs");
+    assert!(specs.warnings.is_empty(), "{:?}", specs.warnings);
+    let kinds: Vec<&str> = specs.specs.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["nvidia.com/pgpu", "nvidia.com/nvswitch"]);
+    let registry = registry(&sim);
+    assert!(registry.skipped().is_empty());
+    assert!(registry.conflicts().is_empty());
+    // 8 GPUs and 4 switches, each by index, group and cdev.
+    assert_eq!(registry.devices().count(), 12 * 3);
+    let by = |n: &str| {
+        registry
+            .get(&n.parse().expect("name"))
+            .map(|d| d.device.container_edits.device_nodes[0].path.clone())
+    };
+    assert_eq!(
+        by("nvidia.com/pgpu=7"),
+        Some("/dev/vfio/devices/vfio11".into())
+    );
+    assert_eq!(by("nvidia.com/pgpu=37"), by("nvidia.com/pgpu=7"));
+    assert_eq!(
+        by("nvidia.com/nvswitch=vfio0"),
+        by("nvidia.com/nvswitch=50")
+    );
+
+    let warned = host_specs(&Host::new(SimHost::gpu_bound_to_nvidia().root())).expect("specs");
+    assert!(warned.specs.is_empty());
+    assert_eq!(
+        warned.warnings,
+        ["GPU 0000:41:00.0 (10de:2331) is bound to nvidia, not vfio-pci; run `kata-gpu vfio bind 0000:41:00.0` to pass it through"]
+    );
+}

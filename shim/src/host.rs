@@ -353,6 +353,15 @@ impl Host {
         Ok(bars)
     }
 
+    /// The IOMMU group of a function (one readlink), `None` when it has none.
+    pub fn iommu_group_of(&self, bdf: Bdf) -> Result<Option<u32>, HostError> {
+        let dir = self.pci_dir(bdf);
+        if !dir.exists() {
+            return Err(HostError::NoSuchDevice(bdf));
+        }
+        Ok(link_name(&dir.join("iommu_group")).and_then(|n| n.parse().ok()))
+    }
+
     /// Every PCI function, sorted by address.
     pub fn pci_functions(&self) -> Result<Vec<PciFunction>, HostError> {
         let dir = self.path("/sys/bus/pci/devices");

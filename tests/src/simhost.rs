@@ -295,7 +295,7 @@ impl SimHost {
             "lay out {bdf} before exposing it"
         );
         write(&cdev_dir.join("dev"), &format!("{VFIO_CDEV_MAJOR}:{n}\n"));
-        link("../../", &cdev_dir.join("device"));
+        link(&format!("../../../{bdf}"), &cdev_dir.join("device"));
         link(
             &format!("../../{rel}"),
             &self.path(&format!("sys/class/vfio-dev/{name}")),

@@ -231,8 +231,7 @@ fn vfio_requests(
     Ok(out)
 }
 
-fn check_tee(profile: Profile, input: &PlanInput<'_>) -> Result<(), PlanError> {
-    let platform = input.host.platform();
+fn check_tee(profile: Profile, platform: &crate::host::Platform) -> Result<(), PlanError> {
     match profile.tee() {
         Tee::SevSnp if !platform.sev_snp => Err(PlanError::TeeUnavailable {
             profile,
@@ -354,8 +353,9 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
     let mut warnings = Vec::new();
 
     if let Some(first) = requests.first() {
-        check_tee(input.profile, input)?;
-        if !input.host.platform().iommu {
+        let platform = input.host.platform();
+        check_tee(input.profile, &platform)?;
+        if !platform.iommu {
             return Err(PlanError::NoIommu {
                 requested: first.node.clone(),
             });
@@ -373,8 +373,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
             }
             VfioNode::Cdev { bdf, .. } => input
                 .host
-                .pci_function(bdf)?
-                .iommu_group
+                .iommu_group_of(bdf)?
                 .ok_or(PlanError::NoGroup { bdf })?,
         };
         add_group(input, group, &r.reason, &mut devices)?;

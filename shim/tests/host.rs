@@ -134,3 +134,30 @@ fn hosts_without_iommu_or_snp_say_so() {
         Err(HostError::NoSuchDevice(_))
     ));
 }
+
+#[test]
+fn a_cdev_is_found_through_sys_dev_char_when_its_class_link_is_missing() {
+    kata_gpu_tests::require(
+        kata_gpu_tests::is_root(),
+        "this test creates a character device node with mknod and must run as root",
+    );
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let node = sim.path("dev/vfio/devices/vfio0");
+    std::fs::remove_file(&node).expect("rm placeholder");
+    let status = std::process::Command::new("mknod")
+        .arg(&node)
+        .args(["c", "237", "0"])
+        .status()
+        .expect("mknod");
+    assert!(status.success());
+    std::fs::remove_file(sim.path("sys/class/vfio-dev/vfio0")).expect("rm class link");
+    let host = Host::new(sim.root());
+    assert_eq!(
+        host.vfio_node("/dev/vfio/devices/vfio0")
+            .expect("found via /sys/dev/char"),
+        VfioNode::Cdev {
+            name: "vfio0".into(),
+            bdf: bdf("0000:41:00.0")
+        }
+    );
+}

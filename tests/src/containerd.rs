@@ -32,7 +32,7 @@ impl PrivateContainerd {
     /// Starts containerd with `extra` appended to a minimal version-2 config (CRI off) and
     /// waits until it answers. Panics if root or the binaries are missing.
     pub fn start(extra: &str) -> Self {
-        require(nix_is_root(), "root is needed to start containerd");
+        require(is_root(), "root is needed to start containerd");
         for program in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
             require(on_path(program), &format!("{program} is not on PATH"));
         }
@@ -124,7 +124,8 @@ impl Drop for PrivateContainerd {
     }
 }
 
-fn nix_is_root() -> bool {
+/// Whether the process runs as root (effective uid 0).
+pub fn is_root() -> bool {
     // The effective uid is in /proc/self/status ("Uid: real effective saved fs").
     fs::read_to_string("/proc/self/status")
         .ok()

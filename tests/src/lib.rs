@@ -7,5 +7,5 @@
 pub mod containerd;
 pub mod simhost;
 
-pub use containerd::{busybox_rootfs, on_path, require, PrivateContainerd};
+pub use containerd::{busybox_rootfs, is_root, on_path, require, PrivateContainerd};
 pub use simhost::{SimHost, VfioMode};

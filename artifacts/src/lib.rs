@@ -1,5 +1,6 @@
 //! The artifact store under `/opt/nvidia-gpu-operator/artifacts/runtimeclasses/<class>/`.
 //!
 //! A confidential VM is only as trustworthy as what it boots, so every set is installed by
-//! digest and switched atomically. The code arrives with its own issue; this crate holds
-//! its place in the workspace.
+//! digest and switched atomically.
+
+pub mod layout;

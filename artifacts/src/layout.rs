@@ -1,0 +1,37 @@
+//! Where installed artifact sets live. Other crates (containerd registration, the shim)
+//! only need these paths, so they are fixed here and nowhere else.
+
+use std::path::{Path, PathBuf};
+
+/// The default root of all runtime classes' artifacts.
+pub const DEFAULT_ROOT: &str = "/opt/nvidia-gpu-operator/artifacts/runtimeclasses";
+
+/// The name of the link to the active set inside a class directory.
+pub const CURRENT: &str = "current";
+
+/// The fixed name under which every installed set holds its (rewritten) base Kata config,
+/// so that containerd's `ConfigPath` stays valid across versions.
+pub const CONFIG_FILE: &str = "configuration.toml";
+
+/// The directory of one runtime class: `<root>/<class>`.
+pub fn class_dir(root: &Path, class: &str) -> PathBuf {
+    root.join(class)
+}
+
+/// The base Kata config of the active set: `<root>/<class>/current/configuration.toml`.
+pub fn current_config_path(root: &Path, class: &str) -> PathBuf {
+    class_dir(root, class).join(CURRENT).join(CONFIG_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_path_goes_through_current() {
+        assert_eq!(
+            current_config_path(Path::new(DEFAULT_ROOT), "kata-qemu-nvidia-gpu-snp"),
+            PathBuf::from("/opt/nvidia-gpu-operator/artifacts/runtimeclasses/kata-qemu-nvidia-gpu-snp/current/configuration.toml")
+        );
+    }
+}

@@ -1,9 +1,38 @@
 //! Kata configuration: the templates we ship per profile and the rendering of a
 //! per-sandbox `configuration.toml` from a node's base config plus the plan's overrides.
 //!
-//! Only a small, named set of keys is ours to change; everything else in a user's file is
-//! kept byte for byte.
+//! Only a small, named set of keys is ours to change ([`keys::OWNED_KEYS`], all in
+//! `[hypervisor.qemu]`); everything else in a user's file is kept byte for byte.
+//!
+//! - [`render()`]: base text + [`Overrides`] → [`Rendered`] (text, warnings, diff of owned keys).
+//! - [`validate()`] / [`validate_config`]: the rules a GPU sandbox configuration must follow,
+//!   each failure naming its key (and line and column when the text is known).
+//! - [`check_pod_annotations`]: the pod annotations the sandbox plan must refuse.
+//! - [`template`]: the base configurations we ship for `snp`, `tdx` and `gpu`.
+//! - [`write_rendered`]: the one side effect, an atomic write.
 
+pub mod annotations;
+mod edit;
+pub mod error;
+pub mod glob;
+pub mod keys;
 pub mod overrides;
+pub mod pattern;
+pub mod render;
+mod splice;
+pub mod templates;
+pub mod validate;
+mod write;
 
+pub use annotations::{
+    check_pod_annotation, check_pod_annotations, debug_kernel_param, AnnotationRefused, Refusal,
+};
+pub use error::{ConfigError, Location, Problem};
 pub use overrides::Overrides;
+pub use render::{render, DiffEntry, Rendered, Warning};
+pub use templates::{template, template_file_name, PROFILES};
+pub use validate::{validate, validate_config};
+pub use write::write_rendered;
+
+/// The TOML editing library this crate's API speaks ([`validate()`] takes its documents).
+pub use toml_edit;

@@ -5,10 +5,16 @@
 //! (`DESIGN.md` §1). Today this crate holds the profiles, the host view (sysfs and `/dev`
 //! under a root) and the sandbox plan; the Task proxy arrives with its own issue.
 
+pub mod bootstrap;
+pub mod create;
+pub mod daemon;
 pub mod host;
 pub mod host_spec;
+mod logging;
 pub mod plan;
 pub mod profile;
+pub mod proxy;
+pub mod settings;
 
 pub use host::{Bdf, Host, HostError, PciFunction, Platform, VfioNode};
 pub use profile::Profile;

@@ -436,3 +436,84 @@ fn the_host_spec_names_every_device_once_and_loads_back() {
         ["GPU 0000:41:00.0 (10de:2331) is bound to nvidia, not vfio-pci; run `kata-gpu vfio bind 0000:41:00.0` to pass it through"]
     );
 }
+
+#[test]
+fn pod_annotations_that_steer_the_host_are_refused_by_name() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let table: &[(&str, &str, &str)] = &[
+        (
+            "io.katacontainers.config.hypervisor.path",
+            "/tmp/evil-qemu",
+            "hypervisor.path",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.kernel",
+            "/tmp/vmlinuz",
+            "hypervisor.kernel",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.image",
+            "/tmp/rootfs.img",
+            "hypervisor.image",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.initrd",
+            "/tmp/initrd",
+            "hypervisor.initrd",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.firmware",
+            "/tmp/OVMF.fd",
+            "hypervisor.firmware",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.jailer_path",
+            "/tmp/jailer",
+            "hypervisor.jailer_path",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.ctlpath",
+            "/tmp/ctl",
+            "hypervisor.ctlpath",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.virtio_fs_daemon",
+            "/tmp/virtiofsd",
+            "hypervisor.virtio_fs_daemon",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.virtio_fs_extra_args",
+            "[\"--x\"]",
+            "hypervisor.virtio_fs_extra_args",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.kernel_params",
+            "agent.debug_console",
+            "agent.debug_console",
+        ),
+        (
+            "io.katacontainers.config.hypervisor.kernel_params",
+            "quiet agent.log=debug",
+            "agent.log=debug",
+        ),
+    ];
+    for (key, value, names) in table {
+        let err = run(&sim, Profile::Snp, &[GPU0[0], (key, value)], &policy()).expect_err(key);
+        assert!(
+            matches!(err, PlanError::RefusedAnnotation { .. }),
+            "{key}: {err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("pod annotation {key} is refused")),
+            "{text}"
+        );
+        assert!(text.contains(names), "{key}: {text}");
+    }
+    // The KBS address through kernel_params stays allowed.
+    let kbs = (
+        "io.katacontainers.config.hypervisor.kernel_params",
+        "agent.aa_kbc_params=cc_kbc::http://kbs:8080",
+    );
+    run(&sim, Profile::Snp, &[GPU0[0], kbs], &policy()).expect("the KBS address is allowed");
+}

@@ -32,6 +32,12 @@ impl PrivateContainerd {
     /// Starts containerd with `extra` appended to a minimal version-2 config (CRI off) and
     /// waits until it answers. Panics if root or the binaries are missing.
     pub fn start(extra: &str) -> Self {
+        Self::start_with(extra, &[])
+    }
+
+    /// As [`PrivateContainerd::start`], with extra environment for containerd (and so for
+    /// the shims it starts), e.g. a `PATH` that holds a shim under test.
+    pub fn start_with(extra: &str, env: &[(&str, String)]) -> Self {
         require(is_root(), "root is needed to start containerd");
         for program in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
             require(on_path(program), &format!("{program} is not on PATH"));
@@ -53,6 +59,7 @@ impl PrivateContainerd {
         fs::write(base.join("config.toml"), config).expect("write containerd config");
         let log = fs::File::create(base.join("containerd.log")).expect("log file");
         let child = Command::new("containerd")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .arg("--config")
             .arg(base.join("config.toml"))
             .stdin(Stdio::null())

@@ -9,3 +9,27 @@ pub mod simhost;
 
 pub use containerd::{busybox_rootfs, is_root, on_path, require, PrivateContainerd};
 pub use simhost::{SimHost, VfioMode};
+
+/// The path of a binary of this workspace, built (if stale) with the same cargo and
+/// profile as the tests, for tests that need a binary of another package.
+pub fn workspace_bin(package: &str, bin: &str) -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    // Tests run from target/<profile>/deps; the binaries sit one level up.
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>");
+    let path = dir.join(bin);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}

@@ -1,0 +1,441 @@
+use super::*;
+use crate::edit::ADDED_KEY_COMMENT;
+
+const BASE: &str = r#"# top comment
+[hypervisor.qemu]
+path = "/opt/kata/bin/qemu" # trailing
+kernel_params = "pci=realloc nvrc.smi.srs=1"
+# about the ports
+pcie_root_port = 0
+cold_plug_vfio = "no-port"
+hot_plug_vfio = "root-port"
+enable_annotations = ["enable_iommu", "kernel_params", "path", ".*_path", "virtio_fs"]
+unknown_key = { a = 1 }
+
+[hypervisor.clh]
+path = "/elsewhere"
+enable_annotations = ["path"]
+
+[runtime]
+static_sandbox_resource_mgmt = true
+"#;
+
+fn render_ok(base: &str, o: &Overrides) -> Rendered {
+    render(base, Path::new("/etc/kata/base.toml"), o).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn gpu_overrides() -> Overrides {
+    Overrides {
+        pcie_root_port: Some(12),
+        cold_plug_vfio: Some("root-port".into()),
+        hot_plug_vfio: Some("no-port".into()),
+        default_memory: Some(65536),
+        kernel_params_append: vec![
+            "nvrc.smi.srs=1".into(),
+            "agent.aa_kbc_params=cc_kbc::http://kbs:8080".into(),
+            "agent.aa_kbc_params=cc_kbc::http://kbs:8080".into(),
+        ],
+    }
+}
+
+#[test]
+fn renders_owned_keys_only() {
+    let r = render_ok(BASE, &gpu_overrides());
+    let expected = BASE
+        .replace(
+            "kernel_params = \"pci=realloc nvrc.smi.srs=1\"",
+            "kernel_params = \"pci=realloc nvrc.smi.srs=1 agent.aa_kbc_params=cc_kbc::http://kbs:8080\"",
+        )
+        .replace("pcie_root_port = 0", "pcie_root_port = 12")
+        .replace("cold_plug_vfio = \"no-port\"", "cold_plug_vfio = \"root-port\"")
+        .replace("hot_plug_vfio = \"root-port\"", "hot_plug_vfio = \"no-port\"")
+        .replace(
+            "[\"enable_iommu\", \"kernel_params\", \"path\", \".*_path\", \"virtio_fs\"]",
+            "[\"enable_iommu\", \"kernel_params\"]",
+        )
+        .replace(
+            "unknown_key = { a = 1 }\n",
+            &format!("unknown_key = {{ a = 1 }}\n{ADDED_KEY_COMMENT}default_memory = 65536\n"),
+        );
+    assert_eq!(r.text, expected);
+    let changed: Vec<String> = r.changes().map(ToString::to_string).collect();
+    assert_eq!(
+        changed,
+        [
+            "hypervisor.qemu.pcie_root_port: 0 → 12",
+            "hypervisor.qemu.cold_plug_vfio: \"no-port\" → \"root-port\"",
+            "hypervisor.qemu.hot_plug_vfio: \"root-port\" → \"no-port\"",
+            "hypervisor.qemu.default_memory: (absent) → 65536",
+            "hypervisor.qemu.kernel_params: \"pci=realloc nvrc.smi.srs=1\" → \
+             \"pci=realloc nvrc.smi.srs=1 agent.aa_kbc_params=cc_kbc::http://kbs:8080\"",
+            "hypervisor.qemu.enable_annotations: [\"enable_iommu\", \"kernel_params\", \"path\", \
+             \".*_path\", \"virtio_fs\"] → [\"enable_iommu\", \"kernel_params\"]",
+        ]
+    );
+    let warnings: Vec<String> = r.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    assert!(warnings[0].starts_with("enable_annotations entry \"path\" removed: it allows"));
+    assert!(warnings[0].contains("(path, ctlpath, jailer_path, vhost_user_store_path)"));
+    assert!(warnings[1].starts_with("enable_annotations entry \".*_path\" removed"));
+    assert!(warnings[2].contains("\"virtio_fs\"") && warnings[2].contains("virtio_fs_daemon"));
+}
+
+#[test]
+fn empty_overrides_change_nothing_when_annotations_are_safe() {
+    let base = BASE.replace(
+        "[\"enable_iommu\", \"kernel_params\", \"path\", \".*_path\", \"virtio_fs\"]",
+        "[\"enable_iommu\", \"kernel_params\"]",
+    );
+    // hot_plug_vfio = "root-port" alone (cold no-port) is valid for Kata
+    let r = render_ok(&base, &Overrides::default());
+    assert_eq!(r.text, base);
+    assert!(r.warnings.is_empty());
+    assert_eq!(r.changes().count(), 0);
+    assert_eq!(r.diff.len(), OWNED_KEYS.len());
+    assert_eq!(
+        r.diff[0].to_string(),
+        "hypervisor.qemu.pcie_root_port: 0 (unchanged)"
+    );
+}
+
+#[test]
+fn equal_values_keep_their_spelling() {
+    let base = "[hypervisor.qemu]\ncold_plug_vfio = 'root-port'\nhot_plug_vfio='no-port'   # x\npcie_root_port = 0x4\n";
+    let o = Overrides {
+        pcie_root_port: Some(4),
+        cold_plug_vfio: Some("root-port".into()),
+        hot_plug_vfio: Some("no-port".into()),
+        ..Overrides::default()
+    };
+    let r = render_ok(base, &o);
+    assert_eq!(r.text, base);
+    assert_eq!(r.changes().count(), 0);
+}
+
+#[test]
+fn kernel_params_table() {
+    // (base kernel_params line or None, appended, rendered kernel_params)
+    let table: &[(Option<&str>, &[&str], &str)] = &[
+        (Some("\"a=1 b\""), &["c=2"], "\"a=1 b c=2\""),
+        (Some("\"a=1 b\""), &["b", "a=1"], "\"a=1 b\""),
+        (Some("\"a=1 b\""), &["a=2"], "\"a=1 b a=2\""),
+        (Some("\"\""), &["x", "y", "x"], "\"x y\""),
+        (
+            Some("\"pci=realloc  \""),
+            &["pci=nocrs"],
+            "\"pci=realloc pci=nocrs\"",
+        ),
+        (Some("'lit'"), &["x"], "\"lit x\""),
+        (Some("\"a\" # why"), &["b"], "\"a b\" # why"),
+        (None, &["x"], "\"x\""),
+        (None, &[], ""),
+    ];
+    for (line, append, expected) in table {
+        let mut base = "[hypervisor.qemu]\n".to_owned();
+        if let Some(line) = line {
+            base.push_str(&format!("kernel_params = {line}\n"));
+        }
+        let o = Overrides {
+            kernel_params_append: append.iter().map(|s| s.to_string()).collect(),
+            ..Overrides::default()
+        };
+        let r = render_ok(&base, &o);
+        let got = r
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix("kernel_params = "))
+            .unwrap_or("");
+        assert_eq!(got, *expected, "{line:?} + {append:?}");
+    }
+}
+
+#[test]
+fn bad_appended_params_name_kernel_params() {
+    for bad in ["", "a b", "a\tb", "a=\"b c\"", "x\n"] {
+        let o = Overrides {
+            kernel_params_append: vec![bad.to_owned()],
+            ..Overrides::default()
+        };
+        let e = render(BASE, Path::new("b.toml"), &o).expect_err("should be refused");
+        assert_eq!(
+            e.problems()[0].key,
+            "hypervisor.qemu.kernel_params",
+            "{bad:?}"
+        );
+        assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+    }
+}
+
+#[test]
+fn debug_params_appended_by_the_plan_warn() {
+    let o = Overrides {
+        kernel_params_append: vec!["agent.log=debug".into()],
+        ..Overrides::default()
+    };
+    let r = render_ok("[hypervisor.qemu]\n", &o);
+    assert_eq!(
+        r.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["hypervisor.qemu.kernel_params: appended parameter \"agent.log=debug\" turns on the agent's debug logging"]
+    );
+}
+
+#[test]
+fn annotation_filter_table() {
+    // (entries, kept entries, removed entries)
+    let table: &[(&str, &str, &[&str])] = &[
+        ("[]", "[]", &[]),
+        ("[\"kernel_params\"]", "[\"kernel_params\"]", &[]),
+        ("[\".*\"]", "[]", &[".*"]),
+        ("[\"\"]", "[]", &[""]),
+        ("[\"kernel\"]", "[]", &["kernel"]),
+        (
+            "[\"^kernel_params$\", \"image\"]",
+            "[\"^kernel_params$\"]",
+            &["image"],
+        ),
+        (
+            "[\"default_.*\", \"initrd\"]",
+            "[\"default_.*\"]",
+            &["initrd"],
+        ),
+        (
+            "[\"firmware\", \"default_vcpus\"]",
+            "[\"default_vcpus\"]",
+            &["firmware"],
+        ),
+        ("[\"ctl\", \"jail\"]", "[]", &["ctl", "jail"]),
+        (
+            "[\"entropy\", \"file_mem\"]",
+            "[]",
+            &["entropy", "file_mem"],
+        ),
+        ("[\"guest_hook_path\"]", "[\"guest_hook_path\"]", &[]),
+        ("[\"(?i)KERNEL_PARAMS\"]", "[]", &["(?i)KERNEL_PARAMS"]),
+    ];
+    for (entries, kept, removed) in table {
+        let base = format!("[hypervisor.qemu]\nenable_annotations = {entries}\n");
+        let r = render_ok(&base, &Overrides::default());
+        assert_eq!(
+            r.text,
+            format!("[hypervisor.qemu]\nenable_annotations = {kept}\n"),
+            "{entries}"
+        );
+        let named: Vec<&str> = r
+            .warnings
+            .iter()
+            .map(|w| match w {
+                Warning::AnnotationRemoved { entry, .. } => entry.as_str(),
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(&named, removed, "{entries}");
+    }
+}
+
+#[test]
+fn unchecked_patterns_say_so() {
+    let r = render_ok(
+        "[hypervisor.qemu]\nenable_annotations = [\"a{2}\"]\n",
+        &Overrides::default(),
+    );
+    let w = r.warnings[0].to_string();
+    assert!(
+        w.starts_with(
+            "enable_annotations entry \"a{2}\" removed: its regular expression is beyond"
+        ),
+        "{w}"
+    );
+}
+
+#[test]
+fn rule_broken_by_overrides_has_no_base_position() {
+    // hot_plug_vfio = "root-port" is the base's (line 8); cold_plug_vfio is the plan's.
+    let o = Overrides {
+        hot_plug_vfio: Some("root-port".into()),
+        cold_plug_vfio: Some("root-port".into()),
+        ..Overrides::default()
+    };
+    let e = render(BASE, Path::new("/etc/kata/base.toml"), &o).expect_err("should be refused");
+    assert_eq!(
+        e.to_string(),
+        "/etc/kata/base.toml:8:1: hypervisor.qemu.hot_plug_vfio: hot_plug_vfio = \"root-port\" and \
+         cold_plug_vfio = \"root-port\" are both set; Kata allows one (GPUs are cold-plugged: set \
+         hot_plug_vfio = \"no-port\")"
+    );
+    let o = Overrides {
+        cold_plug_vfio: Some("slot".into()),
+        ..Overrides::default()
+    };
+    let e = render(BASE, Path::new("b.toml"), &o).expect_err("should be refused");
+    assert_eq!(e.problems()[0].key, "hypervisor.qemu.cold_plug_vfio");
+    assert_eq!(e.location(), None, "{e}");
+}
+
+#[test]
+fn rule_broken_in_the_base_points_at_its_line() {
+    let base = BASE
+        .replace(
+            "static_sandbox_resource_mgmt = true",
+            "static_sandbox_resource_mgmt = false\n[x]",
+        )
+        .replace(
+            "[hypervisor.qemu]\n",
+            "[hypervisor.qemu]\nconfidential_guest = true\n",
+        );
+    let e =
+        render(&base, Path::new("b.toml"), &Overrides::default()).expect_err("should be refused");
+    assert_eq!(e.problems()[0].key, "runtime.static_sandbox_resource_mgmt");
+    assert_eq!(
+        e.location(),
+        Some(Location {
+            line: 18,
+            column: 1
+        }),
+        "{e}"
+    );
+}
+
+#[test]
+fn too_many_root_ports_warn() {
+    let o = Overrides {
+        pcie_root_port: Some(20),
+        ..Overrides::default()
+    };
+    let r = render_ok("[hypervisor.qemu]\npcie_root_port = 2\n", &o);
+    assert_eq!(r.warnings, [Warning::TooManyRootPorts { value: 20 }]);
+    assert_eq!(
+        r.warnings[0].to_string(),
+        "hypervisor.qemu.pcie_root_port = 20: Kata makes at most 16 root ports"
+    );
+}
+
+#[test]
+fn inline_and_dotted_sections_are_edited_in_place() {
+    let table = [
+        (
+            "hypervisor = { qemu = { pcie_root_port = 0 } }\n",
+            "hypervisor = { qemu = { pcie_root_port = 3 } }\n",
+        ),
+        (
+            "[hypervisor]\nqemu.pcie_root_port = 0\n",
+            "[hypervisor]\nqemu.pcie_root_port = 3\n",
+        ),
+    ];
+    let o = Overrides {
+        pcie_root_port: Some(3),
+        ..Overrides::default()
+    };
+    for (base, expected) in table {
+        assert_eq!(render_ok(base, &o).text, expected);
+    }
+}
+
+#[test]
+fn other_hypervisor_sections_are_left_alone() {
+    let r = render_ok(BASE, &gpu_overrides());
+    assert!(r
+        .text
+        .contains("[hypervisor.clh]\npath = \"/elsewhere\"\nenable_annotations = [\"path\"]\n"));
+}
+
+/// Both ways of producing the text: the splice (None when it declines) and the tree.
+fn both_paths(base: &str, o: &Overrides) -> (Option<String>, String) {
+    let (parsed, edits, _, _) =
+        prepare(base, Path::new("b.toml"), o).unwrap_or_else(|e| panic!("{e}"));
+    let fast = parsed
+        .get("hypervisor")
+        .and_then(|h| h.get("qemu"))
+        .and_then(Item::as_table)
+        .and_then(|q| splice(base, q, &edits));
+    (fast, render_tree(parsed, base, &edits))
+}
+
+const FULL: &str = include_str!("../tests/data/kata-4x-full.toml");
+
+#[test]
+fn splice_declines_what_it_cannot_do() {
+    let o = Overrides {
+        pcie_root_port: Some(3),
+        default_memory: Some(4096),
+        ..Overrides::default()
+    };
+    for base in [
+        "hypervisor = { qemu = { pcie_root_port = 0 } }\n",
+        "[hypervisor]\nqemu.pcie_root_port = 0\n",
+        // the added key would follow a last line without a newline
+        "[hypervisor.qemu]\npcie_root_port = 0",
+    ] {
+        let (fast, slow) = both_paths(base, &o);
+        assert_eq!(fast, None, "{base}");
+        assert_eq!(render_ok(base, &o).text, slow);
+    }
+}
+
+#[test]
+fn splice_and_tree_agree_on_the_fixtures() {
+    let bases: Vec<String> = vec![
+        FULL.to_owned(),
+        BASE.to_owned(),
+        "[hypervisor.qemu]\n".to_owned(),
+        "[hypervisor.qemu] # only a header\n[runtime]\n".to_owned(),
+        "[hypervisor.qemu]\npath = \"/x\"\n[hypervisor.qemu.sub]\nx = 1\n# end\n".to_owned(),
+        "[hypervisor.qemu]\r\nkernel_params = \"a\"\r\nenable_annotations = [\r\n  \"path\", # p\r\n  \"kernel_params\",\r\n]\r\n".to_owned(),
+    ];
+    for base in bases {
+        for o in [Overrides::default(), gpu_overrides()] {
+            let (fast, slow) = both_paths(&base, &o);
+            assert_eq!(fast.as_deref(), Some(slow.as_str()), "{base}");
+        }
+    }
+}
+
+mod oracle {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn overrides() -> impl Strategy<Value = Overrides> {
+        (
+            prop::option::of(0u32..=20),
+            prop::option::of(prop::sample::select(vec![
+                "root-port",
+                "switch-port",
+                "no-port",
+            ])),
+            prop::option::of(1u32..=1_048_576),
+            prop::collection::vec("[a-z][a-z0-9_.]{0,6}(=[a-z0-9:/.]{1,8})?", 0..4),
+        )
+            .prop_map(|(pcie, cold, memory, params)| Overrides {
+                pcie_root_port: pcie,
+                cold_plug_vfio: cold.map(str::to_owned),
+                hot_plug_vfio: cold.map(|_| "no-port".to_owned()),
+                default_memory: memory,
+                kernel_params_append: params,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The fast path gives exactly the bytes of editing the document and printing it,
+        /// with owned keys present or missing, and with annotation entries to remove.
+        #[test]
+        fn splice_equals_tree(o in overrides(), mask in 0u8..64, extra in prop::sample::subsequence(
+            vec!["\"path\"", "\"image\"", "\"default_.*\"", "\".*\""], 0..=4)) {
+            let mut doc: toml_edit::DocumentMut = FULL.parse().unwrap_or_else(|e| panic!("{e}"));
+            if let Some(q) = doc["hypervisor"]["qemu"].as_table_like_mut() {
+                for (i, key) in OWNED_KEYS.iter().enumerate() {
+                    if mask & (1 << i) != 0 {
+                        q.remove(key);
+                    }
+                }
+            }
+            let mut base = doc.to_string();
+            if !extra.is_empty() && base.contains("    \"cc_init_data\",\n") {
+                let lines: String = extra.iter().map(|e| format!("    {e}, # extra\n")).collect();
+                base = base.replacen("    \"cc_init_data\",\n", &format!("    \"cc_init_data\",\n{lines}"), 1);
+            }
+            let (fast, slow) = both_paths(&base, &o);
+            prop_assert_eq!(fast.as_deref(), Some(slow.as_str()));
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The base Kata configurations we ship, one per profile, written from the Kata 4.x keys of
+//! DESIGN.md §3 with our artifact paths under
+//! `/opt/nvidia-gpu-operator/artifacts/runtimeclasses/<class>/current/`. Each is embedded in
+//! the binary and passes [`crate::validate_config`].
+
+use crate::error::ConfigError;
+
+/// The profile names, in the order [`template`] knows them.
+pub const PROFILES: [&str; 3] = ["snp", "tdx", "gpu"];
+
+const SNP: &str = include_str!("../templates/configuration-qemu-nvidia-gpu-snp.toml");
+const TDX: &str = include_str!("../templates/configuration-qemu-nvidia-gpu-tdx.toml");
+const GPU: &str = include_str!("../templates/configuration-qemu-nvidia-gpu.toml");
+
+/// The base configuration of a profile (`snp`, `tdx` or `gpu`).
+pub fn template(profile_name: &str) -> Result<&'static str, ConfigError> {
+    match profile_name {
+        "snp" => Ok(SNP),
+        "tdx" => Ok(TDX),
+        "gpu" => Ok(GPU),
+        _ => Err(ConfigError::UnknownProfile {
+            name: profile_name.to_owned(),
+        }),
+    }
+}
+
+/// The file name Kata gives a profile's configuration, e.g.
+/// `configuration-qemu-nvidia-gpu-snp.toml`.
+pub fn template_file_name(profile_name: &str) -> Result<&'static str, ConfigError> {
+    match profile_name {
+        "snp" => Ok("configuration-qemu-nvidia-gpu-snp.toml"),
+        "tdx" => Ok("configuration-qemu-nvidia-gpu-tdx.toml"),
+        "gpu" => Ok("configuration-qemu-nvidia-gpu.toml"),
+        _ => Err(ConfigError::UnknownProfile {
+            name: profile_name.to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn every_template_validates() {
+        for name in PROFILES {
+            let text = template(name).unwrap_or_else(|e| panic!("{e}"));
+            let file = template_file_name(name).unwrap_or_else(|e| panic!("{e}"));
+            if let Err(e) = crate::validate_config(text, Path::new(file)) {
+                panic!("{name}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_profile_is_named() {
+        let e = template("sev").expect_err("should be refused");
+        assert_eq!(
+            e.to_string(),
+            "unknown profile \"sev\": known profiles are snp, tdx and gpu"
+        );
+        assert!(template_file_name("").is_err());
+    }
+}

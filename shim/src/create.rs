@@ -1,0 +1,276 @@
+//! What the wrapper does at `Create`: apply CDI edits containerd did not apply, plan the
+//! sandbox, render its Kata configuration, and point the downstream at it.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use cdi::{parse_cdi_annotations, QualifiedName, Registry};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::shim::shim::CreateTaskRequest;
+use oci_spec::runtime::Spec as OciSpec;
+
+use crate::host::Host;
+use crate::plan::{plan, BaseValues, PlanInput};
+use crate::profile::Profile;
+use crate::proxy::CreateHook;
+use crate::settings::{DownstreamKind, Settings};
+
+/// CRI's annotation telling a pod's sandbox from its containers.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// CRI's annotation naming a container's sandbox.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The type URL of Kata's runtime options.
+pub const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
+
+/// Encodes `runtimeoptions.v1.Options { config_path = 2 }` (the message is not in
+/// containerd-shim-protos, and one string field needs no generated code).
+pub fn runtime_options(config_path: &str) -> Vec<u8> {
+    let mut out = vec![0x12];
+    let mut len = config_path.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(config_path.as_bytes());
+    out
+}
+
+/// Whether an `Any` carries `runtimeoptions.v1.Options` (with or without a URL host).
+fn is_runtime_options(any: &Any) -> bool {
+    any.type_url.rsplit('/').next() == Some(RUNTIME_OPTIONS)
+}
+
+/// The wrapper's Create hook for one sandbox.
+pub struct Sandboxer {
+    /// The profile served.
+    pub profile: Profile,
+    /// Our settings.
+    pub settings: Settings,
+    /// The containerd namespace.
+    pub namespace: String,
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    cdi::write::write_atomic(path, text.as_bytes(), 0o600)
+}
+
+/// Reads `pcie_root_port` and `default_memory` of `[hypervisor.qemu]` from a Kata config.
+fn base_values(text: &str) -> BaseValues {
+    let defaults = BaseValues::default();
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return defaults;
+    };
+    let qemu = doc
+        .get("hypervisor")
+        .and_then(|h| h.get("qemu"))
+        .and_then(|q| q.as_table());
+    let int = |key: &str, default: u32| {
+        qemu.and_then(|q| q.get(key))
+            .and_then(toml::Value::as_integer)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(default)
+    };
+    BaseValues {
+        pcie_root_port: int("pcie_root_port", defaults.pcie_root_port),
+        default_memory: int("default_memory", defaults.default_memory),
+    }
+}
+
+impl Sandboxer {
+    /// The directory of a sandbox's state: `<state_dir>/<namespace>/<sandbox-id>`.
+    pub fn sandbox_dir(&self, sandbox_id: &str) -> PathBuf {
+        self.settings
+            .state_dir
+            .join(&self.namespace)
+            .join(sandbox_id)
+    }
+
+    /// Applies the CDI devices the spec asks for and does not have yet; returns whether
+    /// the spec changed.
+    fn apply_cdi(
+        &self,
+        registry: &Registry,
+        spec: &mut OciSpec,
+        names: &[QualifiedName],
+    ) -> Result<bool, String> {
+        let present: Vec<String> = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.devices().as_ref())
+            .into_iter()
+            .flatten()
+            .map(|d| d.path().display().to_string())
+            .collect();
+        let missing: Vec<QualifiedName> = names
+            .iter()
+            .filter(|name| {
+                registry.get(name).is_none_or(|d| {
+                    d.device
+                        .container_edits
+                        .device_nodes
+                        .iter()
+                        .any(|n| !present.contains(&n.path))
+                })
+            })
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        registry
+            .inject(spec, &missing)
+            .map_err(|e| cdi::one_line(&e))?;
+        Ok(true)
+    }
+
+    fn handle(&self, mut request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
+        let config_json = Path::new(&request.bundle).join("config.json");
+        let mut spec = OciSpec::load(&config_json)
+            .map_err(|e| format!("cannot read {}: {e}", config_json.display()))?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let container_type = annotations.get(CONTAINER_TYPE).map(String::as_str);
+        let registry = Registry::new(self.settings.registry_config());
+        let names =
+            parse_cdi_annotations(&annotations).map_err(|e| format!("pod annotation: {e}"))?;
+
+        if container_type != Some("sandbox") && self.apply_cdi(&registry, &mut spec, &names)? {
+            let text = serde_json::to_vec_pretty(&spec)
+                .map_err(|e| format!("cannot encode {}: {e}", config_json.display()))?;
+            let mode = fs::metadata(&config_json)
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0o644);
+            cdi::write::write_atomic(&config_json, &text, mode)
+                .map_err(|e| format!("cannot write {}: {e}", config_json.display()))?;
+        }
+        if container_type == Some("container") {
+            return Ok(request);
+        }
+
+        let base_path = self.settings.base_config_path(self.profile);
+        let base_text = fs::read_to_string(&base_path).map_err(|e| {
+            format!(
+                "cannot read the base Kata config {}: {e}; install the artifacts (kata-gpu artifacts install) or set base_config in the shim settings",
+                base_path.display()
+            )
+        })?;
+        let host = Host::new(&self.settings.host_root);
+        let base = base_values(&base_text);
+        let policy = self.settings.policy();
+        let planned = plan(&PlanInput {
+            profile: self.profile,
+            oci: &spec,
+            registry: &registry,
+            host: &host,
+            base: &base,
+            policy: &policy,
+        })
+        .map_err(|e| e.to_string())?;
+        let rendered = kata_gpu_configs::render::render(&base_text, &base_path, &planned.overrides)
+            .map_err(|e| {
+                format!(
+                    "cannot render the Kata config from {}: {e}",
+                    base_path.display()
+                )
+            })?;
+        let sandbox_id = annotations
+            .get(SANDBOX_ID)
+            .cloned()
+            .unwrap_or_else(|| request.id.clone());
+        let dir = self.sandbox_dir(&sandbox_id);
+        let config_path = dir.join("configuration.toml");
+        write_private(&config_path, &rendered.text)
+            .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+        let plan_json = serde_json::to_string_pretty(&planned.view()).unwrap_or_default();
+        write_private(&dir.join("plan.json"), &plan_json).map_err(|e| {
+            format!(
+                "cannot write the plan beside {}: {e}",
+                config_path.display()
+            )
+        })?;
+
+        let options = request.options.as_ref().cloned();
+        request.options = match (self.settings.downstream_kind, options) {
+            // Kata: our options, or theirs with the path replaced.
+            (DownstreamKind::Kata, None) => MessageField::some(Any {
+                type_url: RUNTIME_OPTIONS.to_owned(),
+                value: runtime_options(&config_path.display().to_string()),
+                ..Any::default()
+            }),
+            (DownstreamKind::Kata, Some(any)) if is_runtime_options(&any) => {
+                MessageField::some(Any {
+                    type_url: any.type_url.clone(),
+                    value: runtime_options(&config_path.display().to_string()),
+                    ..Any::default()
+                })
+            }
+            // runc reads only its own options type; Kata's would make it panic.
+            (DownstreamKind::Runc, Some(any)) if is_runtime_options(&any) => MessageField::none(),
+            (_, other) => other
+                .map(MessageField::some)
+                .unwrap_or_else(MessageField::none),
+        };
+        Ok(request)
+    }
+}
+
+impl CreateHook for Sandboxer {
+    fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
+        let id = request.id.clone();
+        let result = self.handle(request);
+        if result.is_err() {
+            // A failed Create leaves nothing behind.
+            let _ = fs::remove_dir_all(self.sandbox_dir(&id));
+        }
+        result
+    }
+
+    fn on_deleted(&self, id: &str) {
+        let dir = self.sandbox_dir(id);
+        if dir.exists() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        if let Some(ns) = dir.parent() {
+            let _ = fs::remove_dir(ns);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_options_encode_as_protobuf_field_2() {
+        assert_eq!(runtime_options("/x"), [0x12, 0x02, b'/', b'x']);
+        let long = "a".repeat(200);
+        let bytes = runtime_options(&long);
+        assert_eq!(&bytes[..3], &[0x12, 0xc8, 0x01]);
+        assert_eq!(bytes.len(), 3 + 200);
+    }
+
+    #[test]
+    fn base_values_come_from_the_qemu_section() {
+        let v = base_values("[hypervisor.qemu]\npcie_root_port = 4\ndefault_memory = 16384\n");
+        assert_eq!(
+            v,
+            BaseValues {
+                pcie_root_port: 4,
+                default_memory: 16384
+            }
+        );
+        assert_eq!(base_values("not toml ["), BaseValues::default());
+    }
+}

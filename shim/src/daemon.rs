@@ -1,0 +1,519 @@
+//! The shim's three lives: `start` (hand containerd an address), the serving daemon (the
+//! proxy), and `delete` (clean up after a dead shim). Process and file side effects live
+//! here; the decisions they follow are in [`crate::bootstrap`], [`crate::proxy`] and
+//! [`crate::create`].
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use containerd_shim_protos::events::task::TaskExit;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::shim::shim::DeleteResponse;
+use sha2::{Digest, Sha256};
+
+use crate::bootstrap::{encode_reply, parse_reply, reply_form, Flags, ReplyError};
+use crate::create::{Sandboxer, SANDBOX_ID};
+use crate::profile::Profile;
+use crate::proxy::{methods, wait_for_close, CreateHook, Proxy, Tracked};
+use crate::settings::{Settings, SettingsError};
+
+/// Environment of the serving daemon: the downstream's address.
+const ENV_DOWNSTREAM: &str = "KATA_GPU_DOWNSTREAM_ADDRESS";
+/// Environment of the serving daemon: the downstream's Task API version.
+const ENV_DOWNSTREAM_VERSION: &str = "KATA_GPU_DOWNSTREAM_VERSION";
+/// Environment of the serving daemon: our socket.
+const ENV_SOCKET: &str = "KATA_GPU_SOCKET";
+/// The action our own `start` gives the daemon it spawns.
+pub const SERVE_ACTION: &str = "serve";
+/// The exit status reported for tasks of a downstream that died.
+pub const DEAD_EXIT_STATUS: u32 = 255;
+
+/// Why `start` or `delete` failed; printed as containerd's error for the pod.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// The settings file is unusable.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The downstream binary is missing.
+    #[error("the downstream shim {} does not exist; install Kata (or set `downstream` in {})", path.display(), settings_hint(settings))]
+    DownstreamMissing {
+        /// The binary.
+        path: PathBuf,
+        /// The settings file in use.
+        settings: Option<PathBuf>,
+    },
+    /// The downstream's `start` ran past its time.
+    #[error("the downstream shim {} did not finish `start` within {seconds} s; it was killed", path.display())]
+    DownstreamTimeout {
+        /// The binary.
+        path: PathBuf,
+        /// The limit.
+        seconds: u64,
+    },
+    /// The downstream's `start` failed.
+    #[error("the downstream shim {} failed `{action}` ({status}): {output}", path.display())]
+    DownstreamFailed {
+        /// The binary.
+        path: PathBuf,
+        /// `start` or `delete`.
+        action: &'static str,
+        /// Its exit status.
+        status: String,
+        /// What it printed.
+        output: String,
+    },
+    /// The downstream's reply made no sense.
+    #[error("{}: {source}", path.display())]
+    DownstreamReply {
+        /// The binary.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: ReplyError,
+    },
+    /// Our own daemon did not come up.
+    #[error("the wrapper's server did not start listening on {} within {seconds} s; see the shim log", socket.display())]
+    DaemonNotListening {
+        /// The socket.
+        socket: PathBuf,
+        /// The limit.
+        seconds: u64,
+    },
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A socket path longer than a Unix socket may be.
+    #[error("socket path {} is too long for a Unix socket; set a shorter state_dir", .0.display())]
+    SocketPathTooLong(PathBuf),
+}
+
+fn settings_hint(path: &Option<PathBuf>) -> String {
+    path.as_ref().map_or_else(
+        || crate::settings::SYSTEM_SETTINGS.to_owned(),
+        |p| p.display().to_string(),
+    )
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ShimError {
+    let what = what.into();
+    move |source| ShimError::Io { what, source }
+}
+
+/// Our socket for a sandbox: `<state_dir>/s/<sha256(kata-gpu:address/namespace/group)>`.
+/// A name of our own, so that we never find (and stop serving on) Kata's socket.
+pub fn socket_path(settings: &Settings, flags: &Flags, group: &str) -> Result<PathBuf, ShimError> {
+    let digest = Sha256::digest(
+        format!("kata-gpu:{}/{}/{}", flags.address, flags.namespace, group).as_bytes(),
+    );
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let path = settings.state_dir.join("s").join(hex);
+    if path.as_os_str().len() > 107 {
+        return Err(ShimError::SocketPathTooLong(path));
+    }
+    Ok(path)
+}
+
+/// The sandbox a bundle's container belongs to: CRI's sandbox id, or the id itself.
+fn group_of(bundle: &Path, id: &str) -> String {
+    fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["annotations"][SANDBOX_ID].as_str().map(str::to_owned))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| id.to_owned())
+}
+
+/// Runs the downstream binary with our own arguments, environment and stdin, in the
+/// bundle; returns its stdout. Kills it after `timeout`.
+fn run_downstream(
+    settings: &Settings,
+    settings_path: &Option<PathBuf>,
+    args: &[String],
+    stdin: &[u8],
+    action: &'static str,
+) -> Result<Vec<u8>, ShimError> {
+    let path = settings.downstream.clone();
+    let mut child = Command::new(&path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ShimError::DownstreamMissing {
+                path: path.clone(),
+                settings: settings_path.clone(),
+            },
+            _ => ShimError::Io {
+                what: format!("cannot run {}", path.display()),
+                source: e,
+            },
+        })?;
+    if let Some(mut input) = child.stdin.take() {
+        // A shim that does not read its stdin must not make us fail.
+        let _ = input.write_all(stdin);
+    }
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut o = Vec::new();
+        let mut e = Vec::new();
+        if let Some(s) = out.as_mut() {
+            let _ = s.read_to_end(&mut o);
+        }
+        if let Some(s) = err.as_mut() {
+            let _ = s.read_to_end(&mut e);
+        }
+        (o, e)
+    });
+    let seconds = settings.start_timeout_seconds;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let status = loop {
+        match child
+            .try_wait()
+            .map_err(io(format!("cannot wait for {}", path.display())))?
+        {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ShimError::DownstreamTimeout { path, seconds });
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let (stdout, stderr) = reader.join().unwrap_or_default();
+    if !status.success() {
+        let output = String::from_utf8_lossy(if stderr.is_empty() { &stdout } else { &stderr })
+            .trim()
+            .to_owned();
+        return Err(ShimError::DownstreamFailed {
+            path,
+            action,
+            status: status.to_string(),
+            output,
+        });
+    }
+    Ok(stdout)
+}
+
+fn is_listening(socket: &Path) -> bool {
+    UnixStream::connect(socket).is_ok()
+}
+
+/// `start`: starts (or finds) the downstream, starts (or finds) our server, writes the
+/// bundle's `address`, and returns the exact bytes to print for containerd.
+pub fn start(
+    profile: Profile,
+    flags: &Flags,
+    args: &[String],
+    stdin: &[u8],
+) -> Result<Vec<u8>, ShimError> {
+    let (settings, settings_path) = Settings::load(profile)?;
+    start_with(&settings, &settings_path, flags, args, stdin)
+}
+
+/// [`start`] with given settings, for any binary built on this proxy (the tests'
+/// recording shim too): the server it spawns is this same binary with action `serve`.
+pub fn start_with(
+    settings: &Settings,
+    settings_path: &Option<PathBuf>,
+    flags: &Flags,
+    args: &[String],
+    stdin: &[u8],
+) -> Result<Vec<u8>, ShimError> {
+    let bundle = std::env::current_dir().map_err(io("cannot find the bundle (cwd)"))?;
+    let group = group_of(&bundle, &flags.id);
+    let form = reply_form(
+        stdin,
+        flags,
+        std::env::var("MAX_SHIM_VERSION").ok().as_deref(),
+    );
+
+    let reply = run_downstream(settings, settings_path, args, stdin, "start")?;
+    let downstream = parse_reply(&reply).map_err(|source| ShimError::DownstreamReply {
+        path: settings.downstream.clone(),
+        source,
+    })?;
+
+    let socket = socket_path(settings, flags, &group)?;
+    if !is_listening(&socket) {
+        let dir = socket.parent().unwrap_or(Path::new("/"));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(format!("cannot create {}", dir.display())))?;
+        let _ = fs::remove_file(&socket);
+        let exe = std::env::current_exe().map_err(io("cannot find our own binary"))?;
+        let mut daemon_args: Vec<String> = vec![
+            "-namespace".into(),
+            flags.namespace.clone(),
+            "-id".into(),
+            group.clone(),
+            "-address".into(),
+            flags.address.clone(),
+            "-publish-binary".into(),
+            flags.publish_binary.clone(),
+        ];
+        if flags.debug {
+            daemon_args.push("-debug".into());
+        }
+        daemon_args.push(SERVE_ACTION.into());
+        Command::new(exe)
+            .args(&daemon_args)
+            .env(ENV_DOWNSTREAM, &downstream.address)
+            .env(ENV_DOWNSTREAM_VERSION, downstream.version.to_string())
+            .env(ENV_SOCKET, &socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(io("cannot start the wrapper's server"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_listening(&socket) {
+            if Instant::now() >= deadline {
+                return Err(ShimError::DaemonNotListening {
+                    socket,
+                    seconds: 10,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let address = format!("unix://{}", socket.display());
+    // After the downstream wrote its own: containerd reconnects through this file.
+    cdi::write::write_atomic(&bundle.join("address"), address.as_bytes(), 0o644).map_err(io(
+        format!("cannot write {}", bundle.join("address").display()),
+    ))?;
+    Ok(encode_reply(&address, form))
+}
+
+fn now() -> Timestamp {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+        ..Timestamp::default()
+    }
+}
+
+/// Reports each process of a dead downstream as exited (status 255) to containerd.
+fn publish_exits(namespace: &str, tracked: &[Tracked]) {
+    let Ok(address) = std::env::var("TTRPC_ADDRESS") else {
+        tracing::error!("TTRPC_ADDRESS is not set; cannot report the dead downstream's tasks");
+        return;
+    };
+    let address = if address.contains("://") {
+        address
+    } else {
+        format!("unix://{address}")
+    };
+    let client = match ttrpc::Client::connect(&address) {
+        Ok(c) => containerd_shim_protos::shim_sync::EventsClient::new(c),
+        Err(e) => {
+            tracing::error!("cannot reach containerd at {address} to report exits: {e}");
+            return;
+        }
+    };
+    for t in tracked {
+        let exit = TaskExit {
+            container_id: t.container_id.clone(),
+            id: t.exec_id.clone(),
+            pid: t.pid,
+            exit_status: DEAD_EXIT_STATUS,
+            exited_at: MessageField::some(now()),
+            ..TaskExit::default()
+        };
+        let Ok(value) = exit.write_to_bytes() else {
+            continue;
+        };
+        let request = ForwardRequest {
+            envelope: MessageField::some(Envelope {
+                timestamp: MessageField::some(now()),
+                namespace: namespace.to_owned(),
+                topic: containerd_shim_protos::topics::TASK_EXIT_EVENT_TOPIC.to_owned(),
+                event: MessageField::some(Any {
+                    type_url: "containerd.events.TaskExit".to_owned(),
+                    value,
+                    ..Any::default()
+                }),
+                ..Envelope::default()
+            }),
+            ..ForwardRequest::default()
+        };
+        match client.forward(ttrpc::context::with_timeout(5_000_000_000), &request) {
+            Ok(_) => tracing::warn!(
+                "reported {}/{} exited ({DEAD_EXIT_STATUS})",
+                t.container_id,
+                t.exec_id
+            ),
+            Err(e) => tracing::error!("cannot report {}/{} exited: {e}", t.container_id, t.exec_id),
+        }
+    }
+}
+
+fn exit_cleanly(socket: &Path) -> ! {
+    // Let the last response reach containerd before the process goes.
+    std::thread::sleep(Duration::from_millis(50));
+    let _ = fs::remove_file(socket);
+    std::process::exit(0)
+}
+
+/// The serving daemon: proxies containerd's Task calls to the downstream until both have
+/// shut down. Never returns.
+pub fn serve(profile: Profile, flags: &Flags) -> Result<(), ShimError> {
+    let (settings, _) = Settings::load(profile)?;
+    let sandboxer = Sandboxer {
+        profile,
+        settings: settings.clone(),
+        namespace: flags.namespace.clone(),
+    };
+    serve_with(&settings, flags, Box::new(sandboxer))
+}
+
+/// [`serve`] with given settings and Create hook.
+pub fn serve_with(
+    settings: &Settings,
+    flags: &Flags,
+    hook: Box<dyn CreateHook>,
+) -> Result<(), ShimError> {
+    let env = |k: &str| {
+        std::env::var(k).map_err(|_| ShimError::Io {
+            what: format!("the server was started without {k}"),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })
+    };
+    let downstream = env(ENV_DOWNSTREAM)?;
+    let version: u32 = env(ENV_DOWNSTREAM_VERSION)?.parse().unwrap_or(2);
+    let socket = PathBuf::from(env(ENV_SOCKET)?);
+    crate::logging::init(&flags.namespace, &flags.id, flags.debug);
+
+    let listener = UnixListener::bind(&socket)
+        .map_err(io(format!("cannot listen on {}", socket.display())))?;
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("cannot restrict {}", socket.display())))?;
+    let client = ttrpc::Client::connect(&downstream).map_err(|e| ShimError::Io {
+        what: format!("cannot connect to the downstream shim at {downstream}"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let proxy = Proxy::new(
+        client,
+        version,
+        hook,
+        settings.downstream.display().to_string(),
+    );
+    let exit_socket = socket.clone();
+    let after_shutdown_proxy = Arc::clone(&proxy);
+    let after_shutdown: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        if after_shutdown_proxy.is_dead() {
+            exit_cleanly(&exit_socket);
+        }
+    });
+    let mut server = ttrpc::Server::new()
+        .add_listener(std::os::fd::IntoRawFd::into_raw_fd(listener))
+        .map(|s| s.register_service(methods(&proxy, after_shutdown)))
+        .map_err(|e| ShimError::Io {
+            what: "cannot set up the ttrpc server".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    server.start().map_err(|e| ShimError::Io {
+        what: "cannot start the ttrpc server".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    tracing::info!(
+        "serving on {} for downstream {downstream} (task API v{version})",
+        socket.display()
+    );
+
+    let downstream_socket = PathBuf::from(downstream.trim_start_matches("unix://"));
+    wait_for_close(&downstream_socket);
+    if proxy.is_shut_down() {
+        tracing::info!("downstream shut down; exiting");
+        exit_cleanly(&socket);
+    }
+    let tracked = proxy.mark_dead();
+    tracing::error!(
+        "the downstream shim exited unexpectedly; reporting {} process(es) as exited",
+        tracked.len()
+    );
+    publish_exits(&flags.namespace, &tracked);
+    // Keep answering (with errors) until containerd shuts us down.
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `delete`: the downstream's `delete`, then our state; returns the `DeleteResponse` bytes.
+pub fn delete(
+    profile: Profile,
+    flags: &Flags,
+    args: &[String],
+    stdin: &[u8],
+) -> Result<Vec<u8>, ShimError> {
+    let (settings, settings_path) = Settings::load(profile)?;
+    let sandboxer = Sandboxer {
+        profile,
+        settings: settings.clone(),
+        namespace: flags.namespace.clone(),
+    };
+    delete_with(&settings, &settings_path, flags, args, stdin, &sandboxer)
+}
+
+/// [`delete`] with given settings; `hook` learns that the task is gone.
+pub fn delete_with(
+    settings: &Settings,
+    settings_path: &Option<PathBuf>,
+    flags: &Flags,
+    args: &[String],
+    stdin: &[u8],
+    hook: &dyn CreateHook,
+) -> Result<Vec<u8>, ShimError> {
+    let response = match run_downstream(settings, settings_path, args, stdin, "delete") {
+        Ok(bytes) if DeleteResponse::parse_from_bytes(&bytes).is_ok() => bytes,
+        Ok(_) | Err(_) => DeleteResponse {
+            pid: 0,
+            exit_status: DEAD_EXIT_STATUS,
+            exited_at: MessageField::some(now()),
+            ..DeleteResponse::default()
+        }
+        .write_to_bytes()
+        .unwrap_or_default(),
+    };
+    hook.on_deleted(&flags.id);
+    let bundle = flags
+        .bundle
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    let group = group_of(&bundle, &flags.id);
+    if group == flags.id {
+        if let Ok(socket) = socket_path(settings, flags, &group) {
+            if !is_listening(&socket) {
+                let _ = fs::remove_file(&socket);
+            }
+        }
+    }
+    Ok(response)
+}

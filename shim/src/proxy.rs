@@ -1,0 +1,311 @@
+//! The Task proxy: every method of containerd's Task service, served under both the v2
+//! and the v3 service names, forwarded as raw bytes to the downstream shim under the name
+//! it serves. Only `Create` is decoded (to hand Kata the per-sandbox config); everything
+//! else passes through untouched, with the caller's deadline and metadata, and downstream
+//! errors keep their status codes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::shim::{
+    CreateTaskRequest, CreateTaskResponse, DeleteRequest, ExecProcessRequest, StartRequest,
+    StartResponse,
+};
+use ttrpc::proto::ResponseInit;
+use ttrpc::sync::{MethodHandler, TtrpcContext};
+use ttrpc::{get_status, Code, Request, Response};
+
+/// The Task service as containerd 1.6/1.7 and Kata name it.
+pub const TASK_V2: &str = "containerd.task.v2.Task";
+/// The Task service as containerd 2.x names it.
+pub const TASK_V3: &str = "containerd.task.v3.Task";
+
+/// Every method of the Task service (identical in v2 and v3).
+pub const METHODS: [&str; 17] = [
+    "State",
+    "Create",
+    "Start",
+    "Delete",
+    "Pids",
+    "Pause",
+    "Resume",
+    "Checkpoint",
+    "Kill",
+    "Exec",
+    "ResizePty",
+    "CloseIO",
+    "Update",
+    "Wait",
+    "Stats",
+    "Connect",
+    "Shutdown",
+];
+
+/// What the wrapper does to a `Create` before forwarding it.
+pub trait CreateHook: Send + Sync {
+    /// Returns the request to forward, or the one-line reason the Create fails.
+    fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String>;
+    /// Called after the downstream deleted task `id` (sandbox state may go).
+    fn on_deleted(&self, id: &str);
+}
+
+/// A process the downstream runs for us, remembered so that its exit can be reported
+/// if the downstream dies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// The task (container) id.
+    pub container_id: String,
+    /// The exec id, or the container id for the init process.
+    pub exec_id: String,
+    /// Its pid, once started.
+    pub pid: u32,
+}
+
+/// State shared by every handler.
+pub struct Proxy {
+    client: ttrpc::Client,
+    service: String,
+    hook: Box<dyn CreateHook>,
+    dead: AtomicBool,
+    shut_down: AtomicBool,
+    tracked: Mutex<BTreeMap<(String, String), Tracked>>,
+    downstream_name: String,
+}
+
+fn status_response(code: Code, message: impl ToString) -> Response {
+    Response::init_status(get_status(code, message))
+}
+
+impl Proxy {
+    /// A proxy to the downstream reachable through `client`, which serves Task API `version`.
+    pub fn new(
+        client: ttrpc::Client,
+        version: u32,
+        hook: Box<dyn CreateHook>,
+        downstream_name: String,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            service: if version >= 3 { TASK_V3 } else { TASK_V2 }.to_owned(),
+            hook,
+            dead: AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
+            tracked: Mutex::new(BTreeMap::new()),
+            downstream_name,
+        })
+    }
+
+    /// Whether the downstream has gone away.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    /// Whether containerd's Shutdown was forwarded and answered.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::SeqCst)
+    }
+
+    /// Marks the downstream dead and returns the processes it was running.
+    pub fn mark_dead(&self) -> Vec<Tracked> {
+        self.dead.store(true, Ordering::SeqCst);
+        let tracked = self
+            .tracked
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        tracked.into_values().collect()
+    }
+
+    /// Forwards one call and returns the response to send back.
+    pub fn forward(&self, method: &str, mut req: Request) -> Response {
+        if self.is_dead() {
+            if method == "Shutdown" {
+                self.shut_down.store(true, Ordering::SeqCst);
+                return ok_empty();
+            }
+            return status_response(
+                Code::UNAVAILABLE,
+                format!("the downstream shim ({}) has exited; its tasks were reported exited with status 255", self.downstream_name),
+            );
+        }
+        let mut create_id = None;
+        if method == "Create" {
+            let request = match CreateTaskRequest::parse_from_bytes(&req.payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    return status_response(
+                        Code::INVALID_ARGUMENT,
+                        format!("cannot decode CreateTaskRequest: {e}"),
+                    )
+                }
+            };
+            create_id = Some(request.id.clone());
+            match self.hook.on_create(request) {
+                Ok(rewritten) => match rewritten.write_to_bytes() {
+                    Ok(bytes) => req.payload = bytes,
+                    Err(e) => {
+                        return status_response(
+                            Code::INTERNAL,
+                            format!("cannot encode CreateTaskRequest: {e}"),
+                        )
+                    }
+                },
+                Err(reason) => return status_response(Code::FAILED_PRECONDITION, reason),
+            }
+        }
+        let request_payload = req.payload.clone();
+        req.service = self.service.clone();
+        let response = match self.client.request(req) {
+            Ok(res) => res,
+            Err(ttrpc::Error::RpcStatus(status)) => Response::init_status(status),
+            Err(e) => {
+                return status_response(
+                    Code::UNAVAILABLE,
+                    format!(
+                        "the downstream shim ({}) did not answer {method}: {e}",
+                        self.downstream_name
+                    ),
+                )
+            }
+        };
+        if response
+            .status
+            .as_ref()
+            .is_none_or(|s| s.code() == Code::OK)
+        {
+            self.record(method, &request_payload, &response.payload, create_id);
+        }
+        response
+    }
+
+    /// Bookkeeping of the processes the downstream runs, from successful calls.
+    fn record(&self, method: &str, request: &[u8], response: &[u8], create_id: Option<String>) {
+        let Ok(mut tracked) = self.tracked.lock() else {
+            return;
+        };
+        match method {
+            "Create" => {
+                if let (Some(id), Ok(res)) =
+                    (create_id, CreateTaskResponse::parse_from_bytes(response))
+                {
+                    tracked.insert(
+                        (id.clone(), id.clone()),
+                        Tracked {
+                            container_id: id.clone(),
+                            exec_id: id,
+                            pid: res.pid,
+                        },
+                    );
+                }
+            }
+            "Exec" => {
+                if let Ok(req) = ExecProcessRequest::parse_from_bytes(request) {
+                    tracked.insert(
+                        (req.id.clone(), req.exec_id.clone()),
+                        Tracked {
+                            container_id: req.id,
+                            exec_id: req.exec_id,
+                            pid: 0,
+                        },
+                    );
+                }
+            }
+            "Start" => {
+                if let (Ok(req), Ok(res)) = (
+                    StartRequest::parse_from_bytes(request),
+                    StartResponse::parse_from_bytes(response),
+                ) {
+                    let exec = if req.exec_id.is_empty() {
+                        req.id.clone()
+                    } else {
+                        req.exec_id.clone()
+                    };
+                    if let Some(t) = tracked.get_mut(&(req.id.clone(), exec)) {
+                        t.pid = res.pid;
+                    }
+                }
+            }
+            "Delete" => {
+                if let Ok(req) = DeleteRequest::parse_from_bytes(request) {
+                    if req.exec_id.is_empty() {
+                        tracked.retain(|(c, _), _| c != &req.id);
+                        drop(tracked);
+                        self.hook.on_deleted(&req.id);
+                    } else {
+                        tracked.remove(&(req.id.clone(), req.exec_id.clone()));
+                    }
+                }
+            }
+            "Shutdown" => self.shut_down.store(true, Ordering::SeqCst),
+            _ => {}
+        }
+    }
+}
+
+fn ok_empty() -> Response {
+    let mut res = Response::init_status(get_status(Code::OK, ""));
+    res.set_payload(
+        containerd_shim_protos::protobuf::well_known_types::empty::Empty::new()
+            .write_to_bytes()
+            .unwrap_or_default(),
+    );
+    res
+}
+
+struct Forward {
+    method: &'static str,
+    proxy: Arc<Proxy>,
+    after_shutdown: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl MethodHandler for Forward {
+    fn handler(&self, ctx: TtrpcContext, req: Request) -> ttrpc::Result<()> {
+        let response = self.proxy.forward(self.method, req);
+        let result = ctx.respond(ctx.mh.stream_id, response);
+        if self.method == "Shutdown" && self.proxy.is_shut_down() {
+            (self.after_shutdown)();
+        }
+        result
+    }
+}
+
+/// The method table for a ttrpc server: every Task method under both service names.
+/// `after_shutdown` runs once a Shutdown has been answered.
+pub fn methods(
+    proxy: &Arc<Proxy>,
+    after_shutdown: Arc<dyn Fn() + Send + Sync>,
+) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
+    let mut table: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
+    for service in [TASK_V2, TASK_V3] {
+        for method in METHODS {
+            table.insert(
+                format!("/{service}/{method}"),
+                Box::new(Forward {
+                    method,
+                    proxy: Arc::clone(proxy),
+                    after_shutdown: Arc::clone(&after_shutdown),
+                }),
+            );
+        }
+    }
+    table
+}
+
+/// Blocks until the downstream's socket closes (it exited), through a connection of its
+/// own on which nothing is ever sent.
+pub fn wait_for_close(socket: &std::path::Path) {
+    let Ok(mut stream) = UnixStream::connect(socket) else {
+        return;
+    };
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The wrapper's own settings: a small TOML file, all keys optional.
+//!
+//! Looked up at `$KATA_GPU_SHIM_CONFIG` (tests), else beside the profile's base Kata
+//! config (`<artifacts>/<class>/shim.toml`), else `/etc/kata-gpu/shim.toml`; no file means
+//! the defaults. A bad file fails `start` naming the file, line and key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::profile::Profile;
+
+/// Environment variable naming the settings file (for tests).
+pub const SETTINGS_ENV: &str = "KATA_GPU_SHIM_CONFIG";
+/// The system-wide settings file.
+pub const SYSTEM_SETTINGS: &str = "/etc/kata-gpu/shim.toml";
+/// Kata's shim, our default downstream.
+pub const DEFAULT_DOWNSTREAM: &str = "/opt/kata/bin/containerd-shim-kata-v2";
+
+/// What the downstream shim is, which decides what its `Create` options may be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DownstreamKind {
+    /// Kata's shim: reads `runtimeoptions.v1.Options{config_path}`.
+    #[default]
+    Kata,
+    /// runc's shim (tests): reads only its own option type, so ours are never sent.
+    Runc,
+}
+
+/// The settings, with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The downstream shim binary.
+    pub downstream: PathBuf,
+    /// What the downstream is.
+    pub downstream_kind: DownstreamKind,
+    /// Root under which the host (sysfs, /dev, CDI dirs) is read.
+    pub host_root: PathBuf,
+    /// CDI spec directories, lowest priority first, under `host_root`.
+    pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Our state: per-sandbox Kata configs and our sockets (`<state_dir>/s/`).
+    pub state_dir: PathBuf,
+    /// The base Kata config; empty means the profile's installed artifact set.
+    pub base_config: Option<PathBuf>,
+    /// Lowest `default_memory` a pod may ask for, MiB.
+    pub memory_min_mib: u32,
+    /// Highest `default_memory` a pod may ask for, MiB.
+    pub memory_max_mib: u32,
+    /// Refuse GPUs that are not CC-capable under snp/tdx instead of warning.
+    pub refuse_non_cc_gpus: bool,
+    /// The attestation KBS URL, passed to the guest as `agent.aa_kbc_params=cc_kbc::<url>`.
+    pub kbs_address: Option<String>,
+    /// Seconds the downstream's `start` may take.
+    pub start_timeout_seconds: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let policy = crate::plan::Policy::default();
+        Self {
+            downstream: PathBuf::from(DEFAULT_DOWNSTREAM),
+            downstream_kind: DownstreamKind::Kata,
+            host_root: PathBuf::from("/"),
+            cdi_spec_dirs: cdi::registry::DEFAULT_SPEC_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            state_dir: PathBuf::from("/run/kata-gpu"),
+            base_config: None,
+            memory_min_mib: policy.memory_min_mib,
+            memory_max_mib: policy.memory_max_mib,
+            refuse_non_cc_gpus: false,
+            kbs_address: None,
+            start_timeout_seconds: 30,
+        }
+    }
+}
+
+/// A settings file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// It exists but cannot be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+impl Settings {
+    /// Parses settings text; `origin` labels errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, SettingsError> {
+        let settings: Settings = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            SettingsError::Invalid {
+                path: origin.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        if settings.memory_min_mib > settings.memory_max_mib {
+            return Err(SettingsError::Invalid {
+                path: origin.to_path_buf(),
+                line: 1,
+                column: 1,
+                message: format!(
+                    "memory_min_mib ({}) is above memory_max_mib ({})",
+                    settings.memory_min_mib, settings.memory_max_mib
+                ),
+            });
+        }
+        Ok(settings)
+    }
+
+    /// The file to read for `profile`, if any exists.
+    pub fn locate(profile: Profile) -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os(SETTINGS_ENV) {
+            return Some(PathBuf::from(p));
+        }
+        let beside = kata_gpu_artifacts::layout::class_dir(
+            Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
+            profile.handler(),
+        )
+        .join("shim.toml");
+        [beside, PathBuf::from(SYSTEM_SETTINGS)]
+            .into_iter()
+            .find(|p| p.exists())
+    }
+
+    /// Loads the settings for `profile`: the located file, or the defaults.
+    pub fn load(profile: Profile) -> Result<(Self, Option<PathBuf>), SettingsError> {
+        match Self::locate(profile) {
+            None => Ok((Self::default(), None)),
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|source| SettingsError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Ok((Self::parse(&text, &path)?, Some(path)))
+            }
+        }
+    }
+
+    /// The base Kata config of `profile`: the configured file, or the installed set's.
+    pub fn base_config_path(&self, profile: Profile) -> PathBuf {
+        self.base_config.clone().unwrap_or_else(|| {
+            cdi::inject::under_root(
+                &self.host_root,
+                &kata_gpu_artifacts::layout::current_config_path(
+                    Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
+                    profile.handler(),
+                )
+                .display()
+                .to_string(),
+            )
+        })
+    }
+
+    /// The administrator's policy for the plan.
+    pub fn policy(&self) -> crate::plan::Policy {
+        crate::plan::Policy {
+            memory_min_mib: self.memory_min_mib,
+            memory_max_mib: self.memory_max_mib,
+            refuse_non_cc_gpus: self.refuse_non_cc_gpus,
+            kernel_params: self
+                .kbs_address
+                .iter()
+                .filter(|a| !a.is_empty())
+                .map(|a| format!("agent.aa_kbc_params=cc_kbc::{a}"))
+                .collect(),
+            ..crate::plan::Policy::default()
+        }
+    }
+
+    /// The CDI registry configuration.
+    pub fn registry_config(&self) -> cdi::RegistryConfig {
+        cdi::RegistryConfig {
+            spec_dirs: self
+                .cdi_spec_dirs
+                .iter()
+                .map(|d| cdi::inject::under_root(&self.host_root, &d.display().to_string()))
+                .collect(),
+            dev_root: self.host_root.clone(),
+            ..cdi::RegistryConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(
+            Settings::parse("", Path::new("s.toml")).expect("parses"),
+            Settings::default()
+        );
+    }
+
+    #[test]
+    fn keys_are_read() {
+        let s = Settings::parse(
+            "downstream = \"/usr/bin/containerd-shim-runc-v2\"\ndownstream_kind = \"runc\"\nstate_dir = \"/tmp/x\"\nkbs_address = \"http://kbs:8080\"\nmemory_max_mib = 65536\n",
+            Path::new("s.toml"),
+        )
+        .expect("parses");
+        assert_eq!(s.downstream_kind, DownstreamKind::Runc);
+        assert_eq!(s.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(
+            s.policy().kernel_params,
+            ["agent.aa_kbc_params=cc_kbc::http://kbs:8080"]
+        );
+        assert_eq!(s.policy().memory_max_mib, 65536);
+    }
+
+    #[test]
+    fn bad_files_name_file_line_and_key() {
+        let cases = [
+            (
+                "downstream = \"/x\"\nfrobnicate = 1\n",
+                "s.toml:2:1: unknown field `frobnicate`",
+            ),
+            (
+                "memory_min_mib = \"lots\"\n",
+                "s.toml:1:18: invalid type: string \"lots\", expected u32",
+            ),
+            (
+                "downstream_kind = \"crun\"\n",
+                "s.toml:1:19: unknown variant `crun`",
+            ),
+            ("state_dir = \n", "s.toml:1:"),
+            (
+                "memory_min_mib = 9000\nmemory_max_mib = 100\n",
+                "memory_min_mib (9000) is above memory_max_mib (100)",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = Settings::parse(text, Path::new("s.toml"))
+                .expect_err(text)
+                .to_string();
+            assert!(
+                err.starts_with("s.toml:") && err.contains(want),
+                "{text:?}: {err}"
+            );
+        }
+    }
+}

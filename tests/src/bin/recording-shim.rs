@@ -1,0 +1,113 @@
+//! `recording-shim`: a downstream for tests that stands where Kata's shim would. It
+//! records every CreateTaskRequest it receives (what Kata would have seen: the id and the
+//! runtime options with their `config_path`) as JSON in `$RECORDING_SHIM_DIR/<id>.json`,
+//! drops Kata's runtime options (runc cannot read them), and hands over to runc's shim.
+//!
+//! Its settings come from `$RECORDING_SHIM_CONFIG` (same keys as the wrapper's), so that it
+//! and the wrapper under test keep separate state and sockets.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::shim::shim::CreateTaskRequest;
+use kata_gpu_shim::bootstrap::parse_flags;
+use kata_gpu_shim::daemon::{delete_with, serve_with, start_with, SERVE_ACTION};
+use kata_gpu_shim::proxy::CreateHook;
+use kata_gpu_shim::settings::Settings;
+
+struct Recorder {
+    dir: PathBuf,
+}
+
+/// Reads field 2 (`config_path`) of an encoded `runtimeoptions.v1.Options`.
+fn config_path(options: &[u8]) -> Option<String> {
+    let mut i = 0;
+    while i < options.len() {
+        let tag = options[i];
+        i += 1;
+        let mut len = 0usize;
+        let mut shift = 0;
+        loop {
+            let b = *options.get(i)?;
+            i += 1;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let value = options.get(i..i + len)?;
+        i += len;
+        if tag == 0x12 {
+            return String::from_utf8(value.to_vec()).ok();
+        }
+    }
+    None
+}
+
+impl CreateHook for Recorder {
+    fn on_create(&self, mut request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
+        let options = request.options.as_ref();
+        let record = serde_json::json!({
+            "id": request.id,
+            "bundle": request.bundle,
+            "options_type_url": options.map(|o| o.type_url.clone()),
+            "config_path": options.and_then(|o| config_path(&o.value)),
+        });
+        let path = self.dir.join(format!("{}.json", request.id));
+        std::fs::write(&path, record.to_string())
+            .map_err(|e| format!("recording-shim: cannot write {}: {e}", path.display()))?;
+        if options.is_some_and(|o| o.type_url.ends_with("runtimeoptions.v1.Options")) {
+            request.options = MessageField::none();
+        }
+        Ok(request)
+    }
+
+    fn on_deleted(&self, _id: &str) {}
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let fail = |m: String| {
+        let _ = writeln!(std::io::stderr(), "recording-shim: {m}");
+        ExitCode::from(1)
+    };
+    let flags = match parse_flags(&args) {
+        Ok(f) => f,
+        Err(e) => return fail(e.to_string()),
+    };
+    let settings_path = std::env::var_os("RECORDING_SHIM_CONFIG").map(PathBuf::from);
+    let settings = match settings_path.as_ref().map(|p| {
+        std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Settings::parse(&t, p).map_err(|e| e.to_string()))
+    }) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return fail(e),
+        None => return fail("RECORDING_SHIM_CONFIG is not set".into()),
+    };
+    let recorder = Recorder {
+        dir: std::env::var_os("RECORDING_SHIM_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir),
+    };
+    let mut stdin = Vec::new();
+    if matches!(flags.action.as_deref(), Some("start" | "delete")) {
+        let _ = std::io::stdin().read_to_end(&mut stdin);
+    }
+    let emit = |bytes: Vec<u8>| {
+        let _ = std::io::stdout().write_all(&bytes);
+        ExitCode::SUCCESS
+    };
+    match flags.action.as_deref() {
+        Some("start") => start_with(&settings, &settings_path, &flags, &args, &stdin)
+            .map_or_else(|e| fail(e.to_string()), emit),
+        Some("delete") => delete_with(&settings, &settings_path, &flags, &args, &stdin, &recorder)
+            .map_or_else(|e| fail(e.to_string()), emit),
+        Some(SERVE_ACTION) => serve_with(&settings, &flags, Box::new(recorder))
+            .map_or_else(|e| fail(e.to_string()), |()| ExitCode::SUCCESS),
+        other => fail(format!("unexpected action {other:?}")),
+    }
+}

@@ -1,0 +1,434 @@
+//! The wrapper shim driven by a real containerd 1.6 through `ctr`, with runc's real v2 shim
+//! downstream in Kata's place: every Task call a user makes behaves as with runc directly,
+//! GPU sandboxes get their per-sandbox Kata config, and nothing is left behind.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Output;
+
+use kata_gpu_shim::host::Host;
+use kata_gpu_shim::host_spec::host_specs;
+use kata_gpu_tests::{busybox_rootfs, workspace_bin, PrivateContainerd, SimHost, VfioMode};
+
+const RUNTIME: &str = "io.containerd.kata-qemu-nvidia-gpu-snp.v2";
+const SHIM: &str = "containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
+
+/// Which downstream the wrapper talks to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Downstream {
+    /// runc's shim directly (`downstream_kind = "runc"`).
+    Runc,
+    /// The recording shim, which records what Kata would see, then runc.
+    Recording,
+}
+
+struct Rig {
+    work: tempfile::TempDir,
+    /// Kept alive for the test: the simulated host the wrapper reads.
+    _sim: SimHost,
+    rootfs: PathBuf,
+    ctrd: PrivateContainerd,
+}
+
+impl Rig {
+    fn new(downstream: Downstream, extra_settings: &str) -> Self {
+        let work = tempfile::Builder::new()
+            .prefix("shimrig")
+            .tempdir()
+            .expect("tempdir");
+        let w = work.path();
+        let bin = w.join("bin");
+        fs::create_dir_all(&bin).expect("mkdir bin");
+        std::os::unix::fs::symlink(workspace_bin("kata-gpu-shim", SHIM), bin.join(SHIM))
+            .expect("link shim");
+        let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+        for spec in host_specs(&Host::new(sim.root()))
+            .expect("host specs")
+            .specs
+        {
+            cdi::write_spec(&sim.path("var/run/cdi"), &spec).expect("host spec");
+        }
+        fs::write(
+            w.join("base.toml"),
+            kata_gpu_configs::template("snp").expect("template"),
+        )
+        .expect("base config");
+        let (downstream_path, kind) = match downstream {
+            Downstream::Runc => ("/usr/bin/containerd-shim-runc-v2".to_owned(), "runc"),
+            Downstream::Recording => (env!("CARGO_BIN_EXE_recording-shim").to_owned(), "kata"),
+        };
+        let settings = format!(
+            "downstream = \"{downstream_path}\"\ndownstream_kind = \"{kind}\"\nstate_dir = \"{st}\"\nhost_root = \"{root}\"\nbase_config = \"{base}\"\n{extra_settings}",
+            st = w.join("st").display(),
+            root = sim.root().display(),
+            base = w.join("base.toml").display(),
+        );
+        fs::write(w.join("shim.toml"), settings).expect("settings");
+        fs::write(
+            w.join("recorder.toml"),
+            format!("downstream = \"/usr/bin/containerd-shim-runc-v2\"\ndownstream_kind = \"runc\"\nstate_dir = \"{}\"\n", w.join("rst").display()),
+        )
+        .expect("recorder settings");
+        fs::create_dir_all(w.join("records")).expect("records dir");
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let ctrd = PrivateContainerd::start_with(
+            "",
+            &[
+                ("PATH", path),
+                (
+                    "KATA_GPU_SHIM_CONFIG",
+                    w.join("shim.toml").display().to_string(),
+                ),
+                (
+                    "RECORDING_SHIM_CONFIG",
+                    w.join("recorder.toml").display().to_string(),
+                ),
+                (
+                    "RECORDING_SHIM_DIR",
+                    w.join("records").display().to_string(),
+                ),
+            ],
+        );
+        let rootfs = busybox_rootfs(w);
+        Self {
+            work,
+            _sim: sim,
+            rootfs,
+            ctrd,
+        }
+    }
+
+    /// Our processes (and the downstream's) still running, by command line.
+    fn leftover_processes(&self) -> Vec<String> {
+        let w = self.work.path().display().to_string();
+        let mut leftovers = Vec::new();
+        for entry in fs::read_dir("/proc").expect("proc").flatten() {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let environ = String::from_utf8_lossy(
+                &fs::read(entry.path().join("environ")).unwrap_or_default(),
+            )
+            .into_owned();
+            if (text.contains(SHIM)
+                || text.contains("recording-shim")
+                || text.contains("containerd-shim-runc-v2"))
+                && environ.contains(&w)
+            {
+                leftovers.push(text);
+            }
+        }
+        leftovers
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctrd.ctr(args)
+    }
+
+    /// `ctr run` through the wrapper, with the given leading flags and command. `id` must
+    /// come from [`Rig::id`]: runc's state root is shared by every containerd on the host.
+    fn run(&self, flags: &[&str], id: &str, command: &[&str]) -> Output {
+        let rootfs = self.rootfs.display().to_string();
+        let mut args: Vec<&str> = vec!["run", "--runtime", RUNTIME];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--rootfs", &rootfs, id]);
+        args.extend_from_slice(command);
+        self.ctr(&args)
+    }
+
+    /// A container id unique to this test process.
+    fn id(name: &str) -> String {
+        format!("{name}-{}", std::process::id())
+    }
+
+    fn state_dir(&self, id: &str) -> PathBuf {
+        self.work.path().join("st/default").join(id)
+    }
+
+    /// No process of ours or of the downstream runs, no socket or state is left. Shims
+    /// exit just after answering Shutdown, so give them a moment.
+    fn assert_clean(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && !self.leftover_processes().is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let leftovers = self.leftover_processes();
+        assert!(leftovers.is_empty(), "processes left behind: {leftovers:?}");
+        let w = self.work.path().display().to_string();
+        for dir in ["st/s", "rst/s"] {
+            let p = self.work.path().join(dir);
+            let left: Vec<_> = fs::read_dir(&p)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "sockets left in {}: {left:?}", p.display());
+        }
+        let st = self.work.path().join("st/default");
+        let left: Vec<_> = fs::read_dir(&st)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "sandbox state left: {left:?}");
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(&w)).collect();
+        assert!(ours.is_empty(), "mounts left: {ours:?}");
+    }
+}
+
+impl Drop for Rig {
+    /// A failed test still stops what it started: kill and delete every task.
+    fn drop(&mut self) {
+        let tasks = out(&self.ctr(&["tasks", "ls", "-q"]));
+        for id in tasks.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            let _ = self.ctr(&["tasks", "delete", "--force", id]);
+        }
+        let containers = out(&self.ctr(&["containers", "ls", "-q"]));
+        for id in containers.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let _ = self.ctr(&["containers", "delete", id]);
+        }
+    }
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn wait_for_exit(rig: &Rig, id: &str) {
+    for _ in 0..200 {
+        let tasks = out(&rig.ctr(&["tasks", "ls"]));
+        if tasks
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("task {id} did not stop");
+}
+
+#[test]
+fn run_rm_and_exit_codes_pass_through() {
+    let rig = Rig::new(Downstream::Runc, "");
+    let seven_id = Rig::id("seven");
+    let hello_id = Rig::id("hello");
+    let o = rig.run(
+        &["--rm"],
+        &hello_id,
+        &["/bin/busybox", "echo", "hello through the wrapper"],
+    );
+    assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
+    assert_eq!(out(&o).trim(), "hello through the wrapper");
+    let o = rig.run(&["--rm"], &seven_id, &["/bin/sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", err(&o));
+    rig.assert_clean();
+}
+
+#[test]
+fn a_long_running_task_answers_every_call_like_runc() {
+    let rig = Rig::new(Downstream::Runc, "");
+    let long_id = Rig::id("long");
+    // As PID 1 the process only ends on SIGTERM if it handles it.
+    let o = rig.run(
+        &["-d"],
+        &long_id,
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 42' TERM; /bin/busybox sleep 300 & wait",
+        ],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(rig.state_dir(&long_id).join("configuration.toml").is_file());
+
+    let o = rig.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        &long_id,
+        "/bin/sh",
+        "-c",
+        "echo in-exec; exit 3",
+    ]);
+    assert_eq!(
+        (o.status.code(), out(&o).trim()),
+        (Some(3), "in-exec"),
+        "{}",
+        err(&o)
+    );
+    let pids = out(&rig.ctr(&["tasks", "ps", &long_id]));
+    // The shell and its sleep.
+    assert_eq!(pids.lines().count(), 3, "{pids}");
+    assert!(rig.ctr(&["tasks", "pause", &long_id]).status.success());
+    assert!(out(&rig.ctr(&["tasks", "ls"])).contains("PAUSED"));
+    assert!(rig.ctr(&["tasks", "resume", &long_id]).status.success());
+    assert!(out(&rig.ctr(&["tasks", "ls"])).contains("RUNNING"));
+    let metrics = rig.ctr(&["tasks", "metrics", &long_id]);
+    assert!(
+        metrics.status.success() && out(&metrics).contains("METRIC"),
+        "{}",
+        err(&metrics)
+    );
+    assert!(rig
+        .ctr(&["tasks", "kill", "-s", "SIGTERM", &long_id])
+        .status
+        .success());
+    wait_for_exit(&rig, &long_id);
+    let o = rig.ctr(&["tasks", "delete", &long_id]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        err(&o).contains("exit code 42"),
+        "the exit status of the TERM handler: {}",
+        err(&o)
+    );
+    assert!(rig
+        .ctr(&["containers", "delete", &long_id])
+        .status
+        .success());
+    assert!(
+        !rig.state_dir(&long_id).exists(),
+        "state removed with the task"
+    );
+    rig.assert_clean();
+}
+
+#[test]
+fn a_tty_works_through_the_wrapper() {
+    let rig = Rig::new(Downstream::Runc, "");
+    // ctr needs a terminal for -t: `script` gives it one.
+    let rootfs = rig.rootfs.display().to_string();
+    let command = format!(
+        "ctr --address {} run --rm -t --runtime {RUNTIME} --rootfs {rootfs} tty /bin/sh -c 'tty; echo tty-ok'",
+        rig.ctrd.address().display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run script");
+    let text = out(&o);
+    assert!(o.status.success(), "{text}{}", err(&o));
+    assert!(
+        text.contains("/dev/pts/") && text.contains("tty-ok"),
+        "{text}"
+    );
+    rig.assert_clean();
+}
+
+#[test]
+fn a_gpu_sandbox_gets_its_devices_and_kata_sees_its_config() {
+    let rig = Rig::new(
+        Downstream::Recording,
+        "kbs_address = \"http://kbs.example:8080\"\n",
+    );
+    let gpu_id = Rig::id("gpu");
+    let o = rig.run(
+        &["-d", "--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+        &gpu_id,
+        &["/bin/busybox", "sleep", "300"],
+    );
+    assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
+    let config = rig.state_dir(&gpu_id).join("configuration.toml");
+    let text = fs::read_to_string(&config).expect("per-sandbox config");
+    assert!(text.contains("pcie_root_port = 1"), "{text}");
+    assert!(
+        text.contains("cold_plug_vfio = \"root-port\"")
+            && text.contains("hot_plug_vfio = \"no-port\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("agent.aa_kbc_params=cc_kbc::http://kbs.example:8080"),
+        "{text}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&config).expect("stat").permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(config.parent().expect("dir"))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    let record: serde_json::Value = serde_json::from_slice(
+        &fs::read(rig.work.path().join(format!("records/{gpu_id}.json"))).expect("recorded Create"),
+    )
+    .expect("json");
+    assert_eq!(record["options_type_url"], "runtimeoptions.v1.Options");
+    assert_eq!(record["config_path"], config.display().to_string());
+
+    let ls = rig.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "ls",
+        &gpu_id,
+        "/bin/busybox",
+        "ls",
+        "/dev/vfio/devices",
+    ]);
+    assert_eq!(out(&ls).trim(), "vfio0", "{}", err(&ls));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&fs::read(rig.state_dir(&gpu_id).join("plan.json")).expect("plan"))
+            .expect("json");
+    assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0");
+
+    assert!(rig
+        .ctr(&["tasks", "kill", "-s", "SIGKILL", &gpu_id])
+        .status
+        .success());
+    wait_for_exit(&rig, &gpu_id);
+    assert!(rig.ctr(&["tasks", "delete", &gpu_id]).status.success());
+    assert!(rig.ctr(&["containers", "delete", &gpu_id]).status.success());
+    rig.assert_clean();
+}
+
+#[test]
+fn a_refused_plan_fails_the_create_with_its_reason_and_leaves_nothing() {
+    let rig = Rig::new(Downstream::Runc, "");
+    let nogpu_id = Rig::id("nogpu");
+    let o = rig.run(
+        &["--rm", "--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=7"],
+        &nogpu_id,
+        &["/bin/true"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("nvidia.com/pgpu=7 is not defined; nvidia.com/pgpu has: 0, 40, vfio0"),
+        "{}",
+        err(&o)
+    );
+    let _ = rig.ctr(&["containers", "delete", &nogpu_id]);
+    rig.assert_clean();
+}
+
+#[test]
+fn a_missing_downstream_fails_start_naming_the_path() {
+    let rig = Rig::new(Downstream::Runc, "");
+    let nodown_id = Rig::id("nodown");
+    let settings = rig.work.path().join("shim.toml");
+    let text = fs::read_to_string(&settings).expect("settings").replace(
+        "/usr/bin/containerd-shim-runc-v2",
+        "/nonexistent/containerd-shim-kata-v2",
+    );
+    fs::write(&settings, text).expect("settings");
+    let o = rig.run(&["--rm"], &nodown_id, &["/bin/true"]);
+    assert!(!o.status.success());
+    assert!(
+        err(&o).contains("the downstream shim /nonexistent/containerd-shim-kata-v2 does not exist"),
+        "{}",
+        err(&o)
+    );
+    let _ = rig.ctr(&["containers", "delete", &nodown_id]);
+    rig.assert_clean();
+}

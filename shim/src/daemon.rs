@@ -11,11 +11,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
@@ -25,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::bootstrap::{encode_reply, parse_reply, reply_form, Flags, ReplyError};
 use crate::create::{Sandboxer, SANDBOX_ID};
 use crate::profile::Profile;
-use crate::proxy::{methods, wait_for_close, CreateHook, Proxy, Tracked};
+use crate::proxy::{methods, now, wait_for_close, CreateHook, Proxy, Tracked, DEAD_EXIT_STATUS};
 use crate::settings::{Settings, SettingsError};
 
 /// Environment of the serving daemon: the downstream's address.
@@ -36,8 +35,6 @@ const ENV_DOWNSTREAM_VERSION: &str = "KATA_GPU_DOWNSTREAM_VERSION";
 const ENV_SOCKET: &str = "KATA_GPU_SOCKET";
 /// The action our own `start` gives the daemon it spawns.
 pub const SERVE_ACTION: &str = "serve";
-/// The exit status reported for tasks of a downstream that died.
-pub const DEAD_EXIT_STATUS: u32 = 255;
 
 /// Why `start` or `delete` failed; printed as containerd's error for the pod.
 #[derive(Debug, thiserror::Error)]
@@ -148,10 +145,17 @@ fn run_downstream(
     args: &[String],
     stdin: &[u8],
     action: &'static str,
+    env: &[(&str, String)],
+    cwd: Option<&Path>,
 ) -> Result<Vec<u8>, ShimError> {
     let path = settings.downstream.clone();
-    let mut child = Command::new(&path)
+    let mut command = Command::new(&path);
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -247,7 +251,31 @@ pub fn start_with(
         std::env::var("MAX_SHIM_VERSION").ok().as_deref(),
     );
 
-    let reply = run_downstream(settings, settings_path, args, stdin, "start")?;
+    // runc's shim (the tests' stand-in for Kata) reads stdin as runtime options and fails on
+    // a bootstrap message; Kata gets exactly what containerd sent.
+    let downstream_stdin = match (form, settings.downstream_kind) {
+        (crate::bootstrap::ReplyForm::Protobuf, crate::settings::DownstreamKind::Runc) => &[][..],
+        _ => stdin,
+    };
+    // containerd 2.3 passes its event address only inside the bootstrap message.
+    let mut env: Vec<(&str, String)> = Vec::new();
+    if form == crate::bootstrap::ReplyForm::Protobuf && std::env::var_os("TTRPC_ADDRESS").is_none()
+    {
+        if let Ok(params) =
+            containerd_shim_protos::bootstrap_api::BootstrapParams::parse_from_bytes(stdin)
+        {
+            env.push(("TTRPC_ADDRESS", params.containerd_ttrpc_address));
+        }
+    }
+    let reply = run_downstream(
+        settings,
+        settings_path,
+        args,
+        downstream_stdin,
+        "start",
+        &env,
+        None,
+    )?;
     let downstream = parse_reply(&reply).map_err(|source| ShimError::DownstreamReply {
         path: settings.downstream.clone(),
         source,
@@ -279,6 +307,7 @@ pub fn start_with(
         daemon_args.push(SERVE_ACTION.into());
         Command::new(exe)
             .args(&daemon_args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(ENV_DOWNSTREAM, &downstream.address)
             .env(ENV_DOWNSTREAM_VERSION, downstream.version.to_string())
             .env(ENV_SOCKET, &socket)
@@ -305,17 +334,6 @@ pub fn start_with(
         format!("cannot write {}", bundle.join("address").display()),
     ))?;
     Ok(encode_reply(&address, form))
-}
-
-fn now() -> Timestamp {
-    let since = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
-        ..Timestamp::default()
-    }
 }
 
 /// Reports each process of a dead downstream as exited (status 255) to containerd.
@@ -429,6 +447,14 @@ pub fn serve_with(
         if after_shutdown_proxy.is_dead() {
             exit_cleanly(&exit_socket);
         }
+        // A downstream with tasks left answers Shutdown and keeps running.
+        let proxy = Arc::clone(&after_shutdown_proxy);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            if !proxy.is_dead() {
+                proxy.shutdown_declined();
+            }
+        });
     });
     let mut server = ttrpc::Server::new()
         .add_listener(std::os::fd::IntoRawFd::into_raw_fd(listener))
@@ -489,7 +515,7 @@ pub fn delete_with(
     stdin: &[u8],
     hook: &dyn CreateHook,
 ) -> Result<Vec<u8>, ShimError> {
-    let response = match run_downstream(settings, settings_path, args, stdin, "delete") {
+    let response = match run_downstream(settings, settings_path, args, stdin, "delete", &[], None) {
         Ok(bytes) if DeleteResponse::parse_from_bytes(&bytes).is_ok() => bytes,
         Ok(_) | Err(_) => DeleteResponse {
             pid: 0,

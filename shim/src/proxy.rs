@@ -10,10 +10,12 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::api::Status as TaskStatus;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
 use containerd_shim_protos::shim::shim::{
-    CreateTaskRequest, CreateTaskResponse, DeleteRequest, ExecProcessRequest, StartRequest,
-    StartResponse,
+    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest,
+    StartRequest, StartResponse, StateRequest, StateResponse, WaitResponse,
 };
 use ttrpc::proto::ResponseInit;
 use ttrpc::sync::{MethodHandler, TtrpcContext};
@@ -63,7 +65,13 @@ pub struct Tracked {
     pub exec_id: String,
     /// Its pid, once started.
     pub pid: u32,
+    /// The bundle of an init process (empty for an exec).
+    pub bundle: String,
 }
+
+/// Cleans up after a task of a dead downstream (e.g. the downstream's own `delete`);
+/// returns the `DeleteResponse` bytes to answer with.
+pub type DeadTaskCleanup = Box<dyn Fn(&Tracked) -> Option<Vec<u8>> + Send + Sync>;
 
 /// State shared by every handler.
 pub struct Proxy {
@@ -73,8 +81,13 @@ pub struct Proxy {
     dead: AtomicBool,
     shut_down: AtomicBool,
     tracked: Mutex<BTreeMap<(String, String), Tracked>>,
+    dead_cleanup: Mutex<Option<DeadTaskCleanup>>,
+    died_at: Mutex<Option<Timestamp>>,
     downstream_name: String,
 }
+
+/// The exit status reported for the tasks of a downstream that died.
+pub const DEAD_EXIT_STATUS: u32 = 255;
 
 fn status_response(code: Code, message: impl ToString) -> Response {
     Response::init_status(get_status(code, message))
@@ -95,8 +108,17 @@ impl Proxy {
             dead: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
             tracked: Mutex::new(BTreeMap::new()),
+            dead_cleanup: Mutex::new(None),
+            died_at: Mutex::new(None),
             downstream_name,
         })
+    }
+
+    /// Sets how a dead downstream's task is cleaned up when containerd deletes it.
+    pub fn set_dead_cleanup(&self, cleanup: DeadTaskCleanup) {
+        if let Ok(mut slot) = self.dead_cleanup.lock() {
+            *slot = Some(cleanup);
+        }
     }
 
     /// Whether the downstream has gone away.
@@ -104,20 +126,120 @@ impl Proxy {
         self.dead.load(Ordering::SeqCst)
     }
 
-    /// Whether containerd's Shutdown was forwarded and answered.
+    /// Whether containerd asked for a Shutdown (forwarded, or answered for a dead downstream).
     pub fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::SeqCst)
     }
 
-    /// Marks the downstream dead and returns the processes it was running.
+    /// Forgets a Shutdown the downstream did not act on (it still runs tasks), so that a
+    /// later crash is reported as one.
+    pub fn shutdown_declined(&self) {
+        self.shut_down.store(false, Ordering::SeqCst);
+    }
+
+    /// Marks the downstream dead and returns the processes it was running (kept, so that
+    /// containerd's later Delete can clean each task up).
     pub fn mark_dead(&self) -> Vec<Tracked> {
+        if let Ok(mut at) = self.died_at.lock() {
+            *at = Some(now());
+        }
         self.dead.store(true, Ordering::SeqCst);
+        self.tracked
+            .lock()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A `WaitResponse` saying "exited with 255 when the downstream died", and that time.
+    fn exited(&self) -> (Vec<u8>, Timestamp) {
+        let at = self
+            .died_at
+            .lock()
+            .ok()
+            .and_then(|t| t.clone())
+            .unwrap_or_else(now);
+        let bytes = WaitResponse {
+            exit_status: DEAD_EXIT_STATUS,
+            exited_at: MessageField::some(at.clone()),
+            ..WaitResponse::default()
+        }
+        .write_to_bytes()
+        .unwrap_or_default();
+        (bytes, at)
+    }
+
+    /// Answers State for a task of a dead downstream: stopped, with status 255.
+    fn state_dead(&self, payload: &[u8]) -> Response {
+        let Ok(req) = StateRequest::parse_from_bytes(payload) else {
+            return status_response(Code::INVALID_ARGUMENT, "cannot decode StateRequest");
+        };
+        let exec = if req.exec_id.is_empty() {
+            req.id.clone()
+        } else {
+            req.exec_id.clone()
+        };
+        let Some(t) = self
+            .tracked
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&(req.id.clone(), exec)).cloned())
+        else {
+            return status_response(
+                Code::NOT_FOUND,
+                format!("{} is not known to the wrapper", req.id),
+            );
+        };
+        let (_, at) = self.exited();
+        let state = StateResponse {
+            id: req.id.clone(),
+            bundle: t.bundle,
+            pid: t.pid,
+            status: EnumOrUnknown::new(TaskStatus::STOPPED),
+            exit_status: DEAD_EXIT_STATUS,
+            exited_at: MessageField::some(at),
+            exec_id: req.exec_id,
+            ..StateResponse::default()
+        };
+        ok_payload(state.write_to_bytes().unwrap_or_default())
+    }
+
+    /// Answers containerd's Delete of a task whose downstream is gone: cleans it up and
+    /// reports it exited (255), so that `ctr task rm` and CRI's RemoveContainer succeed.
+    fn delete_dead(&self, payload: &[u8]) -> Response {
+        let Ok(req) = DeleteRequest::parse_from_bytes(payload) else {
+            return status_response(Code::INVALID_ARGUMENT, "cannot decode DeleteRequest");
+        };
+        let exec = if req.exec_id.is_empty() {
+            req.id.clone()
+        } else {
+            req.exec_id.clone()
+        };
         let tracked = self
             .tracked
             .lock()
-            .map(|mut t| std::mem::take(&mut *t))
-            .unwrap_or_default();
-        tracked.into_values().collect()
+            .ok()
+            .and_then(|mut t| t.remove(&(req.id.clone(), exec)));
+        let cleaned = match (&tracked, self.dead_cleanup.lock()) {
+            (Some(t), Ok(cleanup)) if req.exec_id.is_empty() => cleanup.as_ref().and_then(|f| f(t)),
+            _ => None,
+        };
+        let payload = cleaned.unwrap_or_else(|| {
+            DeleteResponse {
+                pid: tracked.as_ref().map_or(0, |t| t.pid),
+                exit_status: DEAD_EXIT_STATUS,
+                exited_at: MessageField::some(self.exited().1),
+                ..DeleteResponse::default()
+            }
+            .write_to_bytes()
+            .unwrap_or_default()
+        });
+        if req.exec_id.is_empty() {
+            if let Ok(mut t) = self.tracked.lock() {
+                t.retain(|(c, _), _| c != &req.id);
+            }
+            self.hook.on_deleted(&req.id);
+        }
+        ok_payload(payload)
     }
 
     /// Forwards one call and returns the response to send back.
@@ -127,12 +249,20 @@ impl Proxy {
                 self.shut_down.store(true, Ordering::SeqCst);
                 return ok_empty();
             }
+            match method {
+                "Delete" => return self.delete_dead(&req.payload),
+                "State" => return self.state_dead(&req.payload),
+                "Wait" => return ok_payload(self.exited().0),
+                "Kill" => return ok_empty(),
+                _ => {}
+            }
             return status_response(
                 Code::UNAVAILABLE,
                 format!("the downstream shim ({}) has exited; its tasks were reported exited with status 255", self.downstream_name),
             );
         }
         let mut create_id = None;
+        let mut create_bundle = String::new();
         if method == "Create" {
             let request = match CreateTaskRequest::parse_from_bytes(&req.payload) {
                 Ok(r) => r,
@@ -144,6 +274,7 @@ impl Proxy {
                 }
             };
             create_id = Some(request.id.clone());
+            create_bundle = request.bundle.clone();
             match self.hook.on_create(request) {
                 Ok(rewritten) => match rewritten.write_to_bytes() {
                     Ok(bytes) => req.payload = bytes,
@@ -156,6 +287,11 @@ impl Proxy {
                 },
                 Err(reason) => return status_response(Code::FAILED_PRECONDITION, reason),
             }
+        }
+        if method == "Shutdown" {
+            // Before forwarding: the downstream may close its socket before its answer to
+            // us is read, and the monitor must not take that for a crash.
+            self.shut_down.store(true, Ordering::SeqCst);
         }
         let request_payload = req.payload.clone();
         req.service = self.service.clone();
@@ -177,20 +313,31 @@ impl Proxy {
             .as_ref()
             .is_none_or(|s| s.code() == Code::OK)
         {
-            self.record(method, &request_payload, &response.payload, create_id);
+            self.record(
+                method,
+                &request_payload,
+                &response.payload,
+                create_id.map(|id| (id, create_bundle)),
+            );
         }
         response
     }
 
     /// Bookkeeping of the processes the downstream runs, from successful calls.
-    fn record(&self, method: &str, request: &[u8], response: &[u8], create_id: Option<String>) {
+    fn record(
+        &self,
+        method: &str,
+        request: &[u8],
+        response: &[u8],
+        created: Option<(String, String)>,
+    ) {
         let Ok(mut tracked) = self.tracked.lock() else {
             return;
         };
         match method {
             "Create" => {
-                if let (Some(id), Ok(res)) =
-                    (create_id, CreateTaskResponse::parse_from_bytes(response))
+                if let (Some((id, bundle)), Ok(res)) =
+                    (created, CreateTaskResponse::parse_from_bytes(response))
                 {
                     tracked.insert(
                         (id.clone(), id.clone()),
@@ -198,6 +345,7 @@ impl Proxy {
                             container_id: id.clone(),
                             exec_id: id,
                             pid: res.pid,
+                            bundle,
                         },
                     );
                 }
@@ -210,6 +358,7 @@ impl Proxy {
                             container_id: req.id,
                             exec_id: req.exec_id,
                             pid: 0,
+                            bundle: String::new(),
                         },
                     );
                 }
@@ -240,20 +389,35 @@ impl Proxy {
                     }
                 }
             }
-            "Shutdown" => self.shut_down.store(true, Ordering::SeqCst),
             _ => {}
         }
     }
 }
 
-fn ok_empty() -> Response {
+/// The current time as a protobuf timestamp.
+pub fn now() -> Timestamp {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+        ..Timestamp::default()
+    }
+}
+
+fn ok_payload(payload: Vec<u8>) -> Response {
     let mut res = Response::init_status(get_status(Code::OK, ""));
-    res.set_payload(
+    res.set_payload(payload);
+    res
+}
+
+fn ok_empty() -> Response {
+    ok_payload(
         containerd_shim_protos::protobuf::well_known_types::empty::Empty::new()
             .write_to_bytes()
             .unwrap_or_default(),
-    );
-    res
+    )
 }
 
 struct Forward {

@@ -432,3 +432,122 @@ fn a_missing_downstream_fails_start_naming_the_path() {
     let _ = rig.ctr(&["containers", "delete", &nodown_id]);
     rig.assert_clean();
 }
+
+/// Pids of processes whose command line has all of `needles` and that belong to this rig.
+fn pids_of(rig: &Rig, needles: &[&str]) -> Vec<u32> {
+    let w = rig.work.path().display().to_string();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").expect("proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline =
+            String::from_utf8_lossy(&fs::read(entry.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+        let environ =
+            String::from_utf8_lossy(&fs::read(entry.path().join("environ")).unwrap_or_default())
+                .into_owned();
+        if needles.iter().all(|n| cmdline.contains(n)) && environ.contains(&w) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn killing_the_downstream_reports_the_exit_and_lets_containerd_clean_up() {
+    let rig = Rig::new(Downstream::Runc, "");
+    let id = Rig::id("victim");
+    let o = rig.run(&["-d"], &id, &["/bin/busybox", "sleep", "300"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let downstream = pids_of(&rig, &["containerd-shim-runc-v2", &format!("-id {id}")]);
+    assert_eq!(downstream.len(), 1, "one downstream daemon: {downstream:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &downstream[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let start = std::time::Instant::now();
+    wait_for_exit(&rig, &id);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "containerd saw the exit after {:?}",
+        start.elapsed()
+    );
+    let o = rig.ctr(&["tasks", "delete", &id]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = rig.ctr(&["containers", "delete", &id]);
+    assert!(o.status.success(), "{}", err(&o));
+    rig.assert_clean();
+    assert!(
+        pids_of(&rig, &["sleep 300"]).is_empty(),
+        "the container's process was cleaned up"
+    );
+}
+
+#[test]
+fn every_container_of_a_pod_reaches_the_same_wrapper_and_downstream() {
+    let rig = Rig::new(Downstream::Runc, "");
+    let pod = Rig::id("pod");
+    let app = Rig::id("app");
+    let sandbox_flags = [
+        "-d",
+        "--annotation",
+        "io.kubernetes.cri.container-type=sandbox",
+        "--annotation",
+    ];
+    let pod_annotation = format!("io.kubernetes.cri.sandbox-id={pod}");
+    let mut flags: Vec<&str> = sandbox_flags.to_vec();
+    flags.push(&pod_annotation);
+    let o = rig.run(&flags, &pod, &["/bin/busybox", "sleep", "300"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let o = rig.run(
+        &[
+            "-d",
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            &pod_annotation,
+        ],
+        &app,
+        &["/bin/busybox", "sleep", "300"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let wrappers = pids_of(&rig, &[SHIM, "serve"]);
+    assert_eq!(wrappers.len(), 1, "one wrapper for the pod: {wrappers:?}");
+    let runc_shims = pids_of(&rig, &["containerd-shim-runc-v2", "-namespace"]);
+    assert_eq!(
+        runc_shims.len(),
+        1,
+        "one downstream for the pod: {runc_shims:?}"
+    );
+    let bundles = rig
+        .ctrd
+        .dir()
+        .join("state/io.containerd.runtime.v2.task/default");
+    let address =
+        |id: &str| fs::read_to_string(bundles.join(id).join("address")).expect("address file");
+    assert_eq!(address(&pod), address(&app));
+    assert!(
+        rig.state_dir(&pod).join("configuration.toml").is_file(),
+        "the sandbox was planned"
+    );
+    assert!(
+        !rig.state_dir(&app).exists(),
+        "a pod's container is not planned on its own"
+    );
+    for id in [&app, &pod] {
+        assert!(rig
+            .ctr(&["tasks", "kill", "-s", "SIGKILL", id])
+            .status
+            .success());
+        wait_for_exit(&rig, id);
+        assert!(rig.ctr(&["tasks", "delete", id]).status.success());
+        assert!(rig.ctr(&["containers", "delete", id]).status.success());
+    }
+    rig.assert_clean();
+}

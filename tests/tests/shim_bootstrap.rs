@@ -1,0 +1,239 @@
+//! The wrapper's `start` as each containerd generation calls it, with the test playing
+//! containerd (only 1.6 can be installed here): the reply form each expects, not one stray
+//! byte, the bundle's `address` file, and the Task service under the name each one calls.
+//! runc's real shim is downstream.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::shim::{ConnectRequest, ConnectResponse, ShutdownRequest};
+use kata_gpu_tests::{is_root, require, workspace_bin};
+
+const SHIM: &str = "containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
+
+struct MockContainerd {
+    work: tempfile::TempDir,
+    shim: PathBuf,
+}
+
+enum Caller {
+    /// containerd 1.6 and 1.7: no MAX_SHIM_VERSION, empty stdin.
+    Legacy,
+    /// containerd 2.0–2.2: MAX_SHIM_VERSION.
+    MaxVersion(&'static str),
+    /// containerd 2.3+: a BootstrapParams message on stdin.
+    Protobuf,
+}
+
+impl MockContainerd {
+    fn new() -> Self {
+        require(is_root(), "root is needed to run runc's shim");
+        let work = tempfile::Builder::new()
+            .prefix("mockctrd")
+            .tempdir()
+            .expect("tempdir");
+        let settings = format!(
+            "downstream = \"/usr/bin/containerd-shim-runc-v2\"\ndownstream_kind = \"runc\"\nstate_dir = \"{}\"\n",
+            work.path().join("st").display()
+        );
+        fs::write(work.path().join("shim.toml"), settings).expect("settings");
+        let bundle = work.path().join("bundle");
+        fs::create_dir_all(&bundle).expect("bundle");
+        fs::write(bundle.join("config.json"), "{\"ociVersion\":\"1.0.2\"}").expect("config.json");
+        // Like containerd: a `log` FIFO in the bundle, read for the shims' lifetime.
+        let log = bundle.join("log");
+        let made = Command::new("mkfifo").arg(&log).status().expect("mkfifo");
+        assert!(made.success());
+        std::thread::spawn(move || {
+            let _ = fs::read(&log);
+        });
+        Self {
+            work,
+            shim: workspace_bin("kata-gpu-shim", SHIM),
+        }
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.work.path().join("bundle")
+    }
+
+    /// Runs `start` as containerd would and returns (stdout, stderr).
+    fn start(&self, id: &str, caller: &Caller) -> (Vec<u8>, Vec<u8>) {
+        let address = self
+            .work
+            .path()
+            .join("containerd.sock")
+            .display()
+            .to_string();
+        let ttrpc = format!("{address}.ttrpc");
+        let mut cmd = Command::new(&self.shim);
+        cmd.args([
+            "-namespace",
+            "mock",
+            "-address",
+            &address,
+            "-publish-binary",
+            "/bin/true",
+            "-id",
+            id,
+            "start",
+        ])
+        .current_dir(self.bundle())
+        .env("KATA_GPU_SHIM_CONFIG", self.work.path().join("shim.toml"))
+        .env_remove("MAX_SHIM_VERSION")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut stdin = Vec::new();
+        match caller {
+            Caller::Legacy => {
+                cmd.env("TTRPC_ADDRESS", &ttrpc);
+            }
+            Caller::MaxVersion(v) => {
+                cmd.env("TTRPC_ADDRESS", &ttrpc).env("MAX_SHIM_VERSION", v);
+            }
+            Caller::Protobuf => {
+                cmd.env_remove("TTRPC_ADDRESS").env("MAX_SHIM_VERSION", "3");
+                stdin = BootstrapParams {
+                    instance_id: id.into(),
+                    namespace: "mock".into(),
+                    containerd_ttrpc_address: ttrpc.clone(),
+                    containerd_grpc_address: address.clone(),
+                    containerd_binary: "/bin/true".into(),
+                    ..BootstrapParams::default()
+                }
+                .write_to_bytes()
+                .expect("encode params");
+            }
+        }
+        let mut child = cmd.spawn().expect("run shim start");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&stdin)
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("wait shim start");
+        assert!(
+            out.status.success(),
+            "start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.stdout, out.stderr)
+    }
+}
+
+/// One unary ttrpc call under `service`.
+fn call(address: &str, service: &str, method: &str, payload: Vec<u8>) -> ttrpc::Result<Vec<u8>> {
+    let client = ttrpc::Client::connect(address)?;
+    let req = ttrpc::Request {
+        service: service.into(),
+        method: method.into(),
+        payload,
+        timeout_nano: 5_000_000_000,
+        ..ttrpc::Request::default()
+    };
+    client.request(req).map(|r| r.payload)
+}
+
+fn connect_and_shutdown(address: &str, service: &str, id: &str) {
+    let payload = ConnectRequest {
+        id: id.into(),
+        ..ConnectRequest::default()
+    }
+    .write_to_bytes()
+    .expect("encode");
+    let reply = call(address, service, "Connect", payload)
+        .unwrap_or_else(|e| panic!("{service}/Connect: {e}"));
+    let connect = ConnectResponse::parse_from_bytes(&reply).expect("ConnectResponse");
+    assert!(
+        connect.shim_pid > 0,
+        "the downstream answered through the wrapper"
+    );
+    let shutdown = ShutdownRequest {
+        id: id.into(),
+        now: true,
+        ..ShutdownRequest::default()
+    }
+    .write_to_bytes()
+    .expect("encode");
+    // The downstream exits while answering; an error from a closing socket is fine.
+    let _ = call(address, service, "Shutdown", shutdown);
+    let socket = address.trim_start_matches("unix://");
+    for _ in 0..200 {
+        if !Path::new(socket).exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("the wrapper did not exit after Shutdown ({socket} still there)");
+}
+
+#[test]
+fn containerd_1_6_and_1_7_get_a_plain_address_and_task_v2() {
+    let mock = MockContainerd::new();
+    let (stdout, stderr) = mock.start("legacy", &Caller::Legacy);
+    assert!(
+        stderr.is_empty(),
+        "stray stderr: {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    let address = String::from_utf8(stdout).expect("utf-8");
+    assert!(
+        address.starts_with("unix:///") && !address.contains(char::is_whitespace),
+        "{address:?}"
+    );
+    assert!(
+        address.contains(&mock.work.path().join("st/s/").display().to_string()),
+        "our own socket name: {address}"
+    );
+    assert_eq!(
+        fs::read_to_string(mock.bundle().join("address")).expect("address file"),
+        address
+    );
+    connect_and_shutdown(&address, "containerd.task.v2.Task", "legacy");
+}
+
+#[test]
+fn containerd_2_gets_json_with_the_version_it_allows_and_task_v3() {
+    for (max, version) in [("2", 2), ("3", 3)] {
+        let mock = MockContainerd::new();
+        let id = format!("json{max}");
+        let (stdout, stderr) = mock.start(&id, &Caller::MaxVersion(max));
+        assert!(
+            stderr.is_empty(),
+            "stray stderr: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+        let reply: serde_json::Value =
+            serde_json::from_slice(&stdout).expect("a JSON reply and nothing else");
+        assert_eq!(reply["version"], version);
+        assert_eq!(reply["protocol"], "ttrpc");
+        let address = reply["address"].as_str().expect("address").to_owned();
+        let service = if version == 3 {
+            "containerd.task.v3.Task"
+        } else {
+            "containerd.task.v2.Task"
+        };
+        connect_and_shutdown(&address, service, &id);
+    }
+}
+
+#[test]
+fn containerd_2_3_gets_a_bootstrap_result() {
+    let mock = MockContainerd::new();
+    let (stdout, stderr) = mock.start("proto", &Caller::Protobuf);
+    assert!(
+        stderr.is_empty(),
+        "stray stderr: {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    let result =
+        BootstrapResult::parse_from_bytes(&stdout).expect("a BootstrapResult and nothing else");
+    assert_eq!((result.version, result.protocol.as_str()), (3, "ttrpc"));
+    connect_and_shutdown(&result.address, "containerd.task.v3.Task", "proto");
+}

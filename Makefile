@@ -2,8 +2,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # Debian packages the tests need: real containerd, runc and ctr; busybox for test root
-# file systems; QEMU to check the arguments the sandbox plan emits.
-APT_PACKAGES := containerd runc busybox-static qemu-system-x86
+# file systems; QEMU to check the arguments the sandbox plan emits; protoc for the CRI client.
+APT_PACKAGES := containerd runc busybox-static qemu-system-x86 protobuf-compiler
 
 .PHONY: help deps build test unit lint fmt bench fuzz clean
 
@@ -30,6 +30,9 @@ deps:
 	  && command -v qemu-system-x86_64 >/dev/null \
 	  || { echo "deps: containerd, ctr, runc, containerd-shim-runc-v2, busybox or qemu-system-x86_64 still missing" >&2; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+	@python3 -c 'import kubernetes_validate' 2>/dev/null \
+	  || { echo "deps: installing kubernetes-validate (Kubernetes schemas for the manifest tests)"; \
+	       python3 -m pip install -q kubernetes-validate; }
 
 build:
 	$(CARGO) build --workspace --all-targets

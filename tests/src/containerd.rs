@@ -38,6 +38,16 @@ impl PrivateContainerd {
     /// As [`PrivateContainerd::start`], with extra environment for containerd (and so for
     /// the shims it starts), e.g. a `PATH` that holds a shim under test.
     pub fn start_with(extra: &str, env: &[(&str, String)]) -> Self {
+        Self::launch(false, extra, env)
+    }
+
+    /// As [`PrivateContainerd::start_with`] with the CRI plugin on; `extra` holds its
+    /// `[plugins."io.containerd.grpc.v1.cri"]` table (sandbox image, runtimes).
+    pub fn start_cri(extra: &str, env: &[(&str, String)]) -> Self {
+        Self::launch(true, extra, env)
+    }
+
+    fn launch(cri: bool, extra: &str, env: &[(&str, String)]) -> Self {
         require(is_root(), "root is needed to start containerd");
         for program in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
             require(on_path(program), &format!("{program} is not on PATH"));
@@ -49,9 +59,14 @@ impl PrivateContainerd {
         let base = dir.path();
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             {disabled}\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
              [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n{extra}",
+            disabled = if cri {
+                ""
+            } else {
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+            },
             root = base.join("root").display(),
             state = base.join("state").display(),
             sock = base.join("containerd.sock").display(),

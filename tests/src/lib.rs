@@ -5,6 +5,8 @@
 //!   path of the code under test goes through.
 
 pub mod containerd;
+pub mod image;
+pub mod shimrig;
 pub mod simhost;
 
 pub use containerd::{busybox_rootfs, is_root, on_path, require, PrivateContainerd};

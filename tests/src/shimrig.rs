@@ -1,0 +1,268 @@
+//! A wrapper shim under test in front of a private containerd: the shim binary on
+//! containerd's PATH, a simulated H100 host with its CDI spec, a base Kata config, the
+//! wrapper's settings, and (optionally) the recording downstream. Shared by the tests that
+//! drive the wrapper through `ctr` and through the CRI API.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Output;
+
+use kata_gpu_shim::host::Host;
+use kata_gpu_shim::host_spec::host_specs;
+
+use crate::{busybox_rootfs, workspace_bin, PrivateContainerd, SimHost, VfioMode};
+
+/// The runtime type of the snp profile.
+pub const RUNTIME: &str = "io.containerd.kata-qemu-nvidia-gpu-snp.v2";
+/// The wrapper binary of the snp profile.
+pub const SHIM: &str = "containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
+
+/// Which downstream the wrapper talks to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Downstream {
+    /// runc's shim directly (`downstream_kind = "runc"`).
+    Runc,
+    /// The recording shim, which records what Kata would see, then runc.
+    Recording,
+}
+
+/// The wrapper shim in front of a private containerd, and everything it needs.
+pub struct Rig {
+    /// The directory of the rig: settings, state, records.
+    pub work: tempfile::TempDir,
+    /// Kept alive for the test: the simulated host the wrapper reads.
+    _sim: SimHost,
+    /// The busybox root file system.
+    pub rootfs: PathBuf,
+    /// The private containerd.
+    pub ctrd: PrivateContainerd,
+}
+
+impl Rig {
+    /// A rig whose containerd has the CRI plugin off.
+    pub fn new(downstream: Downstream, extra_settings: &str) -> Self {
+        Self::build(downstream, extra_settings, None)
+    }
+
+    /// A rig whose containerd runs CRI with `cri_table` as its CRI plugin table.
+    pub fn with_cri(downstream: Downstream, extra_settings: &str, cri_table: &str) -> Self {
+        Self::build(downstream, extra_settings, Some(cri_table))
+    }
+
+    fn build(downstream: Downstream, extra_settings: &str, cri: Option<&str>) -> Self {
+        let work = tempfile::Builder::new()
+            .prefix("shimrig")
+            .tempdir()
+            .expect("tempdir");
+        let w = work.path();
+        let bin = w.join("bin");
+        fs::create_dir_all(&bin).expect("mkdir bin");
+        std::os::unix::fs::symlink(workspace_bin("kata-gpu-shim", SHIM), bin.join(SHIM))
+            .expect("link shim");
+        let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+        for spec in host_specs(&Host::new(sim.root()))
+            .expect("host specs")
+            .specs
+        {
+            cdi::write_spec(&sim.path("var/run/cdi"), &spec).expect("host spec");
+        }
+        fs::write(
+            w.join("base.toml"),
+            kata_gpu_configs::template("snp").expect("template"),
+        )
+        .expect("base config");
+        let (downstream_path, kind) = match downstream {
+            Downstream::Runc => ("/usr/bin/containerd-shim-runc-v2".to_owned(), "runc"),
+            Downstream::Recording => (
+                workspace_bin("kata-gpu-tests", "recording-shim")
+                    .display()
+                    .to_string(),
+                "kata",
+            ),
+        };
+        let settings = format!(
+            "downstream = \"{downstream_path}\"\ndownstream_kind = \"{kind}\"\nstate_dir = \"{st}\"\nhost_root = \"{root}\"\nbase_config = \"{base}\"\n{extra_settings}",
+            st = w.join("st").display(),
+            root = sim.root().display(),
+            base = w.join("base.toml").display(),
+        );
+        fs::write(w.join("shim.toml"), settings).expect("settings");
+        fs::write(
+            w.join("recorder.toml"),
+            format!("downstream = \"/usr/bin/containerd-shim-runc-v2\"\ndownstream_kind = \"runc\"\nstate_dir = \"{}\"\n", w.join("rst").display()),
+        )
+        .expect("recorder settings");
+        fs::create_dir_all(w.join("records")).expect("records dir");
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let env = [
+            ("PATH", path),
+            (
+                "KATA_GPU_SHIM_CONFIG",
+                w.join("shim.toml").display().to_string(),
+            ),
+            (
+                "RECORDING_SHIM_CONFIG",
+                w.join("recorder.toml").display().to_string(),
+            ),
+            (
+                "RECORDING_SHIM_DIR",
+                w.join("records").display().to_string(),
+            ),
+        ];
+        let ctrd = match cri {
+            None => PrivateContainerd::start_with("", &env),
+            Some(table) => PrivateContainerd::start_cri(table, &env),
+        };
+        let rootfs = busybox_rootfs(w);
+        Self {
+            work,
+            _sim: sim,
+            rootfs,
+            ctrd,
+        }
+    }
+
+    /// Our processes (and the downstream's) still running, by command line.
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let w = self.work.path().display().to_string();
+        let mut leftovers = Vec::new();
+        for entry in fs::read_dir("/proc").expect("proc").flatten() {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let environ = String::from_utf8_lossy(
+                &fs::read(entry.path().join("environ")).unwrap_or_default(),
+            )
+            .into_owned();
+            if (text.contains(SHIM)
+                || text.contains("recording-shim")
+                || text.contains("containerd-shim-runc-v2"))
+                && environ.contains(&w)
+            {
+                leftovers.push(text);
+            }
+        }
+        leftovers
+    }
+
+    /// Runs `ctr` against the containerd of the rig.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctrd.ctr(args)
+    }
+
+    /// `ctr run` through the wrapper, with the given leading flags and command. `id` must
+    /// come from [`Rig::id`]: runc's state root is shared by every containerd on the host.
+    pub fn run(&self, flags: &[&str], id: &str, command: &[&str]) -> Output {
+        let rootfs = self.rootfs.display().to_string();
+        let mut args: Vec<&str> = vec!["run", "--runtime", RUNTIME];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--rootfs", &rootfs, id]);
+        args.extend_from_slice(command);
+        self.ctr(&args)
+    }
+
+    /// A container id unique to this test process.
+    pub fn id(name: &str) -> String {
+        format!("{name}-{}", std::process::id())
+    }
+
+    /// The state of the wrapper for a sandbox.
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.work.path().join("st/default").join(id)
+    }
+
+    /// No process of ours or of the downstream runs, no socket or state is left. Shims
+    /// exit just after answering Shutdown, so give them a moment.
+    pub fn assert_clean(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline && !self.leftover_processes().is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let leftovers = self.leftover_processes();
+        assert!(leftovers.is_empty(), "processes left behind: {leftovers:?}");
+        let w = self.work.path().display().to_string();
+        for dir in ["st/s", "rst/s"] {
+            let p = self.work.path().join(dir);
+            let left: Vec<_> = fs::read_dir(&p)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "sockets left in {}: {left:?}", p.display());
+        }
+        let st = self.work.path().join("st/default");
+        let left: Vec<_> = fs::read_dir(&st)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "sandbox state left: {left:?}");
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(&w)).collect();
+        assert!(ours.is_empty(), "mounts left: {ours:?}");
+    }
+}
+
+impl Drop for Rig {
+    /// A failed test still stops what it started: kill and delete every task.
+    fn drop(&mut self) {
+        let tasks = out(&self.ctr(&["tasks", "ls", "-q"]));
+        for id in tasks.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            let _ = self.ctr(&["tasks", "delete", "--force", id]);
+        }
+        let containers = out(&self.ctr(&["containers", "ls", "-q"]));
+        for id in containers.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let _ = self.ctr(&["containers", "delete", id]);
+        }
+    }
+}
+
+/// The stdout of a command as text.
+pub fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The stderr of a command as text.
+pub fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Waits until `ctr tasks ls` shows the task stopped.
+pub fn wait_for_exit(rig: &Rig, id: &str) {
+    for _ in 0..200 {
+        let tasks = out(&rig.ctr(&["tasks", "ls"]));
+        if tasks
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("task {id} did not stop");
+}
+
+/// Pids of processes whose command line has all of `needles` and that belong to this rig.
+pub fn pids_of(rig: &Rig, needles: &[&str]) -> Vec<u32> {
+    let w = rig.work.path().display().to_string();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").expect("proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline =
+            String::from_utf8_lossy(&fs::read(entry.path().join("cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+        let environ =
+            String::from_utf8_lossy(&fs::read(entry.path().join("environ")).unwrap_or_default())
+                .into_owned();
+        if needles.iter().all(|n| cmdline.contains(n)) && environ.contains(&w) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

@@ -33,6 +33,42 @@ pub struct PlanArgs {
     /// Refuse GPUs that are not CC-capable instead of warning.
     #[arg(long)]
     refuse_non_cc: bool,
+    /// The node's base Kata config (default: the installed artifact set's, else the
+    /// template shipped for the profile).
+    #[arg(long, value_name = "FILE")]
+    base_config: Option<PathBuf>,
+}
+
+/// The base Kata config to plan against: its text and where it came from.
+fn base_config(args: &PlanArgs, global: &Global) -> anyhow::Result<(String, String)> {
+    if let Some(path) = &args.base_config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok((text, path.display().to_string()));
+    }
+    let installed = cdi::inject::under_root(
+        &global.host_root,
+        &kata_gpu_artifacts::layout::current_config_path(
+            std::path::Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
+            args.profile.handler(),
+        )
+        .display()
+        .to_string(),
+    );
+    match std::fs::read_to_string(&installed) {
+        Ok(text) => Ok((text, installed.display().to_string())),
+        Err(_) => {
+            let text = kata_gpu_configs::template(args.profile.name())?;
+            Ok((
+                text.to_owned(),
+                format!(
+                    "the {} template shipped with kata-gpu (no artifact set installed at {})",
+                    args.profile.name(),
+                    installed.display()
+                ),
+            ))
+        }
+    }
 }
 
 fn parse_annotation(s: &str) -> Result<(String, String), String> {
@@ -44,6 +80,8 @@ fn parse_annotation(s: &str) -> Result<(String, String), String> {
 
 /// Runs `kata-gpu plan`.
 pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
+    let (base_text, base_origin) = base_config(&args, global)?;
+    let base = BaseValues::from_config(&base_text);
     let mut config = RegistryConfig::under_root(&global.host_root);
     if !args.spec_dirs.is_empty() {
         config.spec_dirs = args.spec_dirs;
@@ -67,14 +105,38 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         oci: &oci,
         registry: &registry,
         host: &host,
-        base: &BaseValues::default(),
+        base: &base,
         policy: &policy,
     })
     .context("the sandbox cannot be planned")?;
+    let rendered = kata_gpu_configs::render(
+        &base_text,
+        std::path::Path::new(&base_origin),
+        &planned.overrides,
+    )
+    .with_context(|| format!("cannot render the Kata config from {base_origin}"))?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&planned.view())?);
+        let mut view = serde_json::to_value(planned.view())?;
+        view["kata_config"] = serde_json::json!({
+            "base": base_origin,
+            "diff": rendered.changes().map(|d| serde_json::json!({"key": d.key, "base": d.base, "rendered": d.rendered})).collect::<Vec<_>>(),
+            "warnings": rendered.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         print!("{planned}");
+        println!("kata config diff (base: {base_origin}):");
+        let mut changed = false;
+        for d in rendered.changes() {
+            println!("  {d}");
+            changed = true;
+        }
+        if !changed {
+            println!("  no change");
+        }
+        for w in &rendered.warnings {
+            println!("warning: {w}");
+        }
         for s in registry.skipped() {
             println!("warning: {s}");
         }

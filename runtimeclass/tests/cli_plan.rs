@@ -56,6 +56,14 @@ fn generate_then_plan_an_h100() {
         shown.contains("-device vfio-pci,host=0000:41:00.0,id=vfio0,bus=rp0,iommufd=iommufd0"),
         "{shown}"
     );
+    assert!(
+        shown.contains("kata config diff (base: the snp template shipped with kata-gpu"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("  hypervisor.qemu.pcie_root_port: 0 → 1"),
+        "{shown}"
+    );
 
     let out = kata_gpu(
         &sim,

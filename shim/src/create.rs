@@ -67,28 +67,6 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     cdi::write::write_atomic(path, text.as_bytes(), 0o600)
 }
 
-/// Reads `pcie_root_port` and `default_memory` of `[hypervisor.qemu]` from a Kata config.
-fn base_values(text: &str) -> BaseValues {
-    let defaults = BaseValues::default();
-    let Ok(doc) = text.parse::<toml::Table>() else {
-        return defaults;
-    };
-    let qemu = doc
-        .get("hypervisor")
-        .and_then(|h| h.get("qemu"))
-        .and_then(|q| q.as_table());
-    let int = |key: &str, default: u32| {
-        qemu.and_then(|q| q.get(key))
-            .and_then(toml::Value::as_integer)
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(default)
-    };
-    BaseValues {
-        pcie_root_port: int("pcie_root_port", defaults.pcie_root_port),
-        default_memory: int("default_memory", defaults.default_memory),
-    }
-}
-
 impl Sandboxer {
     /// The directory of a sandbox's state: `<state_dir>/<namespace>/<sandbox-id>`.
     pub fn sandbox_dir(&self, sandbox_id: &str) -> PathBuf {
@@ -167,7 +145,7 @@ impl Sandboxer {
             )
         })?;
         let host = Host::new(&self.settings.host_root);
-        let base = base_values(&base_text);
+        let base = BaseValues::from_config(&base_text);
         let policy = self.settings.policy();
         let planned = plan(&PlanInput {
             profile: self.profile,
@@ -259,18 +237,5 @@ mod tests {
         let bytes = runtime_options(&long);
         assert_eq!(&bytes[..3], &[0x12, 0xc8, 0x01]);
         assert_eq!(bytes.len(), 3 + 200);
-    }
-
-    #[test]
-    fn base_values_come_from_the_qemu_section() {
-        let v = base_values("[hypervisor.qemu]\npcie_root_port = 4\ndefault_memory = 16384\n");
-        assert_eq!(
-            v,
-            BaseValues {
-                pcie_root_port: 4,
-                default_memory: 16384
-            }
-        );
-        assert_eq!(base_values("not toml ["), BaseValues::default());
     }
 }

@@ -37,6 +37,31 @@ pub struct BaseValues {
     pub default_memory: u32,
 }
 
+impl BaseValues {
+    /// Reads `pcie_root_port` and `default_memory` of `[hypervisor.qemu]` from a Kata config;
+    /// what is missing or unreadable keeps its default (rendering reports real errors).
+    pub fn from_config(text: &str) -> Self {
+        let defaults = Self::default();
+        let Ok(doc) = text.parse::<toml::Table>() else {
+            return defaults;
+        };
+        let qemu = doc
+            .get("hypervisor")
+            .and_then(|h| h.get("qemu"))
+            .and_then(|q| q.as_table());
+        let int = |key: &str, default: u32| {
+            qemu.and_then(|q| q.get(key))
+                .and_then(toml::Value::as_integer)
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(default)
+        };
+        Self {
+            pcie_root_port: int("pcie_root_port", defaults.pcie_root_port),
+            default_memory: int("default_memory", defaults.default_memory),
+        }
+    }
+}
+
 impl Default for BaseValues {
     fn default() -> Self {
         Self {
@@ -439,4 +464,28 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
         overrides,
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_values_come_from_the_qemu_section() {
+        let v = BaseValues::from_config(
+            "[hypervisor.qemu]\npcie_root_port = 4\ndefault_memory = 16384\n",
+        );
+        assert_eq!(
+            v,
+            BaseValues {
+                pcie_root_port: 4,
+                default_memory: 16384
+            }
+        );
+        assert_eq!(BaseValues::from_config("not toml ["), BaseValues::default());
+        assert_eq!(
+            BaseValues::from_config("[hypervisor.qemu]\npcie_root_port = -1\n"),
+            BaseValues::default()
+        );
+    }
 }

@@ -328,6 +328,15 @@ pub fn start_with(
             std::thread::sleep(Duration::from_millis(2));
         }
     }
+    cdi::write::write_atomic(
+        &downstream_record(&socket),
+        format!("{} {}", downstream.version, downstream.address).as_bytes(),
+        0o600,
+    )
+    .map_err(io(format!(
+        "cannot write {}",
+        downstream_record(&socket).display()
+    )))?;
     let address = format!("unix://{}", socket.display());
     // After the downstream wrote its own: containerd reconnects through this file.
     cdi::write::write_atomic(&bundle.join("address"), address.as_bytes(), 0o644).map_err(io(
@@ -396,7 +405,72 @@ fn exit_cleanly(socket: &Path) -> ! {
     // connection to close after Shutdown and takes a close during Shutdown as success.
     std::thread::sleep(Duration::from_millis(5));
     let _ = fs::remove_file(socket);
+    let _ = fs::remove_file(downstream_record(socket));
     std::process::exit(0)
+}
+
+/// Beside our socket: the downstream's version and address, so that `delete` can stop
+/// the downstream when the wrapper itself died.
+fn downstream_record(socket: &Path) -> PathBuf {
+    socket.with_extension("downstream")
+}
+
+/// Cleans task `id` up in a downstream whose wrapper is gone (containerd cannot reach it
+/// any more): kill, delete, and for the sandbox itself, shut the downstream down.
+fn cleanup_orphan(socket: &Path, id: &str, last: bool) {
+    let record = downstream_record(socket);
+    let Ok(text) = fs::read_to_string(&record) else {
+        return;
+    };
+    let Some((version, address)) = text.trim().split_once(' ') else {
+        return;
+    };
+    let Ok(client) = ttrpc::Client::connect(address) else {
+        return;
+    };
+    let service = if version == "3" {
+        crate::proxy::TASK_V3
+    } else {
+        crate::proxy::TASK_V2
+    };
+    let call = |method: &str, payload: Vec<u8>| {
+        client.request(ttrpc::Request {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            payload,
+            timeout_nano: 5_000_000_000,
+            ..ttrpc::Request::default()
+        })
+    };
+    use containerd_shim_protos::shim::shim::{DeleteRequest, KillRequest, ShutdownRequest};
+    let kill = KillRequest {
+        id: id.to_owned(),
+        signal: 9,
+        all: true,
+        ..Default::default()
+    };
+    let _ = call("Kill", kill.write_to_bytes().unwrap_or_default());
+    let delete = DeleteRequest {
+        id: id.to_owned(),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The init process takes a moment to be reaped after SIGKILL.
+    while call("Delete", delete.write_to_bytes().unwrap_or_default()).is_err()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if last {
+        let _ = fs::remove_file(&record);
+        let shutdown = ShutdownRequest {
+            id: id.to_owned(),
+            now: true,
+            ..Default::default()
+        };
+        // The downstream exits while answering; a closed connection is the expected reply.
+        let _ = call("Shutdown", shutdown.write_to_bytes().unwrap_or_default());
+    }
 }
 
 /// The serving daemon: proxies containerd's Task calls to the downstream until both have
@@ -492,6 +566,7 @@ pub fn serve_with(
 }
 
 /// `delete`: the downstream's `delete`, then our state; returns the `DeleteResponse` bytes.
+/// When the wrapper itself died, its downstream is cleaned up through its own API first.
 pub fn delete(
     profile: Profile,
     flags: &Flags,
@@ -516,6 +591,21 @@ pub fn delete_with(
     stdin: &[u8],
     hook: &dyn CreateHook,
 ) -> Result<Vec<u8>, ShimError> {
+    let bundle = flags
+        .bundle
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    let group = group_of(&bundle, &flags.id);
+    let socket = socket_path(settings, flags, &group)?;
+    if !is_listening(&socket) {
+        // The wrapper died: nobody else can reach its downstream any more.
+        cleanup_orphan(&socket, &flags.id, group == flags.id);
+        if group == flags.id {
+            let _ = fs::remove_file(&socket);
+        }
+    }
     let response = match run_downstream(settings, settings_path, args, stdin, "delete", &[], None) {
         Ok(bytes) if DeleteResponse::parse_from_bytes(&bytes).is_ok() => bytes,
         Ok(_) | Err(_) => DeleteResponse {
@@ -528,19 +618,5 @@ pub fn delete_with(
         .unwrap_or_default(),
     };
     hook.on_deleted(&flags.id);
-    let bundle = flags
-        .bundle
-        .clone()
-        .map(PathBuf::from)
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_default();
-    let group = group_of(&bundle, &flags.id);
-    if group == flags.id {
-        if let Ok(socket) = socket_path(settings, flags, &group) {
-            if !is_listening(&socket) {
-                let _ = fs::remove_file(&socket);
-            }
-        }
-    }
     Ok(response)
 }

@@ -319,3 +319,36 @@ fn every_container_of_a_pod_reaches_the_same_wrapper_and_downstream() {
     }
     rig.assert_clean();
 }
+
+#[test]
+fn killing_the_wrapper_lets_containerd_clean_up_through_delete() {
+    let rig = Rig::new(Downstream::Runc, "");
+    let id = Rig::id("orphan");
+    let o = rig.run(&["-d"], &id, &["/bin/busybox", "sleep", "300"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let wrapper = pids_of(&rig, &[SHIM, "serve", &format!("-id {id}")]);
+    assert_eq!(wrapper.len(), 1, "{wrapper:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &wrapper[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // containerd notices the lost shim, runs `shim delete` (which stops the downstream
+    // through its own API) and drops the task.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while out(&rig.ctr(&["tasks", "ls", "-q"])).contains(&id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd kept the task: {}",
+            rig.ctrd.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = rig.ctr(&["containers", "delete", &id]);
+    assert!(o.status.success(), "{}", err(&o));
+    rig.assert_clean();
+    assert!(
+        pids_of(&rig, &["sleep 300"]).is_empty(),
+        "the container's process was cleaned up"
+    );
+}

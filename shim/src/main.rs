@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             "{} {} (commit {}), profile {}",
             profile.shim_binary(),
             env!("CARGO_PKG_VERSION"),
-            option_env!("KATA_GPU_COMMIT").unwrap_or("unknown"),
+            env!("KATA_GPU_COMMIT"),
             profile.name()
         );
         return ExitCode::SUCCESS;

@@ -31,13 +31,17 @@ enum Caller {
 
 impl MockContainerd {
     fn new() -> Self {
+        Self::with_downstream("/usr/bin/containerd-shim-runc-v2", "")
+    }
+
+    fn with_downstream(downstream: &str, extra: &str) -> Self {
         require(is_root(), "root is needed to run runc's shim");
         let work = tempfile::Builder::new()
             .prefix("mockctrd")
             .tempdir()
             .expect("tempdir");
         let settings = format!(
-            "downstream = \"/usr/bin/containerd-shim-runc-v2\"\ndownstream_kind = \"runc\"\nstate_dir = \"{}\"\n",
+            "downstream = \"{downstream}\"\ndownstream_kind = \"runc\"\nstate_dir = \"{}\"\n{extra}",
             work.path().join("st").display()
         );
         fs::write(work.path().join("shim.toml"), settings).expect("settings");
@@ -61,8 +65,19 @@ impl MockContainerd {
         self.work.path().join("bundle")
     }
 
-    /// Runs `start` as containerd would and returns (stdout, stderr).
+    /// Runs `start` as containerd would and returns (stdout, stderr); panics if it fails.
     fn start(&self, id: &str, caller: &Caller) -> (Vec<u8>, Vec<u8>) {
+        let out = self.try_start(id, caller);
+        assert!(
+            out.status.success(),
+            "start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.stdout, out.stderr)
+    }
+
+    /// Runs `start` as containerd would.
+    fn try_start(&self, id: &str, caller: &Caller) -> std::process::Output {
         let address = self
             .work
             .path()
@@ -117,13 +132,7 @@ impl MockContainerd {
             .expect("stdin")
             .write_all(&stdin)
             .expect("write stdin");
-        let out = child.wait_with_output().expect("wait shim start");
-        assert!(
-            out.status.success(),
-            "start failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.stdout, out.stderr)
+        child.wait_with_output().expect("wait shim start")
     }
 }
 
@@ -236,4 +245,84 @@ fn containerd_2_3_gets_a_bootstrap_result() {
         BootstrapResult::parse_from_bytes(&stdout).expect("a BootstrapResult and nothing else");
     assert_eq!((result.version, result.protocol.as_str()), (3, "ttrpc"));
     connect_and_shutdown(&result.address, "containerd.task.v3.Task", "proto");
+}
+
+/// A downstream that is a shell script, for the ways a downstream can fail.
+fn script(mock: &MockContainerd, name: &str, body: &str) -> String {
+    let path = mock.work.path().join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+    let mut perms = fs::metadata(&path).expect("stat").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(&path, perms).expect("chmod");
+    path.display().to_string()
+}
+
+#[test]
+fn a_downstream_that_hangs_or_fails_fails_start_in_bounded_time_naming_it() {
+    let probe = MockContainerd::new();
+    let hang = script(&probe, "hang", "exec sleep 30");
+    let mock = MockContainerd::with_downstream(&hang, "start_timeout_seconds = 1\n");
+    let started = std::time::Instant::now();
+    let out = mock.try_start("hang", &Caller::Legacy);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!(
+            "the downstream shim {hang} did not finish `start` within 1 s"
+        )),
+        "{text}"
+    );
+    assert!(out.stdout.is_empty(), "no reply on failure");
+
+    let fail = script(&probe, "fail", "echo 'cannot open /dev/kvm' >&2; exit 3");
+    let mock = MockContainerd::with_downstream(&fail, "");
+    let out = mock.try_start("fail", &Caller::Legacy);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!(
+            "the downstream shim {fail} failed `start` (exit status: 3): cannot open /dev/kvm"
+        )),
+        "{text}"
+    );
+
+    let garbage = script(&probe, "garbage", "echo 'hello world'");
+    let mock = MockContainerd::with_downstream(&garbage, "");
+    let out = mock.try_start("garbage", &Caller::Legacy);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(
+            "printed \"hello world\", which is not an address, JSON or a BootstrapResult"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_binary_name_selects_the_profile_and_v_prints_version_and_commit() {
+    let mock = MockContainerd::new();
+    for (profile, name) in [
+        ("snp", SHIM),
+        ("tdx", "containerd-shim-kata-qemu-nvidia-gpu-tdx-v2"),
+        ("gpu", "containerd-shim-kata-qemu-nvidia-gpu-v2"),
+    ] {
+        let link = mock.work.path().join(name);
+        std::os::unix::fs::symlink(&mock.shim, &link).expect("link");
+        let out = Command::new(&link).arg("-v").output().expect("run -v");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        assert!(
+            text.starts_with(&format!("{name} {}", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+        assert!(
+            text.contains("(commit ") && text.trim_end().ends_with(&format!("profile {profile}")),
+            "{text}"
+        );
+    }
 }

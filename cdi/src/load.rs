@@ -82,16 +82,24 @@ pub fn read_spec_file(path: &Path) -> Result<Spec, Error> {
         source,
     };
     let file = fs::File::open(path).map_err(read_err)?;
-    let mut bytes = Vec::new();
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX_SPEC_SIZE {
+        return Err(Error::TooLarge {
+            path: path.to_path_buf(),
+            size: len,
+            max: MAX_SPEC_SIZE,
+        });
+    }
+    // Sized from the metadata so that one read fills it; `take` still bounds a file that
+    // grows (or a device that lies about its size).
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0).saturating_add(1));
     file.take(MAX_SPEC_SIZE + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
     if bytes.len() as u64 > MAX_SPEC_SIZE {
         return Err(Error::TooLarge {
             path: path.to_path_buf(),
-            size: fs::metadata(path)
-                .map(|m| m.len())
-                .unwrap_or(bytes.len() as u64),
+            size: bytes.len() as u64,
             max: MAX_SPEC_SIZE,
         });
     }
@@ -162,6 +170,24 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(strip_position(input), want, "{input}");
         }
+    }
+
+    #[test]
+    fn files_over_the_limit_are_refused_unread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("huge.yaml");
+        let file = fs::File::create(&path).expect("create");
+        file.set_len(MAX_SPEC_SIZE + 1).expect("sparse file");
+        let err = read_spec_file(&path).expect_err("too large");
+        assert!(
+            matches!(err, Error::TooLarge { size, .. } if size == MAX_SPEC_SIZE + 1),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("more than the 16777216 a spec file may have"),
+            "{err}"
+        );
     }
 
     #[test]

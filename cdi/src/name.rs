@@ -215,6 +215,15 @@ impl QualifiedName {
         })
     }
 
+    /// Builds a name from parts already checked (a validated spec's kind and device).
+    pub(crate) fn from_checked(vendor: &str, class: &str, name: &str) -> Self {
+        Self {
+            vendor: vendor.to_owned(),
+            class: class.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
     /// The vendor, e.g. `nvidia.com`.
     pub fn vendor(&self) -> &str {
         &self.vendor

@@ -6,7 +6,7 @@
 //! for that name, and the conflict is reported with both files. A refresh re-parses only
 //! the files whose size, times or inode changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -297,7 +297,7 @@ impl Registry {
         let mut stats = RefreshStats::default();
         let mut skipped = Vec::new();
         let mut specs = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut seen = HashSet::new();
         for (priority, dir) in self.config.spec_dirs.iter().enumerate() {
             let entries = match fs::read_dir(dir) {
                 Ok(entries) => entries,
@@ -519,9 +519,8 @@ fn build_index(specs: &[LoadedSpec]) -> BTreeMap<QualifiedName, IndexEntry> {
             continue; // validated already; unreachable for a loaded spec
         };
         for (device_idx, device) in loaded.spec.devices.iter().enumerate() {
-            let Ok(name) = QualifiedName::new(vendor, class, &device.name) else {
-                continue;
-            };
+            // Every spec here passed `validate_spec`, which checked these parts.
+            let name = QualifiedName::from_checked(vendor, class, &device.name);
             let fresh = IndexEntry {
                 spec: spec_idx,
                 device: device_idx,

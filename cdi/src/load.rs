@@ -40,6 +40,46 @@ fn strip_position(text: &str) -> String {
     format!("{}{}", &text[..start], &after_col[col_len..])
 }
 
+/// Deepest nesting of YAML flow collections (`[`/`{`) accepted. libyaml's scanner takes
+/// time superquadratic in this depth (200 KB of `{a: ` takes seconds), and no spec needs
+/// more than a few levels.
+pub const MAX_YAML_FLOW_DEPTH: usize = 64;
+
+/// The 1-based line at which YAML flow collections nest deeper than the limit, if they do.
+/// Quotes and comments are skipped; anything else is left to the parser.
+fn flow_too_deep(bytes: &[u8]) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut previous = b'\n';
+    for &b in bytes {
+        if b == b'\n' {
+            line += 1;
+            comment = false;
+        } else if comment {
+        } else if let Some(q) = quote {
+            if b == q {
+                quote = None;
+            }
+        } else {
+            match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' if previous.is_ascii_whitespace() => comment = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_YAML_FLOW_DEPTH {
+                        return Some(line);
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        previous = b;
+    }
+    None
+}
+
 /// Parses bytes into the spec model without checking the rules; `origin` labels errors.
 pub fn parse_spec(bytes: &[u8], format: Format, origin: &Path) -> Result<Spec, Error> {
     let syntax = |line, column, message: String| Error::Syntax {
@@ -56,6 +96,11 @@ pub fn parse_spec(bytes: &[u8], format: Format, origin: &Path) -> Result<Spec, E
             let column = (e.line() > 0).then_some(e.column().max(1));
             syntax(line, column, e.to_string())
         }),
+        Format::Yaml if flow_too_deep(bytes).is_some() => Err(syntax(
+            flow_too_deep(bytes),
+            None,
+            format!("flow collections ([ or {{) nested deeper than {MAX_YAML_FLOW_DEPTH}"),
+        )),
         Format::Yaml => serde_yaml_ng::from_slice(bytes).map_err(|e| {
             let pos = e.location();
             syntax(
@@ -170,6 +215,37 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(strip_position(input), want, "{input}");
         }
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_before_the_parser_sees_it() {
+        let deep = format!("{}{}", "{a: ".repeat(40_000), "}".repeat(40_000));
+        let started = std::time::Instant::now();
+        let err =
+            load_spec(deep.as_bytes(), Format::Yaml, Path::new("deep.yaml")).expect_err("too deep");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(
+            err.to_string()
+                .starts_with("deep.yaml:1: invalid YAML: flow collections"),
+            "{err}"
+        );
+        // Brackets in quotes and comments do not count; ordinary flow lists still load.
+        let quoted = format!(
+            "cdiVersion: \"{}\" # {}\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(flow_too_deep(quoted.as_bytes()).is_none());
+        let at_limit = format!(
+            "{}{}",
+            "[".repeat(MAX_YAML_FLOW_DEPTH),
+            "]".repeat(MAX_YAML_FLOW_DEPTH)
+        );
+        assert!(flow_too_deep(at_limit.as_bytes()).is_none());
+        assert!(
+            flow_too_deep(format!("x: {}", "[".repeat(MAX_YAML_FLOW_DEPTH + 1)).as_bytes())
+                == Some(1)
+        );
     }
 
     #[test]

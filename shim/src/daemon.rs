@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::bootstrap::{encode_reply, parse_reply, reply_form, Flags, ReplyError};
 use crate::create::{Sandboxer, SANDBOX_ID};
 use crate::profile::Profile;
-use crate::proxy::{methods, now, wait_for_close, CreateHook, Proxy, Tracked, DEAD_EXIT_STATUS};
+use crate::proxy::{now, wait_for_close, CreateHook, Proxy, Tracked, DEAD_EXIT_STATUS};
 use crate::settings::{Settings, SettingsError};
 
 /// Environment of the serving daemon: the downstream's address.
@@ -506,16 +506,7 @@ pub fn serve_with(
         .map_err(io(format!("cannot listen on {}", socket.display())))?;
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
         .map_err(io(format!("cannot restrict {}", socket.display())))?;
-    let client = ttrpc::Client::connect(&downstream).map_err(|e| ShimError::Io {
-        what: format!("cannot connect to the downstream shim at {downstream}"),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let proxy = Proxy::new(
-        client,
-        version,
-        hook,
-        settings.downstream.display().to_string(),
-    );
+    let proxy = Proxy::new(version, hook, settings.downstream.display().to_string());
     let exit_socket = socket.clone();
     let after_shutdown_proxy = Arc::clone(&proxy);
     let after_shutdown: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
@@ -531,23 +522,16 @@ pub fn serve_with(
             }
         });
     });
-    let mut server = ttrpc::Server::new()
-        .add_listener(std::os::fd::IntoRawFd::into_raw_fd(listener))
-        .map(|s| s.register_service(methods(&proxy, after_shutdown)))
-        .map_err(|e| ShimError::Io {
-            what: "cannot set up the ttrpc server".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    server.start().map_err(|e| ShimError::Io {
-        what: "cannot start the ttrpc server".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let downstream_socket = PathBuf::from(downstream.trim_start_matches("unix://"));
+    {
+        let (socket, proxy) = (downstream_socket.clone(), Arc::clone(&proxy));
+        std::thread::spawn(move || crate::relay::serve(listener, socket, proxy, after_shutdown));
+    }
     tracing::info!(
         "serving on {} for downstream {downstream} (task API v{version})",
         socket.display()
     );
 
-    let downstream_socket = PathBuf::from(downstream.trim_start_matches("unix://"));
     wait_for_close(&downstream_socket);
     if proxy.is_shut_down() {
         tracing::info!("downstream shut down; exiting");

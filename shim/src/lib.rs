@@ -14,6 +14,7 @@ mod logging;
 pub mod plan;
 pub mod profile;
 pub mod proxy;
+mod relay;
 pub mod settings;
 
 pub use host::{Bdf, Host, HostError, PciFunction, Platform, VfioNode};

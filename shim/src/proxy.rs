@@ -1,10 +1,10 @@
-//! The Task proxy: every method of containerd's Task service, served under both the v2
-//! and the v3 service names, forwarded as raw bytes to the downstream shim under the name
-//! it serves. Only `Create` is decoded (to hand Kata the per-sandbox config); everything
-//! else passes through untouched, with the caller's deadline and metadata, and downstream
-//! errors keep their status codes.
+//! The Task proxy's decisions: every method of containerd's Task service, called under the
+//! v2 or the v3 service name, goes to the downstream under the name it serves. Only
+//! `Create` is decoded (to hand Kata the per-sandbox config); everything else passes
+//! through untouched, with the caller's deadline and metadata, and downstream errors keep
+//! their status codes. The bytes travel through [`crate::relay`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,6 @@ use containerd_shim_protos::shim::shim::{
     StartRequest, StartResponse, StateRequest, StateResponse, WaitResponse,
 };
 use ttrpc::proto::ResponseInit;
-use ttrpc::sync::{MethodHandler, TtrpcContext};
 use ttrpc::{get_status, Code, Request, Response};
 
 /// The Task service as containerd 1.6/1.7 and Kata name it.
@@ -73,9 +72,23 @@ pub struct Tracked {
 /// returns the `DeleteResponse` bytes to answer with.
 pub type DeadTaskCleanup = Box<dyn Fn(&Tracked) -> Option<Vec<u8>> + Send + Sync>;
 
+/// A request on its way to the downstream: what its answer is needed for.
+#[derive(Debug)]
+pub struct Pending {
+    method: String,
+    payload: Vec<u8>,
+    created: Option<(String, String)>,
+}
+
+impl Pending {
+    /// The Task method.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+}
+
 /// State shared by every handler.
 pub struct Proxy {
-    client: ttrpc::Client,
     service: String,
     hook: Box<dyn CreateHook>,
     dead: AtomicBool,
@@ -94,15 +107,9 @@ fn status_response(code: Code, message: impl ToString) -> Response {
 }
 
 impl Proxy {
-    /// A proxy to the downstream reachable through `client`, which serves Task API `version`.
-    pub fn new(
-        client: ttrpc::Client,
-        version: u32,
-        hook: Box<dyn CreateHook>,
-        downstream_name: String,
-    ) -> Arc<Self> {
+    /// The proxy's state for a downstream that serves Task API `version`.
+    pub fn new(version: u32, hook: Box<dyn CreateHook>, downstream_name: String) -> Arc<Self> {
         Arc::new(Self {
-            client,
             service: if version >= 3 { TASK_V3 } else { TASK_V2 }.to_owned(),
             hook,
             dead: AtomicBool::new(false),
@@ -242,85 +249,86 @@ impl Proxy {
         ok_payload(payload)
     }
 
-    /// Forwards one call and returns the response to send back.
-    pub fn forward(&self, method: &str, mut req: Request) -> Response {
-        if self.is_dead() {
-            if method == "Shutdown" {
+    /// The answer for a call while the downstream is dead: Delete, State, Wait and Kill
+    /// are answered as for an exited task, Shutdown succeeds, anything else is refused.
+    pub fn answer_dead(&self, method: &str, payload: &[u8]) -> Response {
+        match method {
+            "Shutdown" => {
                 self.shut_down.store(true, Ordering::SeqCst);
-                return ok_empty();
+                ok_empty()
             }
-            match method {
-                "Delete" => return self.delete_dead(&req.payload),
-                "State" => return self.state_dead(&req.payload),
-                "Wait" => return ok_payload(self.exited().0),
-                "Kill" => return ok_empty(),
-                _ => {}
-            }
-            return status_response(
+            "Delete" => self.delete_dead(payload),
+            "State" => self.state_dead(payload),
+            "Wait" => ok_payload(self.exited().0),
+            "Kill" => ok_empty(),
+            _ => status_response(
                 Code::UNAVAILABLE,
-                format!("the downstream shim ({}) has exited; its tasks were reported exited with status 255", self.downstream_name),
-            );
+                format!(
+                    "the downstream shim ({}) has exited; its tasks were reported exited with status 255",
+                    self.downstream_name
+                ),
+            ),
         }
-        let mut create_id = None;
-        let mut create_bundle = String::new();
+    }
+
+    /// Readies a request for the downstream: renames the service, and at Create runs the
+    /// hook. Returns what to remember until the answer comes, or the answer to give now.
+    pub fn prepare(&self, method: &str, req: &mut Request) -> Result<Pending, Response> {
+        if self.is_dead() {
+            return Err(self.answer_dead(method, &req.payload));
+        }
+        let mut created = None;
         if method == "Create" {
-            let request = match CreateTaskRequest::parse_from_bytes(&req.payload) {
-                Ok(r) => r,
-                Err(e) => {
-                    return status_response(
-                        Code::INVALID_ARGUMENT,
-                        format!("cannot decode CreateTaskRequest: {e}"),
-                    )
-                }
-            };
-            create_id = Some(request.id.clone());
-            create_bundle = request.bundle.clone();
-            match self.hook.on_create(request) {
-                Ok(rewritten) => match rewritten.write_to_bytes() {
-                    Ok(bytes) => req.payload = bytes,
-                    Err(e) => {
-                        return status_response(
-                            Code::INTERNAL,
-                            format!("cannot encode CreateTaskRequest: {e}"),
-                        )
-                    }
-                },
-                Err(reason) => return status_response(Code::FAILED_PRECONDITION, reason),
-            }
+            let request = CreateTaskRequest::parse_from_bytes(&req.payload).map_err(|e| {
+                status_response(
+                    Code::INVALID_ARGUMENT,
+                    format!("cannot decode CreateTaskRequest: {e}"),
+                )
+            })?;
+            created = Some((request.id.clone(), request.bundle.clone()));
+            let rewritten = self
+                .hook
+                .on_create(request)
+                .map_err(|reason| status_response(Code::FAILED_PRECONDITION, reason))?;
+            req.payload = rewritten.write_to_bytes().map_err(|e| {
+                status_response(
+                    Code::INTERNAL,
+                    format!("cannot encode CreateTaskRequest: {e}"),
+                )
+            })?;
         }
         if method == "Shutdown" {
             // Before forwarding: the downstream may close its socket before its answer to
             // us is read, and the monitor must not take that for a crash.
             self.shut_down.store(true, Ordering::SeqCst);
         }
-        let request_payload = req.payload.clone();
         req.service = self.service.clone();
-        let response = match self.client.request(req) {
-            Ok(res) => res,
-            Err(ttrpc::Error::RpcStatus(status)) => Response::init_status(status),
-            Err(e) => {
-                return status_response(
-                    Code::UNAVAILABLE,
-                    format!(
-                        "the downstream shim ({}) did not answer {method}: {e}",
-                        self.downstream_name
-                    ),
-                )
-            }
-        };
-        if response
+        let tracked = matches!(method, "Create" | "Start" | "Exec" | "Delete");
+        Ok(Pending {
+            method: method.to_owned(),
+            payload: if tracked {
+                req.payload.clone()
+            } else {
+                Vec::new()
+            },
+            created,
+        })
+    }
+
+    /// Takes note of the downstream's answer to a prepared request.
+    pub fn complete(&self, pending: Pending, response: &Response) {
+        let ok = response
             .status
             .as_ref()
-            .is_none_or(|s| s.code() == Code::OK)
-        {
+            .is_none_or(|s| s.code() == Code::OK);
+        if ok {
             self.record(
-                method,
-                &request_payload,
+                &pending.method,
+                &pending.payload,
                 &response.payload,
-                create_id.map(|id| (id, create_bundle)),
+                pending.created,
             );
         }
-        response
     }
 
     /// Bookkeeping of the processes the downstream runs, from successful calls.
@@ -418,45 +426,6 @@ fn ok_empty() -> Response {
             .write_to_bytes()
             .unwrap_or_default(),
     )
-}
-
-struct Forward {
-    method: &'static str,
-    proxy: Arc<Proxy>,
-    after_shutdown: Arc<dyn Fn() + Send + Sync>,
-}
-
-impl MethodHandler for Forward {
-    fn handler(&self, ctx: TtrpcContext, req: Request) -> ttrpc::Result<()> {
-        let response = self.proxy.forward(self.method, req);
-        let result = ctx.respond(ctx.mh.stream_id, response);
-        if self.method == "Shutdown" && self.proxy.is_shut_down() {
-            (self.after_shutdown)();
-        }
-        result
-    }
-}
-
-/// The method table for a ttrpc server: every Task method under both service names.
-/// `after_shutdown` runs once a Shutdown has been answered.
-pub fn methods(
-    proxy: &Arc<Proxy>,
-    after_shutdown: Arc<dyn Fn() + Send + Sync>,
-) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
-    let mut table: HashMap<String, Box<dyn MethodHandler + Send + Sync>> = HashMap::new();
-    for service in [TASK_V2, TASK_V3] {
-        for method in METHODS {
-            table.insert(
-                format!("/{service}/{method}"),
-                Box::new(Forward {
-                    method,
-                    proxy: Arc::clone(proxy),
-                    after_shutdown: Arc::clone(&after_shutdown),
-                }),
-            );
-        }
-    }
-    table
 }
 
 /// Blocks until the downstream's socket closes (it exited), through a connection of its

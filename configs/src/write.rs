@@ -1,10 +1,7 @@
 //! Writing a rendered configuration: a reader (Kata starting a sandbox) sees the old file or
 //! the new one, never half of one.
 
-use std::fs;
-use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::ConfigError;
 
@@ -13,49 +10,18 @@ use crate::error::ConfigError;
 /// readable by all (`0644`): it holds no secret, and Kata may run as another user. On error
 /// the temporary file is removed and `path` is as it was.
 pub fn write_rendered(path: &Path, text: &str) -> Result<(), ConfigError> {
-    write_atomic(path, text.as_bytes()).map_err(|source| ConfigError::Write {
-        path: path.to_path_buf(),
-        source,
+    kata_gpu_fsutil::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| {
+        ConfigError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
     })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn writes_and_replaces() {

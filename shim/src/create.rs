@@ -64,7 +64,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
             .mode(0o700)
             .create(dir)?;
     }
-    cdi::write::write_atomic(path, text.as_bytes(), 0o600)
+    kata_gpu_fsutil::write_atomic(path, text.as_bytes(), 0o600)
 }
 
 impl Sandboxer {
@@ -130,7 +130,7 @@ impl Sandboxer {
             let mode = fs::metadata(&config_json)
                 .map(|m| m.permissions().mode() & 0o7777)
                 .unwrap_or(0o644);
-            cdi::write::write_atomic(&config_json, &text, mode)
+            kata_gpu_fsutil::write_atomic(&config_json, &text, mode)
                 .map_err(|e| format!("cannot write {}: {e}", config_json.display()))?;
         }
         if container_type == Some("container") {

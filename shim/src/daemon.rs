@@ -328,7 +328,7 @@ pub fn start_with(
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-    cdi::write::write_atomic(
+    kata_gpu_fsutil::write_atomic(
         &downstream_record(&socket),
         format!("{} {}", downstream.version, downstream.address).as_bytes(),
         0o600,
@@ -339,9 +339,9 @@ pub fn start_with(
     )))?;
     let address = format!("unix://{}", socket.display());
     // After the downstream wrote its own: containerd reconnects through this file.
-    cdi::write::write_atomic(&bundle.join("address"), address.as_bytes(), 0o644).map_err(io(
-        format!("cannot write {}", bundle.join("address").display()),
-    ))?;
+    kata_gpu_fsutil::write_atomic(&bundle.join("address"), address.as_bytes(), 0o644).map_err(
+        io(format!("cannot write {}", bundle.join("address").display())),
+    )?;
     Ok(encode_reply(&address, form))
 }
 

@@ -13,7 +13,7 @@ help:
 	@echo "make test   lint, then every test of the workspace (what CI runs)"
 	@echo "make unit   the tests alone, without lint"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
-	@echo "make bench  criterion benchmarks (figures go to BENCHMARKS.md)"
+	@echo "make bench  every benchmark and bench/shim.sh (figures in BENCHMARKS.md)"
 	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS))"
 
 deps:
@@ -50,7 +50,8 @@ fmt:
 	$(CARGO) fmt --all
 
 bench:
-	$(CARGO) bench -p cdi
+	$(CARGO) bench -p cdi -p kata-gpu-shim -p kata-gpu-configs -p kata-gpu-containerd-config -p kata-gpu-artifacts
+	bash bench/shim.sh
 
 FUZZ_SECONDS ?= 20
 fuzz:

@@ -13,6 +13,27 @@ pub const CURRENT: &str = "current";
 /// so that containerd's `ConfigPath` stays valid across versions.
 pub const CONFIG_FILE: &str = "configuration.toml";
 
+/// The name of the link to the set that was current before the last switch; `rollback`
+/// switches back to it.
+pub const PREVIOUS: &str = "previous";
+
+/// The manifest the store writes beside the files of every set.
+pub const MANIFEST_FILE: &str = "kata-gpu-manifest.json";
+
+/// The lock file inside a class directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// The prefix of a set being copied (a hidden directory of the class directory).
+pub const STAGING_PREFIX: &str = ".staging-";
+
+/// The prefix of a set being removed.
+pub const TRASH_PREFIX: &str = ".trash-";
+
+/// Under which the shim writes per-sandbox Kata configurations (its state directory):
+/// every `configuration.toml` a few levels down counts, e.g.
+/// `<dir>/sandboxes/<sandbox>/configuration.toml` or `<dir>/<namespace>/<sandbox>/configuration.toml`.
+pub const DEFAULT_SANDBOXES_DIR: &str = "/run/kata-gpu";
+
 /// The directory of one runtime class: `<root>/<class>`.
 pub fn class_dir(root: &Path, class: &str) -> PathBuf {
     root.join(class)

@@ -3,8 +3,15 @@
 //! a simulated host, prints text by default and JSON with `--json`, and exits 0 on
 //! success, 1 on a finding or refusal, 2 on bad usage.
 
+mod artifacts_cmd;
 mod cdi_cmd;
+mod containerd_cmd;
+mod install_cmd;
+mod node_state;
 mod plan_cmd;
+mod registration;
+mod runtimeclass_cmd;
+mod status_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +49,20 @@ enum Command {
     Cdi(cdi_cmd::CdiCommand),
     /// Show what a sandbox would get: devices, IOMMU groups, QEMU arguments, Kata overrides.
     Plan(plan_cmd::PlanArgs),
+    /// Register the runtime handler in containerd's config, or remove it again.
+    #[command(subcommand)]
+    Containerd(containerd_cmd::ContainerdCommand),
+    /// The RuntimeClass, NodeFeatureRule and sample pod of a profile, as YAML (JSON with --json).
+    Runtimeclass(runtimeclass_cmd::RuntimeClassArgs),
+    /// Set the node up: artifacts, host CDI spec, containerd registration, restart, manifests.
+    Install(install_cmd::InstallArgs),
+    /// Undo install in the safe order: containerd config, restart, then the rest.
+    Uninstall(install_cmd::InstallArgs),
+    /// What is installed, verified, registered and loaded, and whether containerd must restart.
+    Status(status_cmd::StatusArgs),
+    /// The artifact store: install, list, verify, roll back and prune kernel/image/firmware sets.
+    #[command(subcommand)]
+    Artifacts(artifacts_cmd::ArtifactsCommand),
 }
 
 /// What a command found: success, or findings the user must act on.
@@ -69,6 +90,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cdi(cmd) => cdi_cmd::run(cmd, &cli.global),
         Command::Plan(args) => plan_cmd::run(args, &cli.global),
+        Command::Containerd(cmd) => containerd_cmd::run(cmd, &cli.global),
+        Command::Runtimeclass(args) => runtimeclass_cmd::run(args, &cli.global),
+        Command::Install(args) => install_cmd::install(args, &cli.global),
+        Command::Uninstall(args) => install_cmd::uninstall(args, &cli.global),
+        Command::Status(args) => status_cmd::run(args, &cli.global),
+        Command::Artifacts(cmd) => artifacts_cmd::run(cmd, &cli.global),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

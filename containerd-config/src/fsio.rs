@@ -1,0 +1,259 @@
+//! The file edge: read a config, back it up once, write it atomically keeping its mode and
+//! owner (through a symlink, to the file it names), and hold a lock so that two installers
+//! never interleave.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::Error;
+
+/// The suffix of the backup taken before the first in-place edit.
+pub const BACKUP_SUFFIX: &str = ".kata-gpu.bak";
+
+/// Reads a config; `None` when it does not exist.
+pub fn read_config(path: &Path) -> Result<Option<String>, Error> {
+    match fs::read(path) {
+        Ok(bytes) => String::from_utf8(bytes).map(Some).map_err(|e| {
+            Error::io(
+                "cannot read",
+                path,
+                io::Error::new(io::ErrorKind::InvalidData, format!("not UTF-8: {e}")),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot read", path, e)),
+    }
+}
+
+/// The file a path names, following symlinks (the path itself when it does not exist).
+pub fn resolve(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The backup path of a config.
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(BACKUP_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Copies `path` to its backup unless a backup exists already (the first one holds the
+/// original); returns the backup's path when one was written.
+pub fn backup_once(path: &Path) -> Result<Option<PathBuf>, Error> {
+    let backup = backup_path(path);
+    if backup.exists() || !path.exists() {
+        return Ok(None);
+    }
+    let bytes = fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
+    write_atomic(&backup, &bytes, None)?;
+    Ok(Some(backup))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, given the
+/// mode and owner of the file it replaces (else `mode`, else 0644), synced, renamed over
+/// the target, and the directory synced. A symlink is kept: the file it names is replaced.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Error> {
+    let target = resolve(path);
+    let dir = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+    let old = fs::metadata(&target).ok();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.kata-gpu-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("cannot create", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        let perm = old
+            .as_ref()
+            .map(|m| m.permissions().mode() & 0o7777)
+            .or(mode)
+            .unwrap_or(0o644);
+        f.set_permissions(fs::Permissions::from_mode(perm))
+            .map_err(|e| Error::io("cannot chmod", &tmp, e))?;
+        if let Some(m) = &old {
+            std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))
+                .map_err(|e| Error::io("cannot chown", &tmp, e))?;
+        }
+        f.sync_all()
+            .map_err(|e| Error::io("cannot sync", &tmp, e))?;
+        fs::rename(&tmp, &target).map_err(|e| Error::io("cannot rename into", &target, e))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes a file; a missing file is not an error.
+pub fn remove_file(path: &Path) -> Result<bool, Error> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("cannot remove", path, e)),
+    }
+}
+
+/// An exclusive lock on a lock file, released on drop.
+#[derive(Debug)]
+pub struct Lock {
+    _flock: Flock<File>,
+    path: PathBuf,
+}
+
+impl Lock {
+    /// Takes the lock at `path` (created if needed), waiting up to `wait` for another
+    /// holder to let go.
+    pub fn acquire(path: &Path, wait: Duration) -> Result<Lock, Error> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        }
+        let start = Instant::now();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io("cannot open lock", path, e))?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(flock) => {
+                    return Ok(Lock {
+                        _flock: flock,
+                        path: path.to_path_buf(),
+                    })
+                }
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < wait => {
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(Error::Locked {
+                        path: path.to_path_buf(),
+                        waited_ms: start.elapsed().as_millis(),
+                    })
+                }
+                Err((_, errno)) => {
+                    return Err(Error::io("cannot lock", path, io::Error::from(errno)))
+                }
+            }
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Writes `new` over `path` only if the file still holds `old` (`None`: still absent), so
+/// that an edit made by someone else between our read and our write is never lost.
+pub fn replace_if_unchanged(
+    path: &Path,
+    old: Option<&str>,
+    new: &str,
+    mode: Option<u32>,
+) -> Result<(), Error> {
+    if read_config(path)?.as_deref() != old {
+        return Err(Error::ChangedConcurrently {
+            path: path.to_path_buf(),
+        });
+    }
+    write_atomic(path, new.as_bytes(), mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_keep_mode_and_follow_symlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real.toml");
+        fs::write(&real, "a = 1\n").expect("write");
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o640)).expect("chmod");
+        let link = dir.path().join("config.toml");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        write_atomic(&link, b"a = 2\n", None).expect("write");
+        assert!(fs::symlink_metadata(&link)
+            .expect("meta")
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(&real).expect("read"), "a = 2\n");
+        assert_eq!(
+            fs::metadata(&real).expect("meta").permissions().mode() & 0o777,
+            0o640
+        );
+        let fresh = dir.path().join("sub/new.toml");
+        write_atomic(&fresh, b"x", Some(0o600)).expect("new");
+        assert_eq!(
+            fs::metadata(&fresh).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn the_backup_is_taken_once_and_holds_the_original() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("config.toml");
+        assert_eq!(backup_once(&p).expect("absent"), None);
+        fs::write(&p, "orig\n").expect("write");
+        let b = backup_once(&p).expect("backup").expect("written");
+        fs::write(&p, "changed\n").expect("write");
+        assert_eq!(backup_once(&p).expect("again"), None);
+        assert_eq!(fs::read_to_string(b).expect("read"), "orig\n");
+    }
+
+    #[test]
+    fn a_second_lock_waits_then_gives_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("run/lock/kata-gpu.lock");
+        let held = Lock::acquire(&p, Duration::from_millis(10)).expect("first");
+        let err = Lock::acquire(&p, Duration::from_millis(60)).expect_err("second");
+        assert!(
+            err.to_string()
+                .contains("another installer holds this lock"),
+            "{err}"
+        );
+        drop(held);
+        Lock::acquire(&p, Duration::from_millis(10)).expect("after release");
+    }
+
+    #[test]
+    fn a_file_changed_behind_our_back_is_not_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        fs::write(&p, "theirs\n").expect("write");
+        let err = replace_if_unchanged(&p, Some("ours\n"), "new\n", None).expect_err("changed");
+        assert!(matches!(err, Error::ChangedConcurrently { .. }));
+        assert_eq!(fs::read_to_string(&p).expect("read"), "theirs\n");
+        replace_if_unchanged(&p, Some("theirs\n"), "new\n", None).expect("same");
+        assert_eq!(fs::read_to_string(&p).expect("read"), "new\n");
+    }
+}

@@ -1,0 +1,255 @@
+//! `kata-gpu containerd register|unregister`: the containerd patcher alone, with the
+//! optional restart.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Subcommand;
+use kata_gpu_containerd_config::{daemon, ConfigVersion, HandlerSpec};
+use kata_gpu_shim::Profile;
+use serde::Serialize;
+
+use crate::node_state::NodeState;
+use crate::registration::{apply, plan_register, plan_unregister, socket, Plan, Request};
+use crate::{Global, Outcome};
+
+/// The `containerd` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ContainerdCommand {
+    /// Register the profile's runtime handler in containerd's config (in place, or as a
+    /// drop-in with --drop-in).
+    Register(RegisterArgs),
+    /// Remove exactly what register added: the handler, the parents it created, the
+    /// imports entry, the drop-in file.
+    Unregister(RegisterArgs),
+}
+
+/// Where and what to register; shared with `install` and `uninstall`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ContainerdArgs {
+    /// Drop-in mode: write our own file into this directory and list it in the config's
+    /// imports (k3s/rke2: their config-v3.toml.d / config.toml.d, already imported).
+    #[arg(long, value_name = "DIR")]
+    pub drop_in: Option<PathBuf>,
+    /// The config version to write into an empty or missing file or a k3s/rke2 template
+    /// (default: what the file says, else what `containerd --version` writes).
+    #[arg(long, value_name = "N", value_parser = parse_version)]
+    pub config_version: Option<ConfigVersion>,
+    /// runtime_path: the shim binary, when containerd should not look it up on PATH.
+    #[arg(long, value_name = "PATH")]
+    pub runtime_path: Option<String>,
+    /// snapshotter for this handler.
+    #[arg(long, value_name = "NAME")]
+    pub snapshotter: Option<String>,
+    /// Root of the artifact store; options.ConfigPath is <root>/<handler>/current/configuration.toml.
+    #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
+    pub artifacts_root: PathBuf,
+    /// Restart containerd through systemd and wait until its socket answers.
+    #[arg(long)]
+    pub restart: bool,
+    /// The systemd unit that runs containerd (k3s: k3s or k3s-agent; rke2: rke2-server or rke2-agent).
+    #[arg(long, value_name = "UNIT", default_value = "containerd")]
+    pub unit: String,
+    /// containerd's socket (default: [grpc] address of the config, else /run/containerd/containerd.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Seconds to wait for containerd's socket to answer after the restart.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub restart_timeout: u64,
+    /// Seconds to wait for another installer's lock.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub lock_timeout: u64,
+    /// Print the diff of every file it would change, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Arguments of `containerd register|unregister`.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// containerd's config file.
+    #[arg(long, value_name = "F", default_value = crate::registration::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The runtime class's profile: snp, tdx or gpu.
+    #[arg(long, default_value = "snp")]
+    pub profile: Profile,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+}
+
+fn parse_version(s: &str) -> Result<ConfigVersion, String> {
+    s.parse::<i64>()
+        .ok()
+        .and_then(ConfigVersion::from_number)
+        .ok_or_else(|| format!("{s:?}: the config versions are 2, 3 and 4"))
+}
+
+/// The handler a profile registers.
+pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {
+    let config_path =
+        kata_gpu_artifacts::layout::current_config_path(&args.artifacts_root, profile.handler());
+    let mut spec = HandlerSpec::new(
+        profile.handler(),
+        profile.runtime_type(),
+        config_path.display().to_string(),
+    );
+    spec.runtime_path = args.runtime_path.clone();
+    spec.snapshotter = args.snapshotter.clone();
+    spec
+}
+
+/// What a register/unregister did, for text and JSON output.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// register or unregister.
+    pub action: &'static str,
+    /// The handler.
+    pub handler: String,
+    /// The main config.
+    pub config: PathBuf,
+    /// Whether files changed (or would, with --dry-run).
+    pub changed: bool,
+    /// The files changed.
+    pub files: Vec<PathBuf>,
+    /// Unified diffs (with --dry-run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub diffs: Vec<String>,
+    /// Notes.
+    pub notes: Vec<String>,
+    /// containerd must restart to see the change.
+    pub restart_pending: bool,
+    /// The command that restarts it.
+    pub restart_command: String,
+    /// Whether we restarted it.
+    pub restarted: bool,
+}
+
+/// Plans and (unless dry-run) applies register or unregister, then restarts when asked.
+pub fn run_one(
+    register: bool,
+    req: &Request,
+    args: &ContainerdArgs,
+    root: &Path,
+) -> anyhow::Result<Report> {
+    let handler = req.spec.name.clone();
+    let mut state = NodeState::load(root, &handler)?;
+    let plan: Plan = if register {
+        plan_register(req, state.containerd.as_ref())?
+    } else {
+        plan_unregister(req, state.containerd.as_ref())?
+    };
+    let mut report = Report {
+        action: if register { "register" } else { "unregister" },
+        handler: handler.clone(),
+        config: state
+            .containerd
+            .as_ref()
+            .map_or_else(|| req.config.clone(), |c| c.config.clone()),
+        changed: plan.changes_files(),
+        files: plan.changes.iter().map(|c| c.path.clone()).collect(),
+        diffs: Vec::new(),
+        notes: plan.notes.clone(),
+        restart_pending: false,
+        restart_command: daemon::restart_command_line(&req.unit),
+        restarted: false,
+    };
+    if args.dry_run {
+        report.diffs = plan.changes.iter().map(|c| c.diff()).collect();
+        report.restart_pending = report.changed;
+        return Ok(report);
+    }
+    let socket_path = socket(root, &report.config, args.socket.as_deref());
+    apply(
+        root,
+        &handler,
+        &plan,
+        Duration::from_secs(args.lock_timeout),
+    )?;
+    state = NodeState::load(root, &handler)?;
+    let pending = match &state.containerd {
+        Some(c) => c.restart_pending,
+        None => report.changed,
+    };
+    if pending && args.restart {
+        let waited = daemon::restart(
+            &req.unit,
+            &socket_path,
+            Duration::from_secs(args.restart_timeout),
+        )?;
+        report.restarted = true;
+        report.notes.push(format!(
+            "containerd answered {} ms after the restart",
+            waited.as_millis()
+        ));
+        if let Some(c) = state.containerd.as_mut() {
+            c.restart_pending = false;
+            state.save(root, &handler)?;
+        }
+    }
+    report.restart_pending = pending && !report.restarted;
+    Ok(report)
+}
+
+/// Prints a report.
+pub fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    for d in &report.diffs {
+        print!("{d}");
+    }
+    let verb = match (report.action, report.diffs.is_empty()) {
+        ("register", true) => "registered",
+        ("register", false) => "would register",
+        (_, true) => "unregistered",
+        (_, false) => "would unregister",
+    };
+    if report.changed {
+        let files: Vec<String> = report
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        println!("{verb} {}: {}", report.handler, files.join(", "));
+    } else {
+        println!(
+            "{}: nothing to change in {}",
+            report.handler,
+            report.config.display()
+        );
+    }
+    for n in &report.notes {
+        println!("note: {n}");
+    }
+    if report.restarted {
+        println!("restarted containerd ({})", report.restart_command);
+    } else if report.restart_pending {
+        println!(
+            "containerd must restart to load it: {}",
+            report.restart_command
+        );
+    }
+    Ok(())
+}
+
+/// Runs one `containerd` subcommand.
+pub fn run(cmd: ContainerdCommand, global: &Global) -> anyhow::Result<Outcome> {
+    let (register, args) = match cmd {
+        ContainerdCommand::Register(a) => (true, a),
+        ContainerdCommand::Unregister(a) => (false, a),
+    };
+    let spec = handler_spec(args.profile, &args.containerd);
+    let c = &args.containerd;
+    let req = Request::new(
+        &global.host_root,
+        Some(&args.config),
+        c.drop_in.as_deref(),
+        spec,
+        c.config_version,
+        Some(&c.unit),
+    );
+    let report = run_one(register, &req, c, &global.host_root)?;
+    print(&report, global.json)?;
+    Ok(Outcome::Clean)
+}

@@ -1,0 +1,338 @@
+//! `kata-gpu install | uninstall`: the node set-up steps in order, each idempotent —
+//! artifacts ▸ host CDI spec ▸ containerd registration (▸ restart) ▸ RuntimeClass
+//! manifests — and their reverse in the safe order: containerd config, restart, then the
+//! rest. `--dry-run` prints the diff of every file a step would change.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use kata_gpu_artifacts::{InstallOptions, Store, StoreConfig};
+use kata_gpu_containerd_config::{diff, fsio};
+use kata_gpu_manifests::Manifests;
+use kata_gpu_shim::Profile;
+use serde::Serialize;
+
+use crate::containerd_cmd::{self, handler_spec, ContainerdArgs};
+use crate::node_state::{host_path, under, NodeState};
+use crate::registration::Request;
+use crate::runtimeclass_cmd::ManifestArgs;
+use crate::{Global, Outcome};
+
+/// Where install writes the manifests, as the host sees it.
+pub const MANIFEST_DIR: &str = "/var/lib/kata-gpu/manifests";
+/// Where install writes the host CDI specs, as the host sees it.
+pub const CDI_DIR: &str = "/var/run/cdi";
+
+/// Arguments of `install` and `uninstall`.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// The runtime class's profile: snp, tdx or gpu.
+    #[arg(long, default_value = "snp")]
+    pub profile: Profile,
+    /// containerd's config file.
+    #[arg(long, value_name = "F", default_value = crate::registration::DEFAULT_CONFIG)]
+    pub containerd_config: PathBuf,
+    /// Install (install only) the artifact set from SRC: a directory, tarball or OCI layout.
+    #[arg(long, value_name = "SRC")]
+    pub artifacts: Option<PathBuf>,
+    /// Leave the host CDI spec alone.
+    #[arg(long)]
+    pub skip_cdi: bool,
+    #[command(flatten)]
+    pub containerd: ContainerdArgs,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+}
+
+/// One step's result.
+#[derive(Debug, Serialize)]
+pub struct Step {
+    /// artifacts, cdi, containerd, restart or runtimeclass.
+    pub step: &'static str,
+    /// What it did (or would do).
+    pub result: String,
+    /// Diffs (with --dry-run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub diffs: Vec<String>,
+    /// Warnings.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Notes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl Step {
+    fn new(step: &'static str, result: impl Into<String>) -> Step {
+        Step {
+            step,
+            result: result.into(),
+            diffs: Vec::new(),
+            warnings: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+fn store(args: &InstallArgs, root: &Path) -> anyhow::Result<Store> {
+    let config = StoreConfig {
+        root: args.containerd.artifacts_root.clone(),
+        ..StoreConfig::under_root(root)
+    };
+    Ok(Store::new(config, args.profile.handler())?)
+}
+
+fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
+    let Some(src) = &args.artifacts else {
+        let config = kata_gpu_artifacts::layout::current_config_path(
+            &args.containerd.artifacts_root,
+            args.profile.handler(),
+        );
+        let mut step = Step::new("artifacts", "skipped (no --artifacts)");
+        if !under(root, &config).exists() {
+            step.warnings.push(format!(
+                "{} does not exist: the handler's ConfigPath needs an artifact set (--artifacts SRC)",
+                config.display()
+            ));
+        }
+        return Ok(step);
+    };
+    let store = store(args, root)?;
+    if args.containerd.dry_run {
+        return Ok(Step::new(
+            "artifacts",
+            format!(
+                "would install {} into {}",
+                src.display(),
+                store.class_dir().display()
+            ),
+        ));
+    }
+    let report = kata_gpu_artifacts::install(&store, src, &InstallOptions::default())?;
+    Ok(Step::new(
+        "artifacts",
+        format!(
+            "{:?} {} ({})",
+            report.outcome,
+            report.version,
+            report.dir.display()
+        )
+        .to_lowercase(),
+    ))
+}
+
+/// Writes `text` to `path` unless it holds it already; the diff in dry-run.
+fn put(path: &Path, text: &str, dry_run: bool, step: &mut Step) -> anyhow::Result<bool> {
+    let before = fsio::read_config(path)?;
+    if before.as_deref() == Some(text) {
+        return Ok(false);
+    }
+    if dry_run {
+        step.diffs
+            .push(diff::unified(path, before.as_deref(), Some(text)));
+    } else {
+        fsio::write_atomic(path, text.as_bytes(), Some(0o644))?;
+    }
+    Ok(true)
+}
+
+fn cdi_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
+    if args.skip_cdi {
+        return Ok(Step::new("cdi", "skipped (--skip-cdi)"));
+    }
+    let host = kata_gpu_shim::Host::new(root);
+    let found = kata_gpu_shim::host_spec::host_specs(&host)
+        .context("cannot read the host's PCI devices")?;
+    let mut step = Step::new("cdi", "");
+    step.warnings = found.warnings.clone();
+    let mut written = Vec::new();
+    for spec in &found.specs {
+        cdi::validate_spec(spec, None)?;
+        let host_file = Path::new(CDI_DIR).join(cdi::write::spec_file_name(&spec.kind));
+        let yaml = serde_yaml_ng::to_string(spec)?;
+        if put(
+            &under(root, &host_file),
+            &yaml,
+            args.containerd.dry_run,
+            &mut step,
+        )? {
+            written.push(host_file.display().to_string());
+        }
+        if !state.cdi_specs.contains(&host_file) {
+            state.cdi_specs.push(host_file);
+        }
+    }
+    step.result = match (found.specs.is_empty(), written.is_empty()) {
+        (true, _) => "no NVIDIA GPU or NVSwitch is bound to vfio-pci; no spec written".into(),
+        (false, true) => "host specs up to date".into(),
+        (false, false) if args.containerd.dry_run => format!("would write {}", written.join(", ")),
+        (false, false) => format!("wrote {}", written.join(", ")),
+    };
+    Ok(step)
+}
+
+fn manifests_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
+    let m = Manifests::new(args.profile, &args.manifest.options()?);
+    let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
+    let mut step = Step::new("runtimeclass", "");
+    let changed = put(
+        &under(root, &host_file),
+        &m.to_yaml()?,
+        args.containerd.dry_run,
+        &mut step,
+    )?;
+    state.manifests = Some(host_file.clone());
+    step.result = format!(
+        "{} {}: apply with kubectl apply -f {}",
+        match (changed, args.containerd.dry_run) {
+            (false, _) => "up to date",
+            (true, true) => "would write",
+            (true, false) => "wrote",
+        },
+        host_file.display(),
+        host_file.display()
+    );
+    Ok(step)
+}
+
+fn request(args: &InstallArgs, root: &Path) -> Request {
+    Request::new(
+        root,
+        Some(&args.containerd_config),
+        args.containerd.drop_in.as_deref(),
+        handler_spec(args.profile, &args.containerd),
+        args.containerd.config_version,
+        Some(&args.containerd.unit),
+    )
+}
+
+fn containerd_steps(register: bool, args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<Step>> {
+    let report = containerd_cmd::run_one(register, &request(args, root), &args.containerd, root)?;
+    let mut step = Step::new(
+        "containerd",
+        match (report.changed, args.containerd.dry_run) {
+            (false, _) => format!("nothing to change in {}", report.config.display()),
+            (true, true) => format!("would {} in {}", report.action, report.config.display()),
+            (true, false) => format!("{}ed in {}", report.action, report.config.display()),
+        },
+    );
+    step.diffs = report.diffs;
+    step.notes = report.notes;
+    let restart = Step::new(
+        "restart",
+        if report.restarted {
+            format!("restarted containerd ({})", report.restart_command)
+        } else if report.restart_pending {
+            format!("containerd must restart: {}", report.restart_command)
+        } else {
+            "not needed".to_owned()
+        },
+    );
+    Ok(vec![step, restart])
+}
+
+/// Runs `kata-gpu install`.
+pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
+    let root = &global.host_root;
+    let handler = args.profile.handler();
+    let mut steps = vec![artifacts_step(&args, root)?];
+    let mut state = NodeState::load(root, handler)?;
+    steps.push(cdi_step(&args, root, &mut state)?);
+    if !args.containerd.dry_run {
+        state.save(root, handler)?;
+    }
+    steps.extend(containerd_steps(true, &args, root)?);
+    let mut state = NodeState::load(root, handler)?;
+    steps.push(manifests_step(&args, root, &mut state)?);
+    if !args.containerd.dry_run {
+        state.save(root, handler)?;
+    }
+    print(&steps, global.json)
+}
+
+/// Runs `kata-gpu uninstall`: containerd config, restart, then the host CDI spec and the
+/// manifests it wrote. The artifact store is left alone (say so): it has no removal yet.
+pub fn uninstall(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
+    let root = &global.host_root;
+    let handler = args.profile.handler();
+    let dry_run = args.containerd.dry_run;
+    let mut steps = containerd_steps(false, &args, root)?;
+    let mut state = NodeState::load(root, handler)?;
+    let mut cdi = Step::new("cdi", "");
+    let mut removed = Vec::new();
+    for spec in std::mem::take(&mut state.cdi_specs) {
+        let real = under(root, &host_path(root, &spec));
+        if let Some(before) = fsio::read_config(&real)? {
+            if dry_run {
+                cdi.diffs.push(diff::unified(&real, Some(&before), None));
+                state.cdi_specs.push(spec.clone());
+            } else {
+                fsio::remove_file(&real)?;
+            }
+            removed.push(spec.display().to_string());
+        }
+    }
+    cdi.result = if removed.is_empty() {
+        "nothing to remove".to_owned()
+    } else {
+        format!(
+            "{} {}",
+            if dry_run { "would remove" } else { "removed" },
+            removed.join(", ")
+        )
+    };
+    steps.push(cdi);
+    let mut manifests = Step::new("runtimeclass", "nothing to remove");
+    if let Some(m) = state.manifests.take() {
+        let real = under(root, &m);
+        if let Some(before) = fsio::read_config(&real)? {
+            if dry_run {
+                manifests
+                    .diffs
+                    .push(diff::unified(&real, Some(&before), None));
+            } else {
+                fsio::remove_file(&real)?;
+            }
+            if !dry_run {
+                let _ = std::fs::remove_dir(under(root, Path::new(MANIFEST_DIR)));
+            }
+            manifests.result = format!(
+                "{} {} (delete the objects with kubectl delete -f before)",
+                if dry_run { "would remove" } else { "removed" },
+                m.display()
+            );
+        }
+    }
+    steps.push(manifests);
+    steps.push(Step::new(
+        "artifacts",
+        format!(
+            "kept in {}: the artifact store has no removal yet (kata-gpu artifacts prune removes old sets)",
+            kata_gpu_artifacts::layout::class_dir(&args.containerd.artifacts_root, handler).display()
+        ),
+    ));
+    if !dry_run {
+        state.save(root, handler)?;
+    }
+    print(&steps, global.json)
+}
+
+fn print(steps: &[Step], json: bool) -> anyhow::Result<Outcome> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(steps)?);
+    } else {
+        for s in steps {
+            for d in &s.diffs {
+                print!("{d}");
+            }
+            println!("{:<13} {}", format!("{}:", s.step), s.result);
+            for w in &s.warnings {
+                println!("{:<13} warning: {w}", "");
+            }
+            for n in &s.notes {
+                println!("{:<13} note: {n}", "");
+            }
+        }
+    }
+    Ok(Outcome::Clean)
+}

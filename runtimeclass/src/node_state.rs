@@ -1,0 +1,182 @@
+//! What kata-gpu did to a node, per handler, so that it can be reported and undone:
+//! `<host-root>/var/lib/kata-gpu/state/<handler>.json`. Paths in it are as the host sees
+//! them (without `--host-root`).
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use kata_gpu_containerd_config::fsio;
+use kata_gpu_containerd_config::{ConfigVersion, HandlerSpec, ImportChange, Registration};
+use serde::{Deserialize, Serialize};
+
+/// Where the state files live, as the host sees it.
+pub const STATE_DIR: &str = "/var/lib/kata-gpu/state";
+/// The lock every node-changing command holds, as the host sees it.
+pub const LOCK: &str = "/run/lock/kata-gpu.lock";
+
+/// `host` (as the host sees it) under `root`.
+pub fn under(root: &Path, host: &Path) -> PathBuf {
+    root.join(host.strip_prefix("/").unwrap_or(host))
+}
+
+/// A path given on the command line, as the host sees it: absolute as given; a relative one
+/// is taken from the current directory on a real host (`--host-root /`) and from the root
+/// of a simulated one.
+pub fn host_path(root: &Path, given: &Path) -> PathBuf {
+    if given.is_absolute() {
+        given.to_path_buf()
+    } else if root == Path::new("/") {
+        std::path::absolute(given).unwrap_or_else(|_| given.to_path_buf())
+    } else {
+        Path::new("/").join(given)
+    }
+}
+
+/// How the handler was registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Edited into the main config.
+    InPlace,
+    /// Our own file, listed in the main config's `imports` (or in a directory its rendered
+    /// config already imports).
+    DropIn,
+}
+
+/// The containerd registration of one handler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerdState {
+    /// The handler as registered.
+    pub spec: HandlerSpec,
+    /// The main config.
+    pub config: PathBuf,
+    /// Its version.
+    pub version: ConfigVersion,
+    /// In place or drop-in.
+    pub mode: Mode,
+    /// In place: what register did to the main config.
+    pub registration: Option<Registration>,
+    /// In place: the main config did not exist and was created.
+    #[serde(default)]
+    pub created_config: bool,
+    /// Drop-in: our file.
+    pub drop_in: Option<PathBuf>,
+    /// Drop-in: what was done to the main config's `imports`.
+    pub import: Option<ImportChange>,
+    /// The backup of the original main config, if one was taken.
+    pub backup: Option<PathBuf>,
+    /// When a file was last changed (seconds since the epoch).
+    pub changed_at: u64,
+    /// Whether containerd has not been restarted by us since.
+    pub restart_pending: bool,
+    /// The systemd unit that runs containerd.
+    pub unit: String,
+}
+
+/// Everything kata-gpu did for one handler.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The containerd registration.
+    pub containerd: Option<ContainerdState>,
+    /// Host CDI spec files written by `install`.
+    #[serde(default)]
+    pub cdi_specs: Vec<PathBuf>,
+    /// The manifests file written by `install`.
+    pub manifests: Option<PathBuf>,
+}
+
+impl NodeState {
+    /// The state file of `handler` under `root`.
+    pub fn path(root: &Path, handler: &str) -> PathBuf {
+        under(root, &Path::new(STATE_DIR).join(format!("{handler}.json")))
+    }
+
+    /// Loads the state of `handler` (empty if there is none).
+    pub fn load(root: &Path, handler: &str) -> anyhow::Result<NodeState> {
+        let path = Self::path(root, handler);
+        match fsio::read_config(&path)? {
+            None => Ok(NodeState::default()),
+            Some(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{}: damaged state file", path.display())),
+        }
+    }
+
+    /// Whether nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.containerd.is_none() && self.cdi_specs.is_empty() && self.manifests.is_none()
+    }
+
+    /// Saves it (removes the file when nothing is recorded).
+    pub fn save(&self, root: &Path, handler: &str) -> anyhow::Result<()> {
+        let path = Self::path(root, handler);
+        if self.is_empty() {
+            fsio::remove_file(&path)?;
+            // Leave no empty directories of ours behind.
+            let state_dir = under(root, Path::new(STATE_DIR));
+            for dir in [
+                state_dir.clone(),
+                state_dir
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            ] {
+                let _ = std::fs::remove_dir(dir);
+            }
+        } else {
+            let text = serde_json::to_string_pretty(self)? + "\n";
+            fsio::write_atomic(&path, text.as_bytes(), Some(0o600))?;
+        }
+        Ok(())
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_go_under_the_root() {
+        let table = [
+            (
+                "/",
+                "/etc/containerd/config.toml",
+                "/etc/containerd/config.toml",
+            ),
+            (
+                "/host",
+                "/etc/containerd/config.toml",
+                "/host/etc/containerd/config.toml",
+            ),
+        ];
+        for (root, host, want) in table {
+            assert_eq!(under(Path::new(root), Path::new(host)), PathBuf::from(want));
+        }
+        assert_eq!(
+            host_path(Path::new("/sim"), Path::new("etc/c.toml")),
+            PathBuf::from("/etc/c.toml")
+        );
+    }
+
+    #[test]
+    fn an_empty_state_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = NodeState {
+            manifests: Some(PathBuf::from("/x.yaml")),
+            ..NodeState::default()
+        };
+        s.save(dir.path(), "h").expect("save");
+        assert_eq!(NodeState::load(dir.path(), "h").expect("load"), s);
+        NodeState::default()
+            .save(dir.path(), "h")
+            .expect("save empty");
+        assert!(!NodeState::path(dir.path(), "h").exists());
+    }
+}

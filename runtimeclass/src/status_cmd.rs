@@ -1,0 +1,281 @@
+//! `kata-gpu status`: for a profile, whether its artifacts are installed and verified, its
+//! handler registered in containerd's config and loaded by containerd, and whether
+//! containerd still has to restart.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kata_gpu_artifacts::{Store, StoreConfig};
+use kata_gpu_containerd_config::{covers, daemon, find_handler, fsio, imports};
+use kata_gpu_shim::Profile;
+use serde::Serialize;
+
+use crate::node_state::{host_path, under, ContainerdState, Mode, NodeState};
+use crate::registration::DEFAULT_CONFIG;
+use crate::{Global, Outcome};
+
+/// Arguments of `kata-gpu status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The runtime class's profile: snp, tdx or gpu.
+    #[arg(long, default_value = "snp")]
+    pub profile: Profile,
+    /// containerd's config file (default: the one registered into, else /etc/containerd/config.toml).
+    #[arg(long, value_name = "F")]
+    pub containerd_config: Option<PathBuf>,
+    /// Root of the artifact store.
+    #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
+    pub artifacts_root: PathBuf,
+    /// The containerd binary used to check what containerd loads (`containerd config dump`).
+    #[arg(long, value_name = "PATH", default_value = "containerd")]
+    pub containerd: PathBuf,
+}
+
+/// The status of one profile.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// The handler.
+    pub handler: String,
+    /// An artifact set is current.
+    pub installed: bool,
+    /// The current set re-hashes clean (None: not installed).
+    pub verified: Option<bool>,
+    /// The handler is in containerd's config with the keys it needs.
+    pub registered: bool,
+    /// `containerd config dump` shows the handler (None: could not ask).
+    pub loaded: Option<bool>,
+    /// containerd has not restarted since the config changed.
+    pub restart_pending: bool,
+    /// Details, one line each.
+    pub details: Vec<String>,
+}
+
+impl Status {
+    fn ok(&self) -> bool {
+        self.installed
+            && self.verified == Some(true)
+            && self.registered
+            && self.loaded != Some(false)
+            && !self.restart_pending
+    }
+}
+
+fn artifacts(args: &StatusArgs, root: &Path, s: &mut Status) {
+    let config = StoreConfig {
+        root: args.artifacts_root.clone(),
+        ..StoreConfig::under_root(root)
+    };
+    let store = match Store::new(config, &s.handler) {
+        Ok(store) => store,
+        Err(e) => return s.details.push(format!("artifacts: {e}")),
+    };
+    match store.current() {
+        Ok(Some(version)) => {
+            s.installed = true;
+            s.details.push(format!("artifacts: current set {version}"));
+            match kata_gpu_artifacts::verify(&store, false) {
+                Ok(reports) => {
+                    let findings: usize = reports.iter().map(|r| r.findings.len()).sum();
+                    s.verified = Some(findings == 0);
+                    if findings > 0 {
+                        s.details.push(format!(
+                            "artifacts: {findings} file(s) changed since install (kata-gpu artifacts verify)"
+                        ));
+                    }
+                }
+                Err(e) => {
+                    s.verified = Some(false);
+                    s.details.push(format!("artifacts: cannot verify: {e}"));
+                }
+            }
+        }
+        Ok(None) => s.details.push(format!(
+            "artifacts: none installed for {} (kata-gpu install --artifacts SRC)",
+            s.handler
+        )),
+        Err(e) => s.details.push(format!("artifacts: {e}")),
+    }
+}
+
+/// Whether the registration's files carry the handler as recorded.
+fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> anyhow::Result<bool> {
+    let config_real = under(root, &c.config);
+    let main = fsio::read_config(&config_real)?;
+    match c.mode {
+        Mode::InPlace => {
+            let found = main.as_deref().and_then(|t| find_handler(t, &c.spec.name));
+            Ok(found.is_some_and(|f| f.satisfies(&c.spec)))
+        }
+        Mode::DropIn => {
+            let Some(drop_in) = &c.drop_in else {
+                return Ok(false);
+            };
+            let text = fsio::read_config(&under(root, drop_in))?;
+            let ok = text
+                .as_deref()
+                .and_then(|t| find_handler(t, &c.spec.name))
+                .is_some_and(|f| f.satisfies(&c.spec));
+            let entry = drop_in.display().to_string();
+            let listed = main
+                .as_deref()
+                .map(|t| imports(t, &config_real.display().to_string()))
+                .transpose()?
+                .unwrap_or_default()
+                .iter()
+                .any(|p| covers(p, &entry));
+            if ok && !listed && c.import.is_some() {
+                s.details.push(format!(
+                    "containerd: {} no longer imports {entry}",
+                    c.config.display()
+                ));
+            }
+            Ok(ok && (listed || c.import.is_none()))
+        }
+    }
+}
+
+/// When the containerd that reads `config` started (seconds since the epoch), from
+/// `<root>/proc`; `None` if none is found.
+pub fn containerd_started(root: &Path, config: &Path) -> Option<u64> {
+    let proc = under(root, Path::new("/proc"));
+    let btime: u64 = fs::read_to_string(proc.join("stat"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    fs::read_dir(&proc)
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let dir = e.path();
+            let comm = fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim() != "containerd" {
+                return None;
+            }
+            let cmdline = fs::read(dir.join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let named = args
+                .iter()
+                .position(|a| a == "--config" || a == "-c")
+                .and_then(|i| args.get(i + 1).cloned())
+                .or_else(|| {
+                    args.iter()
+                        .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
+                })
+                .unwrap_or_else(|| DEFAULT_CONFIG.to_owned());
+            if Path::new(&named) != config {
+                return None;
+            }
+            let stat = fs::read_to_string(dir.join("stat")).ok()?;
+            let after_comm = stat.rsplit_once(')')?.1;
+            let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
+            Some(btime + ticks / 100)
+        })
+}
+
+/// Runs `kata-gpu status`.
+pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
+    let root = &global.host_root;
+    let handler = args.profile.handler();
+    let state = NodeState::load(root, handler)?;
+    let mut s = Status {
+        handler: handler.to_owned(),
+        installed: false,
+        verified: None,
+        registered: false,
+        loaded: None,
+        restart_pending: false,
+        details: Vec::new(),
+    };
+    artifacts(&args, root, &mut s);
+    let config = match (&args.containerd_config, &state.containerd) {
+        (Some(c), _) => host_path(root, c),
+        (None, Some(c)) => c.config.clone(),
+        (None, None) => PathBuf::from(DEFAULT_CONFIG),
+    };
+    match &state.containerd {
+        Some(c) => {
+            s.registered = registered(root, c, &mut s)?;
+            s.details.push(format!(
+                "containerd: {} {} in {}",
+                if s.registered {
+                    "registered"
+                } else {
+                    "NOT registered (edited since?)"
+                },
+                match c.mode {
+                    Mode::InPlace => "in place".to_owned(),
+                    Mode::DropIn => format!(
+                        "as drop-in {}",
+                        c.drop_in.as_deref().unwrap_or(Path::new("?")).display()
+                    ),
+                },
+                c.config.display()
+            ));
+            if c.restart_pending {
+                let started = containerd_started(root, &c.config);
+                s.restart_pending = started.is_none_or(|t| t < c.changed_at);
+                if s.restart_pending {
+                    s.details.push(format!(
+                        "containerd: must restart to load the change: {}",
+                        daemon::restart_command_line(&c.unit)
+                    ));
+                }
+            }
+        }
+        None => {
+            let text = fsio::read_config(&under(root, &config))?;
+            s.registered = text
+                .as_deref()
+                .and_then(|t| find_handler(t, handler))
+                .is_some();
+            s.details.push(format!(
+                "containerd: {} in {} (no record of kata-gpu registering it)",
+                if s.registered {
+                    "found"
+                } else {
+                    "not registered"
+                },
+                config.display()
+            ));
+        }
+    }
+    match daemon::loaded_handler(&args.containerd, &under(root, &config), handler) {
+        Ok(found) => {
+            s.loaded = Some(found.is_some());
+            s.details.push(format!(
+                "containerd: config dump {} {handler}",
+                if found.is_some() {
+                    "shows"
+                } else {
+                    "does NOT show"
+                }
+            ));
+        }
+        Err(e) => s
+            .details
+            .push(format!("containerd: cannot check what it loads: {e}")),
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let maybe = |b: Option<bool>| b.map_or("unknown", yes);
+        println!("{handler}:");
+        println!("  installed:       {}", yes(s.installed));
+        println!("  verified:        {}", maybe(s.verified));
+        println!("  registered:      {}", yes(s.registered));
+        println!("  loaded:          {}", maybe(s.loaded));
+        println!("  restart pending: {}", yes(s.restart_pending));
+        for d in &s.details {
+            println!("  {d}");
+        }
+    }
+    Ok(if s.ok() {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
+}

@@ -1,0 +1,453 @@
+//! `kata-gpu containerd register|unregister` as an admin runs them, on configs under a
+//! temp host root: exact bytes back, no write on a second run, backups, modes, drop-ins,
+//! k3s templates, refusals that touch nothing, the lock, and `--restart` through a fake
+//! systemctl with the wait on a real containerd's socket.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kata_gpu_tests::PrivateContainerd;
+
+const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
+
+fn fixture(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../containerd-config/tests/data")
+        .join(name);
+    fs::read_to_string(p).expect("fixture")
+}
+
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Node {
+        Node {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, host: &str) -> PathBuf {
+        self.dir.path().join(host.trim_start_matches('/'))
+    }
+
+    fn put(&self, host: &str, text: &str) -> PathBuf {
+        let p = self.path(host);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(&p, text).expect("write");
+        p
+    }
+
+    fn read(&self, host: &str) -> Option<String> {
+        fs::read_to_string(self.path(host)).ok()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    fn run_env(&self, args: &[&str], env: &[(&str, String)]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kata-gpu"));
+        c.arg("--host-root").arg(self.dir.path()).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run kata-gpu")
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const CONFIG: &str = "/etc/containerd/config.toml";
+
+#[test]
+fn in_place_register_and_unregister_give_back_the_same_bytes() {
+    let node = Node::new();
+    let original = fixture("v2-heavy-comments.toml");
+    let path = node.put(CONFIG, &original);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).expect("chmod");
+
+    let out = node.run(&["containerd", "register", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "+      [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]"
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        node.read(CONFIG).as_deref(),
+        Some(original.as_str()),
+        "dry-run wrote"
+    );
+
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("containerd must restart to load it: systemctl restart containerd"));
+    let patched = node.read(CONFIG).expect("config");
+    assert!(
+        patched.contains(&format!("runtimes.{HANDLER}.options]")),
+        "{patched}"
+    );
+    assert_eq!(
+        node.read("/etc/containerd/config.toml.kata-gpu.bak")
+            .as_deref(),
+        Some(original.as_str())
+    );
+    assert_eq!(
+        fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+        0o640
+    );
+    let state = node
+        .read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"))
+        .expect("state");
+    assert!(state.contains("\"mode\": \"in_place\""), "{state}");
+
+    let mtime = fs::metadata(&path)
+        .expect("meta")
+        .modified()
+        .expect("mtime");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = node.run(&["containerd", "register", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["changed"], false);
+    assert_eq!(
+        fs::metadata(&path)
+            .expect("meta")
+            .modified()
+            .expect("mtime"),
+        mtime
+    );
+
+    let out = node.run(&["containerd", "unregister"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+    assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+    assert_eq!(
+        node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json")),
+        None
+    );
+    let out = node.run(&["containerd", "unregister"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("not registered; nothing to do"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn drop_in_mode_writes_our_file_and_one_imports_entry() {
+    let node = Node::new();
+    let original = fixture("v3-containerd2-default.toml");
+    node.put(CONFIG, &original);
+    let out = node.run(&[
+        "containerd",
+        "register",
+        "--profile",
+        "tdx",
+        "--drop-in",
+        "/etc/containerd/conf.d",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let drop_in = node
+        .read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-tdx.toml")
+        .expect("drop-in");
+    assert!(drop_in.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.kata-qemu-nvidia-gpu-tdx]"), "{drop_in}");
+    let main = node.read(CONFIG).expect("main");
+    assert!(
+        main.contains("imports = ['/etc/containerd/conf.d/kata-qemu-nvidia-gpu-tdx.toml']\n"),
+        "{main}"
+    );
+    assert_eq!(
+        main.replace(
+            "imports = ['/etc/containerd/conf.d/kata-qemu-nvidia-gpu-tdx.toml']",
+            "imports = []"
+        ),
+        original
+    );
+
+    let out = node.run(&[
+        "containerd",
+        "register",
+        "--profile",
+        "tdx",
+        "--drop-in",
+        "/etc/containerd/conf.d",
+    ]);
+    assert!(text(&out).contains("nothing to change"), "{}", text(&out));
+    let out = node.run(&["containerd", "register", "--profile", "tdx"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "switching modes silently: {}",
+        text(&out)
+    );
+
+    let out = node.run(&["containerd", "unregister", "--profile", "tdx"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+    assert_eq!(
+        node.read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-tdx.toml"),
+        None
+    );
+}
+
+#[test]
+fn refusals_name_the_reason_and_touch_nothing() {
+    let table: [(&str, &[&str], &str); 4] = [
+        (
+            "version = 2\n[plugins\n  x = 1\n",
+            &[],
+            "config.toml:2:9: invalid TOML",
+        ),
+        ("root = \"/var/lib/containerd\"\n", &[], "version-1 containerd config"),
+        (
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"p\"\n",
+            &["--drop-in", "/etc/containerd/conf.d"],
+            "containerd issue 5837",
+        ),
+        (
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  runtimes = \"none\"\n",
+            &[],
+            "runtimes is a string where a table belongs",
+        ),
+    ];
+    for (config, extra, want) in table {
+        let node = Node::new();
+        let path = node.put(CONFIG, config);
+        let mtime = fs::metadata(&path)
+            .expect("meta")
+            .modified()
+            .expect("mtime");
+        let mut args = vec!["containerd", "register"];
+        args.extend_from_slice(extra);
+        let out = node.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{config}: {}", text(&out));
+        assert!(text(&out).contains(want), "{config}: {}", text(&out));
+        assert_eq!(node.read(CONFIG).as_deref(), Some(config));
+        assert_eq!(
+            fs::metadata(&path)
+                .expect("meta")
+                .modified()
+                .expect("mtime"),
+            mtime
+        );
+        assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+        assert_eq!(
+            node.read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-snp.toml"),
+            None
+        );
+        assert_eq!(
+            node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json")),
+            None
+        );
+    }
+    let out = Node::new().run(&["containerd", "register", "--config-version", "7"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn a_missing_config_is_created_and_removed_again() {
+    let node = Node::new();
+    let out = node.run(&["containerd", "register", "--config-version", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let created = node.read(CONFIG).expect("created");
+    assert!(created.starts_with("version = 2\n"), "{created}");
+    assert!(
+        created.contains("runtimes.runc]"),
+        "the built-in runtime kept: {created}"
+    );
+    let out = node.run(&["containerd", "unregister"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(node.read(CONFIG), None);
+}
+
+#[test]
+fn k3s_templates_keep_their_header_and_drop_ins_go_where_k3s_imports() {
+    let dir = "/var/lib/rancher/k3s/agent/etc/containerd";
+    let node = Node::new();
+    let tmpl = format!("{dir}/config-v3.toml.tmpl");
+    let original = fixture("k3s-config-v3.toml.tmpl");
+    node.put(&tmpl, &original);
+    let out = node.run(&["containerd", "register", "--config", &tmpl]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let patched = node.read(&tmpl).expect("template");
+    assert!(
+        patched.starts_with("{{ template \"base\" . }}\n"),
+        "{patched}"
+    );
+    assert!(
+        patched.contains(
+            "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.kata-qemu-nvidia-gpu-snp]"
+        ),
+        "{patched}"
+    );
+    assert!(
+        !patched.contains("runtimes.runc]"),
+        "the base template names runc: {patched}"
+    );
+    let out = node.run(&["containerd", "unregister"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(node.read(&tmpl).as_deref(), Some(original.as_str()));
+
+    // Drop-in: only where the rendered config imports from.
+    let drop_in_dir = format!("{dir}/config-v3.toml.d");
+    let out = node.run(&[
+        "containerd",
+        "register",
+        "--config",
+        &tmpl,
+        "--drop-in",
+        &drop_in_dir,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("config-v3.toml.d"), "{}", text(&out));
+    node.put(
+        &format!("{dir}/config.toml"),
+        &format!("version = 3\nimports = [\"{drop_in_dir}/*.toml\"]\n"),
+    );
+    let out = node.run(&[
+        "containerd",
+        "register",
+        "--config",
+        &tmpl,
+        "--drop-in",
+        &drop_in_dir,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(node
+        .read(&format!("{drop_in_dir}/kata-qemu-nvidia-gpu-snp.toml"))
+        .is_some());
+    assert_eq!(
+        node.read(&tmpl).as_deref(),
+        Some(original.as_str()),
+        "template untouched"
+    );
+    let out = node.run(&["containerd", "unregister"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        node.read(&format!("{drop_in_dir}/kata-qemu-nvidia-gpu-snp.toml")),
+        None
+    );
+}
+
+#[test]
+fn a_held_lock_keeps_a_second_installer_out() {
+    use nix::fcntl::{Flock, FlockArg};
+    let node = Node::new();
+    let original = fixture("v2-runc-options.toml");
+    node.put(CONFIG, &original);
+    let lock = node.put("/run/lock/kata-gpu.lock", "");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&lock)
+        .expect("open lock");
+    let held = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    let out = node.run(&["containerd", "register", "--lock-timeout", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("another installer holds this lock"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+    drop(held);
+    let out = node.run(&["containerd", "register", "--lock-timeout", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// A `systemctl` that records its arguments and succeeds.
+fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).expect("mkdir bin");
+    let record = dir.join("systemctl.args");
+    let script = bin.join("systemctl");
+    fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 0\n", record.display()),
+    )
+    .expect("write systemctl");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    (bin, record)
+}
+
+#[test]
+fn restart_goes_through_systemctl_and_waits_for_the_socket() {
+    let ctrd = PrivateContainerd::start("");
+    let node = Node::new();
+    node.put(CONFIG, &fixture("v2-runc-options.toml"));
+    // containerd's socket, as the simulated host names it.
+    let sock = node.path("/run/containerd/containerd.sock");
+    fs::create_dir_all(sock.parent().expect("parent")).expect("mkdir");
+    std::os::unix::fs::symlink(ctrd.address(), &sock).expect("symlink socket");
+    let (bin, record) = fake_systemctl(node.dir.path());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = [("PATH", path)];
+
+    let out = node.run_env(
+        &["containerd", "register", "--restart", "--unit", "k3s-agent"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("restarted containerd (systemctl restart k3s-agent)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(&record).expect("args"),
+        "restart k3s-agent\n"
+    );
+
+    // Nothing changed: no restart.
+    let out = node.run_env(
+        &["containerd", "register", "--restart", "--unit", "k3s-agent"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        fs::read_to_string(&record).expect("args"),
+        "restart k3s-agent\n"
+    );
+
+    // A socket that never answers fails the restart step, loudly.
+    fs::remove_file(&sock).expect("rm socket");
+    let out = node.run_env(
+        &[
+            "containerd",
+            "unregister",
+            "--restart",
+            "--restart-timeout",
+            "1",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("did not answer within"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(&record).expect("args"),
+        "restart k3s-agent\nrestart containerd\n"
+    );
+}

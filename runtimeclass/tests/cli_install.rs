@@ -1,0 +1,239 @@
+//! `kata-gpu install | uninstall | status` and `kata-gpu runtimeclass` on simulated GPU
+//! hosts, as an admin runs them.
+
+use std::fs;
+use std::process::{Command, Output};
+
+use kata_gpu_tests::{SimHost, VfioMode};
+
+const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
+
+fn kata_gpu(sim: &SimHost, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .arg("--host-root")
+        .arg(sim.root())
+        .args(args)
+        .output()
+        .expect("run kata-gpu")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn install_status_uninstall_on_an_h100_host() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let out = kata_gpu(&sim, &["install", "--config-version", "2", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("+++ b") && said.contains("nvidia.com-pgpu.yaml"),
+        "{said}"
+    );
+    assert!(said.contains("containerd:   would register"), "{said}");
+    assert!(
+        !sim.path("etc/containerd/config.toml").exists(),
+        "dry-run wrote"
+    );
+    assert!(
+        !sim.path("var/run/cdi/nvidia.com-pgpu.yaml").exists(),
+        "dry-run wrote"
+    );
+
+    let out = kata_gpu(&sim, &["install", "--config-version", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("artifacts:    skipped (no --artifacts)"),
+        "{said}"
+    );
+    assert!(said.contains("warning: /opt/nvidia-gpu-operator/artifacts/runtimeclasses/kata-qemu-nvidia-gpu-snp/current/configuration.toml does not exist"), "{said}");
+    assert!(
+        said.contains("cdi:          wrote /var/run/cdi/nvidia.com-pgpu.yaml"),
+        "{said}"
+    );
+    assert!(
+        said.contains("restart:      containerd must restart: systemctl restart containerd"),
+        "{said}"
+    );
+    assert!(sim.path("var/run/cdi/nvidia.com-pgpu.yaml").exists());
+    let manifests =
+        fs::read_to_string(sim.path(&format!("var/lib/kata-gpu/manifests/{HANDLER}.yaml")))
+            .expect("manifests");
+    assert!(manifests.contains("kind: RuntimeClass"), "{manifests}");
+    let config = fs::read_to_string(sim.path("etc/containerd/config.toml")).expect("config");
+    assert!(config.contains(&format!("runtimes.{HANDLER}]")), "{config}");
+
+    let out = kata_gpu(&sim, &["install", "--config-version", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("cdi:          host specs up to date"),
+        "{said}"
+    );
+    assert!(said.contains("containerd:   nothing to change"), "{said}");
+    assert!(said.contains("runtimeclass: up to date"), "{said}");
+
+    let out = kata_gpu(&sim, &["status", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "no artifacts, restart pending: {}",
+        text(&out)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["installed"], false);
+    assert_eq!(status["registered"], true);
+    assert_eq!(status["restart_pending"], true);
+    assert_eq!(status["loaded"], true, "containerd config dump: {status}");
+
+    let out = kata_gpu(&sim, &["uninstall"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("artifacts:    kept in"), "{said}");
+    assert!(
+        !sim.path("etc/containerd/config.toml").exists(),
+        "created config left: {said}"
+    );
+    assert!(!sim.path("var/run/cdi/nvidia.com-pgpu.yaml").exists());
+    assert!(!sim
+        .path(&format!("var/lib/kata-gpu/manifests/{HANDLER}.yaml"))
+        .exists());
+    assert!(!sim
+        .path(&format!("var/lib/kata-gpu/state/{HANDLER}.json"))
+        .exists());
+
+    let out = kata_gpu(&sim, &["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("registered:      no"), "{}", text(&out));
+}
+
+/// A minimal artifact set: kernel, image, firmware, QEMU and Kata's base config.
+fn artifact_set(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let set = dir.join("set");
+    fs::create_dir_all(&set).expect("mkdir");
+    for (name, body) in [
+        ("vmlinuz-6.12.8-confidential", "kernel"),
+        ("kata-containers-confidential.img", "image"),
+        ("AMDSEV.fd", "fw"),
+        ("qemu-system-x86_64", "#!qemu"),
+        (
+            "configuration-qemu-nvidia-gpu-snp.toml",
+            "[hypervisor.qemu]\npath = \"/opt/kata/bin/qemu-system-x86_64\"\nkernel = \"/opt/kata/vmlinuz\"\nimage = \"/opt/kata/kata.img\"\nvalid_hypervisor_paths = [\"/opt/kata/bin/qemu-system-x86_64\"]\n",
+        ),
+    ] {
+        fs::write(set.join(name), body).expect("write");
+    }
+    fs::set_permissions(
+        set.join("qemu-system-x86_64"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    set
+}
+
+#[test]
+fn install_with_artifacts_makes_status_installed_and_verified() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let src = tempfile::tempdir().expect("tempdir");
+    let set = artifact_set(src.path());
+    let set = set.display().to_string();
+    let out = kata_gpu(
+        &sim,
+        &["install", "--config-version", "2", "--artifacts", &set],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("artifacts:    installed sha256-"), "{said}");
+    assert!(!said.contains("does not exist"), "{said}");
+    let out = kata_gpu(&sim, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["installed"], true, "{status}");
+    assert_eq!(status["verified"], true, "{status}");
+    assert_eq!(status["registered"], true, "{status}");
+    assert_eq!(status["restart_pending"], true, "{status}");
+    assert_eq!(out.status.code(), Some(1), "restart pending is a finding");
+    let out = kata_gpu(
+        &sim,
+        &["install", "--config-version", "2", "--artifacts", &set],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("artifacts:    unchanged sha256-"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn install_with_artifacts_installs_them_first() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let out = kata_gpu(
+        &sim,
+        &[
+            "install",
+            "--config-version",
+            "2",
+            "--artifacts",
+            "/nonexistent/set",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("/nonexistent/set"), "{}", text(&out));
+    assert!(
+        !sim.path("etc/containerd/config.toml").exists(),
+        "went on after a failed step"
+    );
+}
+
+#[test]
+fn runtimeclass_prints_the_three_objects() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let out = kata_gpu(&sim, &["runtimeclass", "--profile", "tdx"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(yaml.matches("\n---\n").count(), 2, "{yaml}");
+    assert!(
+        yaml.contains("handler: kata-qemu-nvidia-gpu-tdx\n"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("nvidia.com/cc.ready.state: 'true'"), "{yaml}");
+    assert!(yaml.contains("kind: NodeFeatureRule"), "{yaml}");
+    assert!(
+        yaml.contains("runtimeClassName: kata-qemu-nvidia-gpu-tdx"),
+        "{yaml}"
+    );
+
+    let out = kata_gpu(
+        &sim,
+        &[
+            "runtimeclass",
+            "--json",
+            "--profile",
+            "gpu",
+            "--node-selector",
+            "pool=gpu",
+            "--overhead-memory",
+            "4Gi",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let objects: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(objects[0]["scheduling"]["nodeSelector"]["pool"], "gpu");
+    assert_eq!(objects[0]["overhead"]["podFixed"]["memory"], "4Gi");
+    assert_eq!(objects[2]["kind"], "Pod");
+
+    let out = kata_gpu(&sim, &["runtimeclass", "--overhead-cpu", "lots"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("\"lots\" is not a Kubernetes quantity"),
+        "{}",
+        text(&out)
+    );
+}

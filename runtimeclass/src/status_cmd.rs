@@ -244,7 +244,8 @@ pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
     }
     match daemon::loaded_handler(&args.containerd, &under(root, &config), handler) {
         Ok(found) => {
-            s.loaded = Some(found.is_some());
+            // The dump reads the file; the running containerd has it only after a restart.
+            s.loaded = Some(found.is_some() && !s.restart_pending);
             s.details.push(format!(
                 "containerd: config dump {} {handler}",
                 if found.is_some() {

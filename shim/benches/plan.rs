@@ -4,10 +4,8 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 
-use cdi::registry::{Registry, RegistryConfig};
 use criterion::{criterion_group, criterion_main, Criterion};
 use kata_gpu_shim::host::Host;
-use kata_gpu_shim::host_spec::host_specs;
 use kata_gpu_shim::plan::{plan, BaseValues, PlanInput, Policy};
 use kata_gpu_shim::Profile;
 use kata_gpu_tests::SimHost;
@@ -15,13 +13,8 @@ use kata_gpu_tests::SimHost;
 fn hgx(c: &mut Criterion) {
     let sim = SimHost::hgx_8x_h100();
     let host = Host::new(sim.root());
-    for spec in host_specs(&host).expect("host specs").specs {
-        cdi::write_spec(&sim.path("var/run/cdi"), &spec).expect("write spec");
-    }
-    let registry = Registry::new(RegistryConfig {
-        require_root_owned: false,
-        ..RegistryConfig::under_root(sim.root())
-    });
+    sim.write_cdi_specs();
+    let registry = sim.registry();
     let names: Vec<String> = (0..8)
         .map(|i| format!("nvidia.com/pgpu={i}"))
         .chain((0..4).map(|i| format!("nvidia.com/nvswitch={i}")))

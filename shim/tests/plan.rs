@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 
-use cdi::registry::{Registry, RegistryConfig};
+use cdi::registry::Registry;
 use kata_gpu_shim::host::Host;
 use kata_gpu_shim::host_spec::host_specs;
 use kata_gpu_shim::plan::{
@@ -29,14 +29,8 @@ fn policy() -> Policy {
 
 /// Writes the host's CDI specs as `kata-gpu cdi generate` does and loads the registry.
 fn registry(sim: &SimHost) -> Registry {
-    let host = Host::new(sim.root());
-    for spec in host_specs(&host).expect("host specs").specs {
-        cdi::write_spec(&sim.path("var/run/cdi"), &spec).expect("write host spec");
-    }
-    Registry::new(RegistryConfig {
-        require_root_owned: false,
-        ..RegistryConfig::under_root(sim.root())
-    })
+    sim.write_cdi_specs();
+    sim.registry()
 }
 
 fn oci(annotations: &[(&str, &str)]) -> OciSpec {

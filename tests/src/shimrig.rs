@@ -7,9 +7,6 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Output;
 
-use kata_gpu_shim::host::Host;
-use kata_gpu_shim::host_spec::host_specs;
-
 use crate::{busybox_rootfs, workspace_bin, PrivateContainerd, SimHost, VfioMode};
 
 /// The runtime type of the snp profile.
@@ -60,12 +57,7 @@ impl Rig {
         std::os::unix::fs::symlink(workspace_bin("kata-gpu-shim", SHIM), bin.join(SHIM))
             .expect("link shim");
         let sim = SimHost::h100_pcie(VfioMode::Iommufd);
-        for spec in host_specs(&Host::new(sim.root()))
-            .expect("host specs")
-            .specs
-        {
-            cdi::write_spec(&sim.path("var/run/cdi"), &spec).expect("host spec");
-        }
+        sim.write_cdi_specs();
         fs::write(
             w.join("base.toml"),
             kata_gpu_configs::template("snp").expect("template"),

@@ -422,3 +422,24 @@ impl SimHost {
         host
     }
 }
+
+impl SimHost {
+    /// Writes the host's CDI specs into `/var/run/cdi`, as `kata-gpu cdi generate` does.
+    pub fn write_cdi_specs(&self) {
+        let host = kata_gpu_shim::host::Host::new(self.root());
+        for spec in kata_gpu_shim::host_spec::host_specs(&host)
+            .expect("host specs")
+            .specs
+        {
+            cdi::write_spec(&self.path("var/run/cdi"), &spec).expect("write host spec");
+        }
+    }
+
+    /// The host's CDI registry (the spec files are the test's own, so not root-owned).
+    pub fn registry(&self) -> cdi::Registry {
+        cdi::Registry::new(cdi::RegistryConfig {
+            require_root_owned: false,
+            ..cdi::RegistryConfig::under_root(self.root())
+        })
+    }
+}

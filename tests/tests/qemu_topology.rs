@@ -12,9 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cdi::registry::{Registry, RegistryConfig};
 use kata_gpu_shim::host::Host;
-use kata_gpu_shim::host_spec::host_specs;
 use kata_gpu_shim::plan::{plan, BaseValues, PlanInput, Policy, SandboxPlan};
 use kata_gpu_shim::Profile;
 use kata_gpu_tests::{on_path, require, SimHost};
@@ -24,13 +22,8 @@ const QEMU: &str = "qemu-system-x86_64";
 fn hgx_plan() -> SandboxPlan {
     let sim = SimHost::hgx_8x_h100();
     let host = Host::new(sim.root());
-    for spec in host_specs(&host).expect("host specs").specs {
-        cdi::write_spec(&sim.path("var/run/cdi"), &spec).expect("write spec");
-    }
-    let registry = Registry::new(RegistryConfig {
-        require_root_owned: false,
-        ..RegistryConfig::under_root(sim.root())
-    });
+    sim.write_cdi_specs();
+    let registry = sim.registry();
     let names: Vec<String> = (0..8)
         .map(|i| format!("nvidia.com/pgpu={i}"))
         .chain((0..4).map(|i| format!("nvidia.com/nvswitch={i}")))

@@ -15,10 +15,18 @@ use crate::{Global, Outcome};
 /// Arguments of `kata-gpu plan`.
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
-    /// The runtime class's profile: snp, tdx or gpu.
-    #[arg(long, default_value = "snp")]
-    profile: Profile,
-    /// A pod annotation, e.g. cdi.k8s.io/gpu=nvidia.com/pgpu=0; repeat for several.
+    /// The runtime class's profile: snp, tdx or gpu (default: the pod's runtimeClassName
+    /// with --pod, else snp).
+    #[arg(long)]
+    profile: Option<Profile>,
+    /// A Pod manifest (YAML or JSON): its annotations, and its runtimeClassName as the profile.
+    #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
+    pod: Option<PathBuf>,
+    /// An OCI bundle: its config.json's annotations and device nodes, as the shim sees them.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
+    /// A pod annotation, e.g. cdi.k8s.io/gpu=nvidia.com/pgpu=0; repeat for several (added
+    /// to those of --pod or --bundle).
     #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
     annotations: Vec<(String, String)>,
     /// A CDI spec directory, lowest priority first (default: /etc/cdi, /var/run/cdi under --host-root).
@@ -40,7 +48,11 @@ pub struct PlanArgs {
 }
 
 /// The base Kata config to plan against: its text and where it came from.
-fn base_config(args: &PlanArgs, global: &Global) -> anyhow::Result<(String, String)> {
+fn base_config(
+    args: &PlanArgs,
+    profile: Profile,
+    global: &Global,
+) -> anyhow::Result<(String, String)> {
     if let Some(path) = &args.base_config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -50,7 +62,7 @@ fn base_config(args: &PlanArgs, global: &Global) -> anyhow::Result<(String, Stri
         &global.host_root,
         &kata_gpu_artifacts::layout::current_config_path(
             std::path::Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
-            args.profile.handler(),
+            profile.handler(),
         )
         .display()
         .to_string(),
@@ -58,17 +70,43 @@ fn base_config(args: &PlanArgs, global: &Global) -> anyhow::Result<(String, Stri
     match std::fs::read_to_string(&installed) {
         Ok(text) => Ok((text, installed.display().to_string())),
         Err(_) => {
-            let text = kata_gpu_configs::template(args.profile.name())?;
+            let text = kata_gpu_configs::template(profile.name())?;
             Ok((
                 text.to_owned(),
                 format!(
                     "the {} template shipped with kata-gpu (no artifact set installed at {})",
-                    args.profile.name(),
+                    profile.name(),
                     installed.display()
                 ),
             ))
         }
     }
+}
+
+/// A Pod manifest's annotations and runtime class.
+fn pod_manifest(
+    file: &std::path::Path,
+) -> anyhow::Result<(HashMap<String, String>, Option<String>)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let pod: serde_json::Value = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: not a YAML or JSON document", file.display()))?;
+    if pod["kind"] != "Pod" {
+        anyhow::bail!("{}: kind is {}, not Pod", file.display(), pod["kind"]);
+    }
+    let mut annotations = HashMap::new();
+    if let Some(map) = pod["metadata"]["annotations"].as_object() {
+        for (k, v) in map {
+            let value = v
+                .as_str()
+                .with_context(|| format!("{}: annotation {k} is not a string", file.display()))?;
+            annotations.insert(k.clone(), value.to_owned());
+        }
+    }
+    Ok((
+        annotations,
+        pod["spec"]["runtimeClassName"].as_str().map(str::to_owned),
+    ))
 }
 
 fn parse_annotation(s: &str) -> Result<(String, String), String> {
@@ -80,7 +118,17 @@ fn parse_annotation(s: &str) -> Result<(String, String), String> {
 
 /// Runs `kata-gpu plan`.
 pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
-    let (base_text, base_origin) = base_config(&args, global)?;
+    let pod = args.pod.as_deref().map(pod_manifest).transpose()?;
+    let profile = match (args.profile, pod.as_ref().and_then(|(_, class)| class.as_deref())) {
+        (Some(p), _) => p,
+        (None, Some(class)) => class.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "runtimeClassName {class:?} is not a kata-gpu runtime class (kata-qemu-nvidia-gpu-snp, kata-qemu-nvidia-gpu-tdx or kata-qemu-nvidia-gpu); pass --profile to plan anyway"
+            )
+        })?,
+        (None, None) => Profile::Snp,
+    };
+    let (base_text, base_origin) = base_config(&args, profile, global)?;
     let base = BaseValues::from_config(&base_text);
     let mut config = RegistryConfig::under_root(&global.host_root);
     if !args.spec_dirs.is_empty() {
@@ -96,12 +144,23 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
     if let Some(c) = args.cbitpos {
         policy.tee.cbitpos = c;
     }
-    let mut oci = OciSpec::default();
-    oci.set_annotations(Some(
-        args.annotations.into_iter().collect::<HashMap<_, _>>(),
-    ));
+    let mut oci = match (&args.bundle, &args.pod) {
+        (Some(dir), _) => {
+            let path = dir.join("config.json");
+            OciSpec::load(&path)
+                .with_context(|| format!("cannot read the bundle's {}", path.display()))?
+        }
+        (None, _) => {
+            let mut oci = OciSpec::default();
+            oci.set_annotations(pod.map(|(annotations, _)| annotations));
+            oci
+        }
+    };
+    let mut annotations = oci.annotations().clone().unwrap_or_default();
+    annotations.extend(args.annotations);
+    oci.set_annotations(Some(annotations));
     let planned = plan(&PlanInput {
-        profile: args.profile,
+        profile,
         oci: &oci,
         registry: &registry,
         host: &host,

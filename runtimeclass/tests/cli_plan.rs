@@ -145,3 +145,57 @@ fn generate_on_a_host_without_vfio_gpus_writes_nothing_and_says_why() {
         "dry run wrote a file"
     );
 }
+
+#[test]
+fn plan_reads_a_pod_manifest_or_a_bundle() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let pod = sim.path("pod.yaml");
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cuda\n  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=0\n    io.katacontainers.config.hypervisor.default_memory: \"16384\"\nspec:\n  runtimeClassName: kata-qemu-nvidia-gpu\n  containers: []\n";
+    std::fs::write(&pod, manifest).expect("pod");
+    let out = kata_gpu(&sim, &["plan", "--pod", &pod.display().to_string()]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.starts_with("profile: gpu (kata-qemu-nvidia-gpu)"),
+        "the pod's runtime class: {shown}"
+    );
+    assert!(
+        shown.contains("hypervisor.qemu.default_memory: 8192 → 16384"),
+        "{shown}"
+    );
+
+    std::fs::write(&pod, manifest.replace("kata-qemu-nvidia-gpu", "runc")).expect("pod");
+    let out = kata_gpu(&sim, &["plan", "--pod", &pod.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("runtimeClassName \"runc\" is not a kata-gpu runtime class"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&pod, "kind: Deployment\n").expect("not a pod");
+    let out = kata_gpu(&sim, &["plan", "--pod", &pod.display().to_string()]);
+    assert!(
+        text(&out).contains("kind is \"Deployment\", not Pod"),
+        "{}",
+        text(&out)
+    );
+
+    let bundle = sim.path("bundle");
+    std::fs::create_dir_all(&bundle).expect("bundle");
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"ociVersion":"1.0.2","linux":{"devices":[{"path":"/dev/vfio/devices/vfio0","type":"c","major":237,"minor":0}]}}"#,
+    )
+    .expect("config.json");
+    let out = kata_gpu(
+        &sim,
+        &["plan", "--bundle", &bundle.display().to_string(), "--json"],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0", "{}", text(&out));
+    assert_eq!(
+        plan["devices"][0]["reason"]["spec_node"]["node"],
+        "/dev/vfio/devices/vfio0"
+    );
+}

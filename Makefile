@@ -5,9 +5,10 @@ CARGO ?= cargo
 # file systems; QEMU to check the arguments the sandbox plan emits; protoc for the CRI client.
 APT_PACKAGES := containerd runc busybox-static qemu-system-x86 protobuf-compiler
 
-.PHONY: help deps build test unit lint fmt bench fuzz clean
+.PHONY: help deps build test unit lint fmt bench fuzz demo clean
 
 help:
+	@echo "make demo   the whole path on a simulated H100 host with a private containerd (root)"
 	@echo "make deps   install what the tests need (apt-get; run as root)"
 	@echo "make build  build every crate and the kata-gpu binary"
 	@echo "make test   lint, then every test of the workspace (what CI runs)"
@@ -33,6 +34,9 @@ deps:
 	@python3 -c 'import kubernetes_validate' 2>/dev/null \
 	  || { echo "deps: installing kubernetes-validate (Kubernetes schemas for the manifest tests)"; \
 	       python3 -m pip install -q kubernetes-validate; }
+
+demo: deps
+	bash demo/demo.sh
 
 build:
 	$(CARGO) build --workspace --all-targets

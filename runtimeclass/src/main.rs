@@ -6,12 +6,14 @@
 mod artifacts_cmd;
 mod cdi_cmd;
 mod containerd_cmd;
+mod doctor_cmd;
 mod install_cmd;
 mod node_state;
 mod plan_cmd;
 mod registration;
 mod runtimeclass_cmd;
 mod status_cmd;
+mod vfio_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +65,11 @@ enum Command {
     /// The artifact store: install, list, verify, roll back and prune kernel/image/firmware sets.
     #[command(subcommand)]
     Artifacts(artifacts_cmd::ArtifactsCommand),
+    /// Check that this host can run the profile's pods; --labels: the node labels it deserves.
+    Doctor(doctor_cmd::DoctorArgs),
+    /// Bind NVIDIA GPUs and NVSwitches (with their IOMMU groups) to vfio-pci, or hand them back.
+    #[command(subcommand)]
+    Vfio(vfio_cmd::VfioCommand),
 }
 
 /// What a command found: success, or findings the user must act on.
@@ -96,6 +103,8 @@ fn main() -> ExitCode {
         Command::Uninstall(args) => install_cmd::uninstall(args, &cli.global),
         Command::Status(args) => status_cmd::run(args, &cli.global),
         Command::Artifacts(cmd) => artifacts_cmd::run(cmd, &cli.global),
+        Command::Doctor(args) => doctor_cmd::run(args, &cli.global),
+        Command::Vfio(cmd) => vfio_cmd::run(cmd, &cli.global),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

@@ -51,7 +51,8 @@ pub struct Status {
 }
 
 impl Status {
-    fn ok(&self) -> bool {
+    /// Everything is installed, verified, registered and loaded, with no restart pending.
+    pub fn ok(&self) -> bool {
         self.installed
             && self.verified == Some(true)
             && self.registered
@@ -175,9 +176,8 @@ pub fn containerd_started(root: &Path, config: &Path) -> Option<u64> {
         })
 }
 
-/// Runs `kata-gpu status`.
-pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
-    let root = &global.host_root;
+/// Gathers the status of `args.profile` on the host under `root`.
+pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
     let handler = args.profile.handler();
     let state = NodeState::load(root, handler)?;
     let mut s = Status {
@@ -189,7 +189,7 @@ pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
         restart_pending: false,
         details: Vec::new(),
     };
-    artifacts(&args, root, &mut s);
+    artifacts(args, root, &mut s);
     let config = match (&args.containerd_config, &state.containerd) {
         (Some(c), _) => host_path(root, c),
         (None, Some(c)) => c.config.clone(),
@@ -259,6 +259,13 @@ pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
             .details
             .push(format!("containerd: cannot check what it loads: {e}")),
     }
+    Ok(s)
+}
+
+/// Runs `kata-gpu status`.
+pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
+    let s = gather(&args, &global.host_root)?;
+    let handler = &s.handler;
     if global.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -16,6 +16,7 @@ pub mod profile;
 pub mod proxy;
 mod relay;
 pub mod settings;
+pub mod vfio;
 
 pub use host::{Bdf, Host, HostError, PciFunction, Platform, VfioNode};
 pub use profile::Profile;

@@ -443,3 +443,18 @@ impl SimHost {
         })
     }
 }
+
+impl SimHost {
+    /// Moves a function to another driver (or none), as the kernel does after a bind,
+    /// unbind or `drivers_probe`: relinks `<function>/driver`. The simulated kernel never
+    /// does this by itself, so tests of `kata-gpu vfio` call it to model the kernel.
+    pub fn set_driver(&self, bdf: &str, driver: Option<&str>) {
+        let at = self.path(&real_dir(bdf)).join("driver");
+        let _ = fs::remove_file(&at);
+        if let Some(driver) = driver {
+            fs::create_dir_all(self.path(&format!("sys/bus/pci/drivers/{driver}")))
+                .expect("mkdir driver");
+            link(&format!("../../../bus/pci/drivers/{driver}"), &at);
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! The checks of `kata-gpu doctor` as pure functions over facts gathered from the host,
+//! and the node labels the host deserves.
+
+use std::collections::BTreeMap;
+
+use kata_gpu_shim::host::{PciFunction, Platform};
+use kata_gpu_shim::plan::CC_CAPABLE_GPUS;
+use kata_gpu_shim::Profile;
+use serde::Serialize;
+
+use crate::status_cmd::Status;
+
+/// How one check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Works, but not as well as it could.
+    Warn,
+    /// Keeps confidential GPU pods from running.
+    Fail,
+}
+
+/// One check: its verdict, what was found, and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What was checked (`kvm`, `gpu 0000:41:00.0`, …).
+    pub name: String,
+    /// Ok, warn or fail.
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (None when ok).
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn new(name: &str, verdict: Verdict, detail: impl Into<String>, fix: Option<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            verdict,
+            detail: detail.into(),
+            fix,
+        }
+    }
+
+    fn ok(name: &str, detail: impl Into<String>) -> Self {
+        Self::new(name, Verdict::Ok, detail, None)
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tag = match self.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        write!(f, "{tag:<5} {}: {}", self.name, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " — fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An ok check.
+pub fn ok(name: &str, detail: impl Into<String>) -> Check {
+    Check::ok(name, detail)
+}
+
+/// A failed check with its fix.
+pub fn fail(name: &str, detail: impl Into<String>, fix: &str) -> Check {
+    Check::new(name, Verdict::Fail, detail, Some(fix.to_owned()))
+}
+
+/// A GPU or NVSwitch with the iommufd cdev it has, if any.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// The function.
+    pub function: PciFunction,
+    /// Its `vfioN` cdev.
+    pub cdev: Option<String>,
+}
+
+/// Whether a function is a CC-capable GPU.
+pub fn cc_capable(f: &PciFunction) -> bool {
+    f.is_nvidia_gpu() && !f.is_nvswitch() && CC_CAPABLE_GPUS.contains(&f.device)
+}
+
+/// `/dev/kvm`.
+pub fn kvm(p: &Platform) -> Check {
+    if p.kvm {
+        Check::ok("kvm", "/dev/kvm present")
+    } else {
+        Check::new(
+            "kvm",
+            Verdict::Fail,
+            "/dev/kvm missing",
+            Some(
+                "enable virtualization (SVM/VT-x) in the BIOS and load kvm_amd or kvm_intel"
+                    .to_owned(),
+            ),
+        )
+    }
+}
+
+/// The kernel parameters that turn the IOMMU on for the profile's CPU vendor.
+fn iommu_params(profile: Profile, p: &Platform) -> &'static str {
+    if profile == Profile::Tdx || p.tdx || p.cmdline.contains("intel_iommu") {
+        "intel_iommu=on iommu=pt"
+    } else {
+        "amd_iommu=on iommu=pt"
+    }
+}
+
+/// IOMMU groups exist.
+pub fn iommu(profile: Profile, p: &Platform) -> Check {
+    if p.iommu {
+        Check::ok("iommu", "enabled (/sys/kernel/iommu_groups has groups)")
+    } else {
+        Check::new(
+            "iommu",
+            Verdict::Fail,
+            "disabled: /sys/kernel/iommu_groups is empty",
+            Some(format!(
+                "add {} to the kernel command line and reboot (now: {})",
+                iommu_params(profile, p),
+                if p.cmdline.is_empty() {
+                    "unknown"
+                } else {
+                    &p.cmdline
+                }
+            )),
+        )
+    }
+}
+
+/// SEV-SNP or TDX, as the profile needs.
+pub fn tee(profile: Profile, p: &Platform) -> Check {
+    match profile {
+        Profile::Snp if p.sev_snp => Check::ok("sev-snp", "kvm_amd reports sev_snp enabled"),
+        Profile::Snp => Check::new(
+            "sev-snp",
+            Verdict::Fail,
+            "kvm_amd does not report sev_snp (/sys/module/kvm_amd/parameters/sev_snp)",
+            Some("enable SEV-SNP and SNP memory coverage in the BIOS, boot with kvm_amd.sev_snp=1 mem_encrypt=on, and update the SEV firmware".to_owned()),
+        ),
+        Profile::Tdx if p.tdx => Check::ok("tdx", "kvm_intel reports tdx enabled"),
+        Profile::Tdx => Check::new(
+            "tdx",
+            Verdict::Fail,
+            "kvm_intel does not report tdx (/sys/module/kvm_intel/parameters/tdx)",
+            Some("enable TDX in the BIOS and boot a TDX host kernel with kvm_intel.tdx=1".to_owned()),
+        ),
+        Profile::Gpu => Check::ok(
+            "tee",
+            "the gpu profile needs no SEV-SNP or TDX",
+        ),
+    }
+}
+
+/// One check per NVIDIA GPU and NVSwitch: driver, IOMMU group, CC-capable verdict.
+pub fn devices(profile: Profile, devices: &[Device]) -> Vec<Check> {
+    if devices.is_empty() {
+        return vec![Check::new(
+            "gpus",
+            Verdict::Warn,
+            "no NVIDIA GPU or NVSwitch found",
+            Some("install a GPU, or check lspci -d 10de:".to_owned()),
+        )];
+    }
+    devices
+        .iter()
+        .map(|d| {
+            let f = &d.function;
+            let what = if f.is_nvswitch() { "nvswitch" } else { "gpu" };
+            let name = format!("{what} {}", f.bdf);
+            let driver = f.driver.as_deref().unwrap_or("no driver");
+            let group = f
+                .iommu_group
+                .map_or("no IOMMU group".to_owned(), |g| format!("IOMMU group {g}"));
+            let cc = if f.is_nvswitch() {
+                ""
+            } else if cc_capable(f) {
+                ", CC-capable"
+            } else {
+                ", NOT CC-capable"
+            };
+            let detail = format!("{} driver {driver}, {group}{cc}", f.id());
+            if f.iommu_group.is_none() {
+                Check::new(
+                    &name,
+                    Verdict::Fail,
+                    detail,
+                    Some("enable the IOMMU (see the iommu check)".to_owned()),
+                )
+            } else if f.driver.as_deref() != Some("vfio-pci") {
+                Check::new(
+                    &name,
+                    Verdict::Fail,
+                    detail,
+                    Some(format!("kata-gpu vfio bind {}", f.bdf)),
+                )
+            } else if !f.is_nvswitch() && !cc_capable(f) && profile.confidential() {
+                let ids = CC_CAPABLE_GPUS
+                    .iter()
+                    .map(|id| format!("10de:{id:04x}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Check::new(
+                    &name,
+                    Verdict::Warn,
+                    detail,
+                    Some(format!(
+                        "use a CC-capable GPU ({ids}) for confidential pods, or the gpu profile"
+                    )),
+                )
+            } else {
+                Check::ok(&name, detail)
+            }
+        })
+        .collect()
+}
+
+/// `/dev/iommu` and a cdev for every passthrough device bound to vfio-pci. Confidential
+/// guests need iommufd; the plain gpu profile can use the legacy group nodes.
+pub fn iommufd(profile: Profile, p: &Platform, devices: &[Device]) -> Check {
+    let bound: Vec<&Device> = devices
+        .iter()
+        .filter(|d| d.function.driver.as_deref() == Some("vfio-pci"))
+        .collect();
+    let without: Vec<String> = bound
+        .iter()
+        .filter(|d| d.cdev.is_none())
+        .map(|d| d.function.bdf.to_string())
+        .collect();
+    let severity = if profile.confidential() {
+        Verdict::Fail
+    } else {
+        Verdict::Warn
+    };
+    let fix = || {
+        Some("use a kernel with CONFIG_IOMMUFD and CONFIG_VFIO_DEVICE_CDEV (6.6 or later), then rebind with kata-gpu vfio bind".to_owned())
+    };
+    if !p.iommufd {
+        Check::new("iommufd", severity, "/dev/iommu missing", fix())
+    } else if !without.is_empty() {
+        Check::new(
+            "iommufd",
+            severity,
+            format!("no vfio cdev for {}", without.join(", ")),
+            fix(),
+        )
+    } else {
+        let cdevs: Vec<&str> = bound.iter().filter_map(|d| d.cdev.as_deref()).collect();
+        Check::ok(
+            "iommufd",
+            if cdevs.is_empty() {
+                "/dev/iommu present".to_owned()
+            } else {
+                format!("/dev/iommu present; cdevs {}", cdevs.join(", "))
+            },
+        )
+    }
+}
+
+/// containerd registration and the artifact set, from `kata-gpu status`'s findings.
+pub fn registration(profile: Profile, status: Result<&Status, String>) -> Vec<Check> {
+    let s = match status {
+        Ok(s) => s,
+        Err(e) => {
+            return vec![
+                Check::new(
+                    "containerd",
+                    Verdict::Fail,
+                    e.clone(),
+                    Some("kata-gpu status".to_owned()),
+                ),
+                Check::new(
+                    "artifacts",
+                    Verdict::Fail,
+                    e,
+                    Some("kata-gpu status".to_owned()),
+                ),
+            ]
+        }
+    };
+    let about = |prefix: &str| {
+        s.details
+            .iter()
+            .filter_map(|d| d.strip_prefix(prefix))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let p = profile.name();
+    let mut containerd = about("containerd: ");
+    if !s.registered {
+        // What containerd loads from a config without the handler adds nothing.
+        containerd = s
+            .details
+            .iter()
+            .filter_map(|d| d.strip_prefix("containerd: "))
+            .filter(|d| !d.starts_with("cannot check what it loads"))
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    let containerd = if !s.registered {
+        Check::new(
+            "containerd",
+            Verdict::Fail,
+            containerd,
+            Some(format!(
+                "kata-gpu containerd register --profile {p} (or kata-gpu install --profile {p})"
+            )),
+        )
+    } else if s.restart_pending || s.loaded == Some(false) {
+        Check::new(
+            "containerd",
+            Verdict::Fail,
+            containerd,
+            Some("restart containerd so that it loads the registration".to_owned()),
+        )
+    } else if s.loaded.is_none() {
+        Check::new(
+            "containerd",
+            Verdict::Warn,
+            containerd,
+            Some(
+                "run where `containerd config dump` works to check what containerd loaded"
+                    .to_owned(),
+            ),
+        )
+    } else {
+        Check::ok("containerd", containerd)
+    };
+    let detail = about("artifacts: ");
+    let artifacts = if !s.installed {
+        Check::new(
+            "artifacts",
+            Verdict::Fail,
+            detail,
+            Some(format!("kata-gpu install --profile {p} --artifacts SRC")),
+        )
+    } else if s.verified != Some(true) {
+        Check::new(
+            "artifacts",
+            Verdict::Fail,
+            detail,
+            Some(format!("kata-gpu artifacts verify, then reinstall: kata-gpu install --profile {p} --artifacts SRC")),
+        )
+    } else {
+        Check::ok("artifacts", format!("{detail}, verified"))
+    };
+    vec![containerd, artifacts]
+}
+
+/// The host CDI spec: every device the host should have named, none it no longer has.
+/// `expected` and `installed` map qualified names to their device node paths.
+pub fn cdi(
+    expected: &BTreeMap<String, Vec<String>>,
+    installed: &BTreeMap<String, Vec<String>>,
+    notes: &[String],
+) -> Check {
+    let missing: Vec<&str> = expected
+        .keys()
+        .filter(|k| !installed.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    let differ: Vec<&str> = expected
+        .iter()
+        .filter(|(k, v)| installed.get(*k).is_some_and(|i| i != *v))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let stale: Vec<&str> = installed
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .map(String::as_str)
+        .collect();
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("missing {}", missing.join(", ")));
+    }
+    if !differ.is_empty() {
+        problems.push(format!("different device nodes for {}", differ.join(", ")));
+    }
+    if !stale.is_empty() {
+        problems.push(format!(
+            "names devices the host no longer has: {}",
+            stale.join(", ")
+        ));
+    }
+    problems.extend(notes.iter().cloned());
+    if !missing.is_empty() || !differ.is_empty() || !stale.is_empty() {
+        return Check::new(
+            "cdi",
+            Verdict::Fail,
+            problems.join("; "),
+            Some("kata-gpu cdi generate".to_owned()),
+        );
+    }
+    if !notes.is_empty() {
+        return Check::new(
+            "cdi",
+            Verdict::Warn,
+            problems.join("; "),
+            Some("kata-gpu cdi generate".to_owned()),
+        );
+    }
+    Check::ok(
+        "cdi",
+        if expected.is_empty() {
+            "no passthrough devices, none in the host spec".to_owned()
+        } else {
+            format!(
+                "host spec present and consistent ({} names)",
+                expected.len()
+            )
+        },
+    )
+}
+
+/// The node labels the host deserves.
+pub fn labels(p: &Platform, devices: &[Device]) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    if p.sev_snp {
+        labels.insert(
+            "feature.node.kubernetes.io/cpu-security.sev.snp.enabled".to_owned(),
+            "true".to_owned(),
+        );
+    }
+    if p.tdx {
+        labels.insert(
+            "feature.node.kubernetes.io/cpu-security.tdx.enabled".to_owned(),
+            "true".to_owned(),
+        );
+    }
+    let hopper = devices.iter().any(|d| cc_capable(&d.function));
+    let cc = hopper && p.iommu && (p.sev_snp || p.tdx);
+    labels.insert("nvidia.com/cc.capable".to_owned(), cc.to_string());
+    for (tee, on) in [("snp", p.sev_snp), ("tdx", p.tdx)] {
+        if cc && on {
+            labels.insert(
+                format!("feature.node.kubernetes.io/kata-gpu.{tee}-hopper"),
+                "true".to_owned(),
+            );
+        }
+    }
+    if devices.iter().any(|d| {
+        d.function.is_nvidia_gpu()
+            && !d.function.is_nvswitch()
+            && d.function.driver.as_deref() == Some("vfio-pci")
+    }) {
+        labels.insert(
+            "nvidia.com/gpu.workload.config".to_owned(),
+            "vm-passthrough".to_owned(),
+        );
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform() -> Platform {
+        Platform {
+            kvm: true,
+            iommu: false,
+            iommufd: true,
+            sev_snp: false,
+            tdx: true,
+            cmdline: "ro".to_owned(),
+        }
+    }
+
+    fn status() -> Status {
+        Status {
+            handler: "kata-qemu-nvidia-gpu-snp".to_owned(),
+            installed: true,
+            verified: Some(true),
+            registered: true,
+            loaded: Some(true),
+            restart_pending: false,
+            details: vec![
+                "artifacts: current set v1".to_owned(),
+                "containerd: registered in place in /etc/containerd/config.toml".to_owned(),
+            ],
+        }
+    }
+
+    #[test]
+    fn iommu_hint_follows_the_cpu_vendor() {
+        let c = iommu(Profile::Tdx, &platform());
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("add intel_iommu=on iommu=pt to the kernel command line and reboot (now: ro)")
+        );
+        assert_eq!(tee(Profile::Tdx, &platform()).verdict, Verdict::Ok);
+        assert_eq!(tee(Profile::Snp, &platform()).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn registration_verdicts() {
+        let s = status();
+        let checks = registration(Profile::Snp, Ok(&s));
+        assert!(
+            checks.iter().all(|c| c.verdict == Verdict::Ok),
+            "{checks:?}"
+        );
+        assert_eq!(checks[1].detail, "current set v1, verified");
+
+        let s = Status {
+            restart_pending: true,
+            ..status()
+        };
+        assert_eq!(registration(Profile::Snp, Ok(&s))[0].verdict, Verdict::Fail);
+        let s = Status {
+            loaded: None,
+            ..status()
+        };
+        assert_eq!(registration(Profile::Snp, Ok(&s))[0].verdict, Verdict::Warn);
+        let s = Status {
+            verified: Some(false),
+            ..status()
+        };
+        assert_eq!(registration(Profile::Snp, Ok(&s))[1].verdict, Verdict::Fail);
+        let failed = registration(Profile::Snp, Err("broken state".to_owned()));
+        assert!(failed.iter().all(|c| c.verdict == Verdict::Fail));
+    }
+
+    #[test]
+    fn cdi_consistency() {
+        let node = |p: &str| vec![p.to_owned()];
+        let expected = BTreeMap::from([(
+            "nvidia.com/pgpu=0".to_owned(),
+            node("/dev/vfio/devices/vfio0"),
+        )]);
+        assert_eq!(cdi(&expected, &expected, &[]).verdict, Verdict::Ok);
+        let moved = BTreeMap::from([("nvidia.com/pgpu=0".to_owned(), node("/dev/vfio/40"))]);
+        let c = cdi(&expected, &moved, &[]);
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert_eq!(c.detail, "different device nodes for nvidia.com/pgpu=0");
+        let c = cdi(&expected, &expected, &["x.yaml: skipped".to_owned()]);
+        assert_eq!(c.verdict, Verdict::Warn);
+    }
+
+    #[test]
+    fn display_has_the_fix() {
+        let c = fail("kvm", "/dev/kvm missing", "load kvm_amd");
+        assert_eq!(
+            c.to_string(),
+            "FAIL  kvm: /dev/kvm missing — fix: load kvm_amd"
+        );
+        assert_eq!(
+            ok("kvm", "/dev/kvm present").to_string(),
+            "ok    kvm: /dev/kvm present"
+        );
+    }
+}

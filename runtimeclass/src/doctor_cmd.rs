@@ -1,0 +1,295 @@
+//! `kata-gpu doctor`: whether this host can run the profile's pods, one check per line
+//! with a fix for each that is not ok, and (`--labels`) the node labels the host deserves.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use cdi::registry::{Registry, RegistryConfig};
+use kata_gpu_shim::host::Host;
+use kata_gpu_shim::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
+use kata_gpu_shim::settings::{Settings, SYSTEM_SETTINGS};
+use kata_gpu_shim::Profile;
+use serde::Serialize;
+
+use crate::node_state::under;
+use crate::status_cmd::{self, StatusArgs};
+use crate::{Global, Outcome};
+
+#[path = "doctor_checks.rs"]
+mod checks;
+
+use checks::{Check, Device, Verdict};
+
+/// Arguments of `kata-gpu doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// The runtime class's profile: snp, tdx or gpu.
+    #[arg(long, default_value = "snp")]
+    pub profile: Profile,
+    /// Print the node labels this host deserves instead of the checks.
+    #[arg(long)]
+    pub labels: bool,
+    /// containerd's config file (default: the one registered into, else /etc/containerd/config.toml).
+    #[arg(long, value_name = "F")]
+    pub containerd_config: Option<PathBuf>,
+    /// Root of the artifact store.
+    #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
+    pub artifacts_root: PathBuf,
+    /// The containerd binary used to check what containerd loads (`containerd config dump`).
+    #[arg(long, value_name = "PATH", default_value = "containerd")]
+    pub containerd: PathBuf,
+}
+
+/// The NVIDIA GPUs and NVSwitches of the host, with their cdevs.
+fn devices(host: &Host) -> Result<Vec<Device>, String> {
+    let functions = host
+        .pci_functions()
+        .map_err(|e| format!("cannot list PCI functions: {e}"))?;
+    Ok(functions
+        .into_iter()
+        .filter(|f| f.is_nvidia_gpu() || f.is_nvswitch())
+        .map(|f| Device {
+            cdev: host.vfio_cdev(f.bdf).map(|(name, _)| name),
+            function: f,
+        })
+        .collect())
+}
+
+/// Qualified name → device node paths, for our kinds.
+fn names<'a>(
+    devices: impl Iterator<Item = (String, &'a cdi::model::Device)>,
+) -> BTreeMap<String, Vec<String>> {
+    devices
+        .map(|(name, d)| {
+            let nodes = d
+                .container_edits
+                .device_nodes
+                .iter()
+                .map(|n| n.path.clone())
+                .collect();
+            (name, nodes)
+        })
+        .collect()
+}
+
+/// The host CDI spec against what the host should have.
+fn cdi_check(host: &Host, root: &Path) -> Check {
+    let expected = match host_specs(host) {
+        Ok(s) => s,
+        Err(e) => {
+            return Check {
+                name: "cdi".to_owned(),
+                verdict: Verdict::Fail,
+                detail: format!("cannot work out the host's spec: {e}"),
+                fix: None,
+            }
+        }
+    };
+    let expected = names(expected.specs.iter().flat_map(|s| {
+        s.devices
+            .iter()
+            .map(move |d| (format!("{}={}", s.kind, d.name), d))
+    }));
+    let registry = Registry::new(RegistryConfig::under_root(root));
+    let installed = names(
+        registry
+            .devices()
+            .filter(|(n, _)| [PGPU_KIND, NVSWITCH_KIND].contains(&n.kind().as_str()))
+            .map(|(n, r)| (n.to_string(), r.device)),
+    );
+    let mut notes: Vec<String> = registry.skipped().iter().map(ToString::to_string).collect();
+    notes.extend(
+        registry
+            .conflicts()
+            .iter()
+            .map(|c| format!("{} is defined twice, so by neither file", c.name)),
+    );
+    checks::cdi(&expected, &installed, &notes)
+}
+
+/// The profile's shim settings as read on the host under `root`, and where from.
+fn settings(profile: Profile, root: &Path) -> Result<(Settings, Option<PathBuf>), String> {
+    if root == Path::new("/") {
+        return Settings::load(profile).map_err(|e| e.to_string());
+    }
+    let candidates = [
+        kata_gpu_artifacts::layout::class_dir(
+            Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
+            profile.handler(),
+        )
+        .join("shim.toml"),
+        PathBuf::from(SYSTEM_SETTINGS),
+    ];
+    match candidates.into_iter().find(|p| under(root, p).exists()) {
+        None => Ok((Settings::default(), None)),
+        Some(p) => {
+            let text = std::fs::read_to_string(under(root, &p))
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let s = Settings::parse(&text, &p).map_err(|e| e.to_string())?;
+            Ok((s, Some(p)))
+        }
+    }
+}
+
+/// The downstream Kata shim named by the profile's shim settings, under `root`.
+fn kata_shim(profile: Profile, root: &Path) -> Check {
+    let (settings, from) = match settings(profile, root) {
+        Ok(s) => s,
+        Err(e) => return checks::fail("kata shim", e, "fix the kata-gpu shim settings file"),
+    };
+    let from = from.map_or("the default".to_owned(), |p| {
+        format!("downstream in {}", p.display())
+    });
+    let path = &settings.downstream;
+    if under(root, path).is_file() {
+        checks::ok("kata shim", format!("{} present ({from})", path.display()))
+    } else {
+        checks::fail(
+            "kata shim",
+            format!("{} missing ({from})", path.display()),
+            "install Kata Containers (kata-deploy or the release tarball under /opt/kata)",
+        )
+    }
+}
+
+/// Where containerd looks up shim binaries: PATH (the standard directories on a
+/// simulated host) and the directory of the containerd binary.
+fn shim_dirs(root: &Path, containerd: &Path) -> Vec<PathBuf> {
+    let standard = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let path = if root == Path::new("/") {
+        std::env::var("PATH").unwrap_or_else(|_| standard.to_owned())
+    } else {
+        standard.to_owned()
+    };
+    let mut dirs: Vec<PathBuf> = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    let containerd_dir = if containerd.is_absolute() {
+        containerd.parent().map(Path::to_path_buf)
+    } else {
+        dirs.iter()
+            .find(|d| under(root, &d.join(containerd)).is_file())
+            .cloned()
+    };
+    if let Some(d) = containerd_dir {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+/// Our own shim binary, where containerd finds it.
+fn our_shim(profile: Profile, root: &Path, containerd: &Path) -> Check {
+    let binary = profile.shim_binary();
+    let dirs = shim_dirs(root, containerd);
+    match dirs
+        .iter()
+        .map(|d| d.join(&binary))
+        .find(|p| under(root, p).is_file())
+    {
+        Some(p) => checks::ok("kata-gpu shim", format!("{} present", p.display())),
+        None => checks::fail(
+            "kata-gpu shim",
+            format!(
+                "{binary} not found in {} (PATH and next to containerd)",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            ),
+            &format!("install the kata-gpu shim as /usr/local/bin/{binary}"),
+        ),
+    }
+}
+
+/// Every check for `profile` on the host under `root`.
+fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
+    let host = Host::new(root);
+    let platform = host.platform();
+    let mut out = vec![
+        checks::kvm(&platform),
+        checks::iommu(args.profile, &platform),
+        checks::tee(args.profile, &platform),
+    ];
+    match devices(&host) {
+        Ok(devs) => {
+            out.extend(checks::devices(args.profile, &devs));
+            out.push(checks::iommufd(args.profile, &platform, &devs));
+        }
+        Err(e) => out.push(checks::fail("gpus", e, "check that /sys is mounted")),
+    }
+    let status_args = StatusArgs {
+        profile: args.profile,
+        containerd_config: args.containerd_config.clone(),
+        artifacts_root: args.artifacts_root.clone(),
+        containerd: args.containerd.clone(),
+    };
+    let status = status_cmd::gather(&status_args, root).map_err(|e| format!("{e:#}"));
+    out.extend(checks::registration(
+        args.profile,
+        status.as_ref().map_err(Clone::clone),
+    ));
+    out.push(our_shim(args.profile, root, &args.containerd));
+    out.push(kata_shim(args.profile, root));
+    out.push(cdi_check(&host, root));
+    out
+}
+
+/// The JSON of `kata-gpu doctor`.
+#[derive(Serialize)]
+struct Report<'a> {
+    profile: &'a str,
+    handler: &'a str,
+    ok: bool,
+    failures: usize,
+    warnings: usize,
+    checks: &'a [Check],
+}
+
+/// Runs `kata-gpu doctor`.
+pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<Outcome> {
+    let root = &global.host_root;
+    if args.labels {
+        let host = Host::new(root);
+        let devs = devices(&host).map_err(anyhow::Error::msg)?;
+        let labels = checks::labels(&host.platform(), &devs);
+        if global.json {
+            println!("{}", serde_json::to_string_pretty(&labels)?);
+        } else {
+            for (k, v) in &labels {
+                println!("{k}={v}");
+            }
+        }
+        return Ok(Outcome::Clean);
+    }
+    let all = run_checks(&args, root);
+    let count = |v: Verdict| all.iter().filter(|c| c.verdict == v).count();
+    let (failures, warnings) = (count(Verdict::Fail), count(Verdict::Warn));
+    if global.json {
+        let report = Report {
+            profile: args.profile.name(),
+            handler: args.profile.handler(),
+            ok: failures == 0,
+            failures,
+            warnings,
+            checks: &all,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for c in &all {
+            println!("{c}");
+        }
+        println!(
+            "{}: {failures} failed, {warnings} warning(s)",
+            args.profile.handler()
+        );
+    }
+    Ok(if failures == 0 {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
+}

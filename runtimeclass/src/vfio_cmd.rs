@@ -1,0 +1,96 @@
+//! `kata-gpu vfio bind | unbind [BDF …]`: hand NVIDIA GPUs and NVSwitches, each with its
+//! whole IOMMU group, to `vfio-pci`, and give them back to the driver they had.
+
+use anyhow::Context;
+use kata_gpu_shim::host::{Bdf, Host};
+use kata_gpu_shim::vfio::{self, Step, Targets};
+
+use crate::{Global, Outcome};
+
+/// `kata-gpu vfio` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum VfioCommand {
+    /// Bind GPUs and NVSwitches (all, or those named) and the rest of their IOMMU groups
+    /// (bridges excepted) to vfio-pci; refuses a device in use.
+    Bind(VfioArgs),
+    /// Hand them back from vfio-pci to the driver they had before `bind`.
+    Unbind(VfioArgs),
+}
+
+/// Arguments of `kata-gpu vfio bind` and `unbind`.
+#[derive(Debug, clap::Args)]
+pub struct VfioArgs {
+    /// PCI addresses (0000:41:00.0) of GPUs or NVSwitches; none: every one on the host.
+    #[arg(value_name = "BDF")]
+    bdfs: Vec<Bdf>,
+    /// Print the sysfs writes instead of making them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Runs `kata-gpu vfio …`.
+pub fn run(cmd: VfioCommand, global: &Global) -> anyhow::Result<Outcome> {
+    let host = Host::new(&global.host_root);
+    let (args, bind) = match cmd {
+        VfioCommand::Bind(a) => (a, true),
+        VfioCommand::Unbind(a) => (a, false),
+    };
+    let targets = if args.bdfs.is_empty() {
+        Targets::All
+    } else {
+        Targets::Named(&args.bdfs)
+    };
+    let verb = if bind { "bind" } else { "unbind" };
+    let steps = if bind {
+        vfio::plan_bind(&host, targets)
+    } else {
+        vfio::plan_unbind(&host, targets)
+    }
+    .with_context(|| format!("nothing was changed: cannot {verb}"))?;
+    if !args.dry_run {
+        vfio::apply(&host, &steps).with_context(|| format!("{verb} stopped part way"))?;
+    }
+    let changed = steps.iter().filter(|s| !s.is_noop()).count();
+    if global.json {
+        let out = serde_json::json!({
+            "action": verb,
+            "dry_run": args.dry_run,
+            "changed": changed,
+            "steps": steps,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_text(&steps, args.dry_run, bind, changed);
+    }
+    Ok(if steps.is_empty() {
+        Outcome::Findings
+    } else {
+        Outcome::Clean
+    })
+}
+
+fn print_text(steps: &[Step], dry_run: bool, bind: bool, changed: usize) {
+    if steps.is_empty() {
+        println!("no NVIDIA GPU or NVSwitch on this host");
+        return;
+    }
+    for s in steps {
+        println!("{s}");
+        if dry_run {
+            for w in &s.writes {
+                println!("  {w}");
+            }
+        }
+    }
+    let what = if bind {
+        "bound to vfio-pci"
+    } else {
+        "handed back"
+    };
+    let unchanged = steps.len() - changed;
+    if dry_run {
+        println!("{changed} function(s) would be {what}, {unchanged} unchanged (dry run: nothing written)");
+    } else {
+        println!("{changed} function(s) {what}, {unchanged} unchanged");
+    }
+}

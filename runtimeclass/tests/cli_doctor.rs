@@ -1,0 +1,305 @@
+//! `kata-gpu doctor` on simulated hosts, as a user runs it.
+
+use std::fs;
+use std::process::{Command, Output};
+
+use kata_gpu_tests::{SimHost, VfioMode};
+
+/// Runs `kata-gpu doctor ARGS` against the simulated host, with a containerd binary that
+/// does not exist, so that no real containerd on the test machine is asked.
+fn doctor(sim: &SimHost, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .arg("doctor")
+        .args(args)
+        .arg("--containerd")
+        .arg("/opt/containerd/bin/containerd")
+        .arg("--host-root")
+        .arg(sim.root())
+        .output()
+        .expect("run kata-gpu")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn has_line(shown: &str, start: &str) -> bool {
+    shown.lines().any(|l| l.starts_with(start))
+}
+
+fn touch(sim: &SimHost, rel: &str) {
+    let p = sim.path(rel);
+    fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    fs::write(p, "").expect("write");
+}
+
+#[test]
+fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let out = doctor(&sim, &[]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    for line in [
+        "ok    kvm: /dev/kvm present",
+        "ok    iommu: enabled",
+        "ok    sev-snp: kvm_amd reports sev_snp enabled",
+        "ok    gpu 0000:41:00.0: 10de:2331 driver vfio-pci, IOMMU group 40, CC-capable",
+        "ok    iommufd: /dev/iommu present; cdevs vfio0",
+        "ok    cdi: host spec present and consistent (3 names)",
+        "FAIL  containerd: not registered in /etc/containerd/config.toml",
+        "FAIL  artifacts: none installed for kata-qemu-nvidia-gpu-snp",
+        "FAIL  kata-gpu shim: containerd-shim-kata-qemu-nvidia-gpu-snp-v2 not found",
+        "FAIL  kata shim: /opt/kata/bin/containerd-shim-kata-v2 missing (the default)",
+        "kata-qemu-nvidia-gpu-snp: 4 failed, 0 warning(s)",
+    ] {
+        assert!(has_line(&shown, line), "{line:?} in\n{shown}");
+    }
+    assert!(
+        shown.contains("— fix: kata-gpu install --profile snp --artifacts SRC"),
+        "{shown}"
+    );
+
+    // The shims: ours next to containerd, Kata's where the settings say.
+    touch(
+        &sim,
+        "opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2",
+    );
+    touch(&sim, "opt/kata/bin/containerd-shim-kata-v2");
+    let shown = text(&doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "ok    kata-gpu shim: /opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 present"
+        ),
+        "{shown}"
+    );
+    assert!(
+        has_line(
+            &shown,
+            "ok    kata shim: /opt/kata/bin/containerd-shim-kata-v2 present"
+        ),
+        "{shown}"
+    );
+
+    // A downstream named by the shim settings.
+    fs::create_dir_all(sim.path("etc/kata-gpu")).expect("mkdir");
+    fs::write(
+        sim.path("etc/kata-gpu/shim.toml"),
+        "downstream = \"/usr/bin/containerd-shim-kata-v2\"\n",
+    )
+    .expect("write settings");
+    let shown = text(&doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "FAIL  kata shim: /usr/bin/containerd-shim-kata-v2 missing (downstream in /etc/kata-gpu/shim.toml)"
+        ),
+        "{shown}"
+    );
+}
+
+#[test]
+fn missing_cdi_spec_fails_with_the_generate_fix() {
+    let sim = SimHost::h100_pcie(VfioMode::Legacy);
+    let shown = text(&doctor(&sim, &["--profile", "gpu"]));
+    assert!(
+        has_line(
+            &shown,
+            "FAIL  cdi: missing nvidia.com/pgpu=0, nvidia.com/pgpu=40"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("— fix: kata-gpu cdi generate"), "{shown}");
+    // Legacy VFIO: fine for plain passthrough, not for confidential guests.
+    assert!(has_line(&shown, "WARN  iommufd: "), "{shown}");
+    let shown = text(&doctor(&sim, &[]));
+    assert!(has_line(&shown, "FAIL  iommufd: "), "{shown}");
+}
+
+#[test]
+fn no_iommu_fails_with_the_kernel_command_line_hint() {
+    let sim = SimHost::no_iommu();
+    let out = doctor(&sim, &[]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        has_line(
+            &shown,
+            "FAIL  iommu: disabled: /sys/kernel/iommu_groups is empty — fix: add amd_iommu=on iommu=pt to the kernel command line and reboot (now: BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro)"
+        ),
+        "{shown}"
+    );
+    assert!(
+        has_line(
+            &shown,
+            "FAIL  gpu 0000:41:00.0: 10de:2331 driver no driver, no IOMMU group"
+        ),
+        "{shown}"
+    );
+    assert!(
+        has_line(&shown, "FAIL  iommufd: /dev/iommu missing"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn no_snp_fails_the_snp_profile_but_not_the_gpu_profile() {
+    let sim = SimHost::no_snp();
+    let shown = text(&doctor(&sim, &["--profile", "snp"]));
+    assert!(
+        has_line(&shown, "FAIL  sev-snp: kvm_amd does not report sev_snp"),
+        "{shown}"
+    );
+    let shown = text(&doctor(&sim, &["--profile", "gpu"]));
+    assert!(
+        has_line(&shown, "ok    tee: the gpu profile needs no SEV-SNP or TDX"),
+        "{shown}"
+    );
+    assert!(!shown.contains("sev-snp"), "{shown}");
+    let shown = text(&doctor(&sim, &["--profile", "tdx"]));
+    assert!(
+        has_line(&shown, "FAIL  tdx: kvm_intel does not report tdx"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_gpu_bound_to_nvidia_fails_with_the_bind_fix() {
+    let sim = SimHost::gpu_bound_to_nvidia();
+    let shown = text(&doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "FAIL  gpu 0000:41:00.0: 10de:2331 driver nvidia, IOMMU group 40, CC-capable — fix: kata-gpu vfio bind 0000:41:00.0"
+        ),
+        "{shown}"
+    );
+    // Nothing to pass through, so nothing in the host spec: consistent.
+    assert!(
+        has_line(&shown, "ok    cdi: no passthrough devices"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn an_h200_warns_that_it_is_not_cc_capable() {
+    let sim = SimHost::h200();
+    sim.write_cdi_specs();
+    let shown = text(&doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "WARN  gpu 0000:41:00.0: 10de:2335 driver vfio-pci, IOMMU group 40, NOT CC-capable — fix: use a CC-capable GPU (10de:2330"
+        ),
+        "{shown}"
+    );
+    let shown = text(&doctor(&sim, &["--profile", "gpu"]));
+    assert!(
+        has_line(&shown, "ok    gpu 0000:41:00.0: 10de:2335"),
+        "{shown}"
+    );
+    let out = doctor(&sim, &["--labels"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        has_line(&text(&out), "nvidia.com/cc.capable=false"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_stale_cdi_spec_fails() {
+    let old = SimHost::h100_pcie(VfioMode::Iommufd);
+    old.write_cdi_specs();
+    let sim = SimHost::new();
+    fs::copy(
+        old.path("var/run/cdi/nvidia.com-pgpu.yaml"),
+        sim.path("var/run/cdi/nvidia.com-pgpu.yaml"),
+    )
+    .expect("copy spec");
+    let out = doctor(&sim, &["--profile", "gpu"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        has_line(
+            &shown,
+            "FAIL  cdi: names devices the host no longer has: nvidia.com/pgpu=0, nvidia.com/pgpu=40, nvidia.com/pgpu=vfio0 — fix: kata-gpu cdi generate"
+        ),
+        "{shown}"
+    );
+    assert!(
+        has_line(&shown, "WARN  gpus: no NVIDIA GPU or NVSwitch found"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn labels_of_an_h100_and_of_a_host_without_snp() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let out = doctor(&sim, &["--labels"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "feature.node.kubernetes.io/cpu-security.sev.snp.enabled=true\n\
+         feature.node.kubernetes.io/kata-gpu.snp-hopper=true\n\
+         nvidia.com/cc.capable=true\n\
+         nvidia.com/gpu.workload.config=vm-passthrough\n"
+    );
+
+    let sim = SimHost::no_snp();
+    let out = doctor(&sim, &["--labels", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let labels: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        labels,
+        serde_json::json!({
+            "nvidia.com/cc.capable": "false",
+            "nvidia.com/gpu.workload.config": "vm-passthrough",
+        })
+    );
+}
+
+#[test]
+fn json_report_shape() {
+    let sim = SimHost::h200();
+    sim.write_cdi_specs();
+    let out = doctor(&sim, &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["profile"], "snp");
+    assert_eq!(v["handler"], "kata-qemu-nvidia-gpu-snp");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["warnings"], 1);
+    let checks = v["checks"].as_array().expect("checks");
+    assert_eq!(
+        v["failures"],
+        checks.iter().filter(|c| c["verdict"] == "fail").count()
+    );
+    assert_eq!(checks[0]["name"], "kvm");
+    assert_eq!(checks[0]["verdict"], "ok");
+    assert_eq!(checks[0]["fix"], serde_json::Value::Null);
+    let gpu = checks
+        .iter()
+        .find(|c| c["name"] == "gpu 0000:41:00.0")
+        .expect("gpu check");
+    assert_eq!(gpu["verdict"], "warn");
+    assert!(gpu["fix"].as_str().expect("fix").contains("CC-capable"));
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+    for name in [
+        "iommu",
+        "sev-snp",
+        "iommufd",
+        "containerd",
+        "artifacts",
+        "kata-gpu shim",
+        "kata shim",
+        "cdi",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+}

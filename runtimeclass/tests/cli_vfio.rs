@@ -1,0 +1,170 @@
+//! `kata-gpu vfio bind | unbind` on simulated hosts, where the sysfs writes land in the tree.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::process::{Command, Output};
+
+use kata_gpu_tests::{SimHost, VfioMode};
+
+fn kata_gpu(root: &SimHost, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .args(args)
+        .arg("--host-root")
+        .arg(root.root())
+        .output()
+        .expect("run kata-gpu")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn read(sim: &SimHost, rel: &str) -> String {
+    fs::read_to_string(sim.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn bind_then_unbind_a_gpu_on_nvidia() {
+    let sim = SimHost::gpu_bound_to_nvidia();
+
+    let out = kata_gpu(&sim, &["vfio", "bind", "--dry-run"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("0000:41:00.0 10de:2331 group 40: nvidia → vfio-pci"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("  echo \"vfio-pci\" > /sys/bus/pci/devices/0000:41:00.0/driver_override"),
+        "{shown}"
+    );
+    assert!(
+        !sim.path("sys/bus/pci/devices/0000:41:00.0/driver_override")
+            .exists(),
+        "dry run wrote"
+    );
+
+    let out = kata_gpu(&sim, &["vfio", "bind", "0000:41:00.0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        read(&sim, "sys/bus/pci/devices/0000:41:00.0/driver_override"),
+        "vfio-pci"
+    );
+    assert_eq!(
+        read(&sim, "sys/bus/pci/drivers/nvidia/unbind"),
+        "0000:41:00.0"
+    );
+    assert_eq!(read(&sim, "sys/bus/pci/drivers_probe"), "0000:41:00.0");
+    assert_eq!(read(&sim, "var/lib/kata-gpu/vfio/0000:41:00.0"), "nvidia\n");
+
+    // What the kernel does next; a second bind changes nothing.
+    sim.set_driver("0000:41:00.0", Some("vfio-pci"));
+    let out = kata_gpu(&sim, &["vfio", "bind", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["changed"], 0);
+    assert_eq!(v["steps"][0]["driver"], "vfio-pci");
+
+    let out = kata_gpu(&sim, &["vfio", "unbind"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("vfio-pci → nvidia"), "{shown}");
+    assert_eq!(
+        read(&sim, "sys/bus/pci/devices/0000:41:00.0/driver_override"),
+        "\n"
+    );
+    assert_eq!(
+        read(&sim, "sys/bus/pci/drivers/vfio-pci/unbind"),
+        "0000:41:00.0"
+    );
+    assert_eq!(
+        read(&sim, "sys/bus/pci/drivers/nvidia/bind"),
+        "0000:41:00.0"
+    );
+    assert!(!sim.path("var/lib/kata-gpu/vfio/0000:41:00.0").exists());
+}
+
+#[test]
+fn a_gpu_in_use_is_refused_naming_the_process() {
+    let sim = SimHost::gpu_bound_to_nvidia();
+    fs::create_dir_all(sim.path("proc/1234/fd")).expect("mkdir");
+    fs::write(sim.path("proc/1234/comm"), "nvidia-persiste\n").expect("comm");
+    symlink("/dev/nvidia0", sim.path("proc/1234/fd/3")).expect("fd");
+    let out = kata_gpu(&sim, &["vfio", "bind"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(
+            "0000:41:00.0 is in use by pid 1234 (nvidia-persiste), which holds /dev/nvidia0 open"
+        ),
+        "{shown}"
+    );
+    assert!(!sim
+        .path("sys/bus/pci/devices/0000:41:00.0/driver_override")
+        .exists());
+}
+
+#[test]
+fn whole_group_with_audio_but_not_the_bridge() {
+    let sim = SimHost::gpu_with_audio_and_bridge();
+    sim.set_driver("0000:41:00.0", Some("nvidia"));
+    sim.set_driver("0000:41:00.1", Some("snd_hda_intel"));
+    let out = kata_gpu(&sim, &["vfio", "bind", "--json", "0000:41:00.0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let bdfs: Vec<_> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["bdf"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(bdfs, ["0000:41:00.0", "0000:41:00.1"]);
+    assert_eq!(
+        read(&sim, "sys/bus/pci/devices/0000:41:00.1/driver_override"),
+        "vfio-pci"
+    );
+    assert!(!sim
+        .path("sys/bus/pci/devices/0000:40:01.1/driver_override")
+        .exists());
+}
+
+#[test]
+fn refusals_and_nothing_to_do() {
+    let sim = SimHost::gpu_with_audio_and_bridge();
+    let out = kata_gpu(&sim, &["vfio", "bind", "0000:40:01.1"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("0000:40:01.1 (1022:14ab, class 060400) is not an NVIDIA GPU or NVSwitch"),
+        "{shown}"
+    );
+
+    let out = kata_gpu(&sim, &["vfio", "bind", "not-a-bdf"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let sim = SimHost::no_iommu();
+    let out = kata_gpu(&sim, &["vfio", "bind"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("has no IOMMU group"), "{shown}");
+
+    let sim = SimHost::new();
+    let out = kata_gpu(&sim, &["vfio", "unbind"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("no NVIDIA GPU or NVSwitch"), "{shown}");
+
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let out = kata_gpu(&sim, &["vfio", "bind"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("already on vfio-pci"), "{shown}");
+    assert!(
+        shown.contains("0 function(s) bound to vfio-pci, 1 unchanged"),
+        "{shown}"
+    );
+}

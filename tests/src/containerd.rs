@@ -26,6 +26,7 @@ pub fn on_path(program: &str) -> bool {
 pub struct PrivateContainerd {
     dir: tempfile::TempDir,
     child: Child,
+    env: Vec<(String, String)>,
 }
 
 impl PrivateContainerd {
@@ -72,19 +73,52 @@ impl PrivateContainerd {
             sock = base.join("containerd.sock").display(),
         );
         fs::write(base.join("config.toml"), config).expect("write containerd config");
-        let log = fs::File::create(base.join("containerd.log")).expect("log file");
-        let child = Command::new("containerd")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let child = Self::spawn(base, &env);
+        let mut me = Self { dir, child, env };
+        me.wait_ready(Duration::from_secs(20));
+        me
+    }
+
+    fn spawn(base: &Path, env: &[(String, String)]) -> Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(base.join("containerd.log"))
+            .expect("log file");
+        Command::new("containerd")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--config")
             .arg(base.join("config.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
-            .expect("spawn containerd");
-        let mut me = Self { dir, child };
-        me.wait_ready(Duration::from_secs(20));
-        me
+            .expect("spawn containerd")
+    }
+
+    /// Stops containerd (SIGTERM, as systemd does) and starts it again on the same root,
+    /// state and config; the shims it started keep running, as on a node.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.dir.path(), &self.env);
+        self.wait_ready(Duration::from_secs(20));
+    }
+
+    fn stop(&mut self) {
+        let _ = nix_kill_term(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn wait_ready(&mut self, limit: Duration) {
@@ -133,16 +167,7 @@ impl PrivateContainerd {
 
 impl Drop for PrivateContainerd {
     fn drop(&mut self) {
-        let _ = nix_kill_term(self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

@@ -87,6 +87,12 @@ pub enum FileProblem {
     },
     /// The directory itself could not be listed.
     Unreadable(Arc<io::Error>),
+    /// The spec directory is a symbolic link: whoever controls its target could inject
+    /// devices, so none of its files is used.
+    SymlinkedDir {
+        /// Where the link points.
+        target: PathBuf,
+    },
 }
 
 /// A file (or directory) the registry skipped, and why.
@@ -111,6 +117,12 @@ impl fmt::Display for SkippedFile {
             FileProblem::Unreadable(e) => {
                 write!(f, "{}: cannot list spec directory: {e}", self.path.display())
             }
+            FileProblem::SymlinkedDir { target } => write!(
+                f,
+                "{}: skipped: the spec directory is a symbolic link to {}; spec directories must be real directories (whoever controls the target could inject devices)",
+                self.path.display(),
+                target.display()
+            ),
         }
     }
 }
@@ -299,6 +311,13 @@ impl Registry {
         let mut specs = Vec::new();
         let mut seen = HashSet::new();
         for (priority, dir) in self.config.spec_dirs.iter().enumerate() {
+            if let Ok(target) = fs::read_link(dir) {
+                skipped.push(SkippedFile {
+                    path: dir.clone(),
+                    problem: FileProblem::SymlinkedDir { target },
+                });
+                continue;
+            }
             let entries = match fs::read_dir(dir) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -430,3 +430,29 @@ fn specs_are_written_atomically_and_load_back() {
     let err = cdi::write_spec(&host.path("no/such/dir"), &parsed).expect_err("no dir");
     assert!(err.to_string().starts_with("cannot write "), "{err}");
 }
+
+#[test]
+fn a_spec_dir_that_is_a_symlink_is_skipped_and_named() {
+    let host = Host::new();
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        elsewhere.path().join("evil.yaml"),
+        spec("evil.com/gpu", &["0"], "e"),
+    )
+    .expect("spec");
+    fs::remove_dir(host.path("var/run/cdi")).expect("rmdir");
+    std::os::unix::fs::symlink(elsewhere.path(), host.path("var/run/cdi")).expect("symlink");
+    host.write("etc/cdi/good.yaml", &spec("nvidia.com/pgpu", &["0"], "g"));
+    let r = host.registry();
+    assert_eq!(device_names(&r), ["nvidia.com/pgpu=0"]);
+    let skipped: Vec<String> = r.skipped().iter().map(ToString::to_string).collect();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0].contains("the spec directory is a symbolic link to"),
+        "{skipped:?}"
+    );
+    assert!(matches!(
+        r.skipped()[0].problem,
+        FileProblem::SymlinkedDir { .. }
+    ));
+}

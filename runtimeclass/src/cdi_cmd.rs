@@ -186,6 +186,7 @@ fn list(spec_dirs: Vec<PathBuf>, global: &Global) -> anyhow::Result<Outcome> {
                     FileProblem::Invalid(_) => "invalid",
                     FileProblem::Insecure { .. } => "insecure",
                     FileProblem::Unreadable(_) => "unreadable",
+                    FileProblem::SymlinkedDir { .. } => "symlinked-dir",
                 },
                 message: s.to_string(),
             })

@@ -281,7 +281,28 @@ pub fn start_with(
         source,
     })?;
 
-    let socket = socket_path(settings, flags, &group)?;
+    match serve_in_front(settings, flags, &group, &downstream, &env, &bundle) {
+        Ok(address) => Ok(encode_reply(&address, form)),
+        Err(e) => {
+            // A downstream with no task exits on Shutdown (one that serves a pod's other
+            // containers ignores it), so a failed start leaves nothing running.
+            shutdown_downstream(&downstream, &flags.id);
+            Err(e)
+        }
+    }
+}
+
+/// Starts (or finds) our server in front of `downstream` and points the bundle at it;
+/// returns our address.
+fn serve_in_front(
+    settings: &Settings,
+    flags: &Flags,
+    group: &str,
+    downstream: &crate::bootstrap::ShimAddress,
+    env: &[(&str, String)],
+    bundle: &Path,
+) -> Result<String, ShimError> {
+    let socket = socket_path(settings, flags, group)?;
     if !is_listening(&socket) {
         let dir = socket.parent().unwrap_or(Path::new("/"));
         fs::DirBuilder::new()
@@ -295,7 +316,7 @@ pub fn start_with(
             "-namespace".into(),
             flags.namespace.clone(),
             "-id".into(),
-            group.clone(),
+            group.to_owned(),
             "-address".into(),
             flags.address.clone(),
             "-publish-binary".into(),
@@ -342,7 +363,32 @@ pub fn start_with(
     kata_gpu_fsutil::write_atomic(&bundle.join("address"), address.as_bytes(), 0o644).map_err(
         io(format!("cannot write {}", bundle.join("address").display())),
     )?;
-    Ok(encode_reply(&address, form))
+    Ok(address)
+}
+
+/// Asks a downstream to shut down (it does only when it runs no task).
+fn shutdown_downstream(downstream: &crate::bootstrap::ShimAddress, id: &str) {
+    let Ok(client) = ttrpc::Client::connect(&downstream.address) else {
+        return;
+    };
+    let service = if downstream.version >= 3 {
+        crate::proxy::TASK_V3
+    } else {
+        crate::proxy::TASK_V2
+    };
+    let payload = containerd_shim_protos::shim::shim::ShutdownRequest {
+        id: id.to_owned(),
+        ..Default::default()
+    }
+    .write_to_bytes()
+    .unwrap_or_default();
+    let _ = client.request(ttrpc::Request {
+        service: service.to_owned(),
+        method: "Shutdown".to_owned(),
+        payload,
+        timeout_nano: 5_000_000_000,
+        ..ttrpc::Request::default()
+    });
 }
 
 /// Reports each process of a dead downstream as exited (status 255) to containerd.
@@ -538,6 +584,11 @@ pub fn serve_with(
         exit_cleanly(&socket);
     }
     let tracked = proxy.mark_dead();
+    if tracked.is_empty() {
+        // Nothing ran there: nothing to report and nobody to answer.
+        tracing::warn!("the downstream shim went away before running any task; exiting");
+        exit_cleanly(&socket);
+    }
     tracing::error!(
         "the downstream shim exited unexpectedly; reporting {} process(es) as exited",
         tracked.len()

@@ -488,3 +488,57 @@ fn two_hundred_containers_in_one_pod_do_not_grow_the_wrapper() {
     assert!(rig.ctr(&["containers", "delete", &pod]).status.success());
     rig.assert_clean();
 }
+
+/// A tiny tmpfs mounted for the test, unmounted when dropped.
+struct TinyFs(std::path::PathBuf);
+
+impl TinyFs {
+    fn mount(at: &std::path::Path) -> Self {
+        fs::create_dir_all(at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount tmpfs (needs root)");
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_state_file_system_fails_start_naming_the_cause_and_leaves_nothing() {
+    let rig = Rig::new(Downstream::Runc, "");
+    let state = rig.work.path().join("st");
+    let tiny = TinyFs::mount(&state);
+    // Fill it: the filler fails once the file system is full.
+    let _ = fs::write(state.join("filler"), vec![0u8; 128 * 1024]);
+    let id = Rig::id("full");
+    let o = rig.run(&["--rm"], &id, &["/bin/busybox", "true"]);
+    assert!(!o.status.success());
+    assert!(err(&o).contains("No space left on device"), "{}", err(&o));
+    let _ = rig.ctr(&["containers", "delete", &id]);
+    fs::remove_file(state.join("filler")).expect("rm filler");
+    // What the failed start left on the full file system (nothing, once it has exited).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let left = || {
+        fs::read_dir(state.join("s"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    while left() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        left(),
+        0,
+        "our socket or record left on the state file system"
+    );
+    drop(tiny);
+    rig.assert_clean();
+}

@@ -59,7 +59,7 @@ bench:
 
 FUZZ_SECONDS ?= 20
 fuzz:
-	bash cdi/fuzz/run.sh $(FUZZ_SECONDS)
+	bash fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
 	$(CARGO) clean

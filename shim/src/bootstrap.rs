@@ -185,6 +185,19 @@ fn check_protocol(protocol: Option<&str>) -> Result<(), ReplyError> {
     }
 }
 
+/// Whether text is a shim address: an absolute socket path or `scheme://…`, with no
+/// whitespace or control characters.
+fn is_address(text: &str) -> bool {
+    let scheme_ok = |scheme: &str| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+')
+    };
+    !text.chars().any(|c| c.is_whitespace() || c.is_control())
+        && (text.starts_with('/') || text.split_once("://").is_some_and(|(s, _)| scheme_ok(s)))
+}
+
 /// Reads a downstream shim's `start` reply in any of its forms.
 pub fn parse_reply(bytes: &[u8]) -> Result<ShimAddress, ReplyError> {
     let text = String::from_utf8_lossy(bytes);
@@ -196,7 +209,7 @@ pub fn parse_reply(bytes: &[u8]) -> Result<ShimAddress, ReplyError> {
         let reply: JsonReply =
             serde_json::from_str(trimmed).map_err(|e| ReplyError::BadJson(e.to_string()))?;
         check_protocol(reply.protocol.as_deref())?;
-        if reply.address.is_empty() || !(2..=3).contains(&reply.version) {
+        if !is_address(&reply.address) || !(2..=3).contains(&reply.version) {
             return Err(ReplyError::BadJson(trimmed.to_owned()));
         }
         return Ok(ShimAddress {
@@ -204,16 +217,7 @@ pub fn parse_reply(bytes: &[u8]) -> Result<ShimAddress, ReplyError> {
             version: reply.version,
         });
     }
-    let scheme_ok = |scheme: &str| {
-        !scheme.is_empty()
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '+')
-    };
-    let looks_like_address = std::str::from_utf8(bytes).is_ok()
-        && !trimmed.chars().any(|c| c.is_whitespace() || c.is_control())
-        && (trimmed.starts_with('/')
-            || trimmed.split_once("://").is_some_and(|(s, _)| scheme_ok(s)));
+    let looks_like_address = std::str::from_utf8(bytes).is_ok() && is_address(trimmed);
     if looks_like_address {
         return Ok(ShimAddress {
             address: trimmed.to_owned(),
@@ -221,7 +225,7 @@ pub fn parse_reply(bytes: &[u8]) -> Result<ShimAddress, ReplyError> {
         });
     }
     match BootstrapResult::parse_from_bytes(bytes) {
-        Ok(result) if !result.address.is_empty() => {
+        Ok(result) if is_address(&result.address) => {
             check_protocol(Some(result.protocol.as_str()))?;
             Ok(ShimAddress {
                 address: result.address,
@@ -348,6 +352,10 @@ mod tests {
     #[test]
     fn odd_replies_are_refused_with_what_was_printed() {
         assert_eq!(parse_reply(b"  \n"), Err(ReplyError::Empty));
+        assert!(matches!(
+            parse_reply(br#"{"version":3,"address":"un/:xi//x","protocol":"ttrpc"}"#),
+            Err(ReplyError::BadJson(_))
+        ));
         assert!(matches!(
             parse_reply(b"{\"address\":\"\"}"),
             Err(ReplyError::BadJson(_))

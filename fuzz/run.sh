@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target of the cdi crate for SECONDS seconds each (default 20) and
-# fails if any of them finds a crash. Usage: cdi/fuzz/run.sh [SECONDS]   (or: make fuzz)
+# Runs every cargo-fuzz target of the given fuzz projects (default: cdi/fuzz and fuzz) for
+# SECONDS seconds each (default 20) and fails if any of them finds a crash.
+# Usage: fuzz/run.sh [SECONDS [PROJECT_DIR...]]   (or: make fuzz)
 #
 # cargo-fuzz passes -Z flags (sanitizers, coverage passes) to rustc; RUSTC_BOOTSTRAP=1 lets
 # the stable toolchain accept them, so no nightly toolchain is needed.
@@ -14,7 +15,10 @@ if ! [[ $seconds =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
   echo "usage: $0 [SECONDS]" >&2
   exit 2
 fi
-cd "$(dirname "$0")"
+shift || true
+cd "$(dirname "$0")/.."
+projects=("$@")
+[ "${#projects[@]}" -gt 0 ] || projects=(cdi/fuzz fuzz)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz" >&2
@@ -25,10 +29,13 @@ export RUSTC_BOOTSTRAP=1
 
 declare -A extra=([spec_parse]="-dict=spec.dict")
 failed=()
+top=$PWD
+for project in "${projects[@]}"; do
+cd "$top/$project"
 for target in $(cargo fuzz list); do
   mkdir -p "target/corpus/$target"
   log="target/fuzz-$target.log"
-  echo "fuzz: $target for ${seconds}s (log: cdi/fuzz/$log)"
+  echo "fuzz: $target for ${seconds}s (log: $project/$log)"
   # shellcheck disable=SC2086 # extra flags are words on purpose
   if cargo fuzz run "$target" "target/corpus/$target" "corpus/$target" -- \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
@@ -38,14 +45,15 @@ for target in $(cargo fuzz list); do
     added=$(sed -n 's/^stat::new_units_added: *//p' "$log")
     echo "fuzz: $target ok: ${runs:-?} runs, ${rate:-?} exec/s, ${added:-?} new corpus units"
   else
-    echo "fuzz: $target FAILED; last lines of cdi/fuzz/$log:" >&2
+    echo "fuzz: $target FAILED; last lines of $project/$log:" >&2
     tail -n 40 "$log" >&2
-    failed+=("$target")
+    failed+=("$project/$target")
   fi
+done
 done
 
 if [ "${#failed[@]}" -gt 0 ]; then
-  echo "fuzz: crashes in: ${failed[*]} (inputs under cdi/fuzz/artifacts/)" >&2
+  echo "fuzz: crashes in: ${failed[*]} (inputs under <project>/artifacts/)" >&2
   exit 1
 fi
 echo "fuzz: all targets ran ${seconds}s without a crash"

@@ -99,11 +99,7 @@ impl Host {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    kata_gpu_tests::output_text(o)
 }
 
 #[test]

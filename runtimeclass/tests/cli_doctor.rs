@@ -20,11 +20,7 @@ fn doctor(sim: &SimHost, args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    kata_gpu_tests::output_text(o)
 }
 
 fn has_line(shown: &str, start: &str) -> bool {

@@ -2,27 +2,18 @@
 //! hosts, as an admin runs them.
 
 use std::fs;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use kata_gpu_tests::{SimHost, VfioMode};
 
 const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
 
 fn kata_gpu(sim: &SimHost, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
-        .arg("--host-root")
-        .arg(sim.root())
-        .args(args)
-        .output()
-        .expect("run kata-gpu")
+    kata_gpu_tests::run_on_host(env!("CARGO_BIN_EXE_kata-gpu"), sim, args)
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    kata_gpu_tests::output_text(o)
 }
 
 #[test]

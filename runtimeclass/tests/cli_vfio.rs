@@ -2,25 +2,16 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use kata_gpu_tests::{SimHost, VfioMode};
 
 fn kata_gpu(root: &SimHost, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
-        .args(args)
-        .arg("--host-root")
-        .arg(root.root())
-        .output()
-        .expect("run kata-gpu")
+    kata_gpu_tests::run_on_host(env!("CARGO_BIN_EXE_kata-gpu"), root, args)
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    kata_gpu_tests::output_text(o)
 }
 
 fn read(sim: &SimHost, rel: &str) -> String {

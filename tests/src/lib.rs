@@ -35,3 +35,22 @@ pub fn workspace_bin(package: &str, bin: &str) -> std::path::PathBuf {
     assert!(path.is_file(), "{} was not built", path.display());
     path
 }
+
+/// Runs a command-line binary against a simulated host (`--host-root` added).
+pub fn run_on_host(bin: &str, sim: &SimHost, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin)
+        .args(args)
+        .arg("--host-root")
+        .arg(sim.root())
+        .output()
+        .expect("run the binary under test")
+}
+
+/// What a command printed, stdout then stderr, for assertions and failure messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

@@ -125,6 +125,22 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// The file to write is a symlink. Writing through it would change a file that the link
+    /// merely names (perhaps another tool's, or one outside a host root); replacing it would
+    /// silently break whoever made the link. Either way the user should choose.
+    #[error(
+        "{}: is a symlink to {}; kata-gpu does not write through links (the file a link names \
+         may belong to something else): name that file itself, or replace the link by a copy; \
+         nothing was written",
+        path.display(),
+        target.display()
+    )]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+        /// What it points to, as written in the link.
+        target: PathBuf,
+    },
     /// Another installer holds the lock.
     #[error("{path}: another installer holds this lock (waited {waited_ms} ms); try again when it is done")]
     Locked {

@@ -1,6 +1,5 @@
 //! The file edge: read a config, back it up once, write it atomically keeping its mode and
-//! owner (through a symlink, to the file it names), and hold a lock so that two installers
-//! never interleave.
+//! owner, never through a symlink, and hold a lock so that two installers never interleave.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -30,9 +29,18 @@ pub fn read_config(path: &Path) -> Result<Option<String>, Error> {
     }
 }
 
-/// The file a path names, following symlinks (the path itself when it does not exist).
-pub fn resolve(path: &Path) -> PathBuf {
-    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+/// Refuses a path that is a symlink (dangling or not). Reading through a link is harmless;
+/// writing is not, so every file we are about to change goes through this first.
+pub fn refuse_symlink(path: &Path) -> Result<(), Error> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::Symlink {
+            path: path.to_path_buf(),
+            target: fs::read_link(path).unwrap_or_default(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("cannot inspect", path, e)),
+    }
 }
 
 /// The backup path of a config.
@@ -56,15 +64,16 @@ pub fn backup_once(path: &Path) -> Result<Option<PathBuf>, Error> {
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, given the
 /// mode and owner of the file it replaces (else `mode`, else 0644), synced, renamed over
-/// the target, and the directory synced. A symlink is kept: the file it names is replaced.
+/// the target, and the directory synced. A symlink is refused ([`refuse_symlink`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Error> {
-    let target = resolve(path);
+    refuse_symlink(path)?;
+    let target = path;
     let dir = target
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    let old = fs::metadata(&target).ok();
+    let old = fs::symlink_metadata(target).ok();
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -92,7 +101,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
         }
         f.sync_all()
             .map_err(|e| Error::io("cannot sync", &tmp, e))?;
-        fs::rename(&tmp, &target).map_err(|e| Error::io("cannot rename into", &target, e))?;
+        fs::rename(&tmp, target).map_err(|e| Error::io("cannot rename into", target, e))?;
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -187,23 +196,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn atomic_writes_keep_mode_and_follow_symlinks() {
+    fn atomic_writes_keep_mode_and_refuse_symlinks() {
         let dir = tempfile::tempdir().expect("tempdir");
         let real = dir.path().join("real.toml");
         fs::write(&real, "a = 1\n").expect("write");
         fs::set_permissions(&real, fs::Permissions::from_mode(0o640)).expect("chmod");
-        let link = dir.path().join("config.toml");
-        std::os::unix::fs::symlink(&real, &link).expect("symlink");
-        write_atomic(&link, b"a = 2\n", None).expect("write");
-        assert!(fs::symlink_metadata(&link)
-            .expect("meta")
-            .file_type()
-            .is_symlink());
+        write_atomic(&real, b"a = 2\n", None).expect("write");
         assert_eq!(fs::read_to_string(&real).expect("read"), "a = 2\n");
         assert_eq!(
             fs::metadata(&real).expect("meta").permissions().mode() & 0o777,
             0o640
         );
+        for (name, to) in [
+            ("config.toml", real.clone()),
+            ("dangling.toml", dir.path().join("nope")),
+        ] {
+            let link = dir.path().join(name);
+            std::os::unix::fs::symlink(&to, &link).expect("symlink");
+            let err = write_atomic(&link, b"a = 3\n", None).expect_err("through a link");
+            assert!(
+                matches!(&err, Error::Symlink { target, .. } if *target == to),
+                "{err}"
+            );
+            assert!(err.to_string().contains("is a symlink to"), "{err}");
+            assert!(fs::symlink_metadata(&link)
+                .expect("meta")
+                .file_type()
+                .is_symlink());
+        }
+        assert_eq!(fs::read_to_string(&real).expect("read"), "a = 2\n");
+        assert!(!dir.path().join("nope").exists());
         let fresh = dir.path().join("sub/new.toml");
         write_atomic(&fresh, b"x", Some(0o600)).expect("new");
         assert_eq!(

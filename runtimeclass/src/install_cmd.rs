@@ -235,6 +235,10 @@ fn containerd_steps(register: bool, args: &InstallArgs, root: &Path) -> anyhow::
 pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
     let handler = args.profile.handler();
+    // containerd's config is planned (no write) first, so that a refusal there (invalid
+    // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
+    let recorded = NodeState::load(root, handler)?.containerd;
+    crate::registration::plan_register(&request(&args, root), recorded.as_ref())?;
     let mut steps = vec![artifacts_step(&args, root)?];
     let mut state = NodeState::load(root, handler)?;
     steps.push(cdi_step(&args, root, &mut state)?);

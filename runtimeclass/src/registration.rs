@@ -142,7 +142,7 @@ pub fn plan_register(req: &Request, old: Option<&ContainerdState>) -> anyhow::Re
         );
     }
     let old = old.filter(|o| o.spec.name == req.spec.name);
-    match &req.drop_in_dir {
+    let plan = match &req.drop_in_dir {
         None => {
             if let Some(o) = old.filter(|o| o.mode == Mode::DropIn) {
                 bail!(
@@ -151,7 +151,7 @@ pub fn plan_register(req: &Request, old: Option<&ContainerdState>) -> anyhow::Re
                     o.drop_in.as_deref().unwrap_or(Path::new("?")).display()
                 );
             }
-            plan_in_place(req, old, &config_real, text, &file, hint)
+            plan_in_place(req, old, &config_real, text, &file, hint)?
         }
         Some(dir) => {
             if old.is_some_and(|o| o.mode == Mode::InPlace) {
@@ -161,9 +161,23 @@ pub fn plan_register(req: &Request, old: Option<&ContainerdState>) -> anyhow::Re
                     req.config.display()
                 );
             }
-            plan_drop_in(req, old, dir, &config_real, text, &file, hint)
+            plan_drop_in(req, old, dir, &config_real, text, &file, hint)?
+        }
+    };
+    refuse_links(&plan)?;
+    Ok(plan)
+}
+
+/// Refuses a plan that would write through a symlink (a changed file or its backup), before
+/// anything is written: see [`fsio::refuse_symlink`].
+fn refuse_links(plan: &Plan) -> Result<(), Error> {
+    for c in &plan.changes {
+        fsio::refuse_symlink(&c.path)?;
+        if c.backup {
+            fsio::refuse_symlink(&fsio::backup_path(&c.path))?;
         }
     }
+    Ok(())
 }
 
 fn plan_in_place(
@@ -445,7 +459,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
         }
     }
     let changed = !changes.is_empty();
-    Ok(Plan {
+    let plan = Plan {
         changes,
         state: None,
         notes: if changed || old.is_some() {
@@ -456,7 +470,9 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
                 req.spec.name
             )]
         },
-    })
+    };
+    refuse_links(&plan)?;
+    Ok(plan)
 }
 
 /// Applies a plan under the node lock: each file backed up once when asked, then replaced

@@ -451,3 +451,98 @@ fn restart_goes_through_systemctl_and_waits_for_the_socket() {
         "restart k3s-agent\nrestart containerd\n"
     );
 }
+
+/// A config that is a symlink: writing through it would change a file the link merely names
+/// (under a host root an absolute target even leaves the root), and replacing it would break
+/// whoever made the link. Register and unregister refuse, name both, and touch nothing;
+/// naming the file itself works.
+#[test]
+fn a_config_that_is_a_symlink_is_refused_and_nothing_is_written() {
+    let node = Node::new();
+    let real = node.put("/etc/containerd/real.toml", "version = 2\n");
+    let link = node.path(CONFIG);
+    let outside = tempfile::NamedTempFile::new().expect("outside file");
+    fs::write(outside.path(), "version = 2\n").expect("write outside");
+    for (target, modes) in [
+        (
+            real.clone(),
+            [&[][..], &["--drop-in", "/etc/containerd/conf.d"][..]],
+        ),
+        (
+            outside.path().to_path_buf(),
+            [&[][..], &["--drop-in", "/etc/containerd/conf.d"][..]],
+        ),
+    ] {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        for extra in modes {
+            for action in ["register", "unregister"] {
+                let mut args = vec!["containerd", action];
+                args.extend_from_slice(extra);
+                let out = node.run(&args);
+                let said = text(&out);
+                if action == "unregister" {
+                    // Nothing registered: nothing to change, so nothing to refuse.
+                    assert_eq!(out.status.code(), Some(0), "{said}");
+                    continue;
+                }
+                assert_eq!(out.status.code(), Some(1), "{extra:?}: {said}");
+                assert!(
+                    said.contains(&format!(
+                        "{}: is a symlink to {}",
+                        link.display(),
+                        target.display()
+                    )) && said.contains("nothing was written"),
+                    "{extra:?}: {said}"
+                );
+                assert_eq!(said.trim().lines().count(), 1, "one line: {said}");
+                assert!(fs::symlink_metadata(&link)
+                    .expect("link")
+                    .file_type()
+                    .is_symlink());
+                assert_eq!(
+                    fs::read_to_string(&target).expect("target"),
+                    "version = 2\n"
+                );
+                assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+                assert!(!node.path("/etc/containerd/conf.d").exists());
+                assert_eq!(
+                    node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json")),
+                    None
+                );
+            }
+        }
+    }
+    assert_eq!(
+        fs::read_to_string(outside.path()).expect("outside"),
+        "version = 2\n"
+    );
+
+    // The fix the message gives: name the file itself.
+    let out = node.run(&[
+        "containerd",
+        "register",
+        "--config",
+        "/etc/containerd/real.toml",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(fs::read_to_string(&real)
+        .expect("real")
+        .contains(&format!("runtimes.{HANDLER}]")));
+    // A backup that is a symlink is refused too (it would be written through).
+    let node2 = Node::new();
+    node2.put(CONFIG, "version = 2\n");
+    std::os::unix::fs::symlink(
+        outside.path(),
+        node2.path("/etc/containerd/config.toml.kata-gpu.bak"),
+    )
+    .expect("backup link");
+    let out = node2.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("config.toml.kata-gpu.bak: is a symlink to"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(node2.read(CONFIG).as_deref(), Some("version = 2\n"));
+}

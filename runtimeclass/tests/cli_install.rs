@@ -236,3 +236,43 @@ fn runtimeclass_prints_the_three_objects() {
         text(&out)
     );
 }
+
+/// A refusal about containerd's config comes before anything else is written: no host CDI
+/// spec, no artifacts, no manifests, no record.
+#[test]
+fn install_refuses_a_symlinked_containerd_config_before_writing_anything() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let real = sim.path("etc/containerd/real.toml");
+    fs::create_dir_all(real.parent().expect("parent")).expect("mkdir");
+    fs::write(&real, "version = 2\n").expect("write");
+    std::os::unix::fs::symlink(&real, sim.path("etc/containerd/config.toml")).expect("link");
+    let set = tempfile::tempdir().expect("set dir");
+    let set = artifact_set(set.path());
+    let before = tree(sim.root());
+    let out = kata_gpu(
+        &sim,
+        &["install", "--artifacts", &set.display().to_string()],
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("config.toml: is a symlink to"), "{said}");
+    assert_eq!(tree(sim.root()), before, "written: {said}");
+    assert_eq!(fs::read_to_string(&real).expect("real"), "version = 2\n");
+}
+
+/// Every path under `dir` with its size and modification time, sorted.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).expect("ls").map(|e| e.expect("entry")) {
+            let m = fs::symlink_metadata(e.path()).expect("meta");
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((e.path(), m.len(), m.modified().expect("mtime")));
+        }
+    }
+    out.sort();
+    out
+}

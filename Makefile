@@ -14,7 +14,7 @@ help:
 	@echo "make test   lint, then every test of the workspace (what CI runs)"
 	@echo "make unit   the tests alone, without lint"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
-	@echo "make bench  every benchmark and bench/shim.sh (figures in BENCHMARKS.md)"
+	@echo "make bench  every benchmark, bench/shim.sh and bench/load.sh (figures in BENCHMARKS.md)"
 	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS))"
 
 deps:
@@ -56,6 +56,7 @@ fmt:
 bench:
 	$(CARGO) bench -p cdi -p kata-gpu-shim -p kata-gpu-configs -p kata-gpu-containerd-config -p kata-gpu-artifacts
 	bash bench/shim.sh
+	bash bench/load.sh
 
 FUZZ_SECONDS ?= 20
 fuzz:

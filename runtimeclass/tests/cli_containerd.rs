@@ -67,6 +67,18 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Asserts that the command exited with `code` and said `want`, showing all it said if not.
+#[track_caller]
+fn assert_exit_saying(out: &Output, code: i32, want: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(text(out).contains(want), "{}", text(out));
+}
+
+/// When the file was last written.
+fn mtime(path: &Path) -> std::time::SystemTime {
+    fs::metadata(path).expect("meta").modified().expect("mtime")
+}
+
 const CONFIG: &str = "/etc/containerd/config.toml";
 
 #[test]
@@ -77,13 +89,10 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).expect("chmod");
 
     let out = node.run(&["containerd", "register", "--dry-run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
-            "+      [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]"
-        )),
-        "{}",
-        text(&out)
+    assert_exit_saying(
+        &out,
+        0,
+        &format!("+      [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]"),
     );
     assert_eq!(
         node.read(CONFIG).as_deref(),
@@ -92,8 +101,11 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
     );
 
     let out = node.run(&["containerd", "register"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("containerd must restart to load it: systemctl restart containerd"));
+    assert_exit_saying(
+        &out,
+        0,
+        "containerd must restart to load it: systemctl restart containerd",
+    );
     let patched = node.read(CONFIG).expect("config");
     assert!(
         patched.contains(&format!("runtimes.{HANDLER}.options]")),
@@ -113,22 +125,13 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
         .expect("state");
     assert!(state.contains("\"mode\": \"in_place\""), "{state}");
 
-    let mtime = fs::metadata(&path)
-        .expect("meta")
-        .modified()
-        .expect("mtime");
+    let written = mtime(&path);
     std::thread::sleep(std::time::Duration::from_millis(20));
     let out = node.run(&["containerd", "register", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["changed"], false);
-    assert_eq!(
-        fs::metadata(&path)
-            .expect("meta")
-            .modified()
-            .expect("mtime"),
-        mtime
-    );
+    assert_eq!(mtime(&path), written);
 
     let out = node.run(&["containerd", "unregister"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -139,12 +142,7 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
         None
     );
     let out = node.run(&["containerd", "unregister"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        text(&out).contains("not registered; nothing to do"),
-        "{}",
-        text(&out)
-    );
+    assert_exit_saying(&out, 0, "not registered; nothing to do");
 }
 
 #[test]
@@ -152,14 +150,17 @@ fn drop_in_mode_writes_our_file_and_one_imports_entry() {
     let node = Node::new();
     let original = fixture("v3-containerd2-default.toml");
     node.put(CONFIG, &original);
-    let out = node.run(&[
-        "containerd",
-        "register",
-        "--profile",
-        "tdx",
-        "--drop-in",
-        "/etc/containerd/conf.d",
-    ]);
+    let register_drop_in = || {
+        node.run(&[
+            "containerd",
+            "register",
+            "--profile",
+            "tdx",
+            "--drop-in",
+            "/etc/containerd/conf.d",
+        ])
+    };
+    let out = register_drop_in();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let drop_in = node
         .read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-tdx.toml")
@@ -178,14 +179,7 @@ fn drop_in_mode_writes_our_file_and_one_imports_entry() {
         original
     );
 
-    let out = node.run(&[
-        "containerd",
-        "register",
-        "--profile",
-        "tdx",
-        "--drop-in",
-        "/etc/containerd/conf.d",
-    ]);
+    let out = register_drop_in();
     assert!(text(&out).contains("nothing to change"), "{}", text(&out));
     let out = node.run(&["containerd", "register", "--profile", "tdx"]);
     assert_eq!(
@@ -227,23 +221,14 @@ fn refusals_name_the_reason_and_touch_nothing() {
     for (config, extra, want) in table {
         let node = Node::new();
         let path = node.put(CONFIG, config);
-        let mtime = fs::metadata(&path)
-            .expect("meta")
-            .modified()
-            .expect("mtime");
+        let written = mtime(&path);
         let mut args = vec!["containerd", "register"];
         args.extend_from_slice(extra);
         let out = node.run(&args);
         assert_eq!(out.status.code(), Some(1), "{config}: {}", text(&out));
         assert!(text(&out).contains(want), "{config}: {}", text(&out));
         assert_eq!(node.read(CONFIG).as_deref(), Some(config));
-        assert_eq!(
-            fs::metadata(&path)
-                .expect("meta")
-                .modified()
-                .expect("mtime"),
-            mtime
-        );
+        assert_eq!(mtime(&path), written);
         assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
         assert_eq!(
             node.read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-snp.toml"),
@@ -304,28 +289,23 @@ fn k3s_templates_keep_their_header_and_drop_ins_go_where_k3s_imports() {
 
     // Drop-in: only where the rendered config imports from.
     let drop_in_dir = format!("{dir}/config-v3.toml.d");
-    let out = node.run(&[
-        "containerd",
-        "register",
-        "--config",
-        &tmpl,
-        "--drop-in",
-        &drop_in_dir,
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("config-v3.toml.d"), "{}", text(&out));
+    let register_drop_in = || {
+        node.run(&[
+            "containerd",
+            "register",
+            "--config",
+            &tmpl,
+            "--drop-in",
+            &drop_in_dir,
+        ])
+    };
+    let out = register_drop_in();
+    assert_exit_saying(&out, 1, "config-v3.toml.d");
     node.put(
         &format!("{dir}/config.toml"),
         &format!("version = 3\nimports = [\"{drop_in_dir}/*.toml\"]\n"),
     );
-    let out = node.run(&[
-        "containerd",
-        "register",
-        "--config",
-        &tmpl,
-        "--drop-in",
-        &drop_in_dir,
-    ]);
+    let out = register_drop_in();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(node
         .read(&format!("{drop_in_dir}/kata-qemu-nvidia-gpu-snp.toml"))
@@ -358,12 +338,7 @@ fn a_held_lock_keeps_a_second_installer_out() {
         .map_err(|(_, e)| e)
         .expect("flock");
     let out = node.run(&["containerd", "register", "--lock-timeout", "1"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("another installer holds this lock"),
-        "{}",
-        text(&out)
-    );
+    assert_exit_saying(&out, 1, "another installer holds this lock");
     assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
     drop(held);
     let out = node.run(&["containerd", "register", "--lock-timeout", "1"]);
@@ -401,32 +376,26 @@ fn restart_goes_through_systemctl_and_waits_for_the_socket() {
         std::env::var("PATH").unwrap_or_default()
     );
     let env = [("PATH", path)];
+    let register = || {
+        node.run_env(
+            &["containerd", "register", "--restart", "--unit", "k3s-agent"],
+            &env,
+        )
+    };
+    let recorded = || fs::read_to_string(&record).expect("args");
 
-    let out = node.run_env(
-        &["containerd", "register", "--restart", "--unit", "k3s-agent"],
-        &env,
+    let out = register();
+    assert_exit_saying(
+        &out,
+        0,
+        "restarted containerd (systemctl restart k3s-agent)",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        text(&out).contains("restarted containerd (systemctl restart k3s-agent)"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(
-        fs::read_to_string(&record).expect("args"),
-        "restart k3s-agent\n"
-    );
+    assert_eq!(recorded(), "restart k3s-agent\n");
 
     // Nothing changed: no restart.
-    let out = node.run_env(
-        &["containerd", "register", "--restart", "--unit", "k3s-agent"],
-        &env,
-    );
+    let out = register();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(
-        fs::read_to_string(&record).expect("args"),
-        "restart k3s-agent\n"
-    );
+    assert_eq!(recorded(), "restart k3s-agent\n");
 
     // A socket that never answers fails the restart step, loudly.
     fs::remove_file(&sock).expect("rm socket");
@@ -440,16 +409,8 @@ fn restart_goes_through_systemctl_and_waits_for_the_socket() {
         ],
         &env,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("did not answer within"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(
-        fs::read_to_string(&record).expect("args"),
-        "restart k3s-agent\nrestart containerd\n"
-    );
+    assert_exit_saying(&out, 1, "did not answer within");
+    assert_eq!(recorded(), "restart k3s-agent\nrestart containerd\n");
 }
 
 /// A config that is a symlink: writing through it would change a file the link merely names
@@ -538,11 +499,6 @@ fn a_config_that_is_a_symlink_is_refused_and_nothing_is_written() {
     )
     .expect("backup link");
     let out = node2.run(&["containerd", "register"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("config.toml.kata-gpu.bak: is a symlink to"),
-        "{}",
-        text(&out)
-    );
+    assert_exit_saying(&out, 1, "config.toml.kata-gpu.bak: is a symlink to");
     assert_eq!(node2.read(CONFIG).as_deref(), Some("version = 2\n"));
 }

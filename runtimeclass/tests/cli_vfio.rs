@@ -1,7 +1,6 @@
 //! `kata-gpu vfio bind | unbind` on simulated hosts, where the sysfs writes land in the tree.
 
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::process::Output;
 
 use kata_gpu_tests::{SimHost, VfioMode};
@@ -82,9 +81,7 @@ fn bind_then_unbind_a_gpu_on_nvidia() {
 #[test]
 fn a_gpu_in_use_is_refused_naming_the_process() {
     let sim = SimHost::gpu_bound_to_nvidia();
-    fs::create_dir_all(sim.path("proc/1234/fd")).expect("mkdir");
-    fs::write(sim.path("proc/1234/comm"), "nvidia-persiste\n").expect("comm");
-    symlink("/dev/nvidia0", sim.path("proc/1234/fd/3")).expect("fd");
+    sim.hold_open(1234, "nvidia-persiste", "/dev/nvidia0");
     let out = kata_gpu(&sim, &["vfio", "bind"]);
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1), "{shown}");

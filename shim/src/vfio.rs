@@ -374,7 +374,6 @@ fn write_attr(path: &Path, value: &str) -> io::Result<()> {
 mod tests {
     use super::*;
     use kata_gpu_tests::{SimHost, VfioMode};
-    use std::os::unix::fs::symlink;
 
     fn bdf(s: &str) -> Bdf {
         s.parse().expect("bdf")
@@ -484,9 +483,7 @@ mod tests {
     #[test]
     fn a_gpu_in_use_is_refused_with_the_process() {
         let sim = SimHost::gpu_bound_to_nvidia();
-        fs::create_dir_all(sim.path("proc/1234/fd")).expect("mkdir");
-        fs::write(sim.path("proc/1234/comm"), "nvidia-smi\n").expect("comm");
-        symlink("/dev/nvidia0", sim.path("proc/1234/fd/3")).expect("fd");
+        sim.hold_open(1234, "nvidia-smi", "/dev/nvidia0");
         let host = Host::new(sim.root());
         let e = plan_bind(&host, Targets::All).expect_err("refused");
         assert_eq!(
@@ -498,9 +495,7 @@ mod tests {
             .exists());
 
         let sim = SimHost::h100_pcie(VfioMode::Iommufd);
-        fs::create_dir_all(sim.path("proc/77/fd")).expect("mkdir");
-        fs::write(sim.path("proc/77/comm"), "qemu-system-x86\n").expect("comm");
-        symlink("/dev/vfio/devices/vfio0", sim.path("proc/77/fd/9")).expect("fd");
+        sim.hold_open(77, "qemu-system-x86", "/dev/vfio/devices/vfio0");
         let host = Host::new(sim.root());
         let e = plan_unbind(&host, Targets::All).expect_err("refused");
         assert!(e.to_string().contains("pid 77 (qemu-system-x86)"), "{e}");

@@ -161,6 +161,52 @@ impl Rig {
         format!("{name}-{}", std::process::id())
     }
 
+    /// Sends `signal` to the task `id`, waits until it has stopped, then removes it with
+    /// [`Rig::remove_stopped`]: the teardown the tests end with, one place that asserts
+    /// every step, since a step that fails silently would leave a task or a process behind
+    /// for [`Rig::assert_clean`] to blame on the wrapper. Returns the output of
+    /// `ctr tasks delete`, which reports the exit status.
+    #[track_caller]
+    pub fn kill_and_remove(&self, id: &str, signal: &str) -> Output {
+        let o = self.ctr(&["tasks", "kill", "-s", signal, id]);
+        assert!(
+            o.status.success(),
+            "ctr tasks kill -s {signal} {id}: {}",
+            err(&o)
+        );
+        wait_for_exit(self, id);
+        self.remove_stopped(id)
+    }
+
+    /// Deletes the stopped task `id` and then its container, asserting that each step
+    /// succeeds. Returns the output of `ctr tasks delete`, which reports the exit status.
+    #[track_caller]
+    pub fn remove_stopped(&self, id: &str) -> Output {
+        let deleted = self.ctr(&["tasks", "delete", id]);
+        assert!(
+            deleted.status.success(),
+            "ctr tasks delete {id}: {}",
+            err(&deleted)
+        );
+        let o = self.ctr(&["containers", "delete", id]);
+        assert!(
+            o.status.success(),
+            "ctr containers delete {id}: {}",
+            err(&o)
+        );
+        deleted
+    }
+
+    /// Asserts that `o`, the `ctr run` of `id`, failed saying `reason`, then deletes the
+    /// container the failed run leaves in containerd's metadata (which may already be gone,
+    /// so its result is not checked).
+    #[track_caller]
+    pub fn assert_refused(&self, o: &Output, id: &str, reason: &str) {
+        assert!(!o.status.success(), "ctr run {id} succeeded");
+        assert!(err(o).contains(reason), "{}", err(o));
+        let _ = self.ctr(&["containers", "delete", id]);
+    }
+
     /// The state of the wrapper for a sandbox.
     pub fn state_dir(&self, id: &str) -> PathBuf {
         self.work.path().join("st/default").join(id)

@@ -458,3 +458,21 @@ impl SimHost {
         }
     }
 }
+
+impl SimHost {
+    /// Has process `pid` (command name `comm`) hold `dev` (a host path such as
+    /// `/dev/nvidia0`) open, as `/proc/<pid>/fd/<n>` shows it: a symlink to the node, on the
+    /// next free descriptor from 3. What `kata-gpu vfio` looks for before it moves a device.
+    pub fn hold_open(&self, pid: u32, comm: &str, dev: &str) {
+        write(
+            &self.path(&format!("proc/{pid}/comm")),
+            &format!("{comm}\n"),
+        );
+        let fds = self.path(&format!("proc/{pid}/fd"));
+        fs::create_dir_all(&fds).expect("mkdir in simulated host");
+        let fd = (3..)
+            .find(|n| fds.join(n.to_string()).symlink_metadata().is_err())
+            .expect("a free descriptor");
+        link(dev, &fds.join(fd.to_string()));
+    }
+}

@@ -69,22 +69,12 @@ fn a_long_running_task_answers_every_call_like_runc() {
         "{}",
         err(&metrics)
     );
-    assert!(rig
-        .ctr(&["tasks", "kill", "-s", "SIGTERM", &long_id])
-        .status
-        .success());
-    wait_for_exit(&rig, &long_id);
-    let o = rig.ctr(&["tasks", "delete", &long_id]);
-    assert!(o.status.success(), "{}", err(&o));
+    let o = rig.kill_and_remove(&long_id, "SIGTERM");
     assert!(
         err(&o).contains("exit code 42"),
         "the exit status of the TERM handler: {}",
         err(&o)
     );
-    assert!(rig
-        .ctr(&["containers", "delete", &long_id])
-        .status
-        .success());
     assert!(
         !rig.state_dir(&long_id).exists(),
         "state removed with the task"
@@ -176,13 +166,7 @@ fn a_gpu_sandbox_gets_its_devices_and_kata_sees_its_config() {
             .expect("json");
     assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0");
 
-    assert!(rig
-        .ctr(&["tasks", "kill", "-s", "SIGKILL", &gpu_id])
-        .status
-        .success());
-    wait_for_exit(&rig, &gpu_id);
-    assert!(rig.ctr(&["tasks", "delete", &gpu_id]).status.success());
-    assert!(rig.ctr(&["containers", "delete", &gpu_id]).status.success());
+    rig.kill_and_remove(&gpu_id, "SIGKILL");
     rig.assert_clean();
 }
 
@@ -195,13 +179,11 @@ fn a_refused_plan_fails_the_create_with_its_reason_and_leaves_nothing() {
         &nogpu_id,
         &["/bin/true"],
     );
-    assert!(!o.status.success());
-    assert!(
-        err(&o).contains("nvidia.com/pgpu=7 is not defined; nvidia.com/pgpu has: 0, 40, vfio0"),
-        "{}",
-        err(&o)
+    rig.assert_refused(
+        &o,
+        &nogpu_id,
+        "nvidia.com/pgpu=7 is not defined; nvidia.com/pgpu has: 0, 40, vfio0",
     );
-    let _ = rig.ctr(&["containers", "delete", &nogpu_id]);
     rig.assert_clean();
 }
 
@@ -216,13 +198,11 @@ fn a_missing_downstream_fails_start_naming_the_path() {
     );
     fs::write(&settings, text).expect("settings");
     let o = rig.run(&["--rm"], &nodown_id, &["/bin/true"]);
-    assert!(!o.status.success());
-    assert!(
-        err(&o).contains("the downstream shim /nonexistent/containerd-shim-kata-v2 does not exist"),
-        "{}",
-        err(&o)
+    rig.assert_refused(
+        &o,
+        &nodown_id,
+        "the downstream shim /nonexistent/containerd-shim-kata-v2 does not exist",
     );
-    let _ = rig.ctr(&["containers", "delete", &nodown_id]);
     rig.assert_clean();
 }
 
@@ -246,10 +226,7 @@ fn killing_the_downstream_reports_the_exit_and_lets_containerd_clean_up() {
         "containerd saw the exit after {:?}",
         start.elapsed()
     );
-    let o = rig.ctr(&["tasks", "delete", &id]);
-    assert!(o.status.success(), "{}", err(&o));
-    let o = rig.ctr(&["containers", "delete", &id]);
-    assert!(o.status.success(), "{}", err(&o));
+    rig.remove_stopped(&id);
     rig.assert_clean();
     assert!(
         pids_of(&rig, &["sleep 300"]).is_empty(),
@@ -309,13 +286,7 @@ fn every_container_of_a_pod_reaches_the_same_wrapper_and_downstream() {
         "a pod's container is not planned on its own"
     );
     for id in [&app, &pod] {
-        assert!(rig
-            .ctr(&["tasks", "kill", "-s", "SIGKILL", id])
-            .status
-            .success());
-        wait_for_exit(&rig, id);
-        assert!(rig.ctr(&["tasks", "delete", id]).status.success());
-        assert!(rig.ctr(&["containers", "delete", id]).status.success());
+        rig.kill_and_remove(id, "SIGKILL");
     }
     rig.assert_clean();
 }
@@ -380,13 +351,7 @@ fn tasks_survive_a_containerd_restart_and_answer_through_the_wrapper() {
         "echo still-here",
     ]);
     assert_eq!(out(&o).trim(), "still-here", "{}", err(&o));
-    assert!(rig
-        .ctr(&["tasks", "kill", "-s", "SIGKILL", &id])
-        .status
-        .success());
-    wait_for_exit(&rig, &id);
-    assert!(rig.ctr(&["tasks", "delete", &id]).status.success());
-    assert!(rig.ctr(&["containers", "delete", &id]).status.success());
+    rig.kill_and_remove(&id, "SIGKILL");
     rig.assert_clean();
 }
 
@@ -479,13 +444,7 @@ fn two_hundred_containers_in_one_pod_do_not_grow_the_wrapper() {
         after <= warm + 512,
         "wrapper RSS grew from {warm} KiB to {after} KiB over the last 100 containers"
     );
-    assert!(rig
-        .ctr(&["tasks", "kill", "-s", "SIGKILL", &pod])
-        .status
-        .success());
-    wait_for_exit(&rig, &pod);
-    assert!(rig.ctr(&["tasks", "delete", &pod]).status.success());
-    assert!(rig.ctr(&["containers", "delete", &pod]).status.success());
+    rig.kill_and_remove(&pod, "SIGKILL");
     rig.assert_clean();
 }
 
@@ -520,9 +479,7 @@ fn a_full_state_file_system_fails_start_naming_the_cause_and_leaves_nothing() {
     let _ = fs::write(state.join("filler"), vec![0u8; 128 * 1024]);
     let id = Rig::id("full");
     let o = rig.run(&["--rm"], &id, &["/bin/busybox", "true"]);
-    assert!(!o.status.success());
-    assert!(err(&o).contains("No space left on device"), "{}", err(&o));
-    let _ = rig.ctr(&["containers", "delete", &id]);
+    rig.assert_refused(&o, &id, "No space left on device");
     fs::remove_file(state.join("filler")).expect("rm filler");
     // What the failed start left on the full file system (nothing, once it has exited).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -2,8 +2,8 @@
 //! owner, never through a symlink, and hold a lock so that two installers never interleave.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -62,55 +62,16 @@ pub fn backup_once(path: &Path) -> Result<Option<PathBuf>, Error> {
     Ok(Some(backup))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, given the
-/// mode and owner of the file it replaces (else `mode`, else 0644), synced, renamed over
-/// the target, and the directory synced. A symlink is refused ([`refuse_symlink`]).
+/// Writes `bytes` to `path` atomically ([`kata_gpu_fsutil::replace_atomic`]: the mode and
+/// owner of the file it replaces kept, else `mode`, else 0644), creating its directory. A
+/// symlink is refused ([`refuse_symlink`]).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Error> {
     refuse_symlink(path)?;
-    let target = path;
-    let dir = target
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
-    let old = fs::symlink_metadata(target).ok();
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.kata-gpu-{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("cannot create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("cannot write", &tmp, e))?;
-        let perm = old
-            .as_ref()
-            .map(|m| m.permissions().mode() & 0o7777)
-            .or(mode)
-            .unwrap_or(0o644);
-        f.set_permissions(fs::Permissions::from_mode(perm))
-            .map_err(|e| Error::io("cannot chmod", &tmp, e))?;
-        if let Some(m) = &old {
-            std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))
-                .map_err(|e| Error::io("cannot chown", &tmp, e))?;
-        }
-        f.sync_all()
-            .map_err(|e| Error::io("cannot sync", &tmp, e))?;
-        fs::rename(&tmp, target).map_err(|e| Error::io("cannot rename into", target, e))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
     }
-    result
+    kata_gpu_fsutil::replace_atomic(path, bytes, mode.unwrap_or(0o644))
+        .map_err(|e| Error::io("cannot write", path, e))
 }
 
 /// Removes a file; a missing file is not an error.
@@ -194,6 +155,7 @@ pub fn replace_if_unchanged(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn atomic_writes_keep_mode_and_refuse_symlinks() {
@@ -232,12 +194,17 @@ mod tests {
             fs::metadata(&fresh).expect("meta").permissions().mode() & 0o777,
             0o600
         );
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
+        let mut names: Vec<_> = fs::read_dir(dir.path())
             .expect("ls")
             .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(leftovers.is_empty());
+        names.sort();
+        assert_eq!(
+            names,
+            ["config.toml", "dangling.toml", "real.toml", "sub"],
+            "no temp file left"
+        );
     }
 
     #[test]

@@ -9,6 +9,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Writes `bytes` to `path` through a temp file in the same directory, fsync and rename,
 /// then fsyncs the directory so the rename survives a crash. The file gets `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write_with(path, bytes, mode, None)
+}
+
+/// [`write_atomic`] for a file that other tools own too (containerd's config): the new file
+/// keeps the mode, owner and group of the one it replaces, so an edit never widens or
+/// narrows who may read it; `mode` only applies to a file that does not exist yet.
+pub fn replace_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    match fs::symlink_metadata(path) {
+        Ok(old) => write_with(
+            path,
+            bytes,
+            old.permissions().mode() & 0o7777,
+            Some((old.uid(), old.gid())),
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => write_with(path, bytes, mode, None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_with(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -32,6 +53,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .open(&tmp)?;
         file.write_all(bytes)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
         file.sync_all()?;
         fs::rename(&tmp, path)?;
         fs::File::open(dir)?.sync_all()
@@ -62,6 +86,24 @@ mod tests {
             fs::read_dir(dir.path()).expect("ls").count(),
             1,
             "no temp file left"
+        );
+    }
+
+    #[test]
+    fn a_replacement_keeps_the_mode_of_the_file_it_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        replace_atomic(&path, b"new", 0o600).expect("create");
+        assert_eq!(
+            fs::metadata(&path).expect("stat").permissions().mode() & 0o7777,
+            0o600
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).expect("chmod");
+        replace_atomic(&path, b"again", 0o600).expect("replace");
+        assert_eq!(fs::read(&path).expect("read"), b"again");
+        assert_eq!(
+            fs::metadata(&path).expect("stat").permissions().mode() & 0o7777,
+            0o640
         );
     }
 

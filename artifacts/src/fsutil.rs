@@ -5,10 +5,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use nix::fcntl::{Flock, FlockArg};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{io_at, Error, Result};
 
@@ -166,53 +163,24 @@ pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
 
 /// The store lock, held until dropped.
 #[derive(Debug)]
-pub struct Lock {
-    _flock: Flock<File>,
-    path: PathBuf,
-}
+pub struct Lock(kata_gpu_fsutil::FileLock);
 
 impl Lock {
     /// Takes the lock file `path` (created if missing), exclusively or shared, waiting up to
     /// `timeout` for another holder to let go.
     pub(crate) fn take(path: &Path, exclusive: bool, timeout: Duration) -> Result<Lock> {
-        let arg = if exclusive {
-            FlockArg::LockExclusiveNonblock
-        } else {
-            FlockArg::LockSharedNonblock
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_at(path, "open lock file"))?;
-        let start = Instant::now();
-        loop {
-            match Flock::lock(file, arg) {
-                Ok(flock) => {
-                    return Ok(Lock {
-                        _flock: flock,
-                        path: path.to_path_buf(),
-                    })
-                }
-                Err((f, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < timeout => {
-                    file = f;
-                    thread::sleep(Duration::from_millis(50));
-                }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    return Err(Error::Locked {
-                        lock: path.to_path_buf(),
-                    })
-                }
-                Err((_, e)) => return Err(Error::io(path, "lock", io::Error::from(e))),
-            }
-        }
+        kata_gpu_fsutil::FileLock::acquire(path, exclusive, timeout, Duration::from_millis(50))
+            .map(Lock)
+            .map_err(|e| match e {
+                kata_gpu_fsutil::LockError::Busy { .. } => Error::Locked {
+                    lock: path.to_path_buf(),
+                },
+                kata_gpu_fsutil::LockError::Io(e) => Error::io(path, "lock", e),
+            })
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 }

@@ -1,13 +1,12 @@
 //! The file edge: read a config, back it up once, write it atomically keeping its mode and
 //! owner, never through a symlink, and hold a lock so that two installers never interleave.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
+use kata_gpu_fsutil::LockError;
 
 use crate::error::Error;
 
@@ -85,10 +84,7 @@ pub fn remove_file(path: &Path) -> Result<bool, Error> {
 
 /// An exclusive lock on a lock file, released on drop.
 #[derive(Debug)]
-pub struct Lock {
-    _flock: Flock<File>,
-    path: PathBuf,
-}
+pub struct Lock(kata_gpu_fsutil::FileLock);
 
 impl Lock {
     /// Takes the lock at `path` (created if needed), waiting up to `wait` for another
@@ -97,42 +93,20 @@ impl Lock {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
         }
-        let start = Instant::now();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Error::io("cannot open lock", path, e))?;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(flock) => {
-                    return Ok(Lock {
-                        _flock: flock,
-                        path: path.to_path_buf(),
-                    })
-                }
-                Err((f, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < wait => {
-                    file = f;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    return Err(Error::Locked {
-                        path: path.to_path_buf(),
-                        waited_ms: start.elapsed().as_millis(),
-                    })
-                }
-                Err((_, errno)) => {
-                    return Err(Error::io("cannot lock", path, io::Error::from(errno)))
-                }
-            }
-        }
+        kata_gpu_fsutil::FileLock::acquire(path, true, wait, Duration::from_millis(20))
+            .map(Lock)
+            .map_err(|e| match e {
+                LockError::Busy { waited } => Error::Locked {
+                    path: path.to_path_buf(),
+                    waited_ms: waited.as_millis(),
+                },
+                LockError::Io(e) => Error::io("cannot lock", path, e),
+            })
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 }
 

@@ -1,5 +1,10 @@
 //! Atomic file writes: a reader (containerd, Kata, a CDI registry) sees the old file or the
-//! new one, never half of one, and a crash leaves one of the two.
+//! new one, never half of one, and a crash leaves one of the two; and the file locks that
+//! keep two writers apart.
+
+mod lock;
+
+pub use lock::{FileLock, LockError};
 
 use std::fs;
 use std::io::{self, Write};

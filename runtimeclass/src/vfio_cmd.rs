@@ -11,9 +11,11 @@ use crate::{Global, Outcome};
 #[derive(Debug, clap::Subcommand)]
 pub enum VfioCommand {
     /// Bind GPUs and NVSwitches (all, or those named) and the rest of their IOMMU groups
-    /// (bridges excepted) to vfio-pci; refuses a device in use.
+    /// (bridges excepted) to vfio-pci; refuses a device in use. Each group is all or
+    /// nothing: a function the kernel does not move puts its group back as it was.
     Bind(VfioArgs),
-    /// Hand them back from vfio-pci to the driver they had before `bind`.
+    /// Hand them back from vfio-pci to the driver they had before `bind`, a group at a
+    /// time and all or nothing, as `bind` does.
     Unbind(VfioArgs),
 }
 
@@ -48,7 +50,7 @@ pub fn run(cmd: VfioCommand, global: &Global) -> anyhow::Result<Outcome> {
     }
     .with_context(|| format!("nothing was changed: cannot {verb}"))?;
     if !args.dry_run {
-        vfio::apply(&host, &steps).with_context(|| format!("{verb} stopped part way"))?;
+        vfio::apply(&host, &vfio::KernelSysfs, &steps).with_context(|| format!("{verb} failed"))?;
     }
     let changed = steps.iter().filter(|s| !s.is_noop()).count();
     if global.json {

@@ -17,8 +17,19 @@ fn read(sim: &SimHost, rel: &str) -> String {
     fs::read_to_string(sim.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
+/// What a failed command wrote to stderr: exit 1 and one line, whatever went wrong.
+fn one_line_error(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(1), "{}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{}", text(o));
+    err.trim_end().to_owned()
+}
+
+// A simulated host's kernel never moves a device, so every real bind or unbind here is
+// one the kernel did not carry out: read back, refused and put back. Binds the kernel
+// does carry out are the shim's unit tests (`vfio::apply`), with a simulated kernel.
 #[test]
-fn bind_then_unbind_a_gpu_on_nvidia() {
+fn bind_then_unbind_a_gpu_the_kernel_does_not_move() {
     let sim = SimHost::gpu_bound_to_nvidia();
 
     let out = kata_gpu(&sim, &["vfio", "bind", "--dry-run"]);
@@ -39,33 +50,48 @@ fn bind_then_unbind_a_gpu_on_nvidia() {
     );
 
     let out = kata_gpu(&sim, &["vfio", "bind", "0000:41:00.0"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
-        read(&sim, "sys/bus/pci/devices/0000:41:00.0/driver_override"),
-        "vfio-pci"
+        one_line_error(&out),
+        "kata-gpu: bind failed: 0000:41:00.0 is on nvidia, expected vfio-pci: the vfio-pci \
+         driver is not loaded (modprobe vfio-pci); group 40 was put back as it was"
     );
+    // Every write was made, then the override and the record were put back.
     assert_eq!(
         read(&sim, "sys/bus/pci/drivers/nvidia/unbind"),
         "0000:41:00.0"
     );
     assert_eq!(read(&sim, "sys/bus/pci/drivers_probe"), "0000:41:00.0");
-    assert_eq!(read(&sim, "var/lib/kata-gpu/vfio/0000:41:00.0"), "nvidia\n");
+    assert_eq!(
+        read(&sim, "sys/bus/pci/devices/0000:41:00.0/driver_override"),
+        "\n"
+    );
+    assert!(!sim.path("var/lib/kata-gpu/vfio/0000:41:00.0").exists());
 
-    // What the kernel does next; a second bind changes nothing.
+    // As a bind the kernel carried out leaves it; a second bind changes nothing.
     sim.set_driver("0000:41:00.0", Some("vfio-pci"));
+    fs::write(
+        sim.path("sys/bus/pci/devices/0000:41:00.0/driver_override"),
+        "vfio-pci",
+    )
+    .expect("override");
+    fs::create_dir_all(sim.path("var/lib/kata-gpu/vfio")).expect("state dir");
+    fs::write(sim.path("var/lib/kata-gpu/vfio/0000:41:00.0"), "nvidia\n").expect("record");
     let out = kata_gpu(&sim, &["vfio", "bind", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["changed"], 0);
     assert_eq!(v["steps"][0]["driver"], "vfio-pci");
 
-    let out = kata_gpu(&sim, &["vfio", "unbind"]);
+    let out = kata_gpu(&sim, &["vfio", "unbind", "--dry-run"]);
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(0), "{shown}");
     assert!(shown.contains("vfio-pci → nvidia"), "{shown}");
+
+    let out = kata_gpu(&sim, &["vfio", "unbind"]);
     assert_eq!(
-        read(&sim, "sys/bus/pci/devices/0000:41:00.0/driver_override"),
-        "\n"
+        one_line_error(&out),
+        "kata-gpu: unbind failed: 0000:41:00.0 is on vfio-pci, expected nvidia: nvidia did \
+         not take it, see dmesg for why; group 40 was put back as it was"
     );
     assert_eq!(
         read(&sim, "sys/bus/pci/drivers/vfio-pci/unbind"),
@@ -75,7 +101,12 @@ fn bind_then_unbind_a_gpu_on_nvidia() {
         read(&sim, "sys/bus/pci/drivers/nvidia/bind"),
         "0000:41:00.0"
     );
-    assert!(!sim.path("var/lib/kata-gpu/vfio/0000:41:00.0").exists());
+    // Still on vfio-pci, so its override and record are as the bind left them.
+    assert_eq!(
+        read(&sim, "sys/bus/pci/devices/0000:41:00.0/driver_override"),
+        "vfio-pci"
+    );
+    assert_eq!(read(&sim, "var/lib/kata-gpu/vfio/0000:41:00.0"), "nvidia\n");
 }
 
 #[test]
@@ -101,7 +132,10 @@ fn whole_group_with_audio_but_not_the_bridge() {
     let sim = SimHost::gpu_with_audio_and_bridge();
     sim.set_driver("0000:41:00.0", Some("nvidia"));
     sim.set_driver("0000:41:00.1", Some("snd_hda_intel"));
-    let out = kata_gpu(&sim, &["vfio", "bind", "--json", "0000:41:00.0"]);
+    let out = kata_gpu(
+        &sim,
+        &["vfio", "bind", "--json", "--dry-run", "0000:41:00.0"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let bdfs: Vec<_> = v["steps"]
@@ -111,13 +145,26 @@ fn whole_group_with_audio_but_not_the_bridge() {
         .map(|s| s["bdf"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(bdfs, ["0000:41:00.0", "0000:41:00.1"]);
-    assert_eq!(
-        read(&sim, "sys/bus/pci/devices/0000:41:00.1/driver_override"),
-        "vfio-pci"
+
+    // The GPU does not move, so its group stops there and is put back: the audio
+    // function is never touched, the bridge never is.
+    let out = kata_gpu(&sim, &["vfio", "bind", "0000:41:00.0"]);
+    let err = one_line_error(&out);
+    assert!(
+        err.starts_with("kata-gpu: bind failed: 0000:41:00.0 is on nvidia"),
+        "{err}"
     );
-    assert!(!sim
-        .path("sys/bus/pci/devices/0000:40:01.1/driver_override")
-        .exists());
+    assert_eq!(
+        read(&sim, "sys/bus/pci/devices/0000:41:00.0/driver_override"),
+        "\n"
+    );
+    for untouched in ["0000:41:00.1", "0000:40:01.1"] {
+        assert!(
+            !sim.path(&format!("sys/bus/pci/devices/{untouched}/driver_override"))
+                .exists(),
+            "{untouched}"
+        );
+    }
 }
 
 #[test]

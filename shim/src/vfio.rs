@@ -3,8 +3,10 @@
 //!
 //! A group passes through whole, so binding a GPU binds every function of its IOMMU group
 //! except host and PCI bridges. Planning is pure (it reads the host and says what it would
-//! write); [`apply`] performs the writes. The driver a function had before is recorded
-//! under `/var/lib/kata-gpu/vfio/<bdf>` so that unbinding can give it back.
+//! write); [`apply`] performs the writes through the [`Sysfs`] seam, reads every
+//! function's driver back, and puts a group back whole when one of its functions does not
+//! move. The driver a function had before is recorded under `/var/lib/kata-gpu/vfio/<bdf>`
+//! so that unbinding can give it back.
 //!
 //! A function in use is refused, naming the process: one holding `/dev/nvidia*` open while
 //! the GPU is on the `nvidia` driver, or its `/dev/vfio/<group>` or `/dev/vfio/devices/vfioN`
@@ -14,11 +16,17 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::host::{Bdf, Host, HostError, PciFunction};
+
+mod apply;
+mod sysfs;
+
+pub use apply::apply;
+pub use sysfs::{KernelSysfs, Sysfs};
 
 /// The VFIO driver.
 pub const VFIO_PCI: &str = "vfio-pci";
@@ -67,6 +75,55 @@ pub enum VfioError {
         #[source]
         source: io::Error,
     },
+    /// A function whose `driver` link, read back after its writes, is not where they
+    /// should have put it: the kernel did not carry them out.
+    #[error("{bdf} is on {}, expected {expected}: {hint}", now.as_deref().unwrap_or("no driver"))]
+    NotMoved {
+        /// The function.
+        bdf: String,
+        /// The driver it is on now.
+        now: Option<String>,
+        /// Where it should be.
+        expected: String,
+        /// The likely cause and where to look.
+        hint: String,
+    },
+    /// A step failed, and its group was put back as it was (or as far as it could be).
+    #[error("{cause}; {}", put_back(*group, not_restored, done))]
+    GroupPutBack {
+        /// Why the step failed.
+        cause: Box<VfioError>,
+        /// The group put back.
+        group: Option<u32>,
+        /// Why functions of the group could not be put back, one error each.
+        not_restored: Vec<VfioError>,
+        /// The groups finished before it, which stay as they now are.
+        done: Vec<u32>,
+    },
+}
+
+/// How far a failed group was put back, for [`VfioError::GroupPutBack`].
+fn put_back(group: Option<u32>, not_restored: &[VfioError], done: &[u32]) -> String {
+    let which = group.map_or("the function".to_owned(), |g| format!("group {g}"));
+    let mut out = if not_restored.is_empty() {
+        format!("{which} was put back as it was")
+    } else {
+        let why: Vec<String> = not_restored.iter().map(ToString::to_string).collect();
+        format!("{which} could not be put back whole: {}", why.join("; "))
+    };
+    if !done.is_empty() {
+        let groups: Vec<String> = done.iter().map(ToString::to_string).collect();
+        let (noun, verb) = if done.len() == 1 {
+            ("group", "stays")
+        } else {
+            ("groups", "stay")
+        };
+        out.push_str(&format!(
+            " ({noun} {}, done before it, {verb} done)",
+            groups.join(", ")
+        ));
+    }
+    out
 }
 
 /// Which devices a command acts on.
@@ -332,46 +389,9 @@ pub fn plan_unbind(host: &Host, which: Targets<'_>) -> Result<Vec<Step>, VfioErr
     Ok(steps)
 }
 
-/// Performs the steps' writes, in order, through the host's root. A write of "" to a state
-/// file removes it. Sysfs attributes are opened for writing without truncation semantics
-/// mattering: the kernel takes each write whole.
-pub fn apply(host: &Host, steps: &[Step]) -> Result<(), VfioError> {
-    for w in steps.iter().flat_map(|s| &s.writes) {
-        let path = host.path(&w.path);
-        let err = |source| VfioError::Write {
-            path: path.clone(),
-            value: w.value.clone(),
-            source,
-        };
-        if w.path.starts_with(STATE_DIR) {
-            if w.value.is_empty() {
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
-                    _ => {}
-                }
-                continue;
-            }
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(err)?;
-            }
-        }
-        write_attr(&path, &w.value).map_err(err)?;
-    }
-    Ok(())
-}
-
-fn write_attr(path: &Path, value: &str) -> io::Result<()> {
-    use std::io::Write as _;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
-    file.write_all(value.as_bytes())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::sysfs::SimKernel;
     use super::*;
     use kata_gpu_tests::{SimHost, VfioMode};
 
@@ -399,7 +419,7 @@ mod tests {
                 "/sys/bus/pci/drivers_probe",
             ]
         );
-        apply(&host, &steps).expect("apply");
+        apply(&host, &SimKernel(&sim), &steps).expect("apply");
         assert_eq!(
             read(&sim, "sys/bus/pci/devices/0000:41:00.0/driver_override"),
             "vfio-pci"
@@ -413,15 +433,15 @@ mod tests {
             recorded_driver(&host, bdf("0000:41:00.0")),
             Some(Some("nvidia".to_owned()))
         );
-
-        // The kernel moves it; binding again is a no-op.
-        sim.set_driver("0000:41:00.0", Some(VFIO_PCI));
+        // The kernel moved it, and apply read that back; binding again is a no-op.
+        assert_eq!(sim.driver("0000:41:00.0").as_deref(), Some(VFIO_PCI));
         let again = plan_bind(&host, Targets::All).expect("plan");
         assert!(again.iter().all(Step::is_noop), "{again:?}");
 
         let back = plan_unbind(&host, Targets::Named(&[bdf("0000:41:00.0")])).expect("unbind");
         assert_eq!(back[0].to.as_deref(), Some("nvidia"));
-        apply(&host, &back).expect("apply");
+        apply(&host, &SimKernel(&sim), &back).expect("apply");
+        assert_eq!(sim.driver("0000:41:00.0").as_deref(), Some("nvidia"));
         assert_eq!(
             read(&sim, "sys/bus/pci/devices/0000:41:00.0/driver_override"),
             "\n"
@@ -447,11 +467,15 @@ mod tests {
         let bdfs: Vec<_> = steps.iter().map(|s| s.bdf.as_str()).collect();
         assert_eq!(bdfs, ["0000:41:00.0", "0000:41:00.1"]);
         assert!(steps.iter().all(|s| !s.is_noop()));
-        apply(&host, &steps).expect("apply");
+        apply(&host, &SimKernel(&sim), &steps).expect("apply");
         assert_eq!(
             read(&sim, "sys/bus/pci/drivers/snd_hda_intel/unbind"),
             "0000:41:00.1"
         );
+        for f in ["0000:41:00.0", "0000:41:00.1"] {
+            assert_eq!(sim.driver(f).as_deref(), Some(VFIO_PCI), "{f}");
+        }
+        assert_eq!(sim.driver("0000:40:01.1").as_deref(), Some("pcieport"));
     }
 
     #[test]
@@ -511,5 +535,7 @@ mod tests {
             steps[0].writes.last().map(|w| w.path.as_str()),
             Some("/sys/bus/pci/drivers_probe")
         );
+        apply(&host, &SimKernel(&sim), &steps).expect("apply");
+        assert_eq!(sim.driver("0000:41:00.0"), None);
     }
 }

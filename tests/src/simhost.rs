@@ -6,8 +6,10 @@
 //! CDI specs it writes carry explicit major/minor numbers.
 
 use std::fs;
+use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// How a host exposes VFIO devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +96,8 @@ pub struct SimHost {
     dir: tempfile::TempDir,
     next_cdev: u32,
     next_group_minor: u32,
+    /// (driver, bdf) pairs whose probe fails, for [`SimHost::kernel_write`].
+    refusals: Mutex<Vec<(String, String)>>,
 }
 
 fn write(path: &Path, text: &str) {
@@ -132,6 +136,7 @@ impl SimHost {
                 .expect("tempdir for simulated host"),
             next_cdev: 0,
             next_group_minor: 0,
+            refusals: Mutex::new(Vec::new()),
         };
         for d in [
             "sys/bus/pci/devices",
@@ -474,5 +479,129 @@ impl SimHost {
             .find(|n| fds.join(n.to_string()).symlink_metadata().is_err())
             .expect("a free descriptor");
         link(dev, &fds.join(fd.to_string()));
+    }
+}
+
+/// Linux's errno for a device no driver matches, or one not bound to the driver named.
+const ENODEV: i32 = 19;
+/// Linux's errno for binding a device that already has a driver.
+const EBUSY: i32 = 16;
+
+/// What a write to a PCI sysfs attribute asks the kernel to do.
+enum KernelAction {
+    /// `drivers_probe`: find the device a driver.
+    Probe,
+    /// `drivers/<driver>/bind`.
+    Bind(String),
+    /// `drivers/<driver>/unbind`, also reached as `devices/<bdf>/driver/unbind`.
+    Unbind(String),
+    /// Any other attribute (`driver_override`): stored, nothing moves.
+    Store,
+    /// `devices/<bdf>/driver/unbind` of a function without a driver: no such file.
+    Missing,
+}
+
+impl SimHost {
+    /// Has `driver` refuse `bdf` from now on, as a driver whose probe fails does: binding
+    /// it there fails and `drivers_probe` leaves the function without a driver. Models
+    /// the faults `kata-gpu vfio` must survive (vfio-pci not loaded, a driver that will
+    /// not take a device back).
+    pub fn refuse(&self, driver: &str, bdf: &str) {
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((driver.to_owned(), bdf.to_owned()));
+    }
+
+    fn refuses(&self, driver: &str, bdf: &str) -> bool {
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|(d, b)| d == driver && b == bdf)
+    }
+
+    /// The driver `bdf` is bound to, read from its `driver` link as the code under test
+    /// reads it.
+    pub fn driver(&self, bdf: &str) -> Option<String> {
+        fs::read_link(self.path(&format!("sys/bus/pci/devices/{bdf}/driver")))
+            .ok()?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    }
+
+    /// The function's `driver_override`, `None` when unset (the kernel shows `(null)`).
+    fn driver_override(&self, bdf: &str) -> Option<String> {
+        let path = self.path(&format!("sys/bus/pci/devices/{bdf}/driver_override"));
+        let text = fs::read_to_string(path).ok()?;
+        let name = text.trim();
+        (!name.is_empty() && name != "(null)").then(|| name.to_owned())
+    }
+
+    /// Writes `value` to the attribute at `path` (under the root) and does what the
+    /// kernel does on that write, so that tests see devices move as on a real host:
+    /// `drivers_probe` binds a driverless function to its `driver_override`,
+    /// `drivers/<d>/bind` and `unbind` move it, with the kernel's errors (`ENODEV` when
+    /// the driver does not match or refuses, `EBUSY` when the function has a driver). The
+    /// value stays in the file, for tests to read what was written.
+    pub fn kernel_write(&self, path: &Path, value: &str) -> io::Result<()> {
+        let action = self.kernel_action(path);
+        if let KernelAction::Missing = action {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        fs::write(path, value)?;
+        let bdf = value.trim();
+        let no_device = || io::Error::from_raw_os_error(ENODEV);
+        match action {
+            KernelAction::Store | KernelAction::Missing => {}
+            KernelAction::Probe => {
+                if !self.path(&format!("sys/bus/pci/devices/{bdf}")).exists() {
+                    return Err(no_device());
+                }
+                if self.driver(bdf).is_none() {
+                    if let Some(d) = self.driver_override(bdf) {
+                        if !self.refuses(&d, bdf) {
+                            self.set_driver(bdf, Some(&d));
+                        }
+                    }
+                }
+            }
+            KernelAction::Bind(d) => {
+                let matches = self.driver_override(bdf).is_none_or(|o| o == d);
+                if !matches || self.refuses(&d, bdf) {
+                    return Err(no_device());
+                }
+                if self.driver(bdf).is_some() {
+                    return Err(io::Error::from_raw_os_error(EBUSY));
+                }
+                self.set_driver(bdf, Some(&d));
+            }
+            KernelAction::Unbind(d) => {
+                if self.driver(bdf).as_deref() != Some(d.as_str()) {
+                    return Err(no_device());
+                }
+                self.set_driver(bdf, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Which action a write to `path` asks for, resolving `devices/<bdf>/driver` to the
+    /// driver it links to, as the kernel's path walk does.
+    fn kernel_action(&self, path: &Path) -> KernelAction {
+        let Ok(rel) = path.strip_prefix(self.root()) else {
+            return KernelAction::Store;
+        };
+        let parts: Vec<_> = rel.iter().map(|p| p.to_string_lossy()).collect();
+        let parts: Vec<&str> = parts.iter().map(AsRef::as_ref).collect();
+        match parts.as_slice() {
+            ["sys", "bus", "pci", "drivers_probe"] => KernelAction::Probe,
+            ["sys", "bus", "pci", "drivers", d, "bind"] => KernelAction::Bind((*d).to_owned()),
+            ["sys", "bus", "pci", "drivers", d, "unbind"] => KernelAction::Unbind((*d).to_owned()),
+            ["sys", "bus", "pci", "devices", bdf, "driver", "unbind"] => self
+                .driver(bdf)
+                .map_or(KernelAction::Missing, KernelAction::Unbind),
+            _ => KernelAction::Store,
+        }
     }
 }

@@ -1,0 +1,384 @@
+//! Carrying out a bind or unbind plan, one IOMMU group at a time and all-or-nothing per
+//! group: every function's `driver` link is read back after its writes, and when one
+//! does not end where it should, the functions of its group already changed are put
+//! back as they were (driver, `driver_override`, record), so that nothing a user had
+//! is lost and no group is left half on vfio-pci.
+
+use std::fs;
+use std::io;
+
+use super::sysfs::Sysfs;
+use super::{write, Step, VfioError, Write, STATE_DIR, VFIO_PCI};
+use crate::host::Host;
+
+/// Where a function ends after its step.
+enum Expected<'a> {
+    /// On this driver.
+    Driver(&'a str),
+    /// Without a driver, as it was before a bind.
+    NoDriver,
+    /// Off vfio-pci: a plan without a record lets the kernel pick.
+    OffVfio,
+}
+
+/// The driver a function is bound to now, from its `driver` link.
+fn current_driver(host: &Host, bdf: &str) -> Option<String> {
+    fs::read_link(host.path(&format!("/sys/bus/pci/devices/{bdf}/driver")))
+        .ok()?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
+/// What to tell the user when a function is not where it should be.
+fn hint(host: &Host, expected: &Expected<'_>) -> String {
+    match expected {
+        Expected::Driver(d) if !host.path(&format!("/sys/bus/pci/drivers/{d}")).exists() => {
+            format!("the {d} driver is not loaded (modprobe {d})")
+        }
+        Expected::Driver(d) => format!("{d} did not take it, see dmesg for why"),
+        Expected::NoDriver => "its driver did not let it go, see dmesg for why".to_owned(),
+        Expected::OffVfio => format!("{VFIO_PCI} kept it, see dmesg for why"),
+    }
+}
+
+/// Reads the function's `driver` link back and refuses a mismatch, naming both drivers.
+/// `refused` (a sysfs write the kernel refused) fails it even on a match: the step's
+/// writes did not all happen, and it becomes the hint.
+fn check_driver(
+    host: &Host,
+    bdf: &str,
+    expected: &Expected<'_>,
+    refused: Option<String>,
+) -> Result<(), VfioError> {
+    let now = current_driver(host, bdf);
+    let ok = match expected {
+        Expected::Driver(d) => now.as_deref() == Some(*d),
+        Expected::NoDriver => now.is_none(),
+        Expected::OffVfio => now.as_deref() != Some(VFIO_PCI),
+    };
+    if ok && refused.is_none() {
+        return Ok(());
+    }
+    Err(VfioError::NotMoved {
+        bdf: bdf.to_owned(),
+        now,
+        expected: match expected {
+            Expected::Driver(d) => (*d).to_owned(),
+            Expected::NoDriver => "no driver".to_owned(),
+            Expected::OffVfio => format!("any driver but {VFIO_PCI}, or none"),
+        },
+        hint: refused.unwrap_or_else(|| hint(host, expected)),
+    })
+}
+
+/// Writes or (with `None`) removes one of our record files.
+fn write_record(host: &Host, path: &str, value: Option<&str>) -> Result<(), VfioError> {
+    let full = host.path(path);
+    let err = |source| VfioError::Write {
+        path: full.clone(),
+        value: value.unwrap_or_default().to_owned(),
+        source,
+    };
+    let Some(text) = value else {
+        return match fs::remove_file(&full) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(e)),
+            _ => Ok(()),
+        };
+    };
+    if let Some(parent) = full.parent() {
+        fs::create_dir_all(parent).map_err(err)?;
+    }
+    fs::write(&full, text).map_err(err)
+}
+
+/// Performs writes in order (sysfs ones through the seam, records directly), stopping at
+/// the first sysfs write the kernel refuses. A permission error is returned as such (run
+/// as root); any other refusal (`ENODEV`, `EBUSY`) comes back as the hint for the
+/// read-back, which says where the function ended up.
+fn perform(host: &Host, sysfs: &dyn Sysfs, writes: &[Write]) -> Result<Option<String>, VfioError> {
+    for w in writes {
+        if w.path.starts_with(STATE_DIR) {
+            // A plan writes "" to forget a record.
+            let value = Some(w.value.as_str()).filter(|v| !v.is_empty());
+            write_record(host, &w.path, value)?;
+            continue;
+        }
+        let full = host.path(&w.path);
+        match sysfs.write(&full, &w.value) {
+            Ok(()) => {}
+            Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(VfioError::Write {
+                    path: full,
+                    value: w.value.clone(),
+                    source,
+                })
+            }
+            Err(e) => return Ok(Some(format!("the kernel refused `{w}` ({e}), see dmesg"))),
+        }
+    }
+    Ok(None)
+}
+
+/// A function as it was before its step: what putting it back restores.
+struct Before {
+    bdf: String,
+    driver: Option<String>,
+    driver_override: Option<String>,
+    record: Option<String>,
+}
+
+impl Before {
+    fn read(host: &Host, bdf: &str) -> Self {
+        let read = |path: &str| fs::read_to_string(host.path(path)).ok();
+        let driver_override = read(&format!("/sys/bus/pci/devices/{bdf}/driver_override"))
+            .map(|t| t.trim().to_owned())
+            // The kernel shows an unset override as "(null)".
+            .filter(|t| !t.is_empty() && t != "(null)");
+        Self {
+            bdf: bdf.to_owned(),
+            driver: current_driver(host, bdf),
+            driver_override,
+            record: read(&format!("{STATE_DIR}/{bdf}")),
+        }
+    }
+
+    /// Puts the function back: the override first (a leftover `vfio-pci` override keeps
+    /// any other driver from matching), then the driver, then the record (even when the
+    /// driver would not move: it is ours); and reads the driver back.
+    fn restore(&self, host: &Host, sysfs: &dyn Sysfs) -> Result<(), VfioError> {
+        let bdf = self.bdf.as_str();
+        let over = self.driver_override.as_deref().unwrap_or("\n");
+        let mut writes = vec![write(
+            format!("/sys/bus/pci/devices/{bdf}/driver_override"),
+            over,
+        )];
+        let now = current_driver(host, bdf);
+        if now != self.driver {
+            if let Some(d) = now {
+                writes.push(write(format!("/sys/bus/pci/drivers/{d}/unbind"), bdf));
+            }
+            if let Some(d) = &self.driver {
+                writes.push(write(format!("/sys/bus/pci/drivers/{d}/bind"), bdf));
+            }
+        }
+        let refused = perform(host, sysfs, &writes);
+        write_record(host, &format!("{STATE_DIR}/{bdf}"), self.record.as_deref())?;
+        let expected = match &self.driver {
+            Some(d) => Expected::Driver(d),
+            None => Expected::NoDriver,
+        };
+        check_driver(host, bdf, &expected, refused?)
+    }
+}
+
+/// Performs one step's writes and reads the function's driver back.
+fn apply_step(host: &Host, sysfs: &dyn Sysfs, step: &Step) -> Result<(), VfioError> {
+    let refused = perform(host, sysfs, &step.writes)?;
+    let expected = match &step.to {
+        Some(d) => Expected::Driver(d),
+        None => Expected::OffVfio,
+    };
+    check_driver(host, &step.bdf, &expected, refused)
+}
+
+/// Performs the steps through `sysfs` ([`super::KernelSysfs`] on a real host), group by
+/// group in the order the plan names them. A group whose step fails is put back whole
+/// before the error returns; groups finished before it stay done, and the error says
+/// which.
+pub fn apply(host: &Host, sysfs: &dyn Sysfs, steps: &[Step]) -> Result<(), VfioError> {
+    let mut groups: Vec<Option<u32>> = Vec::new();
+    for s in steps.iter().filter(|s| !s.is_noop()) {
+        if !groups.contains(&s.group) {
+            groups.push(s.group);
+        }
+    }
+    for (i, &group) in groups.iter().enumerate() {
+        let mut before: Vec<Before> = Vec::new();
+        for step in steps.iter().filter(|s| s.group == group && !s.is_noop()) {
+            before.push(Before::read(host, &step.bdf));
+            if let Err(cause) = apply_step(host, sysfs, step) {
+                let not_restored = before
+                    .iter()
+                    .rev()
+                    .filter_map(|b| b.restore(host, sysfs).err())
+                    .collect();
+                return Err(VfioError::GroupPutBack {
+                    cause: Box::new(cause),
+                    group,
+                    not_restored,
+                    done: groups[..i].iter().flatten().copied().collect(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sysfs::SimKernel;
+    use super::super::{plan_bind, plan_unbind, Targets};
+    use super::*;
+    use crate::host::Bdf;
+    use kata_gpu_tests::SimHost;
+
+    const GPU: &str = "0000:41:00.0";
+    const AUDIO: &str = "0000:41:00.1";
+
+    fn bdf(s: &str) -> Bdf {
+        s.parse().expect("bdf")
+    }
+
+    /// A file under the simulated root, `None` when absent.
+    fn read(sim: &SimHost, rel: &str) -> Option<String> {
+        fs::read_to_string(sim.path(rel)).ok()
+    }
+
+    fn override_of(sim: &SimHost, f: &str) -> Option<String> {
+        read(sim, &format!("sys/bus/pci/devices/{f}/driver_override"))
+    }
+
+    fn record_of(sim: &SimHost, f: &str) -> Option<String> {
+        read(sim, &format!("var/lib/kata-gpu/vfio/{f}"))
+    }
+
+    /// The audio-bridge preset with its GPU on nvidia and its audio function on
+    /// snd_hda_intel, as a host looks before its first bind.
+    fn group_on_host_drivers() -> SimHost {
+        let sim = SimHost::gpu_with_audio_and_bridge();
+        sim.set_driver(GPU, Some("nvidia"));
+        sim.set_driver(AUDIO, Some("snd_hda_intel"));
+        sim
+    }
+
+    fn bind(sim: &SimHost) -> Result<(), VfioError> {
+        let host = Host::new(sim.root());
+        let steps = plan_bind(&host, Targets::Named(&[bdf(GPU)])).expect("plan");
+        apply(&host, &SimKernel(sim), &steps)
+    }
+
+    #[test]
+    fn a_driver_that_does_not_take_the_device_is_one_clear_line() {
+        let sim = SimHost::gpu_bound_to_nvidia();
+        sim.refuse(VFIO_PCI, GPU);
+        let e = bind(&sim).expect_err("vfio-pci refused it");
+        assert_eq!(
+            e.to_string(),
+            "0000:41:00.0 is on no driver, expected vfio-pci: the vfio-pci driver is not \
+             loaded (modprobe vfio-pci); group 40 was put back as it was"
+        );
+        assert!(
+            matches!(&e, VfioError::GroupPutBack { cause, not_restored, .. }
+            if matches!(**cause, VfioError::NotMoved { .. }) && not_restored.is_empty())
+        );
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
+        assert_eq!(override_of(&sim, GPU).as_deref(), Some("\n"));
+        assert_eq!(record_of(&sim, GPU), None);
+    }
+
+    #[test]
+    fn a_group_whose_second_function_fails_is_put_back_whole() {
+        let sim = group_on_host_drivers();
+        sim.refuse(VFIO_PCI, AUDIO);
+        let e = bind(&sim).expect_err("vfio-pci refused the audio function");
+        let shown = e.to_string();
+        assert_eq!(
+            shown,
+            "0000:41:00.1 is on no driver, expected vfio-pci: vfio-pci did not take it, see \
+             dmesg for why; group 40 was put back as it was"
+        );
+        assert!(!shown.contains('\n'), "{shown}");
+        // The GPU had moved to vfio-pci before the audio function failed: both are back.
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
+        assert_eq!(sim.driver(AUDIO).as_deref(), Some("snd_hda_intel"));
+        for f in [GPU, AUDIO] {
+            assert_eq!(override_of(&sim, f).as_deref(), Some("\n"), "{f}");
+            assert_eq!(record_of(&sim, f), None, "{f}");
+        }
+        assert_eq!(
+            read(&sim, "sys/bus/pci/drivers/vfio-pci/unbind").as_deref(),
+            Some(GPU)
+        );
+        assert_eq!(sim.driver("0000:40:01.1").as_deref(), Some("pcieport"));
+        assert_eq!(override_of(&sim, "0000:40:01.1"), None);
+
+        // Once vfio-pci takes it, the same bind goes through.
+        let sim = group_on_host_drivers();
+        bind(&sim).expect("bind");
+        assert_eq!(sim.driver(AUDIO).as_deref(), Some(VFIO_PCI));
+    }
+
+    #[test]
+    fn a_function_that_cannot_be_put_back_is_named() {
+        let sim = group_on_host_drivers();
+        sim.refuse(VFIO_PCI, AUDIO);
+        sim.refuse("nvidia", GPU);
+        let e = bind(&sim).expect_err("refused");
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("0000:41:00.1 is on no driver, expected vfio-pci: "),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "; group 40 could not be put back whole: 0000:41:00.0 is on no driver, \
+                 expected nvidia: the kernel refused `echo \"0000:41:00.0\" > \
+                 /sys/bus/pci/drivers/nvidia/bind` (No such device (os error 19)), see dmesg"
+            ),
+            "{shown}"
+        );
+        assert!(!shown.contains('\n'), "{shown}");
+        // What could be put back was: the audio function, the GPU's override and record.
+        assert_eq!(sim.driver(AUDIO).as_deref(), Some("snd_hda_intel"));
+        assert_eq!(sim.driver(GPU), None);
+        assert_eq!(override_of(&sim, GPU).as_deref(), Some("\n"));
+        assert_eq!(record_of(&sim, GPU), None);
+    }
+
+    #[test]
+    fn an_unbind_the_old_driver_refuses_leaves_the_group_on_vfio() {
+        let sim = group_on_host_drivers();
+        bind(&sim).expect("bind");
+        sim.refuse("snd_hda_intel", AUDIO);
+        let host = Host::new(sim.root());
+        let steps = plan_unbind(&host, Targets::Named(&[bdf(GPU)])).expect("plan");
+        let e = apply(&host, &SimKernel(&sim), &steps).expect_err("refused");
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(
+                "0000:41:00.1 is on no driver, expected snd_hda_intel: the kernel refused \
+                 `echo \"0000:41:00.1\" > /sys/bus/pci/drivers/snd_hda_intel/bind`"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with("; group 40 was put back as it was"),
+            "{shown}"
+        );
+        for (f, was) in [(GPU, "nvidia\n"), (AUDIO, "snd_hda_intel\n")] {
+            assert_eq!(sim.driver(f).as_deref(), Some(VFIO_PCI), "{f}");
+            assert_eq!(override_of(&sim, f).as_deref(), Some(VFIO_PCI), "{f}");
+            assert_eq!(record_of(&sim, f).as_deref(), Some(was), "{f}");
+        }
+    }
+
+    #[test]
+    fn groups_done_before_a_failure_stay_done_and_are_named() {
+        let sim = SimHost::hgx_8x_h100();
+        for f in ["0000:18:00.0", "0000:2a:00.0"] {
+            sim.set_driver(f, Some("nvidia"));
+        }
+        sim.refuse(VFIO_PCI, "0000:2a:00.0");
+        let host = Host::new(sim.root());
+        let steps = plan_bind(&host, Targets::All).expect("plan");
+        let e = apply(&host, &SimKernel(&sim), &steps).expect_err("refused");
+        assert!(
+            e.to_string().ends_with(
+                "; group 31 was put back as it was (group 30, done before it, stays done)"
+            ),
+            "{e}"
+        );
+        assert_eq!(sim.driver("0000:18:00.0").as_deref(), Some(VFIO_PCI));
+        assert_eq!(sim.driver("0000:2a:00.0").as_deref(), Some("nvidia"));
+    }
+}

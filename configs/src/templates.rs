@@ -53,6 +53,40 @@ mod tests {
         }
     }
 
+    /// The TEE-specific keys sit in their own profile only: a TDX guest without a quote
+    /// source cannot attest, and SNP keys in a TDX config (or the reverse) mislead.
+    #[test]
+    fn tee_keys_belong_to_their_profile() {
+        let qemu = |name: &str| {
+            let doc: toml_edit::DocumentMut = template(name)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            doc["hypervisor"]["qemu"].clone()
+        };
+        let (snp, tdx, gpu) = (qemu("snp"), qemu("tdx"), qemu("gpu"));
+        assert_eq!(
+            tdx.get("tdx_quote_generation_service_socket_port")
+                .and_then(|v| v.as_integer()),
+            Some(4050)
+        );
+        assert!(tdx.get("snp_guest_policy").is_none());
+        assert!(snp.get("snp_guest_policy").is_some());
+        for other in [&snp, &gpu] {
+            assert!(other
+                .get("tdx_quote_generation_service_socket_port")
+                .is_none());
+        }
+        assert!(gpu.get("snp_guest_policy").is_none());
+        for (name, t) in [("snp", &snp), ("tdx", &tdx)] {
+            assert_eq!(
+                t.get("confidential_guest").and_then(|v| v.as_bool()),
+                Some(true),
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn unknown_profile_is_named() {
         let e = template("sev").expect_err("should be refused");

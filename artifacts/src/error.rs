@@ -145,6 +145,17 @@ pub enum Error {
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// Running sandboxes use the store that was to be removed.
+    #[error("{}: {}; nothing was removed: stop those pods (or delete the configuration a sandbox that is gone left behind) and retry", class_dir.display(), in_use(sets, configs))]
+    InUse {
+        /// The class directory.
+        class_dir: PathBuf,
+        /// The sets the sandboxes' configurations name (empty when they name the store only
+        /// through `current` or `previous`).
+        sets: Vec<String>,
+        /// The per-sandbox configurations naming a path in the store.
+        configs: Vec<PathBuf>,
+    },
     /// The runtime class name cannot be a directory name.
     #[error("runtime class {class:?} is not a plain name (letters, digits, '.', '_', '-'); use e.g. kata-qemu-nvidia-gpu-snp")]
     InvalidClass {
@@ -188,6 +199,17 @@ pub(crate) fn io_at<'a>(
     action: &'static str,
 ) -> impl FnOnce(io::Error) -> Error + 'a {
     move |e| Error::io(path, action, e)
+}
+
+/// "set(s) A, B in use by C, D" for [`Error::InUse`].
+fn in_use(sets: &[String], configs: &[PathBuf]) -> String {
+    let configs: Vec<String> = configs.iter().map(|c| c.display().to_string()).collect();
+    let what = match sets.len() {
+        0 => "the store is".to_owned(),
+        1 => format!("set {} is", sets[0]),
+        _ => format!("sets {} are", sets.join(", ")),
+    };
+    format!("{what} in use by {}", configs.join(", "))
 }
 
 /// The one-line fix for an I/O error.

@@ -20,7 +20,8 @@
 //! copies and hashes in one pass into a hidden staging directory, and only then renames it
 //! into place and switches `current`; a failure leaves the store as it was.
 //! [`verify()`] re-hashes, [`rollback`] switches back, [`prune`] removes old sets but never
-//! the current one nor one a running sandbox uses.
+//! the current one nor one a running sandbox uses, [`remove_class`] removes a class's
+//! whole store unless a running sandbox uses it.
 
 mod copy;
 pub mod digest;
@@ -40,7 +41,9 @@ pub mod verify;
 pub use error::{Error, Result};
 pub use fsutil::Lock;
 pub use install::{install, stage, InstallOptions, InstallOutcome, InstallReport, Staged};
-pub use lifecycle::{prune, rollback, sets_in_use, Kept, PruneReport, Switch};
+pub use lifecycle::{
+    prune, remove_class, rollback, sets_in_use, Kept, PruneReport, RemoveReport, Switch,
+};
 pub use manifest::{FileRecord, Manifest};
 pub use roles::Role;
 pub use store::{classes, SetInfo, Store, StoreConfig};

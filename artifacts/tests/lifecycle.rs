@@ -1,13 +1,14 @@
-//! verify, rollback, prune, and installs that are interrupted or run concurrently.
+//! verify, rollback, prune, remove, and installs that are interrupted or run concurrently.
 
 mod common;
 
 use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
 
 use common::*;
 use kata_gpu_artifacts::layout::{CONFIG_FILE, STAGING_PREFIX};
 use kata_gpu_artifacts::{
-    install, prune, rollback, stage, verify, InstallOptions, InstallOutcome, Store,
+    install, prune, remove_class, rollback, stage, verify, InstallOptions, InstallOutcome, Store,
 };
 
 fn opts() -> InstallOptions {
@@ -297,4 +298,126 @@ fn a_second_installer_waits_for_the_lock_then_gives_up() {
             .as_slice(),
         []
     ));
+}
+
+#[test]
+fn remove_class_removes_the_whole_store_and_then_its_directory() {
+    let host = Host::new();
+    let (store, a, b) = two_sets(&host);
+    let before = snapshot(host.root());
+    let dry = remove_class(&store, true).expect("dry run");
+    let mut sets = [a.clone(), b.clone()];
+    sets.sort();
+    assert_eq!(
+        dry.removed,
+        ["current", "previous", &sets[0], &sets[1], ".lock"]
+    );
+    assert!(dry.present && dry.dir_removed && dry.kept.is_empty());
+    assert_eq!(snapshot(host.root()), before, "a dry run removes nothing");
+
+    let r = remove_class(&store, false).expect("remove");
+    assert_eq!(r.removed, dry.removed);
+    assert!(!host.class_dir().exists(), "class dir left");
+    assert!(
+        host.class_dir().parent().expect("root").is_dir(),
+        "the store root stays"
+    );
+    assert_eq!(store.current().expect("read"), None);
+    let again = remove_class(&store, false).expect("nothing left");
+    assert!(!again.present && again.removed.is_empty());
+
+    // A file the store did not write (the shim's settings) stays, and its directory.
+    install(&store, &write_dir(&host.src("c"), &full_set("c")), &opts()).expect("install");
+    fs::write(
+        host.class_dir().join("shim.toml"),
+        "state_dir = \"/run/x\"\n",
+    )
+    .expect("write");
+    let r = remove_class(&store, false).expect("remove");
+    assert_eq!(r.kept, ["shim.toml"]);
+    assert!(!r.dir_removed);
+    assert_eq!(
+        fs::read_dir(host.class_dir())
+            .expect("class dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect::<Vec<_>>(),
+        ["shim.toml"]
+    );
+}
+
+#[test]
+fn remove_class_refuses_a_store_a_running_sandbox_uses_and_changes_nothing() {
+    let host = Host::new();
+    let (store, a, _) = two_sets(&host);
+    let a_config = fs::read_to_string(host.class_dir().join(&a).join(CONFIG_FILE)).expect("config");
+    host.sandbox("pod-1", &a_config);
+    let before = snapshot(host.root());
+    for dry_run in [true, false] {
+        let e = remove_class(&store, dry_run).expect_err("in use");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "/opt/nvidia-gpu-operator/artifacts/runtimeclasses/{CLASS}: set {a} is in use by \
+                 /run/kata-gpu/sandboxes/pod-1/configuration.toml; nothing was removed: stop \
+                 those pods (or delete the configuration a sandbox that is gone left behind) and retry"
+            )
+        );
+        assert_eq!(snapshot(host.root()), before, "byte for byte");
+    }
+
+    // A configuration naming the store only through `current` counts too.
+    fs::remove_dir_all(host.root().join("run/kata-gpu/sandboxes/pod-1")).expect("rm");
+    let dir = host.root().join("run/kata-gpu/k8s.io/pod-2");
+    fs::create_dir_all(&dir).expect("mkdir");
+    fs::write(
+        dir.join(CONFIG_FILE),
+        format!(
+            "kernel = \"/opt/nvidia-gpu-operator/artifacts/runtimeclasses/{CLASS}/current/vmlinuz\"\n"
+        ),
+    )
+    .expect("write");
+    let e = remove_class(&store, false).expect_err("in use");
+    assert!(
+        e.to_string().contains(
+            ": the store is in use by /run/kata-gpu/k8s.io/pod-2/configuration.toml; nothing was removed"
+        ),
+        "{e}"
+    );
+    assert!(host.class_dir().join("current").exists());
+
+    // An unreadable configuration is not guessed about.
+    fs::remove_file(dir.join(CONFIG_FILE)).expect("rm");
+    fs::create_dir(dir.join(CONFIG_FILE)).expect("mkdir");
+    let e = remove_class(&store, false).expect_err("unreadable");
+    assert!(
+        e.to_string()
+            .ends_with("remove does not guess which sets are in use: fix or remove it"),
+        "{e}"
+    );
+    assert!(host.class_dir().join("current").exists());
+}
+
+#[test]
+fn remove_class_unlinks_links_to_elsewhere_and_leaves_their_targets() {
+    let host = Host::new();
+    let (store, _, b) = two_sets(&host);
+    let outside = host.src("outside");
+    fs::create_dir_all(outside.join("sub")).expect("mkdir");
+    fs::write(outside.join("keep"), "keep me").expect("write");
+    fs::write(outside.join("sub/deeper"), "me too").expect("write");
+    let targets = snapshot(&outside);
+    // A link to a directory and one to a file inside a set, and a "set" that is a link.
+    let set_dir = host.class_dir().join(&b);
+    let mode = fs::metadata(&set_dir).expect("meta").permissions();
+    fs::set_permissions(&set_dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+    symlink(&outside, set_dir.join("escape")).expect("link");
+    symlink(outside.join("keep"), set_dir.join("keep")).expect("link");
+    fs::set_permissions(&set_dir, mode).expect("chmod");
+    let fake = format!("sha256-{}", "ab".repeat(32));
+    symlink(&outside, host.class_dir().join(&fake)).expect("link");
+
+    let r = remove_class(&store, false).expect("remove");
+    assert!(r.removed.contains(&fake), "{:?}", r.removed);
+    assert!(!host.class_dir().exists(), "class dir left");
+    assert_eq!(snapshot(&outside), targets, "a link's target was touched");
 }

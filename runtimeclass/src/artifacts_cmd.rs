@@ -1,4 +1,4 @@
-//! `kata-gpu artifacts install|list|verify|rollback|prune`: the artifact store (kernel,
+//! `kata-gpu artifacts install|list|verify|rollback|prune|remove`: the artifact store (kernel,
 //! guest image, firmware, QEMU and base Kata config per runtime class), by the
 //! `kata-gpu-artifacts` crate.
 
@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use kata_gpu_artifacts::layout::{self, current_config_path};
-use kata_gpu_artifacts::{InstallOptions, InstallOutcome, SetInfo, Store, StoreConfig};
+use kata_gpu_artifacts::{
+    InstallOptions, InstallOutcome, RemoveReport, SetInfo, Store, StoreConfig,
+};
 use serde::Serialize;
 
 use crate::{Global, Outcome};
@@ -24,8 +26,8 @@ pub struct StoreArgs {
     /// The store root as the host sees it (under --host-root).
     #[arg(long, value_name = "DIR", default_value = layout::DEFAULT_ROOT)]
     root: PathBuf,
-    /// The shim's state directory, as the host sees it: prune keeps every set that a
-    /// per-sandbox configuration.toml up to 4 levels below it names.
+    /// The shim's state directory, as the host sees it: prune keeps (and remove refuses to
+    /// remove) every set that a per-sandbox configuration.toml up to 4 levels below it names.
     #[arg(long, value_name = "DIR", default_value = layout::DEFAULT_SANDBOXES_DIR)]
     sandboxes_dir: PathBuf,
     /// Seconds to wait for another artifacts command to let go of the store lock.
@@ -77,6 +79,15 @@ pub enum ArtifactsCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Remove the class's whole store (every set, `current`, `previous`, the lock, the
+    /// directory); refused, with nothing removed, while a running sandbox uses it.
+    Remove {
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 impl StoreArgs {
@@ -111,6 +122,9 @@ pub fn run(cmd: ArtifactsCommand, global: &Global) -> anyhow::Result<Outcome> {
             dry_run,
             store,
         } => prune(&store.store(global)?, keep, dry_run, global.json),
+        ArtifactsCommand::Remove { dry_run, store } => {
+            remove(&store.store(global)?, dry_run, global.json)
+        }
     }
 }
 
@@ -307,6 +321,35 @@ fn prune(store: &Store, keep: usize, dry_run: bool, json: bool) -> anyhow::Resul
     }
     println!("{} set(s) {verb}, {} kept", r.removed.len(), r.kept.len());
     Ok(Outcome::Clean)
+}
+
+fn remove(store: &Store, dry_run: bool, json: bool) -> anyhow::Result<Outcome> {
+    let r = kata_gpu_artifacts::remove_class(store, dry_run)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{}", removal(&r, dry_run));
+    }
+    Ok(Outcome::Clean)
+}
+
+/// One line on what removing a class's store did (or would do); `uninstall --purge` says
+/// the same.
+pub fn removal(r: &RemoveReport, dry_run: bool) -> String {
+    let dir = r.class_dir.display();
+    if !r.present {
+        return format!("nothing to remove: {dir} does not exist");
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let entries = r.removed.join(", ");
+    if r.dir_removed {
+        format!("{verb} {dir} ({entries})")
+    } else {
+        format!(
+            "{verb} {entries} from {dir}; kept {} and the directory (not the store's)",
+            r.kept.join(", ")
+        )
+    }
 }
 
 /// A size in the largest unit that keeps it above 1.

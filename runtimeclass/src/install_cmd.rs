@@ -38,6 +38,10 @@ pub struct InstallArgs {
     /// Leave the host CDI spec alone.
     #[arg(long)]
     pub skip_cdi: bool,
+    /// Remove (uninstall only) the profile's artifact store as well, after the other steps;
+    /// refused before anything changes while a running sandbox uses it.
+    #[arg(long)]
+    pub purge: bool,
     #[command(flatten)]
     pub containerd: ContainerdArgs,
     #[command(flatten)]
@@ -235,6 +239,9 @@ fn containerd_steps(register: bool, args: &InstallArgs, root: &Path) -> anyhow::
 pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
     let handler = args.profile.handler();
+    if args.purge {
+        anyhow::bail!("--purge is for uninstall: kata-gpu uninstall --purge");
+    }
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
     let recorded = NodeState::load(root, handler)?.containerd;
@@ -255,11 +262,20 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
 }
 
 /// Runs `kata-gpu uninstall`: containerd config, restart, then the host CDI spec and the
-/// manifests it wrote. The artifact store is left alone (say so): it has no removal yet.
+/// manifests it wrote. The artifact store is kept (say so) unless `--purge`: then it is
+/// removed last, and a store a running sandbox uses is refused before anything changes.
 pub fn uninstall(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
     let handler = args.profile.handler();
     let dry_run = args.containerd.dry_run;
+    let purge = if args.purge {
+        let store = store(&args, root)?;
+        // The same checks as the removal at the end, removing nothing: a refusal comes first.
+        kata_gpu_artifacts::remove_class(&store, true)?;
+        Some(store)
+    } else {
+        None
+    };
     let mut steps = containerd_steps(false, &args, root)?;
     let mut state = NodeState::load(root, handler)?;
     let mut cdi = Step::new("cdi", "");
@@ -308,16 +324,26 @@ pub fn uninstall(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> 
         }
     }
     steps.push(manifests);
-    steps.push(Step::new(
-        "artifacts",
-        format!(
-            "kept in {}: the artifact store has no removal yet (kata-gpu artifacts prune removes old sets)",
-            kata_gpu_artifacts::layout::class_dir(&args.containerd.artifacts_root, handler).display()
-        ),
-    ));
     if !dry_run {
         state.save(root, handler)?;
     }
+    steps.push(match &purge {
+        Some(store) => Step::new(
+            "artifacts",
+            crate::artifacts_cmd::removal(
+                &kata_gpu_artifacts::remove_class(store, dry_run)?,
+                dry_run,
+            ),
+        ),
+        None => Step::new(
+            "artifacts",
+            format!(
+                "kept in {}: uninstall --purge removes it (kata-gpu artifacts prune removes old sets)",
+                kata_gpu_artifacts::layout::class_dir(&args.containerd.artifacts_root, handler)
+                    .display()
+            ),
+        ),
+    });
     print(&steps, global.json)
 }
 

@@ -73,6 +73,14 @@ impl Host {
             .expect("run kata-gpu")
     }
 
+    /// Installs the fixture set `tag` into the default class; its version.
+    fn installed(&self, tag: &str, image_len: usize) -> String {
+        let src = self.set(tag, image_len);
+        let out = self.run(&["artifacts", "install", &src.display().to_string()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        self.version_of("current")
+    }
+
     fn version_of(&self, link: &str) -> String {
         fs::read_link(self.store().join(link))
             .expect("link")
@@ -192,12 +200,51 @@ fn install_list_verify_rollback_and_prune() {
 }
 
 #[test]
+fn remove_takes_the_whole_store_but_not_while_a_sandbox_uses_it() {
+    let host = Host::new();
+    let va = host.installed("a", 100);
+    let config =
+        fs::read_to_string(host.store().join(&va).join("configuration.toml")).expect("config");
+    let sandbox = host.root().join("run/kata-gpu/sandboxes/pod-1");
+    fs::create_dir_all(&sandbox).expect("mkdir");
+    fs::write(sandbox.join("configuration.toml"), config).expect("write");
+    let before = host.tree();
+    for dry in [&[][..], &["--dry-run"][..]] {
+        let out = host.run(&[&["artifacts", "remove"][..], dry].concat());
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("kata-gpu: /{STORE}: set {va} is in use by /run/kata-gpu/sandboxes/pod-1/configuration.toml; nothing was removed: stop those pods (or delete the configuration a sandbox that is gone left behind) and retry\n")
+        );
+        assert_eq!(host.tree(), before);
+    }
+
+    fs::remove_dir_all(&sandbox).expect("rm");
+    let out = host.run(&["artifacts", "remove", "--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["removed"], serde_json::json!(["current", va, ".lock"]));
+    assert_eq!(r["dir_removed"], true);
+    assert_eq!(host.tree(), before, "a dry run removes nothing");
+    let out = host.run(&["artifacts", "remove", "--class", CLASS]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        text(&out),
+        format!("removed /{STORE} (current, {va}, .lock)\n")
+    );
+    assert!(!host.store().exists());
+    let out = host.run(&["artifacts", "remove"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        text(&out),
+        format!("nothing to remove: /{STORE} does not exist\n")
+    );
+}
+
+#[test]
 fn verify_names_a_changed_file_and_exits_1() {
     let host = Host::new();
-    let src = host.set("a", 1000);
-    let out = host.run(&["artifacts", "install", &src.display().to_string()]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v = host.version_of("current");
+    let v = host.installed("a", 1000);
     let kernel = host.store().join(&v).join("vmlinuz-6.12.8-confidential");
     fs::set_permissions(&kernel, fs::Permissions::from_mode(0o644)).expect("chmod");
     fs::write(&kernel, "kernel X").expect("tamper");

@@ -95,6 +95,7 @@ fn install_status_uninstall_on_an_h100_host() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let said = text(&out);
     assert!(said.contains("artifacts:    kept in"), "{said}");
+    assert!(said.contains("uninstall --purge removes it"), "{said}");
     assert!(
         !sim.path("etc/containerd/config.toml").exists(),
         "created config left: {said}"
@@ -165,6 +166,71 @@ fn install_with_artifacts_makes_status_installed_and_verified() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("artifacts:    unchanged sha256-"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `uninstall --purge` removes the artifact store too, but not while a sandbox runs from
+/// it: that is refused before containerd's config or anything else changes.
+#[test]
+fn uninstall_purge_removes_the_store_unless_a_sandbox_uses_it() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let src = tempfile::tempdir().expect("tempdir");
+    let set = artifact_set(src.path()).display().to_string();
+    let out = kata_gpu(
+        &sim,
+        &["install", "--config-version", "2", "--artifacts", &set],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let store = sim.path(&format!(
+        "opt/nvidia-gpu-operator/artifacts/runtimeclasses/{HANDLER}"
+    ));
+    let config = fs::read_to_string(store.join("current/configuration.toml")).expect("config");
+    let sandbox = sim.path("run/kata-gpu/k8s.io/pod-1");
+    fs::create_dir_all(&sandbox).expect("mkdir");
+    fs::write(sandbox.join("configuration.toml"), config).expect("write");
+
+    let before = tree(sim.root());
+    let out = kata_gpu(&sim, &["uninstall", "--purge"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "in use by /run/kata-gpu/k8s.io/pod-1/configuration.toml; nothing was removed"
+        ),
+        "{said}"
+    );
+    assert_eq!(tree(sim.root()), before, "changed: {said}");
+
+    fs::remove_dir_all(&sandbox).expect("rm");
+    let mut said = String::new();
+    for (extra, verb) in [(Some("--dry-run"), "would remove"), (None, "removed")] {
+        let out = kata_gpu(
+            &sim,
+            &[&["uninstall", "--purge"][..], extra.as_slice()].concat(),
+        );
+        said = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{said}");
+        assert!(
+            said.contains(&format!(
+                "artifacts:    {verb} /opt/nvidia-gpu-operator/artifacts/runtimeclasses/{HANDLER} (current, sha256-"
+            )),
+            "{said}"
+        );
+        assert_eq!(store.join("current").exists(), extra.is_some(), "{said}");
+    }
+    assert!(!store.exists(), "store left: {said}");
+    assert!(!sim.path("var/run/cdi/nvidia.com-pgpu.yaml").exists());
+    let out = kata_gpu(&sim, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status["installed"], false, "{status}");
+    assert_eq!(status["registered"], false, "{status}");
+
+    let out = kata_gpu(&sim, &["install", "--purge"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--purge is for uninstall"),
         "{}",
         text(&out)
     );

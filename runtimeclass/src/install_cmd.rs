@@ -23,29 +23,43 @@ pub const MANIFEST_DIR: &str = "/var/lib/kata-gpu/manifests";
 /// Where install writes the host CDI specs, as the host sees it.
 pub const CDI_DIR: &str = "/var/run/cdi";
 
-/// Arguments of `install` and `uninstall`.
+/// Arguments `install` and `uninstall` share.
 #[derive(Debug, clap::Args)]
-pub struct InstallArgs {
+pub struct NodeArgs {
     /// The runtime class's profile: snp, tdx or gpu.
     #[arg(long, default_value = "snp")]
     pub profile: Profile,
     /// containerd's config file.
     #[arg(long, value_name = "F", default_value = crate::registration::DEFAULT_CONFIG)]
     pub containerd_config: PathBuf,
-    /// Install (install only) the artifact set from SRC: a directory, tarball or OCI layout.
-    #[arg(long, value_name = "SRC")]
-    pub artifacts: Option<PathBuf>,
     /// Leave the host CDI spec alone.
     #[arg(long)]
     pub skip_cdi: bool,
-    /// Remove (uninstall only) the profile's artifact store as well, after the other steps;
-    /// refused before anything changes while a running sandbox uses it.
-    #[arg(long)]
-    pub purge: bool,
     #[command(flatten)]
     pub containerd: ContainerdArgs,
     #[command(flatten)]
     pub manifest: ManifestArgs,
+}
+
+/// Arguments of `install`.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Install the artifact set from SRC first: a directory, tarball or OCI layout.
+    #[arg(long, value_name = "SRC")]
+    pub artifacts: Option<PathBuf>,
+}
+
+/// Arguments of `uninstall`.
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Remove the profile's artifact store as well, after the other steps; refused before
+    /// anything changes while a running sandbox uses it.
+    #[arg(long)]
+    pub purge: bool,
 }
 
 /// One step's result.
@@ -78,7 +92,7 @@ impl Step {
     }
 }
 
-fn store(args: &InstallArgs, root: &Path) -> anyhow::Result<Store> {
+fn store(args: &NodeArgs, root: &Path) -> anyhow::Result<Store> {
     let config = StoreConfig {
         root: args.containerd.artifacts_root.clone(),
         ..StoreConfig::under_root(root)
@@ -87,10 +101,11 @@ fn store(args: &InstallArgs, root: &Path) -> anyhow::Result<Store> {
 }
 
 fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
+    let node = &args.node;
     let Some(src) = &args.artifacts else {
         let config = kata_gpu_artifacts::layout::current_config_path(
-            &args.containerd.artifacts_root,
-            args.profile.handler(),
+            &node.containerd.artifacts_root,
+            node.profile.handler(),
         );
         let mut step = Step::new("artifacts", "skipped (no --artifacts)");
         if !under(root, &config).exists() {
@@ -101,8 +116,8 @@ fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
         }
         return Ok(step);
     };
-    let store = store(args, root)?;
-    if args.containerd.dry_run {
+    let store = store(node, root)?;
+    if node.containerd.dry_run {
         return Ok(Step::new(
             "artifacts",
             format!(
@@ -140,7 +155,7 @@ fn put(path: &Path, text: &str, dry_run: bool, step: &mut Step) -> anyhow::Resul
     Ok(true)
 }
 
-fn cdi_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
+fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
     if args.skip_cdi {
         return Ok(Step::new("cdi", "skipped (--skip-cdi)"));
     }
@@ -175,7 +190,7 @@ fn cdi_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::R
     Ok(step)
 }
 
-fn manifests_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
+fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
     let m = Manifests::new(args.profile, &args.manifest.options()?);
     let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
     let mut step = Step::new("runtimeclass", "");
@@ -199,7 +214,7 @@ fn manifests_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> any
     Ok(step)
 }
 
-fn request(args: &InstallArgs, root: &Path) -> Request {
+fn request(args: &NodeArgs, root: &Path) -> Request {
     Request::new(
         root,
         Some(&args.containerd_config),
@@ -210,7 +225,7 @@ fn request(args: &InstallArgs, root: &Path) -> Request {
     )
 }
 
-fn containerd_steps(register: bool, args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<Step>> {
+fn containerd_steps(register: bool, args: &NodeArgs, root: &Path) -> anyhow::Result<Vec<Step>> {
     let report = containerd_cmd::run_one(register, &request(args, root), &args.containerd, root)?;
     let mut step = Step::new(
         "containerd",
@@ -238,24 +253,22 @@ fn containerd_steps(register: bool, args: &InstallArgs, root: &Path) -> anyhow::
 /// Runs `kata-gpu install`.
 pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
-    let handler = args.profile.handler();
-    if args.purge {
-        anyhow::bail!("--purge is for uninstall: kata-gpu uninstall --purge");
-    }
+    let node = &args.node;
+    let handler = node.profile.handler();
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
     let recorded = NodeState::load(root, handler)?.containerd;
-    crate::registration::plan_register(&request(&args, root), recorded.as_ref())?;
+    crate::registration::plan_register(&request(node, root), recorded.as_ref())?;
     let mut steps = vec![artifacts_step(&args, root)?];
     let mut state = NodeState::load(root, handler)?;
-    steps.push(cdi_step(&args, root, &mut state)?);
-    if !args.containerd.dry_run {
+    steps.push(cdi_step(node, root, &mut state)?);
+    if !node.containerd.dry_run {
         state.save(root, handler)?;
     }
-    steps.extend(containerd_steps(true, &args, root)?);
+    steps.extend(containerd_steps(true, node, root)?);
     let mut state = NodeState::load(root, handler)?;
-    steps.push(manifests_step(&args, root, &mut state)?);
-    if !args.containerd.dry_run {
+    steps.push(manifests_step(node, root, &mut state)?);
+    if !node.containerd.dry_run {
         state.save(root, handler)?;
     }
     print(&steps, global.json)
@@ -264,19 +277,20 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
 /// Runs `kata-gpu uninstall`: containerd config, restart, then the host CDI spec and the
 /// manifests it wrote. The artifact store is kept (say so) unless `--purge`: then it is
 /// removed last, and a store a running sandbox uses is refused before anything changes.
-pub fn uninstall(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
+pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
-    let handler = args.profile.handler();
-    let dry_run = args.containerd.dry_run;
+    let node = &args.node;
+    let handler = node.profile.handler();
+    let dry_run = node.containerd.dry_run;
     let purge = if args.purge {
-        let store = store(&args, root)?;
+        let store = store(node, root)?;
         // The same checks as the removal at the end, removing nothing: a refusal comes first.
         kata_gpu_artifacts::remove_class(&store, true)?;
         Some(store)
     } else {
         None
     };
-    let mut steps = containerd_steps(false, &args, root)?;
+    let mut steps = containerd_steps(false, node, root)?;
     let mut state = NodeState::load(root, handler)?;
     let mut cdi = Step::new("cdi", "");
     let mut removed = Vec::new();
@@ -339,7 +353,7 @@ pub fn uninstall(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> 
             "artifacts",
             format!(
                 "kept in {}: uninstall --purge removes it (kata-gpu artifacts prune removes old sets)",
-                kata_gpu_artifacts::layout::class_dir(&args.containerd.artifacts_root, handler)
+                kata_gpu_artifacts::layout::class_dir(&node.containerd.artifacts_root, handler)
                     .display()
             ),
         ),

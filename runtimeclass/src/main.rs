@@ -59,7 +59,7 @@ enum Command {
     /// Set the node up: artifacts, host CDI spec, containerd registration, restart, manifests.
     Install(install_cmd::InstallArgs),
     /// Undo install in the safe order: containerd config, restart, then the rest.
-    Uninstall(install_cmd::InstallArgs),
+    Uninstall(install_cmd::UninstallArgs),
     /// What is installed, verified, registered and loaded, and whether containerd must restart.
     Status(status_cmd::StatusArgs),
     /// The artifact store: install, list, verify, roll back and prune kernel/image/firmware sets.

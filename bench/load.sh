@@ -83,7 +83,7 @@ kill_round() { # KIND N: one round; prints "ms removed(0|1)"
   # containerd may have deleted the task itself (its dead-shim path does): then rm has
   # nothing to do, and what counts is that neither the task nor the container is left.
   "${CTR[@]}" tasks delete "$id" >/dev/null 2>&1 || true
-  if ! "${CTR[@]}" tasks ls -q | grep -qx "$id" && "${CTR[@]}" containers delete "$id" >/dev/null 2>&1; then
+  if ! grep -qx "$id" <<<"$("${CTR[@]}" tasks ls -q)" && "${CTR[@]}" containers delete "$id" >/dev/null 2>&1; then
     echo "$ms 1"
   else
     echo "$ms 0"
@@ -120,9 +120,9 @@ pod_cycles() { # PREFIX FLAGS...: prints "rss0 rss_half rss_end median_ms pid"
     --annotation "$member" --rootfs "$W/rootfs" "$pod" /bin/busybox sleep 600 >/dev/null
   sleep 0.5
   if [ "$prefix" = w ]; then
-    pid=$(pgrep -f "$SHIM .*-id $pod .*serve" | head -1)
+    pid=$(pgrep -f "$SHIM .*-id $pod .*serve" | awk 'NR == 1')
   else
-    pid=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id $pod( |$)" | head -1)
+    pid=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id $pod( |$)" | awk 'NR == 1')
   fi
   rss0=$(bench_status "$pid")
   : > "$W/cycles.$prefix"

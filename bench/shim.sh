@@ -32,9 +32,9 @@ PY
 "${CTR[@]}" run -d "${WRAPPED[@]}" --rootfs "$W/rootfs" wrapped /bin/busybox sleep 600 >/dev/null
 "${CTR[@]}" run -d "${DIRECT[@]}" --rootfs "$W/rootfs" direct /bin/busybox sleep 600 >/dev/null
 sleep 1
-WRAPPER_PID=$(pgrep -f "$SHIM .*-id wrapped .*serve" | head -1)
-DOWN_PID=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id wrapped" | head -1)
-RUNC_PID=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id direct" | head -1)
+WRAPPER_PID=$(pgrep -f "$SHIM .*-id wrapped .*serve" | awk 'NR == 1')
+DOWN_PID=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id wrapped" | awk 'NR == 1')
+RUNC_PID=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id direct" | awk 'NR == 1')
 echo "RSS: wrapper daemon $(bench_status "$WRAPPER_PID") KiB (anon $(bench_status "$WRAPPER_PID" RssAnon), file $(bench_status "$WRAPPER_PID" RssFile), $(bench_status "$WRAPPER_PID" Threads) threads), runc shim daemon $(bench_status "$RUNC_PID") KiB (the wrapper's own downstream: $(bench_status "$DOWN_PID") KiB)"
 
 # 3. One forwarded call: State through the wrapper vs straight to runc's shim.

@@ -78,7 +78,9 @@ PATH="$W/bin:$PATH" KATA_GPU_SHIM_CONFIG="$W/shim.toml" \
   containerd --config "$ROOT/etc/containerd/config.toml" >"$W/containerd.log" 2>&1 &
 CTRD_PID=$!
 for _ in $(seq 100); do ctr --address "$W/c.sock" version >/dev/null 2>&1 && break; sleep 0.1; done
-ctr --address "$W/c.sock" version | grep -m1 Version
+# Read whole before grep: grep -m1 exits early, and ctr's SIGPIPE would fail the pipeline.
+version=$(ctr --address "$W/c.sock" version)
+grep -m1 Version <<<"$version"
 
 step "what the pod would get: kata-gpu plan"
 "$BIN/kata-gpu" plan --host-root "$ROOT" --annotation cdi.k8s.io/gpu=nvidia.com/pgpu=0

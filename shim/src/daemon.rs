@@ -25,6 +25,7 @@ use crate::bootstrap::{encode_reply, parse_reply, reply_form, Flags, ReplyError}
 use crate::create::{Sandboxer, SANDBOX_ID};
 use crate::profile::Profile;
 use crate::proxy::{now, wait_for_close, CreateHook, Proxy, Tracked, DEAD_EXIT_STATUS};
+use crate::server_record::{downstream_record, server_alive, DownstreamRecord};
 use crate::settings::{Settings, SettingsError};
 
 /// Environment of the serving daemon: the downstream's address.
@@ -218,7 +219,7 @@ fn run_downstream(
     Ok(stdout)
 }
 
-fn is_listening(socket: &Path) -> bool {
+pub(crate) fn is_listening(socket: &Path) -> bool {
     UnixStream::connect(socket).is_ok()
 }
 
@@ -326,7 +327,7 @@ fn serve_in_front(
             daemon_args.push("-debug".into());
         }
         daemon_args.push(SERVE_ACTION.into());
-        Command::new(exe)
+        let server = Command::new(exe)
             .args(&daemon_args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(ENV_DOWNSTREAM, &downstream.address)
@@ -348,16 +349,22 @@ fn serve_in_front(
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        // Written once per server: a pod's later containers reach the same downstream.
+        let record = DownstreamRecord {
+            version: downstream.version,
+            address: downstream.address.clone(),
+            server_pid: Some(server.id()),
+        };
+        kata_gpu_fsutil::write_atomic(
+            &downstream_record(&socket),
+            record.to_string().as_bytes(),
+            0o600,
+        )
+        .map_err(io(format!(
+            "cannot write {}",
+            downstream_record(&socket).display()
+        )))?;
     }
-    kata_gpu_fsutil::write_atomic(
-        &downstream_record(&socket),
-        format!("{} {}", downstream.version, downstream.address).as_bytes(),
-        0o600,
-    )
-    .map_err(io(format!(
-        "cannot write {}",
-        downstream_record(&socket).display()
-    )))?;
     let address = format!("unix://{}", socket.display());
     // After the downstream wrote its own: containerd reconnects through this file.
     kata_gpu_fsutil::write_atomic(&bundle.join("address"), address.as_bytes(), 0o644).map_err(
@@ -447,44 +454,49 @@ fn publish_exits(namespace: &str, tracked: &[Tracked]) {
 }
 
 fn exit_cleanly(socket: &Path) -> ! {
+    // The record goes first, so that a `delete` never finds it beside a server that has
+    // already gone and mistakes a clean exit for a dead wrapper.
+    let _ = fs::remove_file(downstream_record(socket));
     // Give the last response a moment to leave; containerd (1.6 and later) waits for the
     // connection to close after Shutdown and takes a close during Shutdown as success.
     std::thread::sleep(Duration::from_millis(5));
     let _ = fs::remove_file(socket);
-    let _ = fs::remove_file(downstream_record(socket));
     std::process::exit(0)
 }
 
-/// Beside our socket: the downstream's version and address, so that `delete` can stop
-/// the downstream when the wrapper itself died.
-fn downstream_record(socket: &Path) -> PathBuf {
-    socket.with_extension("downstream")
-}
+/// How long `delete` may spend cleaning up after a dead wrapper, all calls together:
+/// containerd kills a `delete` that takes 5 s, and the downstream's own delete runs after.
+const ORPHAN_BUDGET: Duration = Duration::from_secs(2);
 
 /// Cleans task `id` up in a downstream whose wrapper is gone (containerd cannot reach it
 /// any more): kill, delete, and for the sandbox itself, shut the downstream down.
 fn cleanup_orphan(socket: &Path, id: &str, last: bool) {
     let record = downstream_record(socket);
-    let Ok(text) = fs::read_to_string(&record) else {
+    let Some(DownstreamRecord {
+        version, address, ..
+    }) = DownstreamRecord::read(socket)
+    else {
         return;
     };
-    let Some((version, address)) = text.trim().split_once(' ') else {
+    let Ok(client) = ttrpc::Client::connect(&address) else {
         return;
     };
-    let Ok(client) = ttrpc::Client::connect(address) else {
-        return;
-    };
-    let service = if version == "3" {
+    let service = if version >= 3 {
         crate::proxy::TASK_V3
     } else {
         crate::proxy::TASK_V2
     };
+    let deadline = Instant::now() + ORPHAN_BUDGET;
     let call = |method: &str, payload: Vec<u8>| {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ttrpc::Error::Others(format!("{method}: out of time")));
+        }
         client.request(ttrpc::Request {
             service: service.to_owned(),
             method: method.to_owned(),
             payload,
-            timeout_nano: 5_000_000_000,
+            timeout_nano: i64::try_from(left.as_nanos()).unwrap_or(i64::MAX),
             ..ttrpc::Request::default()
         })
     };
@@ -500,12 +512,15 @@ fn cleanup_orphan(socket: &Path, id: &str, last: bool) {
         id: id.to_owned(),
         ..Default::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    // The init process takes a moment to be reaped after SIGKILL.
-    while call("Delete", delete.write_to_bytes().unwrap_or_default()).is_err()
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
+    // The init process takes a moment to be reaped after SIGKILL; a task the downstream
+    // does not know (already deleted) is done.
+    loop {
+        match call("Delete", delete.write_to_bytes().unwrap_or_default()) {
+            Ok(_) => break,
+            Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::NOT_FOUND => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break,
+        }
     }
     if last {
         let _ = fs::remove_file(&record);
@@ -634,7 +649,7 @@ pub fn delete_with(
         .unwrap_or_default();
     let group = group_of(&bundle, &flags.id);
     let socket = socket_path(settings, flags, &group)?;
-    if !is_listening(&socket) {
+    if !server_alive(&socket, &group) {
         // The wrapper died: nobody else can reach its downstream any more.
         cleanup_orphan(&socket, &flags.id, group == flags.id);
         if group == flags.id {

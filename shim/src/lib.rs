@@ -15,6 +15,7 @@ pub mod plan;
 pub mod profile;
 pub mod proxy;
 mod relay;
+mod server_record;
 pub mod settings;
 pub mod vfio;
 

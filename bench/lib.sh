@@ -1,7 +1,8 @@
 # Shared set-up of the shim benchmarks (sourced by bench/shim.sh and bench/load.sh): a
 # private containerd 1.6 (never the system one) with the release build of the wrapper (runc's
-# shim downstream) and runc's shim itself, a busybox rootfs, sandbox state on tmpfs as /run
-# is on a node, and a clean-up that leaves nothing. Needs root and `make deps`.
+# shim downstream) and runc's shim itself, a busybox rootfs, containerd's state (bundles)
+# and the wrapper's state on tmpfs as /run is on a node, and a clean-up that leaves nothing.
+# Needs root and `make deps`.
 #
 # After `bench_setup NAME`: W (work dir), TARGET (release dir), CTR (ctr with the address),
 # WRAPPED / DIRECT (the --runtime flags), SHIM (the wrapper's binary name).
@@ -39,7 +40,7 @@ EOF
   cat > "$W/config.toml" <<EOF
 version = 2
 root = "$W/root"
-state = "$W/state"
+state = "$STATE/containerd"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$W/c.sock"

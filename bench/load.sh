@@ -22,7 +22,7 @@ leftovers() {
   local tasks procs state
   tasks=$("${CTR[@]}" tasks ls -q | wc -l)
   procs=$(pgrep -fc "$SHIM|containerd-shim-runc-v2" || true)
-  state=$(find "$STATE" -mindepth 1 -not -name s -not -path "$STATE/s" | wc -l)
+  state=$(find "$STATE" -mindepth 1 -path "$STATE/containerd" -prune -o -not -name s -print | wc -l)
   echo "$tasks tasks, $procs shim processes, $state wrapper state entries"
 }
 
@@ -134,7 +134,7 @@ pod_cycles() { # PREFIX FLAGS...: prints "rss0 rss_half rss_end median_ms pid"
   echo "$rss0 $rss_half $(bench_status "$pid") $(sort -n "$W/cycles.$prefix" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]/1000}')"
   "${CTR[@]}" tasks kill -s SIGKILL "$pod" >/dev/null 2>&1
   sleep 0.5
-  "${CTR[@]}" tasks delete "$pod" >/dev/null
+  "${CTR[@]}" tasks delete "$pod" >/dev/null 2>&1
   "${CTR[@]}" containers delete "$pod" >/dev/null
 }
 read -r w0 wh we wm <<<"$(pod_cycles w "${WRAPPED[@]}")"

@@ -38,7 +38,7 @@ RUNC_PID=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id direct" | aw
 echo "RSS: wrapper daemon $(bench_status "$WRAPPER_PID") KiB (anon $(bench_status "$WRAPPER_PID" RssAnon), file $(bench_status "$WRAPPER_PID" RssFile), $(bench_status "$WRAPPER_PID" Threads) threads), runc shim daemon $(bench_status "$RUNC_PID") KiB (the wrapper's own downstream: $(bench_status "$DOWN_PID") KiB)"
 
 # 3. One forwarded call: State through the wrapper vs straight to runc's shim.
-B="$W/state/io.containerd.runtime.v2.task/default"
+B="$STATE/containerd/io.containerd.runtime.v2.task/default"
 "$TARGET/shim-call-latency" "$CALLS" "$(cat "$B/wrapped/address")" wrapped "$(cat "$B/direct/address")" direct > "$W/lat.txt"
 python3 - "$W/lat.txt" "$CALLS" <<'PY'
 import sys

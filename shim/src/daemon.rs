@@ -189,19 +189,23 @@ fn run_downstream(
         (o, e)
     });
     let seconds = settings.start_timeout_seconds;
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let status = loop {
-        match child
-            .try_wait()
-            .map_err(io(format!("cannot wait for {}", path.display())))?
-        {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ShimError::DownstreamTimeout { path, seconds });
+    // Waited for on a thread, so that its exit is seen at once rather than at a poll.
+    let pid = child.id();
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait());
+    });
+    let status = match exited.recv_timeout(Duration::from_secs(seconds)) {
+        Ok(status) => status.map_err(io(format!("cannot wait for {}", path.display())))?,
+        Err(_) => {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
-            None => std::thread::sleep(Duration::from_millis(5)),
+            let _ = exited.recv_timeout(Duration::from_secs(1));
+            return Err(ShimError::DownstreamTimeout { path, seconds });
         }
     };
     let (stdout, stderr) = reader.join().unwrap_or_default();
@@ -347,7 +351,7 @@ fn serve_in_front(
                     seconds: 10,
                 });
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_micros(500));
         }
         // Written once per server: a pod's later containers reach the same downstream.
         let record = DownstreamRecord {
@@ -453,13 +457,16 @@ fn publish_exits(namespace: &str, tracked: &[Tracked]) {
     }
 }
 
-fn exit_cleanly(socket: &Path) -> ! {
+fn exit_cleanly(socket: &Path, proxy: &Proxy) -> ! {
     // The record goes first, so that a `delete` never finds it beside a server that has
     // already gone and mistakes a clean exit for a dead wrapper.
     let _ = fs::remove_file(downstream_record(socket));
-    // Give the last response a moment to leave; containerd (1.6 and later) waits for the
-    // connection to close after Shutdown and takes a close during Shutdown as success.
-    std::thread::sleep(Duration::from_millis(5));
+    // containerd (1.6 and later) waits for the connection to close after Shutdown, so exit
+    // as soon as the answer has left, but not before: the downstream may close its side
+    // while we are still writing its answer back.
+    if proxy.is_shut_down() {
+        proxy.wait_shutdown_answered(Duration::from_millis(100));
+    }
     let _ = fs::remove_file(socket);
     std::process::exit(0)
 }
@@ -571,8 +578,9 @@ pub fn serve_with(
     let exit_socket = socket.clone();
     let after_shutdown_proxy = Arc::clone(&proxy);
     let after_shutdown: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        after_shutdown_proxy.note_shutdown_answered();
         if after_shutdown_proxy.is_dead() {
-            exit_cleanly(&exit_socket);
+            exit_cleanly(&exit_socket, &after_shutdown_proxy);
         }
         // A downstream with tasks left answers Shutdown and keeps running.
         let proxy = Arc::clone(&after_shutdown_proxy);
@@ -596,13 +604,13 @@ pub fn serve_with(
     wait_for_close(&downstream_socket);
     if proxy.is_shut_down() {
         tracing::info!("downstream shut down; exiting");
-        exit_cleanly(&socket);
+        exit_cleanly(&socket, &proxy);
     }
     let tracked = proxy.mark_dead();
     if tracked.is_empty() {
         // Nothing ran there: nothing to report and nobody to answer.
         tracing::warn!("the downstream shim went away before running any task; exiting");
-        exit_cleanly(&socket);
+        exit_cleanly(&socket, &proxy);
     }
     tracing::error!(
         "the downstream shim exited unexpectedly; reporting {} process(es) as exited",

@@ -93,6 +93,8 @@ pub struct Proxy {
     hook: Box<dyn CreateHook>,
     dead: AtomicBool,
     shut_down: AtomicBool,
+    /// Set once a Shutdown's answer has been written back to containerd.
+    shutdown_answered: (Mutex<bool>, std::sync::Condvar),
     tracked: Mutex<BTreeMap<(String, String), Tracked>>,
     dead_cleanup: Mutex<Option<DeadTaskCleanup>>,
     died_at: Mutex<Option<Timestamp>>,
@@ -114,6 +116,7 @@ impl Proxy {
             hook,
             dead: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
+            shutdown_answered: (Mutex::new(false), std::sync::Condvar::new()),
             tracked: Mutex::new(BTreeMap::new()),
             dead_cleanup: Mutex::new(None),
             died_at: Mutex::new(None),
@@ -136,6 +139,27 @@ impl Proxy {
     /// Whether containerd asked for a Shutdown (forwarded, or answered for a dead downstream).
     pub fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::SeqCst)
+    }
+
+    /// Records that a Shutdown's answer reached containerd's connection.
+    pub fn note_shutdown_answered(&self) {
+        let (flag, cv) = &self.shutdown_answered;
+        if let Ok(mut answered) = flag.lock() {
+            *answered = true;
+            cv.notify_all();
+        }
+    }
+
+    /// Waits (at most `limit`) until a Shutdown's answer has been written back, so that
+    /// exiting never cuts it off; true if it was.
+    pub fn wait_shutdown_answered(&self, limit: std::time::Duration) -> bool {
+        let (flag, cv) = &self.shutdown_answered;
+        let Ok(answered) = flag.lock() else {
+            return false;
+        };
+        cv.wait_timeout_while(answered, limit, |a| !*a)
+            .map(|(a, _)| *a)
+            .unwrap_or(false)
     }
 
     /// Forgets a Shutdown the downstream did not act on (it still runs tasks), so that a

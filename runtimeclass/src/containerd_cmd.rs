@@ -124,6 +124,34 @@ pub struct Report {
     pub restarted: bool,
 }
 
+/// A register or unregister planned but not yet applied: `install` plans first, so that a
+/// refusal comes before it writes anything, and applies the same plan later.
+pub struct Planned {
+    register: bool,
+    /// The main config the record names (else the one asked for).
+    config: PathBuf,
+    plan: Plan,
+}
+
+/// Plans register or unregister against the recorded state; writes nothing.
+pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Planned> {
+    let state = NodeState::load(root, &req.spec.name)?;
+    let plan = if register {
+        plan_register(req, state.containerd.as_ref())?
+    } else {
+        plan_unregister(req, state.containerd.as_ref())?
+    };
+    let config = state
+        .containerd
+        .as_ref()
+        .map_or_else(|| req.config.clone(), |c| c.config.clone());
+    Ok(Planned {
+        register,
+        config,
+        plan,
+    })
+}
+
 /// Plans and (unless dry-run) applies register or unregister, then restarts when asked.
 pub fn run_one(
     register: bool,
@@ -131,20 +159,26 @@ pub fn run_one(
     args: &ContainerdArgs,
     root: &Path,
 ) -> anyhow::Result<Report> {
+    apply_one(plan_one(register, req, root)?, req, args, root)
+}
+
+/// Applies a plan (unless dry-run), then restarts containerd when asked.
+pub fn apply_one(
+    planned: Planned,
+    req: &Request,
+    args: &ContainerdArgs,
+    root: &Path,
+) -> anyhow::Result<Report> {
+    let Planned {
+        register,
+        config,
+        plan,
+    } = planned;
     let handler = req.spec.name.clone();
-    let mut state = NodeState::load(root, &handler)?;
-    let plan: Plan = if register {
-        plan_register(req, state.containerd.as_ref())?
-    } else {
-        plan_unregister(req, state.containerd.as_ref())?
-    };
     let mut report = Report {
         action: if register { "register" } else { "unregister" },
         handler: handler.clone(),
-        config: state
-            .containerd
-            .as_ref()
-            .map_or_else(|| req.config.clone(), |c| c.config.clone()),
+        config,
         changed: plan.changes_files(),
         files: plan.changes.iter().map(|c| c.path.clone()).collect(),
         diffs: Vec::new(),
@@ -165,7 +199,7 @@ pub fn run_one(
         &plan,
         Duration::from_secs(args.lock_timeout),
     )?;
-    state = NodeState::load(root, &handler)?;
+    let mut state = NodeState::load(root, &handler)?;
     let pending = match &state.containerd {
         Some(c) => c.restart_pending,
         None => report.changed,

@@ -225,8 +225,12 @@ fn request(args: &NodeArgs, root: &Path) -> Request {
     )
 }
 
-fn containerd_steps(register: bool, args: &NodeArgs, root: &Path) -> anyhow::Result<Vec<Step>> {
-    let report = containerd_cmd::run_one(register, &request(args, root), &args.containerd, root)?;
+fn containerd_steps(
+    planned: containerd_cmd::Planned,
+    args: &NodeArgs,
+    root: &Path,
+) -> anyhow::Result<Vec<Step>> {
+    let report = containerd_cmd::apply_one(planned, &request(args, root), &args.containerd, root)?;
     let mut step = Step::new(
         "containerd",
         match (report.changed, args.containerd.dry_run) {
@@ -257,15 +261,14 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let handler = node.profile.handler();
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
-    let recorded = NodeState::load(root, handler)?.containerd;
-    crate::registration::plan_register(&request(node, root), recorded.as_ref())?;
+    let containerd = containerd_cmd::plan_one(true, &request(node, root), root)?;
     let mut steps = vec![artifacts_step(&args, root)?];
     let mut state = NodeState::load(root, handler)?;
     steps.push(cdi_step(node, root, &mut state)?);
     if !node.containerd.dry_run {
         state.save(root, handler)?;
     }
-    steps.extend(containerd_steps(true, node, root)?);
+    steps.extend(containerd_steps(containerd, node, root)?);
     let mut state = NodeState::load(root, handler)?;
     steps.push(manifests_step(node, root, &mut state)?);
     if !node.containerd.dry_run {
@@ -290,7 +293,11 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     } else {
         None
     };
-    let mut steps = containerd_steps(false, node, root)?;
+    let mut steps = containerd_steps(
+        containerd_cmd::plan_one(false, &request(node, root), root)?,
+        node,
+        root,
+    )?;
     let mut state = NodeState::load(root, handler)?;
     let mut cdi = Step::new("cdi", "");
     let mut removed = Vec::new();

@@ -477,14 +477,11 @@ const ORPHAN_BUDGET: Duration = Duration::from_secs(2);
 
 /// Cleans task `id` up in a downstream whose wrapper is gone (containerd cannot reach it
 /// any more): kill, delete, and for the sandbox itself, shut the downstream down.
-fn cleanup_orphan(socket: &Path, id: &str, last: bool) {
-    let record = downstream_record(socket);
-    let Some(DownstreamRecord {
+fn cleanup_orphan(socket: &Path, record: DownstreamRecord, id: &str, last: bool) {
+    let DownstreamRecord {
         version, address, ..
-    }) = DownstreamRecord::read(socket)
-    else {
-        return;
-    };
+    } = record;
+    let record_path = downstream_record(socket);
     let Ok(client) = ttrpc::Client::connect(&address) else {
         return;
     };
@@ -530,7 +527,7 @@ fn cleanup_orphan(socket: &Path, id: &str, last: bool) {
         }
     }
     if last {
-        let _ = fs::remove_file(&record);
+        let _ = fs::remove_file(&record_path);
         let shutdown = ShutdownRequest {
             id: id.to_owned(),
             now: true,
@@ -657,9 +654,12 @@ pub fn delete_with(
         .unwrap_or_default();
     let group = group_of(&bundle, &flags.id);
     let socket = socket_path(settings, flags, &group)?;
-    if !server_alive(&socket, &group) {
+    let record = DownstreamRecord::read(&socket);
+    if !server_alive(record.as_ref(), &socket, &group) {
         // The wrapper died: nobody else can reach its downstream any more.
-        cleanup_orphan(&socket, &flags.id, group == flags.id);
+        if let Some(record) = record {
+            cleanup_orphan(&socket, record, &flags.id, group == flags.id);
+        }
         if group == flags.id {
             let _ = fs::remove_file(&socket);
         }

@@ -56,8 +56,8 @@ impl DownstreamRecord {
 /// removes the socket named in the bundle's `address` (ours) when it shuts down, while our
 /// server is still finishing; a live server is one whose recorded pid runs our `serve` for
 /// that group.
-pub(crate) fn server_alive(socket: &Path, group: &str) -> bool {
-    match DownstreamRecord::read(socket).and_then(|r| r.server_pid) {
+pub(crate) fn server_alive(record: Option<&DownstreamRecord>, socket: &Path, group: &str) -> bool {
+    match record.and_then(|r| r.server_pid) {
         Some(pid) => fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
             let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             words
@@ -127,25 +127,21 @@ mod tests {
             };
             fs::write(downstream_record(&socket), r.to_string()).expect("record");
         };
+        let alive =
+            |group: &str| server_alive(DownstreamRecord::read(&socket).as_ref(), &socket, group);
         let mut server = fake_server("pod-1");
         write(Some(server.id()));
-        assert!(
-            server_alive(&socket, "pod-1"),
-            "its socket is gone, the server is not"
-        );
-        assert!(!server_alive(&socket, "pod-2"), "another group's server");
+        assert!(alive("pod-1"), "its socket is gone, the server is not");
+        assert!(!alive("pod-2"), "another group's server");
         server.kill().expect("kill");
         server.wait().expect("reap");
-        assert!(!server_alive(&socket, "pod-1"), "killed");
+        assert!(!alive("pod-1"), "killed");
         // Without a pid, only a listening socket counts.
         write(None);
-        assert!(!server_alive(&socket, "pod-1"));
+        assert!(!alive("pod-1"));
         let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
-        assert!(server_alive(&socket, "pod-1"));
+        assert!(alive("pod-1"));
         fs::remove_file(downstream_record(&socket)).expect("rm");
-        assert!(
-            server_alive(&socket, "pod-1"),
-            "no record: the socket decides"
-        );
+        assert!(alive("pod-1"), "no record: the socket decides");
     }
 }

@@ -261,13 +261,7 @@ fn verify_names_a_changed_file_and_exits_1() {
 #[test]
 fn a_refused_install_exits_1_with_the_reason_and_changes_nothing() {
     let host = Host::new();
-    let good = host.set("good", 1000);
-    assert_eq!(
-        host.run(&["artifacts", "install", &good.display().to_string()])
-            .status
-            .code(),
-        Some(0)
-    );
+    host.installed("good", 1000);
     let before = host.tree();
     let bad = host.set("bad", 1000);
     fs::remove_file(bad.join("vmlinuz-6.12.8-confidential")).expect("rm");
@@ -286,13 +280,7 @@ fn a_refused_install_exits_1_with_the_reason_and_changes_nothing() {
 #[test]
 fn a_full_disk_mid_copy_leaves_the_current_set_and_no_partial_set() {
     let host = Host::new();
-    let good = host.set("good", 1000);
-    assert_eq!(
-        host.run(&["artifacts", "install", &good.display().to_string()])
-            .status
-            .code(),
-        Some(0)
-    );
+    host.installed("good", 1000);
     let before = host.tree();
     // A 64 KiB file-size limit makes the image's copy fail with EFBIG, as a full disk would.
     let big = host.set("big", 300_000);

@@ -1,15 +1,16 @@
 # kata-gpu: one entry point for people and CI. `make help` lists the targets.
 SHELL := /bin/bash
 CARGO ?= cargo
-# Debian packages the tests need: real containerd, runc and ctr; busybox for test root
-# file systems; QEMU to check the arguments the sandbox plan emits; protoc for the CRI client.
-APT_PACKAGES := containerd runc busybox-static qemu-system-x86 protobuf-compiler
+# Where the third-party tarballs are (containerd 1.7/2.1/2.3, Kata 3.30) and where `make deps`
+# unpacks them; tests find the parts through KATA_GPU_PARTS (default: ./parts).
+THIRD_PARTY ?= ../shared/third_party
+PARTS ?= parts
 
 .PHONY: help deps build test unit lint fmt bench fuzz demo clean
 
 help:
 	@echo "make demo   the whole path on a simulated H100 host with a private containerd (root)"
-	@echo "make deps   install what the tests need (apt-get; run as root)"
+	@echo "make deps   install what the tests need: Debian packages, QEMU 10 (backports), the real parts (root)"
 	@echo "make build  build every crate and the kata-gpu binary"
 	@echo "make test   lint, then every test of the workspace (what CI runs)"
 	@echo "make unit   the tests alone, without lint"
@@ -18,22 +19,7 @@ help:
 	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS))"
 
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -z "$$missing" ]; then echo "deps: all present ($(APT_PACKAGES))"; \
-	else echo "deps: installing$$missing"; \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
-	fi
-	@command -v containerd >/dev/null && command -v ctr >/dev/null && command -v runc >/dev/null \
-	  && command -v containerd-shim-runc-v2 >/dev/null && command -v busybox >/dev/null \
-	  && command -v qemu-system-x86_64 >/dev/null \
-	  || { echo "deps: containerd, ctr, runc, containerd-shim-runc-v2, busybox or qemu-system-x86_64 still missing" >&2; exit 1; }
-	@rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
-	@python3 -c 'import kubernetes_validate' 2>/dev/null \
-	  || { echo "deps: installing kubernetes-validate (Kubernetes schemas for the manifest tests)"; \
-	       python3 -m pip install -q kubernetes-validate; }
+	THIRD_PARTY=$(THIRD_PARTY) PARTS=$(PARTS) bash scripts/deps.sh
 
 demo: deps
 	bash demo/demo.sh

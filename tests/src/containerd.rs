@@ -1,11 +1,14 @@
-//! [`PrivateContainerd`] starts the Debian containerd with its own root, state and sockets
-//! under a temp dir, so that tests never touch a system containerd, and stops it on drop.
+//! [`PrivateContainerd`] starts a containerd (Debian's 1.6, or one of the [`Containerd`]
+//! releases `make deps` unpacks) with its own root, state and sockets under a temp dir, so
+//! that tests never touch a system containerd, and stops it on drop.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::parts::Containerd;
 
 /// Panics with a message that says what to install or how to run, when a precondition
 /// of a real-parts test is not met. Such tests never skip silently.
@@ -27,6 +30,8 @@ pub struct PrivateContainerd {
     dir: tempfile::TempDir,
     child: Child,
     env: Vec<(String, String)>,
+    release: Containerd,
+    bin: PathBuf,
 }
 
 impl PrivateContainerd {
@@ -39,57 +44,74 @@ impl PrivateContainerd {
     /// As [`PrivateContainerd::start`], with extra environment for containerd (and so for
     /// the shims it starts), e.g. a `PATH` that holds a shim under test.
     pub fn start_with(extra: &str, env: &[(&str, String)]) -> Self {
-        Self::launch(false, extra, env)
+        Self::launch(Containerd::Debian, false, extra, env)
+    }
+
+    /// As [`PrivateContainerd::start_with`], with containerd `release` (its own `ctr` and
+    /// runc shim first on its `PATH`). `extra` is in that release's config format: version 2
+    /// tables for 1.x, version 3 tables for 2.x. Panics if the release is not unpacked.
+    pub fn start_release(release: Containerd, extra: &str, env: &[(&str, String)]) -> Self {
+        Self::launch(release, false, extra, env)
+    }
+
+    /// As [`PrivateContainerd::start_release`] with the CRI plugins on.
+    pub fn start_release_cri(release: Containerd, extra: &str, env: &[(&str, String)]) -> Self {
+        Self::launch(release, true, extra, env)
     }
 
     /// As [`PrivateContainerd::start_with`] with the CRI plugin on; `extra` holds its
     /// `[plugins."io.containerd.grpc.v1.cri"]` table (sandbox image, runtimes).
     pub fn start_cri(extra: &str, env: &[(&str, String)]) -> Self {
-        Self::launch(true, extra, env)
+        Self::launch(Containerd::Debian, true, extra, env)
     }
 
-    fn launch(cri: bool, extra: &str, env: &[(&str, String)]) -> Self {
+    fn launch(release: Containerd, cri: bool, extra: &str, env: &[(&str, String)]) -> Self {
         require(is_root(), "root is needed to start containerd");
-        for program in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
-            require(on_path(program), &format!("{program} is not on PATH"));
-        }
+        require(on_path("runc"), "runc is not on PATH");
+        let bin = match release.bin_dir() {
+            Ok(bin) => bin,
+            Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
+        };
         let dir = tempfile::Builder::new()
             .prefix("ctrd")
             .tempdir()
             .expect("tempdir for containerd");
         let base = dir.path();
-        let config = format!(
-            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             {disabled}\
-             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n{extra}",
-            disabled = if cri {
-                ""
-            } else {
-                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
-            },
-            root = base.join("root").display(),
-            state = base.join("state").display(),
-            sock = base.join("containerd.sock").display(),
-        );
-        fs::write(base.join("config.toml"), config).expect("write containerd config");
-        let env: Vec<(String, String)> = env
+        fs::write(base.join("config.toml"), config(release, cri, base, extra))
+            .expect("write containerd config");
+        // The release's own runc shim comes first, before any shim under test the caller
+        // put on PATH.
+        let path = env
             .iter()
+            .find(|(k, _)| *k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .filter(|(k, _)| *k != "PATH")
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
-        let child = Self::spawn(base, &env);
-        let mut me = Self { dir, child, env };
+        env.push(("PATH".to_owned(), format!("{}:{path}", bin.display())));
+        let child = Self::spawn(&bin, base, &env);
+        let mut me = Self {
+            dir,
+            child,
+            env,
+            release,
+            bin,
+        };
         me.wait_ready(Duration::from_secs(20));
         me
     }
 
-    fn spawn(base: &Path, env: &[(String, String)]) -> Child {
+    fn spawn(bin: &Path, base: &Path, env: &[(String, String)]) -> Child {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(base.join("containerd.log"))
             .expect("log file");
-        Command::new("containerd")
+        Command::new(bin.join("containerd"))
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--config")
             .arg(base.join("config.toml"))
@@ -104,7 +126,7 @@ impl PrivateContainerd {
     /// state and config; the shims it started keep running, as on a node.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(self.dir.path(), &self.env);
+        self.child = Self::spawn(&self.bin, self.dir.path(), &self.env);
         self.wait_ready(Duration::from_secs(20));
     }
 
@@ -154,15 +176,59 @@ impl PrivateContainerd {
         fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
-    /// Runs `ctr --address <ours> args…`.
+    /// Which release it is.
+    pub fn release(&self) -> Containerd {
+        self.release
+    }
+
+    /// The folder of its `containerd`, `ctr` and runc shim.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Runs `ctr --address <ours> args…` with the release's own `ctr`.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
+        Command::new(self.bin.join("ctr"))
             .arg("--address")
             .arg(self.address())
             .args(args)
             .output()
             .expect("run ctr")
     }
+}
+
+/// Its config: the release's config version, our root, state and sockets (shim sockets too,
+/// where the release lets us), the CRI plugins off unless `cri`, then `extra`.
+fn config(release: Containerd, cri: bool, base: &Path, extra: &str) -> String {
+    let (version, cri_plugins) = if release.is_v2() {
+        (
+            3,
+            r#""io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images""#,
+        )
+    } else {
+        (2, r#""io.containerd.grpc.v1.cri""#)
+    };
+    let shim_sockets = if release.has_shim_socket_dir() {
+        format!(
+            "[plugins.\"io.containerd.shim.v1.manager\"]\n  socket_dir = \"{}\"\n",
+            base.join("s").display()
+        )
+    } else {
+        String::new()
+    };
+    let disabled = if cri {
+        String::new()
+    } else {
+        format!("disabled_plugins = [{cri_plugins}]\n")
+    };
+    format!(
+        "version = {version}\nroot = \"{root}\"\nstate = \"{state}\"\n{disabled}\
+         [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+         [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n{shim_sockets}{extra}",
+        root = base.join("root").display(),
+        state = base.join("state").display(),
+        sock = base.join("containerd.sock").display(),
+    )
 }
 
 impl Drop for PrivateContainerd {

@@ -1,15 +1,19 @@
 //! Shared fixtures for tests against real parts and simulated hosts.
 //!
 //! - [`containerd`]: a private containerd started per test.
+//! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
+//!   is reported.
 //! - [`simhost`]: simulated GPU hosts, sysfs and `/dev` trees under a temp root that every
 //!   path of the code under test goes through.
 
 pub mod containerd;
 pub mod image;
+pub mod parts;
 pub mod shimrig;
 pub mod simhost;
 
 pub use containerd::{busybox_rootfs, is_root, on_path, require, PrivateContainerd};
+pub use parts::{available, Containerd, Kata};
 pub use simhost::{SimHost, VfioMode};
 
 /// The path of a binary of this workspace, built (if stale) with the same cargo and

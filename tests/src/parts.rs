@@ -1,0 +1,175 @@
+//! Where the real parts are: Debian's containerd 1.6 on `PATH`, and the versions Debian 12 does
+//! not ship (containerd 1.7.24, 2.1.9, 2.3.4 and Kata 3.30), which `make deps` unpacks under
+//! `KATA_GPU_PARTS` (default `<workspace>/parts`), one folder each: `containerd-<version>/bin/`,
+//! `kata-<version>/bin/` and `kata-<version>/config/`.
+//!
+//! A test whose part is missing fails when `CI` is set, and otherwise says `SKIPPED <test>: …`
+//! on the terminal (past cargo's output capture) and returns: never silently green.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A containerd release the tests run against, each with its own `ctr` and runc shim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Containerd {
+    /// Debian 12's containerd 1.6.20, from `PATH`.
+    Debian,
+    /// containerd 1.7.24 (Debian 13's package).
+    V1_7,
+    /// containerd 2.1.9 (Debian unstable's package).
+    V2_1,
+    /// containerd 2.3.4 (built from the upstream tag).
+    V2_3,
+}
+
+impl Containerd {
+    /// Every version, oldest first: the matrix the shim is tested on.
+    pub const ALL: [Containerd; 4] = [Self::Debian, Self::V1_7, Self::V2_1, Self::V2_3];
+
+    /// Its version, as people name it.
+    pub fn version(self) -> &'static str {
+        match self {
+            Self::Debian => "1.6.20",
+            Self::V1_7 => "1.7.24",
+            Self::V2_1 => "2.1.9",
+            Self::V2_3 => "2.3.4",
+        }
+    }
+
+    /// Whether it is a 2.x release: config version 3, CRI split into several plugins, shim
+    /// sockets outside its state dir, task API v3 offered to shims.
+    pub fn is_v2(self) -> bool {
+        matches!(self, Self::V2_1 | Self::V2_3)
+    }
+
+    /// Whether its shim manager takes a `socket_dir`: 2.3 does; 2.1 has no such key and puts
+    /// every shim socket under `/run/containerd/s`, whatever its `state` says.
+    pub fn has_shim_socket_dir(self) -> bool {
+        self == Self::V2_3
+    }
+
+    /// The folder holding its `containerd`, `ctr` and `containerd-shim-runc-v2`.
+    pub fn bin_dir(self) -> Result<PathBuf, Missing> {
+        match self {
+            Self::Debian => {
+                for program in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
+                    if !crate::on_path(program) {
+                        return Err(Missing(format!(
+                            "{program} (Debian's containerd 1.6) is not on PATH"
+                        )));
+                    }
+                }
+                Ok(PathBuf::from("/usr/bin"))
+            }
+            _ => {
+                let dir = parts_dir().join(format!("containerd-{}", self.version()));
+                let bin = dir.join("bin");
+                for program in ["containerd", "ctr", "containerd-shim-runc-v2"] {
+                    if !bin.join(program).is_file() {
+                        return Err(Missing(format!(
+                            "containerd {} is not unpacked: {} is missing",
+                            self.version(),
+                            bin.join(program).display()
+                        )));
+                    }
+                }
+                Ok(bin)
+            }
+        }
+    }
+
+    /// Its runc shim, the downstream that stands in for Kata's past Kata's door.
+    pub fn runc_shim(self) -> Result<PathBuf, Missing> {
+        Ok(self.bin_dir()?.join("containerd-shim-runc-v2"))
+    }
+}
+
+/// Kata 3.30's Go shim, `kata-runtime` and the QEMU configs its build generates.
+#[derive(Clone, Debug)]
+pub struct Kata {
+    dir: PathBuf,
+}
+
+impl Kata {
+    /// The Kata release the tests run against.
+    pub const VERSION: &'static str = "3.30.0";
+
+    /// Finds the unpacked Kata part.
+    pub fn find() -> Result<Self, Missing> {
+        let dir = parts_dir().join(format!("kata-{}", Self::VERSION));
+        let kata = Self { dir };
+        for path in [kata.shim(), kata.runtime(), kata.config_dir()] {
+            if !path.exists() {
+                return Err(Missing(format!(
+                    "Kata {} is not unpacked: {} is missing",
+                    Self::VERSION,
+                    path.display()
+                )));
+            }
+        }
+        Ok(kata)
+    }
+
+    /// `containerd-shim-kata-v2`.
+    pub fn shim(&self) -> PathBuf {
+        self.dir.join("bin/containerd-shim-kata-v2")
+    }
+
+    /// `kata-runtime`.
+    pub fn runtime(&self) -> PathBuf {
+        self.dir.join("bin/kata-runtime")
+    }
+
+    /// The folder of generated `configuration-qemu*.toml` files.
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    /// One generated config, e.g. `configuration-qemu-nvidia-gpu-snp.toml`.
+    pub fn config(&self, name: &str) -> PathBuf {
+        self.config_dir().join(name)
+    }
+}
+
+/// A real part that is not on this machine, and what is missing.
+#[derive(Debug)]
+pub struct Missing(pub String);
+
+/// Where `make deps` unpacked the parts: `KATA_GPU_PARTS`, else `<workspace>/parts`.
+pub fn parts_dir() -> PathBuf {
+    std::env::var_os("KATA_GPU_PARTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("parts")
+        })
+}
+
+/// Whether the tests run in CI, where a missing part is a failure.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The part, or `None` after saying `SKIPPED <test>: <why>` on the terminal; in CI a missing
+/// part panics instead.
+pub fn available<T>(test: &str, part: Result<T, Missing>) -> Option<T> {
+    match part {
+        Ok(part) => Some(part),
+        Err(Missing(why)) => {
+            assert!(
+                !in_ci(),
+                "{test}: a real part is missing in CI: {why}. Run `make deps` (KATA_GPU_PARTS \
+                 points at the unpacked parts)."
+            );
+            // Written to the process's stderr, not through `eprintln!`, which cargo captures
+            // for passing tests: a skip must show.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIPPED {test}: {why} (run `make deps`)"
+            );
+            None
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Output;
 
-use crate::{busybox_rootfs, workspace_bin, PrivateContainerd, SimHost, VfioMode};
+use crate::{busybox_rootfs, workspace_bin, Containerd, PrivateContainerd, SimHost, VfioMode};
 
 /// The runtime type of the snp profile.
 pub const RUNTIME: &str = "io.containerd.kata-qemu-nvidia-gpu-snp.v2";
@@ -38,15 +38,44 @@ pub struct Rig {
 impl Rig {
     /// A rig whose containerd has the CRI plugin off.
     pub fn new(downstream: Downstream, extra_settings: &str) -> Self {
-        Self::build(downstream, extra_settings, None)
+        Self::build(Containerd::Debian, downstream, extra_settings, None)
+    }
+
+    /// As [`Rig::new`] on containerd `release`, with that release's runc shim downstream.
+    pub fn on(release: Containerd, downstream: Downstream, extra_settings: &str) -> Self {
+        Self::build(release, downstream, extra_settings, None)
     }
 
     /// A rig whose containerd runs CRI with `cri_table` as its CRI plugin table.
     pub fn with_cri(downstream: Downstream, extra_settings: &str, cri_table: &str) -> Self {
-        Self::build(downstream, extra_settings, Some(cri_table))
+        Self::build(
+            Containerd::Debian,
+            downstream,
+            extra_settings,
+            Some(cri_table),
+        )
     }
 
-    fn build(downstream: Downstream, extra_settings: &str, cri: Option<&str>) -> Self {
+    /// As [`Rig::with_cri`] on containerd `release`; `cri_table` in that release's format.
+    pub fn on_with_cri(
+        release: Containerd,
+        downstream: Downstream,
+        extra_settings: &str,
+        cri_table: &str,
+    ) -> Self {
+        Self::build(release, downstream, extra_settings, Some(cri_table))
+    }
+
+    fn build(
+        release: Containerd,
+        downstream: Downstream,
+        extra_settings: &str,
+        cri: Option<&str>,
+    ) -> Self {
+        let runc_shim = match release.runc_shim() {
+            Ok(path) => path.display().to_string(),
+            Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
+        };
         let work = tempfile::Builder::new()
             .prefix("shimrig")
             .tempdir()
@@ -64,7 +93,7 @@ impl Rig {
         )
         .expect("base config");
         let (downstream_path, kind) = match downstream {
-            Downstream::Runc => ("/usr/bin/containerd-shim-runc-v2".to_owned(), "runc"),
+            Downstream::Runc => (runc_shim.clone(), "runc"),
             Downstream::Recording => (
                 workspace_bin("kata-gpu-tests", "recording-shim")
                     .display()
@@ -81,7 +110,10 @@ impl Rig {
         fs::write(w.join("shim.toml"), settings).expect("settings");
         fs::write(
             w.join("recorder.toml"),
-            format!("downstream = \"/usr/bin/containerd-shim-runc-v2\"\ndownstream_kind = \"runc\"\nstate_dir = \"{}\"\n", w.join("rst").display()),
+            format!(
+                "downstream = \"{runc_shim}\"\ndownstream_kind = \"runc\"\nstate_dir = \"{}\"\n",
+                w.join("rst").display()
+            ),
         )
         .expect("recorder settings");
         fs::create_dir_all(w.join("records")).expect("records dir");
@@ -106,8 +138,8 @@ impl Rig {
             ),
         ];
         let ctrd = match cri {
-            None => PrivateContainerd::start_with("", &env),
-            Some(table) => PrivateContainerd::start_cri(table, &env),
+            None => PrivateContainerd::start_release(release, "", &env),
+            Some(table) => PrivateContainerd::start_release_cri(release, table, &env),
         };
         let rootfs = busybox_rootfs(w);
         Self {

@@ -11,8 +11,8 @@ use kata_gpu_containerd_config::dropin::{
 };
 use kata_gpu_containerd_config::{
     add_import, config_version, covers, daemon, diff, find_handler, fsio, imports,
-    is_template_line, register, remove_import, unregister, ConfigVersion, Error, HandlerSpec,
-    ImportChange, Target,
+    is_template_line, refuse_dangling_name, register, remove_import, unregister, ConfigVersion,
+    Error, HandlerSpec, ImportChange, Target,
 };
 
 use crate::node_state::{host_path, now, under, ContainerdState, Mode, NodeState, LOCK};
@@ -394,6 +394,9 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
                 let out = unregister(t, &req.spec.name, record, target)?;
                 let created = old.is_some_and(|o| o.created_config);
                 let after = (!(created && out.text.trim().is_empty())).then_some(out.text);
+                if let Some(a) = &after {
+                    refuse_dangling_name(t, a, &req.spec.name, &file)?;
+                }
                 if after.as_deref() != Some(t.as_str()) {
                     changes.push(FileChange {
                         path: config_real.clone(),
@@ -431,10 +434,15 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
                     created_version_key: false,
                     added_final_newline: false,
                 });
-                if !t.lines().next().is_some_and(is_template_line) {
+                if t.lines().next().is_some_and(is_template_line) {
+                    refuse_dangling_name(t, t, &req.spec.name, &file)?;
+                } else {
                     let out = remove_import(t, &change, target)?;
                     let created = old.is_some_and(|o| o.created_config);
                     let after = (!(created && out.text.trim().is_empty())).then_some(out.text);
+                    if let Some(a) = &after {
+                        refuse_dangling_name(t, a, &req.spec.name, &file)?;
+                    }
                     if after.as_deref() != Some(t.as_str()) {
                         changes.push(FileChange {
                             path: config_real.clone(),

@@ -502,3 +502,66 @@ fn a_config_that_is_a_symlink_is_refused_and_nothing_is_written() {
     assert_exit_saying(&out, 1, "config.toml.kata-gpu.bak: is a symlink to");
     assert_eq!(node2.read(CONFIG).as_deref(), Some("version = 2\n"));
 }
+
+/// Issue 18 item 2: an admin made our handler containerd's default after `register`;
+/// removing it would leave `default_runtime_name` naming nothing and containerd 1.6 would
+/// refuse to load CRI. Unregister (in place and drop-in) refuses, names the key and its
+/// line, and changes nothing; once the admin points the default elsewhere it goes through.
+#[test]
+fn unregister_refuses_while_default_runtime_name_names_the_handler() {
+    for drop_in in [false, true] {
+        let node = Node::new();
+        let original = fixture("v2-runc-options.toml");
+        node.put(CONFIG, &original);
+        let mut register = vec!["containerd", "register"];
+        if drop_in {
+            // A version-3 main file, so that a drop-in is allowed.
+            node.put(
+                CONFIG,
+                "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd]\n  default_runtime_name = \"runc\"\n",
+            );
+            register.extend(["--drop-in", "/etc/containerd/conf.d"]);
+        }
+        let out = node.run(&register);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let registered = node.read(CONFIG).expect("config");
+        let edited = registered.replace(
+            "default_runtime_name = \"runc\"",
+            &format!("default_runtime_name = \"{HANDLER}\""),
+        );
+        assert_ne!(edited, registered);
+        node.put(CONFIG, &edited);
+        let state = node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"));
+        let drop_in_file = node.read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-snp.toml");
+
+        let out = node.run(&["containerd", "unregister"]);
+        let cri = if drop_in {
+            "io.containerd.cri.v1.runtime"
+        } else {
+            "io.containerd.grpc.v1.cri"
+        };
+        assert_exit_saying(
+            &out,
+            1,
+            &format!(
+                "config.toml:{}: plugins.\"{cri}\".containerd.default_runtime_name = \"{HANDLER}\" names the runtime handler being removed",
+                if drop_in { 4 } else { 7 }
+            ),
+        );
+        assert_eq!(text(&out).trim().lines().count(), 1, "{}", text(&out));
+        assert_eq!(node.read(CONFIG).as_deref(), Some(edited.as_str()));
+        assert_eq!(
+            node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json")),
+            state
+        );
+        assert_eq!(
+            node.read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-snp.toml"),
+            drop_in_file
+        );
+
+        node.put(CONFIG, &registered);
+        let out = node.run(&["containerd", "unregister"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(!node.read(CONFIG).unwrap_or_default().contains(HANDLER));
+    }
+}

@@ -13,7 +13,7 @@ use kata_gpu_shim::Profile;
 use serde::Serialize;
 
 use crate::containerd_cmd::{self, handler_spec, ContainerdArgs};
-use crate::node_state::{host_path, under, NodeState};
+use crate::node_state::{host_path, inside, under, NodeState};
 use crate::registration::Request;
 use crate::runtimeclass_cmd::ManifestArgs;
 use crate::{Global, Outcome};
@@ -170,7 +170,7 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
         let host_file = Path::new(CDI_DIR).join(cdi::write::spec_file_name(&spec.kind));
         let yaml = serde_yaml_ng::to_string(spec)?;
         if put(
-            &under(root, &host_file),
+            &inside(root, &host_file)?,
             &yaml,
             args.containerd.dry_run,
             &mut step,
@@ -195,7 +195,7 @@ fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow
     let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
     let mut step = Step::new("runtimeclass", "");
     let changed = put(
-        &under(root, &host_file),
+        &inside(root, &host_file)?,
         &m.to_yaml()?,
         args.containerd.dry_run,
         &mut step,
@@ -302,7 +302,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     let mut cdi = Step::new("cdi", "");
     let mut removed = Vec::new();
     for spec in std::mem::take(&mut state.cdi_specs) {
-        let real = under(root, &host_path(root, &spec));
+        let real = inside(root, &host_path(root, &spec))?;
         if let Some(before) = fsio::read_config(&real)? {
             if dry_run {
                 cdi.diffs.push(diff::unified(&real, Some(&before), None));
@@ -325,7 +325,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     steps.push(cdi);
     let mut manifests = Step::new("runtimeclass", "nothing to remove");
     if let Some(m) = state.manifests.take() {
-        let real = under(root, &m);
+        let real = inside(root, &m)?;
         if let Some(before) = fsio::read_config(&real)? {
             if dry_run {
                 manifests
@@ -335,7 +335,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
                 fsio::remove_file(&real)?;
             }
             if !dry_run {
-                let _ = std::fs::remove_dir(under(root, Path::new(MANIFEST_DIR)));
+                let _ = std::fs::remove_dir(inside(root, Path::new(MANIFEST_DIR))?);
             }
             manifests.result = format!(
                 "{} {} (delete the objects with kubectl delete -f before)",

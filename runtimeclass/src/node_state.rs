@@ -20,6 +20,14 @@ pub fn under(root: &Path, host: &Path) -> PathBuf {
     root.join(host.strip_prefix("/").unwrap_or(host))
 }
 
+/// `host` under `root` with every symlink on the way resolved inside `root`
+/// ([`kata_gpu_fsutil::resolve_in_root`]), so that a linked directory never leads a read or
+/// a write out of `--host-root`. Every file kata-gpu writes on a node goes through this.
+pub fn inside(root: &Path, host: &Path) -> anyhow::Result<PathBuf> {
+    kata_gpu_fsutil::resolve_in_root(root, host)
+        .with_context(|| format!("cannot resolve {} under {}", host.display(), root.display()))
+}
+
 /// A path given on the command line, as the host sees it: absolute as given; a relative one
 /// is taken from the current directory on a real host (`--host-root /`) and from the root
 /// of a simulated one.
@@ -88,13 +96,13 @@ pub struct NodeState {
 
 impl NodeState {
     /// The state file of `handler` under `root`.
-    pub fn path(root: &Path, handler: &str) -> PathBuf {
-        under(root, &Path::new(STATE_DIR).join(format!("{handler}.json")))
+    pub fn path(root: &Path, handler: &str) -> anyhow::Result<PathBuf> {
+        inside(root, &Path::new(STATE_DIR).join(format!("{handler}.json")))
     }
 
     /// Loads the state of `handler` (empty if there is none).
     pub fn load(root: &Path, handler: &str) -> anyhow::Result<NodeState> {
-        let path = Self::path(root, handler);
+        let path = Self::path(root, handler)?;
         match fsio::read_config(&path)? {
             None => Ok(NodeState::default()),
             Some(text) => serde_json::from_str(&text)
@@ -109,11 +117,11 @@ impl NodeState {
 
     /// Saves it (removes the file when nothing is recorded).
     pub fn save(&self, root: &Path, handler: &str) -> anyhow::Result<()> {
-        let path = Self::path(root, handler);
+        let path = Self::path(root, handler)?;
         if self.is_empty() {
             fsio::remove_file(&path)?;
             // Leave no empty directories of ours behind.
-            let state_dir = under(root, Path::new(STATE_DIR));
+            let state_dir = inside(root, Path::new(STATE_DIR))?;
             for dir in [
                 state_dir.clone(),
                 state_dir
@@ -177,6 +185,6 @@ mod tests {
         NodeState::default()
             .save(dir.path(), "h")
             .expect("save empty");
-        assert!(!NodeState::path(dir.path(), "h").exists());
+        assert!(!NodeState::path(dir.path(), "h").expect("path").exists());
     }
 }

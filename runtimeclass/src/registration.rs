@@ -15,7 +15,7 @@ use kata_gpu_containerd_config::{
     Error, HandlerSpec, ImportChange, Target,
 };
 
-use crate::node_state::{host_path, now, under, ContainerdState, Mode, NodeState, LOCK};
+use crate::node_state::{host_path, inside, now, under, ContainerdState, Mode, NodeState, LOCK};
 
 /// The default main config, as the host sees it.
 pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
@@ -59,8 +59,8 @@ impl Request {
         }
     }
 
-    fn real(&self, host: &Path) -> PathBuf {
-        under(&self.root, host)
+    fn real(&self, host: &Path) -> anyhow::Result<PathBuf> {
+        inside(&self.root, host)
     }
 }
 
@@ -130,7 +130,7 @@ fn with_version<T>(
 
 /// Plans registering `req.spec`; `old` is the record of an earlier registration.
 pub fn plan_register(req: &Request, old: Option<&ContainerdState>) -> anyhow::Result<Plan> {
-    let config_real = req.real(&req.config);
+    let config_real = req.real(&req.config)?;
     let hint = req.version.or_else(|| template_version(&req.config));
     let text = read(&config_real)?;
     let file = config_real.display().to_string();
@@ -265,7 +265,7 @@ fn plan_drop_in(
     check_drop_in_safe(&main, version, file)?;
     let drop_in_host = dir.join(drop_in_file_name(&req.spec.name));
     let entry = drop_in_host.display().to_string();
-    let drop_in_real = req.real(&drop_in_host);
+    let drop_in_real = req.real(&drop_in_host)?;
     let ours = drop_in_text(&req.spec, version)?;
     let existing = read(&drop_in_real)?;
     let mut changes = Vec::new();
@@ -282,7 +282,7 @@ fn plan_drop_in(
     if template {
         // k3s/rke2: the base template owns `imports`; the rendered config must already
         // import the directory.
-        let rendered = req.real(&req.config.with_file_name("config.toml"));
+        let rendered = req.real(&req.config.with_file_name("config.toml"))?;
         let listed = read(&rendered)?
             .map(|t| imports(&t, &rendered.display().to_string()))
             .transpose()?
@@ -379,7 +379,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
             (req.config.clone(), mode, drop_in)
         }
     };
-    let config_real = req.real(&config);
+    let config_real = req.real(&config)?;
     let file = config_real.display().to_string();
     let text = read(&config_real)?;
     let target = Target {
@@ -406,7 +406,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
                     });
                 }
                 if let Some(backup) = old.and_then(|o| o.backup.as_ref()) {
-                    let backup_real = req.real(backup);
+                    let backup_real = req.real(backup)?;
                     let saved = read(&backup_real)?;
                     if saved.is_some() && saved == after {
                         changes.push(FileChange {
@@ -454,7 +454,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
                 }
             }
             if let Some(d) = drop_in {
-                let real = req.real(&d);
+                let real = req.real(&d)?;
                 if let Some(before) = read(&real)? {
                     changes.push(FileChange {
                         path: real,
@@ -486,7 +486,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
 /// Applies a plan under the node lock: each file backed up once when asked, then replaced
 /// atomically (or removed) only if it still holds what the plan read; then the record.
 pub fn apply(root: &Path, handler: &str, plan: &Plan, lock_wait: Duration) -> anyhow::Result<()> {
-    let _lock = fsio::Lock::acquire(&under(root, Path::new(LOCK)), lock_wait)?;
+    let _lock = fsio::Lock::acquire(&inside(root, Path::new(LOCK))?, lock_wait)?;
     for c in &plan.changes {
         if c.backup {
             fsio::backup_once(&c.path)?;

@@ -565,3 +565,71 @@ fn unregister_refuses_while_default_runtime_name_names_the_handler() {
         assert!(!node.read(CONFIG).unwrap_or_default().contains(HANDLER));
     }
 }
+
+/// Everything in a directory, recursively, with contents: to show a tree was not touched.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).expect("ls") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                todo.push(p.clone());
+                out.push((p, String::new()));
+            } else {
+                let text = fs::read_to_string(&p).expect("read");
+                out.push((p, text));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 18 item 5: a directory on the way (containerd's config dir, the drop-in dir, the
+/// state dir, the lock dir) that is a symlink to an absolute path is resolved inside
+/// `--host-root`, as the host would see it: nothing is written outside the root.
+#[test]
+fn a_symlinked_parent_directory_never_leads_a_write_out_of_the_host_root() {
+    let table = [
+        ("/etc/containerd", &[][..]),
+        (
+            "/etc/containerd/conf.d",
+            &["--drop-in", "/etc/containerd/conf.d"][..],
+        ),
+        ("/var/lib/kata-gpu", &[][..]),
+        ("/run/lock", &[][..]),
+    ];
+    for (linked, extra) in table {
+        let node = Node::new();
+        let outside = tempfile::tempdir().expect("outside");
+        fs::write(outside.path().join("config.toml"), "version = 3\n").expect("outside config");
+        if linked != "/etc/containerd" {
+            node.put(CONFIG, "version = 3\n");
+        }
+        let link = node.path(linked);
+        fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+        let before = snapshot(outside.path());
+        let mut args = vec!["containerd", "register", "--config-version", "3"];
+        args.extend_from_slice(extra);
+        // Inside the root, where the host would find it, is where the files go.
+        let inside = node
+            .dir
+            .path()
+            .join(outside.path().strip_prefix("/").expect("absolute temp dir"));
+        for action in ["register", "unregister"] {
+            args[1] = action;
+            let out = node.run(&args);
+            assert_eq!(out.status.code(), Some(0), "{linked}: {}", text(&out));
+            assert_eq!(snapshot(outside.path()), before, "{linked}: wrote outside");
+            if action == "register" {
+                assert!(
+                    inside.is_dir(),
+                    "{linked}: {} not created",
+                    inside.display()
+                );
+            }
+        }
+    }
+}

@@ -343,3 +343,55 @@ fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::Syste
     out.sort();
     out
 }
+
+/// Issue 18 item 5: directories on the way to every file install writes (the host CDI spec
+/// under /var/run, the artifact store under /opt, state and manifests under /var/lib, the
+/// containerd config) are symlinks to absolute paths: each resolves inside the host root,
+/// as the host sees it, and nothing outside the root is touched — by install or uninstall.
+#[test]
+fn install_and_uninstall_never_follow_a_symlinked_directory_out_of_the_host_root() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let outside = tempfile::tempdir().expect("outside");
+    let mut inside = Vec::new();
+    for (i, linked) in ["var/run", "opt", "var/lib/kata-gpu", "etc/containerd"]
+        .into_iter()
+        .enumerate()
+    {
+        let target = outside.path().join(i.to_string());
+        fs::create_dir_all(&target).expect("mkdir outside");
+        let link = sim.path(linked);
+        if link.is_dir() {
+            // The simulated host's own (empty) /var/run/cdi goes; the link replaces it.
+            fs::remove_dir_all(&link).expect("rm");
+        }
+        fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        inside.push(sim.root().join(target.strip_prefix("/").expect("absolute")));
+    }
+    let src = tempfile::tempdir().expect("set dir");
+    let set = artifact_set(src.path()).display().to_string();
+    let before = tree(outside.path());
+    let out = kata_gpu(
+        &sim,
+        &["install", "--config-version", "2", "--artifacts", &set],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        tree(outside.path()),
+        before,
+        "install wrote outside the root"
+    );
+    let cdi = inside[0].join("cdi/nvidia.com-pgpu.yaml");
+    assert!(cdi.is_file(), "{}: {}", cdi.display(), text(&out));
+    for dir in &inside {
+        assert!(dir.is_dir(), "{} not written", dir.display());
+    }
+    let out = kata_gpu(&sim, &["uninstall", "--purge"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        tree(outside.path()),
+        before,
+        "uninstall wrote outside the root"
+    );
+    assert!(!cdi.exists(), "the spec inside the root is removed");
+}

@@ -483,10 +483,24 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
     Ok(plan)
 }
 
-/// Applies a plan under the node lock: each file backed up once when asked, then replaced
-/// atomically (or removed) only if it still holds what the plan read; then the record.
+/// Applies a plan under the node lock. The record is the intent: a register's is saved
+/// before any file changes, so that a failed write or a crash never leaves a handler that no
+/// record lets `unregister` remove (a record claiming more than was done is harmless: undoing
+/// what is absent changes nothing); an unregister's goes only after its files changed. Each
+/// file is backed up once when asked, then replaced atomically (or removed) only if it still
+/// holds what the plan read.
 pub fn apply(root: &Path, handler: &str, plan: &Plan, lock_wait: Duration) -> anyhow::Result<()> {
     let _lock = fsio::Lock::acquire(&inside(root, Path::new(LOCK))?, lock_wait)?;
+    let record = |plan_state: &Option<ContainerdState>| -> anyhow::Result<()> {
+        let mut state = NodeState::load(root, handler)?;
+        state.containerd = plan_state.clone();
+        state
+            .save(root, handler)
+            .with_context(|| format!("cannot record the registration of {handler}"))
+    };
+    if plan.state.is_some() {
+        record(&plan.state)?;
+    }
     for c in &plan.changes {
         if c.backup {
             fsio::backup_once(&c.path)?;
@@ -504,11 +518,10 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, lock_wait: Duration) -> an
             }
         }
     }
-    let mut state = NodeState::load(root, handler)?;
-    state.containerd = plan.state.clone();
-    state
-        .save(root, handler)
-        .with_context(|| format!("cannot record the registration of {handler}"))
+    if plan.state.is_none() {
+        record(&None)?;
+    }
+    Ok(())
 }
 
 /// The socket containerd serves on, from the config (under the root).

@@ -633,3 +633,43 @@ fn a_symlinked_parent_directory_never_leads_a_write_out_of_the_host_root() {
         }
     }
 }
+
+/// Issue 18 item 4: the record is the intent, written before the config changes. When it
+/// cannot be written, register fails and the config is untouched, so that no handler is ever
+/// left behind without the record unregister needs; and a later register (with no change to
+/// make) keeps the record that says the handler was created, so unregister still removes it.
+#[test]
+fn the_record_is_written_before_the_config_and_a_no_op_register_keeps_it() {
+    let node = Node::new();
+    let original = fixture("v2-runc-options.toml");
+    let path = node.put(CONFIG, &original);
+    let written = mtime(&path);
+    // The state file reads (empty) but cannot be written: it is a symlink.
+    let empty = node.put("/elsewhere/empty.json", "{}\n");
+    let state_file = node.path(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"));
+    fs::create_dir_all(state_file.parent().expect("parent")).expect("mkdir");
+    std::os::unix::fs::symlink(&empty, &state_file).expect("symlink");
+    let out = node.run(&["containerd", "register"]);
+    assert_exit_saying(&out, 1, "cannot record the registration");
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+    assert_eq!(mtime(&path), written);
+    assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+
+    fs::remove_file(&state_file).expect("rm");
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let state = node
+        .read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"))
+        .expect("state");
+    let out = node.run(&["containerd", "register"]);
+    assert_exit_saying(&out, 0, "nothing to change");
+    assert_eq!(
+        node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"))
+            .map(|s| s.contains("\"kind\": \"created\"")),
+        Some(true),
+        "{state}"
+    );
+    let out = node.run(&["containerd", "unregister"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+}

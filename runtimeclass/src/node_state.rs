@@ -3,7 +3,7 @@
 //! them (without `--host-root`).
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use kata_gpu_containerd_config::fsio;
@@ -38,6 +38,25 @@ pub fn host_path(root: &Path, given: &Path) -> PathBuf {
         std::path::absolute(given).unwrap_or_else(|_| given.to_path_buf())
     } else {
         Path::new("/").join(given)
+    }
+}
+
+/// The node lock, held for a whole command: reading the record, changing files and saving
+/// the record happen under one lock, so that two installers never lose each other's records.
+/// A dry run holds none (it writes nothing, not even the lock file).
+#[derive(Debug)]
+pub struct NodeLock {
+    _held: Option<fsio::Lock>,
+}
+
+impl NodeLock {
+    /// Takes the lock at [`LOCK`] under `root`, waiting up to `wait` (none for a dry run).
+    pub fn take(root: &Path, wait: Duration, dry_run: bool) -> anyhow::Result<NodeLock> {
+        if dry_run {
+            return Ok(NodeLock { _held: None });
+        }
+        let lock = fsio::Lock::acquire(&inside(root, Path::new(LOCK))?, wait)?;
+        Ok(NodeLock { _held: Some(lock) })
     }
 }
 

@@ -3,7 +3,6 @@
 //! keep the record that lets `unregister` undo them exactly.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use kata_gpu_containerd_config::dropin::{
@@ -15,7 +14,9 @@ use kata_gpu_containerd_config::{
     Error, HandlerSpec, ImportChange, Target,
 };
 
-use crate::node_state::{host_path, inside, now, under, ContainerdState, Mode, NodeState, LOCK};
+use crate::node_state::{
+    host_path, inside, now, under, ContainerdState, Mode, NodeLock, NodeState,
+};
 
 /// The default main config, as the host sees it.
 pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
@@ -483,14 +484,13 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
     Ok(plan)
 }
 
-/// Applies a plan under the node lock. The record is the intent: a register's is saved
+/// Applies a plan; the caller holds the node lock. The record is the intent: a register's is saved
 /// before any file changes, so that a failed write or a crash never leaves a handler that no
 /// record lets `unregister` remove (a record claiming more than was done is harmless: undoing
 /// what is absent changes nothing); an unregister's goes only after its files changed. Each
 /// file is backed up once when asked, then replaced atomically (or removed) only if it still
 /// holds what the plan read.
-pub fn apply(root: &Path, handler: &str, plan: &Plan, lock_wait: Duration) -> anyhow::Result<()> {
-    let _lock = fsio::Lock::acquire(&inside(root, Path::new(LOCK))?, lock_wait)?;
+pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyhow::Result<()> {
     let record = |plan_state: &Option<ContainerdState>| -> anyhow::Result<()> {
         let mut state = NodeState::load(root, handler)?;
         state.containerd = plan_state.clone();

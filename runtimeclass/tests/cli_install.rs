@@ -323,7 +323,13 @@ fn install_refuses_a_symlinked_containerd_config_before_writing_anything() {
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("config.toml: is a symlink to"), "{said}");
-    assert_eq!(tree(sim.root()), before, "written: {said}");
+    // The node lock (taken before the record is read) is the one file that may appear.
+    let lock_dir = sim.path("run");
+    let after: Vec<_> = tree(sim.root())
+        .into_iter()
+        .filter(|(p, _, _)| !p.starts_with(&lock_dir))
+        .collect();
+    assert_eq!(after, before, "written: {said}");
     assert_eq!(fs::read_to_string(&real).expect("real"), "version = 2\n");
 }
 
@@ -394,4 +400,40 @@ fn install_and_uninstall_never_follow_a_symlinked_directory_out_of_the_host_root
         "uninstall wrote outside the root"
     );
     assert!(!cdi.exists(), "the spec inside the root is removed");
+}
+
+/// Issue 18 item 6: install reads, changes and saves the node's record under the node lock,
+/// so two runs never lose each other's records. While another installer holds the lock,
+/// install waits, gives up naming the lock, and has written nothing — no state, no spec.
+#[test]
+fn install_waits_for_the_node_lock_before_it_reads_or_writes_the_record() {
+    use nix::fcntl::{Flock, FlockArg};
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let lock = sim.path("run/lock/kata-gpu.lock");
+    fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
+    let file = fs::File::create(&lock).expect("lock file");
+    let held = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    let before = tree(sim.root());
+    for args in [
+        &["install", "--config-version", "2", "--lock-timeout", "1"][..],
+        &["uninstall", "--lock-timeout", "1"][..],
+    ] {
+        let out = kata_gpu(&sim, args);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        assert!(said.contains("another installer holds this lock"), "{said}");
+        assert_eq!(
+            tree(sim.root()),
+            before,
+            "{args:?} wrote while locked out: {said}"
+        );
+    }
+    drop(held);
+    let out = kata_gpu(
+        &sim,
+        &["install", "--config-version", "2", "--lock-timeout", "1"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

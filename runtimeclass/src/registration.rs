@@ -393,6 +393,13 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
             if let Some(t) = &text {
                 let record = old.and_then(|o| o.registration.as_ref());
                 let out = unregister(t, &req.spec.name, record, target)?;
+                for key in &out.kept {
+                    notes.push(format!(
+                        "kept {key} of {} as it is: it was edited after register (it no longer \
+                         holds what register wrote); change it by hand if it should go",
+                        req.spec.name
+                    ));
+                }
                 let created = old.is_some_and(|o| o.created_config);
                 let after = (!(created && out.text.trim().is_empty())).then_some(out.text);
                 if let Some(a) = &after {

@@ -673,3 +673,37 @@ fn the_record_is_written_before_the_config_and_a_no_op_register_keeps_it() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
 }
+
+/// Issue 18 item 3, as the admin sees it: an entry added to `pod_annotations` after
+/// register survives unregister, which says that it kept the key and why.
+#[test]
+fn unregister_keeps_an_annotation_the_admin_added_after_register() {
+    let node = Node::new();
+    let original = format!(
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.{HANDLER}.v2\"\n  privileged_without_host_devices = true\n  pod_annotations = [\"io.katacontainers.*\"]\n"
+    );
+    node.put(CONFIG, &original);
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let registered = node.read(CONFIG).expect("config");
+    let edited = registered.replace(
+        "\"cdi.k8s.io/*\"]",
+        "\"cdi.k8s.io/*\", \"admin.example/*\"]",
+    );
+    assert_ne!(edited, registered);
+    node.put(CONFIG, &edited);
+    let out = node.run(&["containerd", "unregister"]);
+    assert_exit_saying(
+        &out,
+        0,
+        &format!("note: kept pod_annotations of {HANDLER} as it is: it was edited after register"),
+    );
+    let after = node.read(CONFIG).expect("config");
+    assert!(
+        after.contains(
+            "pod_annotations = [\"io.katacontainers.*\", \"cdi.k8s.io/*\", \"admin.example/*\"]"
+        ),
+        "{after}"
+    );
+    assert!(!after.contains("ConfigPath"), "the rest undone: {after}");
+}

@@ -50,10 +50,15 @@ impl StoreConfig {
         }
     }
 
-    /// Where a host path lies on disk: under the host root.
+    /// Where a host path lies on disk: under the host root, with a symlinked directory on
+    /// the way resolved inside it ([`kata_gpu_fsutil::resolve_in_root`]), so that the store
+    /// never writes outside the root. A path that cannot be resolved (a link loop) is
+    /// joined as given, and the operation on it fails as the kernel resolves it.
     pub fn on_disk(&self, host_path: &Path) -> PathBuf {
-        self.host_root
-            .join(host_path.strip_prefix("/").unwrap_or(host_path))
+        kata_gpu_fsutil::resolve_in_root(&self.host_root, host_path).unwrap_or_else(|_| {
+            self.host_root
+                .join(host_path.strip_prefix("/").unwrap_or(host_path))
+        })
     }
 }
 

@@ -117,6 +117,22 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// The handler would be removed while a key (`default_runtime_name`) still names it.
+    #[error(
+        "{file}:{line}: {key} = \"{handler}\" names the runtime handler being removed, and \
+         containerd would then refuse to load its CRI plugin (no pod could start); point it at \
+         another runtime (e.g. runc) first; nothing was written"
+    )]
+    HandlerInUse {
+        /// The file.
+        file: String,
+        /// The key's line.
+        line: usize,
+        /// The key's dotted path.
+        key: String,
+        /// The handler.
+        handler: String,
+    },
     /// The file changed between our read and our write.
     #[error(
         "{path}: changed by someone else while it was being edited; nothing was written, run again"

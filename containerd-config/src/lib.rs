@@ -28,6 +28,7 @@ mod error;
 mod found;
 pub mod fsio;
 mod imports;
+mod in_use;
 mod node;
 mod record;
 mod register;
@@ -40,6 +41,7 @@ pub use default_runtime::DEFAULT_RUNTIME;
 pub use error::Error;
 pub use found::{find_handler, FoundHandler};
 pub use imports::{add_import, covers, imports, remove_import, ImportChange, ImportEdit};
+pub use in_use::{keys_naming, refuse_dangling_name, NamingKey};
 pub use register::{
     register, HandlerChange, KeyChange, Registered, Registration, SavedValue, Target,
 };

@@ -23,6 +23,10 @@ pub struct Registration {
     /// The file did not end with a newline, and now does.
     #[serde(default)]
     pub added_final_newline: bool,
+    /// With `added_final_newline`: the file's last line, the one that lacked it; unregister
+    /// takes the newline off only while the file still ends with this line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_line: Option<String>,
     /// `runc` was written beside the handler, because it is the first runtime the file
     /// names (see [`crate::dropin`] and containerd 1.6's map decoding).
     #[serde(default)]
@@ -49,8 +53,9 @@ impl Registration {
                 },
             ) => {
                 for c in more {
-                    if !changes.iter().any(|old| old.key == c.key) {
-                        changes.push(c);
+                    match changes.iter_mut().find(|old| old.key == c.key) {
+                        Some(old) => old.after = c.after,
+                        None => changes.push(c),
                     }
                 }
                 for t in more_tables {
@@ -78,6 +83,7 @@ impl Registration {
             },
             handler_change,
             added_final_newline: self.added_final_newline || later.added_final_newline,
+            final_line: self.final_line.or(later.final_line),
             added_default_runtime: self.added_default_runtime || later.added_default_runtime,
         }
     }
@@ -108,6 +114,10 @@ pub struct KeyChange {
     pub key: Vec<String>,
     /// Its value before, exactly as written; `None` if it was absent.
     pub before: Option<SavedValue>,
+    /// The value register wrote: a key that no longer holds it was edited since, and is
+    /// left as it is. `None` in records from before this was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<SavedValue>,
 }
 
 /// A value exactly as it was written: its text and the whitespace and comment around it.

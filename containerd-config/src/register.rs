@@ -65,6 +65,8 @@ pub fn register(text: &str, spec: &HandlerSpec, target: Target<'_>) -> Result<Re
         created_parents,
         handler_change,
         added_final_newline,
+        final_line: added_final_newline
+            .then(|| text.rsplit('\n').next().unwrap_or_default().to_owned()),
         added_default_runtime: add_runc,
     };
     let unchanged = matches!(&record.handler_change,
@@ -352,17 +354,20 @@ impl Update<'_> {
         }
         if let Some(v) = node.value_mut(key) {
             if !same(v) {
+                let before = Some(save(v));
+                replace_keeping_decor(v, want);
                 self.changes.push(KeyChange {
                     key: key_path,
-                    before: Some(save(v)),
+                    before,
+                    after: Some(save(v)),
                 });
-                replace_keeping_decor(v, want);
             }
             return Ok(());
         }
         self.changes.push(KeyChange {
             key: key_path,
             before: None,
+            after: Some(save(&want)),
         });
         node.insert_value(key, want);
         if let Node::Table(t) = node {
@@ -426,6 +431,7 @@ impl Update<'_> {
                 self.changes.push(KeyChange {
                     key: vec![key.to_owned()],
                     before: Some(before),
+                    after: Some(save(&Value::Array(arr.clone()))),
                 });
                 Ok(())
             }

@@ -232,3 +232,58 @@ fn two_handlers_share_the_default_runtime_until_the_last_one_goes() {
     let out = unregister(&out.text, "kata", Some(&first.record), t).expect("first");
     assert_eq!(out.text, "");
 }
+
+/// Issue 18 item 3: a key register set and the admin changed since is the admin's now:
+/// unregister keeps it as it is (and names it), restoring only the keys still holding what
+/// register wrote.
+#[test]
+fn unregister_keeps_a_key_the_admin_edited_since_register() {
+    let before = "version = 2\n\
+        [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata]\n\
+        \x20 runtime_type = \"io.containerd.kata.v2\"\n\
+        \x20 pod_annotations = [\"io.katacontainers.*\"]\n\
+        \x20 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata.options]\n\
+        \x20   ConfigPath = \"/opt/k/configuration.toml\"\n";
+    let t = target(None);
+    let done = register(before, &spec(), t).expect("register");
+    let table: [(&str, &str, &[&str], &str); 3] = [
+        ("", "", &[], before),
+        (
+            "\"cdi.k8s.io/*\"]",
+            "\"cdi.k8s.io/*\", \"admin.example/*\"]",
+            &["pod_annotations"],
+            "pod_annotations = [\"io.katacontainers.*\", \"cdi.k8s.io/*\", \"admin.example/*\"]\n",
+        ),
+        (
+            "privileged_without_host_devices = true",
+            "privileged_without_host_devices = false",
+            &["privileged_without_host_devices"],
+            "privileged_without_host_devices = false\n",
+        ),
+    ];
+    for (from, to, kept, want) in table {
+        let edited = done.text.replacen(from, to, 1);
+        let undone = unregister(&edited, "kata", Some(&done.record), t).expect("unregister");
+        assert_eq!(undone.kept, kept, "{from:?}");
+        assert!(undone.text.contains(want), "{from:?}: {}", undone.text);
+        if kept.is_empty() {
+            assert_eq!(undone.text, before);
+        }
+    }
+}
+
+/// Issue 18 item 3: the newline register added to a file without one is taken off again
+/// only while the file still ends with the line that lacked it; a line the admin appended
+/// since keeps its newline.
+#[test]
+fn the_added_final_newline_is_removed_only_from_the_original_last_line() {
+    let before = "version = 2\n[x]\n  a = 1";
+    let t = target(None);
+    let done = register(before, &spec(), t).expect("register");
+    assert!(done.record.added_final_newline);
+    let appended = format!("{}[y]\n  b = 2\n", done.text);
+    let undone = unregister(&appended, "kata", Some(&done.record), t).expect("unregister");
+    assert!(undone.text.ends_with("[y]\n  b = 2\n"), "{:?}", undone.text);
+    let undone = unregister(&done.text, "kata", Some(&done.record), t).expect("unregister");
+    assert_eq!(undone.text, before);
+}

@@ -61,10 +61,7 @@ impl Source {
     /// Parses the body, naming `file` and the line and column (of the whole file) on error.
     pub fn parse(&self, file: &str) -> Result<DocumentMut, Error> {
         self.body.parse::<DocumentMut>().map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start).min(self.body.len());
-            let before = &self.body[..floor_char_boundary(&self.body, offset)];
-            let line = self.header_lines + before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let (line, column) = self.position(e.span().map_or(0, |s| s.start));
             Error::InvalidToml {
                 file: file.to_owned(),
                 line,
@@ -72,6 +69,16 @@ impl Source {
                 message: e.message().trim().to_owned(),
             }
         })
+    }
+
+    /// The 1-based line (of the whole file, header counted) and column (in characters) of
+    /// a byte offset into the body.
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.body.len());
+        let before = &self.body[..floor_char_boundary(&self.body, offset)];
+        let line = self.header_lines + before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
     }
 
     /// Puts a rendered body back together with the header and the line endings.

@@ -7,7 +7,7 @@ use toml_edit::{DocumentMut, Value};
 use crate::default_runtime;
 use crate::error::Error;
 use crate::node::{walk, Node};
-use crate::register::{HandlerChange, KeyChange, Registration, Target};
+use crate::register::{save, HandlerChange, KeyChange, Registration, Target};
 use crate::text::{render, Source};
 use crate::version::{declared, ConfigVersion, Declared};
 
@@ -20,6 +20,9 @@ pub struct Unregistered {
     pub changed: bool,
     /// The handler was found (and removed or restored).
     pub found: bool,
+    /// Keys of an existing handler that register set and someone changed since: left as
+    /// they are, dotted below the handler (e.g. `pod_annotations`).
+    pub kept: Vec<String>,
 }
 
 /// Removes the handler `name` from `text`. With the `record` of the [`crate::register`]
@@ -41,8 +44,16 @@ pub fn unregister(
         _ => vec![ConfigVersion::V2, ConfigVersion::V3],
     };
     let mut found = false;
+    let mut kept = Vec::new();
     for v in versions {
-        if undo_handler(&mut doc, &v.runtimes_path(), name, record, target.file)? {
+        if undo_handler(
+            &mut doc,
+            &v.runtimes_path(),
+            name,
+            record,
+            target.file,
+            &mut kept,
+        )? {
             found = true;
             break;
         }
@@ -60,16 +71,23 @@ pub fn unregister(
             text: text.to_owned(),
             changed: false,
             found,
+            kept,
         });
     }
     let mut out = source.join(&render(&doc, false));
-    if record.is_some_and(|r| r.added_final_newline) {
+    let ends_as_registered = |r: &Registration| {
+        r.final_line
+            .as_ref()
+            .is_none_or(|l| out.ends_with(&format!("{l}\n")) || out.ends_with(&format!("{l}\r\n")))
+    };
+    if record.is_some_and(|r| r.added_final_newline && ends_as_registered(r)) {
         strip_final_newline(&mut out);
     }
     Ok(Unregistered {
         changed: out != text,
         text: out,
         found,
+        kept,
     })
 }
 
@@ -89,6 +107,7 @@ fn undo_handler(
     name: &str,
     record: Option<&Registration>,
     file: &str,
+    kept: &mut Vec<String>,
 ) -> Result<bool, Error> {
     let Ok(Some(mut runtimes)) = walk(doc.as_table_mut(), path) else {
         return Ok(false);
@@ -112,7 +131,9 @@ fn undo_handler(
                 return Ok(true);
             };
             for change in changes.iter().rev() {
-                restore(&mut handler, change, file)?;
+                if !restore(&mut handler, change, file)? {
+                    kept.push(change.key.join("."));
+                }
             }
             for table in created_tables.iter().rev() {
                 let empty = matches!(handler.reborrow().child(table), Ok(Some(t)) if t.is_empty());
@@ -148,16 +169,22 @@ fn undo_handler(
     Ok(true)
 }
 
-/// Puts back one key of an existing handler.
-fn restore(handler: &mut Node<'_>, change: &KeyChange, file: &str) -> Result<(), Error> {
+/// Puts back one key of an existing handler; `false` when it no longer holds what register
+/// wrote (someone edited it since) and is left as it is.
+fn restore(handler: &mut Node<'_>, change: &KeyChange, file: &str) -> Result<bool, Error> {
     let Some((key, under)) = change.key.split_last() else {
-        return Ok(());
+        return Ok(true);
     };
     let mut node = handler.reborrow();
     for k in under {
         match node.child(k) {
             Ok(Some(next)) => node = next,
-            _ => return Ok(()),
+            _ => return Ok(true),
+        }
+    }
+    if let Some(wrote) = &change.after {
+        if node.value(key).map(|v| save(v).repr) != Some(wrote.repr.clone()) {
+            return Ok(false);
         }
     }
     match &change.before {
@@ -184,5 +211,5 @@ fn restore(handler: &mut Node<'_>, change: &KeyChange, file: &str) -> Result<(),
             }
         }
     }
-    Ok(())
+    Ok(true)
 }

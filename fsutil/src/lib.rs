@@ -1,10 +1,12 @@
 //! Atomic file writes: a reader (containerd, Kata, a CDI registry) sees the old file or the
 //! new one, never half of one, and a crash leaves one of the two; and the file locks that
-//! keep two writers apart.
+//! keep two writers apart; and paths under a host root that never leave it.
 
 mod lock;
+mod root;
 
 pub use lock::{FileLock, LockError};
+pub use root::resolve_in_root;
 
 use std::fs;
 use std::io::{self, Write};

@@ -245,8 +245,11 @@ fn generate(
     global: &Global,
 ) -> anyhow::Result<Outcome> {
     let host = kata_gpu_shim::Host::new(&global.host_root);
-    let dir =
-        output_dir.unwrap_or_else(|| cdi::inject::under_root(&global.host_root, "/var/run/cdi"));
+    let dir = match output_dir {
+        Some(d) => d,
+        // A symlinked /var/run (most distributions: -> /run) resolves inside the root.
+        None => crate::node_state::inside(&global.host_root, Path::new("/var/run/cdi"))?,
+    };
     let found = kata_gpu_shim::host_spec::host_specs(&host)
         .context("cannot read the host's PCI devices")?;
     let mut written = Vec::new();

@@ -9,7 +9,7 @@ use kata_gpu_containerd_config::{daemon, ConfigVersion, HandlerSpec};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
-use crate::node_state::NodeState;
+use crate::node_state::{NodeLock, NodeState};
 use crate::registration::{apply, plan_register, plan_unregister, socket, Plan, Request};
 use crate::{Global, Outcome};
 
@@ -152,22 +152,26 @@ pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Pl
     })
 }
 
-/// Plans and (unless dry-run) applies register or unregister, then restarts when asked.
+/// Plans and (unless dry-run) applies register or unregister under the node lock, then
+/// restarts when asked.
 pub fn run_one(
     register: bool,
     req: &Request,
     args: &ContainerdArgs,
     root: &Path,
 ) -> anyhow::Result<Report> {
-    apply_one(plan_one(register, req, root)?, req, args, root)
+    let lock = NodeLock::take(root, Duration::from_secs(args.lock_timeout), args.dry_run)?;
+    apply_one(plan_one(register, req, root)?, req, args, root, &lock)
 }
 
-/// Applies a plan (unless dry-run), then restarts containerd when asked.
+/// Applies a plan (unless dry-run), then restarts containerd when asked; the caller holds
+/// the node lock (taken before the plan read the record).
 pub fn apply_one(
     planned: Planned,
     req: &Request,
     args: &ContainerdArgs,
     root: &Path,
+    lock: &NodeLock,
 ) -> anyhow::Result<Report> {
     let Planned {
         register,
@@ -193,12 +197,7 @@ pub fn apply_one(
         return Ok(report);
     }
     let socket_path = socket(root, &report.config, args.socket.as_deref());
-    apply(
-        root,
-        &handler,
-        &plan,
-        Duration::from_secs(args.lock_timeout),
-    )?;
+    apply(root, &handler, &plan, lock)?;
     let mut state = NodeState::load(root, &handler)?;
     let pending = match &state.containerd {
         Some(c) => c.restart_pending,

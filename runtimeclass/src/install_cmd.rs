@@ -13,7 +13,7 @@ use kata_gpu_shim::Profile;
 use serde::Serialize;
 
 use crate::containerd_cmd::{self, handler_spec, ContainerdArgs};
-use crate::node_state::{host_path, under, NodeState};
+use crate::node_state::{host_path, inside, under, NodeLock, NodeState};
 use crate::registration::Request;
 use crate::runtimeclass_cmd::ManifestArgs;
 use crate::{Global, Outcome};
@@ -170,7 +170,7 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
         let host_file = Path::new(CDI_DIR).join(cdi::write::spec_file_name(&spec.kind));
         let yaml = serde_yaml_ng::to_string(spec)?;
         if put(
-            &under(root, &host_file),
+            &inside(root, &host_file)?,
             &yaml,
             args.containerd.dry_run,
             &mut step,
@@ -195,7 +195,7 @@ fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow
     let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
     let mut step = Step::new("runtimeclass", "");
     let changed = put(
-        &under(root, &host_file),
+        &inside(root, &host_file)?,
         &m.to_yaml()?,
         args.containerd.dry_run,
         &mut step,
@@ -214,6 +214,14 @@ fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow
     Ok(step)
 }
 
+fn node_lock(args: &NodeArgs, root: &Path) -> anyhow::Result<NodeLock> {
+    NodeLock::take(
+        root,
+        std::time::Duration::from_secs(args.containerd.lock_timeout),
+        args.containerd.dry_run,
+    )
+}
+
 fn request(args: &NodeArgs, root: &Path) -> Request {
     Request::new(
         root,
@@ -229,8 +237,10 @@ fn containerd_steps(
     planned: containerd_cmd::Planned,
     args: &NodeArgs,
     root: &Path,
+    lock: &NodeLock,
 ) -> anyhow::Result<Vec<Step>> {
-    let report = containerd_cmd::apply_one(planned, &request(args, root), &args.containerd, root)?;
+    let report =
+        containerd_cmd::apply_one(planned, &request(args, root), &args.containerd, root, lock)?;
     let mut step = Step::new(
         "containerd",
         match (report.changed, args.containerd.dry_run) {
@@ -259,6 +269,8 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
     let node = &args.node;
     let handler = node.profile.handler();
+    // One lock for the whole run: the record is read, changed and saved under it.
+    let lock = node_lock(node, root)?;
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
     let containerd = containerd_cmd::plan_one(true, &request(node, root), root)?;
@@ -268,7 +280,7 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     if !node.containerd.dry_run {
         state.save(root, handler)?;
     }
-    steps.extend(containerd_steps(containerd, node, root)?);
+    steps.extend(containerd_steps(containerd, node, root, &lock)?);
     let mut state = NodeState::load(root, handler)?;
     steps.push(manifests_step(node, root, &mut state)?);
     if !node.containerd.dry_run {
@@ -285,6 +297,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     let node = &args.node;
     let handler = node.profile.handler();
     let dry_run = node.containerd.dry_run;
+    let lock = node_lock(node, root)?;
     let purge = if args.purge {
         let store = store(node, root)?;
         // The same checks as the removal at the end, removing nothing: a refusal comes first.
@@ -297,12 +310,13 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
         containerd_cmd::plan_one(false, &request(node, root), root)?,
         node,
         root,
+        &lock,
     )?;
     let mut state = NodeState::load(root, handler)?;
     let mut cdi = Step::new("cdi", "");
     let mut removed = Vec::new();
     for spec in std::mem::take(&mut state.cdi_specs) {
-        let real = under(root, &host_path(root, &spec));
+        let real = inside(root, &host_path(root, &spec))?;
         if let Some(before) = fsio::read_config(&real)? {
             if dry_run {
                 cdi.diffs.push(diff::unified(&real, Some(&before), None));
@@ -325,7 +339,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     steps.push(cdi);
     let mut manifests = Step::new("runtimeclass", "nothing to remove");
     if let Some(m) = state.manifests.take() {
-        let real = under(root, &m);
+        let real = inside(root, &m)?;
         if let Some(before) = fsio::read_config(&real)? {
             if dry_run {
                 manifests
@@ -335,7 +349,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
                 fsio::remove_file(&real)?;
             }
             if !dry_run {
-                let _ = std::fs::remove_dir(under(root, Path::new(MANIFEST_DIR)));
+                let _ = std::fs::remove_dir(inside(root, Path::new(MANIFEST_DIR))?);
             }
             manifests.result = format!(
                 "{} {} (delete the objects with kubectl delete -f before)",

@@ -3,7 +3,7 @@
 //! them (without `--host-root`).
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use kata_gpu_containerd_config::fsio;
@@ -20,6 +20,14 @@ pub fn under(root: &Path, host: &Path) -> PathBuf {
     root.join(host.strip_prefix("/").unwrap_or(host))
 }
 
+/// `host` under `root` with every symlink on the way resolved inside `root`
+/// ([`kata_gpu_fsutil::resolve_in_root`]), so that a linked directory never leads a read or
+/// a write out of `--host-root`. Every file kata-gpu writes on a node goes through this.
+pub fn inside(root: &Path, host: &Path) -> anyhow::Result<PathBuf> {
+    kata_gpu_fsutil::resolve_in_root(root, host)
+        .with_context(|| format!("cannot resolve {} under {}", host.display(), root.display()))
+}
+
 /// A path given on the command line, as the host sees it: absolute as given; a relative one
 /// is taken from the current directory on a real host (`--host-root /`) and from the root
 /// of a simulated one.
@@ -30,6 +38,25 @@ pub fn host_path(root: &Path, given: &Path) -> PathBuf {
         std::path::absolute(given).unwrap_or_else(|_| given.to_path_buf())
     } else {
         Path::new("/").join(given)
+    }
+}
+
+/// The node lock, held for a whole command: reading the record, changing files and saving
+/// the record happen under one lock, so that two installers never lose each other's records.
+/// A dry run holds none (it writes nothing, not even the lock file).
+#[derive(Debug)]
+pub struct NodeLock {
+    _held: Option<fsio::Lock>,
+}
+
+impl NodeLock {
+    /// Takes the lock at [`LOCK`] under `root`, waiting up to `wait` (none for a dry run).
+    pub fn take(root: &Path, wait: Duration, dry_run: bool) -> anyhow::Result<NodeLock> {
+        if dry_run {
+            return Ok(NodeLock { _held: None });
+        }
+        let lock = fsio::Lock::acquire(&inside(root, Path::new(LOCK))?, wait)?;
+        Ok(NodeLock { _held: Some(lock) })
     }
 }
 
@@ -88,13 +115,13 @@ pub struct NodeState {
 
 impl NodeState {
     /// The state file of `handler` under `root`.
-    pub fn path(root: &Path, handler: &str) -> PathBuf {
-        under(root, &Path::new(STATE_DIR).join(format!("{handler}.json")))
+    pub fn path(root: &Path, handler: &str) -> anyhow::Result<PathBuf> {
+        inside(root, &Path::new(STATE_DIR).join(format!("{handler}.json")))
     }
 
     /// Loads the state of `handler` (empty if there is none).
     pub fn load(root: &Path, handler: &str) -> anyhow::Result<NodeState> {
-        let path = Self::path(root, handler);
+        let path = Self::path(root, handler)?;
         match fsio::read_config(&path)? {
             None => Ok(NodeState::default()),
             Some(text) => serde_json::from_str(&text)
@@ -109,11 +136,11 @@ impl NodeState {
 
     /// Saves it (removes the file when nothing is recorded).
     pub fn save(&self, root: &Path, handler: &str) -> anyhow::Result<()> {
-        let path = Self::path(root, handler);
+        let path = Self::path(root, handler)?;
         if self.is_empty() {
             fsio::remove_file(&path)?;
             // Leave no empty directories of ours behind.
-            let state_dir = under(root, Path::new(STATE_DIR));
+            let state_dir = inside(root, Path::new(STATE_DIR))?;
             for dir in [
                 state_dir.clone(),
                 state_dir
@@ -177,6 +204,6 @@ mod tests {
         NodeState::default()
             .save(dir.path(), "h")
             .expect("save empty");
-        assert!(!NodeState::path(dir.path(), "h").exists());
+        assert!(!NodeState::path(dir.path(), "h").expect("path").exists());
     }
 }

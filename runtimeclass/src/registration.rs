@@ -3,7 +3,6 @@
 //! keep the record that lets `unregister` undo them exactly.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use kata_gpu_containerd_config::dropin::{
@@ -11,11 +10,13 @@ use kata_gpu_containerd_config::dropin::{
 };
 use kata_gpu_containerd_config::{
     add_import, config_version, covers, daemon, diff, find_handler, fsio, imports,
-    is_template_line, register, remove_import, unregister, ConfigVersion, Error, HandlerSpec,
-    ImportChange, Target,
+    is_template_line, refuse_dangling_name, register, remove_import, unregister, ConfigVersion,
+    Error, HandlerSpec, ImportChange, Target,
 };
 
-use crate::node_state::{host_path, now, under, ContainerdState, Mode, NodeState, LOCK};
+use crate::node_state::{
+    host_path, inside, now, under, ContainerdState, Mode, NodeLock, NodeState,
+};
 
 /// The default main config, as the host sees it.
 pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
@@ -59,8 +60,8 @@ impl Request {
         }
     }
 
-    fn real(&self, host: &Path) -> PathBuf {
-        under(&self.root, host)
+    fn real(&self, host: &Path) -> anyhow::Result<PathBuf> {
+        inside(&self.root, host)
     }
 }
 
@@ -130,7 +131,7 @@ fn with_version<T>(
 
 /// Plans registering `req.spec`; `old` is the record of an earlier registration.
 pub fn plan_register(req: &Request, old: Option<&ContainerdState>) -> anyhow::Result<Plan> {
-    let config_real = req.real(&req.config);
+    let config_real = req.real(&req.config)?;
     let hint = req.version.or_else(|| template_version(&req.config));
     let text = read(&config_real)?;
     let file = config_real.display().to_string();
@@ -265,7 +266,7 @@ fn plan_drop_in(
     check_drop_in_safe(&main, version, file)?;
     let drop_in_host = dir.join(drop_in_file_name(&req.spec.name));
     let entry = drop_in_host.display().to_string();
-    let drop_in_real = req.real(&drop_in_host);
+    let drop_in_real = req.real(&drop_in_host)?;
     let ours = drop_in_text(&req.spec, version)?;
     let existing = read(&drop_in_real)?;
     let mut changes = Vec::new();
@@ -282,7 +283,7 @@ fn plan_drop_in(
     if template {
         // k3s/rke2: the base template owns `imports`; the rendered config must already
         // import the directory.
-        let rendered = req.real(&req.config.with_file_name("config.toml"));
+        let rendered = req.real(&req.config.with_file_name("config.toml"))?;
         let listed = read(&rendered)?
             .map(|t| imports(&t, &rendered.display().to_string()))
             .transpose()?
@@ -379,7 +380,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
             (req.config.clone(), mode, drop_in)
         }
     };
-    let config_real = req.real(&config);
+    let config_real = req.real(&config)?;
     let file = config_real.display().to_string();
     let text = read(&config_real)?;
     let target = Target {
@@ -392,8 +393,18 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
             if let Some(t) = &text {
                 let record = old.and_then(|o| o.registration.as_ref());
                 let out = unregister(t, &req.spec.name, record, target)?;
+                for key in &out.kept {
+                    notes.push(format!(
+                        "kept {key} of {} as it is: it was edited after register (it no longer \
+                         holds what register wrote); change it by hand if it should go",
+                        req.spec.name
+                    ));
+                }
                 let created = old.is_some_and(|o| o.created_config);
                 let after = (!(created && out.text.trim().is_empty())).then_some(out.text);
+                if let Some(a) = &after {
+                    refuse_dangling_name(t, a, &req.spec.name, &file)?;
+                }
                 if after.as_deref() != Some(t.as_str()) {
                     changes.push(FileChange {
                         path: config_real.clone(),
@@ -403,7 +414,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
                     });
                 }
                 if let Some(backup) = old.and_then(|o| o.backup.as_ref()) {
-                    let backup_real = req.real(backup);
+                    let backup_real = req.real(backup)?;
                     let saved = read(&backup_real)?;
                     if saved.is_some() && saved == after {
                         changes.push(FileChange {
@@ -431,10 +442,15 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
                     created_version_key: false,
                     added_final_newline: false,
                 });
-                if !t.lines().next().is_some_and(is_template_line) {
+                if t.lines().next().is_some_and(is_template_line) {
+                    refuse_dangling_name(t, t, &req.spec.name, &file)?;
+                } else {
                     let out = remove_import(t, &change, target)?;
                     let created = old.is_some_and(|o| o.created_config);
                     let after = (!(created && out.text.trim().is_empty())).then_some(out.text);
+                    if let Some(a) = &after {
+                        refuse_dangling_name(t, a, &req.spec.name, &file)?;
+                    }
                     if after.as_deref() != Some(t.as_str()) {
                         changes.push(FileChange {
                             path: config_real.clone(),
@@ -446,7 +462,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
                 }
             }
             if let Some(d) = drop_in {
-                let real = req.real(&d);
+                let real = req.real(&d)?;
                 if let Some(before) = read(&real)? {
                     changes.push(FileChange {
                         path: real,
@@ -475,10 +491,23 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
     Ok(plan)
 }
 
-/// Applies a plan under the node lock: each file backed up once when asked, then replaced
-/// atomically (or removed) only if it still holds what the plan read; then the record.
-pub fn apply(root: &Path, handler: &str, plan: &Plan, lock_wait: Duration) -> anyhow::Result<()> {
-    let _lock = fsio::Lock::acquire(&under(root, Path::new(LOCK)), lock_wait)?;
+/// Applies a plan; the caller holds the node lock. The record is the intent: a register's is saved
+/// before any file changes, so that a failed write or a crash never leaves a handler that no
+/// record lets `unregister` remove (a record claiming more than was done is harmless: undoing
+/// what is absent changes nothing); an unregister's goes only after its files changed. Each
+/// file is backed up once when asked, then replaced atomically (or removed) only if it still
+/// holds what the plan read.
+pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyhow::Result<()> {
+    let record = |plan_state: &Option<ContainerdState>| -> anyhow::Result<()> {
+        let mut state = NodeState::load(root, handler)?;
+        state.containerd = plan_state.clone();
+        state
+            .save(root, handler)
+            .with_context(|| format!("cannot record the registration of {handler}"))
+    };
+    if plan.state.is_some() {
+        record(&plan.state)?;
+    }
     for c in &plan.changes {
         if c.backup {
             fsio::backup_once(&c.path)?;
@@ -496,11 +525,10 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, lock_wait: Duration) -> an
             }
         }
     }
-    let mut state = NodeState::load(root, handler)?;
-    state.containerd = plan.state.clone();
-    state
-        .save(root, handler)
-        .with_context(|| format!("cannot record the registration of {handler}"))
+    if plan.state.is_none() {
+        record(&None)?;
+    }
+    Ok(())
 }
 
 /// The socket containerd serves on, from the config (under the root).

@@ -10,7 +10,7 @@ use kata_gpu_containerd_config::{covers, daemon, find_handler, fsio, imports};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
-use crate::node_state::{host_path, under, ContainerdState, Mode, NodeState};
+use crate::node_state::{host_path, inside, under, ContainerdState, Mode, NodeState};
 use crate::registration::DEFAULT_CONFIG;
 use crate::{Global, Outcome};
 
@@ -100,7 +100,7 @@ fn artifacts(args: &StatusArgs, root: &Path, s: &mut Status) {
 
 /// Whether the registration's files carry the handler as recorded.
 fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> anyhow::Result<bool> {
-    let config_real = under(root, &c.config);
+    let config_real = inside(root, &c.config)?;
     let main = fsio::read_config(&config_real)?;
     match c.mode {
         Mode::InPlace => {
@@ -111,7 +111,7 @@ fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> anyhow::Resul
             let Some(drop_in) = &c.drop_in else {
                 return Ok(false);
             };
-            let text = fsio::read_config(&under(root, drop_in))?;
+            let text = fsio::read_config(&inside(root, drop_in)?)?;
             let ok = text
                 .as_deref()
                 .and_then(|t| find_handler(t, &c.spec.name))
@@ -226,7 +226,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
             }
         }
         None => {
-            let text = fsio::read_config(&under(root, &config))?;
+            let text = fsio::read_config(&inside(root, &config)?)?;
             s.registered = text
                 .as_deref()
                 .and_then(|t| find_handler(t, handler))
@@ -242,7 +242,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
             ));
         }
     }
-    match daemon::loaded_handler(&args.containerd, &under(root, &config), handler) {
+    match daemon::loaded_handler(&args.containerd, &inside(root, &config)?, handler) {
         Ok(found) => {
             // The dump reads the file; the running containerd has it only after a restart.
             s.loaded = Some(found.is_some() && !s.restart_pending);

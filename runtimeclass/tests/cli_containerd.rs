@@ -502,3 +502,208 @@ fn a_config_that_is_a_symlink_is_refused_and_nothing_is_written() {
     assert_exit_saying(&out, 1, "config.toml.kata-gpu.bak: is a symlink to");
     assert_eq!(node2.read(CONFIG).as_deref(), Some("version = 2\n"));
 }
+
+/// Issue 18 item 2: an admin made our handler containerd's default after `register`;
+/// removing it would leave `default_runtime_name` naming nothing and containerd 1.6 would
+/// refuse to load CRI. Unregister (in place and drop-in) refuses, names the key and its
+/// line, and changes nothing; once the admin points the default elsewhere it goes through.
+#[test]
+fn unregister_refuses_while_default_runtime_name_names_the_handler() {
+    for drop_in in [false, true] {
+        let node = Node::new();
+        let original = fixture("v2-runc-options.toml");
+        node.put(CONFIG, &original);
+        let mut register = vec!["containerd", "register"];
+        if drop_in {
+            // A version-3 main file, so that a drop-in is allowed.
+            node.put(
+                CONFIG,
+                "version = 3\n[plugins.\"io.containerd.cri.v1.runtime\".containerd]\n  default_runtime_name = \"runc\"\n",
+            );
+            register.extend(["--drop-in", "/etc/containerd/conf.d"]);
+        }
+        let out = node.run(&register);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let registered = node.read(CONFIG).expect("config");
+        let edited = registered.replace(
+            "default_runtime_name = \"runc\"",
+            &format!("default_runtime_name = \"{HANDLER}\""),
+        );
+        assert_ne!(edited, registered);
+        node.put(CONFIG, &edited);
+        let state = node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"));
+        let drop_in_file = node.read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-snp.toml");
+
+        let out = node.run(&["containerd", "unregister"]);
+        let cri = if drop_in {
+            "io.containerd.cri.v1.runtime"
+        } else {
+            "io.containerd.grpc.v1.cri"
+        };
+        assert_exit_saying(
+            &out,
+            1,
+            &format!(
+                "config.toml:{}: plugins.\"{cri}\".containerd.default_runtime_name = \"{HANDLER}\" names the runtime handler being removed",
+                if drop_in { 4 } else { 7 }
+            ),
+        );
+        assert_eq!(text(&out).trim().lines().count(), 1, "{}", text(&out));
+        assert_eq!(node.read(CONFIG).as_deref(), Some(edited.as_str()));
+        assert_eq!(
+            node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json")),
+            state
+        );
+        assert_eq!(
+            node.read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-snp.toml"),
+            drop_in_file
+        );
+
+        node.put(CONFIG, &registered);
+        let out = node.run(&["containerd", "unregister"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(!node.read(CONFIG).unwrap_or_default().contains(HANDLER));
+    }
+}
+
+/// Everything in a directory, recursively, with contents: to show a tree was not touched.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).expect("ls") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                todo.push(p.clone());
+                out.push((p, String::new()));
+            } else {
+                let text = fs::read_to_string(&p).expect("read");
+                out.push((p, text));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 18 item 5: a directory on the way (containerd's config dir, the drop-in dir, the
+/// state dir, the lock dir) that is a symlink to an absolute path is resolved inside
+/// `--host-root`, as the host would see it: nothing is written outside the root.
+#[test]
+fn a_symlinked_parent_directory_never_leads_a_write_out_of_the_host_root() {
+    let table = [
+        ("/etc/containerd", &[][..]),
+        (
+            "/etc/containerd/conf.d",
+            &["--drop-in", "/etc/containerd/conf.d"][..],
+        ),
+        ("/var/lib/kata-gpu", &[][..]),
+        ("/run/lock", &[][..]),
+    ];
+    for (linked, extra) in table {
+        let node = Node::new();
+        let outside = tempfile::tempdir().expect("outside");
+        fs::write(outside.path().join("config.toml"), "version = 3\n").expect("outside config");
+        if linked != "/etc/containerd" {
+            node.put(CONFIG, "version = 3\n");
+        }
+        let link = node.path(linked);
+        fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+        let before = snapshot(outside.path());
+        let mut args = vec!["containerd", "register", "--config-version", "3"];
+        args.extend_from_slice(extra);
+        // Inside the root, where the host would find it, is where the files go.
+        let inside = node
+            .dir
+            .path()
+            .join(outside.path().strip_prefix("/").expect("absolute temp dir"));
+        for action in ["register", "unregister"] {
+            args[1] = action;
+            let out = node.run(&args);
+            assert_eq!(out.status.code(), Some(0), "{linked}: {}", text(&out));
+            assert_eq!(snapshot(outside.path()), before, "{linked}: wrote outside");
+            if action == "register" {
+                assert!(
+                    inside.is_dir(),
+                    "{linked}: {} not created",
+                    inside.display()
+                );
+            }
+        }
+    }
+}
+
+/// Issue 18 item 4: the record is the intent, written before the config changes. When it
+/// cannot be written, register fails and the config is untouched, so that no handler is ever
+/// left behind without the record unregister needs; and a later register (with no change to
+/// make) keeps the record that says the handler was created, so unregister still removes it.
+#[test]
+fn the_record_is_written_before_the_config_and_a_no_op_register_keeps_it() {
+    let node = Node::new();
+    let original = fixture("v2-runc-options.toml");
+    let path = node.put(CONFIG, &original);
+    let written = mtime(&path);
+    // The state file reads (empty) but cannot be written: it is a symlink.
+    let empty = node.put("/elsewhere/empty.json", "{}\n");
+    let state_file = node.path(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"));
+    fs::create_dir_all(state_file.parent().expect("parent")).expect("mkdir");
+    std::os::unix::fs::symlink(&empty, &state_file).expect("symlink");
+    let out = node.run(&["containerd", "register"]);
+    assert_exit_saying(&out, 1, "cannot record the registration");
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+    assert_eq!(mtime(&path), written);
+    assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+
+    fs::remove_file(&state_file).expect("rm");
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let state = node
+        .read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"))
+        .expect("state");
+    let out = node.run(&["containerd", "register"]);
+    assert_exit_saying(&out, 0, "nothing to change");
+    assert_eq!(
+        node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"))
+            .map(|s| s.contains("\"kind\": \"created\"")),
+        Some(true),
+        "{state}"
+    );
+    let out = node.run(&["containerd", "unregister"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+}
+
+/// Issue 18 item 3, as the admin sees it: an entry added to `pod_annotations` after
+/// register survives unregister, which says that it kept the key and why.
+#[test]
+fn unregister_keeps_an_annotation_the_admin_added_after_register() {
+    let node = Node::new();
+    let original = format!(
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.{HANDLER}.v2\"\n  privileged_without_host_devices = true\n  pod_annotations = [\"io.katacontainers.*\"]\n"
+    );
+    node.put(CONFIG, &original);
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let registered = node.read(CONFIG).expect("config");
+    let edited = registered.replace(
+        "\"cdi.k8s.io/*\"]",
+        "\"cdi.k8s.io/*\", \"admin.example/*\"]",
+    );
+    assert_ne!(edited, registered);
+    node.put(CONFIG, &edited);
+    let out = node.run(&["containerd", "unregister"]);
+    assert_exit_saying(
+        &out,
+        0,
+        &format!("note: kept pod_annotations of {HANDLER} as it is: it was edited after register"),
+    );
+    let after = node.read(CONFIG).expect("config");
+    assert!(
+        after.contains(
+            "pod_annotations = [\"io.katacontainers.*\", \"cdi.k8s.io/*\", \"admin.example/*\"]"
+        ),
+        "{after}"
+    );
+    assert!(!after.contains("ConfigPath"), "the rest undone: {after}");
+}

@@ -323,7 +323,13 @@ fn install_refuses_a_symlinked_containerd_config_before_writing_anything() {
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("config.toml: is a symlink to"), "{said}");
-    assert_eq!(tree(sim.root()), before, "written: {said}");
+    // The node lock (taken before the record is read) is the one file that may appear.
+    let lock_dir = sim.path("run");
+    let after: Vec<_> = tree(sim.root())
+        .into_iter()
+        .filter(|(p, _, _)| !p.starts_with(&lock_dir))
+        .collect();
+    assert_eq!(after, before, "written: {said}");
     assert_eq!(fs::read_to_string(&real).expect("real"), "version = 2\n");
 }
 
@@ -342,4 +348,92 @@ fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::Syste
     }
     out.sort();
     out
+}
+
+/// Issue 18 item 5: directories on the way to every file install writes (the host CDI spec
+/// under /var/run, the artifact store under /opt, state and manifests under /var/lib, the
+/// containerd config) are symlinks to absolute paths: each resolves inside the host root,
+/// as the host sees it, and nothing outside the root is touched — by install or uninstall.
+#[test]
+fn install_and_uninstall_never_follow_a_symlinked_directory_out_of_the_host_root() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let outside = tempfile::tempdir().expect("outside");
+    let mut inside = Vec::new();
+    for (i, linked) in ["var/run", "opt", "var/lib/kata-gpu", "etc/containerd"]
+        .into_iter()
+        .enumerate()
+    {
+        let target = outside.path().join(i.to_string());
+        fs::create_dir_all(&target).expect("mkdir outside");
+        let link = sim.path(linked);
+        if link.is_dir() {
+            // The simulated host's own (empty) /var/run/cdi goes; the link replaces it.
+            fs::remove_dir_all(&link).expect("rm");
+        }
+        fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        inside.push(sim.root().join(target.strip_prefix("/").expect("absolute")));
+    }
+    let src = tempfile::tempdir().expect("set dir");
+    let set = artifact_set(src.path()).display().to_string();
+    let before = tree(outside.path());
+    let out = kata_gpu(
+        &sim,
+        &["install", "--config-version", "2", "--artifacts", &set],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        tree(outside.path()),
+        before,
+        "install wrote outside the root"
+    );
+    let cdi = inside[0].join("cdi/nvidia.com-pgpu.yaml");
+    assert!(cdi.is_file(), "{}: {}", cdi.display(), text(&out));
+    for dir in &inside {
+        assert!(dir.is_dir(), "{} not written", dir.display());
+    }
+    let out = kata_gpu(&sim, &["uninstall", "--purge"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        tree(outside.path()),
+        before,
+        "uninstall wrote outside the root"
+    );
+    assert!(!cdi.exists(), "the spec inside the root is removed");
+}
+
+/// Issue 18 item 6: install reads, changes and saves the node's record under the node lock,
+/// so two runs never lose each other's records. While another installer holds the lock,
+/// install waits, gives up naming the lock, and has written nothing — no state, no spec.
+#[test]
+fn install_waits_for_the_node_lock_before_it_reads_or_writes_the_record() {
+    use nix::fcntl::{Flock, FlockArg};
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let lock = sim.path("run/lock/kata-gpu.lock");
+    fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
+    let file = fs::File::create(&lock).expect("lock file");
+    let held = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    let before = tree(sim.root());
+    for args in [
+        &["install", "--config-version", "2", "--lock-timeout", "1"][..],
+        &["uninstall", "--lock-timeout", "1"][..],
+    ] {
+        let out = kata_gpu(&sim, args);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        assert!(said.contains("another installer holds this lock"), "{said}");
+        assert_eq!(
+            tree(sim.root()),
+            before,
+            "{args:?} wrote while locked out: {said}"
+        );
+    }
+    drop(held);
+    let out = kata_gpu(
+        &sim,
+        &["install", "--config-version", "2", "--lock-timeout", "1"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

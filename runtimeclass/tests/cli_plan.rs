@@ -190,3 +190,28 @@ fn plan_reads_a_pod_manifest_or_a_bundle() {
         "/dev/vfio/devices/vfio0"
     );
 }
+
+/// Issue 18 item 5: `/var/run` of the simulated host is a symlink to an absolute path, as
+/// on most distributions (`/var/run -> /run`): `cdi generate` writes the spec where the host
+/// would find it, inside the root, never outside.
+#[test]
+fn generate_resolves_a_symlinked_var_run_inside_the_host_root() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let outside = tempfile::tempdir().expect("outside");
+    let var_run = sim.path("var/run");
+    std::fs::remove_dir_all(&var_run).expect("rm the simulated /var/run");
+    std::os::unix::fs::symlink(outside.path(), &var_run).expect("symlink");
+    let out = kata_gpu(&sim, &["cdi", "generate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_dir(outside.path()).expect("ls").count(),
+        0,
+        "wrote outside the root: {}",
+        text(&out)
+    );
+    let inside = sim
+        .root()
+        .join(outside.path().strip_prefix("/").expect("absolute"))
+        .join("cdi/nvidia.com-pgpu.yaml");
+    assert!(inside.is_file(), "{}", text(&out));
+}

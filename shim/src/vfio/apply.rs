@@ -253,7 +253,7 @@ mod tests {
 
     fn bind(sim: &SimHost) -> Result<(), VfioError> {
         let host = Host::new(sim.root());
-        let steps = plan_bind(&host, Targets::Named(&[bdf(GPU)])).expect("plan");
+        let steps = plan_bind(&host, Targets::Named(&[bdf(GPU)]), false).expect("plan");
         apply(&host, &SimKernel(sim), &steps)
     }
 
@@ -370,7 +370,7 @@ mod tests {
         }
         sim.refuse(VFIO_PCI, "0000:2a:00.0");
         let host = Host::new(sim.root());
-        let steps = plan_bind(&host, Targets::All).expect("plan");
+        let steps = plan_bind(&host, Targets::All, false).expect("plan");
         let e = apply(&host, &SimKernel(&sim), &steps).expect_err("refused");
         assert!(
             e.to_string().ends_with(

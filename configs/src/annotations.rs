@@ -20,6 +20,7 @@ use std::fmt;
 
 use crate::allow::effect;
 pub use crate::allow::AnnotationPolicy;
+use crate::cmdline::{describe, split_pod_kernel_params};
 
 /// The prefix of the hypervisor annotations Kata checks against `enable_annotations`.
 pub const HYPERVISOR_ANNOTATION_PREFIX: &str = "io.katacontainers.config.hypervisor.";
@@ -119,6 +120,12 @@ pub enum Refusal {
         /// The policy that refuses it.
         policy: AnnotationPolicy,
     },
+    /// Kernel parameters holding a character Kata, the guest kernel and this check would
+    /// split or read differently (Unicode whitespace, a quote, a control character).
+    KernelParamsText {
+        /// The character.
+        found: char,
+    },
     /// A guest kernel parameter that opens a debug path into the guest.
     KernelParam {
         /// The parameter as the pod wrote it.
@@ -151,6 +158,13 @@ impl fmt::Display for Refusal {
                     rest.join(", ")
                 )
             }
+            Refusal::KernelParamsText { found } => write!(
+                f,
+                "it holds {}, which Kata or the guest kernel reads differently from this \
+                 check (Kata splits on Unicode whitespace, the kernel strips quotes); write \
+                 the parameters in printable ASCII without quotes, separated by spaces",
+                describe(*found)
+            ),
             Refusal::KernelParam { param, what } => {
                 write!(f, "guest kernel parameter {param:?} {what}")
             }
@@ -185,7 +199,8 @@ pub fn check_pod_annotations(
 ///   (`...agent.debug_console_enabled`, `...agent.enable_debug`, `...agent.enable_tracing`,
 ///   `...hypervisor.enable_debug`, `...hypervisor.debug_console_enabled`);
 /// - is any other `io.katacontainers.*` annotation off the `policy`'s allow-list;
-/// - is [`KERNEL_PARAMS_ANNOTATION`] and holds a parameter [`debug_kernel_param`] names.
+/// - is [`KERNEL_PARAMS_ANNOTATION`] and holds a character other than printable ASCII
+///   (quotes excepted) and ASCII whitespace, or a parameter [`debug_kernel_param`] names.
 ///
 /// Annotations outside `io.katacontainers.` pass: they are not Kata's (Kata's own
 /// `enable_annotations` still applies to the hypervisor ones allowed).
@@ -218,7 +233,11 @@ pub fn check_pod_annotation(
         });
     }
     if key == KERNEL_PARAMS_ANNOTATION {
-        for param in value.split_ascii_whitespace() {
+        let params = match split_pod_kernel_params(value) {
+            Ok(p) => p,
+            Err(found) => return refuse(Refusal::KernelParamsText { found }),
+        };
+        for param in params {
             if let Some(what) = debug_kernel_param(param) {
                 return refuse(Refusal::KernelParam {
                     param: param.to_owned(),
@@ -351,11 +370,8 @@ mod tests {
             ),
             ("agent.log=debug", "agent.log=debug", "debug logging"),
             ("agent.log=trace", "agent.log=trace", "debug logging"),
-            (
-                "agent.log=\"DEBUG\"",
-                "agent.log=\"DEBUG\"",
-                "debug logging",
-            ),
+            ("agent.log=DEBUG", "agent.log=DEBUG", "debug logging"),
+            ("quiet\x0binit=/bin/sh", "init=/bin/sh", "init"),
             ("agent.log_vport=1025", "agent.log_vport=1025", "over vsock"),
             ("agent.devmode", "agent.devmode", "development mode"),
             ("agent.trace=true", "agent.trace=true", "tracing"),
@@ -613,6 +629,41 @@ mod tests {
                 "example.com/x",
             ] {
                 assert_eq!(check_pod_annotation(key, "1", policy), Ok(()), "{key}");
+            }
+        }
+    }
+
+    /// The issue's cases: a quoted `init=` (Linux strips the quotes) and one behind a
+    /// no-break space (Kata splits on it) are refused, under every profile.
+    #[test]
+    fn kernel_params_the_guest_would_read_differently_are_refused() {
+        let table = [
+            ("\"init=/bin/sh\"", "a double quote"),
+            ("quiet \"console=ttyS0\"", "a double quote"),
+            ("agent.log='debug'", "a single quote"),
+            ("quiet\u{a0}init=/bin/sh", "U+00A0"),
+            ("quiet\u{85}agent.debug_console", "U+0085"),
+            ("quiet\u{2028}init=/bin/sh", "U+2028"),
+            ("quiet\0init=/bin/sh", "U+0000"),
+        ];
+        for policy in BOTH {
+            for (value, found) in table {
+                let err = check_pod_annotation(KERNEL_PARAMS_ANNOTATION, value, policy)
+                    .expect_err("refused");
+                assert_eq!(err.annotation, KERNEL_PARAMS_ANNOTATION);
+                assert!(
+                    matches!(err.reason, Refusal::KernelParamsText { .. }),
+                    "{value:?}: {err}"
+                );
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "pod annotation {KERNEL_PARAMS_ANNOTATION} is refused: it holds {found}, \
+                         which Kata or the guest kernel reads differently from this check (Kata \
+                         splits on Unicode whitespace, the kernel strips quotes); write the \
+                         parameters in printable ASCII without quotes, separated by spaces"
+                    )
+                );
             }
         }
     }

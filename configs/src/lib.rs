@@ -14,6 +14,7 @@
 
 mod allow;
 pub mod annotations;
+mod cmdline;
 mod edit;
 pub mod error;
 pub mod glob;

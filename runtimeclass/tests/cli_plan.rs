@@ -304,3 +304,37 @@ fn kata_annotations_off_the_profiles_allow_list_are_refused() {
         }
     }
 }
+
+#[test]
+fn kernel_params_with_quotes_or_unicode_whitespace_are_refused() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let key = "io.katacontainers.config.hypervisor.kernel_params";
+    for (value, found) in [
+        ("\"init=/bin/sh\"", "a double quote"),
+        ("quiet\u{a0}init=/bin/sh", "U+00A0"),
+        ("quiet\u{85}console=ttyS0", "U+0085"),
+    ] {
+        let out = plan_with(&sim, "snp", &format!("{key}={value}"));
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{value:?}: {shown}");
+        assert!(
+            shown.contains(&format!(
+                "pod annotation {key} is refused: it holds {found}, "
+            )),
+            "{value:?}: {shown}"
+        );
+    }
+    let out = plan_with(&sim, "snp", &format!("{key}=quiet init=/bin/sh"));
+    assert!(
+        text(&out).contains("\"init=/bin/sh\" replaces the guest's init"),
+        "{}",
+        text(&out)
+    );
+    let out = plan_with(
+        &sim,
+        "snp",
+        &format!("{key}=agent.aa_kbc_params=cc_kbc::https://kbs.example:8080"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -162,7 +162,9 @@ pub fn stage<'a>(store: &'a Store, src: &Path, opts: &InstallOptions) -> Result<
     let (text, changes) = rewrite_config(&roles, &version_dir, &config_text, src)?;
     let mut manifest = build_manifest(store, src, &digest, &sources, &roles.config, &text);
     let exists = fs::symlink_metadata(store.on_disk(&version_dir)).is_ok();
-    if !exists || !verify::verify_set(store, &version)?.findings.is_empty() {
+    // A stored set is kept only when it is what this install would write: compared with
+    // the fresh digests, not with the manifest stored beside it.
+    if !exists || !verify::matches_fresh(store, &version, &manifest)? {
         for (name, bytes) in [
             (CONFIG_FILE, text.as_bytes()),
             (MANIFEST_FILE, &manifest.to_json()),

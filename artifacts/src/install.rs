@@ -135,7 +135,7 @@ pub fn stage<'a>(store: &'a Store, src: &Path, opts: &InstallOptions) -> Result<
     }
     let staging = class_dir.join(fsutil::unique_name(crate::layout::STAGING_PREFIX));
     let mut guard = Guard(Some(staging.clone()));
-    fs::create_dir(&staging).map_err(io_at(&staging, "create directory"))?;
+    fsutil::create_dir(&staging)?;
     let mut dirs = BTreeSet::from([staging.clone()]);
     let mut written = Vec::new();
     let mut config_text = Vec::new();
@@ -344,7 +344,7 @@ fn copy_one(
     for up in file.path.ancestors() {
         let d = staging.join(up.to_path());
         if dirs.insert(d.clone()) {
-            fs::create_dir(&d).map_err(io_at(&d, "create directory"))?;
+            fsutil::create_dir(&d)?;
         }
     }
     let out = fsutil::create_new(&dest)?;

@@ -400,3 +400,22 @@ fn verify_and_reinstall_do_not_trust_a_manifest_changed_with_the_file() {
     let out = host.run(&["artifacts", "verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn under_umask_000_the_store_is_not_writable_by_others() {
+    let host = Host::new();
+    let src = host.set("a", 1000);
+    fs::create_dir_all(src.join("docs")).expect("mkdir");
+    fs::write(src.join("docs/sbom.spdx.json"), "{}").expect("nested file");
+    let out = kata_gpu_tests::run_on_host_umask_000(
+        env!("CARGO_BIN_EXE_kata-gpu"),
+        host.root(),
+        &["artifacts", "install", &src.display().to_string()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(host.store().join("current/docs/sbom.spdx.json").is_file());
+    assert_eq!(
+        kata_gpu_tests::writable_by_others(&host.root().join("opt")),
+        Vec::<String>::new()
+    );
+}

@@ -271,3 +271,21 @@ fn an_nvme_in_the_gpus_group_is_refused_unless_forced_and_never_while_in_use() {
         text(&out)
     );
 }
+
+#[test]
+fn under_umask_000_bind_makes_no_record_others_can_write() {
+    let sim = SimHost::gpu_bound_to_nvidia();
+    // A dry run records nothing; a real bind writes the record before it moves the GPU.
+    let out = kata_gpu_tests::run_on_host_umask_000(
+        env!("CARGO_BIN_EXE_kata-gpu"),
+        sim.root(),
+        &["vfio", "bind"],
+    );
+    // The simulated kernel does not move it, so the record is taken back; its directory stays.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(sim.path("var/lib/kata-gpu/vfio").is_dir());
+    assert_eq!(
+        kata_gpu_tests::writable_by_others(&sim.path("var/lib")),
+        Vec::<String>::new()
+    );
+}

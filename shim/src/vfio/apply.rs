@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 
 use super::sysfs::Sysfs;
 use super::{write, Step, VfioError, Write, STATE_DIR, VFIO_PCI};
@@ -85,10 +86,16 @@ fn write_record(host: &Host, path: &str, value: Option<&str>) -> Result<(), Vfio
             _ => Ok(()),
         };
     };
+    // Explicit modes, whatever the umask: a record others could write would let them
+    // choose the driver a device goes back to.
     if let Some(parent) = full.parent() {
-        fs::create_dir_all(parent).map_err(err)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(err)?;
     }
-    fs::write(&full, text).map_err(err)
+    kata_gpu_fsutil::write_atomic(&full, text.as_bytes(), 0o644).map_err(err)
 }
 
 /// Performs writes in order (sysfs ones through the seam, records directly), stopping at

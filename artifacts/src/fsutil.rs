@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,9 +35,25 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(io_at(dir, "sync directory"))
 }
 
-/// Creates `dir` and its parents.
+/// The mode of every directory the store creates: the umask only takes bits away, so
+/// under `umask 000` the store is still not writable by others.
+pub(crate) const DIR_MODE: u32 = 0o755;
+
+/// Creates `dir` and its parents, each [`DIR_MODE`].
 pub(crate) fn create_dirs(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(io_at(dir, "create directory"))
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io_at(dir, "create directory"))
+}
+
+/// Creates the directory `dir` (its parent must exist), [`DIR_MODE`].
+pub(crate) fn create_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io_at(dir, "create directory"))
 }
 
 /// Writes `bytes` to a new file `path` (which must not exist), with `mode`; not synced

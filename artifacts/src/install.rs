@@ -135,7 +135,7 @@ pub fn stage<'a>(store: &'a Store, src: &Path, opts: &InstallOptions) -> Result<
     }
     let staging = class_dir.join(fsutil::unique_name(crate::layout::STAGING_PREFIX));
     let mut guard = Guard(Some(staging.clone()));
-    fs::create_dir(&staging).map_err(io_at(&staging, "create directory"))?;
+    fsutil::create_dir(&staging)?;
     let mut dirs = BTreeSet::from([staging.clone()]);
     let mut written = Vec::new();
     let mut config_text = Vec::new();
@@ -162,7 +162,9 @@ pub fn stage<'a>(store: &'a Store, src: &Path, opts: &InstallOptions) -> Result<
     let (text, changes) = rewrite_config(&roles, &version_dir, &config_text, src)?;
     let mut manifest = build_manifest(store, src, &digest, &sources, &roles.config, &text);
     let exists = fs::symlink_metadata(store.on_disk(&version_dir)).is_ok();
-    if !exists || !verify::verify_set(store, &version)?.findings.is_empty() {
+    // A stored set is kept only when it is what this install would write: compared with
+    // the fresh digests, not with the manifest stored beside it.
+    if !exists || !verify::matches_fresh(store, &version, &manifest)? {
         for (name, bytes) in [
             (CONFIG_FILE, text.as_bytes()),
             (MANIFEST_FILE, &manifest.to_json()),
@@ -342,7 +344,7 @@ fn copy_one(
     for up in file.path.ancestors() {
         let d = staging.join(up.to_path());
         if dirs.insert(d.clone()) {
-            fs::create_dir(&d).map_err(io_at(&d, "create directory"))?;
+            fsutil::create_dir(&d)?;
         }
     }
     let out = fsutil::create_new(&dest)?;

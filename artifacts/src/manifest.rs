@@ -113,6 +113,53 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Refuses a manifest that does not belong in the set directory `version`: the set
+    /// digest recomputed from its records (each file as the source shipped it, the base
+    /// config as its `original`) must be the digest the directory is named for, and so must
+    /// its `digest` field. The name is the one thing a changed manifest cannot change with it.
+    pub fn check_name(&self, version: &str) -> Result<(), String> {
+        let named = parse_version_name(version)
+            .ok_or_else(|| format!("{version} is not a set name (sha256-<hex>)"))?;
+        if self.digest != named.to_string() {
+            return Err(format!(
+                "names set {} but lies in {version}; reinstall the set",
+                self.digest
+            ));
+        }
+        let computed = self.recomputed_digest();
+        if computed != Some(named) {
+            let computed = computed.map_or("no valid digest".to_owned(), |d| d.to_string());
+            return Err(format!(
+                "the manifest does not match the set's name: its files hash to {computed}, not \
+                 the {named} the set is named for; it was changed after install; reinstall the \
+                 set from its source"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The set digest of the files as its records say the source shipped them; `None` when
+    /// a record's digest is not 64 lowercase hex digits.
+    fn recomputed_digest(&self) -> Option<Sha256Digest> {
+        let sources = self
+            .files
+            .iter()
+            .map(|f| {
+                let (path, size, sha256) = match &f.original {
+                    Some(o) => (&o.path, o.size, &o.sha256),
+                    None => (&f.path, f.size, &f.sha256),
+                };
+                Some(SourceFile {
+                    path: path.clone(),
+                    role: Role::of(path),
+                    size,
+                    digest: Sha256Digest::from_hex(sha256)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(set_digest(&sources))
+    }
+
     /// The total size of the installed files.
     pub fn total_size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
@@ -179,5 +226,61 @@ mod tests {
             .contains("format 2"));
         let escaping = String::from_utf8_lossy(&m.to_json()).replace("vmlinuz-1", "../vmlinuz-1");
         assert!(Manifest::from_json(escaping.as_bytes()).is_err());
+    }
+
+    /// (what is changed in a manifest that says it is set `sha256-<name>`, the refusal)
+    #[test]
+    fn a_manifest_must_hash_to_its_directorys_name() {
+        let kernel = |content: &[u8]| FileRecord {
+            path: RelPath::parse("vmlinuz-1").expect("valid"),
+            role: Role::Kernel,
+            size: content.len() as u64,
+            sha256: Sha256Digest::of(content).hex(),
+            original: None,
+        };
+        let digest = set_digest(&[SourceFile {
+            path: RelPath::parse("vmlinuz-1").expect("valid"),
+            role: Role::Kernel,
+            size: 1,
+            digest: Sha256Digest::of(b"k"),
+        }]);
+        let genuine = Manifest {
+            format: FORMAT,
+            digest: digest.to_string(),
+            class: "c".into(),
+            source: "/src".into(),
+            installed_at_ns: 1,
+            files: vec![kernel(b"k")],
+        };
+        let version = version_name(&digest);
+        assert_eq!(genuine.check_name(&version), Ok(()));
+        type Change = fn(&mut Manifest);
+        let table: [(Change, &str); 4] = [
+            (
+                |m| m.files[0].sha256 = Sha256Digest::of(b"K").hex(),
+                "its files hash to sha256:",
+            ),
+            (|m| m.files[0].size = 2, "its files hash to sha256:"),
+            (
+                |m| m.files[0].sha256 = "zz".into(),
+                "its files hash to no valid digest",
+            ),
+            (
+                |m| m.digest = Sha256Digest::of(b"y").to_string(),
+                "but lies in sha256-",
+            ),
+        ];
+        for (change, words) in table {
+            let mut m = genuine.clone();
+            change(&mut m);
+            let e = m.check_name(&version).expect_err("refused");
+            assert!(e.contains(words), "{e}");
+            assert!(
+                e.ends_with("reinstall the set from its source")
+                    || e.ends_with("reinstall the set"),
+                "{e}"
+            );
+        }
+        assert!(genuine.check_name("current").is_err());
     }
 }

@@ -205,15 +205,8 @@ impl Store {
             path: path.clone(),
             problem: format!("{p}; reinstall the set"),
         })?;
-        if parse_version_name(version).map(|d| d.to_string()) != Some(m.digest.clone()) {
-            return Err(Error::Broken {
-                path,
-                problem: format!(
-                    "names set {} but lies in {version}; reinstall the set",
-                    m.digest
-                ),
-            });
-        }
+        m.check_name(version)
+            .map_err(|problem| Error::Broken { path, problem })?;
         Ok(m)
     }
 

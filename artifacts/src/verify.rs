@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::digest::hash_reader;
 use crate::error::{io_at, Error, Result};
 use crate::layout::MANIFEST_FILE;
+use crate::manifest::{FileRecord, Manifest};
 use crate::store::Store;
 
 /// Something wrong with an installed file.
@@ -92,6 +93,19 @@ pub struct VerifyReport {
     pub findings: Vec<Finding>,
 }
 
+impl VerifyReport {
+    fn empty(version: &str, host_dir: &Path) -> Self {
+        VerifyReport {
+            version: version.to_owned(),
+            dir: host_dir.to_path_buf(),
+            current: false,
+            files: 0,
+            bytes: 0,
+            findings: Vec::new(),
+        }
+    }
+}
+
 /// Re-hashes the current set, or every set with `all`; takes the lock shared so that no
 /// prune removes a set under it.
 pub fn verify(store: &Store, all: bool) -> Result<Vec<VerifyReport>> {
@@ -128,28 +142,36 @@ pub fn verify(store: &Store, all: bool) -> Result<Vec<VerifyReport>> {
 pub fn verify_set(store: &Store, version: &str) -> Result<VerifyReport> {
     let host_dir = store.version_dir(version);
     let dir = store.on_disk(&host_dir);
-    let mut report = VerifyReport {
-        version: version.to_owned(),
-        dir: host_dir.clone(),
-        current: false,
-        files: 0,
-        bytes: 0,
-        findings: Vec::new(),
-    };
+    let mut report = VerifyReport::empty(version, &host_dir);
     let manifest = match store.manifest(version) {
         Ok(m) => m,
         Err(e) => {
+            // The finding names the file already; a broken manifest's reason need not.
+            let reason = match e {
+                Error::Broken { problem, .. } => problem,
+                e => e.to_string(),
+            };
             report.findings.push(Finding {
                 path: host_dir.join(MANIFEST_FILE),
-                problem: Problem::Manifest {
-                    reason: format!("{e}"),
-                },
+                problem: Problem::Manifest { reason },
             });
             return Ok(report);
         }
     };
+    check_files(&dir, &host_dir, &manifest.files, &mut report)?;
+    Ok(report)
+}
+
+/// Re-hashes the files of the set at `dir` (`host_dir` in the host's view) against
+/// `records`, and names any file they do not list, into `report`.
+fn check_files(
+    dir: &Path,
+    host_dir: &Path,
+    records: &[FileRecord],
+    report: &mut VerifyReport,
+) -> Result<()> {
     let mut listed = BTreeSet::new();
-    for record in &manifest.files {
+    for record in records {
         listed.insert(record.path.to_path());
         let on_disk = dir.join(record.path.to_path());
         let finding = |problem| Finding {
@@ -185,13 +207,35 @@ pub fn verify_set(store: &Store, version: &str) -> Result<VerifyReport> {
         }
     }
     listed.insert(PathBuf::from(MANIFEST_FILE));
-    for extra in unlisted(&dir, Path::new(""), &listed)? {
+    for extra in unlisted(dir, Path::new(""), &listed)? {
         report.findings.push(Finding {
             path: host_dir.join(extra),
             problem: Problem::Unexpected,
         });
     }
-    Ok(report)
+    Ok(())
+}
+
+/// Whether the installed set `version` is exactly what a fresh install would write: its
+/// stored manifest lists the same files as `fresh` (the manifest built from the source just
+/// now, the base config rewritten afresh), and every file on disk has the fresh digest.
+/// Nothing stored is trusted, so a file changed together with its record is found.
+pub fn matches_fresh(store: &Store, version: &str, fresh: &Manifest) -> Result<bool> {
+    let stored_ok = store
+        .manifest(version)
+        .is_ok_and(|m| m.files == fresh.files);
+    if !stored_ok {
+        return Ok(false);
+    }
+    let host_dir = store.version_dir(version);
+    let mut report = VerifyReport::empty(version, &host_dir);
+    check_files(
+        &store.on_disk(&host_dir),
+        &host_dir,
+        &fresh.files,
+        &mut report,
+    )?;
+    Ok(report.findings.is_empty())
 }
 
 /// Files (and links) under `dir` that are not in `listed`, relative to the set's root.

@@ -421,3 +421,96 @@ fn remove_class_unlinks_links_to_elsewhere_and_leaves_their_targets() {
     assert!(!host.class_dir().exists(), "class dir left");
     assert_eq!(snapshot(&outside), targets, "a link's target was touched");
 }
+
+/// Replaces a file of an installed set and its record in the set's manifest, as someone
+/// covering their tracks would: the manifest then agrees with the file.
+fn tamper_with_manifest(dir: &std::path::Path, name: &str, data: &[u8]) {
+    let genuine = fs::read(dir.join(name)).expect("read genuine");
+    tamper(&dir.join(name), data);
+    let manifest = dir.join(kata_gpu_artifacts::layout::MANIFEST_FILE);
+    let text = fs::read_to_string(&manifest).expect("manifest");
+    let hex = |b: &[u8]| kata_gpu_artifacts::digest::Sha256Digest::of(b).hex();
+    // Same size, so that only the digest in the manifest changes.
+    assert_eq!(genuine.len(), data.len());
+    let forged = text.replace(&hex(&genuine), &hex(data));
+    assert_ne!(forged, text, "the manifest lists {name}");
+    tamper(&manifest, forged.as_bytes());
+}
+
+#[test]
+fn verify_does_not_trust_a_manifest_changed_with_the_file() {
+    let host = Host::new();
+    let store = host.store();
+    let r = install(&store, &write_dir(&host.src("a"), &full_set("a")), &opts()).expect("install");
+    let dir = host.class_dir().join(&r.version);
+    let host_dir = format!("{ROOT}/{CLASS}/{}", r.version);
+    tamper_with_manifest(&dir, "vmlinuz-6.12.8-nvidia-gpu-confidential", b"kernel X");
+    let reports = verify(&store, false).expect("verify");
+    let findings: Vec<String> = reports[0]
+        .findings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert!(
+        findings[0].starts_with(&format!(
+            "{host_dir}/kata-gpu-manifest.json: the manifest does not match the set's name: \
+             its files hash to sha256:"
+        )),
+        "{}",
+        findings[0]
+    );
+    assert!(
+        findings[0].ends_with(&format!(
+            ", not the {} the set is named for; it was changed after install; reinstall the set \
+             from its source",
+            r.version.replacen('-', ":", 1)
+        )),
+        "{}",
+        findings[0]
+    );
+}
+
+#[test]
+fn reinstalling_the_genuine_set_replaces_a_file_changed_with_its_manifest() {
+    let host = Host::new();
+    let store = host.store();
+    let src = write_dir(&host.src("a"), &full_set("a"));
+    let r = install(&store, &src, &opts()).expect("install");
+    let dir = host.class_dir().join(&r.version);
+    let genuine = fs::read(dir.join("vmlinuz-6.12.8-nvidia-gpu-confidential")).expect("kernel");
+    tamper_with_manifest(&dir, "vmlinuz-6.12.8-nvidia-gpu-confidential", b"kernel X");
+
+    let again = install(&store, &src, &opts()).expect("reinstall");
+    assert_eq!(again.outcome, InstallOutcome::Repaired);
+    assert_eq!(
+        fs::read(dir.join("vmlinuz-6.12.8-nvidia-gpu-confidential")).expect("kernel"),
+        genuine
+    );
+    assert!(verify(&store, false).expect("verify")[0]
+        .findings
+        .is_empty());
+
+    assert!(staging_dirs(&host).is_empty());
+}
+
+#[test]
+fn reinstalling_compares_the_fresh_config_with_the_stored_one() {
+    let host = Host::new();
+    let store = host.store();
+    let src = write_dir(&host.src("a"), &full_set("a"));
+    let r = install(&store, &src, &opts()).expect("install");
+    let dir = host.class_dir().join(&r.version);
+    let genuine = fs::read(dir.join(CONFIG_FILE)).expect("config");
+    // The rewritten config is not part of the set digest (only the file as shipped is):
+    // changed with its record, only a fresh rewrite tells.
+    let mut evil = genuine.clone();
+    let at = evil.len() - 2;
+    evil[at] = b'#';
+    tamper_with_manifest(&dir, CONFIG_FILE, &evil);
+
+    let again = install(&store, &src, &opts()).expect("reinstall");
+    assert_eq!(again.outcome, InstallOutcome::Repaired);
+    assert_eq!(fs::read(dir.join(CONFIG_FILE)).expect("config"), genuine);
+    assert!(staging_dirs(&host).is_empty());
+}

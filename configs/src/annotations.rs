@@ -2,19 +2,25 @@
 //!
 //! containerd hands a Kata pod every `io.katacontainers.*` annotation (our handler's
 //! `pod_annotations`), and Kata applies those under `io.katacontainers.config.hypervisor.`
-//! that its `enable_annotations` allows. Two lines of defence keep a pod inside its VM:
+//! that its `enable_annotations` allows, and every other one unchecked. Two lines of
+//! defence keep a pod inside its VM:
 //!
 //! 1. rendering removes from `enable_annotations` every entry that would allow one of
 //!    [`HOST_PATH_ANNOTATIONS`] (see [`crate::render()`]);
-//! 2. the sandbox plan calls [`check_pod_annotations`], which refuses those annotations
-//!    outright, whatever the configuration says, and refuses guest kernel parameters that
-//!    would open a debug path into the guest.
+//! 2. the sandbox plan calls [`check_pod_annotations`], which lets through only the
+//!    profile's allow-list ([`AnnotationPolicy`]), refuses host-path and debug annotations
+//!    with their own reason whatever the configuration says, and refuses guest kernel
+//!    parameters that would open a debug path into the guest.
 //!
 //! `kernel_params` itself stays allowed: it is how a pod passes where its attestation
 //! broker (KBS) is, e.g. `agent.aa_kbc_params=cc_kbc::https://kbs.example:8080`.
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+use crate::allow::effect;
+pub use crate::allow::AnnotationPolicy;
+use crate::cmdline::{describe, split_pod_kernel_params};
 
 /// The prefix of the hypervisor annotations Kata checks against `enable_annotations`.
 pub const HYPERVISOR_ANNOTATION_PREFIX: &str = "io.katacontainers.config.hypervisor.";
@@ -107,6 +113,19 @@ pub enum Refusal {
         /// What it would do, in words.
         what: &'static str,
     },
+    /// A Kata annotation off the profile's allow-list.
+    NotAllowed {
+        /// What it would do, in words, when known.
+        what: Option<&'static str>,
+        /// The policy that refuses it.
+        policy: AnnotationPolicy,
+    },
+    /// Kernel parameters holding a character Kata, the guest kernel and this check would
+    /// split or read differently (Unicode whitespace, a quote, a control character).
+    KernelParamsText {
+        /// The character.
+        found: char,
+    },
     /// A guest kernel parameter that opens a debug path into the guest.
     KernelParam {
         /// The parameter as the pod wrote it.
@@ -124,6 +143,28 @@ impl fmt::Display for Refusal {
                 "it would let the pod choose {what} (`{name}`); the node's Kata configuration decides it"
             ),
             Refusal::Refused { what } => f.write_str(what),
+            Refusal::NotAllowed { what, policy } => {
+                let names: Vec<&str> = policy
+                    .allowed()
+                    .iter()
+                    .map(|k| k.trim_start_matches(HYPERVISOR_ANNOTATION_PREFIX))
+                    .collect();
+                let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+                write!(
+                    f,
+                    "{}; {policy} lets a pod set only {} and {last} \
+                     ({HYPERVISOR_ANNOTATION_PREFIX}*); remove it",
+                    what.unwrap_or("it is not on the allow-list"),
+                    rest.join(", ")
+                )
+            }
+            Refusal::KernelParamsText { found } => write!(
+                f,
+                "it holds {}, which Kata or the guest kernel reads differently from this \
+                 check (Kata splits on Unicode whitespace, the kernel strips quotes); write \
+                 the parameters in printable ASCII without quotes, separated by spaces",
+                describe(*found)
+            ),
             Refusal::KernelParam { param, what } => {
                 write!(f, "guest kernel parameter {param:?} {what}")
             }
@@ -145,10 +186,11 @@ pub struct AnnotationRefused {
 /// open the guest: see [`check_pod_annotation`].
 pub fn check_pod_annotations(
     annotations: &BTreeMap<String, String>,
+    policy: AnnotationPolicy,
 ) -> Result<(), AnnotationRefused> {
     annotations
         .iter()
-        .try_for_each(|(key, value)| check_pod_annotation(key, value))
+        .try_for_each(|(key, value)| check_pod_annotation(key, value, policy))
 }
 
 /// Refuses one pod annotation when it
@@ -156,10 +198,17 @@ pub fn check_pod_annotations(
 /// - is `io.katacontainers.config_path`, or an agent/hypervisor debug switch
 ///   (`...agent.debug_console_enabled`, `...agent.enable_debug`, `...agent.enable_tracing`,
 ///   `...hypervisor.enable_debug`, `...hypervisor.debug_console_enabled`);
-/// - is [`KERNEL_PARAMS_ANNOTATION`] and holds a parameter [`debug_kernel_param`] names.
+/// - is any other `io.katacontainers.*` annotation off the `policy`'s allow-list;
+/// - is [`KERNEL_PARAMS_ANNOTATION`] and holds a character other than printable ASCII
+///   (quotes excepted) and ASCII whitespace, or a parameter [`debug_kernel_param`] names.
 ///
-/// Any other annotation passes (Kata's own `enable_annotations` still applies).
-pub fn check_pod_annotation(key: &str, value: &str) -> Result<(), AnnotationRefused> {
+/// Annotations outside `io.katacontainers.` pass: they are not Kata's (Kata's own
+/// `enable_annotations` still applies to the hypervisor ones allowed).
+pub fn check_pod_annotation(
+    key: &str,
+    value: &str,
+    policy: AnnotationPolicy,
+) -> Result<(), AnnotationRefused> {
     let refuse = |reason| {
         Err(AnnotationRefused {
             annotation: key.to_owned(),
@@ -177,8 +226,18 @@ pub fn check_pod_annotation(key: &str, value: &str) -> Result<(), AnnotationRefu
     if let Some((_, what)) = REFUSED_ANNOTATIONS.iter().find(|(k, _)| *k == key) {
         return refuse(Refusal::Refused { what });
     }
+    if !policy.allows(key) {
+        return refuse(Refusal::NotAllowed {
+            what: effect(key),
+            policy,
+        });
+    }
     if key == KERNEL_PARAMS_ANNOTATION {
-        for param in value.split_ascii_whitespace() {
+        let params = match split_pod_kernel_params(value) {
+            Ok(p) => p,
+            Err(found) => return refuse(Refusal::KernelParamsText { found }),
+        };
+        for param in params {
             if let Some(what) = debug_kernel_param(param) {
                 return refuse(Refusal::KernelParam {
                     param: param.to_owned(),
@@ -228,6 +287,9 @@ pub fn debug_kernel_param(param: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    const BOTH: [AnnotationPolicy; 2] = [AnnotationPolicy::Confidential, AnnotationPolicy::Plain];
+    const CC: AnnotationPolicy = AnnotationPolicy::Confidential;
+
     fn one(key: &str, value: &str) -> BTreeMap<String, String> {
         [(key.to_owned(), value.to_owned())].into()
     }
@@ -237,7 +299,7 @@ mod tests {
         for name in HOST_PATH_ANNOTATIONS {
             let key = format!("{HYPERVISOR_ANNOTATION_PREFIX}{name}");
             let err =
-                check_pod_annotations(&one(&key, "/tmp/evil")).expect_err("should be refused");
+                check_pod_annotations(&one(&key, "/tmp/evil"), CC).expect_err("should be refused");
             assert_eq!(err.annotation, key);
             let msg = err.to_string();
             assert!(
@@ -285,7 +347,7 @@ mod tests {
             ),
         ];
         for (key, words) in table {
-            let err = check_pod_annotation(key, "true").expect_err("should be refused");
+            let err = check_pod_annotation(key, "true", CC).expect_err("should be refused");
             assert_eq!(err.annotation, key);
             let msg = err.to_string();
             assert!(msg.contains(key) && msg.contains(words), "{msg}");
@@ -308,11 +370,8 @@ mod tests {
             ),
             ("agent.log=debug", "agent.log=debug", "debug logging"),
             ("agent.log=trace", "agent.log=trace", "debug logging"),
-            (
-                "agent.log=\"DEBUG\"",
-                "agent.log=\"DEBUG\"",
-                "debug logging",
-            ),
+            ("agent.log=DEBUG", "agent.log=DEBUG", "debug logging"),
+            ("quiet\x0binit=/bin/sh", "init=/bin/sh", "init"),
             ("agent.log_vport=1025", "agent.log_vport=1025", "over vsock"),
             ("agent.devmode", "agent.devmode", "development mode"),
             ("agent.trace=true", "agent.trace=true", "tracing"),
@@ -343,7 +402,7 @@ mod tests {
             ),
         ];
         for (value, param, words) in table {
-            let err = check_pod_annotations(&one(KERNEL_PARAMS_ANNOTATION, value))
+            let err = check_pod_annotations(&one(KERNEL_PARAMS_ANNOTATION, value), CC)
                 .expect_err("should be refused");
             assert_eq!(err.annotation, KERNEL_PARAMS_ANNOTATION, "{value}");
             assert_eq!(
@@ -375,29 +434,26 @@ mod tests {
                 "io.katacontainers.config.hypervisor.default_memory",
                 "16384",
             ),
-            ("io.katacontainers.config.hypervisor.kernel_hash", "abc"),
             (
                 "io.katacontainers.config.hypervisor.cc_init_data",
                 "H4sI...",
             ),
-            (
-                "io.katacontainers.config.hypervisor.guest_hook_path",
-                "/usr/share/oci/hooks",
-            ),
             ("io.kubernetes.cri.container-type", "sandbox"),
             ("cdi.k8s.io/vfio0", "nvidia.com/pgpu=0"),
-            // a prefix lookalike is not the annotation
-            ("io.katacontainers.config.hypervisor.pathx", "/x"),
         ];
         for (key, value) in ok {
-            assert_eq!(check_pod_annotation(key, value), Ok(()), "{key}={value}");
+            assert_eq!(
+                check_pod_annotation(key, value, CC),
+                Ok(()),
+                "{key}={value}"
+            );
         }
         let all: BTreeMap<String, String> = ok
             .iter()
             .filter(|(k, _)| *k != KERNEL_PARAMS_ANNOTATION)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        assert_eq!(check_pod_annotations(&all), Ok(()));
+        assert_eq!(check_pod_annotations(&all, CC), Ok(()));
     }
 
     #[test]
@@ -407,7 +463,208 @@ mod tests {
             "io.katacontainers.config.hypervisor.initrd".into(),
             "/y".into(),
         );
-        let err = check_pod_annotations(&a).expect_err("should be refused");
+        let err = check_pod_annotations(&a, CC).expect_err("should be refused");
         assert_eq!(err.annotation, "io.katacontainers.config.hypervisor.initrd");
+    }
+
+    /// One row per key off the lists: (key, refused under snp/tdx, refused under gpu, words
+    /// in the reason).
+    #[test]
+    fn every_kata_annotation_off_the_profiles_list_is_refused() {
+        let table = [
+            (
+                "io.katacontainers.config.runtime.disable_guest_seccomp",
+                true,
+                true,
+                "seccomp off",
+            ),
+            (
+                "io.katacontainers.config.runtime.disable_new_netns",
+                true,
+                true,
+                "network namespace",
+            ),
+            (
+                "io.katacontainers.config.runtime.vfio_mode",
+                true,
+                true,
+                "VFIO",
+            ),
+            (
+                "io.katacontainers.config.runtime.experimental",
+                true,
+                true,
+                "experimental",
+            ),
+            (
+                "io.katacontainers.config.runtime.sandbox_cgroup_only",
+                true,
+                true,
+                "cgroups",
+            ),
+            (
+                "io.katacontainers.config.runtime.enable_pprof",
+                true,
+                true,
+                "profiling",
+            ),
+            (
+                "io.katacontainers.config.runtime.create_container_timeout",
+                true,
+                true,
+                "timeout",
+            ),
+            (
+                "io.katacontainers.config.runtime.internetworking_model",
+                true,
+                true,
+                "networking",
+            ),
+            (
+                "io.katacontainers.config.agent.kernel_modules",
+                true,
+                true,
+                "kernel modules",
+            ),
+            (
+                "io.katacontainers.config.agent.policy",
+                true,
+                true,
+                "cc_init_data",
+            ),
+            (
+                "io.katacontainers.config.agent.container_pipe_size",
+                true,
+                true,
+                "pipe size",
+            ),
+            (
+                "io.katacontainers.config.hypervisor.kernel_verity_params",
+                true,
+                true,
+                "dm-verity",
+            ),
+            (
+                "io.katacontainers.config.hypervisor.enable_iommu",
+                true,
+                false,
+                "virtual IOMMU",
+            ),
+            (
+                "io.katacontainers.config.hypervisor.cc_init_data",
+                false,
+                true,
+                "no TEE",
+            ),
+            (
+                "io.katacontainers.config.hypervisor.guest_hook_path",
+                true,
+                true,
+                "allow-list",
+            ),
+            (
+                "io.katacontainers.config.hypervisor.pathx",
+                true,
+                true,
+                "allow-list",
+            ),
+            (
+                "io.katacontainers.config.hypervisor.default_maxmemory",
+                true,
+                true,
+                "allow-list",
+            ),
+            (
+                "io.katacontainers.pkg.oci.container_type",
+                true,
+                true,
+                "bookkeeping",
+            ),
+            (
+                "io.katacontainers.container.resource.swappiness",
+                true,
+                true,
+                "allow-list",
+            ),
+            ("io.katacontainers.something_new", true, true, "allow-list"),
+        ];
+        for (key, snp, gpu, words) in table {
+            for (policy, refused) in [(CC, snp), (AnnotationPolicy::Plain, gpu)] {
+                let got = check_pod_annotation(key, "1", policy);
+                if !refused {
+                    assert_eq!(got, Ok(()), "{key} under {policy}");
+                    continue;
+                }
+                let err = got.expect_err("refused");
+                assert_eq!(err.annotation, key);
+                let msg = err.to_string();
+                assert!(
+                    msg.starts_with(&format!("pod annotation {key} is refused: ")),
+                    "{msg}"
+                );
+                assert!(msg.contains(words), "{key} under {policy}: {msg}");
+                assert!(msg.ends_with("; remove it"), "{msg}");
+            }
+        }
+        let err = check_pod_annotation("io.katacontainers.config.runtime.vfio_mode", "vfio", CC)
+            .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "pod annotation io.katacontainers.config.runtime.vfio_mode is refused: it would \
+             change how VFIO devices reach the guest; a confidential profile (snp, tdx) lets a \
+             pod set only kernel_params, default_memory, default_vcpus and cc_init_data \
+             (io.katacontainers.config.hypervisor.*); remove it"
+        );
+    }
+
+    #[test]
+    fn the_lists_and_what_is_not_katas() {
+        for policy in BOTH {
+            for key in policy.allowed() {
+                assert_eq!(check_pod_annotation(key, "1", policy), Ok(()), "{key}");
+            }
+            for key in [
+                "cdi.k8s.io/gpu",
+                "io.kubernetes.cri.sandbox-id",
+                "example.com/x",
+            ] {
+                assert_eq!(check_pod_annotation(key, "1", policy), Ok(()), "{key}");
+            }
+        }
+    }
+
+    /// The issue's cases: a quoted `init=` (Linux strips the quotes) and one behind a
+    /// no-break space (Kata splits on it) are refused, under every profile.
+    #[test]
+    fn kernel_params_the_guest_would_read_differently_are_refused() {
+        let table = [
+            ("\"init=/bin/sh\"", "a double quote"),
+            ("quiet \"console=ttyS0\"", "a double quote"),
+            ("agent.log='debug'", "a single quote"),
+            ("quiet\u{a0}init=/bin/sh", "U+00A0"),
+            ("quiet\u{85}agent.debug_console", "U+0085"),
+            ("quiet\u{2028}init=/bin/sh", "U+2028"),
+            ("quiet\0init=/bin/sh", "U+0000"),
+        ];
+        for policy in BOTH {
+            for (value, found) in table {
+                let err = check_pod_annotation(KERNEL_PARAMS_ANNOTATION, value, policy)
+                    .expect_err("refused");
+                assert_eq!(err.annotation, KERNEL_PARAMS_ANNOTATION);
+                assert!(
+                    matches!(err.reason, Refusal::KernelParamsText { .. }),
+                    "{value:?}: {err}"
+                );
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "pod annotation {KERNEL_PARAMS_ANNOTATION} is refused: it holds {found}, \
+                         which Kata or the guest kernel reads differently from this check (Kata \
+                         splits on Unicode whitespace, the kernel strips quotes); write the \
+                         parameters in printable ASCII without quotes, separated by spaces"
+                    )
+                );
+            }
+        }
     }
 }

@@ -7,11 +7,14 @@
 //! - [`render()`]: base text + [`Overrides`] → [`Rendered`] (text, warnings, diff of owned keys).
 //! - [`validate()`] / [`validate_config`]: the rules a GPU sandbox configuration must follow,
 //!   each failure naming its key (and line and column when the text is known).
-//! - [`check_pod_annotations`]: the pod annotations the sandbox plan must refuse.
+//! - [`check_pod_annotations`]: the pod annotations the sandbox plan must refuse, by the
+//!   profile's [`AnnotationPolicy`].
 //! - [`template`]: the base configurations we ship for `snp`, `tdx` and `gpu`.
 //! - [`write_rendered`]: the one side effect, an atomic write.
 
+mod allow;
 pub mod annotations;
+mod cmdline;
 mod edit;
 pub mod error;
 pub mod glob;
@@ -25,7 +28,8 @@ pub mod validate;
 mod write;
 
 pub use annotations::{
-    check_pod_annotation, check_pod_annotations, debug_kernel_param, AnnotationRefused, Refusal,
+    check_pod_annotation, check_pod_annotations, debug_kernel_param, AnnotationPolicy,
+    AnnotationRefused, Refusal,
 };
 pub use error::{ConfigError, Location, Problem};
 pub use overrides::Overrides;

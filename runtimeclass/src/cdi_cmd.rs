@@ -1,6 +1,7 @@
 //! `kata-gpu cdi validate|list`: the `cdi` crate's verdicts, one line per file or device.
 
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -254,7 +255,12 @@ fn generate(
         .context("cannot read the host's PCI devices")?;
     let mut written = Vec::new();
     if !dry_run && !found.specs.is_empty() {
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // 0755 whatever the umask: a spec directory others can write lets them add devices.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         for spec in &found.specs {
             written.push(cdi::write_spec(&dir, spec)?);
         }

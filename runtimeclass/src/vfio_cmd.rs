@@ -11,9 +11,10 @@ use crate::{Global, Outcome};
 #[derive(Debug, clap::Subcommand)]
 pub enum VfioCommand {
     /// Bind GPUs and NVSwitches (all, or those named) and the rest of their IOMMU groups
-    /// (bridges excepted) to vfio-pci; refuses a device in use. Each group is all or
-    /// nothing: a function the kernel does not move puts its group back as it was.
-    Bind(VfioArgs),
+    /// (bridges excepted) to vfio-pci; refuses a device in use, and a group holding a
+    /// function not NVIDIA's unless --force. Each group is all or nothing: a function the
+    /// kernel does not move puts its group back as it was.
+    Bind(BindArgs),
     /// Hand them back from vfio-pci to the driver they had before `bind`, a group at a
     /// time and all or nothing, as `bind` does.
     Unbind(VfioArgs),
@@ -30,12 +31,23 @@ pub struct VfioArgs {
     dry_run: bool,
 }
 
+/// Arguments of `kata-gpu vfio bind`.
+#[derive(Debug, clap::Args)]
+pub struct BindArgs {
+    #[command(flatten)]
+    common: VfioArgs,
+    /// Bind functions that are not NVIDIA's too, when they share a GPU's IOMMU group
+    /// (they leave the host; one in use is still refused). Without it, such a group is refused.
+    #[arg(long)]
+    force: bool,
+}
+
 /// Runs `kata-gpu vfio …`.
 pub fn run(cmd: VfioCommand, global: &Global) -> anyhow::Result<Outcome> {
     let host = Host::new(&global.host_root);
-    let (args, bind) = match cmd {
-        VfioCommand::Bind(a) => (a, true),
-        VfioCommand::Unbind(a) => (a, false),
+    let (args, bind, force) = match cmd {
+        VfioCommand::Bind(a) => (a.common, true, a.force),
+        VfioCommand::Unbind(a) => (a, false, false),
     };
     let targets = if args.bdfs.is_empty() {
         Targets::All
@@ -44,7 +56,7 @@ pub fn run(cmd: VfioCommand, global: &Global) -> anyhow::Result<Outcome> {
     };
     let verb = if bind { "bind" } else { "unbind" };
     let steps = if bind {
-        vfio::plan_bind(&host, targets)
+        vfio::plan_bind(&host, targets, force)
     } else {
         vfio::plan_unbind(&host, targets)
     }

@@ -362,3 +362,60 @@ fn the_store_root_is_configurable() {
         "{text}"
     );
 }
+
+#[test]
+fn verify_and_reinstall_do_not_trust_a_manifest_changed_with_the_file() {
+    let host = Host::new();
+    let v = host.installed("a", 1000);
+    let set = host.store().join(&v);
+    let kernel = set.join("vmlinuz-6.12.8-confidential");
+    let manifest = set.join("kata-gpu-manifest.json");
+    let hex = |b: &[u8]| kata_gpu_artifacts::digest::Sha256Digest::of(b).hex();
+    for f in [&kernel, &manifest] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    fs::write(&kernel, "kernel X").expect("tamper");
+    let text_before = fs::read_to_string(&manifest).expect("manifest");
+    fs::write(
+        &manifest,
+        text_before.replace(&hex(b"kernel a"), &hex(b"kernel X")),
+    )
+    .expect("forge");
+
+    let out = host.run(&["artifacts", "verify"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "/{STORE}/{v}/kata-gpu-manifest.json: the manifest does not match the set's name: \
+             its files hash to sha256:"
+        )),
+        "{shown}"
+    );
+
+    let src = host.root().join("src").join("a");
+    let out = host.run(&["artifacts", "install", &src.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fs::read_to_string(&kernel).expect("kernel"), "kernel a");
+    let out = host.run(&["artifacts", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn under_umask_000_the_store_is_not_writable_by_others() {
+    let host = Host::new();
+    let src = host.set("a", 1000);
+    fs::create_dir_all(src.join("docs")).expect("mkdir");
+    fs::write(src.join("docs/sbom.spdx.json"), "{}").expect("nested file");
+    let out = kata_gpu_tests::run_on_host_umask_000(
+        env!("CARGO_BIN_EXE_kata-gpu"),
+        host.root(),
+        &["artifacts", "install", &src.display().to_string()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(host.store().join("current/docs/sbom.spdx.json").is_file());
+    assert_eq!(
+        kata_gpu_tests::writable_by_others(&host.root().join("opt")),
+        Vec::<String>::new()
+    );
+}

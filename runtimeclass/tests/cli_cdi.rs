@@ -137,3 +137,30 @@ fn list_reports_broken_files_and_still_lists_the_rest() {
         "{text}"
     );
 }
+
+#[test]
+fn under_umask_000_generate_makes_no_directory_others_can_write() {
+    let sim = kata_gpu_tests::SimHost::h100_pcie(kata_gpu_tests::VfioMode::Iommufd);
+    let dir = sim.path("new/cdi");
+    let out = kata_gpu_tests::run_on_host_umask_000(
+        env!("CARGO_BIN_EXE_kata-gpu"),
+        sim.root(),
+        &[
+            "cdi",
+            "generate",
+            "--output-dir",
+            &dir.display().to_string(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        kata_gpu_tests::output_text(&out)
+    );
+    assert!(dir.join("nvidia.com-pgpu.yaml").is_file());
+    assert_eq!(
+        kata_gpu_tests::writable_by_others(&sim.path("new")),
+        Vec::<String>::new()
+    );
+}

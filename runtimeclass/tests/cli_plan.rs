@@ -215,3 +215,151 @@ fn generate_resolves_a_symlinked_var_run_inside_the_host_root() {
         .join("cdi/nvidia.com-pgpu.yaml");
     assert!(inside.is_file(), "{}", text(&out));
 }
+
+/// What `kata-gpu plan` says of one pod annotation beside a GPU request, under a profile.
+fn plan_with(sim: &SimHost, profile: &str, annotation: &str) -> Output {
+    kata_gpu(
+        sim,
+        &[
+            "plan",
+            "--profile",
+            profile,
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=0",
+            "--annotation",
+            annotation,
+        ],
+    )
+}
+
+#[test]
+fn kata_annotations_off_the_profiles_allow_list_are_refused() {
+    let mut sim = SimHost::h100_pcie(VfioMode::Legacy);
+    // The legacy group node serves the gpu profile; iommufd too for the confidential ones.
+    sim.expose("0000:41:00.0", 40, VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    // (annotation, profile, refused)
+    let table = [
+        (
+            "io.katacontainers.config.runtime.disable_guest_seccomp=true",
+            "snp",
+            true,
+        ),
+        (
+            "io.katacontainers.config.runtime.disable_guest_seccomp=true",
+            "gpu",
+            true,
+        ),
+        (
+            "io.katacontainers.config.runtime.disable_new_netns=true",
+            "tdx",
+            true,
+        ),
+        (
+            "io.katacontainers.config.runtime.vfio_mode=vfio",
+            "snp",
+            true,
+        ),
+        (
+            "io.katacontainers.config.runtime.experimental=force_guest_pull",
+            "snp",
+            true,
+        ),
+        (
+            "io.katacontainers.config.agent.kernel_modules=evil",
+            "snp",
+            true,
+        ),
+        (
+            "io.katacontainers.config.agent.policy=cGFja2FnZQ==",
+            "snp",
+            true,
+        ),
+        (
+            "io.katacontainers.config.hypervisor.enable_iommu=true",
+            "snp",
+            true,
+        ),
+        (
+            "io.katacontainers.config.hypervisor.enable_iommu=true",
+            "gpu",
+            false,
+        ),
+        (
+            "io.katacontainers.config.hypervisor.cc_init_data=H4sI",
+            "snp",
+            false,
+        ),
+        (
+            "io.katacontainers.config.hypervisor.cc_init_data=H4sI",
+            "gpu",
+            true,
+        ),
+        (
+            "io.katacontainers.config.hypervisor.default_vcpus=4",
+            "snp",
+            false,
+        ),
+    ];
+    for (annotation, profile, refused) in table {
+        let out = plan_with(&sim, profile, annotation);
+        let shown = text(&out);
+        let key = annotation.split_once('=').map_or(annotation, |(k, _)| k);
+        if refused {
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{annotation} {profile}: {shown}"
+            );
+            assert!(
+                shown.contains(&format!("pod annotation {key} is refused: ")),
+                "{annotation} {profile}: {shown}"
+            );
+            assert_eq!(
+                out.stderr.iter().filter(|&&b| b == b'\n').count(),
+                1,
+                "{shown}"
+            );
+        } else {
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{annotation} {profile}: {shown}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kernel_params_with_quotes_or_unicode_whitespace_are_refused() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let key = "io.katacontainers.config.hypervisor.kernel_params";
+    for (value, found) in [
+        ("\"init=/bin/sh\"", "a double quote"),
+        ("quiet\u{a0}init=/bin/sh", "U+00A0"),
+        ("quiet\u{85}console=ttyS0", "U+0085"),
+    ] {
+        let out = plan_with(&sim, "snp", &format!("{key}={value}"));
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{value:?}: {shown}");
+        assert!(
+            shown.contains(&format!(
+                "pod annotation {key} is refused: it holds {found}, "
+            )),
+            "{value:?}: {shown}"
+        );
+    }
+    let out = plan_with(&sim, "snp", &format!("{key}=quiet init=/bin/sh"));
+    assert!(
+        text(&out).contains("\"init=/bin/sh\" replaces the guest's init"),
+        "{}",
+        text(&out)
+    );
+    let out = plan_with(
+        &sim,
+        "snp",
+        &format!("{key}=agent.aa_kbc_params=cc_kbc::https://kbs.example:8080"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

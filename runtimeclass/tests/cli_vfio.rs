@@ -203,3 +203,89 @@ fn refusals_and_nothing_to_do() {
         "{shown}"
     );
 }
+
+/// Every file under the simulated root with its content, to prove a refusal wrote nothing.
+fn snapshot(sim: &SimHost) -> Vec<(String, Vec<u8>)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let mut entries: Vec<_> = fs::read_dir(dir)
+            .map(|d| d.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        entries.sort_by_key(fs::DirEntry::path);
+        for e in entries {
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                walk(&e.path(), out);
+            } else if ft.is_file() {
+                out.push((
+                    e.path().display().to_string(),
+                    fs::read(e.path()).expect("read"),
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(sim.root(), &mut out);
+    out
+}
+
+#[test]
+fn an_nvme_in_the_gpus_group_is_refused_unless_forced_and_never_while_in_use() {
+    let sim = SimHost::gpu_with_nvme_in_group();
+    let before = snapshot(&sim);
+    for args in [&["vfio", "bind", "--dry-run"][..], &["vfio", "bind"][..]] {
+        let out = kata_gpu(&sim, args);
+        assert_eq!(
+            one_line_error(&out),
+            "kata-gpu: nothing was changed: cannot bind: 0000:42:00.0 (144d:a80a, on nvme, \
+             group 40) shares an IOMMU group with a GPU or NVSwitch and is not an NVIDIA \
+             function: binding would take it from the host; give the GPU an IOMMU group of its \
+             own (another slot, or ACS on in the firmware), or pass --force to bind it too",
+            "{args:?}"
+        );
+    }
+    assert_eq!(snapshot(&sim), before, "a refusal wrote");
+
+    sim.hold_open(4242, "postgres", "/dev/nvme0n1p1");
+    let before = snapshot(&sim);
+    let out = kata_gpu(&sim, &["vfio", "bind", "--force"]);
+    assert_eq!(
+        one_line_error(&out),
+        "kata-gpu: nothing was changed: cannot bind: 0000:42:00.0 is in use by pid 4242 \
+         (postgres), which holds /dev/nvme0n1p1 open; stop it and retry"
+    );
+    assert_eq!(snapshot(&sim), before, "a refusal wrote");
+
+    let sim = SimHost::gpu_with_nvme_in_group();
+    let out = kata_gpu(&sim, &["vfio", "bind", "--force", "--dry-run"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.contains("0000:42:00.0 144d:a80a group 40: nvme → vfio-pci"),
+        "{shown}"
+    );
+    let out = kata_gpu(&sim, &["vfio", "unbind", "--force"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--force is bind's: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn under_umask_000_bind_makes_no_record_others_can_write() {
+    let sim = SimHost::gpu_bound_to_nvidia();
+    // A dry run records nothing; a real bind writes the record before it moves the GPU.
+    let out = kata_gpu_tests::run_on_host_umask_000(
+        env!("CARGO_BIN_EXE_kata-gpu"),
+        sim.root(),
+        &["vfio", "bind"],
+    );
+    // The simulated kernel does not move it, so the record is taken back; its directory stays.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(sim.path("var/lib/kata-gpu/vfio").is_dir());
+    assert_eq!(
+        kata_gpu_tests::writable_by_others(&sim.path("var/lib")),
+        Vec::<String>::new()
+    );
+}

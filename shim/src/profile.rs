@@ -72,6 +72,15 @@ impl Profile {
         self.tee() != Tee::None
     }
 
+    /// Which `io.katacontainers.*` pod annotations may reach Kata under this profile.
+    pub fn annotation_policy(self) -> kata_gpu_configs::AnnotationPolicy {
+        if self.confidential() {
+            kata_gpu_configs::AnnotationPolicy::Confidential
+        } else {
+            kata_gpu_configs::AnnotationPolicy::Plain
+        }
+    }
+
     /// The profile a shim binary name selects, e.g. from `argv[0]`.
     pub fn from_binary_name(name: &str) -> Option<Profile> {
         let base = name.rsplit('/').next().unwrap_or(name);

@@ -8,9 +8,12 @@
 //! move. The driver a function had before is recorded under `/var/lib/kata-gpu/vfio/<bdf>`
 //! so that unbinding can give it back.
 //!
-//! A function in use is refused, naming the process: one holding `/dev/nvidia*` open while
-//! the GPU is on the `nvidia` driver, or its `/dev/vfio/<group>` or `/dev/vfio/devices/vfioN`
-//! while it is on `vfio-pci`.
+//! A group that holds a function not NVIDIA's (an NVMe drive or a NIC on a board without
+//! ACS) is refused unless forced, naming each such function and its driver. A function
+//! that would move while in use is refused, naming the process or the mount: one holding
+//! `/dev/nvidia*` open while the GPU is on the `nvidia` driver, its `/dev/vfio/<group>` or
+//! `/dev/vfio/devices/vfioN` while it is on `vfio-pci`, any device node the kernel made for
+//! it (`/dev/nvme0n1p1`) held open or mounted, or a network interface of it that is up.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -23,9 +26,11 @@ use serde::Serialize;
 use crate::host::{Bdf, Host, HostError, PciFunction};
 
 mod apply;
+mod guard;
 mod sysfs;
 
 pub use apply::apply;
+pub use guard::Foreign;
 pub use sysfs::{KernelSysfs, Sysfs};
 
 /// The VFIO driver.
@@ -64,6 +69,28 @@ pub enum VfioError {
         /// The device node it holds.
         node: String,
     },
+    /// A device node of a function that would move is mounted.
+    #[error("{bdf} is in use: {node} is mounted on {at}; unmount it and retry")]
+    Mounted {
+        /// The device.
+        bdf: Bdf,
+        /// The device node.
+        node: String,
+        /// Where it is mounted.
+        at: String,
+    },
+    /// A network interface of a function that would move is up.
+    #[error("{bdf} is in use: its network interface {iface} is up; take it down (ip link set {iface} down) and retry")]
+    InterfaceUp {
+        /// The device.
+        bdf: Bdf,
+        /// The interface.
+        iface: String,
+    },
+    /// Functions not NVIDIA's share a group with a target: binding would take them from
+    /// the host (the boot disk or the NIC, on a board without ACS).
+    #[error("{}", guard::foreign_message(.0))]
+    Foreign(Vec<Foreign>),
     /// A sysfs or state file could not be written.
     #[error("cannot write {value:?} to {}: {source}; run as root on the host", path.display())]
     Write {
@@ -252,60 +279,6 @@ fn group_functions(host: &Host, targets: &[PciFunction]) -> Result<Vec<PciFuncti
     Ok(out)
 }
 
-/// A process holding a device node open: (pid, comm, node).
-fn holder(host: &Host, wanted: &dyn Fn(&str) -> bool) -> Option<(u32, String, String)> {
-    let mut pids: Vec<u32> = fs::read_dir(host.path("/proc"))
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    for pid in pids {
-        let Ok(fds) = fs::read_dir(host.path(&format!("/proc/{pid}/fd"))) else {
-            continue;
-        };
-        for fd in fds.filter_map(Result::ok) {
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let node = target.to_string_lossy().into_owned();
-            if wanted(&node) {
-                let comm = fs::read_to_string(host.path(&format!("/proc/{pid}/comm")))
-                    .map(|c| c.trim().to_owned())
-                    .unwrap_or_else(|_| "?".to_owned());
-                return Some((pid, comm, node));
-            }
-        }
-    }
-    None
-}
-
-/// Refuses a function some process holds open through its current driver.
-fn check_not_in_use(host: &Host, f: &PciFunction) -> Result<(), VfioError> {
-    let found = match f.driver.as_deref() {
-        Some("nvidia") => holder(host, &|n: &str| n.starts_with("/dev/nvidia")),
-        Some(VFIO_PCI) => {
-            let group = f.iommu_group.map(|g| format!("/dev/vfio/{g}"));
-            let cdev = host
-                .vfio_cdev(f.bdf)
-                .map(|(name, _)| format!("/dev/vfio/devices/{name}"));
-            holder(host, &|n: &str| {
-                Some(n) == group.as_deref() || Some(n) == cdev.as_deref()
-            })
-        }
-        _ => None,
-    };
-    match found {
-        Some((pid, comm, node)) => Err(VfioError::InUse {
-            bdf: f.bdf,
-            pid,
-            comm,
-            node,
-        }),
-        None => Ok(()),
-    }
-}
-
 fn write(path: String, value: &str) -> Write {
     Write {
         path,
@@ -315,16 +288,21 @@ fn write(path: String, value: &str) -> Write {
 
 /// What binding the targets to vfio-pci takes: one step per function of their groups
 /// (bridges stay), already-bound ones as no-ops. Refuses before any write when a target
-/// is not an NVIDIA GPU or NVSwitch, has no IOMMU group, or a function is in use.
-pub fn plan_bind(host: &Host, which: Targets<'_>) -> Result<Vec<Step>, VfioError> {
+/// is not an NVIDIA GPU or NVSwitch, has no IOMMU group, a function that would move is in
+/// use, or (unless `force`) one that would move is not NVIDIA's.
+pub fn plan_bind(host: &Host, which: Targets<'_>, force: bool) -> Result<Vec<Step>, VfioError> {
     let targets = targets(host, which)?;
     let functions = group_functions(host, &targets)?;
+    let foreign = guard::foreign(&functions);
+    if !force && !foreign.is_empty() {
+        return Err(VfioError::Foreign(foreign));
+    }
     let mut steps = Vec::new();
     for f in functions {
         let dir = pci_dir(f.bdf);
         let mut writes = Vec::new();
         if f.driver.as_deref() != Some(VFIO_PCI) {
-            check_not_in_use(host, &f)?;
+            guard::check_not_in_use(host, &f)?;
             let bdf = f.bdf.to_string();
             writes.push(write(
                 state_path(f.bdf),
@@ -360,7 +338,7 @@ pub fn plan_unbind(host: &Host, which: Targets<'_>) -> Result<Vec<Step>, VfioErr
         let recorded = recorded_driver(host, f.bdf);
         let mut writes = Vec::new();
         let to = if f.driver.as_deref() == Some(VFIO_PCI) {
-            check_not_in_use(host, &f)?;
+            guard::check_not_in_use(host, &f)?;
             let bdf = f.bdf.to_string();
             writes.push(write(format!("{dir}/driver_override"), "\n"));
             writes.push(write(format!("{dir}/driver/unbind"), &bdf));
@@ -407,7 +385,7 @@ mod tests {
     fn binds_a_gpu_on_nvidia_and_gives_it_back() {
         let sim = SimHost::gpu_bound_to_nvidia();
         let host = Host::new(sim.root());
-        let steps = plan_bind(&host, Targets::All).expect("plan");
+        let steps = plan_bind(&host, Targets::All, false).expect("plan");
         assert_eq!(steps.len(), 1);
         let paths: Vec<_> = steps[0].writes.iter().map(|w| w.path.as_str()).collect();
         assert_eq!(
@@ -435,7 +413,7 @@ mod tests {
         );
         // The kernel moved it, and apply read that back; binding again is a no-op.
         assert_eq!(sim.driver("0000:41:00.0").as_deref(), Some(VFIO_PCI));
-        let again = plan_bind(&host, Targets::All).expect("plan");
+        let again = plan_bind(&host, Targets::All, false).expect("plan");
         assert!(again.iter().all(Step::is_noop), "{again:?}");
 
         let back = plan_unbind(&host, Targets::Named(&[bdf("0000:41:00.0")])).expect("unbind");
@@ -463,7 +441,7 @@ mod tests {
         sim.set_driver("0000:41:00.0", Some("nvidia"));
         sim.set_driver("0000:41:00.1", Some("snd_hda_intel"));
         let host = Host::new(sim.root());
-        let steps = plan_bind(&host, Targets::Named(&[bdf("0000:41:00.0")])).expect("plan");
+        let steps = plan_bind(&host, Targets::Named(&[bdf("0000:41:00.0")]), false).expect("plan");
         let bdfs: Vec<_> = steps.iter().map(|s| s.bdf.as_str()).collect();
         assert_eq!(bdfs, ["0000:41:00.0", "0000:41:00.1"]);
         assert!(steps.iter().all(|s| !s.is_noop()));
@@ -482,10 +460,10 @@ mod tests {
     fn an_hgx_already_on_vfio_is_a_noop_and_nvswitches_count() {
         let sim = SimHost::hgx_8x_h100();
         let host = Host::new(sim.root());
-        let steps = plan_bind(&host, Targets::All).expect("plan");
+        let steps = plan_bind(&host, Targets::All, false).expect("plan");
         assert_eq!(steps.len(), 12);
         assert!(steps.iter().all(Step::is_noop));
-        let sw = plan_bind(&host, Targets::Named(&[bdf("0000:05:00.0")])).expect("nvswitch");
+        let sw = plan_bind(&host, Targets::Named(&[bdf("0000:05:00.0")]), false).expect("nvswitch");
         assert_eq!(sw.len(), 1);
     }
 
@@ -493,14 +471,16 @@ mod tests {
     fn refusals_name_the_device_and_the_cause() {
         let sim = SimHost::gpu_with_audio_and_bridge();
         let host = Host::new(sim.root());
-        let e = plan_bind(&host, Targets::Named(&[bdf("0000:40:01.1")])).expect_err("refused");
+        let e =
+            plan_bind(&host, Targets::Named(&[bdf("0000:40:01.1")]), false).expect_err("refused");
         assert!(matches!(e, VfioError::NotNvidia { .. }), "{e}");
-        let e = plan_bind(&host, Targets::Named(&[bdf("0000:99:00.0")])).expect_err("refused");
+        let e =
+            plan_bind(&host, Targets::Named(&[bdf("0000:99:00.0")]), false).expect_err("refused");
         assert!(e.to_string().contains("0000:99:00.0"), "{e}");
 
         let sim = SimHost::no_iommu();
         let host = Host::new(sim.root());
-        let e = plan_bind(&host, Targets::All).expect_err("refused");
+        let e = plan_bind(&host, Targets::All, false).expect_err("refused");
         assert!(matches!(e, VfioError::NoIommuGroup(_)), "{e}");
     }
 
@@ -509,7 +489,7 @@ mod tests {
         let sim = SimHost::gpu_bound_to_nvidia();
         sim.hold_open(1234, "nvidia-smi", "/dev/nvidia0");
         let host = Host::new(sim.root());
-        let e = plan_bind(&host, Targets::All).expect_err("refused");
+        let e = plan_bind(&host, Targets::All, false).expect_err("refused");
         assert_eq!(
             e.to_string(),
             "0000:41:00.0 is in use by pid 1234 (nvidia-smi), which holds /dev/nvidia0 open; stop it and retry"

@@ -50,6 +50,52 @@ pub fn run_on_host(bin: &str, sim: &SimHost, args: &[&str]) -> std::process::Out
         .expect("run the binary under test")
 }
 
+/// Runs a command-line binary against a simulated host under `umask 000`, as a careless
+/// init system might start it (`--host-root` added). A shell sets the umask for the
+/// command alone; the test process keeps its own.
+pub fn run_on_host_umask_000(
+    bin: &str,
+    root: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$@\"")
+        .arg("sh")
+        .arg(bin)
+        .args(args)
+        .arg("--host-root")
+        .arg(root)
+        .output()
+        .expect("run the binary under test")
+}
+
+/// Every entry under `dir` (links excepted: their mode means nothing) whose mode lets
+/// group or others write, as `path mode`.
+pub fn writable_by_others(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let meta = std::fs::symlink_metadata(&p).expect("stat");
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            out.push(format!("{} {mode:o}", p.display()));
+        }
+        if meta.is_dir() {
+            out.extend(writable_by_others(&p));
+        }
+    }
+    out
+}
+
 /// What a command printed, stdout then stderr, for assertions and failure messages.
 pub fn output_text(o: &std::process::Output) -> String {
     format!(

@@ -11,6 +11,8 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+mod devices;
+
 /// How a host exposes VFIO devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VfioMode {
@@ -172,12 +174,13 @@ impl SimHost {
             "h200" => Self::h200(),
             "no-iommu" => Self::no_iommu(),
             "no-snp" => Self::no_snp(),
+            "nvme-in-group" => Self::gpu_with_nvme_in_group(),
             _ => return None,
         })
     }
 
     /// The names [`SimHost::preset`] knows.
-    pub const PRESETS: [&'static str; 8] = [
+    pub const PRESETS: [&'static str; 9] = [
         "h100",
         "h100-legacy",
         "hgx",
@@ -186,6 +189,7 @@ impl SimHost {
         "h200",
         "no-iommu",
         "no-snp",
+        "nvme-in-group",
     ];
 
     /// The root directory (`--host-root`).

@@ -371,12 +371,11 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
         .as_ref()
         .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_else(|| empty.clone());
-    kata_gpu_configs::check_pod_annotations(&annotations).map_err(|r| {
-        PlanError::RefusedAnnotation {
+    kata_gpu_configs::check_pod_annotations(&annotations, input.profile.annotation_policy())
+        .map_err(|r| PlanError::RefusedAnnotation {
             key: r.annotation,
             reason: r.reason.to_string(),
-        }
-    })?;
+        })?;
     let requested = parse_cdi_annotations(&annotations)?;
     let memory = requested_memory(input.oci, input.policy)?;
     let requests = vfio_requests(input, &requested)?;

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 
 use super::sysfs::Sysfs;
 use super::{write, Step, VfioError, Write, STATE_DIR, VFIO_PCI};
@@ -85,10 +86,16 @@ fn write_record(host: &Host, path: &str, value: Option<&str>) -> Result<(), Vfio
             _ => Ok(()),
         };
     };
+    // Explicit modes, whatever the umask: a record others could write would let them
+    // choose the driver a device goes back to.
     if let Some(parent) = full.parent() {
-        fs::create_dir_all(parent).map_err(err)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(err)?;
     }
-    fs::write(&full, text).map_err(err)
+    kata_gpu_fsutil::write_atomic(&full, text.as_bytes(), 0o644).map_err(err)
 }
 
 /// Performs writes in order (sysfs ones through the seam, records directly), stopping at
@@ -253,7 +260,7 @@ mod tests {
 
     fn bind(sim: &SimHost) -> Result<(), VfioError> {
         let host = Host::new(sim.root());
-        let steps = plan_bind(&host, Targets::Named(&[bdf(GPU)])).expect("plan");
+        let steps = plan_bind(&host, Targets::Named(&[bdf(GPU)]), false).expect("plan");
         apply(&host, &SimKernel(sim), &steps)
     }
 
@@ -370,7 +377,7 @@ mod tests {
         }
         sim.refuse(VFIO_PCI, "0000:2a:00.0");
         let host = Host::new(sim.root());
-        let steps = plan_bind(&host, Targets::All).expect("plan");
+        let steps = plan_bind(&host, Targets::All, false).expect("plan");
         let e = apply(&host, &SimKernel(&sim), &steps).expect_err("refused");
         assert!(
             e.to_string().ends_with(

@@ -1,0 +1,350 @@
+//! What must hold before `vfio bind` moves a function: its IOMMU group holds nothing but
+//! NVIDIA functions (unless the operator forces it), and no function that moves is in
+//! use — held open by a process, mounted, or a network interface that is up.
+
+use std::fmt;
+use std::fs;
+use std::path::Path;
+
+use super::{VfioError, VFIO_PCI};
+use crate::host::{Bdf, Host, PciFunction, NVIDIA};
+
+/// A function in a GPU's or NVSwitch's IOMMU group that is not NVIDIA's: binding the
+/// group would take it from the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Foreign {
+    /// Its address.
+    pub bdf: Bdf,
+    /// `vendor:device`.
+    pub id: String,
+    /// The driver it is on.
+    pub driver: Option<String>,
+    /// Its IOMMU group.
+    pub group: Option<u32>,
+}
+
+impl fmt::Display for Foreign {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let driver = self
+            .driver
+            .as_deref()
+            .map_or("no driver".to_owned(), |d| format!("on {d}"));
+        let group = self.group.map_or("-".to_owned(), |g| g.to_string());
+        write!(f, "{} ({}, {driver}, group {group})", self.bdf, self.id)
+    }
+}
+
+/// The one-line refusal for [`VfioError::Foreign`].
+pub(super) fn foreign_message(found: &[Foreign]) -> String {
+    let names: Vec<String> = found.iter().map(ToString::to_string).collect();
+    let (share, are, it) = if found.len() == 1 {
+        ("shares", "is not an NVIDIA function", "it")
+    } else {
+        ("share", "are not NVIDIA functions", "them")
+    };
+    format!(
+        "{} {share} an IOMMU group with a GPU or NVSwitch and {are}: binding would take {it} \
+         from the host; give the GPU an IOMMU group of its own (another slot, or ACS on in \
+         the firmware), or pass --force to bind {it} too",
+        names.join(" and ")
+    )
+}
+
+/// The functions among `functions` that would move and are not NVIDIA's (a GPU's audio
+/// function is NVIDIA's and goes with it; bridges never reach here).
+pub(super) fn foreign(functions: &[PciFunction]) -> Vec<Foreign> {
+    functions
+        .iter()
+        .filter(|f| f.vendor != NVIDIA && f.driver.as_deref() != Some(VFIO_PCI))
+        .map(|f| Foreign {
+            bdf: f.bdf,
+            id: f.id(),
+            driver: f.driver.clone(),
+            group: f.iommu_group,
+        })
+        .collect()
+}
+
+/// A process holding a device node open: (pid, comm, node).
+fn holder(host: &Host, wanted: &dyn Fn(&str) -> bool) -> Option<(u32, String, String)> {
+    let mut pids: Vec<u32> = fs::read_dir(host.path("/proc"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        let Ok(fds) = fs::read_dir(host.path(&format!("/proc/{pid}/fd"))) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let node = target.to_string_lossy().into_owned();
+            if wanted(&node) {
+                let comm = fs::read_to_string(host.path(&format!("/proc/{pid}/comm")))
+                    .map(|c| c.trim().to_owned())
+                    .unwrap_or_else(|_| "?".to_owned());
+                return Some((pid, comm, node));
+            }
+        }
+    }
+    None
+}
+
+/// How deep under a function the kernel puts its devices (`nvme/nvme0/nvme0n1/nvme0n1p1`).
+const MAX_DEPTH: usize = 6;
+
+/// The device nodes the kernel made for a function (`/dev/nvme0n1p1`, `/dev/dri/card1`):
+/// the `DEVNAME` of every `uevent` below its sysfs directory. Links are not followed
+/// (sysfs links back up), nor child PCI functions entered.
+fn device_nodes(host: &Host, bdf: Bdf) -> Vec<String> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<String>) {
+        if let Ok(text) = fs::read_to_string(dir.join("uevent")) {
+            if let Some(name) = text.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
+                out.push(format!("/dev/{}", name.trim()));
+            }
+        }
+        if depth == MAX_DEPTH {
+            return;
+        }
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            let is_function = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<Bdf>().is_ok());
+            if is_dir && !is_function {
+                walk(&e.path(), depth + 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        &host.path(&format!("/sys/bus/pci/devices/{bdf}")),
+        0,
+        &mut out,
+    );
+    out.sort();
+    out
+}
+
+/// Where one of `nodes` is mounted: (node, mount point), from `/proc/mounts`.
+fn mounted(host: &Host, nodes: &[String]) -> Option<(String, String)> {
+    let text = fs::read_to_string(host.path("/proc/mounts")).ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (source, at) = (fields.next()?, fields.next()?);
+        nodes
+            .iter()
+            .any(|n| n == source)
+            .then(|| (source.to_owned(), at.to_owned()))
+    })
+}
+
+/// A network interface of the function that is up.
+fn interface_up(host: &Host, bdf: Bdf) -> Option<String> {
+    let dir = host.path(&format!("/sys/bus/pci/devices/{bdf}/net"));
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .find(|n| fs::read_to_string(dir.join(n).join("operstate")).is_ok_and(|s| s.trim() == "up"))
+}
+
+/// Refuses a function in use: a process holds one of its device nodes open (for a
+/// function on `nvidia`, any `/dev/nvidia*`; on `vfio-pci`, its group node or cdev), one
+/// of them is mounted, or one of its network interfaces is up.
+pub(super) fn check_not_in_use(host: &Host, f: &PciFunction) -> Result<(), VfioError> {
+    let mut nodes = device_nodes(host, f.bdf);
+    if f.driver.as_deref() == Some(VFIO_PCI) {
+        nodes.extend(f.iommu_group.map(|g| format!("/dev/vfio/{g}")));
+        nodes.extend(
+            host.vfio_cdev(f.bdf)
+                .map(|(name, _)| format!("/dev/vfio/devices/{name}")),
+        );
+    }
+    let nvidia = f.driver.as_deref() == Some("nvidia");
+    let wanted = |n: &str| (nvidia && n.starts_with("/dev/nvidia")) || nodes.iter().any(|m| m == n);
+    if let Some((pid, comm, node)) = holder(host, &wanted) {
+        return Err(VfioError::InUse {
+            bdf: f.bdf,
+            pid,
+            comm,
+            node,
+        });
+    }
+    if let Some((node, at)) = mounted(host, &nodes) {
+        return Err(VfioError::Mounted {
+            bdf: f.bdf,
+            node,
+            at,
+        });
+    }
+    if let Some(iface) = interface_up(host, f.bdf) {
+        return Err(VfioError::InterfaceUp { bdf: f.bdf, iface });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{plan_bind, Targets};
+    use super::*;
+    use kata_gpu_tests::simhost::Function;
+    use kata_gpu_tests::SimHost;
+
+    const NVME: &str = "0000:42:00.0";
+
+    /// Plans a bind of every GPU and shows the outcome as the user sees it: the moves, or
+    /// the refusal.
+    fn bind(sim: &SimHost, force: bool) -> Result<Vec<String>, String> {
+        let host = Host::new(sim.root());
+        plan_bind(&host, Targets::All, force)
+            .map(|steps| {
+                steps
+                    .iter()
+                    .filter(|s| !s.is_noop())
+                    .map(ToString::to_string)
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_group_with_a_function_not_nvidias_is_refused_unless_forced() {
+        let sim = SimHost::gpu_with_nvme_in_group();
+        assert_eq!(
+            bind(&sim, false),
+            Err(
+                "0000:42:00.0 (144d:a80a, on nvme, group 40) shares an IOMMU group with a \
+                 GPU or NVSwitch and is not an NVIDIA function: binding would take it from \
+                 the host; give the GPU an IOMMU group of its own (another slot, or ACS on in \
+                 the firmware), or pass --force to bind it too"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            bind(&sim, true),
+            Ok(vec![
+                "0000:41:00.0 10de:2331 group 40: nvidia → vfio-pci".to_owned(),
+                "0000:42:00.0 144d:a80a group 40: nvme → vfio-pci".to_owned(),
+            ])
+        );
+    }
+
+    #[test]
+    fn every_foreign_function_is_named_with_its_driver() {
+        let mut sim = SimHost::gpu_with_nvme_in_group();
+        sim.add(&Function::nic("0000:43:00.0", 40));
+        let e = bind(&sim, false).expect_err("refused");
+        assert!(
+            e.starts_with(
+                "0000:42:00.0 (144d:a80a, on nvme, group 40) and 0000:43:00.0 (15b3:1021, on \
+                 mlx5_core, group 40) share an IOMMU group with a GPU or NVSwitch and are not \
+                 NVIDIA functions: binding would take them from the host;"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_foreign_function_already_on_vfio_pci_moves_nothing_and_passes() {
+        let sim = SimHost::gpu_with_nvme_in_group();
+        sim.set_driver(NVME, Some(VFIO_PCI));
+        assert_eq!(
+            bind(&sim, false),
+            Ok(vec![
+                "0000:41:00.0 10de:2331 group 40: nvidia → vfio-pci".to_owned()
+            ])
+        );
+    }
+
+    /// Every function that would move is checked, whatever its driver, even when forced.
+    #[test]
+    fn a_function_in_use_is_refused_whatever_its_driver() {
+        type Setup = fn(&mut SimHost);
+        let cases: [(&str, Setup, &str); 5] = [
+            (
+                "a partition held open",
+                |sim| sim.hold_open(4242, "postgres", "/dev/nvme0n1p1"),
+                "0000:42:00.0 is in use by pid 4242 (postgres), which holds /dev/nvme0n1p1 \
+                 open; stop it and retry",
+            ),
+            (
+                "the controller's char device held open",
+                |sim| sim.hold_open(7, "nvme", "/dev/nvme0"),
+                "0000:42:00.0 is in use by pid 7 (nvme), which holds /dev/nvme0 open; stop \
+                 it and retry",
+            ),
+            (
+                "a mounted partition",
+                |sim| sim.mount("/dev/nvme0n1p1", "/"),
+                "0000:42:00.0 is in use: /dev/nvme0n1p1 is mounted on /; unmount it and retry",
+            ),
+            (
+                "a NIC whose interface is up",
+                |sim| {
+                    sim.add(&Function::nic("0000:43:00.0", 40));
+                    sim.add_net_interface("0000:43:00.0", "ens1f0np0", true);
+                },
+                "0000:43:00.0 is in use: its network interface ens1f0np0 is up; take it down \
+                 (ip link set ens1f0np0 down) and retry",
+            ),
+            (
+                "the GPU's audio function held open",
+                |sim| {
+                    sim.set_driver(NVME, Some(VFIO_PCI));
+                    sim.add(&Function {
+                        bdf: "0000:41:00.1".to_owned(),
+                        vendor: NVIDIA,
+                        device: 0x22ba,
+                        class: 0x040300,
+                        driver: Some("snd_hda_intel".to_owned()),
+                        group: Some(40),
+                        numa: 0,
+                        bars: vec![],
+                        pcie: true,
+                    });
+                    sim.add_device_node("0000:41:00.1", "sound/card1/pcmC1D3p", "snd/pcmC1D3p");
+                    sim.hold_open(99, "pipewire", "/dev/snd/pcmC1D3p");
+                },
+                "0000:41:00.1 is in use by pid 99 (pipewire), which holds /dev/snd/pcmC1D3p \
+                 open; stop it and retry",
+            ),
+        ];
+        for (what, setup, refusal) in cases {
+            let mut sim = SimHost::gpu_with_nvme_in_group();
+            setup(&mut sim);
+            assert_eq!(bind(&sim, true), Err(refusal.to_owned()), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_nic_whose_interface_is_down_may_be_forced() {
+        let mut sim = SimHost::gpu_with_nvme_in_group();
+        sim.add(&Function::nic("0000:43:00.0", 40));
+        sim.add_net_interface("0000:43:00.0", "ens1f0np0", false);
+        let moves = bind(&sim, true).expect("forced");
+        assert_eq!(moves.len(), 3, "{moves:?}");
+    }
+
+    #[test]
+    fn device_nodes_are_found_without_following_links() {
+        let sim = SimHost::gpu_with_nvme_in_group();
+        let host = Host::new(sim.root());
+        let nvme = NVME.parse().expect("bdf");
+        assert_eq!(
+            device_nodes(&host, nvme),
+            ["/dev/nvme0", "/dev/nvme0n1", "/dev/nvme0n1p1"]
+        );
+    }
+}

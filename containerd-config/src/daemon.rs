@@ -26,6 +26,13 @@ pub fn restart_command_line(unit: &str) -> String {
 
 /// Runs `argv`; its combined output on success, an [`Error::Command`] otherwise.
 pub fn run(argv: &[String]) -> Result<String, Error> {
+    let (stdout, stderr) = run_split(argv)?;
+    Ok(format!("{stdout}{stderr}"))
+}
+
+/// As [`run`], with stdout and stderr apart: for output that is parsed, which a warning
+/// on stderr must not corrupt.
+fn run_split(argv: &[String]) -> Result<(String, String), Error> {
     let line = argv.join(" ");
     let (program, args) = argv.split_first().ok_or_else(|| Error::Command {
         command: line.clone(),
@@ -38,17 +45,14 @@ pub fn run(argv: &[String]) -> Result<String, Error> {
             command: line.clone(),
             detail: e.to_string(),
         })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if out.status.success() {
-        Ok(text)
+        Ok((stdout, stderr))
     } else {
         Err(Error::Command {
             command: line,
-            detail: format!("{}: {}", out.status, text.trim()),
+            detail: format!("{}: {}{}", out.status, stdout, stderr.trim()),
         })
     }
 }
@@ -112,13 +116,15 @@ pub fn containerd_version(containerd: &Path) -> Result<String, Error> {
 /// `containerd --config <config> config dump`: the config containerd loads from that file,
 /// imports merged, as TOML.
 pub fn config_dump(containerd: &Path, config: &Path) -> Result<String, Error> {
-    run(&[
+    // containerd 2.1 warns on stderr about keys it no longer knows (e.g. 2.0's `plugin_dir`).
+    run_split(&[
         containerd.display().to_string(),
         "--config".into(),
         config.display().to_string(),
         "config".into(),
         "dump".into(),
     ])
+    .map(|(stdout, _)| stdout)
 }
 
 /// What containerd loads for the handler `name` from `config`; `None` if it has no such

@@ -1,8 +1,10 @@
-//! The real containerd 1.6 (Debian's) against every patched version-2 config: it starts,
-//! its CRI plugin loads, and `containerd config dump` shows our handler with its options.
-//! Inputs: the installed containerd's own `containerd config default` (generated here) and
-//! the version-2 shapes of tests/data. Each config is pointed at a temp dir (root, state,
-//! sockets, /opt path) before containerd starts, so no system containerd is touched.
+//! The real containerd against every config we register into: 1.6 (Debian's) on the
+//! version-2 shapes, 2.1.9 and 2.3.4 on the version-3/4 ones (in place and as a drop-in).
+//! For each, `containerd config dump` shows our handler with its options, and containerd
+//! starts with its CRI plugin loaded and our handler in it. Inputs: the release's own
+//! `containerd config default` (generated here) and the shapes of tests/data. Each config is
+//! pointed at a temp dir (root, state, sockets, /opt path, NRI socket) before containerd
+//! starts, so no system containerd is touched.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,13 +12,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kata_gpu_containerd_config::daemon::{config_dump, wait_for_socket};
-use kata_gpu_containerd_config::{find_handler, register, ConfigVersion, HandlerSpec, Target};
-use kata_gpu_tests::{is_root, on_path, require};
+use kata_gpu_containerd_config::dropin::{drop_in_file_name, drop_in_text};
+use kata_gpu_containerd_config::{
+    add_import, find_handler, register, ConfigVersion, HandlerSpec, Target,
+};
+use kata_gpu_tests::{available, is_root, on_path, require, Containerd};
 use toml_edit::{value, DocumentMut, Item, Table};
+
+const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
 
 fn spec() -> HandlerSpec {
     let mut s = HandlerSpec::new(
-        "kata-qemu-nvidia-gpu-snp",
+        HANDLER,
         "io.containerd.kata-qemu-nvidia-gpu-snp.v2",
         "/opt/nvidia-gpu-operator/artifacts/runtimeclasses/kata-qemu-nvidia-gpu-snp/current/configuration.toml",
     );
@@ -30,30 +37,45 @@ fn sandboxed(text: &str, dir: &Path) -> String {
     let p = |name: &str| dir.join(name).display().to_string();
     doc["root"] = value(p("root"));
     doc["state"] = value(p("state"));
-    for (section, address) in [
+    let servers = [
         ("grpc", p("containerd.sock")),
         ("ttrpc", p("containerd.sock.ttrpc")),
         ("debug", String::new()),
         ("metrics", String::new()),
-    ] {
-        if !doc.contains_key(section) {
-            doc.insert(section, Item::Table(Table::new()));
+    ];
+    if doc.get("version").and_then(Item::as_integer) == Some(4) {
+        // Version 4 (containerd 2.3) moved the servers into plugins; a root `[grpc]` is
+        // ignored there, and containerd would serve on the host's socket.
+        for (server, address) in servers {
+            doc["plugins"][&format!("io.containerd.server.v1.{server}")]["address"] =
+                value(address);
         }
-        doc[section]["address"] = value(address);
+    } else {
+        for (section, address) in servers {
+            if !doc.contains_key(section) {
+                doc.insert(section, Item::Table(Table::new()));
+            }
+            doc[section]["address"] = value(address);
+        }
     }
     doc["plugins"]["io.containerd.internal.v1.opt"]["path"] = value(p("opt"));
-    // Literal imports would be read from the host: point them at empty files of our own.
+    // containerd 2.x serves NRI on a fixed host socket unless told otherwise.
+    if doc["plugins"].get("io.containerd.nri.v1.nri").is_some() {
+        doc["plugins"]["io.containerd.nri.v1.nri"]["socket_path"] = value(p("nri.sock"));
+    }
+    // Imports would be read from the host: point them into `<dir>/conf.d`, literal ones at
+    // empty files of our own (a drop-in test then writes its drop-in there).
+    let conf_d = dir.join("conf.d");
+    fs::create_dir_all(&conf_d).expect("mkdir conf.d");
     if let Some(imports) = doc.get_mut("imports").and_then(Item::as_array_mut) {
         for entry in imports.iter_mut() {
-            let Some(path) = entry
-                .as_str()
-                .filter(|e| !e.contains('*'))
-                .map(PathBuf::from)
-            else {
+            let Some(path) = entry.as_str().map(PathBuf::from) else {
                 continue;
             };
-            let local = dir.join(path.file_name().expect("import file name"));
-            fs::write(&local, "version = 2\n").expect("write import");
+            let local = conf_d.join(path.file_name().expect("import file name"));
+            if !path.display().to_string().contains('*') {
+                fs::write(&local, "version = 2\n").expect("write import");
+            }
             *entry = local.display().to_string().into();
         }
     }
@@ -79,16 +101,16 @@ impl Drop for Daemon {
     }
 }
 
-fn inputs(dir: &Path) -> Vec<(String, String)> {
-    let default = Command::new("containerd")
-        .args(["config", "default"])
-        .output()
-        .expect("containerd config default");
-    assert!(default.status.success());
-    let mut v = vec![(
-        "containerd config default".to_owned(),
-        String::from_utf8(default.stdout).expect("utf-8"),
-    )];
+/// One config to register into: its name, its text, the version an empty file gets, and
+/// whether the handler goes into a drop-in that the file imports.
+struct Input {
+    name: String,
+    text: String,
+    version: ConfigVersion,
+    drop_in: bool,
+}
+
+fn data(prefix: &str) -> Vec<(String, String)> {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let mut names: Vec<PathBuf> = fs::read_dir(&data)
         .expect("ls data")
@@ -96,65 +118,148 @@ fn inputs(dir: &Path) -> Vec<(String, String)> {
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("v2-"))
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
         })
         .collect();
     names.sort();
-    for p in names {
-        v.push((
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            fs::read_to_string(&p).expect("read fixture"),
-        ));
+    names
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                fs::read_to_string(&p).expect("read fixture"),
+            )
+        })
+        .collect()
+}
+
+/// The configs `release` is checked on: its own default, the fixtures of its config
+/// versions, an empty file; on 2.x also its default with the handler in a drop-in.
+fn inputs(release: Containerd, bin: &Path) -> Vec<Input> {
+    let default = Command::new(bin.join("containerd"))
+        .args(["config", "default"])
+        .output()
+        .expect("containerd config default");
+    assert!(default.status.success());
+    let default = String::from_utf8(default.stdout).expect("utf-8");
+    let (version, prefixes): (_, &[&str]) = match release {
+        Containerd::Debian | Containerd::V1_7 => (ConfigVersion::V2, &["v2-"]),
+        Containerd::V2_1 => (ConfigVersion::V3, &["v3-"]),
+        Containerd::V2_3 => (ConfigVersion::V4, &["v3-", "v4-"]),
+    };
+    let input = |name: &str, text: &str, drop_in| Input {
+        name: name.to_owned(),
+        text: text.to_owned(),
+        version,
+        drop_in,
+    };
+    let mut v = vec![input("containerd config default", &default, false)];
+    for prefix in prefixes {
+        for (name, text) in data(prefix) {
+            v.push(input(&name, &text, false));
+        }
     }
-    v.push(("empty file".to_owned(), String::new()));
-    let _ = dir;
+    v.push(input("empty file", "", false));
+    if release.is_v2() {
+        v.push(input("containerd config default, drop-in", &default, true));
+    }
     v
 }
 
-#[test]
-fn containerd_1_6_loads_every_patched_version_2_config() {
+/// Registers into each input the way `kata-gpu containerd register` does, then checks
+/// what `release` reads from it.
+fn loads_every_patched_config(release: Containerd, test: &str) {
+    let Some(bin) = available(test, release.bin_dir()) else {
+        return;
+    };
     require(is_root(), "root is needed to start containerd");
-    for program in ["containerd", "ctr"] {
-        require(on_path(program), &format!("{program} is not on PATH"));
-    }
     let work = tempfile::tempdir().expect("tempdir");
-    for (i, (name, text)) in inputs(work.path()).into_iter().enumerate() {
+    for (i, input) in inputs(release, &bin).into_iter().enumerate() {
+        let name = format!("{} on {}", input.name, release.version());
         let dir = work.path().join(format!("c{i}"));
         fs::create_dir_all(&dir).expect("mkdir");
-        let done = register(
-            &text,
-            &spec(),
-            Target {
-                file: &name,
-                version: Some(ConfigVersion::V2),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let target = Target {
+            file: &name,
+            version: Some(input.version),
+        };
+        let drop_in = Path::new("/etc/containerd/conf.d").join(drop_in_file_name(HANDLER));
+        let text = if input.drop_in {
+            add_import(&input.text, &drop_in.display().to_string(), target)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .text
+        } else {
+            register(&input.text, &spec(), target)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .text
+        };
         let config = dir.join("config.toml");
-        fs::write(&config, sandboxed(&done.text, &dir)).expect("write config");
+        fs::write(&config, sandboxed(&text, &dir)).expect("write config");
+        if input.drop_in {
+            // `sandboxed` pointed the import (or the glob covering it) into `dir/conf.d`.
+            let version = kata_gpu_containerd_config::config_version(&input.text, &name)
+                .ok()
+                .flatten()
+                .unwrap_or(input.version);
+            let body = drop_in_text(&spec(), version).unwrap_or_else(|e| panic!("{name}: {e}"));
+            fs::write(dir.join("conf.d").join(drop_in_file_name(HANDLER)), body)
+                .expect("write drop-in");
+        }
 
         let dump =
-            config_dump(Path::new("containerd"), &config).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let found = find_handler(&dump, "kata-qemu-nvidia-gpu-snp")
+            config_dump(&bin.join("containerd"), &config).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let found = find_handler(&dump, HANDLER)
             .unwrap_or_else(|| panic!("{name}: config dump lacks the handler:\n{dump}"));
         assert!(found.satisfies(&spec()), "{name}: {found:?}");
         assert_eq!(found.runtime_path, spec().runtime_path, "{name}");
 
-        let (cri, log) = cri_plugin(&name, &dir, &config);
+        let (cri, log) = cri_plugin(&name, &bin, &dir, &config);
         assert!(
             cri.trim_end().ends_with("ok"),
             "{name}: the CRI plugin did not load: {cri}\n{log}"
         );
+        // The CRI plugin logs its whole config as it starts: our handler must be in it.
+        let started = log
+            .lines()
+            .find(|l| l.contains("starting cri plugin") || l.contains("Start cri plugin"))
+            .unwrap_or_else(|| panic!("{name}: the CRI plugin did not start:\n{log}"));
+        assert!(
+            started.contains(&format!("io.containerd.{HANDLER}.v2")),
+            "{name}: the CRI plugin started without our handler: {started}"
+        );
     }
+}
+
+#[test]
+fn containerd_1_6_loads_every_patched_version_2_config() {
+    loads_every_patched_config(
+        Containerd::Debian,
+        "containerd_1_6_loads_every_patched_version_2_config",
+    );
+}
+
+#[test]
+fn containerd_2_1_loads_every_patched_version_3_config() {
+    loads_every_patched_config(
+        Containerd::V2_1,
+        "containerd_2_1_loads_every_patched_version_3_config",
+    );
+}
+
+#[test]
+fn containerd_2_3_loads_every_patched_version_3_and_4_config() {
+    loads_every_patched_config(
+        Containerd::V2_3,
+        "containerd_2_3_loads_every_patched_version_3_and_4_config",
+    );
 }
 
 /// Starts containerd on `config`, waits for its socket, and returns the CRI plugin's line
 /// of `ctr plugins ls` and containerd's log; containerd is stopped on return.
-fn cri_plugin(name: &str, dir: &Path, config: &Path) -> (String, String) {
+fn cri_plugin(name: &str, bin: &Path, dir: &Path, config: &Path) -> (String, String) {
     let log = fs::File::create(dir.join("containerd.log")).expect("log");
-    let child = Command::new("containerd")
+    let child = Command::new(bin.join("containerd"))
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null())
@@ -167,7 +272,7 @@ fn cri_plugin(name: &str, dir: &Path, config: &Path) -> (String, String) {
     let log = || fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
     wait_for_socket(&sock, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{name}: {e}\n{}", log()));
-    let plugins = Command::new("ctr")
+    let plugins = Command::new(bin.join("ctr"))
         .arg("--address")
         .arg(&sock)
         .args(["plugins", "ls"])
@@ -176,7 +281,10 @@ fn cri_plugin(name: &str, dir: &Path, config: &Path) -> (String, String) {
     let plugins = String::from_utf8_lossy(&plugins.stdout).into_owned();
     let cri = plugins
         .lines()
-        .find(|l| l.contains("io.containerd.grpc.v1") && l.contains(" cri "))
+        .find(|l| {
+            (l.contains("io.containerd.grpc.v1") && l.contains(" cri "))
+                || (l.contains("io.containerd.cri.v1") && l.contains(" runtime "))
+        })
         .unwrap_or_else(|| panic!("{name}: no CRI plugin:\n{plugins}"))
         .to_owned();
     (cri, log())
@@ -209,7 +317,7 @@ fn without_the_default_runtime_containerd_1_6_loses_cri() {
         .remove("runc");
     let config = dir.path().join("config.toml");
     fs::write(&config, sandboxed(&doc.to_string(), dir.path())).expect("write");
-    let (cri, log) = cri_plugin("without runc", dir.path(), &config);
+    let (cri, log) = cri_plugin("without runc", Path::new("/usr/bin"), dir.path(), &config);
     assert!(cri.trim_end().ends_with("error"), "{cri}");
     assert!(log.contains("no corresponding runtime configured"), "{log}");
 }

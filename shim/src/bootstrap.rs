@@ -26,6 +26,8 @@ pub struct Flags {
     pub debug: bool,
     /// `-v`: print the version and exit.
     pub version: bool,
+    /// `-info`: print a `RuntimeInfo` and exit (containerd 2.x).
+    pub info: bool,
     /// The action: `start`, `delete`, or none (serve, for shims started by hand).
     pub action: Option<String>,
 }
@@ -65,6 +67,7 @@ pub fn parse_flags<S: AsRef<str>>(args: &[S]) -> Result<Flags, FlagError> {
         match name {
             "debug" => flags.debug = inline.as_deref() != Some("false"),
             "v" | "version" => flags.version = true,
+            "info" => flags.info = true,
             "namespace" | "address" | "publish-binary" | "id" | "bundle" | "socket" => {
                 let value = match inline {
                     Some(v) => v,
@@ -277,6 +280,7 @@ mod tests {
             ("default", Some("/b"), Some("delete"))
         );
         assert!(parse_flags(&["-v"]).expect("parses").version);
+        assert!(parse_flags(&["-info"]).expect("parses").info);
         assert_eq!(
             parse_flags(&["-id"]),
             Err(FlagError::MissingValue("-id".into()))

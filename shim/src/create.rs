@@ -43,7 +43,7 @@ pub fn runtime_options(config_path: &str) -> Vec<u8> {
 }
 
 /// Whether an `Any` carries `runtimeoptions.v1.Options` (with or without a URL host).
-fn is_runtime_options(any: &Any) -> bool {
+pub(crate) fn is_runtime_options(any: &Any) -> bool {
     any.type_url.rsplit('/').next() == Some(RUNTIME_OPTIONS)
 }
 

@@ -140,7 +140,7 @@ fn group_of(bundle: &Path, id: &str) -> String {
 
 /// Runs the downstream binary with our own arguments, environment and stdin, in the
 /// bundle; returns its stdout. Kills it after `timeout`.
-fn run_downstream(
+pub(crate) fn run_downstream(
     settings: &Settings,
     settings_path: &Option<PathBuf>,
     args: &[String],

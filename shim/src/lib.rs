@@ -10,6 +10,7 @@ pub mod create;
 pub mod daemon;
 pub mod host;
 pub mod host_spec;
+pub mod info;
 mod logging;
 pub mod plan;
 pub mod profile;

@@ -50,6 +50,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if flags.info {
+        return match kata_gpu_shim::info::info(profile, &read_stdin()) {
+            Ok(reply) => emit(&reply),
+            Err(e) => fail(e),
+        };
+    }
     match flags.action.as_deref() {
         Some("start") => match start(profile, &flags, &args, &read_stdin()) {
             Ok(reply) => emit(&reply),

@@ -131,6 +131,44 @@ impl Kata {
     }
 }
 
+/// `qemu-system-x86_64` from `PATH`, if it is QEMU 10 or later: the first with both
+/// `sev-snp-guest` and `iommufd` (Debian 12's own 7.2 has neither; `make deps` installs 10
+/// from bookworm-backports).
+pub fn qemu() -> Result<PathBuf, Missing> {
+    const QEMU: &str = "qemu-system-x86_64";
+    const MIN_MAJOR: u32 = 10;
+    let path = std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(QEMU))
+                .find(|p| p.is_file())
+        })
+        .ok_or_else(|| Missing(format!("{QEMU} is not on PATH")))?;
+    let out = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .map_err(|e| Missing(format!("{} --version: {e}", path.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("QEMU emulator version "))
+        .unwrap_or_default()
+        .to_owned();
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < MIN_MAJOR {
+        return Err(Missing(format!(
+            "{} is QEMU {version:?}; {MIN_MAJOR} or later is needed (sev-snp-guest, iommufd)",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
 /// A real part that is not on this machine, and what is missing.
 #[derive(Debug)]
 pub struct Missing(pub String);

@@ -124,8 +124,14 @@ impl NodeState {
         let path = Self::path(root, handler)?;
         match fsio::read_config(&path)? {
             None => Ok(NodeState::default()),
-            Some(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{}: damaged state file", path.display())),
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                let p = path.display();
+                anyhow::anyhow!(
+                    "{p}: damaged state file ({e}); move it aside (mv {p} {p}.damaged) and run \
+                     again: kata-gpu then has no record of this node, and `kata-gpu containerd \
+                     unregister` removes the handler from the files it names"
+                )
+            }),
         }
     }
 

@@ -707,3 +707,44 @@ fn unregister_keeps_an_annotation_the_admin_added_after_register() {
     );
     assert!(!after.contains("ConfigPath"), "the rest undone: {after}");
 }
+
+/// Issue 18 item 13: a damaged state file names itself and how to recover, in one line,
+/// for every command that reads it; with `--json` the error is JSON on stdout.
+#[test]
+fn a_damaged_state_file_says_how_to_recover_and_json_errors_are_json() {
+    let node = Node::new();
+    node.put(CONFIG, "version = 2\n");
+    let state = node.put(
+        &format!("/var/lib/kata-gpu/state/{HANDLER}.json"),
+        "{\"containerd\": {",
+    );
+    for args in [
+        &["containerd", "register"][..],
+        &["containerd", "unregister"][..],
+        &["status", "--containerd", "/nonexistent/containerd"][..],
+    ] {
+        let out = node.run(args);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        assert!(
+            said.contains(&format!("{}: damaged state file", state.display()))
+                && said.contains(&format!(
+                    "move it aside (mv {0} {0}.damaged)",
+                    state.display()
+                )),
+            "{args:?}: {said}"
+        );
+        assert_eq!(said.trim().lines().count(), 1, "{args:?}: {said}");
+        assert_eq!(node.read(CONFIG).as_deref(), Some("version = 2\n"));
+
+        let mut json_args = vec!["--json"];
+        json_args.extend_from_slice(args);
+        let out = node.run(&json_args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        let err: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", text(&out)));
+        let msg = err["error"].as_str().unwrap_or_default();
+        assert!(msg.contains("damaged state file"), "{err}");
+        assert!(out.stderr.is_empty(), "{}", text(&out));
+    }
+}

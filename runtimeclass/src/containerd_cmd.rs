@@ -10,7 +10,8 @@ use kata_gpu_shim::Profile;
 use serde::Serialize;
 
 use crate::node_state::{NodeLock, NodeState};
-use crate::registration::{apply, plan_register, plan_unregister, socket, Plan, Request};
+use crate::registration::{apply, plan_register, socket, Plan, Request};
+use crate::unregistration::plan_unregister;
 use crate::{Global, Outcome};
 
 /// The `containerd` subcommands.

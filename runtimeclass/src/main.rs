@@ -14,6 +14,7 @@ mod plan_cmd;
 mod registration;
 mod runtimeclass_cmd;
 mod status_cmd;
+mod unregistration;
 mod vfio_cmd;
 
 use std::path::PathBuf;

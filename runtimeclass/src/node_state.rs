@@ -89,6 +89,10 @@ pub struct ContainerdState {
     pub created_config: bool,
     /// Drop-in: our file.
     pub drop_in: Option<PathBuf>,
+    /// Drop-in: its directory did not exist and was created (unregister removes it when
+    /// it is empty).
+    #[serde(default)]
+    pub created_drop_in_dir: bool,
     /// Drop-in: what was done to the main config's `imports`.
     pub import: Option<ImportChange>,
     /// The backup of the original main config, if one was taken.

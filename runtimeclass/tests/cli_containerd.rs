@@ -748,3 +748,69 @@ fn a_damaged_state_file_says_how_to_recover_and_json_errors_are_json() {
         assert!(out.stderr.is_empty(), "{}", text(&out));
     }
 }
+
+/// Issue 18 item 13: a drop-in round trip leaves nothing behind — no backup of the main
+/// config, no drop-in directory it created — while a directory the admin made stays.
+#[test]
+fn a_drop_in_round_trip_leaves_no_backup_and_no_directory_it_created() {
+    for dir_existed in [false, true] {
+        let node = Node::new();
+        let original = fixture("v3-containerd2-default.toml");
+        node.put(CONFIG, &original);
+        let dir = node.path("/etc/containerd/conf.d");
+        if dir_existed {
+            fs::create_dir_all(&dir).expect("mkdir");
+        }
+        let args = [
+            "containerd",
+            "register",
+            "--drop-in",
+            "/etc/containerd/conf.d",
+        ];
+        let out = node.run(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(
+            node.read("/etc/containerd/config.toml.kata-gpu.bak")
+                .as_deref(),
+            Some(original.as_str())
+        );
+        let out = node.run(&["containerd", "unregister"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+        assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+        assert_eq!(dir.is_dir(), dir_existed, "{}", text(&out));
+    }
+}
+
+/// Issue 18 item 13: a backup left by an earlier registration (kept because the config
+/// was edited since) is replaced when a new registration starts, so that it holds the
+/// config as it was just before this one; within one registration the first backup stays.
+#[test]
+fn a_stale_backup_from_an_earlier_registration_is_refreshed() {
+    let node = Node::new();
+    let original = fixture("v2-runc-options.toml");
+    node.put(CONFIG, &original);
+    node.put(
+        "/etc/containerd/config.toml.kata-gpu.bak",
+        "version = 2\n# stale\n",
+    );
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        node.read("/etc/containerd/config.toml.kata-gpu.bak")
+            .as_deref(),
+        Some(original.as_str())
+    );
+    // A second register in the same registration (another ConfigPath) keeps it.
+    let out = node.run(&["containerd", "register", "--snapshotter", "nydus"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        node.read("/etc/containerd/config.toml.kata-gpu.bak")
+            .as_deref(),
+        Some(original.as_str())
+    );
+    let out = node.run(&["containerd", "unregister"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+    assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+}

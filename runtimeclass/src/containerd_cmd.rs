@@ -202,7 +202,7 @@ pub fn apply_one(
     let mut state = NodeState::load(root, &handler)?;
     let pending = match &state.containerd {
         Some(c) => c.restart_pending,
-        None => report.changed,
+        None => state.unregistered.is_some(),
     };
     if pending && args.restart {
         let waited = daemon::restart(
@@ -217,8 +217,9 @@ pub fn apply_one(
         ));
         if let Some(c) = state.containerd.as_mut() {
             c.restart_pending = false;
-            state.save(root, &handler)?;
         }
+        state.unregistered = None;
+        state.save(root, &handler)?;
     }
     report.restart_pending = pending && !report.restarted;
     Ok(report)

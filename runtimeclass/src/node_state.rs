@@ -105,6 +105,18 @@ pub struct ContainerdState {
     pub unit: String,
 }
 
+/// An unregister changed containerd's config and no restart has followed: the running
+/// containerd keeps the handler loaded until it restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRestart {
+    /// The main config.
+    pub config: PathBuf,
+    /// The systemd unit that runs containerd.
+    pub unit: String,
+    /// When the config changed (seconds since the epoch).
+    pub changed_at: u64,
+}
+
 /// Everything kata-gpu did for one handler.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
@@ -115,6 +127,9 @@ pub struct NodeState {
     pub cdi_specs: Vec<PathBuf>,
     /// The manifests file written by `install`.
     pub manifests: Option<PathBuf>,
+    /// The restart an unregister left pending (the registration record is gone by then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unregistered: Option<PendingRestart>,
 }
 
 impl NodeState {
@@ -141,7 +156,10 @@ impl NodeState {
 
     /// Whether nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.containerd.is_none() && self.cdi_specs.is_empty() && self.manifests.is_none()
+        self.containerd.is_none()
+            && self.cdi_specs.is_empty()
+            && self.manifests.is_none()
+            && self.unregistered.is_none()
     }
 
     /// Saves it (removes the file when nothing is recorded).

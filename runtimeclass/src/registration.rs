@@ -14,7 +14,7 @@ use kata_gpu_containerd_config::{
 };
 
 use crate::node_state::{
-    host_path, inside, now, under, ContainerdState, Mode, NodeLock, NodeState,
+    host_path, inside, now, under, ContainerdState, Mode, NodeLock, NodeState, PendingRestart,
 };
 
 /// The default main config, as the host sees it.
@@ -98,6 +98,8 @@ pub struct Plan {
     pub fresh_backup: bool,
     /// Directories register created, removed after the changes when they are empty.
     pub remove_dirs: Vec<PathBuf>,
+    /// An unregister that changes files: the restart it leaves pending.
+    pub pending_restart: Option<PendingRestart>,
 }
 
 impl Plan {
@@ -249,6 +251,7 @@ fn plan_in_place(
         notes,
         fresh_backup: old.and_then(|o| o.backup.as_ref()).is_none(),
         remove_dirs: Vec::new(),
+        pending_restart: None,
     })
 }
 
@@ -368,6 +371,7 @@ fn plan_drop_in(
         notes,
         fresh_backup: old.and_then(|o| o.backup.as_ref()).is_none(),
         remove_dirs: Vec::new(),
+        pending_restart: None,
     })
 }
 
@@ -381,6 +385,15 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyho
     let record = |plan_state: &Option<ContainerdState>| -> anyhow::Result<()> {
         let mut state = NodeState::load(root, handler)?;
         state.containerd = plan_state.clone();
+        match (&mut state.containerd, state.unregistered.take()) {
+            // Registered again before containerd restarted: the restart is still owed.
+            (Some(c), Some(p)) => {
+                c.restart_pending = true;
+                c.changed_at = c.changed_at.max(p.changed_at);
+            }
+            (None, earlier) => state.unregistered = plan.pending_restart.clone().or(earlier),
+            (Some(_), None) => {}
+        }
         state
             .save(root, handler)
             .with_context(|| format!("cannot record the registration of {handler}"))

@@ -10,7 +10,7 @@ use kata_gpu_containerd_config::{
     is_template_line, refuse_dangling_name, remove_import, unregister, ImportChange, Target,
 };
 
-use crate::node_state::{ContainerdState, Mode};
+use crate::node_state::{now, ContainerdState, Mode, PendingRestart};
 use crate::registration::{read, refuse_links, FileChange, Plan, Request};
 
 /// Plans undoing the registration recorded in `old` (or, without a record, removing the
@@ -110,6 +110,11 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
         drop_backup(req, backup, after.as_deref(), &mut changes, &mut notes)?;
     }
     let changed = !changes.is_empty();
+    let pending_restart = changed.then(|| PendingRestart {
+        config: config.clone(),
+        unit: old.map_or_else(|| req.unit.clone(), |o| o.unit.clone()),
+        changed_at: now(),
+    });
     let plan = Plan {
         changes,
         state: None,
@@ -123,6 +128,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
         },
         fresh_backup: false,
         remove_dirs,
+        pending_restart,
     };
     refuse_links(&plan)?;
     Ok(plan)

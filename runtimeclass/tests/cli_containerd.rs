@@ -137,10 +137,15 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
     assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
-    assert_eq!(
-        node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json")),
-        None
-    );
+    // All that is left of the registration: the restart containerd still owes.
+    let state: serde_json::Value = serde_json::from_str(
+        &node
+            .read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"))
+            .expect("state"),
+    )
+    .expect("state json");
+    assert_eq!(state["containerd"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["unregistered"]["unit"], "containerd", "{state}");
     let out = node.run(&["containerd", "unregister"]);
     assert_exit_saying(&out, 0, "not registered; nothing to do");
 }
@@ -813,4 +818,37 @@ fn a_stale_backup_from_an_earlier_registration_is_refreshed() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
     assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+}
+
+/// Issue 18 item 13: after unregister (without --restart) containerd still runs with the
+/// handler loaded; status keeps saying that a restart is pending until one happens, and a
+/// new register carries it over.
+#[test]
+fn status_remembers_the_restart_an_unregister_needs() {
+    let node = Node::new();
+    node.put(CONFIG, &fixture("v2-runc-options.toml"));
+    let status = || {
+        let out = node.run(&[
+            "status",
+            "--json",
+            "--containerd",
+            "/nonexistent/containerd",
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status json")
+    };
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = node.run(&["containerd", "unregister"]);
+    assert_exit_saying(&out, 0, "containerd must restart");
+    let s = status();
+    assert_eq!(s["restart_pending"], true, "{s}");
+    assert!(
+        s["details"].as_array().is_some_and(|d| d.iter().any(|l| l
+            .as_str()
+            .is_some_and(|l| l.contains("must restart to unload")))),
+        "{s}"
+    );
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(status()["restart_pending"], true);
 }

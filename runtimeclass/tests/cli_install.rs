@@ -104,13 +104,23 @@ fn install_status_uninstall_on_an_h100_host() {
     assert!(!sim
         .path(&format!("var/lib/kata-gpu/manifests/{HANDLER}.yaml"))
         .exists());
-    assert!(!sim
-        .path(&format!("var/lib/kata-gpu/state/{HANDLER}.json"))
-        .exists());
+    // All the record keeps: the restart containerd owes to unload the handler.
+    let state = fs::read_to_string(sim.path(&format!("var/lib/kata-gpu/state/{HANDLER}.json")))
+        .expect("state");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("json");
+    assert_eq!(state["containerd"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["cdi_specs"], serde_json::json!([]), "{state}");
+    assert_eq!(state["manifests"], serde_json::Value::Null, "{state}");
+    assert!(state["unregistered"].is_object(), "{state}");
 
     let out = kata_gpu(&sim, &["status"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("registered:      no"), "{}", text(&out));
+    assert!(
+        text(&out).contains("restart pending: yes"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// A minimal artifact set: kernel, image, firmware, QEMU and Kata's base config.

@@ -447,3 +447,26 @@ fn install_waits_for_the_node_lock_before_it_reads_or_writes_the_record() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Issue 18 item 4, for install's own files: the record naming the host CDI spec is saved
+/// before the spec is written, so when the record cannot be saved nothing is written.
+#[test]
+fn install_records_the_cdi_spec_before_writing_it() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // The record reads (empty) but cannot be written: it is a symlink.
+    let empty = sim.path("elsewhere/empty.json");
+    fs::create_dir_all(empty.parent().expect("parent")).expect("mkdir");
+    fs::write(&empty, "{}\n").expect("write");
+    let state = sim.path(&format!("var/lib/kata-gpu/state/{HANDLER}.json"));
+    fs::create_dir_all(state.parent().expect("parent")).expect("mkdir");
+    std::os::unix::fs::symlink(&empty, &state).expect("symlink");
+    let out = kata_gpu(&sim, &["install", "--config-version", "2"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("is a symlink to"), "{said}");
+    assert!(
+        !sim.path("var/run/cdi/nvidia.com-pgpu.yaml").exists(),
+        "{said}"
+    );
+    assert!(!sim.path("etc/containerd/config.toml").exists(), "{said}");
+}

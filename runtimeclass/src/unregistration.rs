@@ -72,6 +72,7 @@ pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::
                     created_key: false,
                     created_version_key: false,
                     added_final_newline: false,
+                    final_line: None,
                 });
                 let out = remove_import(t, &change, target)?;
                 main_after = Some((!(created && out.text.trim().is_empty())).then_some(out.text));

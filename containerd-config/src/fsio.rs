@@ -52,8 +52,15 @@ pub fn backup_path(path: &Path) -> PathBuf {
 /// Copies `path` to its backup unless a backup exists already (the first one holds the
 /// original); returns the backup's path when one was written.
 pub fn backup_once(path: &Path) -> Result<Option<PathBuf>, Error> {
+    backup(path, false)
+}
+
+/// Copies `path` to its backup; an existing backup is kept unless `replace` (a backup left
+/// by an earlier registration is stale: the new one must hold the file as it is now).
+/// Returns the backup's path when one was written.
+pub fn backup(path: &Path, replace: bool) -> Result<Option<PathBuf>, Error> {
     let backup = backup_path(path);
-    if backup.exists() || !path.exists() {
+    if (backup.exists() && !replace) || !path.exists() {
         return Ok(None);
     }
     let bytes = fs::read(path).map_err(|e| Error::io("cannot read", path, e))?;
@@ -190,7 +197,9 @@ mod tests {
         let b = backup_once(&p).expect("backup").expect("written");
         fs::write(&p, "changed\n").expect("write");
         assert_eq!(backup_once(&p).expect("again"), None);
-        assert_eq!(fs::read_to_string(b).expect("read"), "orig\n");
+        assert_eq!(fs::read_to_string(&b).expect("read"), "orig\n");
+        assert_eq!(backup(&p, true).expect("fresh"), Some(b.clone()));
+        assert_eq!(fs::read_to_string(b).expect("read"), "changed\n");
     }
 
     #[test]

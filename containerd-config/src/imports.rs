@@ -5,9 +5,9 @@ use toml_edit::{value, Array, DocumentMut, Item, Value};
 
 use crate::error::Error;
 use crate::node::{push_like_last, string_value, uses_literal_strings};
-use crate::register::{first_difference, with_final_newline, Target};
+use crate::register::{first_difference, last_line, with_final_newline, Target};
 use crate::text::{render, Source};
-use crate::unregister::strip_final_newline;
+use crate::unregister::strip_added_newline;
 use crate::version::{declared, Declared};
 
 /// What [`add_import`] did, kept so that [`remove_import`] can undo it.
@@ -26,6 +26,9 @@ pub struct ImportChange {
     /// The file did not end with a newline, and now does.
     #[serde(default)]
     pub added_final_newline: bool,
+    /// With `added_final_newline`: the file's last line, the one that lacked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_line: Option<String>,
 }
 
 /// The result of an imports edit.
@@ -103,6 +106,7 @@ pub fn add_import(text: &str, entry: &str, target: Target<'_>) -> Result<ImportE
         created_key: false,
         created_version_key,
         added_final_newline,
+        final_line: added_final_newline.then(|| last_line(text)),
     };
     if existing.iter().any(|pattern| covers(pattern, entry)) {
         return Ok(ImportEdit {
@@ -111,6 +115,7 @@ pub fn add_import(text: &str, entry: &str, target: Target<'_>) -> Result<ImportE
             change: ImportChange {
                 created_version_key: false,
                 added_final_newline: false,
+                final_line: None,
                 ..change
             },
         });
@@ -182,7 +187,7 @@ pub fn remove_import(
     }
     let mut out = source.join(&render(&doc, false));
     if change.added_final_newline {
-        strip_final_newline(&mut out);
+        strip_added_newline(&mut out, change.final_line.as_deref());
     }
     Ok(ImportEdit {
         changed: out != text,

@@ -65,8 +65,7 @@ pub fn register(text: &str, spec: &HandlerSpec, target: Target<'_>) -> Result<Re
         created_parents,
         handler_change,
         added_final_newline,
-        final_line: added_final_newline
-            .then(|| text.rsplit('\n').next().unwrap_or_default().to_owned()),
+        final_line: added_final_newline.then(|| last_line(text)),
         added_default_runtime: add_runc,
     };
     let unchanged = matches!(&record.handler_change,
@@ -106,6 +105,11 @@ pub(crate) fn with_final_newline(text: &str) -> (std::borrow::Cow<'_, str>, bool
     } else {
         (format!("{text}\n").into(), true)
     }
+}
+
+/// The last line of a text without a final newline.
+pub(crate) fn last_line(text: &str) -> String {
+    text.rsplit('\n').next().unwrap_or_default().to_owned()
 }
 
 fn not_surgical(file: &str, why: String) -> Error {

@@ -287,3 +287,21 @@ fn the_added_final_newline_is_removed_only_from_the_original_last_line() {
     let undone = unregister(&done.text, "kata", Some(&done.record), t).expect("unregister");
     assert_eq!(undone.text, before);
 }
+
+/// The same for the `imports` entry of drop-in mode.
+#[test]
+fn an_import_takes_off_only_the_newline_it_added() {
+    let before = "version = 3\n[x]\n  a = 1";
+    let t = target(None);
+    let added = crate::add_import(before, "/etc/containerd/conf.d/k.toml", t).expect("add");
+    assert!(added.change.added_final_newline);
+    let appended = format!("{}[y]\n  b = 2\n", added.text);
+    let removed = crate::remove_import(&appended, &added.change, t).expect("remove");
+    assert!(
+        removed.text.ends_with("[y]\n  b = 2\n"),
+        "{:?}",
+        removed.text
+    );
+    let removed = crate::remove_import(&added.text, &added.change, t).expect("remove");
+    assert_eq!(removed.text, before);
+}

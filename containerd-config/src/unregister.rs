@@ -75,13 +75,8 @@ pub fn unregister(
         });
     }
     let mut out = source.join(&render(&doc, false));
-    let ends_as_registered = |r: &Registration| {
-        r.final_line
-            .as_ref()
-            .is_none_or(|l| out.ends_with(&format!("{l}\n")) || out.ends_with(&format!("{l}\r\n")))
-    };
-    if record.is_some_and(|r| r.added_final_newline && ends_as_registered(r)) {
-        strip_final_newline(&mut out);
+    if let Some(r) = record.filter(|r| r.added_final_newline) {
+        strip_added_newline(&mut out, r.final_line.as_deref());
     }
     Ok(Unregistered {
         changed: out != text,
@@ -89,6 +84,17 @@ pub fn unregister(
         found,
         kept,
     })
+}
+
+/// Takes off the final newline an edit added to a file that had none, but only while the
+/// file still ends with `final_line`, the line that lacked it (`None`: a record from before
+/// it was kept); a line appended since keeps its newline.
+pub(crate) fn strip_added_newline(text: &mut String, final_line: Option<&str>) {
+    let ends_with_it = final_line
+        .is_none_or(|l| text.ends_with(&format!("{l}\n")) || text.ends_with(&format!("{l}\r\n")));
+    if ends_with_it {
+        strip_final_newline(text);
+    }
 }
 
 /// Drops one final `\n` or `\r\n`.

@@ -10,7 +10,8 @@ use kata_gpu_shim::Profile;
 use serde::Serialize;
 
 use crate::node_state::{NodeLock, NodeState};
-use crate::registration::{apply, plan_register, plan_unregister, socket, Plan, Request};
+use crate::registration::{apply, plan_register, socket, Plan, Request};
+use crate::unregistration::plan_unregister;
 use crate::{Global, Outcome};
 
 /// The `containerd` subcommands.
@@ -201,7 +202,7 @@ pub fn apply_one(
     let mut state = NodeState::load(root, &handler)?;
     let pending = match &state.containerd {
         Some(c) => c.restart_pending,
-        None => report.changed,
+        None => state.unregistered.is_some(),
     };
     if pending && args.restart {
         let waited = daemon::restart(
@@ -216,8 +217,9 @@ pub fn apply_one(
         ));
         if let Some(c) = state.containerd.as_mut() {
             c.restart_pending = false;
-            state.save(root, &handler)?;
         }
+        state.unregistered = None;
+        state.save(root, &handler)?;
     }
     report.restart_pending = pending && !report.restarted;
     Ok(report)

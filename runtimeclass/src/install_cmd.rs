@@ -155,6 +155,15 @@ fn put(path: &Path, text: &str, dry_run: bool, step: &mut Step) -> anyhow::Resul
     Ok(true)
 }
 
+/// Saves the record before the file it names is written (not in a dry run), so that no
+/// file of ours is ever left on the node without the record uninstall removes it by.
+fn record_intent(state: &NodeState, args: &NodeArgs, root: &Path) -> anyhow::Result<()> {
+    if args.containerd.dry_run {
+        return Ok(());
+    }
+    state.save(root, args.profile.handler())
+}
+
 fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
     if args.skip_cdi {
         return Ok(Step::new("cdi", "skipped (--skip-cdi)"));
@@ -169,6 +178,10 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
         cdi::validate_spec(spec, None)?;
         let host_file = Path::new(CDI_DIR).join(cdi::write::spec_file_name(&spec.kind));
         let yaml = serde_yaml_ng::to_string(spec)?;
+        if !state.cdi_specs.contains(&host_file) {
+            state.cdi_specs.push(host_file.clone());
+            record_intent(state, args, root)?;
+        }
         if put(
             &inside(root, &host_file)?,
             &yaml,
@@ -176,9 +189,6 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
             &mut step,
         )? {
             written.push(host_file.display().to_string());
-        }
-        if !state.cdi_specs.contains(&host_file) {
-            state.cdi_specs.push(host_file);
         }
     }
     step.result = match (found.specs.is_empty(), written.is_empty()) {
@@ -194,13 +204,16 @@ fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow
     let m = Manifests::new(args.profile, &args.manifest.options()?);
     let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
     let mut step = Step::new("runtimeclass", "");
+    if state.manifests.as_ref() != Some(&host_file) {
+        state.manifests = Some(host_file.clone());
+        record_intent(state, args, root)?;
+    }
     let changed = put(
         &inside(root, &host_file)?,
         &m.to_yaml()?,
         args.containerd.dry_run,
         &mut step,
     )?;
-    state.manifests = Some(host_file.clone());
     step.result = format!(
         "{} {}: apply with kubectl apply -f {}",
         match (changed, args.containerd.dry_run) {
@@ -277,15 +290,9 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let mut steps = vec![artifacts_step(&args, root)?];
     let mut state = NodeState::load(root, handler)?;
     steps.push(cdi_step(node, root, &mut state)?);
-    if !node.containerd.dry_run {
-        state.save(root, handler)?;
-    }
     steps.extend(containerd_steps(containerd, node, root, &lock)?);
     let mut state = NodeState::load(root, handler)?;
     steps.push(manifests_step(node, root, &mut state)?);
-    if !node.containerd.dry_run {
-        state.save(root, handler)?;
-    }
     print(&steps, global.json)
 }
 

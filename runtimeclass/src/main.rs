@@ -1,6 +1,7 @@
 //! `kata-gpu`: make a node ready for confidential GPU containers, and tell its admin what
 //! is wrong when it is not. Every command takes `--host-root` so that it can run against
-//! a simulated host, prints text by default and JSON with `--json`, and exits 0 on
+//! a simulated host, prints text by default and JSON with `--json` (errors too, as
+//! `{"error": …}` on stdout), and exits 0 on
 //! success, 1 on a finding or refusal, 2 on bad usage.
 
 mod artifacts_cmd;
@@ -13,6 +14,7 @@ mod plan_cmd;
 mod registration;
 mod runtimeclass_cmd;
 mod status_cmd;
+mod unregistration;
 mod vfio_cmd;
 
 use std::path::PathBuf;
@@ -109,6 +111,11 @@ fn main() -> ExitCode {
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Findings) => ExitCode::from(1),
+        Err(e) if cli.global.json => {
+            // A consumer of --json parses stdout: the error is JSON there too.
+            println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("kata-gpu: {e:#}");
             ExitCode::from(1)

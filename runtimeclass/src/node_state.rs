@@ -89,6 +89,10 @@ pub struct ContainerdState {
     pub created_config: bool,
     /// Drop-in: our file.
     pub drop_in: Option<PathBuf>,
+    /// Drop-in: its directory did not exist and was created (unregister removes it when
+    /// it is empty).
+    #[serde(default)]
+    pub created_drop_in_dir: bool,
     /// Drop-in: what was done to the main config's `imports`.
     pub import: Option<ImportChange>,
     /// The backup of the original main config, if one was taken.
@@ -101,6 +105,18 @@ pub struct ContainerdState {
     pub unit: String,
 }
 
+/// An unregister changed containerd's config and no restart has followed: the running
+/// containerd keeps the handler loaded until it restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRestart {
+    /// The main config.
+    pub config: PathBuf,
+    /// The systemd unit that runs containerd.
+    pub unit: String,
+    /// When the config changed (seconds since the epoch).
+    pub changed_at: u64,
+}
+
 /// Everything kata-gpu did for one handler.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeState {
@@ -111,6 +127,9 @@ pub struct NodeState {
     pub cdi_specs: Vec<PathBuf>,
     /// The manifests file written by `install`.
     pub manifests: Option<PathBuf>,
+    /// The restart an unregister left pending (the registration record is gone by then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unregistered: Option<PendingRestart>,
 }
 
 impl NodeState {
@@ -124,14 +143,23 @@ impl NodeState {
         let path = Self::path(root, handler)?;
         match fsio::read_config(&path)? {
             None => Ok(NodeState::default()),
-            Some(text) => serde_json::from_str(&text)
-                .with_context(|| format!("{}: damaged state file", path.display())),
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                let p = path.display();
+                anyhow::anyhow!(
+                    "{p}: damaged state file ({e}); move it aside (mv {p} {p}.damaged) and run \
+                     again: kata-gpu then has no record of this node, and `kata-gpu containerd \
+                     unregister` removes the handler from the files it names"
+                )
+            }),
         }
     }
 
     /// Whether nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.containerd.is_none() && self.cdi_specs.is_empty() && self.manifests.is_none()
+        self.containerd.is_none()
+            && self.cdi_specs.is_empty()
+            && self.manifests.is_none()
+            && self.unregistered.is_none()
     }
 
     /// Saves it (removes the file when nothing is recorded).

@@ -10,12 +10,11 @@ use kata_gpu_containerd_config::dropin::{
 };
 use kata_gpu_containerd_config::{
     add_import, config_version, covers, daemon, diff, find_handler, fsio, imports,
-    is_template_line, refuse_dangling_name, register, remove_import, unregister, ConfigVersion,
-    Error, HandlerSpec, ImportChange, Target,
+    is_template_line, register, ConfigVersion, Error, HandlerSpec, Target,
 };
 
 use crate::node_state::{
-    host_path, inside, now, under, ContainerdState, Mode, NodeLock, NodeState,
+    host_path, inside, now, under, ContainerdState, Mode, NodeLock, NodeState, PendingRestart,
 };
 
 /// The default main config, as the host sees it.
@@ -60,7 +59,7 @@ impl Request {
         }
     }
 
-    fn real(&self, host: &Path) -> anyhow::Result<PathBuf> {
+    pub(crate) fn real(&self, host: &Path) -> anyhow::Result<PathBuf> {
         inside(&self.root, host)
     }
 }
@@ -94,6 +93,13 @@ pub struct Plan {
     pub state: Option<ContainerdState>,
     /// Things the user should know.
     pub notes: Vec<String>,
+    /// A new registration starts: a backup left by an earlier one is replaced, so that it
+    /// holds the config as it is now (within one registration the first backup stays).
+    pub fresh_backup: bool,
+    /// Directories register created, removed after the changes when they are empty.
+    pub remove_dirs: Vec<PathBuf>,
+    /// An unregister that changes files: the restart it leaves pending.
+    pub pending_restart: Option<PendingRestart>,
 }
 
 impl Plan {
@@ -103,7 +109,7 @@ impl Plan {
     }
 }
 
-fn read(path: &Path) -> anyhow::Result<Option<String>> {
+pub(crate) fn read(path: &Path) -> anyhow::Result<Option<String>> {
     Ok(fsio::read_config(path)?)
 }
 
@@ -171,7 +177,7 @@ pub fn plan_register(req: &Request, old: Option<&ContainerdState>) -> anyhow::Re
 
 /// Refuses a plan that would write through a symlink (a changed file or its backup), before
 /// anything is written: see [`fsio::refuse_symlink`].
-fn refuse_links(plan: &Plan) -> Result<(), Error> {
+pub(crate) fn refuse_links(plan: &Plan) -> Result<(), Error> {
     for c in &plan.changes {
         fsio::refuse_symlink(&c.path)?;
         if c.backup {
@@ -218,6 +224,7 @@ fn plan_in_place(
         registration: Some(record),
         created_config: old.is_some_and(|o| o.created_config) || text.is_none(),
         drop_in: None,
+        created_drop_in_dir: false,
         import: None,
         backup,
         changed_at: if done.changed {
@@ -242,6 +249,9 @@ fn plan_in_place(
         changes,
         state: Some(state),
         notes,
+        fresh_backup: old.and_then(|o| o.backup.as_ref()).is_none(),
+        remove_dirs: Vec::new(),
+        pending_restart: None,
     })
 }
 
@@ -269,6 +279,7 @@ fn plan_drop_in(
     let drop_in_real = req.real(&drop_in_host)?;
     let ours = drop_in_text(&req.spec, version)?;
     let existing = read(&drop_in_real)?;
+    let creates_dir = !req.real(dir)?.is_dir();
     let mut changes = Vec::new();
     let mut notes = Vec::new();
     if existing.as_deref() != Some(ours.as_str()) {
@@ -331,6 +342,7 @@ fn plan_drop_in(
         ));
     }
     let changed = !changes.is_empty();
+    let backed_up = changes.iter().any(|c| c.path == config_real && c.backup);
     let state = ContainerdState {
         spec: req.spec.clone(),
         config: req.config.clone(),
@@ -340,8 +352,11 @@ fn plan_drop_in(
         created_config: old.is_some_and(|o| o.created_config)
             || (text.is_none() && import.as_ref().is_some_and(|i| i.added)),
         drop_in: Some(drop_in_host),
+        created_drop_in_dir: old.is_some_and(|o| o.created_drop_in_dir) || creates_dir,
         import,
-        backup: old.and_then(|o| o.backup.clone()),
+        backup: old
+            .and_then(|o| o.backup.clone())
+            .or_else(|| backed_up.then(|| fsio::backup_path(&req.config))),
         changed_at: if changed {
             now()
         } else {
@@ -354,141 +369,10 @@ fn plan_drop_in(
         changes,
         state: Some(state),
         notes,
+        fresh_backup: old.and_then(|o| o.backup.as_ref()).is_none(),
+        remove_dirs: Vec::new(),
+        pending_restart: None,
     })
-}
-
-/// Plans undoing the registration recorded in `old` (or, without a record, removing the
-/// handler named in `req` from the files `req` names).
-pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::Result<Plan> {
-    let mut notes = Vec::new();
-    let (config, mode, drop_in) = match old {
-        Some(o) => (o.config.clone(), o.mode, o.drop_in.clone()),
-        None => {
-            notes.push(format!(
-                "no record of a registration of {}: removing it from the files named",
-                req.spec.name
-            ));
-            let drop_in = req
-                .drop_in_dir
-                .as_ref()
-                .map(|d| d.join(drop_in_file_name(&req.spec.name)));
-            let mode = if drop_in.is_some() {
-                Mode::DropIn
-            } else {
-                Mode::InPlace
-            };
-            (req.config.clone(), mode, drop_in)
-        }
-    };
-    let config_real = req.real(&config)?;
-    let file = config_real.display().to_string();
-    let text = read(&config_real)?;
-    let target = Target {
-        file: &file,
-        version: old.map(|o| o.version).or(req.version),
-    };
-    let mut changes = Vec::new();
-    match mode {
-        Mode::InPlace => {
-            if let Some(t) = &text {
-                let record = old.and_then(|o| o.registration.as_ref());
-                let out = unregister(t, &req.spec.name, record, target)?;
-                for key in &out.kept {
-                    notes.push(format!(
-                        "kept {key} of {} as it is: it was edited after register (it no longer \
-                         holds what register wrote); change it by hand if it should go",
-                        req.spec.name
-                    ));
-                }
-                let created = old.is_some_and(|o| o.created_config);
-                let after = (!(created && out.text.trim().is_empty())).then_some(out.text);
-                if let Some(a) = &after {
-                    refuse_dangling_name(t, a, &req.spec.name, &file)?;
-                }
-                if after.as_deref() != Some(t.as_str()) {
-                    changes.push(FileChange {
-                        path: config_real.clone(),
-                        before: text.clone(),
-                        after: after.clone(),
-                        backup: false,
-                    });
-                }
-                if let Some(backup) = old.and_then(|o| o.backup.as_ref()) {
-                    let backup_real = req.real(backup)?;
-                    let saved = read(&backup_real)?;
-                    if saved.is_some() && saved == after {
-                        changes.push(FileChange {
-                            path: backup_real,
-                            before: saved,
-                            after: None,
-                            backup: false,
-                        });
-                    } else if saved.is_some() {
-                        notes.push(format!(
-                            "kept the backup {}: the config differs from it (edited since)",
-                            backup.display()
-                        ));
-                    }
-                }
-            }
-        }
-        Mode::DropIn => {
-            let entry = drop_in.clone().map(|d| d.display().to_string());
-            if let (Some(t), Some(entry)) = (&text, &entry) {
-                let change = old.and_then(|o| o.import.clone()).unwrap_or(ImportChange {
-                    entry: entry.clone(),
-                    added: true,
-                    created_key: false,
-                    created_version_key: false,
-                    added_final_newline: false,
-                });
-                if t.lines().next().is_some_and(is_template_line) {
-                    refuse_dangling_name(t, t, &req.spec.name, &file)?;
-                } else {
-                    let out = remove_import(t, &change, target)?;
-                    let created = old.is_some_and(|o| o.created_config);
-                    let after = (!(created && out.text.trim().is_empty())).then_some(out.text);
-                    if let Some(a) = &after {
-                        refuse_dangling_name(t, a, &req.spec.name, &file)?;
-                    }
-                    if after.as_deref() != Some(t.as_str()) {
-                        changes.push(FileChange {
-                            path: config_real.clone(),
-                            before: text.clone(),
-                            after,
-                            backup: false,
-                        });
-                    }
-                }
-            }
-            if let Some(d) = drop_in {
-                let real = req.real(&d)?;
-                if let Some(before) = read(&real)? {
-                    changes.push(FileChange {
-                        path: real,
-                        before: Some(before),
-                        after: None,
-                        backup: false,
-                    });
-                }
-            }
-        }
-    }
-    let changed = !changes.is_empty();
-    let plan = Plan {
-        changes,
-        state: None,
-        notes: if changed || old.is_some() {
-            notes
-        } else {
-            vec![format!(
-                "{} is not registered; nothing to do",
-                req.spec.name
-            )]
-        },
-    };
-    refuse_links(&plan)?;
-    Ok(plan)
 }
 
 /// Applies a plan; the caller holds the node lock. The record is the intent: a register's is saved
@@ -501,6 +385,15 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyho
     let record = |plan_state: &Option<ContainerdState>| -> anyhow::Result<()> {
         let mut state = NodeState::load(root, handler)?;
         state.containerd = plan_state.clone();
+        match (&mut state.containerd, state.unregistered.take()) {
+            // Registered again before containerd restarted: the restart is still owed.
+            (Some(c), Some(p)) => {
+                c.restart_pending = true;
+                c.changed_at = c.changed_at.max(p.changed_at);
+            }
+            (None, earlier) => state.unregistered = plan.pending_restart.clone().or(earlier),
+            (Some(_), None) => {}
+        }
         state
             .save(root, handler)
             .with_context(|| format!("cannot record the registration of {handler}"))
@@ -510,7 +403,7 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyho
     }
     for c in &plan.changes {
         if c.backup {
-            fsio::backup_once(&c.path)?;
+            fsio::backup(&c.path, plan.fresh_backup)?;
         }
         match &c.after {
             Some(text) => fsio::replace_if_unchanged(&c.path, c.before.as_deref(), text, None)?,
@@ -523,6 +416,17 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyho
                 }
                 fsio::remove_file(&c.path)?;
             }
+        }
+    }
+    for dir in &plan.remove_dirs {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+                ) => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", dir.display())),
         }
     }
     if plan.state.is_none() {

@@ -190,10 +190,15 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         details: Vec::new(),
     };
     artifacts(args, root, &mut s);
-    let config = match (&args.containerd_config, &state.containerd) {
-        (Some(c), _) => host_path(root, c),
-        (None, Some(c)) => c.config.clone(),
-        (None, None) => PathBuf::from(DEFAULT_CONFIG),
+    let config = match (
+        &args.containerd_config,
+        &state.containerd,
+        &state.unregistered,
+    ) {
+        (Some(c), _, _) => host_path(root, c),
+        (None, Some(c), _) => c.config.clone(),
+        (None, None, Some(p)) => p.config.clone(),
+        (None, None, None) => PathBuf::from(DEFAULT_CONFIG),
     };
     match &state.containerd {
         Some(c) => {
@@ -240,6 +245,16 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
                 },
                 config.display()
             ));
+            if let Some(p) = &state.unregistered {
+                let started = containerd_started(root, &p.config);
+                s.restart_pending = started.is_none_or(|t| t < p.changed_at);
+                if s.restart_pending {
+                    s.details.push(format!(
+                        "containerd: must restart to unload {handler} (unregistered since it started): {}",
+                        daemon::restart_command_line(&p.unit)
+                    ));
+                }
+            }
         }
     }
     match daemon::loaded_handler(&args.containerd, &inside(root, &config)?, handler) {

@@ -137,10 +137,15 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
     assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
-    assert_eq!(
-        node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json")),
-        None
-    );
+    // All that is left of the registration: the restart containerd still owes.
+    let state: serde_json::Value = serde_json::from_str(
+        &node
+            .read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json"))
+            .expect("state"),
+    )
+    .expect("state json");
+    assert_eq!(state["containerd"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["unregistered"]["unit"], "containerd", "{state}");
     let out = node.run(&["containerd", "unregister"]);
     assert_exit_saying(&out, 0, "not registered; nothing to do");
 }
@@ -706,4 +711,144 @@ fn unregister_keeps_an_annotation_the_admin_added_after_register() {
         "{after}"
     );
     assert!(!after.contains("ConfigPath"), "the rest undone: {after}");
+}
+
+/// Issue 18 item 13: a damaged state file names itself and how to recover, in one line,
+/// for every command that reads it; with `--json` the error is JSON on stdout.
+#[test]
+fn a_damaged_state_file_says_how_to_recover_and_json_errors_are_json() {
+    let node = Node::new();
+    node.put(CONFIG, "version = 2\n");
+    let state = node.put(
+        &format!("/var/lib/kata-gpu/state/{HANDLER}.json"),
+        "{\"containerd\": {",
+    );
+    for args in [
+        &["containerd", "register"][..],
+        &["containerd", "unregister"][..],
+        &["status", "--containerd", "/nonexistent/containerd"][..],
+    ] {
+        let out = node.run(args);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        assert!(
+            said.contains(&format!("{}: damaged state file", state.display()))
+                && said.contains(&format!(
+                    "move it aside (mv {0} {0}.damaged)",
+                    state.display()
+                )),
+            "{args:?}: {said}"
+        );
+        assert_eq!(said.trim().lines().count(), 1, "{args:?}: {said}");
+        assert_eq!(node.read(CONFIG).as_deref(), Some("version = 2\n"));
+
+        let mut json_args = vec!["--json"];
+        json_args.extend_from_slice(args);
+        let out = node.run(&json_args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        let err: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", text(&out)));
+        let msg = err["error"].as_str().unwrap_or_default();
+        assert!(msg.contains("damaged state file"), "{err}");
+        assert!(out.stderr.is_empty(), "{}", text(&out));
+    }
+}
+
+/// Issue 18 item 13: a drop-in round trip leaves nothing behind — no backup of the main
+/// config, no drop-in directory it created — while a directory the admin made stays.
+#[test]
+fn a_drop_in_round_trip_leaves_no_backup_and_no_directory_it_created() {
+    for dir_existed in [false, true] {
+        let node = Node::new();
+        let original = fixture("v3-containerd2-default.toml");
+        node.put(CONFIG, &original);
+        let dir = node.path("/etc/containerd/conf.d");
+        if dir_existed {
+            fs::create_dir_all(&dir).expect("mkdir");
+        }
+        let args = [
+            "containerd",
+            "register",
+            "--drop-in",
+            "/etc/containerd/conf.d",
+        ];
+        let out = node.run(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(
+            node.read("/etc/containerd/config.toml.kata-gpu.bak")
+                .as_deref(),
+            Some(original.as_str())
+        );
+        let out = node.run(&["containerd", "unregister"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+        assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+        assert_eq!(dir.is_dir(), dir_existed, "{}", text(&out));
+    }
+}
+
+/// Issue 18 item 13: a backup left by an earlier registration (kept because the config
+/// was edited since) is replaced when a new registration starts, so that it holds the
+/// config as it was just before this one; within one registration the first backup stays.
+#[test]
+fn a_stale_backup_from_an_earlier_registration_is_refreshed() {
+    let node = Node::new();
+    let original = fixture("v2-runc-options.toml");
+    node.put(CONFIG, &original);
+    node.put(
+        "/etc/containerd/config.toml.kata-gpu.bak",
+        "version = 2\n# stale\n",
+    );
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        node.read("/etc/containerd/config.toml.kata-gpu.bak")
+            .as_deref(),
+        Some(original.as_str())
+    );
+    // A second register in the same registration (another ConfigPath) keeps it.
+    let out = node.run(&["containerd", "register", "--snapshotter", "nydus"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        node.read("/etc/containerd/config.toml.kata-gpu.bak")
+            .as_deref(),
+        Some(original.as_str())
+    );
+    let out = node.run(&["containerd", "unregister"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+    assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+}
+
+/// Issue 18 item 13: after unregister (without --restart) containerd still runs with the
+/// handler loaded; status keeps saying that a restart is pending until one happens, and a
+/// new register carries it over.
+#[test]
+fn status_remembers_the_restart_an_unregister_needs() {
+    let node = Node::new();
+    node.put(CONFIG, &fixture("v2-runc-options.toml"));
+    let status = || {
+        let out = node.run(&[
+            "status",
+            "--json",
+            "--containerd",
+            "/nonexistent/containerd",
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status json")
+    };
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = node.run(&["containerd", "unregister"]);
+    assert_exit_saying(&out, 0, "containerd must restart");
+    let s = status();
+    assert_eq!(s["restart_pending"], true, "{s}");
+    assert!(
+        s["details"].as_array().is_some_and(|d| d.iter().any(|l| l
+            .as_str()
+            .is_some_and(|l| l.contains("must restart to unload")))),
+        "{s}"
+    );
+    let out = node.run(&["containerd", "register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(status()["restart_pending"], true);
 }

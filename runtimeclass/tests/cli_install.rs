@@ -104,13 +104,23 @@ fn install_status_uninstall_on_an_h100_host() {
     assert!(!sim
         .path(&format!("var/lib/kata-gpu/manifests/{HANDLER}.yaml"))
         .exists());
-    assert!(!sim
-        .path(&format!("var/lib/kata-gpu/state/{HANDLER}.json"))
-        .exists());
+    // All the record keeps: the restart containerd owes to unload the handler.
+    let state = fs::read_to_string(sim.path(&format!("var/lib/kata-gpu/state/{HANDLER}.json")))
+        .expect("state");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("json");
+    assert_eq!(state["containerd"], serde_json::Value::Null, "{state}");
+    assert_eq!(state["cdi_specs"], serde_json::json!([]), "{state}");
+    assert_eq!(state["manifests"], serde_json::Value::Null, "{state}");
+    assert!(state["unregistered"].is_object(), "{state}");
 
     let out = kata_gpu(&sim, &["status"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("registered:      no"), "{}", text(&out));
+    assert!(
+        text(&out).contains("restart pending: yes"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// A minimal artifact set: kernel, image, firmware, QEMU and Kata's base config.
@@ -436,4 +446,27 @@ fn install_waits_for_the_node_lock_before_it_reads_or_writes_the_record() {
         &["install", "--config-version", "2", "--lock-timeout", "1"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// Issue 18 item 4, for install's own files: the record naming the host CDI spec is saved
+/// before the spec is written, so when the record cannot be saved nothing is written.
+#[test]
+fn install_records_the_cdi_spec_before_writing_it() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // The record reads (empty) but cannot be written: it is a symlink.
+    let empty = sim.path("elsewhere/empty.json");
+    fs::create_dir_all(empty.parent().expect("parent")).expect("mkdir");
+    fs::write(&empty, "{}\n").expect("write");
+    let state = sim.path(&format!("var/lib/kata-gpu/state/{HANDLER}.json"));
+    fs::create_dir_all(state.parent().expect("parent")).expect("mkdir");
+    std::os::unix::fs::symlink(&empty, &state).expect("symlink");
+    let out = kata_gpu(&sim, &["install", "--config-version", "2"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("is a symlink to"), "{said}");
+    assert!(
+        !sim.path("var/run/cdi/nvidia.com-pgpu.yaml").exists(),
+        "{said}"
+    );
+    assert!(!sim.path("etc/containerd/config.toml").exists(), "{said}");
 }

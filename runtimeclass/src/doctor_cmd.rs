@@ -211,7 +211,7 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     let platform = host.platform();
     let mut out = vec![
         checks::kvm(&platform),
-        checks::iommu(args.profile, &platform),
+        checks::iommu(&platform),
         checks::tee(args.profile, &platform),
     ];
     match devices(&host) {

@@ -8,6 +8,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+mod iommu;
+
+pub use iommu::{iommu_fix, iommu_off_params, CpuVendor};
+
 /// A PCI address, `domain:bus:device.function` (`0000:41:00.0`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf {
@@ -166,6 +170,15 @@ pub struct Platform {
     pub tdx: bool,
     /// The kernel command line.
     pub cmdline: String,
+    /// The CPU's maker: how the IOMMU is turned on depends on it.
+    pub cpu_vendor: CpuVendor,
+}
+
+impl Platform {
+    /// How to turn the IOMMU on here (see [`iommu_fix`]).
+    pub fn iommu_fix(&self) -> String {
+        iommu_fix(self.cpu_vendor, &self.cmdline)
+    }
 }
 
 /// Why the host could not be read.
@@ -460,6 +473,8 @@ impl Host {
             sev_snp: flag(&self.path("/sys/module/kvm_amd/parameters/sev_snp")),
             tdx: flag(&self.path("/sys/module/kvm_intel/parameters/tdx")),
             cmdline: read_trimmed(&self.path("/proc/cmdline")).unwrap_or_default(),
+            cpu_vendor: fs::read_to_string(self.path("/proc/cpuinfo"))
+                .map_or(CpuVendor::Unknown, |t| CpuVendor::from_cpuinfo(&t)),
         }
     }
 }

@@ -48,7 +48,8 @@ fn an_h100_pcie_in_iommufd_mode_reads_back_whole() {
         p.kvm && p.iommu && p.iommufd && p.sev_snp && !p.tdx,
         "{p:?}"
     );
-    assert!(p.cmdline.contains("amd_iommu=on"));
+    assert!(p.cmdline.contains("iommu=pt"));
+    assert_eq!(p.cpu_vendor, kata_gpu_shim::host::CpuVendor::Amd);
 }
 
 #[test]

@@ -112,8 +112,9 @@ pub struct PciFunction {
     pub iommu_group: Option<u32>,
     /// NUMA node, when the platform reports one.
     pub numa_node: Option<u32>,
-    /// Non-empty regions.
-    pub bars: Vec<Bar>,
+    /// Non-empty regions, from the `resource` file; `Err` with why it could not be read
+    /// (missing, unreadable), so that a plan can refuse rather than size a root port blind.
+    pub bars: Result<Vec<Bar>, String>,
     /// PCI Express (extended config space) rather than conventional PCI.
     pub pcie: bool,
 }
@@ -336,11 +337,12 @@ impl Host {
         })
     }
 
-    fn bars(&self, path: &Path) -> Result<Vec<Bar>, HostError> {
+    /// The BARs in `path`; the outer `Err` for a file with the wrong shape, the inner one
+    /// for a file that cannot be read.
+    fn bars(&self, path: &Path) -> Result<Result<Vec<Bar>, String>, HostError> {
         let text = match fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(read_err(path)(e)),
+            Err(e) => return Ok(Err(e.to_string())),
         };
         let mut bars = Vec::new();
         for (index, line) in text.lines().enumerate().take(7) {
@@ -363,7 +365,7 @@ impl Host {
                 }
             }
         }
-        Ok(bars)
+        Ok(Ok(bars))
     }
 
     /// The IOMMU group of a function (one readlink), `None` when it has none.
@@ -537,7 +539,7 @@ mod tests {
             driver: None,
             iommu_group: None,
             numa_node: None,
-            bars: Vec::new(),
+            bars: Ok(Vec::new()),
             pcie: true,
         };
         assert!(f(0x8086, 0x060400).is_bridge());

@@ -541,3 +541,25 @@ fn pod_annotations_that_steer_the_host_are_refused_by_name() {
     );
     run(&sim, Profile::Snp, &[GPU0[0], kbs], &policy()).expect("the KBS address is allowed");
 }
+
+#[test]
+fn a_function_without_a_readable_resource_file_is_refused_naming_it() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.remove_resource("0000:41:00.0");
+    let err = run(&sim, Profile::Snp, GPU0, &policy()).expect_err("refused");
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(
+            "cannot read /sys/bus/pci/devices/0000:41:00.0/resource (No such file or directory"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with(
+            "without the BAR sizes of 0000:41:00.0 its root port gets no mem-reserve or \
+             pref64-reserve, and a large BAR (an H100's 128 GiB BAR1) does not fit in the \
+             guest; check that /sys is the host's sysfs and the device is present"
+        ),
+        "{shown}"
+    );
+}

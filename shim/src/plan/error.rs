@@ -57,6 +57,14 @@ pub enum PlanError {
         /// Its driver, or "no driver".
         driver: String,
     },
+    /// A function whose `resource` file cannot be read: its root port cannot be sized.
+    #[error("cannot read /sys/bus/pci/devices/{bdf}/resource ({reason}): without the BAR sizes of {bdf} its root port gets no mem-reserve or pref64-reserve, and a large BAR (an H100's 128 GiB BAR1) does not fit in the guest; check that /sys is the host's sysfs and the device is present")]
+    NoResource {
+        /// The function.
+        bdf: Bdf,
+        /// Why the file could not be read.
+        reason: String,
+    },
     /// A function has no IOMMU group.
     #[error("{bdf} has no IOMMU group; the IOMMU is off: {fix}")]
     NoGroup {

@@ -355,7 +355,9 @@ fn add_group(
             } else {
                 None
             },
-            bars: f.bars,
+            bars: f
+                .bars
+                .map_err(|reason| PlanError::NoResource { bdf, reason })?,
             reason,
         });
     }

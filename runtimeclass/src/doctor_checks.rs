@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use kata_gpu_shim::host::{PciFunction, Platform};
 use kata_gpu_shim::plan::CC_CAPABLE_GPUS;
+use kata_gpu_shim::vfio::{Foreign, VfioError};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
@@ -82,6 +83,9 @@ pub struct Device {
     pub function: PciFunction,
     /// Its `vfioN` cdev.
     pub cdev: Option<String>,
+    /// Functions of its IOMMU group, not NVIDIA's, that `vfio bind` would take from the
+    /// host (and so refuses without `--force`).
+    pub foreign: Vec<Foreign>,
 }
 
 /// Whether a function is a CC-capable GPU.
@@ -188,12 +192,13 @@ pub fn devices(profile: Profile, devices: &[Device]) -> Vec<Check> {
                     Some("enable the IOMMU (see the iommu check)".to_owned()),
                 )
             } else if f.driver.as_deref() != Some("vfio-pci") {
-                Check::new(
-                    &name,
-                    Verdict::Fail,
-                    detail,
-                    Some(format!("kata-gpu vfio bind {}", f.bdf)),
-                )
+                let fix = if d.foreign.is_empty() {
+                    format!("kata-gpu vfio bind {}", f.bdf)
+                } else {
+                    // What `vfio bind` would refuse with; it names the way out.
+                    VfioError::Foreign(d.foreign.clone()).to_string()
+                };
+                Check::new(&name, Verdict::Fail, detail, Some(fix))
             } else if !f.is_nvswitch() && !cc_capable(f) && profile.confidential() {
                 let ids = CC_CAPABLE_GPUS
                     .iter()

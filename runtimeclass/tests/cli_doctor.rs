@@ -342,3 +342,20 @@ fn the_iommu_fix_follows_the_cpu_vendor_and_never_says_amd_iommu_on() {
         assert!(!shown.contains("amd_iommu=on"), "{shown}");
     }
 }
+
+#[test]
+fn a_gpu_sharing_its_group_with_an_nvme_is_not_told_to_run_a_bind_that_refuses() {
+    let sim = SimHost::gpu_with_nvme_in_group();
+    let shown = text(&doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "FAIL  gpu 0000:41:00.0: 10de:2331 driver nvidia, IOMMU group 40, CC-capable — fix: \
+             0000:42:00.0 (144d:a80a, on nvme, group 40) shares an IOMMU group with a GPU or \
+             NVSwitch and is not an NVIDIA function: binding would take it from the host; give \
+             the GPU an IOMMU group of its own (another slot, or ACS on in the firmware), or pass \
+             --force to bind it too"
+        ),
+        "{shown}"
+    );
+}

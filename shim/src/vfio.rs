@@ -287,6 +287,18 @@ fn group_functions(host: &Host, targets: &[PciFunction]) -> Result<Vec<PciFuncti
     Ok(out)
 }
 
+/// The functions of IOMMU group `group` that binding would take from the host and that are
+/// not NVIDIA's: what [`plan_bind`] refuses without `force` (for `kata-gpu doctor`).
+pub fn foreign_in_group(host: &Host, group: u32) -> Result<Vec<Foreign>, VfioError> {
+    let functions = host
+        .iommu_group_members(group)?
+        .into_iter()
+        .map(|bdf| host.pci_function(bdf))
+        .filter(|f| f.as_ref().map_or(true, |f| !f.is_bridge()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(guard::foreign(&functions))
+}
+
 fn write(path: String, value: &str) -> Write {
     Write {
         path,

@@ -91,7 +91,17 @@ fn validate(paths: &[PathBuf], json: bool) -> anyhow::Result<Outcome> {
     let mut verdicts = Vec::new();
     for path in paths {
         for file in spec_files(path)? {
-            verdicts.push(match cdi::read_spec_file(&file) {
+            let missing = fs::symlink_metadata(&file)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+            let read = if missing {
+                Err(format!(
+                    "{}: does not exist; name a .json or .yaml spec file, or a directory of them",
+                    file.display()
+                ))
+            } else {
+                cdi::read_spec_file(&file).map_err(|e| one_line(&e))
+            };
+            verdicts.push(match read {
                 Ok(spec) => Verdict {
                     path: file,
                     valid: true,
@@ -106,7 +116,7 @@ fn validate(paths: &[PathBuf], json: bool) -> anyhow::Result<Outcome> {
                     kind: None,
                     cdi_version: None,
                     devices: Vec::new(),
-                    error: Some(one_line(&e)),
+                    error: Some(e),
                 },
             });
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use kata_gpu_shim::host::{PciFunction, Platform};
 use kata_gpu_shim::plan::CC_CAPABLE_GPUS;
+use kata_gpu_shim::vfio::{Foreign, VfioError};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
@@ -82,6 +83,9 @@ pub struct Device {
     pub function: PciFunction,
     /// Its `vfioN` cdev.
     pub cdev: Option<String>,
+    /// Functions of its IOMMU group, not NVIDIA's, that `vfio bind` would take from the
+    /// host (and so refuses without `--force`).
+    pub foreign: Vec<Foreign>,
 }
 
 /// Whether a function is a CC-capable GPU.
@@ -106,17 +110,8 @@ pub fn kvm(p: &Platform) -> Check {
     }
 }
 
-/// The kernel parameters that turn the IOMMU on for the profile's CPU vendor.
-fn iommu_params(profile: Profile, p: &Platform) -> &'static str {
-    if profile == Profile::Tdx || p.tdx || p.cmdline.contains("intel_iommu") {
-        "intel_iommu=on iommu=pt"
-    } else {
-        "amd_iommu=on iommu=pt"
-    }
-}
-
 /// IOMMU groups exist.
-pub fn iommu(profile: Profile, p: &Platform) -> Check {
+pub fn iommu(p: &Platform) -> Check {
     if p.iommu {
         Check::ok("iommu", "enabled (/sys/kernel/iommu_groups has groups)")
     } else {
@@ -125,8 +120,8 @@ pub fn iommu(profile: Profile, p: &Platform) -> Check {
             Verdict::Fail,
             "disabled: /sys/kernel/iommu_groups is empty",
             Some(format!(
-                "add {} to the kernel command line and reboot (now: {})",
-                iommu_params(profile, p),
+                "{} (now: {})",
+                p.iommu_fix(),
                 if p.cmdline.is_empty() {
                     "unknown"
                 } else {
@@ -197,12 +192,13 @@ pub fn devices(profile: Profile, devices: &[Device]) -> Vec<Check> {
                     Some("enable the IOMMU (see the iommu check)".to_owned()),
                 )
             } else if f.driver.as_deref() != Some("vfio-pci") {
-                Check::new(
-                    &name,
-                    Verdict::Fail,
-                    detail,
-                    Some(format!("kata-gpu vfio bind {}", f.bdf)),
-                )
+                let fix = if d.foreign.is_empty() {
+                    format!("kata-gpu vfio bind {}", f.bdf)
+                } else {
+                    // What `vfio bind` would refuse with; it names the way out.
+                    VfioError::Foreign(d.foreign.clone()).to_string()
+                };
+                Check::new(&name, Verdict::Fail, detail, Some(fix))
             } else if !f.is_nvswitch() && !cc_capable(f) && profile.confidential() {
                 let ids = CC_CAPABLE_GPUS
                     .iter()
@@ -463,6 +459,7 @@ pub fn labels(p: &Platform, devices: &[Device]) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kata_gpu_shim::host::CpuVendor;
 
     fn platform() -> Platform {
         Platform {
@@ -472,6 +469,7 @@ mod tests {
             sev_snp: false,
             tdx: true,
             cmdline: "ro".to_owned(),
+            cpu_vendor: CpuVendor::Intel,
         }
     }
 
@@ -491,13 +489,44 @@ mod tests {
     }
 
     #[test]
-    fn iommu_hint_follows_the_cpu_vendor() {
-        let c = iommu(Profile::Tdx, &platform());
-        assert_eq!(c.verdict, Verdict::Fail);
-        assert_eq!(
-            c.fix.as_deref(),
-            Some("add intel_iommu=on iommu=pt to the kernel command line and reboot (now: ro)")
-        );
+    fn iommu_hint_follows_the_cpu_vendor_and_the_command_line() {
+        // (vendor, command line, the fix)
+        let table = [
+            (
+                CpuVendor::Intel,
+                "ro",
+                "add intel_iommu=on to the kernel command line and reboot (and enable VT-d in \
+                 the firmware setup) (now: ro)",
+            ),
+            (
+                CpuVendor::Amd,
+                "ro",
+                "enable the IOMMU (AMD-Vi) in the firmware setup and reboot; the kernel turns \
+                 it on by itself, no parameter is needed (now: ro)",
+            ),
+            (
+                CpuVendor::Amd,
+                "ro amd_iommu=off",
+                "remove amd_iommu=off from the kernel command line and reboot (now: ro \
+                 amd_iommu=off)",
+            ),
+            (
+                CpuVendor::Intel,
+                "ro iommu=off",
+                "remove iommu=off from the kernel command line, add intel_iommu=on, and \
+                 reboot (now: ro iommu=off)",
+            ),
+        ];
+        for (cpu_vendor, cmdline, fix) in table {
+            let p = Platform {
+                cpu_vendor,
+                cmdline: cmdline.to_owned(),
+                ..platform()
+            };
+            let c = iommu(&p);
+            assert_eq!(c.verdict, Verdict::Fail);
+            assert_eq!(c.fix.as_deref(), Some(fix), "{cpu_vendor} {cmdline}");
+        }
         assert_eq!(tee(Profile::Tdx, &platform()).verdict, Verdict::Ok);
         assert_eq!(tee(Profile::Snp, &platform()).verdict, Verdict::Fail);
     }

@@ -40,19 +40,28 @@ pub struct DoctorArgs {
     pub containerd: PathBuf,
 }
 
-/// The NVIDIA GPUs and NVSwitches of the host, with their cdevs.
+/// The NVIDIA GPUs and NVSwitches of the host, with their cdevs and what else of their
+/// IOMMU groups `vfio bind` would take from the host.
 fn devices(host: &Host) -> Result<Vec<Device>, String> {
     let functions = host
         .pci_functions()
         .map_err(|e| format!("cannot list PCI functions: {e}"))?;
-    Ok(functions
+    functions
         .into_iter()
         .filter(|f| f.is_nvidia_gpu() || f.is_nvswitch())
-        .map(|f| Device {
-            cdev: host.vfio_cdev(f.bdf).map(|(name, _)| name),
-            function: f,
+        .map(|f| {
+            let foreign = match f.iommu_group {
+                Some(g) => kata_gpu_shim::vfio::foreign_in_group(host, g)
+                    .map_err(|e| format!("cannot read IOMMU group {g}: {e}"))?,
+                None => Vec::new(),
+            };
+            Ok(Device {
+                cdev: host.vfio_cdev(f.bdf).map(|(name, _)| name),
+                foreign,
+                function: f,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Qualified name → device node paths, for our kinds.
@@ -211,7 +220,7 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     let platform = host.platform();
     let mut out = vec![
         checks::kvm(&platform),
-        checks::iommu(args.profile, &platform),
+        checks::iommu(&platform),
         checks::tee(args.profile, &platform),
     ];
     match devices(&host) {

@@ -126,7 +126,7 @@ fn no_iommu_fails_with_the_kernel_command_line_hint() {
     assert!(
         has_line(
             &shown,
-            "FAIL  iommu: disabled: /sys/kernel/iommu_groups is empty — fix: add amd_iommu=on iommu=pt to the kernel command line and reboot (now: BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro)"
+            "FAIL  iommu: disabled: /sys/kernel/iommu_groups is empty — fix: enable the IOMMU (AMD-Vi) in the firmware setup and reboot; the kernel turns it on by itself, no parameter is needed (now: BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro)"
         ),
         "{shown}"
     );
@@ -298,4 +298,64 @@ fn json_report_shape() {
     ] {
         assert!(names.contains(&name), "{name} in {names:?}");
     }
+}
+
+#[test]
+fn the_iommu_fix_follows_the_cpu_vendor_and_never_says_amd_iommu_on() {
+    // (host, the doctor's iommu line, the refusal of vfio bind)
+    let amd_off = SimHost::no_iommu();
+    amd_off.set_cmdline("BOOT_IMAGE=/vmlinuz ro iommu=off");
+    let cases = [
+        (
+            SimHost::no_iommu(),
+            "FAIL  iommu: disabled: /sys/kernel/iommu_groups is empty — fix: enable the IOMMU \
+             (AMD-Vi) in the firmware setup and reboot; the kernel turns it on by itself, no \
+             parameter is needed (now: BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro)",
+            "enable the IOMMU (AMD-Vi) in the firmware setup",
+        ),
+        (
+            SimHost::intel_no_iommu(),
+            "FAIL  iommu: disabled: /sys/kernel/iommu_groups is empty — fix: add intel_iommu=on \
+             to the kernel command line and reboot (and enable VT-d in the firmware setup) (now: \
+             BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro)",
+            "add intel_iommu=on to the kernel command line",
+        ),
+        (
+            amd_off,
+            "FAIL  iommu: disabled: /sys/kernel/iommu_groups is empty — fix: remove iommu=off \
+             from the kernel command line and reboot (now: BOOT_IMAGE=/vmlinuz ro iommu=off)",
+            "the IOMMU is off; remove iommu=off from the kernel command line and reboot",
+        ),
+    ];
+    for (sim, line, bind) in cases {
+        let shown = text(&doctor(&sim, &[]));
+        assert!(has_line(&shown, line), "{shown}");
+        assert!(!shown.contains("amd_iommu=on"), "{shown}");
+        let out = kata_gpu_tests::run_on_host(
+            env!("CARGO_BIN_EXE_kata-gpu"),
+            &sim,
+            &["vfio", "bind", "--dry-run"],
+        );
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{shown}");
+        assert!(shown.contains(bind), "{shown}");
+        assert!(!shown.contains("amd_iommu=on"), "{shown}");
+    }
+}
+
+#[test]
+fn a_gpu_sharing_its_group_with_an_nvme_is_not_told_to_run_a_bind_that_refuses() {
+    let sim = SimHost::gpu_with_nvme_in_group();
+    let shown = text(&doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "FAIL  gpu 0000:41:00.0: 10de:2331 driver nvidia, IOMMU group 40, CC-capable — fix: \
+             0000:42:00.0 (144d:a80a, on nvme, group 40) shares an IOMMU group with a GPU or \
+             NVSwitch and is not an NVIDIA function: binding would take it from the host; give \
+             the GPU an IOMMU group of its own (another slot, or ACS on in the firmware), or pass \
+             --force to bind it too"
+        ),
+        "{shown}"
+    );
 }

@@ -363,3 +363,29 @@ fn kernel_params_with_quotes_or_unicode_whitespace_are_refused() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn a_gpu_without_a_readable_resource_file_is_refused_naming_the_file() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    sim.remove_resource("0000:41:00.0");
+    let out = kata_gpu(
+        &sim,
+        &["plan", "--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+    );
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("cannot read /sys/bus/pci/devices/0000:41:00.0/resource ("),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("no mem-reserve or pref64-reserve"),
+        "{shown}"
+    );
+    assert_eq!(
+        out.stderr.iter().filter(|&&b| b == b'\n').count(),
+        1,
+        "{shown}"
+    );
+}

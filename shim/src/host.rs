@@ -8,6 +8,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+mod iommu;
+
+pub use iommu::{iommu_fix, iommu_off_params, CpuVendor};
+
 /// A PCI address, `domain:bus:device.function` (`0000:41:00.0`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf {
@@ -108,8 +112,9 @@ pub struct PciFunction {
     pub iommu_group: Option<u32>,
     /// NUMA node, when the platform reports one.
     pub numa_node: Option<u32>,
-    /// Non-empty regions.
-    pub bars: Vec<Bar>,
+    /// Non-empty regions, from the `resource` file; `Err` with why it could not be read
+    /// (missing, unreadable), so that a plan can refuse rather than size a root port blind.
+    pub bars: Result<Vec<Bar>, String>,
     /// PCI Express (extended config space) rather than conventional PCI.
     pub pcie: bool,
 }
@@ -166,6 +171,15 @@ pub struct Platform {
     pub tdx: bool,
     /// The kernel command line.
     pub cmdline: String,
+    /// The CPU's maker: how the IOMMU is turned on depends on it.
+    pub cpu_vendor: CpuVendor,
+}
+
+impl Platform {
+    /// How to turn the IOMMU on here (see [`iommu_fix`]).
+    pub fn iommu_fix(&self) -> String {
+        iommu_fix(self.cpu_vendor, &self.cmdline)
+    }
 }
 
 /// Why the host could not be read.
@@ -323,11 +337,12 @@ impl Host {
         })
     }
 
-    fn bars(&self, path: &Path) -> Result<Vec<Bar>, HostError> {
+    /// The BARs in `path`; the outer `Err` for a file with the wrong shape, the inner one
+    /// for a file that cannot be read.
+    fn bars(&self, path: &Path) -> Result<Result<Vec<Bar>, String>, HostError> {
         let text = match fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(read_err(path)(e)),
+            Err(e) => return Ok(Err(e.to_string())),
         };
         let mut bars = Vec::new();
         for (index, line) in text.lines().enumerate().take(7) {
@@ -350,7 +365,7 @@ impl Host {
                 }
             }
         }
-        Ok(bars)
+        Ok(Ok(bars))
     }
 
     /// The IOMMU group of a function (one readlink), `None` when it has none.
@@ -460,6 +475,8 @@ impl Host {
             sev_snp: flag(&self.path("/sys/module/kvm_amd/parameters/sev_snp")),
             tdx: flag(&self.path("/sys/module/kvm_intel/parameters/tdx")),
             cmdline: read_trimmed(&self.path("/proc/cmdline")).unwrap_or_default(),
+            cpu_vendor: fs::read_to_string(self.path("/proc/cpuinfo"))
+                .map_or(CpuVendor::Unknown, |t| CpuVendor::from_cpuinfo(&t)),
         }
     }
 }
@@ -522,7 +539,7 @@ mod tests {
             driver: None,
             iommu_group: None,
             numa_node: None,
-            bars: Vec::new(),
+            bars: Ok(Vec::new()),
             pcie: true,
         };
         assert!(f(0x8086, 0x060400).is_bridge());

@@ -55,8 +55,13 @@ pub enum VfioError {
         class: u32,
     },
     /// A device without an IOMMU group.
-    #[error("{0} has no IOMMU group: the IOMMU is off; boot with amd_iommu=on (or intel_iommu=on) iommu=pt")]
-    NoIommuGroup(Bdf),
+    #[error("{bdf} has no IOMMU group: the IOMMU is off; {fix}")]
+    NoIommuGroup {
+        /// The device.
+        bdf: Bdf,
+        /// How to turn the IOMMU on, for this CPU and command line.
+        fix: String,
+    },
     /// A device some process holds open.
     #[error("{bdf} is in use by pid {pid} ({comm}), which holds {node} open; stop it and retry")]
     InUse {
@@ -265,7 +270,10 @@ fn group_functions(host: &Host, targets: &[PciFunction]) -> Result<Vec<PciFuncti
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for t in targets {
-        let group = t.iommu_group.ok_or(VfioError::NoIommuGroup(t.bdf))?;
+        let group = t.iommu_group.ok_or_else(|| VfioError::NoIommuGroup {
+            bdf: t.bdf,
+            fix: host.platform().iommu_fix(),
+        })?;
         for bdf in host.iommu_group_members(group)? {
             if seen.insert(bdf) {
                 let f = host.pci_function(bdf)?;
@@ -277,6 +285,18 @@ fn group_functions(host: &Host, targets: &[PciFunction]) -> Result<Vec<PciFuncti
     }
     out.sort_by_key(|f| f.bdf);
     Ok(out)
+}
+
+/// The functions of IOMMU group `group` that binding would take from the host and that are
+/// not NVIDIA's: what [`plan_bind`] refuses without `force` (for `kata-gpu doctor`).
+pub fn foreign_in_group(host: &Host, group: u32) -> Result<Vec<Foreign>, VfioError> {
+    let functions = host
+        .iommu_group_members(group)?
+        .into_iter()
+        .map(|bdf| host.pci_function(bdf))
+        .filter(|f| f.as_ref().map_or(true, |f| !f.is_bridge()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(guard::foreign(&functions))
 }
 
 fn write(path: String, value: &str) -> Write {
@@ -481,7 +501,12 @@ mod tests {
         let sim = SimHost::no_iommu();
         let host = Host::new(sim.root());
         let e = plan_bind(&host, Targets::All, false).expect_err("refused");
-        assert!(matches!(e, VfioError::NoIommuGroup(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "0000:41:00.0 has no IOMMU group: the IOMMU is off; enable the IOMMU (AMD-Vi) in \
+             the firmware setup and reboot; the kernel turns it on by itself, no parameter is \
+             needed"
+        );
     }
 
     #[test]

@@ -273,21 +273,51 @@ fn more_than_sixteen_functions_are_refused() {
 
 #[test]
 fn hosts_without_iommu_or_tee_are_refused() {
-    let sim = SimHost::no_iommu();
-    fs::write(
-        sim.path("etc/cdi/manual.yaml"),
-        "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
-    )
-    .expect("spec");
-    let err = run(
-        &sim,
-        Profile::Gpu,
-        &[("cdi.k8s.io/gpu", "example.com/gpu=0")],
-        &policy(),
-    )
-    .expect_err("refused");
-    assert!(matches!(err, PlanError::NoIommu { .. }), "{err}");
-    assert!(err.to_string().contains("amd_iommu=on"), "{err}");
+    // The fix follows the CPU vendor and what the command line holds.
+    let amd_off = || {
+        let sim = SimHost::no_iommu();
+        sim.set_cmdline("BOOT_IMAGE=/vmlinuz ro amd_iommu=off");
+        sim
+    };
+    type Host = fn() -> SimHost;
+    let table: [(Host, &str); 3] = [
+        (
+            SimHost::no_iommu,
+            "enable the IOMMU (AMD-Vi) in the firmware setup and reboot; the kernel turns it on \
+             by itself, no parameter is needed",
+        ),
+        (
+            SimHost::intel_no_iommu,
+            "add intel_iommu=on to the kernel command line and reboot (and enable VT-d in the \
+             firmware setup)",
+        ),
+        (
+            amd_off,
+            "remove amd_iommu=off from the kernel command line and reboot",
+        ),
+    ];
+    for (host, fix) in table {
+        let sim = host();
+        fs::write(
+            sim.path("etc/cdi/manual.yaml"),
+            "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
+        )
+        .expect("spec");
+        let err = run(
+            &sim,
+            Profile::Gpu,
+            &[("cdi.k8s.io/gpu", "example.com/gpu=0")],
+            &policy(),
+        )
+        .expect_err("refused");
+        assert!(matches!(err, PlanError::NoIommu { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the host has no IOMMU enabled, so /dev/vfio/40 cannot be passed through; {fix}"
+            )
+        );
+    }
 
     let sim = SimHost::no_snp();
     let err = run(&sim, Profile::Snp, GPU0, &policy()).expect_err("refused");
@@ -510,4 +540,26 @@ fn pod_annotations_that_steer_the_host_are_refused_by_name() {
         "agent.aa_kbc_params=cc_kbc::http://kbs:8080",
     );
     run(&sim, Profile::Snp, &[GPU0[0], kbs], &policy()).expect("the KBS address is allowed");
+}
+
+#[test]
+fn a_function_without_a_readable_resource_file_is_refused_naming_it() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.remove_resource("0000:41:00.0");
+    let err = run(&sim, Profile::Snp, GPU0, &policy()).expect_err("refused");
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(
+            "cannot read /sys/bus/pci/devices/0000:41:00.0/resource (No such file or directory"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with(
+            "without the BAR sizes of 0000:41:00.0 its root port gets no mem-reserve or \
+             pref64-reserve, and a large BAR (an H100's 128 GiB BAR1) does not fit in the \
+             guest; check that /sys is the host's sysfs and the device is present"
+        ),
+        "{shown}"
+    );
 }

@@ -153,7 +153,12 @@ impl SimHost {
         write(&host.path("dev/kvm"), "");
         write(&host.path("dev/iommu"), "");
         write(&host.path("dev/vfio/vfio"), "");
-        write(&host.path("proc/cmdline"), "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro amd_iommu=on iommu=pt mem_encrypt=on kvm_amd.sev=1\n");
+        // The AMD IOMMU is on by default: no `amd_iommu=` (it has no `on` value).
+        write(
+            &host.path("proc/cmdline"),
+            "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro iommu=pt mem_encrypt=on kvm_amd.sev=1\n",
+        );
+        host.set_cpu("AuthenticAMD", "AMD EPYC 9654 96-Core Processor");
         host.set_sev_snp(true);
         host
     }
@@ -175,12 +180,13 @@ impl SimHost {
             "no-iommu" => Self::no_iommu(),
             "no-snp" => Self::no_snp(),
             "nvme-in-group" => Self::gpu_with_nvme_in_group(),
+            "intel-no-iommu" => Self::intel_no_iommu(),
             _ => return None,
         })
     }
 
     /// The names [`SimHost::preset`] knows.
-    pub const PRESETS: [&'static str; 9] = [
+    pub const PRESETS: [&'static str; 10] = [
         "h100",
         "h100-legacy",
         "hgx",
@@ -190,6 +196,7 @@ impl SimHost {
         "no-iommu",
         "no-snp",
         "nvme-in-group",
+        "intel-no-iommu",
     ];
 
     /// The root directory (`--host-root`).
@@ -200,6 +207,19 @@ impl SimHost {
     /// A path under the root.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel.trim_start_matches('/'))
+    }
+
+    /// Sets the CPU `/proc/cpuinfo` shows (`vendor_id`, `model name`), for one core.
+    pub fn set_cpu(&self, vendor_id: &str, model: &str) {
+        write(
+            &self.path("proc/cpuinfo"),
+            &format!("processor\t: 0\nvendor_id\t: {vendor_id}\nmodel name\t: {model}\n"),
+        );
+    }
+
+    /// Replaces the kernel command line (`/proc/cmdline`).
+    pub fn set_cmdline(&self, cmdline: &str) {
+        write(&self.path("proc/cmdline"), &format!("{cmdline}\n"));
     }
 
     /// Turns KVM's SEV-SNP support on or off.
@@ -421,6 +441,16 @@ impl SimHost {
             &host.path("proc/cmdline"),
             "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro\n",
         );
+        host
+    }
+
+    /// The [`SimHost::no_iommu`] host with an Intel Xeon and KVM offering TDX: VT-d is off
+    /// by default there, and the command line does not turn it on.
+    pub fn intel_no_iommu() -> Self {
+        let host = Self::no_iommu();
+        host.set_cpu("GenuineIntel", "Intel(R) Xeon(R) Platinum 8480+");
+        host.set_sev_snp(false);
+        host.set_tdx(true);
         host
     }
 

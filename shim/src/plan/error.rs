@@ -22,10 +22,12 @@ pub enum PlanError {
     #[error(transparent)]
     Host(#[from] HostError),
     /// VFIO devices are asked for but the IOMMU is off.
-    #[error("the host has no IOMMU enabled, so {requested} cannot be passed through; add amd_iommu=on (or intel_iommu=on) iommu=pt to the kernel command line and reboot")]
+    #[error("the host has no IOMMU enabled, so {requested} cannot be passed through; {fix}")]
     NoIommu {
         /// The first device asked for.
         requested: String,
+        /// How to turn the IOMMU on, for this CPU and command line.
+        fix: String,
     },
     /// The profile's TEE is not offered by this host's KVM.
     #[error("profile {profile} needs {tee}, which this host's KVM does not offer ({file} is not Y); {fix}")]
@@ -55,11 +57,21 @@ pub enum PlanError {
         /// Its driver, or "no driver".
         driver: String,
     },
+    /// A function whose `resource` file cannot be read: its root port cannot be sized.
+    #[error("cannot read /sys/bus/pci/devices/{bdf}/resource ({reason}): without the BAR sizes of {bdf} its root port gets no mem-reserve or pref64-reserve, and a large BAR (an H100's 128 GiB BAR1) does not fit in the guest; check that /sys is the host's sysfs and the device is present")]
+    NoResource {
+        /// The function.
+        bdf: Bdf,
+        /// Why the file could not be read.
+        reason: String,
+    },
     /// A function has no IOMMU group.
-    #[error("{bdf} has no IOMMU group; enable the IOMMU (amd_iommu=on or intel_iommu=on, iommu=pt) and reboot")]
+    #[error("{bdf} has no IOMMU group; the IOMMU is off: {fix}")]
     NoGroup {
         /// The function.
         bdf: Bdf,
+        /// How to turn the IOMMU on, for this CPU and command line.
+        fix: String,
     },
     /// A group lists a function that sysfs does not have.
     #[error("IOMMU group {group} lists {bdf}, which is missing from /sys/bus/pci/devices; rescan the bus (echo 1 > /sys/bus/pci/rescan) or check the hardware")]

@@ -355,7 +355,9 @@ fn add_group(
             } else {
                 None
             },
-            bars: f.bars,
+            bars: f
+                .bars
+                .map_err(|reason| PlanError::NoResource { bdf, reason })?,
             reason,
         });
     }
@@ -388,6 +390,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
         if !platform.iommu {
             return Err(PlanError::NoIommu {
                 requested: first.node.clone(),
+                fix: platform.iommu_fix(),
             });
         }
     }
@@ -401,10 +404,15 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
                 }
                 g
             }
-            VfioNode::Cdev { bdf, .. } => input
-                .host
-                .iommu_group_of(bdf)?
-                .ok_or(PlanError::NoGroup { bdf })?,
+            VfioNode::Cdev { bdf, .. } => {
+                input
+                    .host
+                    .iommu_group_of(bdf)?
+                    .ok_or_else(|| PlanError::NoGroup {
+                        bdf,
+                        fix: input.host.platform().iommu_fix(),
+                    })?
+            }
         };
         add_group(input, group, &r.reason, &mut devices)?;
     }

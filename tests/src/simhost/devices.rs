@@ -80,4 +80,10 @@ impl SimHost {
         text.push_str(&format!("{dev} {at} ext4 rw,relatime 0 0\n"));
         write(&path, &text);
     }
+
+    /// Removes a function's `resource` file, as a sysfs that does not show it (or a copy
+    /// of one without it) would leave it: its BAR sizes are unknown.
+    pub fn remove_resource(&self, bdf: &str) {
+        std::fs::remove_file(self.path(&real_dir(bdf)).join("resource")).expect("rm resource");
+    }
 }

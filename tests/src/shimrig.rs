@@ -14,6 +14,10 @@ pub const RUNTIME: &str = "io.containerd.kata-qemu-nvidia-gpu-snp.v2";
 /// The wrapper binary of the snp profile.
 pub const SHIM: &str = "containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
 
+/// Stands for the simulated host's CDI spec directory in a CRI table given to
+/// [`Rig::on_with_cri`], so that containerd (with CDI on) reads the spec the wrapper reads.
+pub const CDI_SPEC_DIR: &str = "@CDI_SPEC_DIR@";
+
 /// Which downstream the wrapper talks to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Downstream {
@@ -139,7 +143,11 @@ impl Rig {
         ];
         let ctrd = match cri {
             None => PrivateContainerd::start_release(release, "", &env),
-            Some(table) => PrivateContainerd::start_release_cri(release, table, &env),
+            Some(table) => {
+                let cdi_dir = sim.path("var/run/cdi").display().to_string();
+                let table = table.replace(CDI_SPEC_DIR, &cdi_dir);
+                PrivateContainerd::start_release_cri(release, &table, &env)
+            }
         };
         let rootfs = busybox_rootfs(w);
         Self {

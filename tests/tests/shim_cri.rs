@@ -1,7 +1,9 @@
 //! A pod through the CRI API, the way kubelet drives containerd: a generated CRI client
-//! (k8s-cri) against a private containerd 1.6 with the CRI plugin, the wrapper registered
-//! as the runtime handler, a pause-like image built by the test and imported with `ctr`,
-//! host networking, and the recording downstream standing where Kata would.
+//! (k8s-cri) against a private containerd with the CRI plugin (1.6, and 1.7, 2.1 and 2.3
+//! with CDI on), the wrapper registered as the runtime handler, a pause-like image built by
+//! the test and imported with `ctr`, host networking, and the recording downstream standing
+//! where Kata would. A container asks for the pod's GPU through CRI's CDI devices: containerd
+//! applies it where it has CDI, the wrapper where it has not, never both.
 
 use std::collections::HashMap;
 use std::fs;
@@ -9,26 +11,53 @@ use std::fs;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    CdiDevice, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest,
+    ImageSpec, LinuxContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use kata_gpu_tests::image::write_oci_archive;
-use kata_gpu_tests::shimrig::{err, pids_of, Downstream, Rig, SHIM};
+use kata_gpu_tests::shimrig::{err, pids_of, Downstream, Rig, CDI_SPEC_DIR, SHIM};
+use kata_gpu_tests::{available, Containerd};
 use tonic::transport::{Endpoint, Uri};
 
 const IMAGE: &str = "docker.io/library/kata-gpu-pause:test";
 const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
 
-fn cri_table() -> String {
-    format!(
-        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{IMAGE}\"\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"native\"\n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.{HANDLER}.v2\"\n  \
-         privileged_without_host_devices = true\n  pod_annotations = [\"cdi.k8s.io/*\", \"io.katacontainers.*\"]\n"
-    )
+/// The CRI tables of `release`, in its config format: our handler, runc's, the test's
+/// sandbox image, and (where containerd has CDI) CDI on, reading the simulated host's spec.
+fn cri_table(release: Containerd) -> String {
+    let handler = |plugin: &str| {
+        format!(
+            "[plugins.\"{plugin}\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
+             [plugins.\"{plugin}\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.{HANDLER}.v2\"\n  \
+             privileged_without_host_devices = true\n  pod_annotations = [\"cdi.k8s.io/*\", \"io.katacontainers.*\"]\n"
+        )
+    };
+    let cdi = format!("  enable_cdi = true\n  cdi_spec_dirs = [\"{CDI_SPEC_DIR}\"]\n");
+    match release {
+        Containerd::Debian | Containerd::V1_7 => {
+            let plugin = "io.containerd.grpc.v1.cri";
+            // containerd 1.6 has no CDI.
+            let cdi = if release == Containerd::Debian {
+                ""
+            } else {
+                &cdi
+            };
+            format!(
+                "[plugins.\"{plugin}\"]\n  sandbox_image = \"{IMAGE}\"\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n{cdi}\
+                 [plugins.\"{plugin}\".containerd]\n  snapshotter = \"native\"\n"
+            ) + &handler(plugin)
+        }
+        Containerd::V2_1 | Containerd::V2_3 => {
+            let plugin = "io.containerd.cri.v1.runtime";
+            format!(
+                "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n\
+                 [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{IMAGE}\"\n\
+                 [plugins.\"{plugin}\"]\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n{cdi}"
+            ) + &handler(plugin)
+        }
+    }
 }
 
 async fn client(rig: &Rig) -> RuntimeServiceClient<tonic::transport::Channel> {
@@ -75,7 +104,8 @@ fn sandbox_config(rig: &Rig, name: &str) -> PodSandboxConfig {
     }
 }
 
-fn container_config(name: &str) -> ContainerConfig {
+/// A container of the pod; `gpu` asks for the pod's GPU through CRI's CDI devices.
+fn container_config(name: &str, gpu: bool) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.into(),
@@ -88,13 +118,47 @@ fn container_config(name: &str) -> ContainerConfig {
         command: vec!["/bin/busybox".into(), "sleep".into(), "300".into()],
         log_path: format!("{name}.log"),
         linux: Some(LinuxContainerConfig::default()),
+        cdi_devices: if gpu {
+            vec![CdiDevice {
+                name: "nvidia.com/pgpu=0".into(),
+            }]
+        } else {
+            Vec::new()
+        },
         ..ContainerConfig::default()
     }
 }
 
 #[test]
-fn a_gpu_pod_through_cri_gets_one_wrapper_its_config_and_leaves_nothing() {
-    let rig = Rig::with_cri(Downstream::Recording, "", &cri_table());
+fn a_gpu_pod_through_cri_on_containerd_1_6() {
+    a_gpu_pod_through_cri(
+        Containerd::Debian,
+        "a_gpu_pod_through_cri_on_containerd_1_6",
+    );
+}
+
+#[test]
+fn a_gpu_pod_through_cri_on_containerd_1_7() {
+    a_gpu_pod_through_cri(Containerd::V1_7, "a_gpu_pod_through_cri_on_containerd_1_7");
+}
+
+#[test]
+fn a_gpu_pod_through_cri_on_containerd_2_1() {
+    a_gpu_pod_through_cri(Containerd::V2_1, "a_gpu_pod_through_cri_on_containerd_2_1");
+}
+
+#[test]
+fn a_gpu_pod_through_cri_on_containerd_2_3() {
+    a_gpu_pod_through_cri(Containerd::V2_3, "a_gpu_pod_through_cri_on_containerd_2_3");
+}
+
+/// One wrapper and one downstream for the pod, its per-sandbox config, its container's CDI
+/// device applied once (by containerd where it has CDI), nothing left afterwards.
+fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
+    let Some(_) = available(test, release.bin_dir()) else {
+        return;
+    };
+    let rig = Rig::on_with_cri(release, Downstream::Recording, "", &cri_table(release));
     let archive = rig.work.path().join("pause.tar");
     write_oci_archive(
         &rig.rootfs,
@@ -135,11 +199,11 @@ fn a_gpu_pod_through_cri_gets_one_wrapper_its_config_and_leaves_nothing() {
             .pod_sandbox_id;
 
         let mut containers = Vec::new();
-        for name in ["cuda", "sidecar"] {
+        for (name, gpu) in [("cuda", true), ("sidecar", false)] {
             let id = cri
                 .create_container(CreateContainerRequest {
                     pod_sandbox_id: pod.clone(),
-                    config: Some(container_config(name)),
+                    config: Some(container_config(name, gpu)),
                     sandbox_config: Some(pod_config.clone()),
                 })
                 .await
@@ -186,7 +250,35 @@ fn a_gpu_pod_through_cri_gets_one_wrapper_its_config_and_leaves_nothing() {
         assert_eq!(record["options_type_url"], "runtimeoptions.v1.Options");
         assert_eq!(record["config_path"], config.display().to_string());
 
-        // containerd 1.6 has no CDI: the wrapper applied the pod's request to the container.
+        // The GPU container has its device once. containerd 1.6 has no CDI: the wrapper
+        // applied the request and rewrote config.json (pretty-printed). Later releases apply
+        // it themselves, and the wrapper leaves their config.json (one line of JSON) alone.
+        let bundle = rig
+            .ctrd
+            .dir()
+            .join("state/io.containerd.runtime.v2.task/k8s.io")
+            .join(&containers[0])
+            .join("config.json");
+        let text = fs::read_to_string(&bundle).expect("the container's config.json");
+        let spec: serde_json::Value = serde_json::from_str(&text).expect("config.json");
+        let vfio = spec["linux"]["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["path"] == "/dev/vfio/devices/vfio0")
+            .count();
+        assert_eq!(vfio, 1, "{}", spec["linux"]["devices"]);
+        let containerd_has_cdi = release != Containerd::Debian;
+        assert_eq!(
+            text.trim_end().lines().count() == 1,
+            containerd_has_cdi,
+            "config.json written by {}",
+            if containerd_has_cdi {
+                "the wrapper, though containerd had applied the device"
+            } else {
+                "containerd alone: the wrapper did not apply the device"
+            }
+        );
         let ls = cri
             .exec_sync(ExecSyncRequest {
                 container_id: containers[0].clone(),

@@ -1,7 +1,11 @@
-//! The base Kata configurations we ship, one per profile, written from the Kata 4.x keys of
-//! DESIGN.md §3 with our artifact paths under
-//! `/opt/nvidia-gpu-operator/artifacts/runtimeclasses/<class>/current/`. Each is embedded in
-//! the binary and passes [`crate::validate_config`].
+//! The base Kata configurations we ship, one per profile: Kata 3.30.0's generated NVIDIA
+//! configs (`configuration-qemu-nvidia-gpu{,-snp,-tdx}.toml`) with only the keys we own
+//! overlaid (artifact paths under
+//! `/opt/nvidia-gpu-operator/artifacts/runtimeclasses/<class>/current/`, the
+//! `enable_annotations` our renderer keeps, `pcie_root_port = 0`, an empty
+//! `pod_resource_api_sock`). The test `kata_config` of `kata-gpu-tests` derives them from
+//! Kata's files and checks them. Each is embedded in the binary and passes
+//! [`crate::validate_config`].
 
 use crate::error::ConfigError;
 

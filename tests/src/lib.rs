@@ -1,6 +1,7 @@
 //! Shared fixtures for tests against real parts and simulated hosts.
 //!
 //! - [`containerd`]: a private containerd started per test.
+//! - [`katans`]: Kata run in a private mount namespace with a syslog socket.
 //! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
 //!   is reported.
 //! - [`simhost`]: simulated GPU hosts, sysfs and `/dev` trees under a temp root that every
@@ -8,6 +9,7 @@
 
 pub mod containerd;
 pub mod image;
+pub mod katans;
 pub mod parts;
 pub mod shimrig;
 pub mod simhost;

@@ -203,7 +203,11 @@ pub fn devices(profile: Profile, devices: &[Device]) -> Vec<Check> {
                     format!("kata-gpu vfio bind {}", f.bdf)
                 } else {
                     // What `vfio bind` would refuse with; it names the way out.
-                    VfioError::Foreign(d.foreign.clone()).to_string()
+                    format!(
+                        "`kata-gpu vfio bind {}` refuses: {}",
+                        f.bdf,
+                        VfioError::Foreign(d.foreign.clone())
+                    )
                 };
                 Check::new(&name, Verdict::Fail, detail, Some(fix))
             } else if !f.is_nvswitch() && !cc_capable(f) && profile.confidential() {

@@ -351,7 +351,7 @@ fn a_gpu_sharing_its_group_with_an_nvme_is_not_told_to_run_a_bind_that_refuses()
         has_line(
             &shown,
             "FAIL  gpu 0000:41:00.0: 10de:2331 driver nvidia, IOMMU group 40, CC-capable — fix: \
-             0000:42:00.0 (144d:a80a, on nvme, group 40) shares an IOMMU group with a GPU or \
+             `kata-gpu vfio bind 0000:41:00.0` refuses: 0000:42:00.0 (144d:a80a, on nvme, group 40) shares an IOMMU group with a GPU or \
              NVSwitch and is not an NVIDIA function: binding would take it from the host; give \
              the GPU an IOMMU group of its own (another slot, or ACS on in the firmware), or pass \
              --force to bind it too"

@@ -183,7 +183,14 @@ pub fn devices(profile: Profile, devices: &[Device]) -> Vec<Check> {
             } else {
                 ", NOT CC-capable"
             };
-            let detail = format!("{} driver {driver}, {group}{cc}", f.id());
+            let resource = match &f.bars {
+                Ok(_) => String::new(),
+                Err(why) => format!(
+                    ", /sys/bus/pci/devices/{}/resource unreadable ({why})",
+                    f.bdf
+                ),
+            };
+            let detail = format!("{} driver {driver}, {group}{cc}{resource}", f.id());
             if f.iommu_group.is_none() {
                 Check::new(
                     &name,
@@ -196,7 +203,11 @@ pub fn devices(profile: Profile, devices: &[Device]) -> Vec<Check> {
                     format!("kata-gpu vfio bind {}", f.bdf)
                 } else {
                     // What `vfio bind` would refuse with; it names the way out.
-                    VfioError::Foreign(d.foreign.clone()).to_string()
+                    format!(
+                        "`kata-gpu vfio bind {}` refuses: {}",
+                        f.bdf,
+                        VfioError::Foreign(d.foreign.clone())
+                    )
                 };
                 Check::new(&name, Verdict::Fail, detail, Some(fix))
             } else if !f.is_nvswitch() && !cc_capable(f) && profile.confidential() {
@@ -212,6 +223,17 @@ pub fn devices(profile: Profile, devices: &[Device]) -> Vec<Check> {
                     Some(format!(
                         "use a CC-capable GPU ({ids}) for confidential pods, or the gpu profile"
                     )),
+                )
+            } else if f.bars.is_err() {
+                Check::new(
+                    &name,
+                    Verdict::Warn,
+                    detail,
+                    Some(
+                        "a sandbox asking for it is refused: its root port cannot be sized for \
+                         its BARs; check that /sys is the host's sysfs"
+                            .to_owned(),
+                    ),
                 )
             } else {
                 Check::ok(&name, detail)

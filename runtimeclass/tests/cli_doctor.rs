@@ -351,10 +351,27 @@ fn a_gpu_sharing_its_group_with_an_nvme_is_not_told_to_run_a_bind_that_refuses()
         has_line(
             &shown,
             "FAIL  gpu 0000:41:00.0: 10de:2331 driver nvidia, IOMMU group 40, CC-capable — fix: \
-             0000:42:00.0 (144d:a80a, on nvme, group 40) shares an IOMMU group with a GPU or \
+             `kata-gpu vfio bind 0000:41:00.0` refuses: 0000:42:00.0 (144d:a80a, on nvme, group 40) shares an IOMMU group with a GPU or \
              NVSwitch and is not an NVIDIA function: binding would take it from the host; give \
              the GPU an IOMMU group of its own (another slot, or ACS on in the firmware), or pass \
              --force to bind it too"
+        ),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_gpu_without_a_readable_resource_file_is_warned_about_naming_the_file() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.remove_resource("0000:41:00.0");
+    let shown = text(&doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "WARN  gpu 0000:41:00.0: 10de:2331 driver vfio-pci, IOMMU group 40, CC-capable, \
+             /sys/bus/pci/devices/0000:41:00.0/resource unreadable (No such file or directory \
+             (os error 2)) — fix: a sandbox asking for it is refused: its root port cannot be \
+             sized for its BARs; check that /sys is the host's sysfs"
         ),
         "{shown}"
     );

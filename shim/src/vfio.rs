@@ -84,6 +84,14 @@ pub enum VfioError {
         /// Where it is mounted.
         at: String,
     },
+    /// A device node of a function that would move is used as swap.
+    #[error("{bdf} is in use: {node} is swap; swapoff {node} and retry")]
+    Swap {
+        /// The device.
+        bdf: Bdf,
+        /// The device node.
+        node: String,
+    },
     /// A network interface of a function that would move is up.
     #[error("{bdf} is in use: its network interface {iface} is up; take it down (ip link set {iface} down) and retry")]
     InterfaceUp {

@@ -1,6 +1,7 @@
 //! What must hold before `vfio bind` moves a function: its IOMMU group holds nothing but
 //! NVIDIA functions (unless the operator forces it), and no function that moves is in
-//! use — held open by a process, mounted, or a network interface that is up.
+//! use — a device node of it (or a device stacked on one, as LVM stacks `dm-0`) held open
+//! by a process, mounted or used as swap, or a network interface of it that is up.
 
 use std::fmt;
 use std::fs;
@@ -93,18 +94,48 @@ fn holder(host: &Host, wanted: &dyn Fn(&str) -> bool) -> Option<(u32, String, St
     None
 }
 
-/// How deep under a function the kernel puts its devices (`nvme/nvme0/nvme0n1/nvme0n1p1`).
+/// How deep under a function the kernel puts its devices (`nvme/nvme0/nvme0n1/nvme0n1p1`),
+/// and how many devices may stack on one (LVM on RAID on a partition).
 const MAX_DEPTH: usize = 6;
 
+/// The `DEVNAME` a device directory's `uevent` names, as a `/dev` path.
+fn devname(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("uevent")).ok()?;
+    let name = text.lines().find_map(|l| l.strip_prefix("DEVNAME="))?;
+    Some(format!("/dev/{}", name.trim()))
+}
+
+/// The block devices stacked on the one at `dir` (device-mapper, md), from its
+/// `holders/`, and theirs in turn, through `/sys/class/block/<name>`.
+fn holders(host: &Host, dir: &Path, depth: usize, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir.join("holders")) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let held = host.path(&format!("/sys/class/block/{name}"));
+        let node = devname(&held).unwrap_or_else(|| format!("/dev/{name}"));
+        if out.contains(&node) {
+            continue;
+        }
+        out.push(node);
+        if depth < MAX_DEPTH {
+            holders(host, &held, depth + 1, out);
+        }
+    }
+}
+
 /// The device nodes the kernel made for a function (`/dev/nvme0n1p1`, `/dev/dri/card1`):
-/// the `DEVNAME` of every `uevent` below its sysfs directory. Links are not followed
-/// (sysfs links back up), nor child PCI functions entered.
+/// the `DEVNAME` of every `uevent` below its sysfs directory, and of every block device
+/// stacked on them (`/dev/dm-0` for LVM). Links are not followed (sysfs links back up),
+/// nor child PCI functions entered.
 fn device_nodes(host: &Host, bdf: Bdf) -> Vec<String> {
-    fn walk(dir: &Path, depth: usize, out: &mut Vec<String>) {
-        if let Ok(text) = fs::read_to_string(dir.join("uevent")) {
-            if let Some(name) = text.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
-                out.push(format!("/dev/{}", name.trim()));
-            }
+    fn walk(host: &Host, dir: &Path, depth: usize, out: &mut Vec<String>) {
+        if let Some(node) = devname(dir) {
+            out.push(node);
+            holders(host, dir, 0, out);
         }
         if depth == MAX_DEPTH {
             return;
@@ -119,30 +150,54 @@ fn device_nodes(host: &Host, bdf: Bdf) -> Vec<String> {
                 .to_str()
                 .is_some_and(|n| n.parse::<Bdf>().is_ok());
             if is_dir && !is_function {
-                walk(&e.path(), depth + 1, out);
+                walk(host, &e.path(), depth + 1, out);
             }
         }
     }
     let mut out = Vec::new();
     walk(
+        host,
         &host.path(&format!("/sys/bus/pci/devices/{bdf}")),
         0,
         &mut out,
     );
     out.sort();
+    out.dedup();
     out
 }
 
-/// Where one of `nodes` is mounted: (node, mount point), from `/proc/mounts`.
-fn mounted(host: &Host, nodes: &[String]) -> Option<(String, String)> {
-    let text = fs::read_to_string(host.path("/proc/mounts")).ok()?;
+/// A `/dev` path as the device node it leads to (`/dev/mapper/vg-root` → `/dev/dm-0`),
+/// in the host's view; the path itself when it leads nowhere else.
+fn resolve_dev(host: &Host, path: &str) -> String {
+    let resolved = fs::canonicalize(host.path(path)).ok().and_then(|p| {
+        let root = fs::canonicalize(host.root()).ok()?;
+        let rel = p.strip_prefix(root).ok()?;
+        Some(format!("/{}", rel.display()))
+    });
+    resolved.unwrap_or_else(|| path.to_owned())
+}
+
+/// The first source of `table` (`/proc/mounts`, `/proc/swaps`: the device is the first
+/// field) that is one of `nodes`, as it is written there (with the node it leads to when
+/// that differs), and the line's second field.
+fn listed(host: &Host, table: &str, nodes: &[String]) -> Option<(String, String)> {
+    let text = fs::read_to_string(host.path(table)).ok()?;
     text.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
-        let (source, at) = (fields.next()?, fields.next()?);
-        nodes
-            .iter()
-            .any(|n| n == source)
-            .then(|| (source.to_owned(), at.to_owned()))
+        let (source, second) = (fields.next()?, fields.next()?);
+        if !source.starts_with("/dev/") {
+            return None;
+        }
+        let node = resolve_dev(host, source);
+        if !nodes.contains(&node) {
+            return None;
+        }
+        let shown = if node == source {
+            node
+        } else {
+            format!("{source} ({node})")
+        };
+        Some((shown, second.to_owned()))
     })
 }
 
@@ -182,12 +237,15 @@ pub(super) fn check_not_in_use(host: &Host, f: &PciFunction) -> Result<(), VfioE
             node,
         });
     }
-    if let Some((node, at)) = mounted(host, &nodes) {
+    if let Some((node, at)) = listed(host, "/proc/mounts", &nodes) {
         return Err(VfioError::Mounted {
             bdf: f.bdf,
             node,
             at,
         });
+    }
+    if let Some((node, _)) = listed(host, "/proc/swaps", &nodes) {
+        return Err(VfioError::Swap { bdf: f.bdf, node });
     }
     if let Some(iface) = interface_up(host, f.bdf) {
         return Err(VfioError::InterfaceUp { bdf: f.bdf, iface });
@@ -272,7 +330,7 @@ mod tests {
     #[test]
     fn a_function_in_use_is_refused_whatever_its_driver() {
         type Setup = fn(&mut SimHost);
-        let cases: [(&str, Setup, &str); 5] = [
+        let cases: [(&str, Setup, &str); 8] = [
             (
                 "a partition held open",
                 |sim| sim.hold_open(4242, "postgres", "/dev/nvme0n1p1"),
@@ -298,6 +356,39 @@ mod tests {
                 },
                 "0000:43:00.0 is in use: its network interface ens1f0np0 is up; take it down \
                  (ip link set ens1f0np0 down) and retry",
+            ),
+            (
+                "LVM on a partition, its logical volume mounted as /",
+                |sim| {
+                    sim.add_dm_holder(
+                        "0000:42:00.0",
+                        "nvme/nvme0/nvme0n1/nvme0n1p1",
+                        "dm-0",
+                        "vg-root",
+                    );
+                    sim.mount("/dev/mapper/vg-root", "/");
+                },
+                "0000:42:00.0 is in use: /dev/mapper/vg-root (/dev/dm-0) is mounted on /; \
+                 unmount it and retry",
+            ),
+            (
+                "a logical volume on it held open",
+                |sim| {
+                    sim.add_dm_holder(
+                        "0000:42:00.0",
+                        "nvme/nvme0/nvme0n1/nvme0n1p1",
+                        "dm-0",
+                        "vg-data",
+                    );
+                    sim.hold_open(31, "postgres", "/dev/dm-0");
+                },
+                "0000:42:00.0 is in use by pid 31 (postgres), which holds /dev/dm-0 open; stop \
+                 it and retry",
+            ),
+            (
+                "a partition used as swap",
+                |sim| sim.swap_on("/dev/nvme0n1p1"),
+                "0000:42:00.0 is in use: /dev/nvme0n1p1 is swap; swapoff /dev/nvme0n1p1 and retry",
             ),
             (
                 "the GPU's audio function held open",

@@ -86,4 +86,41 @@ impl SimHost {
     pub fn remove_resource(&self, bdf: &str) {
         std::fs::remove_file(self.path(&real_dir(bdf)).join("resource")).expect("rm resource");
     }
+
+    /// Stacks a device-mapper device `dm` (`dm-0`) on a device of a function (`sub`, as
+    /// given to [`SimHost::add_device_node`]), as LVM does: `<sub>/holders/<dm>` links to
+    /// `/sys/devices/virtual/block/<dm>`, which has its `uevent` and `holders/`, and
+    /// `/dev/mapper/<name>` links to `/dev/<dm>`.
+    pub fn add_dm_holder(&self, bdf: &str, sub: &str, dm: &str, name: &str) {
+        let virt = self.path(&format!("sys/devices/virtual/block/{dm}"));
+        write(&virt.join("dev"), "253:0\n");
+        write(
+            &virt.join("uevent"),
+            &format!("MAJOR=253\nMINOR=0\nDEVNAME={dm}\n"),
+        );
+        std::fs::create_dir_all(virt.join("holders")).expect("mkdir holders");
+        link(
+            &format!("../../devices/virtual/block/{dm}"),
+            &self.path(&format!("sys/class/block/{dm}")),
+        );
+        let depth = real_dir(bdf).split('/').count() + sub.split('/').count() + 1;
+        link(
+            &format!("{}sys/devices/virtual/block/{dm}", "../".repeat(depth)),
+            &self.path(&real_dir(bdf)).join(sub).join("holders").join(dm),
+        );
+        write(&self.path(&format!("dev/{dm}")), "");
+        link(
+            &format!("../{dm}"),
+            &self.path(&format!("dev/mapper/{name}")),
+        );
+    }
+
+    /// Uses a device node (`/dev/dm-1`) as swap: a line in `/proc/swaps`.
+    pub fn swap_on(&self, dev: &str) {
+        let path = self.path("proc/swaps");
+        let mut text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| "Filename\tType\tSize\tUsed\tPriority\n".to_owned());
+        text.push_str(&format!("{dev}\tpartition\t8388604\t0\t-2\n"));
+        write(&path, &text);
+    }
 }

@@ -42,6 +42,7 @@ fmt:
 bench:
 	$(CARGO) bench -p cdi -p kata-gpu-shim -p kata-gpu-configs -p kata-gpu-containerd-config -p kata-gpu-artifacts
 	bash bench/shim.sh
+	BENCH_CONTAINERD=2.3.4 bash bench/shim.sh
 	bash bench/load.sh
 
 FUZZ_SECONDS ?= 20

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The wrapper shim's per-call figures, each against runc's shim measured in the same run,
-# through a private containerd 1.6 (set-up in bench/lib.sh). Needs root and `make deps`.
+# through a private containerd 1.6, or the release BENCH_CONTAINERD names (set-up in
+# bench/lib.sh). Needs root and `make deps`.
 #
 #   bash bench/shim.sh [PAIRS] [CALLS]     # defaults: 20 pairs of `ctr run`, 2000 State calls
+#   BENCH_CONTAINERD=2.3.4 bash bench/shim.sh
 #
 # Prints one line per figure; BENCHMARKS.md records a run of it.
 set -euo pipefail
@@ -39,7 +41,15 @@ echo "RSS: wrapper daemon $(bench_status "$WRAPPER_PID") KiB (anon $(bench_statu
 
 # 3. One forwarded call: State through the wrapper vs straight to runc's shim.
 B="$STATE/containerd/io.containerd.runtime.v2.task/default"
-"$TARGET/shim-call-latency" "$CALLS" "$(cat "$B/wrapped/address")" wrapped "$(cat "$B/direct/address")" direct > "$W/lat.txt"
+# A shim's address: its bundle's `address` (ours, and 1.x's runc shim), else the
+# `bootstrap.json` containerd 2.x keeps there.
+address() {
+  if [ -f "$1/address" ]; then cat "$1/address"
+  else python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["address"])' "$1/bootstrap.json"; fi
+}
+# containerd 2.x's runc shim serves the task API under its v3 name (the wrapper under both).
+if [ -n "${BENCH_CONTAINERD:-}" ]; then export TASK_SERVICE=containerd.task.v3.Task; fi
+"$TARGET/shim-call-latency" "$CALLS" "$(address "$B/wrapped")" wrapped "$(address "$B/direct")" direct > "$W/lat.txt"
 python3 - "$W/lat.txt" "$CALLS" <<'PY'
 import sys
 (w50, w99), (d50, d99) = [tuple(map(float, l.split()[1:])) for l in open(sys.argv[1])]

@@ -1,6 +1,7 @@
-//! `shim-call-latency N ADDRESS ID [ADDRESS ID …]`: times N `State` calls (task API v2) to
-//! each shim address for task ID, and prints p50 and p99 per address in microseconds, one
-//! line each: `ADDRESS p50_us p99_us`. Used by `bench/shim.sh` to measure what the
+//! `shim-call-latency N ADDRESS ID [ADDRESS ID …]`: times N `State` calls (task API v2, or
+//! the service `TASK_SERVICE` names, e.g. `containerd.task.v3.Task` for containerd 2.x's
+//! runc shim) to each shim address for task ID, and prints p50 and p99 per address in
+//! microseconds, one line each: `ADDRESS p50_us p99_us`. Used by `bench/shim.sh` to measure what the
 //! wrapper adds to a forwarded call, against runc's shim called directly in the same run.
 
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ fn main() -> ExitCode {
         eprintln!("usage: shim-call-latency N ADDRESS ID [ADDRESS ID …]");
         return ExitCode::from(2);
     };
+    let service =
+        std::env::var("TASK_SERVICE").unwrap_or_else(|_| "containerd.task.v2.Task".to_owned());
     for pair in args[1..].chunks(2) {
         let [address, id] = pair else {
             eprintln!("every ADDRESS needs an ID");
@@ -45,7 +48,7 @@ fn main() -> ExitCode {
         let mut times = Vec::with_capacity(n);
         for i in 0..n + n / 10 {
             let req = ttrpc::Request {
-                service: "containerd.task.v2.Task".into(),
+                service: service.clone(),
                 method: "State".into(),
                 payload: payload.clone(),
                 timeout_nano: 5_000_000_000,

@@ -2,6 +2,7 @@
 //! releases `make deps` unpacks) with its own root, state and sockets under a temp dir, so
 //! that tests never touch a system containerd, and stops it on drop.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ pub struct PrivateContainerd {
     env: Vec<(String, String)>,
     release: Containerd,
     bin: PathBuf,
+    /// A command containerd runs under (e.g. in a private mount namespace), or empty;
+    /// then arguments for containerd besides `--config`.
+    launcher: (Vec<OsString>, Vec<OsString>),
 }
 
 impl PrivateContainerd {
@@ -59,6 +63,20 @@ impl PrivateContainerd {
         Self::launch(release, true, extra, env)
     }
 
+    /// As [`PrivateContainerd::start_release`], with containerd run as the last argument of
+    /// `launcher` (which must exec it, so that signals reach containerd), e.g.
+    /// [`crate::katans::KataNs::launcher`], and given `args` (e.g. `--log-level debug`, which
+    /// containerd hands its shims as `-debug`).
+    pub fn start_release_under(
+        release: Containerd,
+        extra: &str,
+        env: &[(&str, String)],
+        launcher: Vec<OsString>,
+        args: Vec<OsString>,
+    ) -> Self {
+        Self::launch_under(release, false, extra, env, (launcher, args))
+    }
+
     /// As [`PrivateContainerd::start_with`] with the CRI plugin on; `extra` holds its
     /// `[plugins."io.containerd.grpc.v1.cri"]` table (sandbox image, runtimes).
     pub fn start_cri(extra: &str, env: &[(&str, String)]) -> Self {
@@ -66,6 +84,16 @@ impl PrivateContainerd {
     }
 
     fn launch(release: Containerd, cri: bool, extra: &str, env: &[(&str, String)]) -> Self {
+        Self::launch_under(release, cri, extra, env, (Vec::new(), Vec::new()))
+    }
+
+    fn launch_under(
+        release: Containerd,
+        cri: bool,
+        extra: &str,
+        env: &[(&str, String)],
+        launcher: (Vec<OsString>, Vec<OsString>),
+    ) -> Self {
         require(is_root(), "root is needed to start containerd");
         require(on_path("runc"), "runc is not on PATH");
         let bin = match release.bin_dir() {
@@ -93,26 +121,41 @@ impl PrivateContainerd {
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
         env.push(("PATH".to_owned(), format!("{}:{path}", bin.display())));
-        let child = Self::spawn(&bin, base, &env);
+        let child = Self::spawn(&launcher, &bin, base, &env);
         let mut me = Self {
             dir,
             child,
             env,
             release,
             bin,
+            launcher,
         };
         me.wait_ready(Duration::from_secs(20));
         me
     }
 
-    fn spawn(bin: &Path, base: &Path, env: &[(String, String)]) -> Child {
+    fn spawn(
+        (launcher, args): &(Vec<OsString>, Vec<OsString>),
+        bin: &Path,
+        base: &Path,
+        env: &[(String, String)],
+    ) -> Child {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(base.join("containerd.log"))
             .expect("log file");
-        Command::new(bin.join("containerd"))
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        let containerd = bin.join("containerd");
+        let mut cmd = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&containerd);
+                c
+            }
+            None => Command::new(&containerd),
+        };
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
             .arg("--config")
             .arg(base.join("config.toml"))
             .stdin(Stdio::null())
@@ -126,7 +169,7 @@ impl PrivateContainerd {
     /// state and config; the shims it started keep running, as on a node.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(&self.bin, self.dir.path(), &self.env);
+        self.child = Self::spawn(&self.launcher, &self.bin, self.dir.path(), &self.env);
         self.wait_ready(Duration::from_secs(20));
     }
 

@@ -5,6 +5,7 @@
 //! `/dev` and `/opt` are never touched; the namespace, its mounts and its syslogd end with
 //! the command run in it.
 
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -76,8 +77,9 @@ impl KataNs {
         fs::read_to_string(self.syslog_path()).unwrap_or_default()
     }
 
-    /// `program args…` to be run inside a fresh namespace of this kind.
-    pub fn command(&self, vsock: Vsock, program: &Path) -> Command {
+    /// The command line that runs what follows it inside a fresh namespace of this kind
+    /// (the script ends by exec'ing it, so it keeps the pid and gets the signals).
+    pub fn launcher(&self, vsock: Vsock) -> Vec<OsString> {
         let scratch = self.dir.path().join(format!("dev-{}", unique()));
         fs::create_dir(&scratch).expect("mkdir scratch");
         let stubs = self.dir.path().join(format!("stubs-{}", unique()));
@@ -90,18 +92,30 @@ impl KataNs {
             })
             .collect();
         fs::write(&stubs, list).expect("write stub list");
-        let mut cmd = Command::new("unshare");
-        cmd.args(["-m", "--propagation", "private"])
-            .arg(script())
-            .arg(&scratch)
-            .arg(self.syslog_path())
-            .arg(match vsock {
-                Vsock::None => "none",
-                Vsock::Dir => "dir",
-            })
-            .arg(&stubs)
-            .arg("--")
-            .arg(program);
+        let vsock = match vsock {
+            Vsock::None => "none",
+            Vsock::Dir => "dir",
+        };
+        [
+            OsString::from("unshare"),
+            "-m".into(),
+            "--propagation".into(),
+            "private".into(),
+            script().into(),
+            scratch.into(),
+            self.syslog_path().into(),
+            vsock.into(),
+            stubs.into(),
+            "--".into(),
+        ]
+        .into()
+    }
+
+    /// `program args…` to be run inside a fresh namespace of this kind.
+    pub fn command(&self, vsock: Vsock, program: &Path) -> Command {
+        let launcher = self.launcher(vsock);
+        let mut cmd = Command::new(&launcher[0]);
+        cmd.args(&launcher[1..]).arg(program);
         cmd
     }
 

@@ -7,7 +7,10 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Output;
 
-use crate::{busybox_rootfs, workspace_bin, Containerd, PrivateContainerd, SimHost, VfioMode};
+use crate::katans::{KataNs, Vsock};
+use crate::{
+    busybox_rootfs, workspace_bin, Containerd, Kata, PrivateContainerd, SimHost, VfioMode,
+};
 
 /// The runtime type of the snp profile.
 pub const RUNTIME: &str = "io.containerd.kata-qemu-nvidia-gpu-snp.v2";
@@ -25,6 +28,10 @@ pub enum Downstream {
     Runc,
     /// The recording shim, which records what Kata would see, then runc.
     Recording,
+    /// Kata 3.30's own shim (`downstream_kind = "kata"`), with containerd in a
+    /// [`KataNs`]: a syslog socket, stand-ins for the base config's files, and no
+    /// `/dev/vhost-vsock`, so that Kata's Create loads our config and stops there.
+    Kata,
 }
 
 /// The wrapper shim in front of a private containerd, and everything it needs.
@@ -37,6 +44,8 @@ pub struct Rig {
     pub rootfs: PathBuf,
     /// The private containerd.
     pub ctrd: PrivateContainerd,
+    /// The namespace containerd and Kata run in, for [`Downstream::Kata`]: its syslog.
+    pub kata_ns: Option<KataNs>,
 }
 
 impl Rig {
@@ -91,11 +100,18 @@ impl Rig {
             .expect("link shim");
         let sim = SimHost::h100_pcie(VfioMode::Iommufd);
         sim.write_cdi_specs();
-        fs::write(
-            w.join("base.toml"),
-            kata_gpu_configs::template("snp").expect("template"),
-        )
-        .expect("base config");
+        let mut base = kata_gpu_configs::template("snp")
+            .expect("template")
+            .to_owned();
+        if downstream == Downstream::Kata {
+            // Kata logs which config it loaded only at debug level.
+            let mut doc: kata_gpu_configs::toml_edit::DocumentMut =
+                base.parse().expect("template parses");
+            doc["runtime"]["enable_debug"] = kata_gpu_configs::toml_edit::value(true);
+            base = doc.to_string();
+        }
+        let base = base.as_str();
+        fs::write(w.join("base.toml"), base).expect("base config");
         let (downstream_path, kind) = match downstream {
             Downstream::Runc => (runc_shim.clone(), "runc"),
             Downstream::Recording => (
@@ -104,6 +120,10 @@ impl Rig {
                     .to_string(),
                 "kata",
             ),
+            Downstream::Kata => match Kata::find() {
+                Ok(kata) => (kata.shim().display().to_string(), "kata"),
+                Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
+            },
         };
         let settings = format!(
             "downstream = \"{downstream_path}\"\ndownstream_kind = \"{kind}\"\nstate_dir = \"{st}\"\nhost_root = \"{root}\"\nbase_config = \"{base}\"\n{extra_settings}",
@@ -141,9 +161,17 @@ impl Rig {
                 w.join("records").display().to_string(),
             ),
         ];
-        let ctrd = match cri {
-            None => PrivateContainerd::start_release(release, "", &env),
-            Some(table) => {
+        let kata_ns = (downstream == Downstream::Kata).then(|| kata_ns_for(base));
+        let ctrd = match (cri, &kata_ns) {
+            (None, Some(ns)) => PrivateContainerd::start_release_under(
+                release,
+                "",
+                &env,
+                ns.launcher(Vsock::None),
+                vec!["--log-level".into(), "debug".into()],
+            ),
+            (None, None) => PrivateContainerd::start_release(release, "", &env),
+            (Some(table), _) => {
                 let cdi_dir = sim.path("var/run/cdi").display().to_string();
                 let table = table.replace(CDI_SPEC_DIR, &cdi_dir);
                 PrivateContainerd::start_release_cri(release, &table, &env)
@@ -155,6 +183,7 @@ impl Rig {
             _sim: sim,
             rootfs,
             ctrd,
+            kata_ns,
         }
     }
 
@@ -171,7 +200,8 @@ impl Rig {
             .into_owned();
             if (text.contains(SHIM)
                 || text.contains("recording-shim")
-                || text.contains("containerd-shim-runc-v2"))
+                || text.contains("containerd-shim-runc-v2")
+                || text.contains("containerd-shim-kata-v2"))
                 && environ.contains(&w)
             {
                 leftovers.push(text);
@@ -293,6 +323,29 @@ impl Drop for Rig {
             let _ = self.ctr(&["containers", "delete", id]);
         }
     }
+}
+
+/// A namespace in which the files `base` names exist: its QEMU (a link to the QEMU on
+/// `PATH`), kernel, image and firmware.
+fn kata_ns_for(base: &str) -> KataNs {
+    let qemu = match crate::parts::qemu() {
+        Ok(path) => path,
+        Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
+    };
+    let doc: kata_gpu_configs::toml_edit::DocumentMut = base.parse().expect("base config");
+    let qemu_table = &doc["hypervisor"]["qemu"];
+    let mut ns = KataNs::new();
+    if let Some(path) = qemu_table.get("path").and_then(|v| v.as_str()) {
+        ns.link(path, &qemu);
+    }
+    for key in ["kernel", "image", "initrd", "firmware"] {
+        if let Some(path) = qemu_table.get(key).and_then(|v| v.as_str()) {
+            if !path.is_empty() {
+                ns.stub(path);
+            }
+        }
+    }
+    ns
 }
 
 /// The stdout of a command as text.

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 
 use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
 use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::shim::shim::{ConnectRequest, ConnectResponse, ShutdownRequest};
+use containerd_shim_protos::shim::shim::{
+    ConnectRequest, ConnectResponse, ShutdownRequest, StateRequest,
+};
 use kata_gpu_tests::{is_root, require, workspace_bin};
 
 const SHIM: &str = "containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
@@ -35,13 +37,17 @@ impl MockContainerd {
     }
 
     fn with_downstream(downstream: &str, extra: &str) -> Self {
+        Self::with_downstream_kind(downstream, "runc", extra)
+    }
+
+    fn with_downstream_kind(downstream: &str, kind: &str, extra: &str) -> Self {
         require(is_root(), "root is needed to run runc's shim");
         let work = tempfile::Builder::new()
             .prefix("mockctrd")
             .tempdir()
             .expect("tempdir");
         let settings = format!(
-            "downstream = \"{downstream}\"\ndownstream_kind = \"runc\"\nstate_dir = \"{}\"\n{extra}",
+            "downstream = \"{downstream}\"\ndownstream_kind = \"{kind}\"\nstate_dir = \"{}\"\n{extra}",
             work.path().join("st").display()
         );
         fs::write(work.path().join("shim.toml"), settings).expect("settings");
@@ -324,5 +330,120 @@ fn the_binary_name_selects_the_profile_and_v_prints_version_and_commit() {
             text.contains("(commit ") && text.trim_end().ends_with(&format!("profile {profile}")),
             "{text}"
         );
+    }
+}
+
+/// Kata 3.30's shim downstream, each containerd generation's caller in turn: Kata serves
+/// only `containerd.task.v2.Task`, and the wrapper reaches it under that name whichever name
+/// the caller used. Connect comes back from Kata; State of a task Kata does not have is
+/// Kata's own error; Shutdown, which Kata answers by exiting without a reply, is answered
+/// by the wrapper, which then ends.
+#[test]
+fn kata_answers_connect_state_and_shutdown_through_the_wrapper() {
+    let test = "kata_answers_connect_state_and_shutdown_through_the_wrapper";
+    let Some(kata) = kata_gpu_tests::available(test, kata_gpu_tests::Kata::find()) else {
+        return;
+    };
+    let shim = kata.shim().display().to_string();
+    let callers = [
+        ("legacy", Caller::Legacy, "containerd.task.v2.Task"),
+        ("max3", Caller::MaxVersion("3"), "containerd.task.v3.Task"),
+        ("proto", Caller::Protobuf, "containerd.task.v3.Task"),
+    ];
+    for (id, caller, service) in callers {
+        let mock = MockContainerd::with_downstream_kind(&shim, "kata", "");
+        // Kata's start reads the process and the container type from the spec.
+        fs::write(
+            mock.bundle().join("config.json"),
+            r#"{"ociVersion":"1.0.2","process":{"args":["/bin/true"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"rootfs"},"linux":{}}"#,
+        )
+        .expect("config.json");
+        let (stdout, stderr) = mock.start(id, &caller);
+        assert!(
+            stderr.is_empty(),
+            "{id}: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+        let address = match caller {
+            Caller::Legacy => String::from_utf8(stdout).expect("utf-8"),
+            Caller::MaxVersion(_) => {
+                let reply: serde_json::Value = serde_json::from_slice(&stdout).expect("JSON");
+                reply["address"].as_str().expect("address").to_owned()
+            }
+            Caller::Protobuf => {
+                BootstrapResult::parse_from_bytes(&stdout)
+                    .expect("BootstrapResult")
+                    .address
+            }
+        };
+        assert!(
+            address.contains(&mock.work.path().join("st/s/").display().to_string()),
+            "{id}: the wrapper's own socket: {address}"
+        );
+        let connect = ConnectRequest {
+            id: id.into(),
+            ..ConnectRequest::default()
+        };
+        let reply = call(
+            &address,
+            service,
+            "Connect",
+            connect.write_to_bytes().expect("encode"),
+        )
+        .unwrap_or_else(|e| panic!("{id}: {service}/Connect: {e}"));
+        let connect = ConnectResponse::parse_from_bytes(&reply).expect("ConnectResponse");
+        assert!(connect.shim_pid > 0, "{id}: Kata's pid");
+        let state = StateRequest {
+            id: id.into(),
+            ..StateRequest::default()
+        };
+        let e = call(
+            &address,
+            service,
+            "State",
+            state.write_to_bytes().expect("encode"),
+        )
+        .expect_err("State of a task Kata does not have");
+        let e = e.to_string();
+        assert!(
+            e.contains("does not exist") && !e.contains("not implemented"),
+            "{id}: {service}/State: {e}"
+        );
+        let shutdown = ShutdownRequest {
+            id: id.into(),
+            now: true,
+            ..ShutdownRequest::default()
+        };
+        let answered = call(
+            &address,
+            service,
+            "Shutdown",
+            shutdown.write_to_bytes().expect("encode"),
+        );
+        assert!(answered.is_ok(), "{id}: Shutdown: {answered:?}");
+        let socket = Path::new(address.trim_start_matches("unix://")).to_path_buf();
+        wait_gone(&socket);
+        // Kata's own socket: Kata removes the socket `address` names, which is now ours.
+        let key = mock
+            .work
+            .path()
+            .join("containerd.sock")
+            .join("mock")
+            .join(id);
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(key.display().to_string().as_bytes());
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = fs::remove_file(Path::new("/run/containerd/s").join(hex));
+    }
+}
+
+fn wait_gone(socket: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wrapper did not exit after Shutdown ({} still there)",
+            socket.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }

@@ -1,0 +1,171 @@
+//! Kata 3.30's own shim behind the wrapper, on every containerd release: containerd takes
+//! the wrapper's `start` reply, the wrapper talks to Kata under the task v2 name Kata serves,
+//! a GPU-less sandbox's Create reaches Kata with the per-sandbox config the wrapper rendered
+//! (Kata's error and Kata's log name it), the error reaches `ctr` as one line, Kata's
+//! `Shutdown` (which exits without a reply) ends the wrapper, and nothing of ours is left.
+//!
+//! Kata cannot boot a VM here (no `/dev/vhost-vsock`): its Create stops while loading the
+//! config, before QEMU starts. containerd and Kata run in a private mount namespace with a
+//! syslog socket ([`kata_gpu_tests::katans`]).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kata_gpu_tests::shimrig::{err, Downstream, Rig};
+use kata_gpu_tests::{available, Containerd, Kata};
+use sha2::{Digest, Sha256};
+
+/// Kata's socket for a task: `/run/containerd/s/sha256(<containerd address>/<ns>/<id>)`,
+/// as containerd 1.7's shim library names it.
+fn kata_socket(containerd: &Path, namespace: &str, id: &str) -> PathBuf {
+    let key = containerd.join(namespace).join(id);
+    let hash = Sha256::digest(key.display().to_string().as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    Path::new("/run/containerd/s").join(hex)
+}
+
+/// What a failed Kata Create can leave on the host that Kata's own `delete` does not
+/// remove, and that exists now.
+fn kata_leftovers(id: &str, socket: &Path) -> Vec<PathBuf> {
+    let mut candidates = vec![
+        PathBuf::from(format!("/run/vc/sbs/{id}")),
+        PathBuf::from(format!("/run/kata-containers/shared/sandboxes/{id}")),
+        socket.to_path_buf(),
+    ];
+    // cgroup v1 `kata_overhead/<id>` and `<ns>/kata_<id>` in every controller; v2 alike.
+    if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+        for c in controllers.flatten() {
+            candidates.push(c.path().join("kata_overhead").join(id));
+            candidates.push(c.path().join("default").join(format!("kata_{id}")));
+        }
+    }
+    candidates.push(Path::new("/sys/fs/cgroup/kata_overhead").join(id));
+    candidates.into_iter().filter(|p| p.exists()).collect()
+}
+
+fn remove(path: &Path) {
+    let removed = if path.is_dir() {
+        // cgroup directories go with rmdir; the others are plain trees.
+        std::fs::remove_dir(path).or_else(|_| std::fs::remove_dir_all(path))
+    } else {
+        std::fs::remove_file(path)
+    };
+    removed.unwrap_or_else(|e| panic!("remove Kata's leftover {}: {e}", path.display()));
+}
+
+fn kata_behind_the_wrapper(release: Containerd, test: &str) {
+    let Some(_) = available(test, release.bin_dir()) else {
+        return;
+    };
+    let Some(_) = available(test, Kata::find()) else {
+        return;
+    };
+    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+        return;
+    };
+    let rig = Rig::on(release, Downstream::Kata, "");
+    let id = Rig::id(&format!("kata{}", release.version().replace('.', "")));
+    let socket = kata_socket(&rig.ctrd.address(), "default", &id);
+    assert!(!socket.exists(), "{} before the test", socket.display());
+
+    let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
+    let config = rig.state_dir(&id).join("configuration.toml");
+    let stderr = err(&o);
+    // Kata loaded the per-sandbox file the wrapper rendered, and stopped at the vsock check.
+    assert!(!o.status.success(), "ctr run through Kata succeeded");
+    let want = format!(
+        "{}: host system doesn't support vsock: stat /dev/vhost-vsock",
+        config.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}\n{}", rig.ctrd.log());
+    // One line, besides what ctr itself logs (2.3 warns about cgroup v1).
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !(l.starts_with("time=") && l.contains("level=warning")))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
+    assert!(lines[0].starts_with("ctr: "), "{stderr:?}");
+
+    // The wrapper answered start in this containerd's form and serves on its own socket,
+    // talking task v2 to Kata's.
+    let log = rig.ctrd.log();
+    let ours = rig.work.path().join("st/s").display().to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("serving on {ours}"))
+                && l.contains(&format!("for downstream unix://{}", socket.display()))
+                && l.contains("(task API v2)")),
+        "{log}"
+    );
+    if release.is_v2() {
+        // 2.x says which reply it took: the wrapper's socket, over ttrpc.
+        assert!(
+            log.lines().any(|l| l.contains("connecting to shim")
+                && l.contains(&format!("address=\"unix://{ours}"))
+                && l.contains("protocol=ttrpc")),
+            "{log}"
+        );
+    }
+
+    // Kata's own log (syslog, at debug level) names the file it loaded.
+    let ns = rig.kata_ns.as_ref().expect("Kata's namespace");
+    let named = format!("file={}", config.display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ns.syslog().contains(&named) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let syslog = ns.syslog();
+    assert!(
+        syslog
+            .lines()
+            .any(|l| l.contains("loaded configuration") && l.contains(&named)),
+        "Kata's syslog:\n{syslog}"
+    );
+
+    // Kata's Shutdown exits without a reply; the wrapper still ended, and left nothing.
+    let _ = rig.ctr(&["containers", "delete", &id]);
+    rig.assert_clean();
+    assert!(
+        !config.exists() && !rig.state_dir(&id).exists(),
+        "{}",
+        config.display()
+    );
+
+    // Kata's own leftovers, listed and removed.
+    let left = kata_leftovers(&id, &socket);
+    let listed: Vec<String> = left.iter().map(|p| p.display().to_string()).collect();
+    // To the terminal, past cargo's capture, like a skip: what Kata leaves is news.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{test}: Kata 3.30 left {}",
+        if listed.is_empty() {
+            "nothing".to_owned()
+        } else {
+            listed.join(", ")
+        }
+    );
+    for p in &left {
+        remove(p);
+    }
+}
+
+#[test]
+fn kata_behind_the_wrapper_on_1_6() {
+    kata_behind_the_wrapper(Containerd::Debian, "kata_behind_the_wrapper_on_1_6");
+}
+
+#[test]
+fn kata_behind_the_wrapper_on_1_7() {
+    kata_behind_the_wrapper(Containerd::V1_7, "kata_behind_the_wrapper_on_1_7");
+}
+
+#[test]
+fn kata_behind_the_wrapper_on_2_1() {
+    kata_behind_the_wrapper(Containerd::V2_1, "kata_behind_the_wrapper_on_2_1");
+}
+
+#[test]
+fn kata_behind_the_wrapper_on_2_3() {
+    kata_behind_the_wrapper(Containerd::V2_3, "kata_behind_the_wrapper_on_2_3");
+}

@@ -41,11 +41,7 @@ pub(crate) const DIR_MODE: u32 = 0o755;
 
 /// Creates `dir` and its parents, each [`DIR_MODE`].
 pub(crate) fn create_dirs(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(io_at(dir, "create directory"))
+    kata_gpu_fsutil::create_dirs(dir, DIR_MODE).map_err(io_at(dir, "create directory"))
 }
 
 /// Creates the directory `dir` (its parent must exist), [`DIR_MODE`].

@@ -74,7 +74,7 @@ pub fn backup(path: &Path, replace: bool) -> Result<Option<PathBuf>, Error> {
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Error> {
     refuse_symlink(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        kata_gpu_fsutil::create_dirs(dir, 0o755).map_err(|e| Error::io("cannot create", dir, e))?;
     }
     kata_gpu_fsutil::replace_atomic(path, bytes, mode.unwrap_or(0o644))
         .map_err(|e| Error::io("cannot write", path, e))
@@ -98,7 +98,8 @@ impl Lock {
     /// holder to let go.
     pub fn acquire(path: &Path, wait: Duration) -> Result<Lock, Error> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+            kata_gpu_fsutil::create_dirs(dir, 0o755)
+                .map_err(|e| Error::io("cannot create", dir, e))?;
         }
         kata_gpu_fsutil::FileLock::acquire(path, true, wait, Duration::from_millis(20))
             .map(Lock)

@@ -36,6 +36,15 @@ pub fn replace_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     }
 }
 
+/// Creates `dir` and its missing parents with `mode`, whatever the umask of whoever runs us
+/// (an installer under `umask 000` must not leave a directory that others can write and so
+/// fill with runtimes, devices or records). Directories that exist are left as they are.
+pub fn create_dirs(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    // DirBuilder applies the umask on top of `mode`; with `umask 000` it gives `mode` itself.
+    fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
+}
+
 fn write_with(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = match path.parent() {

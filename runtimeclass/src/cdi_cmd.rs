@@ -1,7 +1,6 @@
 //! `kata-gpu cdi validate|list`: the `cdi` crate's verdicts, one line per file or device.
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -266,10 +265,7 @@ fn generate(
     let mut written = Vec::new();
     if !dry_run && !found.specs.is_empty() {
         // 0755 whatever the umask: a spec directory others can write lets them add devices.
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)
+        kata_gpu_fsutil::create_dirs(&dir, 0o755)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         for spec in &found.specs {
             written.push(cdi::write_spec(&dir, spec)?);

@@ -852,3 +852,29 @@ fn status_remembers_the_restart_an_unregister_needs() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(status()["restart_pending"], true);
 }
+
+/// Under `umask 000`, the directories registration creates (the drop-in directory, the
+/// node's state and lock directories) are not writable by others: a drop-in directory others
+/// can write lets them add runtimes to containerd, a state directory lets them forge records.
+#[test]
+fn under_umask_000_registration_makes_no_directory_others_can_write() {
+    let node = Node::new();
+    node.put(CONFIG, &fixture("v3-containerd2-default.toml"));
+    let out = kata_gpu_tests::run_on_host_umask_000(
+        env!("CARGO_BIN_EXE_kata-gpu"),
+        node.dir.path(),
+        &[
+            "containerd",
+            "register",
+            "--drop-in",
+            "/etc/containerd/conf.d",
+        ],
+    );
+    assert_exit_saying(&out, 0, "conf.d");
+    assert_eq!(
+        kata_gpu_tests::writable_by_others(node.dir.path()),
+        Vec::<String>::new(),
+        "{}",
+        text(&out)
+    );
+}

@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 
 use super::sysfs::Sysfs;
 use super::{write, Step, VfioError, Write, STATE_DIR, VFIO_PCI};
@@ -89,11 +88,7 @@ fn write_record(host: &Host, path: &str, value: Option<&str>) -> Result<(), Vfio
     // Explicit modes, whatever the umask: a record others could write would let them
     // choose the driver a device goes back to.
     if let Some(parent) = full.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(err)?;
+        kata_gpu_fsutil::create_dirs(parent, 0o755).map_err(err)?;
     }
     kata_gpu_fsutil::write_atomic(&full, text.as_bytes(), 0o644).map_err(err)
 }

@@ -487,7 +487,7 @@ fn a_downstream_whose_start_leaves_its_output_open_does_not_hold_start() {
     let pidfile = probe.work.path().join("lingerer.pid");
     // A start that prints its address and leaves a process holding its stdout and stderr.
     let body = format!(
-        "sleep 300 &\necho $! > {}\necho unix:///nonexistent/downstream.sock",
+        "sleep 120 &\necho $! > {}\necho unix:///nonexistent/downstream.sock",
         pidfile.display()
     );
     let lingering = script(&probe, "lingering", &body);
@@ -504,6 +504,6 @@ fn a_downstream_whose_start_leaves_its_output_open_does_not_hold_start() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("unix:///"));
-    // Bounded by start_timeout_seconds, not by the 300 s of what holds the pipe.
+    // Bounded by start_timeout_seconds, not by the 120 s of what holds the pipe.
     assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
 }

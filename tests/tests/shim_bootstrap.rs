@@ -507,3 +507,42 @@ fn a_downstream_whose_start_leaves_its_output_open_does_not_hold_start() {
     // Bounded by start_timeout_seconds, not by the 120 s of what holds the pipe.
     assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
 }
+
+#[test]
+fn a_server_started_with_a_bad_version_or_without_its_socket_refuses_to_serve() {
+    let mock = MockContainerd::new();
+    let socket = mock.work.path().join("st/s/by-hand");
+    fs::create_dir_all(socket.parent().expect("dir")).expect("mkdir");
+    for (version, want) in [
+        ("two", "downstream task API version \"two\" (2 or 3)"),
+        ("4", "downstream task API version \"4\" (2 or 3)"),
+        ("3", "without its listening socket"),
+    ] {
+        let mut child = Command::new(&mock.shim)
+            .args(["-namespace", "mock", "-id", "by-hand", "serve"])
+            .env("KATA_GPU_SHIM_CONFIG", mock.work.path().join("shim.toml"))
+            .env("KATA_GPU_DOWNSTREAM_ADDRESS", "unix:///nonexistent.sock")
+            .env("KATA_GPU_DOWNSTREAM_VERSION", version)
+            .env("KATA_GPU_SOCKET", &socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run serve");
+        // A server that serves anyway never exits by itself: a bound only to fail.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("version {version:?}: the server served");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().expect("output");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{version:?}: {text}");
+        assert!(text.contains(want), "{version:?}: {text}");
+        assert!(!socket.exists(), "{version:?}: nothing bound");
+    }
+}

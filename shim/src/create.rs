@@ -67,13 +67,29 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     kata_gpu_fsutil::write_atomic(path, text.as_bytes(), 0o600)
 }
 
+/// Whether `id` can name a directory of its own: not empty, no `/`, no `..`, no NUL. An
+/// id that cannot would name the namespace's directory (every sandbox's state) or one
+/// outside it. containerd's own ids never fail this.
+pub fn is_path_safe_id(id: &str) -> bool {
+    !id.is_empty() && id != "." && !id.contains(['/', '\0']) && !id.contains("..")
+}
+
 impl Sandboxer {
-    /// The directory of a sandbox's state: `<state_dir>/<namespace>/<sandbox-id>`.
-    pub fn sandbox_dir(&self, sandbox_id: &str) -> PathBuf {
-        self.settings
+    /// The directory of a sandbox's state: `<state_dir>/<namespace>/<sandbox-id>`; an id or
+    /// namespace that is not a plain name (see [`is_path_safe_id`]) has none.
+    pub fn sandbox_dir(&self, sandbox_id: &str) -> Result<PathBuf, String> {
+        for (what, name) in [("sandbox id", sandbox_id), ("namespace", &self.namespace)] {
+            if !is_path_safe_id(name) {
+                return Err(format!(
+                    "{what} {name:?} cannot name a state directory (empty, or with / or ..)"
+                ));
+            }
+        }
+        Ok(self
+            .settings
             .state_dir
             .join(&self.namespace)
-            .join(sandbox_id)
+            .join(sandbox_id))
     }
 
     /// Applies the CDI devices the spec asks for and does not have yet; returns whether
@@ -167,7 +183,7 @@ impl Sandboxer {
             .get(SANDBOX_ID)
             .cloned()
             .unwrap_or_else(|| request.id.clone());
-        let dir = self.sandbox_dir(&sandbox_id);
+        let dir = self.sandbox_dir(&sandbox_id)?;
         let config_path = dir.join("configuration.toml");
         write_private(&config_path, &rendered.text)
             .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
@@ -210,13 +226,21 @@ impl CreateHook for Sandboxer {
         let result = self.handle(request);
         if result.is_err() {
             // A failed Create leaves nothing behind.
-            let _ = fs::remove_dir_all(self.sandbox_dir(&id));
+            if let Ok(dir) = self.sandbox_dir(&id) {
+                let _ = fs::remove_dir_all(dir);
+            }
         }
         result
     }
 
     fn on_deleted(&self, id: &str) {
-        let dir = self.sandbox_dir(id);
+        let dir = match self.sandbox_dir(id) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::warn!("nothing removed for a deleted task: {e}");
+                return;
+            }
+        };
         if dir.exists() {
             let _ = fs::remove_dir_all(&dir);
         }
@@ -229,6 +253,64 @@ impl CreateHook for Sandboxer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sandboxer(state: &Path, namespace: &str) -> Sandboxer {
+        Sandboxer {
+            profile: Profile::Snp,
+            settings: Settings {
+                state_dir: state.to_path_buf(),
+                ..Settings::default()
+            },
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    #[test]
+    fn only_plain_ids_name_a_state_directory() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let s = sandboxer(state.path(), "k8s.io");
+        assert_eq!(
+            s.sandbox_dir("pod-1.a_b").expect("a plain id"),
+            state.path().join("k8s.io/pod-1.a_b")
+        );
+        for bad in ["", ".", "..", "a/b", "../x", "a..b", "x\0y", "/abs"] {
+            assert!(s.sandbox_dir(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["", "..", "a/b"] {
+            assert!(
+                sandboxer(state.path(), bad).sandbox_dir("pod").is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn deleting_a_task_with_a_bad_id_removes_nothing() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let s = sandboxer(state.path(), "default");
+        for pod in ["pod-a", "pod-b"] {
+            let dir = state.path().join("default").join(pod);
+            fs::create_dir_all(&dir).expect("mkdir");
+            fs::write(dir.join("configuration.toml"), "x").expect("config");
+        }
+        for bad in ["", ".", "..", "pod-a/..", "../default"] {
+            s.on_deleted(bad);
+        }
+        for pod in ["pod-a", "pod-b"] {
+            assert!(state
+                .path()
+                .join("default")
+                .join(pod)
+                .join("configuration.toml")
+                .is_file());
+        }
+        s.on_deleted("pod-a");
+        assert!(!state.path().join("default/pod-a").exists());
+        assert!(state
+            .path()
+            .join("default/pod-b/configuration.toml")
+            .is_file());
+    }
 
     #[test]
     fn runtime_options_encode_as_protobuf_field_2() {

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -24,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::bootstrap::{encode_reply, parse_reply, reply_form, Flags, ReplyError};
 use crate::create::{Sandboxer, SANDBOX_ID};
 use crate::profile::Profile;
-use crate::proxy::{now, wait_for_close, CreateHook, Proxy, Tracked, DEAD_EXIT_STATUS};
+use crate::proxy::{now, CreateHook, Proxy, Tracked, Verdict, DEAD_EXIT_STATUS};
 use crate::server_record::{downstream_record, server_alive, DownstreamRecord};
 use crate::settings::{Settings, SettingsError};
 
@@ -32,7 +33,8 @@ use crate::settings::{Settings, SettingsError};
 const ENV_DOWNSTREAM: &str = "KATA_GPU_DOWNSTREAM_ADDRESS";
 /// Environment of the serving daemon: the downstream's Task API version.
 const ENV_DOWNSTREAM_VERSION: &str = "KATA_GPU_DOWNSTREAM_VERSION";
-/// Environment of the serving daemon: our socket.
+/// Environment of the serving daemon: our socket, whose listening end `start` binds and
+/// hands the daemon as its standard input.
 const ENV_SOCKET: &str = "KATA_GPU_SOCKET";
 /// The action our own `start` gives the daemon it spawns.
 pub const SERVE_ACTION: &str = "serve";
@@ -80,14 +82,9 @@ pub enum ShimError {
         #[source]
         source: ReplyError,
     },
-    /// Our own daemon did not come up.
-    #[error("the wrapper's server did not start listening on {} within {seconds} s; see the shim log", socket.display())]
-    DaemonNotListening {
-        /// The socket.
-        socket: PathBuf,
-        /// The limit.
-        seconds: u64,
-    },
+    /// Our own daemon was started without what `start` hands it.
+    #[error("the wrapper's server was started {0}; only the shim's own `start` starts it")]
+    ServerStartedWrongly(String),
     /// A file or process operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -175,27 +172,48 @@ pub(crate) fn run_downstream(
         // A shim that does not read its stdin must not make us fail.
         let _ = input.write_all(stdin);
     }
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut o = Vec::new();
-        let mut e = Vec::new();
-        if let Some(s) = out.as_mut() {
-            let _ = s.read_to_end(&mut o);
-        }
-        if let Some(s) = err.as_mut() {
-            let _ = s.read_to_end(&mut e);
-        }
-        (o, e)
-    });
+    // Each stream on a thread of its own, in chunks, so that neither pipe fills while the
+    // other is read, and so that what was printed is at hand even if a process the
+    // downstream left behind keeps a pipe open (then its end never comes).
+    let (chunks, output) = std::sync::mpsc::channel::<(bool, Vec<u8>)>();
+    for (is_stdout, stream) in [
+        (
+            true,
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ),
+        (
+            false,
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ),
+    ] {
+        let (Some(mut stream), chunks) = (stream, chunks.clone()) else {
+            continue;
+        };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                if chunks.send((is_stdout, buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(chunks);
     let seconds = settings.start_timeout_seconds;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     // Waited for on a thread, so that its exit is seen at once rather than at a poll.
     let pid = child.id();
     let (done, exited) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = done.send(child.wait());
     });
-    let status = match exited.recv_timeout(Duration::from_secs(seconds)) {
+    let status = match exited.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         Ok(status) => status.map_err(io(format!("cannot wait for {}", path.display())))?,
         Err(_) => {
             if let Ok(pid) = i32::try_from(pid) {
@@ -208,7 +226,16 @@ pub(crate) fn run_downstream(
             return Err(ShimError::DownstreamTimeout { path, seconds });
         }
     };
-    let (stdout, stderr) = reader.join().unwrap_or_default();
+    // Its output ends with it, unless something it started holds a pipe: then what was
+    // printed by the deadline is the answer.
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    loop {
+        match output.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((true, chunk)) => stdout.extend_from_slice(&chunk),
+            Ok((false, chunk)) => stderr.extend_from_slice(&chunk),
+            Err(_) => break,
+        }
+    }
     if !status.success() {
         let output = String::from_utf8_lossy(if stderr.is_empty() { &stdout } else { &stderr })
             .trim()
@@ -225,6 +252,51 @@ pub(crate) fn run_downstream(
 
 pub(crate) fn is_listening(socket: &Path) -> bool {
     UnixStream::connect(socket).is_ok()
+}
+
+/// Binds `socket` for a new server, or finds that a server (running, or being started by
+/// a concurrent `start`: its socket is bound before its process runs) serves it already:
+/// `None`. A socket left by a server that is gone is replaced, under a lock on its
+/// directory so that two `start`s never both replace it.
+fn take_socket(socket: &Path) -> Result<Option<UnixListener>, ShimError> {
+    let bind = |socket: &Path| match UnixListener::bind(socket) {
+        Ok(listener) => {
+            fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
+                .map_err(io(format!("cannot restrict {}", socket.display())))?;
+            Ok(Some(listener))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
+        Err(e) => Err(ShimError::Io {
+            what: format!("cannot listen on {}", socket.display()),
+            source: e,
+        }),
+    };
+    if let Some(listener) = bind(socket)? {
+        return Ok(Some(listener));
+    }
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    let handle = fs::File::open(dir).map_err(io(format!("cannot open {}", dir.display())))?;
+    let _lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, errno)| ShimError::Io {
+            what: format!("cannot lock {}", dir.display()),
+            source: errno.into(),
+        },
+    )?;
+    // A live socket is only ever replaced under the lock, after this check, so a bind that
+    // fails again means another `start` bound it in between: check again.
+    for _ in 0..3 {
+        if is_listening(socket) {
+            return Ok(None);
+        }
+        let _ = fs::remove_file(socket);
+        if let Some(listener) = bind(socket)? {
+            return Ok(Some(listener));
+        }
+    }
+    Err(ShimError::Io {
+        what: format!("cannot take over {}", socket.display()),
+        source: std::io::ErrorKind::AddrInUse.into(),
+    })
 }
 
 /// `start`: starts (or finds) the downstream, starts (or finds) our server, writes the
@@ -308,14 +380,16 @@ fn serve_in_front(
     bundle: &Path,
 ) -> Result<String, ShimError> {
     let socket = socket_path(settings, flags, group)?;
-    if !is_listening(&socket) {
-        let dir = socket.parent().unwrap_or(Path::new("/"));
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io(format!("cannot create {}", dir.display())))?;
-        let _ = fs::remove_file(&socket);
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format!("cannot create {}", dir.display())))?;
+    if let Some(listener) = take_socket(&socket)? {
+        // As containerd's own shim library does: the socket is bound here and its listening
+        // end handed to the server, so that containerd may connect the moment `start`
+        // returns, and a concurrent `start` of the group finds it taken.
         let exe = std::env::current_exe().map_err(io("cannot find our own binary"))?;
         let mut daemon_args: Vec<String> = vec![
             "-namespace".into(),
@@ -331,43 +405,53 @@ fn serve_in_front(
             daemon_args.push("-debug".into());
         }
         daemon_args.push(SERVE_ACTION.into());
-        let server = Command::new(exe)
+        let mut command = Command::new(exe);
+        // The name we were run as: it selects the profile (through a link too, which
+        // `current_exe` resolves).
+        if let Some(arg0) = std::env::args_os().next() {
+            command.arg0(arg0);
+        }
+        let spawned = command
             .args(&daemon_args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(ENV_DOWNSTREAM, &downstream.address)
             .env(ENV_DOWNSTREAM_VERSION, downstream.version.to_string())
             .env(ENV_SOCKET, &socket)
-            .stdin(Stdio::null())
+            .stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0)
-            .spawn()
-            .map_err(io("cannot start the wrapper's server"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !is_listening(&socket) {
-            if Instant::now() >= deadline {
-                return Err(ShimError::DaemonNotListening {
-                    socket,
-                    seconds: 10,
+            .spawn();
+        drop(command);
+        let mut server = match spawned {
+            Ok(server) => server,
+            Err(e) => {
+                let _ = fs::remove_file(&socket);
+                return Err(ShimError::Io {
+                    what: "cannot start the wrapper's server".to_owned(),
+                    source: e,
                 });
             }
-            std::thread::sleep(Duration::from_micros(500));
-        }
+        };
         // Written once per server: a pod's later containers reach the same downstream.
         let record = DownstreamRecord {
             version: downstream.version,
             address: downstream.address.clone(),
             server_pid: Some(server.id()),
         };
-        kata_gpu_fsutil::write_atomic(
-            &downstream_record(&socket),
-            record.to_string().as_bytes(),
-            0o600,
-        )
-        .map_err(io(format!(
-            "cannot write {}",
-            downstream_record(&socket).display()
-        )))?;
+        let record_path = downstream_record(&socket);
+        if let Err(e) =
+            kata_gpu_fsutil::write_atomic(&record_path, record.to_string().as_bytes(), 0o600)
+        {
+            // Without its record a server cannot be told from a dead one: none at all.
+            let _ = server.kill();
+            let _ = server.wait();
+            let _ = fs::remove_file(&socket);
+            return Err(ShimError::Io {
+                what: format!("cannot write {}", record_path.display()),
+                source: e,
+            });
+        }
     }
     let address = format!("unix://{}", socket.display());
     // After the downstream wrote its own: containerd reconnects through this file.
@@ -462,11 +546,9 @@ fn exit_cleanly(socket: &Path, proxy: &Proxy) -> ! {
     // already gone and mistakes a clean exit for a dead wrapper.
     let _ = fs::remove_file(downstream_record(socket));
     // containerd (1.6 and later) waits for the connection to close after Shutdown, so exit
-    // as soon as the answer has left, but not before: the downstream may close its side
-    // while we are still writing its answer back.
-    if proxy.is_shut_down() {
-        proxy.wait_shutdown_answered(Duration::from_millis(100));
-    }
+    // as soon as every Shutdown's answer has left, but not before: the downstream may close
+    // its side while we are still writing its answer back. Bounded only in case of a bug.
+    proxy.wait_shutdowns_answered(Duration::from_secs(1));
     let _ = fs::remove_file(socket);
     std::process::exit(0)
 }
@@ -563,61 +645,83 @@ pub fn serve_with(
         })
     };
     let downstream = env(ENV_DOWNSTREAM)?;
-    let version: u32 = env(ENV_DOWNSTREAM_VERSION)?.parse().unwrap_or(2);
+    let version = env(ENV_DOWNSTREAM_VERSION)?;
+    let version: u32 = match version.parse() {
+        Ok(v @ 2..=3) => v,
+        _ => {
+            return Err(ShimError::ServerStartedWrongly(format!(
+                "with downstream task API version {version:?} (2 or 3)"
+            )))
+        }
+    };
     let socket = PathBuf::from(env(ENV_SOCKET)?);
+    let listener = inherited_listener(&socket)?;
     crate::logging::init(&flags.namespace, &flags.id, flags.debug);
 
-    let listener = UnixListener::bind(&socket)
-        .map_err(io(format!("cannot listen on {}", socket.display())))?;
-    fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
-        .map_err(io(format!("cannot restrict {}", socket.display())))?;
     let proxy = Proxy::new(version, hook, settings.downstream.display().to_string());
     let exit_socket = socket.clone();
     let after_shutdown_proxy = Arc::clone(&proxy);
-    let after_shutdown: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-        after_shutdown_proxy.note_shutdown_answered();
+    // A Shutdown answered for a dead downstream ends us; one the downstream answered ends
+    // us when the downstream exits (the monitor below), and one it declined does not.
+    let after_shutdown: crate::relay::AfterShutdown = Arc::new(move || {
         if after_shutdown_proxy.is_dead() {
             exit_cleanly(&exit_socket, &after_shutdown_proxy);
         }
-        // A downstream with tasks left answers Shutdown and keeps running.
-        let proxy = Arc::clone(&after_shutdown_proxy);
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(2));
-            if !proxy.is_dead() {
-                proxy.shutdown_declined();
-            }
-        });
     });
     let downstream_socket = PathBuf::from(downstream.trim_start_matches("unix://"));
+    let connect: crate::relay::Connect = Arc::new(move || UnixStream::connect(&downstream_socket));
     {
-        let (socket, proxy) = (downstream_socket.clone(), Arc::clone(&proxy));
-        std::thread::spawn(move || crate::relay::serve(listener, socket, proxy, after_shutdown));
+        let (connect, proxy) = (Arc::clone(&connect), Arc::clone(&proxy));
+        std::thread::spawn(move || crate::relay::serve(listener, connect, proxy, after_shutdown));
     }
     tracing::info!(
         "serving on {} for downstream {downstream} (task API v{version})",
         socket.display()
     );
 
-    wait_for_close(&downstream_socket);
-    if proxy.is_shut_down() {
-        tracing::info!("downstream shut down; exiting");
-        exit_cleanly(&socket, &proxy);
-    }
-    let tracked = proxy.mark_dead();
-    if tracked.is_empty() {
-        // Nothing ran there: nothing to report and nobody to answer.
-        tracing::warn!("the downstream shim went away before running any task; exiting");
-        exit_cleanly(&socket, &proxy);
-    }
+    crate::relay::watch(&connect);
+    let tracked = match proxy.downstream_closed() {
+        Verdict::ShutDown => {
+            tracing::info!("downstream shut down; exiting");
+            exit_cleanly(&socket, &proxy);
+        }
+        Verdict::Died(tracked) => tracked,
+    };
     tracing::error!(
         "the downstream shim exited unexpectedly; reporting {} process(es) as exited",
         tracked.len()
     );
     publish_exits(&flags.namespace, &tracked);
-    // Keep answering (with errors) until containerd shuts us down.
+    // Keep answering (for the dead) until containerd shuts us down.
     loop {
         std::thread::park();
     }
+}
+
+/// The listening socket `start` bound for us, handed over as our standard input (which
+/// then reads /dev/null).
+fn inherited_listener(socket: &Path) -> Result<UnixListener, ShimError> {
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io("cannot take the listening socket from stdin"))?;
+    let listener = UnixListener::from(fd);
+    let bound = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    if bound.as_deref() != Some(socket) {
+        return Err(ShimError::ServerStartedWrongly(format!(
+            "without its listening socket {} on stdin",
+            socket.display()
+        )));
+    }
+    let null = fs::File::open("/dev/null").map_err(io("cannot open /dev/null"))?;
+    nix::unistd::dup2_stdin(null).map_err(|e| ShimError::Io {
+        what: "cannot point stdin at /dev/null".to_owned(),
+        source: e.into(),
+    })?;
+    Ok(listener)
 }
 
 /// `delete`: the downstream's `delete`, then our state; returns the `DeleteResponse` bytes.

@@ -35,7 +35,15 @@ fn emit(bytes: &[u8]) -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv0 = std::env::args().next().unwrap_or_default();
-    let profile = Profile::from_binary_name(&argv0).unwrap_or(Profile::Snp);
+    // The profile is the name this binary runs under (a link or a copy too; the server
+    // `start` spawns is given the same name). Guessing one would plan a pod for the wrong TEE.
+    let Some(profile) = Profile::from_binary_name(&argv0) else {
+        let names: Vec<String> = Profile::ALL.iter().map(|p| p.shim_binary()).collect();
+        return fail(format!(
+            "{argv0}: the binary's name names no profile; install or link it as {}",
+            names.join(", ")
+        ));
+    };
     let flags = match parse_flags(&args) {
         Ok(f) => f,
         Err(e) => return fail(format!("{argv0}: {e}")),

@@ -5,10 +5,9 @@
 //! their status codes. The bytes travel through [`crate::relay`].
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use containerd_shim_protos::api::Status as TaskStatus;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -72,18 +71,84 @@ pub struct Tracked {
 /// returns the `DeleteResponse` bytes to answer with.
 pub type DeadTaskCleanup = Box<dyn Fn(&Tracked) -> Option<Vec<u8>> + Send + Sync>;
 
-/// A request on its way to the downstream: what its answer is needed for.
+/// A request on its way to the downstream: what its answer is needed for, and what to
+/// answer in its place if the downstream goes away first.
 #[derive(Debug)]
 pub struct Pending {
     method: String,
+    /// The request's own payload (the Task message, not the ttrpc envelope).
     payload: Vec<u8>,
     created: Option<(String, String)>,
+    deadline: Option<Instant>,
 }
 
 impl Pending {
     /// The Task method.
     pub fn method(&self) -> &str {
         &self.method
+    }
+
+    /// The request's payload: the Task message, e.g. a `DeleteRequest`.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// When the caller stops waiting for the answer, if it said.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the answer changes the wrapper's bookkeeping (the processes the downstream
+    /// runs, the sandbox's state), so that it is worth waiting for when nobody else does.
+    pub fn records(&self) -> bool {
+        matches!(self.method.as_str(), "Create" | "Start" | "Exec" | "Delete")
+    }
+}
+
+/// What the downstream's going away means, decided by [`Proxy::downstream_closed`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It closed while a Shutdown waited, or with no task left: it shut down; exit.
+    ShutDown,
+    /// It died running these processes: report them exited, answer for them, and exit at
+    /// containerd's Shutdown.
+    Died(Vec<Tracked>),
+}
+
+/// A flag that is waited for.
+#[derive(Default)]
+struct Signal {
+    set: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Signal {
+    fn raise(&self) {
+        if let Ok(mut set) = self.set.lock() {
+            *set = true;
+            self.changed.notify_all();
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.lock().map(|s| *s).unwrap_or(true)
+    }
+
+    fn wait_until(&self, until: Instant) -> bool {
+        let Ok(mut set) = self.set.lock() else {
+            return true;
+        };
+        while !*set {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            set = match self.changed.wait_timeout(set, left) {
+                Ok((s, _)) => s,
+                Err(_) => return true,
+            };
+        }
+        true
     }
 }
 
@@ -92,9 +157,13 @@ pub struct Proxy {
     service: String,
     hook: Box<dyn CreateHook>,
     dead: AtomicBool,
-    shut_down: AtomicBool,
-    /// Set once a Shutdown's answer has been written back to containerd.
-    shutdown_answered: (Mutex<bool>, std::sync::Condvar),
+    /// Raised when the downstream's socket closed (it exited), by whoever watches it.
+    gone: Signal,
+    /// Shutdowns forwarded and not yet answered to containerd (or dropped with its
+    /// connection).
+    shutdowns: (Mutex<usize>, Condvar),
+    /// A Shutdown was answered by the downstream closing its connection (Kata's way).
+    shut_down_by_close: AtomicBool,
     tracked: Mutex<BTreeMap<(String, String), Tracked>>,
     dead_cleanup: Mutex<Option<DeadTaskCleanup>>,
     died_at: Mutex<Option<Timestamp>>,
@@ -115,13 +184,19 @@ impl Proxy {
             service: if version >= 3 { TASK_V3 } else { TASK_V2 }.to_owned(),
             hook,
             dead: AtomicBool::new(false),
-            shut_down: AtomicBool::new(false),
-            shutdown_answered: (Mutex::new(false), std::sync::Condvar::new()),
+            gone: Signal::default(),
+            shutdowns: (Mutex::new(0), Condvar::new()),
+            shut_down_by_close: AtomicBool::new(false),
             tracked: Mutex::new(BTreeMap::new()),
             dead_cleanup: Mutex::new(None),
             died_at: Mutex::new(None),
             downstream_name,
         })
+    }
+
+    /// The downstream binary, for messages.
+    pub fn downstream_name(&self) -> &str {
+        &self.downstream_name
     }
 
     /// Sets how a dead downstream's task is cleaned up when containerd deletes it.
@@ -136,36 +211,61 @@ impl Proxy {
         self.dead.load(Ordering::SeqCst)
     }
 
-    /// Whether containerd asked for a Shutdown (forwarded, or answered for a dead downstream).
-    pub fn is_shut_down(&self) -> bool {
-        self.shut_down.load(Ordering::SeqCst)
+    /// Notes that the downstream's socket closed: it exited.
+    pub fn note_gone(&self) {
+        self.gone.raise();
     }
 
-    /// Records that a Shutdown's answer reached containerd's connection.
-    pub fn note_shutdown_answered(&self) {
-        let (flag, cv) = &self.shutdown_answered;
-        if let Ok(mut answered) = flag.lock() {
-            *answered = true;
-            cv.notify_all();
+    /// Whether the downstream's socket has closed.
+    pub fn is_gone(&self) -> bool {
+        self.gone.is_set()
+    }
+
+    /// Waits until the downstream's socket has closed, at most until `until`; true if it has.
+    pub fn wait_gone(&self, until: Instant) -> bool {
+        self.gone.wait_until(until)
+    }
+
+    /// A forwarded Shutdown has been answered to containerd, or dropped because containerd
+    /// left: exiting no longer cuts an answer off.
+    pub fn finish_shutdown(&self) {
+        let (count, cv) = &self.shutdowns;
+        if let Ok(mut n) = count.lock() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                cv.notify_all();
+            }
         }
     }
 
-    /// Waits (at most `limit`) until a Shutdown's answer has been written back, so that
-    /// exiting never cuts it off; true if it was.
-    pub fn wait_shutdown_answered(&self, limit: std::time::Duration) -> bool {
-        let (flag, cv) = &self.shutdown_answered;
-        let Ok(answered) = flag.lock() else {
+    /// Waits (at most `limit`) until no forwarded Shutdown waits for its answer to be
+    /// written back, so that exiting never cuts one off; true if none does.
+    pub fn wait_shutdowns_answered(&self, limit: Duration) -> bool {
+        let (count, cv) = &self.shutdowns;
+        let Ok(n) = count.lock() else {
             return false;
         };
-        cv.wait_timeout_while(answered, limit, |a| !*a)
-            .map(|(a, _)| *a)
+        cv.wait_timeout_while(n, limit, |n| *n > 0)
+            .map(|(n, _)| *n == 0)
             .unwrap_or(false)
     }
 
-    /// Forgets a Shutdown the downstream did not act on (it still runs tasks), so that a
-    /// later crash is reported as one.
-    pub fn shutdown_declined(&self) {
-        self.shut_down.store(false, Ordering::SeqCst);
+    fn shutdown_in_flight(&self) -> bool {
+        self.shutdowns.0.lock().map(|n| *n > 0).unwrap_or(false)
+    }
+
+    /// Decides, once the downstream's socket has closed, whether it shut down or died.
+    /// Kata accepts a Shutdown by exiting without a reply and declines it by replying
+    /// (when it still runs tasks), so a close while a Shutdown waits is a shutdown; so is a
+    /// close with no task left. A close with tasks left is a death: they are returned (and
+    /// kept, so that containerd's later Delete can clean each one up).
+    pub fn downstream_closed(&self) -> Verdict {
+        self.note_gone();
+        let idle = self.tracked.lock().map(|t| t.is_empty()).unwrap_or(true);
+        if idle || self.shutdown_in_flight() || self.shut_down_by_close.load(Ordering::SeqCst) {
+            return Verdict::ShutDown;
+        }
+        Verdict::Died(self.mark_dead())
     }
 
     /// Marks the downstream dead and returns the processes it was running (kept, so that
@@ -237,8 +337,9 @@ impl Proxy {
     /// Answers containerd's Delete of a task whose downstream is gone: cleans it up and
     /// reports it exited (255), so that `ctr task rm` and CRI's RemoveContainer succeed.
     fn delete_dead(&self, payload: &[u8]) -> Response {
-        let Ok(req) = DeleteRequest::parse_from_bytes(payload) else {
-            return status_response(Code::INVALID_ARGUMENT, "cannot decode DeleteRequest");
+        let req = match DeleteRequest::parse_from_bytes(payload) {
+            Ok(req) if !req.id.is_empty() => req,
+            _ => return status_response(Code::INVALID_ARGUMENT, "cannot decode DeleteRequest"),
         };
         let exec = if req.exec_id.is_empty() {
             req.id.clone()
@@ -277,10 +378,7 @@ impl Proxy {
     /// are answered as for an exited task, Shutdown succeeds, anything else is refused.
     pub fn answer_dead(&self, method: &str, payload: &[u8]) -> Response {
         match method {
-            "Shutdown" => {
-                self.shut_down.store(true, Ordering::SeqCst);
-                ok_empty()
-            }
+            "Shutdown" => ok_empty(),
             "Delete" => self.delete_dead(payload),
             "State" => self.state_dead(payload),
             "Wait" => ok_payload(self.exited().0),
@@ -293,6 +391,16 @@ impl Proxy {
                 ),
             ),
         }
+    }
+
+    /// The answer for a forwarded call whose downstream connection closed before the
+    /// answer came, the downstream having gone: a Shutdown was accepted (Kata exits without
+    /// replying), anything else is answered as for a dead downstream, from its own payload.
+    pub fn answer_lost(&self, pending: &Pending) -> Response {
+        if pending.method == "Shutdown" {
+            self.shut_down_by_close.store(true, Ordering::SeqCst);
+        }
+        self.answer_dead(&pending.method, &pending.payload)
     }
 
     /// Readies a request for the downstream: renames the service, and at Create runs the
@@ -322,20 +430,22 @@ impl Proxy {
             })?;
         }
         if method == "Shutdown" {
-            // Before forwarding: the downstream may close its socket before its answer to
-            // us is read, and the monitor must not take that for a crash.
-            self.shut_down.store(true, Ordering::SeqCst);
+            // Counted before forwarding: the downstream may close its socket before its
+            // answer reaches containerd, and the monitor must not exit before it has.
+            if let Ok(mut n) = self.shutdowns.0.lock() {
+                *n += 1;
+            }
         }
         req.service = self.service.clone();
-        let tracked = matches!(method, "Create" | "Start" | "Exec" | "Delete");
+        let deadline = u64::try_from(req.timeout_nano)
+            .ok()
+            .filter(|n| *n > 0)
+            .and_then(|n| Instant::now().checked_add(Duration::from_nanos(n)));
         Ok(Pending {
             method: method.to_owned(),
-            payload: if tracked {
-                req.payload.clone()
-            } else {
-                Vec::new()
-            },
+            payload: req.payload.clone(),
             created,
+            deadline,
         })
     }
 
@@ -412,7 +522,9 @@ impl Proxy {
             }
             "Delete" => {
                 if let Ok(req) = DeleteRequest::parse_from_bytes(request) {
-                    if req.exec_id.is_empty() {
+                    if req.id.is_empty() {
+                        // Nothing the downstream could have deleted.
+                    } else if req.exec_id.is_empty() {
                         tracked.retain(|(c, _), _| c != &req.id);
                         drop(tracked);
                         self.hook.on_deleted(&req.id);
@@ -450,19 +562,4 @@ fn ok_empty() -> Response {
             .write_to_bytes()
             .unwrap_or_default(),
     )
-}
-
-/// Blocks until the downstream's socket closes (it exited), through a connection of its
-/// own on which nothing is ever sent.
-pub fn wait_for_close(socket: &std::path::Path) {
-    let Ok(mut stream) = UnixStream::connect(socket) else {
-        return;
-    };
-    let mut buf = [0u8; 64];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
 }

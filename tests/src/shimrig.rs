@@ -16,6 +16,17 @@ use crate::{
 pub const RUNTIME: &str = "io.containerd.kata-qemu-nvidia-gpu-snp.v2";
 /// The wrapper binary of the snp profile.
 pub const SHIM: &str = "containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
+/// What every profile's wrapper binary name starts with.
+pub const SHIM_FAMILY: &str = "containerd-shim-kata-qemu-nvidia-gpu";
+
+/// How a profile's wrapper binary is put where containerd finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// A symbolic link to the built binary (its path resolves to the snp name).
+    Link,
+    /// A copy of the built binary under the profile's name.
+    Copy,
+}
 
 /// Stands for the simulated host's CDI spec directory in a CRI table given to
 /// [`Rig::on_with_cri`], so that containerd (with CDI on) reads the spec the wrapper reads.
@@ -38,8 +49,8 @@ pub enum Downstream {
 pub struct Rig {
     /// The directory of the rig: settings, state, records.
     pub work: tempfile::TempDir,
-    /// Kept alive for the test: the simulated host the wrapper reads.
-    _sim: SimHost,
+    /// The simulated host the wrapper reads.
+    sim: SimHost,
     /// The busybox root file system.
     pub rootfs: PathBuf,
     /// The private containerd.
@@ -180,10 +191,29 @@ impl Rig {
         let rootfs = busybox_rootfs(w);
         Self {
             work,
-            _sim: sim,
+            sim,
             rootfs,
             ctrd,
             kata_ns,
+        }
+    }
+
+    /// The simulated host the wrapper reads.
+    pub fn sim(&self) -> &SimHost {
+        &self.sim
+    }
+
+    /// Puts the wrapper where containerd finds it under `profile`'s binary name, as a link
+    /// or as a copy (replacing what was there).
+    pub fn install_as(&self, profile: kata_gpu_shim::Profile, how: Install) {
+        let built = workspace_bin("kata-gpu-shim", SHIM);
+        let at = self.work.path().join("bin").join(profile.shim_binary());
+        let _ = fs::remove_file(&at);
+        match how {
+            Install::Link => std::os::unix::fs::symlink(&built, &at).expect("link shim"),
+            Install::Copy => {
+                fs::copy(&built, &at).expect("copy shim");
+            }
         }
     }
 
@@ -198,7 +228,7 @@ impl Rig {
                 &fs::read(entry.path().join("environ")).unwrap_or_default(),
             )
             .into_owned();
-            if (text.contains(SHIM)
+            if (text.contains(SHIM_FAMILY)
                 || text.contains("recording-shim")
                 || text.contains("containerd-shim-runc-v2")
                 || text.contains("containerd-shim-kata-v2"))
@@ -218,8 +248,13 @@ impl Rig {
     /// `ctr run` through the wrapper, with the given leading flags and command. `id` must
     /// come from [`Rig::id`]: runc's state root is shared by every containerd on the host.
     pub fn run(&self, flags: &[&str], id: &str, command: &[&str]) -> Output {
+        self.run_as(RUNTIME, flags, id, command)
+    }
+
+    /// [`Rig::run`] under another runtime type (another profile's).
+    pub fn run_as(&self, runtime: &str, flags: &[&str], id: &str, command: &[&str]) -> Output {
         let rootfs = self.rootfs.display().to_string();
-        let mut args: Vec<&str> = vec!["run", "--runtime", RUNTIME];
+        let mut args: Vec<&str> = vec!["run", "--runtime", runtime];
         args.extend_from_slice(flags);
         args.extend_from_slice(&["--rootfs", &rootfs, id]);
         args.extend_from_slice(command);
@@ -283,9 +318,10 @@ impl Rig {
     }
 
     /// No process of ours or of the downstream runs, no socket or state is left. Shims
-    /// exit just after answering Shutdown, so give them a moment.
+    /// exit just after answering Shutdown, so give them a moment (generous: a loaded
+    /// machine schedules them late).
     pub fn assert_clean(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::time::Instant::now() < deadline && !self.leftover_processes().is_empty() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -358,19 +394,28 @@ pub fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Waits until `ctr tasks ls` shows the task stopped.
+/// Waits until `ctr tasks ls` shows the task stopped (within a bound meant only to fail a
+/// test that would otherwise hang; how fast it happens is a benchmark figure).
 pub fn wait_for_exit(rig: &Rig, id: &str) {
-    for _ in 0..200 {
-        let tasks = out(&rig.ctr(&["tasks", "ls"]));
-        if tasks
+    wait_until(&format!("task {id} stopped"), || {
+        out(&rig.ctr(&["tasks", "ls"]))
             .lines()
             .any(|l| l.starts_with(id) && l.contains("STOPPED"))
-        {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
+    });
+}
+
+/// Polls `condition` until it holds; panics naming `what` after a minute, a bound meant
+/// only to fail a test that would otherwise hang, never to order events.
+#[track_caller]
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within a minute: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    panic!("task {id} did not stop");
 }
 
 /// Pids of processes whose command line has all of `needles` and that belong to this rig.

@@ -54,13 +54,7 @@ impl MockContainerd {
         let bundle = work.path().join("bundle");
         fs::create_dir_all(&bundle).expect("bundle");
         fs::write(bundle.join("config.json"), "{\"ociVersion\":\"1.0.2\"}").expect("config.json");
-        // Like containerd: a `log` FIFO in the bundle, read for the shims' lifetime.
-        let log = bundle.join("log");
-        let made = Command::new("mkfifo").arg(&log).status().expect("mkfifo");
-        assert!(made.success());
-        std::thread::spawn(move || {
-            let _ = fs::read(&log);
-        });
+        Self::log_fifo(&bundle);
         Self {
             work,
             shim: workspace_bin("kata-gpu-shim", SHIM),
@@ -84,6 +78,34 @@ impl MockContainerd {
 
     /// Runs `start` as containerd would.
     fn try_start(&self, id: &str, caller: &Caller) -> std::process::Output {
+        self.try_start_in(&self.bundle(), id, caller)
+    }
+
+    /// A bundle of its own for container `id` of pod `group` (CRI's sandbox-id annotation).
+    fn pod_bundle(&self, id: &str, group: &str) -> PathBuf {
+        let bundle = self.work.path().join(format!("bundle-{id}"));
+        fs::create_dir_all(&bundle).expect("bundle");
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": { "io.kubernetes.cri.sandbox-id": group },
+        });
+        fs::write(bundle.join("config.json"), config.to_string()).expect("config.json");
+        Self::log_fifo(&bundle);
+        bundle
+    }
+
+    /// Like containerd: a `log` FIFO in the bundle, read for the shims' lifetime.
+    fn log_fifo(bundle: &Path) {
+        let log = bundle.join("log");
+        let made = Command::new("mkfifo").arg(&log).status().expect("mkfifo");
+        assert!(made.success());
+        std::thread::spawn(move || {
+            let _ = fs::read(&log);
+        });
+    }
+
+    /// Runs `start` as containerd would, in `bundle`.
+    fn try_start_in(&self, bundle: &Path, id: &str, caller: &Caller) -> std::process::Output {
         let address = self
             .work
             .path()
@@ -103,7 +125,7 @@ impl MockContainerd {
             id,
             "start",
         ])
-        .current_dir(self.bundle())
+        .current_dir(bundle)
         .env("KATA_GPU_SHIM_CONFIG", self.work.path().join("shim.toml"))
         .env_remove("MAX_SHIM_VERSION")
         .stdin(Stdio::piped())
@@ -179,13 +201,15 @@ fn connect_and_shutdown(address: &str, service: &str, id: &str) {
     // The downstream exits while answering; an error from a closing socket is fine.
     let _ = call(address, service, "Shutdown", shutdown);
     let socket = address.trim_start_matches("unix://");
-    for _ in 0..200 {
-        if !Path::new(socket).exists() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
+    // A bound meant only to fail a test that would otherwise hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while Path::new(socket).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wrapper did not exit after Shutdown ({socket} still there)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    panic!("the wrapper did not exit after Shutdown ({socket} still there)");
 }
 
 #[test]
@@ -271,8 +295,9 @@ fn a_downstream_that_hangs_or_fails_fails_start_in_bounded_time_naming_it() {
     let started = std::time::Instant::now();
     let out = mock.try_start("hang", &Caller::Legacy);
     assert!(!out.status.success());
+    // Far below the downstream's 30 s, on any machine; the message says the setting held.
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
+        started.elapsed() < std::time::Duration::from_secs(25),
         "took {:?}",
         started.elapsed()
     );
@@ -330,6 +355,201 @@ fn the_binary_name_selects_the_profile_and_v_prints_version_and_commit() {
             text.contains("(commit ") && text.trim_end().ends_with(&format!("profile {profile}")),
             "{text}"
         );
+    }
+    // A name that names no profile is refused, not served as snp.
+    let link = mock.work.path().join("containerd-shim-kata-v2");
+    std::os::unix::fs::symlink(&mock.shim, &link).expect("link");
+    for args in [&["-v"][..], &["-namespace", "x", "-id", "y", "start"][..]] {
+        let out = Command::new(&link).args(args).output().expect("run");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        assert!(
+            text.contains("names no profile") && text.contains(SHIM),
+            "{args:?}: {text}"
+        );
+    }
+}
+
+/// Our serving daemons for `group` started from `mock`'s settings.
+fn servers(mock: &MockContainerd, group: &str) -> Vec<u32> {
+    let settings = mock.work.path().join("shim.toml").display().to_string();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").expect("proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let environ = fs::read(entry.path().join("environ")).unwrap_or_default();
+        if words
+            .windows(2)
+            .any(|w| w == [&b"-id"[..], group.as_bytes()])
+            && words.iter().any(|w| *w == b"serve")
+            && String::from_utf8_lossy(&environ).contains(&settings)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A downstream daemon played by the test: it accepts every connection and answers
+/// nothing, until [`FakeDaemon::exit`].
+struct FakeDaemon {
+    socket: PathBuf,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<std::os::unix::net::UnixStream>>>,
+}
+
+impl FakeDaemon {
+    fn listen(socket: PathBuf) -> Self {
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                kept.lock().expect("lock").push(conn);
+            }
+        });
+        Self { socket, accepted }
+    }
+
+    /// Exits: its socket goes and every connection closes.
+    fn exit(&self) {
+        let _ = fs::remove_file(&self.socket);
+        for conn in self.accepted.lock().expect("lock").drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn two_concurrent_starts_of_one_pod_get_one_server() {
+    let probe = MockContainerd::new();
+    let daemon = FakeDaemon::listen(probe.work.path().join("daemon.sock"));
+    // A downstream whose `start` hands every container of the pod the same daemon at once
+    // (runc's own start races when two run together, which is not under test here).
+    let start = script(
+        &probe,
+        "instant",
+        &format!("echo unix://{}", daemon.socket.display()),
+    );
+    let mock = MockContainerd::with_downstream(&start, "");
+    for round in 0..5 {
+        let group = format!("pod{round}");
+        let ids = [format!("{group}-a"), format!("{group}-b")];
+        let bundles: Vec<PathBuf> = ids.iter().map(|id| mock.pod_bundle(id, &group)).collect();
+        let barrier = std::sync::Barrier::new(2);
+        let replies: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .iter()
+                .zip(&bundles)
+                .map(|(id, bundle)| {
+                    let (mock, barrier) = (&mock, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        let out = mock.try_start_in(bundle, id, &Caller::Legacy);
+                        assert!(
+                            out.status.success(),
+                            "{id}: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        String::from_utf8(out.stdout).expect("utf-8")
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert_eq!(replies[0], replies[1], "one address for the pod");
+        let running = servers(&mock, &group);
+        assert_eq!(running.len(), 1, "round {round}: servers {running:?}");
+        // The record beside the socket names that very server, so that `delete` never
+        // takes it for dead.
+        let socket = PathBuf::from(replies[0].trim_start_matches("unix://"));
+        let record = fs::read_to_string(socket.with_extension("downstream")).expect("record");
+        assert_eq!(
+            record.split_whitespace().nth(2),
+            Some(running[0].to_string().as_str()),
+            "{record}"
+        );
+    }
+    // The downstream exits with no task run: every server follows.
+    daemon.exit();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while (0..5).any(|round| !servers(&mock, &format!("pod{round}")).is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a server did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_downstream_whose_start_leaves_its_output_open_does_not_hold_start() {
+    let probe = MockContainerd::new();
+    let pidfile = probe.work.path().join("lingerer.pid");
+    // A start that prints its address and leaves a process holding its stdout and stderr.
+    let body = format!(
+        "sleep 120 &\necho $! > {}\necho unix:///nonexistent/downstream.sock",
+        pidfile.display()
+    );
+    let lingering = script(&probe, "lingering", &body);
+    let mock = MockContainerd::with_downstream(&lingering, "start_timeout_seconds = 2\n");
+    let started = std::time::Instant::now();
+    let out = mock.try_start("linger", &Caller::Legacy);
+    let took = started.elapsed();
+    if let Ok(pid) = fs::read_to_string(&pidfile) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("unix:///"));
+    // Bounded by start_timeout_seconds, not by the 120 s of what holds the pipe.
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+}
+
+#[test]
+fn a_server_started_with_a_bad_version_or_without_its_socket_refuses_to_serve() {
+    let mock = MockContainerd::new();
+    let socket = mock.work.path().join("st/s/by-hand");
+    fs::create_dir_all(socket.parent().expect("dir")).expect("mkdir");
+    for (version, want) in [
+        ("two", "downstream task API version \"two\" (2 or 3)"),
+        ("4", "downstream task API version \"4\" (2 or 3)"),
+        ("3", "without its listening socket"),
+    ] {
+        let mut child = Command::new(&mock.shim)
+            .args(["-namespace", "mock", "-id", "by-hand", "serve"])
+            .env("KATA_GPU_SHIM_CONFIG", mock.work.path().join("shim.toml"))
+            .env("KATA_GPU_DOWNSTREAM_ADDRESS", "unix:///nonexistent.sock")
+            .env("KATA_GPU_DOWNSTREAM_VERSION", version)
+            .env("KATA_GPU_SOCKET", &socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run serve");
+        // A server that serves anyway never exits by itself: a bound only to fail.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("version {version:?}: the server served");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().expect("output");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{version:?}: {text}");
+        assert!(text.contains(want), "{version:?}: {text}");
+        assert!(!socket.exists(), "{version:?}: nothing bound");
     }
 }
 

@@ -5,7 +5,12 @@
 
 use std::fs;
 
-use kata_gpu_tests::shimrig::{err, out, pids_of, Downstream, Rig, SHIM};
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::shim::ShutdownRequest;
+use kata_gpu_shim::Profile;
+use kata_gpu_tests::shimrig::{
+    err, out, pids_of, wait_for_exit, wait_until, Downstream, Install, Rig, SHIM,
+};
 
 #[test]
 fn a_gpu_sandbox_gets_its_devices_and_kata_sees_its_config() {
@@ -145,12 +150,14 @@ fn fifty_concurrent_runs_all_succeed_and_leave_nothing() {
     rig.assert_clean();
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// The anonymous resident memory of a process: what a leak grows. (The file-backed part
+/// is code paged in as paths first run, which varies with the machine's load.)
+fn rss_anon_kib(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with("RssAnon:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -195,16 +202,17 @@ fn two_hundred_containers_in_one_pod_do_not_grow_the_wrapper() {
     for i in 0..100 {
         cycle(i);
     }
-    let warm = rss_kib(wrapper[0]);
+    let warm = rss_anon_kib(wrapper[0]);
     for i in 100..200 {
         cycle(i);
     }
-    let after = rss_kib(wrapper[0]);
+    let after = rss_anon_kib(wrapper[0]);
     assert!(warm > 0 && after > 0);
-    // A leak of 5 KiB per container would exceed this over the last hundred.
+    // A leak of 5 KiB per container would exceed this over the last hundred; the total
+    // RSS growth is a figure of bench/load.sh.
     assert!(
         after <= warm + 512,
-        "wrapper RSS grew from {warm} KiB to {after} KiB over the last 100 containers"
+        "wrapper anonymous RSS grew from {warm} KiB to {after} KiB over the last 100 containers"
     );
     rig.kill_and_remove(&pod, "SIGKILL");
     rig.assert_clean();
@@ -244,20 +252,145 @@ fn a_full_state_file_system_fails_start_naming_the_cause_and_leaves_nothing() {
     rig.assert_refused(&o, &id, "No space left on device");
     fs::remove_file(state.join("filler")).expect("rm filler");
     // What the failed start left on the full file system (nothing, once it has exited).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let left = || {
         fs::read_dir(state.join("s"))
             .map(|d| d.count())
             .unwrap_or(0)
     };
-    while left() > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(
-        left(),
-        0,
-        "our socket or record left on the state file system"
-    );
+    wait_until("no socket or record left on the state file system", || {
+        left() == 0
+    });
     drop(tiny);
     rig.assert_clean();
+}
+
+#[test]
+fn a_containerd_restart_during_a_delete_leaves_every_other_sandbox_its_state() {
+    let mut rig = Rig::new(Downstream::Recording, "");
+    let slow = Rig::id("slowdelete");
+    let other = Rig::id("bystander");
+    for id in [&slow, &other] {
+        let o = rig.run(&["-d"], id, &["/bin/busybox", "sleep", "300"]);
+        assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
+        assert!(rig.state_dir(id).join("configuration.toml").is_file());
+    }
+    let o = rig.ctr(&["tasks", "kill", "-s", "SIGKILL", &slow]);
+    assert!(o.status.success(), "{}", err(&o));
+    wait_for_exit(&rig, &slow);
+    // The downstream (the recording shim) holds its answer to the Delete: a slow Kata.
+    let records = rig.work.path().join("records");
+    let hold = records.join(format!("hold-delete-{slow}"));
+    fs::write(&hold, "").expect("hold");
+    let address = rig.ctrd.address();
+    let deleting = {
+        let slow = slow.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("ctr")
+                .arg("--address")
+                .arg(address)
+                .args(["tasks", "delete", &slow])
+                .output()
+        })
+    };
+    wait_until("the Delete reached the downstream", || {
+        records.join(format!("held-{slow}")).exists()
+    });
+    // containerd goes away with the Delete in flight (as `kata-gpu install --restart` does).
+    rig.ctrd.restart();
+    let _ = deleting.join();
+    // The downstream finishes the Delete after all; the wrapper takes note of it.
+    fs::remove_file(&hold).expect("let the Delete go");
+    wait_until("the deleted sandbox's state went", || {
+        !rig.state_dir(&slow).exists()
+    });
+    for file in ["configuration.toml", "plan.json"] {
+        assert!(
+            rig.state_dir(&other).join(file).is_file(),
+            "the other sandbox's {file} was removed"
+        );
+    }
+    // The task is gone downstream while the restarted containerd still counts its shim
+    // (runc's own shim stays the same way): shut it down as containerd would have.
+    let address = fs::read_to_string(
+        rig.ctrd
+            .dir()
+            .join("state/io.containerd.runtime.v2.task/default")
+            .join(&slow)
+            .join("address"),
+    )
+    .expect("the bundle's address");
+    let client = ttrpc::Client::connect(&address).expect("connect to the wrapper");
+    let shutdown = ShutdownRequest {
+        id: slow.clone(),
+        ..ShutdownRequest::default()
+    };
+    // The downstream exits as it answers: a closed connection is an answer too.
+    let _ = client.request(ttrpc::Request {
+        service: "containerd.task.v2.Task".into(),
+        method: "Shutdown".into(),
+        payload: shutdown.write_to_bytes().expect("encode"),
+        timeout_nano: 10_000_000_000,
+        ..ttrpc::Request::default()
+    });
+    let _ = rig.ctr(&["containers", "delete", &slow]);
+    let tasks = out(&rig.ctr(&["tasks", "ls"]));
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with(&other) && l.contains("RUNNING")),
+        "{tasks}"
+    );
+    rig.kill_and_remove(&other, "SIGKILL");
+    rig.assert_clean();
+}
+
+/// Each profile's wrapper, installed as `how`, run end to end on a host that offers TDX and
+/// not SEV-SNP: a pod planned under another profile than its own would be refused (snp) or
+/// shaped for the wrong TEE.
+fn a_profile_served_as(how: Install) {
+    let rig = Rig::new(Downstream::Runc, "");
+    rig.sim().set_sev_snp(false);
+    rig.sim().set_tdx(true);
+    for profile in [Profile::Tdx, Profile::Gpu] {
+        rig.install_as(profile, how);
+        let id = Rig::id(&format!("{}-{how:?}", profile.name()).to_lowercase());
+        let o = rig.run_as(
+            &profile.runtime_type(),
+            &["-d", "--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+            &id,
+            &["/bin/busybox", "sleep", "300"],
+        );
+        assert!(
+            o.status.success(),
+            "{profile}: {}\n{}",
+            err(&o),
+            rig.ctrd.log()
+        );
+        let plan: serde_json::Value =
+            serde_json::from_slice(&fs::read(rig.state_dir(&id).join("plan.json")).expect("plan"))
+                .expect("json");
+        assert_eq!(plan["profile"], profile.name(), "{plan}");
+        assert_eq!(plan["handler"], profile.handler(), "{plan}");
+        let servers = pids_of(
+            &rig,
+            &[&profile.shim_binary(), "serve", &format!("-id {id}")],
+        );
+        assert_eq!(
+            servers.len(),
+            1,
+            "{profile}: one server, named for it: {servers:?}"
+        );
+        rig.kill_and_remove(&id, "SIGKILL");
+    }
+    rig.assert_clean();
+}
+
+#[test]
+fn the_tdx_and_gpu_profiles_through_a_link_are_planned_as_themselves() {
+    a_profile_served_as(Install::Link);
+}
+
+#[test]
+fn the_tdx_and_gpu_profiles_through_a_copy_are_planned_as_themselves() {
+    a_profile_served_as(Install::Copy);
 }

@@ -5,7 +5,9 @@
 
 use std::fs;
 
-use kata_gpu_tests::shimrig::{err, out, pids_of, wait_for_exit, Downstream, Rig, RUNTIME, SHIM};
+use kata_gpu_tests::shimrig::{
+    err, out, pids_of, wait_for_exit, wait_until, Downstream, Rig, RUNTIME, SHIM,
+};
 use kata_gpu_tests::{available, Containerd};
 
 /// Every step, in order; the restart comes last, as it restarts the shared containerd.
@@ -218,17 +220,10 @@ fn killing_the_wrapper_lets_containerd_clean_up(rig: &Rig, v: &str) {
     assert_eq!(wrapper.len(), 1, "{wrapper:?}");
     kill_9(wrapper[0]);
     // containerd notices the lost shim, runs `shim delete` (which stops the downstream
-    // through its own API) and drops the task. Bounded, not timed: containerd gives
-    // `delete` 5 s and retries nothing.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while out(&rig.ctr(&["tasks", "ls", "-q"])).contains(&id) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "containerd kept the task: {}",
-            rig.ctrd.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // through its own API) and drops the task.
+    wait_until("containerd dropped the task", || {
+        !out(&rig.ctr(&["tasks", "ls", "-q"])).contains(&id)
+    });
     let o = rig.ctr(&["containers", "delete", &id]);
     assert!(o.status.success(), "{}", err(&o));
     rig.assert_clean();

@@ -5,6 +5,10 @@
 //!
 //! Its settings come from `$RECORDING_SHIM_CONFIG` (same keys as the wrapper's), so that it
 //! and the wrapper under test keep separate state and sockets.
+//!
+//! A slow Delete, for tests: while `$RECORDING_SHIM_DIR/hold-delete-<id>` exists, the
+//! answer to the Delete of task `<id>` is held back (after runc carried it out), and
+//! `held-<id>` says that it is.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -56,6 +60,9 @@ impl CreateHook for Recorder {
             "options_type_url": options.map(|o| o.type_url.clone()),
             "config_path": options.and_then(|o| config_path(&o.value)),
         });
+        if !kata_gpu_shim::create::is_path_safe_id(&request.id) {
+            return Err(format!("recording-shim: bad task id {:?}", request.id));
+        }
         let path = self.dir.join(format!("{}.json", request.id));
         std::fs::write(&path, record.to_string())
             .map_err(|e| format!("recording-shim: cannot write {}: {e}", path.display()))?;
@@ -65,7 +72,21 @@ impl CreateHook for Recorder {
         Ok(request)
     }
 
-    fn on_deleted(&self, _id: &str) {}
+    fn on_deleted(&self, id: &str) {
+        if !kata_gpu_shim::create::is_path_safe_id(id) {
+            return;
+        }
+        let hold = self.dir.join(format!("hold-delete-{id}"));
+        if !hold.exists() {
+            return;
+        }
+        let _ = std::fs::write(self.dir.join(format!("held-{id}")), "");
+        // Runs before the answer is passed back: holding here holds the answer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while hold.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -541,7 +541,8 @@ fn publish_exits(namespace: &str, tracked: &[Tracked]) {
     }
 }
 
-fn exit_cleanly(socket: &Path, proxy: &Proxy) -> ! {
+fn exit_cleanly(socket: &Path, downstream_socket: &Path, proxy: &Proxy) -> ! {
+    remove_dead_socket(downstream_socket);
     // The record goes first, so that a `delete` never finds it beside a server that has
     // already gone and mistakes a clean exit for a dead wrapper.
     let _ = fs::remove_file(downstream_record(socket));
@@ -659,17 +660,20 @@ pub fn serve_with(
     crate::logging::init(&flags.namespace, &flags.id, flags.debug);
 
     let proxy = Proxy::new(version, hook, settings.downstream.display().to_string());
-    let exit_socket = socket.clone();
+    let downstream_socket = PathBuf::from(downstream.trim_start_matches("unix://"));
+    let (exit_socket, exit_downstream) = (socket.clone(), downstream_socket.clone());
     let after_shutdown_proxy = Arc::clone(&proxy);
     // A Shutdown answered for a dead downstream ends us; one the downstream answered ends
     // us when the downstream exits (the monitor below), and one it declined does not.
     let after_shutdown: crate::relay::AfterShutdown = Arc::new(move || {
         if after_shutdown_proxy.is_dead() {
-            exit_cleanly(&exit_socket, &after_shutdown_proxy);
+            exit_cleanly(&exit_socket, &exit_downstream, &after_shutdown_proxy);
         }
     });
-    let downstream_socket = PathBuf::from(downstream.trim_start_matches("unix://"));
-    let connect: crate::relay::Connect = Arc::new(move || UnixStream::connect(&downstream_socket));
+    let connect: crate::relay::Connect = {
+        let downstream_socket = downstream_socket.clone();
+        Arc::new(move || UnixStream::connect(&downstream_socket))
+    };
     {
         let (connect, proxy) = (Arc::clone(&connect), Arc::clone(&proxy));
         std::thread::spawn(move || crate::relay::serve(listener, connect, proxy, after_shutdown));
@@ -680,10 +684,11 @@ pub fn serve_with(
     );
 
     crate::relay::watch(&connect);
+    remove_dead_socket(&downstream_socket);
     let tracked = match proxy.downstream_closed() {
         Verdict::ShutDown => {
             tracing::info!("downstream shut down; exiting");
-            exit_cleanly(&socket, &proxy);
+            exit_cleanly(&socket, &downstream_socket, &proxy);
         }
         Verdict::Died(tracked) => tracked,
     };
@@ -695,6 +700,23 @@ pub fn serve_with(
     // Keep answering (for the dead) until containerd shuts us down.
     loop {
         std::thread::park();
+    }
+}
+
+/// Removes the downstream's socket once nothing listens on it. Kata's and runc's shims
+/// remove, when they exit, the socket the bundle's `address` names, which is ours since
+/// `start` rewrote it: their own would stay in `/run/containerd/s` for every sandbox.
+fn remove_dead_socket(socket: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
+    if is_socket && !is_listening(socket) {
+        match fs::remove_file(socket) {
+            Ok(()) => tracing::info!("removed the downstream's socket {}", socket.display()),
+            Err(e) => tracing::warn!(
+                "cannot remove the downstream's socket {}: {e}",
+                socket.display()
+            ),
+        }
     }
 }
 

@@ -1,14 +1,38 @@
 //! Records the git commit the shim is built from, for `-v`.
+//!
+//! It reruns only when the commit can have changed: git's HEAD and the current branch's ref,
+//! where git says they are (in a worktree `../.git` is a file, not the git directory). A
+//! path that does not exist would make cargo rerun it, and relink the shim, on every build,
+//! under shims running from that binary.
 
-fn main() {
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+use std::path::Path;
+use std::process::Command;
+
+fn git(args: &[&str]) -> Option<String> {
+    Command::new("git")
+        .args(args)
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned());
+        .filter(|s| !s.is_empty())
+}
+
+fn main() {
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=KATA_GPU_COMMIT={commit}");
-    println!("cargo:rerun-if-changed=../.git/HEAD");
-    println!("cargo:rerun-if-changed=../.git/refs/heads");
+    println!("cargo:rerun-if-changed=build.rs");
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    let watched = [
+        Some("HEAD".to_owned()),
+        branch,
+        Some("packed-refs".to_owned()),
+    ];
+    for name in watched.into_iter().flatten() {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+            if Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
+    }
 }

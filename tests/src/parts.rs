@@ -169,6 +169,19 @@ pub fn qemu() -> Result<PathBuf, Missing> {
     Ok(path)
 }
 
+/// One `#[test]` per containerd release, each running `body(release, "<test name>")`, so that
+/// a matrix test is one body and one line per release:
+/// `tests_per_release!(battery: ctr_battery_on_containerd_1_6 = Debian, …);`
+#[macro_export]
+macro_rules! tests_per_release {
+    ($body:ident: $($test:ident = $release:ident),+ $(,)?) => {$(
+        #[test]
+        fn $test() {
+            $body($crate::Containerd::$release, stringify!($test));
+        }
+    )+};
+}
+
 /// A real part that is not on this machine, and what is missing.
 #[derive(Debug)]
 pub struct Missing(pub String);

@@ -5,6 +5,13 @@
 
 use kata_gpu_tests::{available, busybox_rootfs, Containerd, PrivateContainerd};
 
+kata_gpu_tests::tests_per_release!(runs_a_busybox_container_through_runc:
+    containerd_1_6_runs_a_busybox_container_through_runc = Debian,
+    containerd_1_7_runs_a_busybox_container_through_runc = V1_7,
+    containerd_2_1_runs_a_busybox_container_through_runc = V2_1,
+    containerd_2_3_runs_a_busybox_container_through_runc = V2_3,
+);
+
 fn runs_a_busybox_container_through_runc(release: Containerd, test: &str) {
     let Some(_) = available(test, release.bin_dir()) else {
         return;
@@ -63,24 +70,4 @@ fn runs_a_busybox_container_through_runc(release: Containerd, test: &str) {
             "{test}: shim socket not under {ours}:\n{log}"
         );
     }
-}
-
-#[test]
-fn containerd_1_6_runs_a_busybox_container_through_runc() {
-    runs_a_busybox_container_through_runc(Containerd::Debian, "containerd_1_6");
-}
-
-#[test]
-fn containerd_1_7_runs_a_busybox_container_through_runc() {
-    runs_a_busybox_container_through_runc(Containerd::V1_7, "containerd_1_7");
-}
-
-#[test]
-fn containerd_2_1_runs_a_busybox_container_through_runc() {
-    runs_a_busybox_container_through_runc(Containerd::V2_1, "containerd_2_1");
-}
-
-#[test]
-fn containerd_2_3_runs_a_busybox_container_through_runc() {
-    runs_a_busybox_container_through_runc(Containerd::V2_3, "containerd_2_3");
 }

@@ -129,28 +129,12 @@ fn container_config(name: &str, gpu: bool) -> ContainerConfig {
     }
 }
 
-#[test]
-fn a_gpu_pod_through_cri_on_containerd_1_6() {
-    a_gpu_pod_through_cri(
-        Containerd::Debian,
-        "a_gpu_pod_through_cri_on_containerd_1_6",
-    );
-}
-
-#[test]
-fn a_gpu_pod_through_cri_on_containerd_1_7() {
-    a_gpu_pod_through_cri(Containerd::V1_7, "a_gpu_pod_through_cri_on_containerd_1_7");
-}
-
-#[test]
-fn a_gpu_pod_through_cri_on_containerd_2_1() {
-    a_gpu_pod_through_cri(Containerd::V2_1, "a_gpu_pod_through_cri_on_containerd_2_1");
-}
-
-#[test]
-fn a_gpu_pod_through_cri_on_containerd_2_3() {
-    a_gpu_pod_through_cri(Containerd::V2_3, "a_gpu_pod_through_cri_on_containerd_2_3");
-}
+kata_gpu_tests::tests_per_release!(a_gpu_pod_through_cri:
+    a_gpu_pod_through_cri_on_containerd_1_6 = Debian,
+    a_gpu_pod_through_cri_on_containerd_1_7 = V1_7,
+    a_gpu_pod_through_cri_on_containerd_2_1 = V2_1,
+    a_gpu_pod_through_cri_on_containerd_2_3 = V2_3,
+);
 
 /// One wrapper and one downstream for the pod, its per-sandbox config, its container's CDI
 /// device applied once (by containerd where it has CDI), nothing left afterwards.

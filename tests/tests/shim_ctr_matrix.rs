@@ -10,6 +10,13 @@ use kata_gpu_tests::shimrig::{
 };
 use kata_gpu_tests::{available, Containerd};
 
+kata_gpu_tests::tests_per_release!(battery:
+    ctr_battery_on_containerd_1_6 = Debian,
+    ctr_battery_on_containerd_1_7 = V1_7,
+    ctr_battery_on_containerd_2_1 = V2_1,
+    ctr_battery_on_containerd_2_3 = V2_3,
+);
+
 /// Every step, in order; the restart comes last, as it restarts the shared containerd.
 fn battery(release: Containerd, test: &str) {
     let Some(_) = available(test, release.bin_dir()) else {
@@ -24,26 +31,6 @@ fn battery(release: Containerd, test: &str) {
     killing_the_downstream_reports_the_exit(&rig, &v);
     killing_the_wrapper_lets_containerd_clean_up(&rig, &v);
     tasks_survive_a_containerd_restart(&mut rig, &v);
-}
-
-#[test]
-fn ctr_battery_on_containerd_1_6() {
-    battery(Containerd::Debian, "ctr_battery_on_containerd_1_6");
-}
-
-#[test]
-fn ctr_battery_on_containerd_1_7() {
-    battery(Containerd::V1_7, "ctr_battery_on_containerd_1_7");
-}
-
-#[test]
-fn ctr_battery_on_containerd_2_1() {
-    battery(Containerd::V2_1, "ctr_battery_on_containerd_2_1");
-}
-
-#[test]
-fn ctr_battery_on_containerd_2_3() {
-    battery(Containerd::V2_3, "ctr_battery_on_containerd_2_3");
 }
 
 fn run_rm_and_exit_codes(rig: &Rig, v: &str) {

@@ -53,6 +53,13 @@ fn remove(path: &Path) {
     removed.unwrap_or_else(|e| panic!("remove Kata's leftover {}: {e}", path.display()));
 }
 
+kata_gpu_tests::tests_per_release!(kata_behind_the_wrapper:
+    kata_behind_the_wrapper_on_1_6 = Debian,
+    kata_behind_the_wrapper_on_1_7 = V1_7,
+    kata_behind_the_wrapper_on_2_1 = V2_1,
+    kata_behind_the_wrapper_on_2_3 = V2_3,
+);
+
 fn kata_behind_the_wrapper(release: Containerd, test: &str) {
     let Some(_) = available(test, release.bin_dir()) else {
         return;
@@ -149,24 +156,4 @@ fn kata_behind_the_wrapper(release: Containerd, test: &str) {
     for p in &left {
         remove(p);
     }
-}
-
-#[test]
-fn kata_behind_the_wrapper_on_1_6() {
-    kata_behind_the_wrapper(Containerd::Debian, "kata_behind_the_wrapper_on_1_6");
-}
-
-#[test]
-fn kata_behind_the_wrapper_on_1_7() {
-    kata_behind_the_wrapper(Containerd::V1_7, "kata_behind_the_wrapper_on_1_7");
-}
-
-#[test]
-fn kata_behind_the_wrapper_on_2_1() {
-    kata_behind_the_wrapper(Containerd::V2_1, "kata_behind_the_wrapper_on_2_1");
-}
-
-#[test]
-fn kata_behind_the_wrapper_on_2_3() {
-    kata_behind_the_wrapper(Containerd::V2_3, "kata_behind_the_wrapper_on_2_3");
 }

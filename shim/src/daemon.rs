@@ -703,20 +703,23 @@ pub fn serve_with(
     }
 }
 
-/// Removes the downstream's socket once nothing listens on it. Kata's and runc's shims
-/// remove, when they exit, the socket the bundle's `address` names, which is ours since
-/// `start` rewrote it: their own would stay in `/run/containerd/s` for every sandbox.
+/// Removes the downstream's socket once the downstream has closed its connection to us (it
+/// has exited, or is exiting and may still hold the listening fd, so whether something still
+/// listens is no test). Kata's and runc's shims remove, when they exit, the socket the
+/// bundle's `address` names, which is ours since `start` rewrote it: their own would stay in
+/// `/run/containerd/s` for every sandbox. No other downstream can be serving that path: while
+/// we run, a `start` of this group finds our socket and starts nothing.
 fn remove_dead_socket(socket: &Path) {
     use std::os::unix::fs::FileTypeExt;
-    let is_socket = fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket());
-    if is_socket && !is_listening(socket) {
-        match fs::remove_file(socket) {
-            Ok(()) => tracing::info!("removed the downstream's socket {}", socket.display()),
-            Err(e) => tracing::warn!(
-                "cannot remove the downstream's socket {}: {e}",
-                socket.display()
-            ),
-        }
+    if !fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+        return;
+    }
+    match fs::remove_file(socket) {
+        Ok(()) => tracing::info!("removed the downstream's socket {}", socket.display()),
+        Err(e) => tracing::warn!(
+            "cannot remove the downstream's socket {}: {e}",
+            socket.display()
+        ),
     }
 }
 

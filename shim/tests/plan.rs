@@ -161,22 +161,28 @@ fn no_devices_means_no_overrides() {
     golden("no-devices-snp", &p);
 }
 
-#[test]
-fn a_gpu_bound_to_nvidia_is_refused_with_the_bind_command() {
-    let sim = SimHost::gpu_bound_to_nvidia();
-    // The host spec leaves such a GPU out; ask through a spec naming its group node.
+/// Plans a gpu-profile pod through a spec of its own naming the legacy group node
+/// `/dev/vfio/40`: what the host spec leaves out (a GPU on the wrong driver, a host
+/// without an IOMMU) can still be asked for, and must be refused with its fix.
+fn plan_group_40(sim: &SimHost) -> Result<SandboxPlan, PlanError> {
     fs::write(
         sim.path("etc/cdi/manual.yaml"),
         "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
     )
     .expect("spec");
-    let err = run(
-        &sim,
+    run(
+        sim,
         Profile::Gpu,
         &[("cdi.k8s.io/gpu", "example.com/gpu=0")],
         &policy(),
     )
-    .expect_err("refused");
+}
+
+#[test]
+fn a_gpu_bound_to_nvidia_is_refused_with_the_bind_command() {
+    let sim = SimHost::gpu_bound_to_nvidia();
+    // The host spec leaves such a GPU out; ask through a spec naming its group node.
+    let err = plan_group_40(&sim).expect_err("refused");
     assert_eq!(
         err.to_string(),
         "0000:41:00.0 (10de:2331) is bound to nvidia, not vfio-pci; run `kata-gpu vfio bind 0000:41:00.0` (it binds its whole IOMMU group)"
@@ -298,18 +304,7 @@ fn hosts_without_iommu_or_tee_are_refused() {
     ];
     for (host, fix) in table {
         let sim = host();
-        fs::write(
-            sim.path("etc/cdi/manual.yaml"),
-            "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
-        )
-        .expect("spec");
-        let err = run(
-            &sim,
-            Profile::Gpu,
-            &[("cdi.k8s.io/gpu", "example.com/gpu=0")],
-            &policy(),
-        )
-        .expect_err("refused");
+        let err = plan_group_40(&sim).expect_err("refused");
         assert!(matches!(err, PlanError::NoIommu { .. }), "{err}");
         assert_eq!(
             err.to_string(),

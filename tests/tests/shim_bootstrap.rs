@@ -13,6 +13,7 @@ use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::{
     ConnectRequest, ConnectResponse, ShutdownRequest, StateRequest,
 };
+use kata_gpu_tests::shimrig::wait_until;
 use kata_gpu_tests::{is_root, require, workspace_bin};
 
 const SHIM: &str = "containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
@@ -200,16 +201,7 @@ fn connect_and_shutdown(address: &str, service: &str, id: &str) {
     .expect("encode");
     // The downstream exits while answering; an error from a closing socket is fine.
     let _ = call(address, service, "Shutdown", shutdown);
-    let socket = address.trim_start_matches("unix://");
-    // A bound meant only to fail a test that would otherwise hang.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while Path::new(socket).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the wrapper did not exit after Shutdown ({socket} still there)"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_gone(Path::new(address.trim_start_matches("unix://")));
 }
 
 #[test]
@@ -477,14 +469,9 @@ fn two_concurrent_starts_of_one_pod_get_one_server() {
     }
     // The downstream exits with no task run: every server follows.
     daemon.exit();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while (0..5).any(|round| !servers(&mock, &format!("pod{round}")).is_empty()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a server did not exit"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until("every server exited", || {
+        (0..5).all(|round| servers(&mock, &format!("pod{round}")).is_empty())
+    });
 }
 
 #[test]
@@ -656,14 +643,13 @@ fn kata_answers_connect_state_and_shutdown_through_the_wrapper() {
     }
 }
 
+#[track_caller]
 fn wait_gone(socket: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while socket.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the wrapper did not exit after Shutdown ({} still there)",
+    wait_until(
+        &format!(
+            "the wrapper exits after Shutdown and removes {}",
             socket.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+        ),
+        || !socket.exists(),
+    );
 }

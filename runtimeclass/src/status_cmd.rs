@@ -135,6 +135,12 @@ fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> anyhow::Resul
     }
 }
 
+/// Whether the containerd that reads `config` still runs from before `changed_at` (or none
+/// runs), so that it has not loaded the change made then.
+fn restart_owed(root: &Path, config: &Path, changed_at: u64) -> bool {
+    containerd_started(root, config).is_none_or(|t| t < changed_at)
+}
+
 /// When the containerd that reads `config` started (seconds since the epoch), from
 /// `<root>/proc`; `None` if none is found.
 pub fn containerd_started(root: &Path, config: &Path) -> Option<u64> {
@@ -220,8 +226,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
                 c.config.display()
             ));
             if c.restart_pending {
-                let started = containerd_started(root, &c.config);
-                s.restart_pending = started.is_none_or(|t| t < c.changed_at);
+                s.restart_pending = restart_owed(root, &c.config, c.changed_at);
                 if s.restart_pending {
                     s.details.push(format!(
                         "containerd: must restart to load the change: {}",
@@ -246,8 +251,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
                 config.display()
             ));
             if let Some(p) = &state.unregistered {
-                let started = containerd_started(root, &p.config);
-                s.restart_pending = started.is_none_or(|t| t < p.changed_at);
+                s.restart_pending = restart_owed(root, &p.config, p.changed_at);
                 if s.restart_pending {
                     s.details.push(format!(
                         "containerd: must restart to unload {handler} (unregistered since it started): {}",

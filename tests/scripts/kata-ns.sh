@@ -3,7 +3,8 @@
 # mount namespace `unshare -m --propagation private` gives this script; the host's /dev and
 # /opt are never changed:
 #   - /dev becomes a tmpfs copy of the host's /dev (devpts and /dev/shm bound back) with
-#     `busybox syslogd` on /dev/log, writing to SYSLOG; it dies with the command;
+#     `busybox syslogd` on /dev/log, writing to SYSLOG; it dies with the command (its pid
+#     is appended to SYSLOG.pids, for when the command dropped the right to signal it);
 #   - with VSOCK=dir, /dev/vhost-vsock is a directory: `stat` passes, `open` fails. Never a
 #     regular file: Kata then spins over 2^32 ioctls;
 #   - /opt becomes an empty tmpfs holding the files listed in STUBS, one a line: `PATH` is
@@ -36,8 +37,11 @@ while read -r path target; do
   if [ -n "${target:-}" ]; then ln -s "$target" "$path"; else echo stub >"$path"; fi
 done <"$stubs"
 
-# syslogd dies with this process (which becomes COMMAND).
+# syslogd dies with this process (which becomes COMMAND) while COMMAND stays root; a COMMAND
+# that drops privileges (setpriv --reuid) may no longer signal it, so its pid is also listed
+# in SYSLOG.pids for whoever set the namespace up to kill.
 setpriv --pdeathsig KILL busybox syslogd -n -O "$syslog" </dev/null >/dev/null 2>&1 &
+echo $! >>"$syslog.pids"
 for _ in $(seq 3000); do [ -S /dev/log ] && break; sleep 0.01; done
 [ -S /dev/log ] || { echo "$0: busybox syslogd made no /dev/log" >&2; exit 1; }
 exec "$@"

@@ -2,8 +2,8 @@
 //! inside a private mount namespace (`unshare -m --propagation private`) set up by
 //! `tests/scripts/kata-ns.sh`, with a tmpfs copy of `/dev` holding `busybox syslogd` on
 //! `/dev/log`, and a tmpfs `/opt` holding stand-ins for the files a config names. The host's
-//! `/dev` and `/opt` are never touched; the namespace, its mounts and its syslogd end with
-//! the command run in it.
+//! `/dev` and `/opt` are never touched; the namespace and its mounts end with the command
+//! run in it, its syslogd then too or, at the latest, when the [`KataNs`] is dropped.
 
 use std::ffi::OsString;
 use std::fs;
@@ -70,6 +70,11 @@ impl KataNs {
     /// The file syslogd writes what Kata logs to.
     pub fn syslog_path(&self) -> PathBuf {
         self.dir.path().join("syslog")
+    }
+
+    /// The pids of the syslogds its namespaces started, one a line.
+    pub fn syslog_pids(&self) -> PathBuf {
+        self.dir.path().join("syslog.pids")
     }
 
     /// What Kata has logged so far.
@@ -139,6 +144,21 @@ impl KataNs {
             ));
         }
         serde_json::from_str(&stdout).map_err(|e| format!("{e}: {stdout}"))
+    }
+}
+
+impl Drop for KataNs {
+    /// Kills every syslogd its namespaces started: one whose command dropped privileges
+    /// (`kata-runtime env` as `nobody`) outlives it, since the parent-death signal is then
+    /// sent by a process that may no longer signal root's syslogd.
+    fn drop(&mut self) {
+        let pids = fs::read_to_string(self.syslog_pids()).unwrap_or_default();
+        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

@@ -457,3 +457,31 @@ fn kata_reads_every_template_and_golden_as_planned() {
         );
     }
 }
+
+/// The fixture leaves no syslogd behind, even after a command that dropped privileges (as
+/// `kata-runtime env` does: it runs as `nobody`, which may not signal root's syslogd).
+#[test]
+fn a_kata_namespace_leaves_no_syslogd_after_an_unprivileged_command() {
+    let ns = KataNs::new();
+    let out = ns
+        .command(kata_gpu_tests::katans::Vsock::Dir, Path::new("setpriv"))
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
+        .output()
+        .expect("run in the namespace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pids = fs::read_to_string(ns.syslog_pids()).expect("the syslogd pid list");
+    let pids: Vec<String> = pids.lines().map(str::to_owned).collect();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    drop(ns);
+    kata_gpu_tests::shimrig::wait_until("the namespace's syslogd is gone", || {
+        pids.iter().all(|pid| {
+            !Path::new("/proc").join(pid).join("cmdline").exists()
+                || fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        })
+    });
+}

@@ -618,6 +618,7 @@ fn cleanup_orphan(socket: &Path, record: DownstreamRecord, id: &str, last: bool)
         };
         // The downstream exits while answering; a closed connection is the expected reply.
         let _ = call("Shutdown", shutdown.write_to_bytes().unwrap_or_default());
+        remove_dead_socket(Path::new(address.trim_start_matches("unix://")));
     }
 }
 

@@ -312,6 +312,22 @@ impl Rig {
         let _ = self.ctr(&["containers", "delete", id]);
     }
 
+    /// The sockets of the downstreams the running wrappers talk to, from the records beside
+    /// the wrappers' sockets (`VERSION ADDRESS [PID]`).
+    pub fn downstream_sockets(&self) -> Vec<PathBuf> {
+        let dir = self.work.path().join("st/s");
+        let mut sockets = Vec::new();
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "downstream") {
+                let record = fs::read_to_string(entry.path()).unwrap_or_default();
+                if let Some(address) = record.split_whitespace().nth(1) {
+                    sockets.push(PathBuf::from(address.trim_start_matches("unix://")));
+                }
+            }
+        }
+        sockets
+    }
+
     /// The state of the wrapper for a sandbox.
     pub fn state_dir(&self, id: &str) -> PathBuf {
         self.work.path().join("st/default").join(id)

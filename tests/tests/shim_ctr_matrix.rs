@@ -205,6 +205,8 @@ fn killing_the_wrapper_lets_containerd_clean_up(rig: &Rig, v: &str) {
     assert!(o.status.success(), "{}", err(&o));
     let wrapper = pids_of(rig, &[SHIM, "serve", &format!("-id {id}")]);
     assert_eq!(wrapper.len(), 1, "{wrapper:?}");
+    let downstream = rig.downstream_sockets();
+    assert_eq!(downstream.len(), 1, "{downstream:?}");
     kill_9(wrapper[0]);
     // containerd notices the lost shim, runs `shim delete` (which stops the downstream
     // through its own API) and drops the task.
@@ -214,6 +216,9 @@ fn killing_the_wrapper_lets_containerd_clean_up(rig: &Rig, v: &str) {
     let o = rig.ctr(&["containers", "delete", &id]);
     assert!(o.status.success(), "{}", err(&o));
     rig.assert_clean();
+    // The downstream removed the socket the bundle named (the dead wrapper's); its own is
+    // `delete`'s to remove.
+    assert!(!downstream[0].exists(), "{} left", downstream[0].display());
     assert!(
         pids_of(rig, &["sleep 300"]).is_empty(),
         "the container's process was cleaned up"

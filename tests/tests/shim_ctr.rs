@@ -267,6 +267,11 @@ fn a_full_state_file_system_fails_start_naming_the_cause_and_leaves_nothing() {
 #[test]
 fn a_containerd_restart_during_a_delete_leaves_every_other_sandbox_its_state() {
     let mut rig = Rig::new(Downstream::Recording, "");
+    // The sandboxes run from an artifact set in a store (set A), as on a node: their base
+    // config is the one the store rewrote to name A's files.
+    let store = Store::new(&rig);
+    let set_a = store.install("kernel A");
+    fs::copy(store.current_config(), rig.work.path().join("base.toml")).expect("base config");
     let slow = Rig::id("slowdelete");
     let other = Rig::id("bystander");
     for id in [&slow, &other] {
@@ -309,6 +314,23 @@ fn a_containerd_restart_during_a_delete_leaves_every_other_sandbox_its_state() {
             "the other sandbox's {file} was removed"
         );
     }
+    // A newer set B becomes current; prune keeps nothing it need not, yet keeps A: the
+    // running sandbox's configuration still names it.
+    let config = fs::read_to_string(rig.state_dir(&other).join("configuration.toml"))
+        .expect("the other sandbox's configuration");
+    assert!(
+        config.contains(&store.set_dir(&set_a).display().to_string()),
+        "{config}"
+    );
+    let set_b = store.install("kernel B");
+    assert_ne!(set_a, set_b);
+    let o = store.kata_gpu(&["artifacts", "prune", "--keep", "0"]);
+    assert!(o.status.success(), "{}{}", out(&o), err(&o));
+    assert!(
+        store.set_dir(&set_a).is_dir(),
+        "prune removed set A while {other} runs from it: {}",
+        out(&o)
+    );
     // The task is gone downstream while the restarted containerd still counts its shim
     // (runc's own shim stays the same way): shut it down as containerd would have.
     let address = fs::read_to_string(
@@ -393,4 +415,71 @@ fn the_tdx_and_gpu_profiles_through_a_link_are_planned_as_themselves() {
 #[test]
 fn the_tdx_and_gpu_profiles_through_a_copy_are_planned_as_themselves() {
     a_profile_served_as(Install::Copy);
+}
+
+/// An artifact store of the rig's own (`<work>/store`, the host root `/`), whose in-use scan
+/// reads the wrapper's state directory: what `kata-gpu artifacts` does on a node.
+struct Store {
+    kata_gpu: std::path::PathBuf,
+    root: std::path::PathBuf,
+    sandboxes: std::path::PathBuf,
+    work: std::path::PathBuf,
+}
+
+impl Store {
+    const CLASS: &'static str = "kata-qemu-nvidia-gpu-snp";
+
+    fn new(rig: &Rig) -> Self {
+        Self {
+            kata_gpu: kata_gpu_tests::workspace_bin("kata-gpu", "kata-gpu"),
+            root: rig.work.path().join("store"),
+            sandboxes: rig.work.path().join("st"),
+            work: rig.work.path().to_path_buf(),
+        }
+    }
+
+    fn kata_gpu(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(&self.kata_gpu)
+            .args(args)
+            .arg("--host-root")
+            .arg("/")
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--sandboxes-dir")
+            .arg(&self.sandboxes)
+            .output()
+            .expect("run kata-gpu")
+    }
+
+    /// Installs a stand-in set whose kernel says `kernel`; returns its directory's name.
+    fn install(&self, kernel: &str) -> String {
+        let src = self.work.join(format!("set-{}", kernel.replace(' ', "-")));
+        fs::create_dir_all(&src).expect("set dir");
+        fs::write(src.join("vmlinuz-6.12-nvidia-gpu-confidential"), kernel).expect("kernel");
+        fs::write(src.join("kata-containers-confidential.img"), "image").expect("image");
+        fs::write(src.join("AMDSEV.fd"), "firmware").expect("firmware");
+        fs::write(
+            src.join("configuration-qemu-nvidia-gpu-snp.toml"),
+            kata_gpu_configs::template("snp").expect("template"),
+        )
+        .expect("config");
+        let o = self.kata_gpu(&["artifacts", "install", &src.display().to_string()]);
+        assert!(o.status.success(), "{}{}", out(&o), err(&o));
+        let current = fs::read_link(self.root.join(Self::CLASS).join("current")).expect("current");
+        current
+            .file_name()
+            .expect("set name")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn current_config(&self) -> std::path::PathBuf {
+        self.root
+            .join(Self::CLASS)
+            .join("current/configuration.toml")
+    }
+
+    fn set_dir(&self, set: &str) -> std::path::PathBuf {
+        self.root.join(Self::CLASS).join(set)
+    }
 }

@@ -41,6 +41,22 @@ impl Node {
         p
     }
 
+    /// Unregisters and asserts that the config is `original` again, byte for byte, and
+    /// that no backup is left.
+    #[track_caller]
+    fn unregister_restores(&self, original: &str) -> Output {
+        let out = self.run(&["containerd", "unregister"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(
+            self.read(CONFIG).as_deref(),
+            Some(original),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(self.read(BACKUP), None, "{}", text(&out));
+        out
+    }
+
     fn read(&self, host: &str) -> Option<String> {
         fs::read_to_string(self.path(host)).ok()
     }
@@ -80,6 +96,8 @@ fn mtime(path: &Path) -> std::time::SystemTime {
 }
 
 const CONFIG: &str = "/etc/containerd/config.toml";
+/// Where register keeps the main config as it was before it.
+const BACKUP: &str = "/etc/containerd/config.toml.kata-gpu.bak";
 
 #[test]
 fn in_place_register_and_unregister_give_back_the_same_bytes() {
@@ -111,11 +129,7 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
         patched.contains(&format!("runtimes.{HANDLER}.options]")),
         "{patched}"
     );
-    assert_eq!(
-        node.read("/etc/containerd/config.toml.kata-gpu.bak")
-            .as_deref(),
-        Some(original.as_str())
-    );
+    assert_eq!(node.read(BACKUP).as_deref(), Some(original.as_str()));
     assert_eq!(
         fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
         0o640
@@ -133,10 +147,7 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
     assert_eq!(report["changed"], false);
     assert_eq!(mtime(&path), written);
 
-    let out = node.run(&["containerd", "unregister"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
-    assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+    node.unregister_restores(&original);
     // All that is left of the registration: the restart containerd still owes.
     let state: serde_json::Value = serde_json::from_str(
         &node
@@ -234,7 +245,7 @@ fn refusals_name_the_reason_and_touch_nothing() {
         assert!(text(&out).contains(want), "{config}: {}", text(&out));
         assert_eq!(node.read(CONFIG).as_deref(), Some(config));
         assert_eq!(mtime(&path), written);
-        assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+        assert_eq!(node.read(BACKUP), None);
         assert_eq!(
             node.read("/etc/containerd/conf.d/kata-qemu-nvidia-gpu-snp.toml"),
             None
@@ -470,7 +481,7 @@ fn a_config_that_is_a_symlink_is_refused_and_nothing_is_written() {
                     fs::read_to_string(&target).expect("target"),
                     "version = 2\n"
                 );
-                assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+                assert_eq!(node.read(BACKUP), None);
                 assert!(!node.path("/etc/containerd/conf.d").exists());
                 assert_eq!(
                     node.read(&format!("/var/lib/kata-gpu/state/{HANDLER}.json")),
@@ -498,11 +509,7 @@ fn a_config_that_is_a_symlink_is_refused_and_nothing_is_written() {
     // A backup that is a symlink is refused too (it would be written through).
     let node2 = Node::new();
     node2.put(CONFIG, "version = 2\n");
-    std::os::unix::fs::symlink(
-        outside.path(),
-        node2.path("/etc/containerd/config.toml.kata-gpu.bak"),
-    )
-    .expect("backup link");
+    std::os::unix::fs::symlink(outside.path(), node2.path(BACKUP)).expect("backup link");
     let out = node2.run(&["containerd", "register"]);
     assert_exit_saying(&out, 1, "config.toml.kata-gpu.bak: is a symlink to");
     assert_eq!(node2.read(CONFIG).as_deref(), Some("version = 2\n"));
@@ -658,7 +665,7 @@ fn the_record_is_written_before_the_config_and_a_no_op_register_keeps_it() {
     assert_exit_saying(&out, 1, "cannot record the registration");
     assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
     assert_eq!(mtime(&path), written);
-    assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+    assert_eq!(node.read(BACKUP), None);
 
     fs::remove_file(&state_file).expect("rm");
     let out = node.run(&["containerd", "register"]);
@@ -774,15 +781,8 @@ fn a_drop_in_round_trip_leaves_no_backup_and_no_directory_it_created() {
         ];
         let out = node.run(&args);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        assert_eq!(
-            node.read("/etc/containerd/config.toml.kata-gpu.bak")
-                .as_deref(),
-            Some(original.as_str())
-        );
-        let out = node.run(&["containerd", "unregister"]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
-        assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+        assert_eq!(node.read(BACKUP).as_deref(), Some(original.as_str()));
+        let out = node.unregister_restores(&original);
         assert_eq!(dir.is_dir(), dir_existed, "{}", text(&out));
     }
 }
@@ -795,29 +795,15 @@ fn a_stale_backup_from_an_earlier_registration_is_refreshed() {
     let node = Node::new();
     let original = fixture("v2-runc-options.toml");
     node.put(CONFIG, &original);
-    node.put(
-        "/etc/containerd/config.toml.kata-gpu.bak",
-        "version = 2\n# stale\n",
-    );
+    node.put(BACKUP, "version = 2\n# stale\n");
     let out = node.run(&["containerd", "register"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(
-        node.read("/etc/containerd/config.toml.kata-gpu.bak")
-            .as_deref(),
-        Some(original.as_str())
-    );
+    assert_eq!(node.read(BACKUP).as_deref(), Some(original.as_str()));
     // A second register in the same registration (another ConfigPath) keeps it.
     let out = node.run(&["containerd", "register", "--snapshotter", "nydus"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(
-        node.read("/etc/containerd/config.toml.kata-gpu.bak")
-            .as_deref(),
-        Some(original.as_str())
-    );
-    let out = node.run(&["containerd", "unregister"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
-    assert_eq!(node.read("/etc/containerd/config.toml.kata-gpu.bak"), None);
+    assert_eq!(node.read(BACKUP).as_deref(), Some(original.as_str()));
+    node.unregister_restores(&original);
 }
 
 /// Issue 18 item 13: after unregister (without --restart) containerd still runs with the

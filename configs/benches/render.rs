@@ -3,6 +3,10 @@
 //! kernel parameters, one annotation entry removed), against a baseline measured in the
 //! same run: parsing the same text with `toml_edit::DocumentMut::from_str`.
 //!
+//! Group `enable_annotations`: deciding which host-path annotation names each entry of an
+//! `enable_annotations` list allows, for regular-expression entries (each compiled with
+//! `regex`) against the baseline of as many plain-name entries (a substring test each).
+//!
 //! Run: `cargo bench -p kata-gpu-configs --bench render`. Goal: render under 200 µs.
 //! `KATA_GPU_BENCH_CONFIG=<file>` adds the same pair for any other configuration, e.g. the
 //! `configuration-qemu-nvidia-gpu-snp.toml` a Kata release installs.
@@ -12,9 +16,38 @@ use std::path::Path;
 use std::str::FromStr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kata_gpu_configs::{render, template, validate_config, Overrides};
+use kata_gpu_configs::annotations::HOST_PATH_ANNOTATIONS;
+use kata_gpu_configs::{pattern, render, template, validate_config, Overrides};
 
 const FULL: &str = include_str!("../tests/data/kata-4x-full.toml");
+
+/// Plain names, as Kata's shipped lists have them: the substring fast path.
+const LITERAL_ENTRIES: [&str; 6] = [
+    "enable_iommu",
+    "kernel_params",
+    "default_vcpus",
+    "default_memory",
+    "cc_init_data",
+    "virtio_fs_extra_args",
+];
+
+/// Regular expressions an operator might write, each compiled on every render.
+const REGEX_ENTRIES: [&str; 6] = [
+    "default_.*",
+    "^(?:kernel_params|cc_init_data)$",
+    "\\w+_path",
+    "(?i)PATH",
+    "^virtio_fs_(cache|cache_size)$",
+    "^(a*)*(a*)*c$",
+];
+
+/// Which host-path names each entry allows, as rendering asks.
+fn allowed(entries: &[&str]) -> usize {
+    entries
+        .iter()
+        .map(|e| pattern::matching(e, &HOST_PATH_ANNOTATIONS).len())
+        .sum()
+}
 
 fn hgx() -> Overrides {
     Overrides {
@@ -42,6 +75,15 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("validate_config", |b| {
         b.iter(|| validate_config(black_box(FULL), origin))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("enable_annotations");
+    g.bench_function("baseline_literal_entries", |b| {
+        b.iter(|| allowed(black_box(&LITERAL_ENTRIES)))
+    });
+    g.bench_function("regex_entries", |b| {
+        b.iter(|| allowed(black_box(&REGEX_ENTRIES)))
     });
     g.finish();
 

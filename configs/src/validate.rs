@@ -8,7 +8,7 @@ use std::path::Path;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
 use crate::error::{ConfigError, Location, Problem};
-use crate::glob::glob_match;
+use crate::glob::Glob;
 use crate::keys::{self, dotted, Kind, QEMU_SECTION, RUNTIME_SECTION};
 
 /// Finds where a key (section path, key name; empty name for the section) is in the file.
@@ -261,8 +261,24 @@ pub(crate) fn check_rules(get: &Get<'_, '_>, locate: &Locate<'_>) -> Vec<Problem
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    // A malformed glob allows nothing (Go's filepath.Match refuses it): say which.
+    let globs: Vec<Glob> = allowed
+        .iter()
+        .filter_map(|pattern| match Glob::new(pattern) {
+            Ok(glob) => Some(glob),
+            Err(e) => {
+                problem(
+                    q,
+                    "valid_hypervisor_paths",
+                    format!("{e}; Kata would match no path with it, fix or remove it"),
+                    (q, "valid_hypervisor_paths"),
+                );
+                None
+            }
+        })
+        .collect();
     if let Some(path) = path {
-        if !allowed.is_empty() && !allowed.iter().any(|glob| glob_match(glob, path)) {
+        if !allowed.is_empty() && !globs.iter().any(|glob| glob.matches(path)) {
             problem(
                 q,
                 "path",

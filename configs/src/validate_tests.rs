@@ -116,6 +116,37 @@ fn rules_table() {
 }
 
 #[test]
+fn a_malformed_glob_is_named_with_its_line() {
+    // `[a-]` is Go's ErrBadPattern: Kata would match no path with it. The path still
+    // matches the other glob, so the malformed one is the only problem.
+    for bad in [
+        "/opt/kata/bin/qemu-[a-]",
+        "/opt/kata/bin/[]q]",
+        "/opt/kata/bin/[",
+    ] {
+        let text = edit(
+            "[\"/opt/kata/bin/*\"]",
+            &format!("[\"/opt/kata/bin/*\", {bad:?}]"),
+        );
+        let e = check(&text).expect_err("should be refused");
+        assert_eq!(e.problems().len(), 1, "{e}");
+        let line = e.to_string();
+        assert!(
+            line.starts_with(&format!(
+                "/etc/kata/c.toml:3:1: hypervisor.qemu.valid_hypervisor_paths: glob {bad:?} is \
+                 malformed: "
+            )),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("Kata would match no path with it, fix or remove it"),
+            "{line}"
+        );
+        assert_eq!(line.lines().count(), 1, "{line}");
+    }
+}
+
+#[test]
 fn types_table() {
     // (edited text, the key named, words in the message, line:column)
     type Case = (String, &'static str, &'static str, (usize, usize));

@@ -22,7 +22,6 @@ pub mod keys;
 pub mod overrides;
 pub mod pattern;
 pub mod render;
-mod splice;
 pub mod templates;
 pub mod validate;
 mod write;

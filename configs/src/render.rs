@@ -16,7 +16,6 @@ use crate::error::{ConfigError, Location, Problem};
 use crate::keys::{self, dotted, OWNED_KEYS, QEMU_SECTION};
 use crate::overrides::Overrides;
 use crate::pattern;
-use crate::splice::splice;
 use crate::validate::{check_rules, check_types, getter, into_result, parse, section, span_of};
 
 /// A rendered configuration, with what rendering noticed and changed.
@@ -140,7 +139,7 @@ impl fmt::Display for Warning {
 
 /// What rendering changes in `[hypervisor.qemu]`, decided from the base and the overrides.
 #[derive(Debug, Default)]
-pub(crate) struct Edits {
+struct Edits {
     /// Owned keys whose value changes, with the new value, in [`OWNED_KEYS`] order.
     pub set: Vec<(&'static str, Value)>,
     /// Indices of the `enable_annotations` entries to remove, ascending.
@@ -165,14 +164,7 @@ pub fn render(
     overrides: &Overrides,
 ) -> Result<Rendered, ConfigError> {
     let (parsed, edits, diff, warnings) = prepare(base_toml, origin, overrides)?;
-    let qemu = parsed
-        .get("hypervisor")
-        .and_then(|h| h.get("qemu"))
-        .and_then(Item::as_table);
-    let text = match qemu.and_then(|q| splice(base_toml, q, &edits)) {
-        Some(text) => text,
-        None => render_tree(parsed, base_toml, &edits),
-    };
+    let text = render_tree(parsed, base_toml, &edits);
     Ok(Rendered {
         text,
         warnings,
@@ -273,7 +265,8 @@ fn decide(
     Ok((edits, diff, warnings))
 }
 
-/// The slow path: edit the parsed document and print it.
+/// Edits the parsed document and prints it: `toml_edit` keeps every span it did not
+/// touch as it was, and the file's CR LF line ends are put back.
 fn render_tree(parsed: Document<&str>, base_toml: &str, edits: &Edits) -> String {
     let mut doc = parsed.into_mut();
     if let Some(qemu) = qemu_mut(&mut doc) {
@@ -297,7 +290,7 @@ fn render_tree(parsed: Document<&str>, base_toml: &str, edits: &Edits) -> String
 
 /// Whether a file's first line ends in CR LF. `toml_edit` prints LF only; a file written
 /// with CR LF line ends gets them back.
-pub(crate) fn uses_crlf(text: &str) -> bool {
+fn uses_crlf(text: &str) -> bool {
     text.find('\n')
         .is_some_and(|i| i > 0 && text.as_bytes().get(i - 1) == Some(&b'\r'))
 }

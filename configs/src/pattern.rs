@@ -1,7 +1,7 @@
 //! `enable_annotations` patterns. Each entry is a Go regular expression (RE2 syntax) that
 //! Kata searches for, unanchored, in an annotation's name after
 //! `io.katacontainers.config.hypervisor.`: `regexp.MatchString(entry, name)` in
-//! `checkAnnotationNameIsValid` (Kata 3.30, `src/runtime/pkg/oci/utils.go`), an entry Go
+//! `checkAnnotationNameIsValid` (Kata's Go runtime, `src/runtime/pkg/oci/utils.go`), an entry Go
 //! cannot compile allowing nothing. So the entry `path` allows `path`, `jailer_path` and
 //! `vhost_user_store_path`. [`matching`] answers which of a few names an entry matches.
 //!

@@ -1,7 +1,9 @@
 //! Atomic file writes: a reader (containerd, Kata, a CDI registry) sees the old file or the
 //! new one, never half of one, and a crash leaves one of the two; and the file locks that
-//! keep two writers apart; and paths under a host root that never leave it.
+//! keep two writers apart; and paths under a host root that never leave it; and where
+//! installed artifact sets live ([`layout`]).
 
+pub mod layout;
 mod lock;
 mod root;
 

@@ -11,11 +11,11 @@ use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::CreateTaskRequest;
 use oci_spec::runtime::Spec as OciSpec;
 
-use crate::host::Host;
-use crate::plan::{plan, BaseValues, PlanInput};
-use crate::profile::Profile;
 use crate::proxy::CreateHook;
-use crate::settings::{DownstreamKind, Settings};
+use kata_gpu_plan::host::Host;
+use kata_gpu_plan::profile::Profile;
+use kata_gpu_plan::sandbox::{plan, BaseValues, PlanInput};
+use kata_gpu_plan::settings::{DownstreamKind, Settings};
 
 /// CRI's annotation telling a pod's sandbox from its containers.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";

@@ -24,10 +24,10 @@ use sha2::{Digest, Sha256};
 
 use crate::bootstrap::{encode_reply, parse_reply, reply_form, Flags, ReplyError};
 use crate::create::{Sandboxer, SANDBOX_ID};
-use crate::profile::Profile;
 use crate::proxy::{now, CreateHook, Proxy, Tracked, Verdict, DEAD_EXIT_STATUS};
 use crate::server_record::{downstream_record, server_alive, DownstreamRecord};
-use crate::settings::{Settings, SettingsError};
+use kata_gpu_plan::profile::Profile;
+use kata_gpu_plan::settings::{Settings, SettingsError};
 
 /// Environment of the serving daemon: the downstream's address.
 const ENV_DOWNSTREAM: &str = "KATA_GPU_DOWNSTREAM_ADDRESS";
@@ -101,7 +101,7 @@ pub enum ShimError {
 
 fn settings_hint(path: &Option<PathBuf>) -> String {
     path.as_ref().map_or_else(
-        || crate::settings::SYSTEM_SETTINGS.to_owned(),
+        || kata_gpu_plan::settings::SYSTEM_SETTINGS.to_owned(),
         |p| p.display().to_string(),
     )
 }
@@ -331,7 +331,9 @@ pub fn start_with(
     // runc's shim (the tests' stand-in for Kata) reads stdin as runtime options and fails on
     // a bootstrap message; Kata gets exactly what containerd sent.
     let downstream_stdin = match (form, settings.downstream_kind) {
-        (crate::bootstrap::ReplyForm::Protobuf, crate::settings::DownstreamKind::Runc) => &[][..],
+        (crate::bootstrap::ReplyForm::Protobuf, kata_gpu_plan::settings::DownstreamKind::Runc) => {
+            &[][..]
+        }
         _ => stdin,
     };
     // containerd 2.3 passes its event address only inside the bootstrap message.

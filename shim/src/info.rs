@@ -23,8 +23,8 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{CodedInputStream, CodedOutputStream, Message};
 
 use crate::create::is_runtime_options;
-use crate::profile::Profile;
-use crate::settings::{DownstreamKind, Settings};
+use kata_gpu_plan::profile::Profile;
+use kata_gpu_plan::settings::{DownstreamKind, Settings};
 
 /// Annotation naming the downstream that answered, with its version.
 pub const DOWNSTREAM_ANNOTATION: &str = "io.kata-gpu.downstream";

@@ -5,9 +5,9 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
+use kata_gpu_plan::Profile;
 use kata_gpu_shim::bootstrap::parse_flags;
 use kata_gpu_shim::daemon::{delete, serve, start, SERVE_ACTION};
-use kata_gpu_shim::Profile;
 
 /// containerd never sends more than this on stdin.
 const MAX_STDIN: u64 = 10 << 20;

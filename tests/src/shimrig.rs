@@ -10,6 +10,7 @@ use std::process::Output;
 use crate::katans::{KataNs, Vsock};
 use crate::{
     busybox_rootfs, workspace_bin, Containerd, Kata, PrivateContainerd, SimHost, VfioMode,
+    WriteCdiSpecs,
 };
 
 /// The runtime type of the snp profile.
@@ -205,7 +206,7 @@ impl Rig {
 
     /// Puts the wrapper where containerd finds it under `profile`'s binary name, as a link
     /// or as a copy (replacing what was there).
-    pub fn install_as(&self, profile: kata_gpu_shim::Profile, how: Install) {
+    pub fn install_as(&self, profile: kata_gpu_plan::Profile, how: Install) {
         let built = workspace_bin("kata-gpu-shim", SHIM);
         let at = self.work.path().join("bin").join(profile.shim_binary());
         let _ = fs::remove_file(&at);

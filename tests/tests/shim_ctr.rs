@@ -7,7 +7,7 @@ use std::fs;
 
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::ShutdownRequest;
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::Profile;
 use kata_gpu_tests::shimrig::{
     err, out, pids_of, wait_for_exit, wait_until, Downstream, Install, Rig, SHIM,
 };

@@ -16,7 +16,7 @@ use ttrpc::Code;
 
 use crate::create::Sandboxer;
 use crate::proxy::{CreateHook, Verdict, DEAD_EXIT_STATUS, TASK_V2};
-use crate::settings::Settings;
+use kata_gpu_plan::settings::Settings;
 
 /// Generous bound on any one step, so that a broken relay fails a test instead of
 /// hanging it; nothing is ordered by it.
@@ -128,7 +128,7 @@ fn rig() -> Rig {
         calls: Mutex::new(tx),
     });
     let sandboxer = Sandboxer {
-        profile: crate::Profile::Snp,
+        profile: kata_gpu_plan::Profile::Snp,
         settings: Settings {
             state_dir: state.path().to_path_buf(),
             ..Settings::default()

@@ -16,10 +16,10 @@ use std::process::ExitCode;
 
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::CreateTaskRequest;
+use kata_gpu_plan::settings::Settings;
 use kata_gpu_shim::bootstrap::parse_flags;
 use kata_gpu_shim::daemon::{delete_with, serve_with, start_with, SERVE_ACTION};
 use kata_gpu_shim::proxy::CreateHook;
-use kata_gpu_shim::settings::Settings;
 
 struct Recorder {
     dir: PathBuf,

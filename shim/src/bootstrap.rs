@@ -29,7 +29,7 @@ pub struct Flags {
     /// `-info`: print a `RuntimeInfo` and exit (containerd 2.x).
     pub info: bool,
     /// The action: containerd's `start` or `delete`, or `serve`, which our own `start` gives
-    /// the server it spawns. None is refused: nothing runs a shim without one.
+    /// the proxy it spawns. None is refused: nothing runs a shim without one.
     pub action: Option<String>,
 }
 

@@ -1,4 +1,4 @@
-//! What the wrapper does at `Create`: apply CDI edits containerd did not apply, plan the
+//! What the proxy does at `Create`: apply CDI edits containerd did not apply, plan the
 //! sandbox, render its Kata configuration, and point the downstream at it.
 
 use std::fs;
@@ -47,8 +47,8 @@ pub(crate) fn is_runtime_options(any: &Any) -> bool {
     any.type_url.rsplit('/').next() == Some(RUNTIME_OPTIONS)
 }
 
-/// The wrapper's Create hook for one sandbox.
-pub struct Sandboxer {
+/// The proxy's Create hook for one sandbox.
+pub struct PlanHook {
     /// The profile served.
     pub profile: Profile,
     /// Our settings.
@@ -74,7 +74,7 @@ pub fn is_path_safe_id(id: &str) -> bool {
     !id.is_empty() && id != "." && !id.contains(['/', '\0']) && !id.contains("..")
 }
 
-impl Sandboxer {
+impl PlanHook {
     /// The directory of a sandbox's state: `<state_dir>/<namespace>/<sandbox-id>`; an id or
     /// namespace that is not a plain name (see [`is_path_safe_id`]) has none.
     pub fn sandbox_dir(&self, sandbox_id: &str) -> Result<PathBuf, String> {
@@ -220,7 +220,7 @@ impl Sandboxer {
     }
 }
 
-impl CreateHook for Sandboxer {
+impl CreateHook for PlanHook {
     fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
         let id = request.id.clone();
         let result = self.handle(request);
@@ -254,8 +254,8 @@ impl CreateHook for Sandboxer {
 mod tests {
     use super::*;
 
-    fn sandboxer(state: &Path, namespace: &str) -> Sandboxer {
-        Sandboxer {
+    fn plan_hook(state: &Path, namespace: &str) -> PlanHook {
+        PlanHook {
             profile: Profile::Snp,
             settings: Settings {
                 state_dir: state.to_path_buf(),
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn only_plain_ids_name_a_state_directory() {
         let state = tempfile::tempdir().expect("tempdir");
-        let s = sandboxer(state.path(), "k8s.io");
+        let s = plan_hook(state.path(), "k8s.io");
         assert_eq!(
             s.sandbox_dir("pod-1.a_b").expect("a plain id"),
             state.path().join("k8s.io/pod-1.a_b")
@@ -278,7 +278,7 @@ mod tests {
         }
         for bad in ["", "..", "a/b"] {
             assert!(
-                sandboxer(state.path(), bad).sandbox_dir("pod").is_err(),
+                plan_hook(state.path(), bad).sandbox_dir("pod").is_err(),
                 "{bad:?}"
             );
         }
@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn deleting_a_task_with_a_bad_id_removes_nothing() {
         let state = tempfile::tempdir().expect("tempdir");
-        let s = sandboxer(state.path(), "default");
+        let s = plan_hook(state.path(), "default");
         for pod in ["pod-a", "pod-b"] {
             let dir = state.path().join("default").join(pod);
             fs::create_dir_all(&dir).expect("mkdir");

@@ -3,14 +3,18 @@
 //! It sits between containerd and Kata's own shim so that it sees every sandbox's
 //! `Create` and can hand Kata a VM shaped for exactly the GPUs the pod asked for
 //! (`DESIGN.md` §1). This crate holds only what runs in containerd's path: bootstrap, the
-//! server, the relay, the Create hook and logging; the host view, the sandbox plan it hands
+//! proxy, the relay, the Create hook and logging; the host view, the sandbox plan it hands
 //! Kata and the settings file live in `kata-gpu-plan`.
+//!
+//! Names: *the proxy* is the long-running process this binary runs as (`serve`, spawned by
+//! its own `start`) that containerd talks to and that relays every Task call; *the
+//! downstream* is the shim it relays to, Kata's (runc's in tests).
 
+pub mod actions;
 pub mod bootstrap;
 pub mod create;
-pub mod daemon;
 pub mod info;
 mod logging;
 pub mod proxy;
+mod proxy_record;
 mod relay;
-mod server_record;

@@ -27,7 +27,7 @@ pub const TASK_V2: &str = "containerd.task.v2.Task";
 /// The Task service as containerd 2.x names it.
 pub const TASK_V3: &str = "containerd.task.v3.Task";
 
-/// What the wrapper does to a `Create` before forwarding it.
+/// What the proxy does to a `Create` before forwarding it.
 pub trait CreateHook: Send + Sync {
     /// Returns the request to forward, or the one-line reason the Create fails.
     fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String>;
@@ -76,7 +76,7 @@ impl Pending {
         self.deadline
     }
 
-    /// Whether the answer changes the wrapper's bookkeeping (the processes the downstream
+    /// Whether the answer changes the proxy's bookkeeping (the processes the downstream
     /// runs, the sandbox's state), so that it is worth waiting for when nobody else does.
     pub fn records(&self) -> bool {
         matches!(self.method.as_str(), "Create" | "Start" | "Exec" | "Delete")
@@ -286,7 +286,7 @@ impl Proxy {
         else {
             return status_response(
                 Code::NOT_FOUND,
-                format!("{} is not known to the wrapper", req.id),
+                format!("{} is not known to the proxy", req.id),
             );
         };
         let (_, at) = self.exited();

@@ -1,4 +1,4 @@
-//! The wrapper's `start` as each containerd generation calls it, with the test playing
+//! The proxy's `start` as each containerd generation calls it, with the test playing
 //! containerd (only 1.6 can be installed here): the reply form each expects, not one stray
 //! byte, the bundle's `address` file, and the Task service under the name each one calls.
 //! runc's real shim is downstream.
@@ -190,7 +190,7 @@ fn connect_and_shutdown(address: &str, service: &str, id: &str) {
     let connect = ConnectResponse::parse_from_bytes(&reply).expect("ConnectResponse");
     assert!(
         connect.shim_pid > 0,
-        "the downstream answered through the wrapper"
+        "the downstream answered through the proxy"
     );
     let shutdown = ShutdownRequest {
         id: id.into(),
@@ -467,9 +467,9 @@ fn two_concurrent_starts_of_one_pod_get_one_server() {
             "{record}"
         );
     }
-    // The downstream exits with no task run: every server follows.
+    // The downstream exits with no task run: every proxy follows.
     daemon.exit();
-    wait_until("every server exited", || {
+    wait_until("every proxy exited", || {
         (0..5).all(|round| servers(&mock, &format!("pod{round}")).is_empty())
     });
 }
@@ -528,7 +528,7 @@ fn a_server_started_with_a_bad_version_or_without_its_socket_refuses_to_serve() 
             if std::time::Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("version {version:?}: the server served");
+                panic!("version {version:?}: the proxy served");
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -541,13 +541,13 @@ fn a_server_started_with_a_bad_version_or_without_its_socket_refuses_to_serve() 
 }
 
 /// Kata 3.30's shim downstream, each containerd generation's caller in turn: Kata serves
-/// only `containerd.task.v2.Task`, and the wrapper reaches it under that name whichever name
+/// only `containerd.task.v2.Task`, and the proxy reaches it under that name whichever name
 /// the caller used. Connect comes back from Kata; State of a task Kata does not have is
 /// Kata's own error; Shutdown, which Kata answers by exiting without a reply, is answered
-/// by the wrapper, which then ends.
+/// by the proxy, which then ends.
 #[test]
-fn kata_answers_connect_state_and_shutdown_through_the_wrapper() {
-    let test = "kata_answers_connect_state_and_shutdown_through_the_wrapper";
+fn kata_answers_connect_state_and_shutdown_through_the_proxy() {
+    let test = "kata_answers_connect_state_and_shutdown_through_the_proxy";
     let Some(kata) = kata_gpu_tests::available(test, kata_gpu_tests::Kata::find()) else {
         return;
     };
@@ -585,7 +585,7 @@ fn kata_answers_connect_state_and_shutdown_through_the_wrapper() {
         };
         assert!(
             address.contains(&mock.work.path().join("st/s/").display().to_string()),
-            "{id}: the wrapper's own socket: {address}"
+            "{id}: the proxy's own socket: {address}"
         );
         let connect = ConnectRequest {
             id: id.into(),
@@ -647,7 +647,7 @@ fn kata_answers_connect_state_and_shutdown_through_the_wrapper() {
 fn wait_gone(socket: &Path) {
     wait_until(
         &format!(
-            "the wrapper exits after Shutdown and removes {}",
+            "the proxy exits after Shutdown and removes {}",
             socket.display()
         ),
         || !socket.exists(),

@@ -3,8 +3,8 @@
 //! runtime options with their `config_path`) as JSON in `$RECORDING_SHIM_DIR/<id>.json`,
 //! drops Kata's runtime options (runc cannot read them), and hands over to runc's shim.
 //!
-//! Its settings come from `$RECORDING_SHIM_CONFIG` (same keys as the wrapper's), so that it
-//! and the wrapper under test keep separate state and sockets.
+//! Its settings come from `$RECORDING_SHIM_CONFIG` (same keys as the proxy's), so that it
+//! and the proxy under test keep separate state and sockets.
 //!
 //! A slow Delete, for tests: while `$RECORDING_SHIM_DIR/hold-delete-<id>` exists, the
 //! answer to the Delete of task `<id>` is held back (after runc carried it out), and
@@ -17,8 +17,8 @@ use std::process::ExitCode;
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::CreateTaskRequest;
 use kata_gpu_plan::settings::Settings;
+use kata_gpu_shim::actions::{delete_with, serve_with, start_with, SERVE_ACTION};
 use kata_gpu_shim::bootstrap::parse_flags;
-use kata_gpu_shim::daemon::{delete_with, serve_with, start_with, SERVE_ACTION};
 use kata_gpu_shim::proxy::CreateHook;
 
 struct Recorder {

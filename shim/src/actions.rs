@@ -1,11 +1,11 @@
-//! The shim's three lives: `start` (hand containerd an address), the serving daemon (the
+//! The shim binary's three actions: `start` (hand containerd an address), `serve` (the
 //! proxy), and `delete` (clean up after a dead shim). Process and file side effects live
 //! here, one job a module; the decisions they follow are in [`crate::bootstrap`],
 //! [`crate::proxy`] and [`crate::create`].
 //!
-//! - [`start`](start()): start the downstream, bind our socket and spawn our server.
-//! - [`serve`](serve()): the server itself, until containerd and the downstream are done.
-//! - [`delete`](delete()): the downstream's `delete`, and clean-up after a dead server.
+//! - [`start`](start()): start the downstream, bind our socket and spawn our proxy.
+//! - [`serve`](serve()): the proxy itself, until containerd and the downstream are done.
+//! - [`delete`](delete()): the downstream's `delete`, and clean-up after a dead proxy.
 //! - `events`: the exits of a dead downstream's processes, reported to containerd.
 //! - `runner`: runs the downstream binary for `start` and `delete`.
 
@@ -30,14 +30,14 @@ pub(crate) use runner::run_downstream;
 pub use serve::{serve, serve_with};
 pub use start::{start, start_with};
 
-/// Environment of the serving daemon: the downstream's address.
+/// Environment of the proxy: the downstream's address.
 const ENV_DOWNSTREAM: &str = "KATA_GPU_DOWNSTREAM_ADDRESS";
-/// Environment of the serving daemon: the downstream's Task API version.
+/// Environment of the proxy: the downstream's Task API version.
 const ENV_DOWNSTREAM_VERSION: &str = "KATA_GPU_DOWNSTREAM_VERSION";
-/// Environment of the serving daemon: our socket, whose listening end `start` binds and
-/// hands the daemon as its standard input.
+/// Environment of the proxy: our socket, whose listening end `start` binds and
+/// hands the proxy as its standard input.
 const ENV_SOCKET: &str = "KATA_GPU_SOCKET";
-/// The action our own `start` gives the daemon it spawns.
+/// The action our own `start` gives the proxy it spawns.
 pub const SERVE_ACTION: &str = "serve";
 
 /// Why `start` or `delete` failed; printed as containerd's error for the pod.
@@ -83,9 +83,9 @@ pub enum ShimError {
         #[source]
         source: ReplyError,
     },
-    /// Our own daemon was started without what `start` hands it.
-    #[error("the wrapper's server was started {0}; only the shim's own `start` starts it")]
-    ServerStartedWrongly(String),
+    /// The proxy was started without what `start` hands it.
+    #[error("the proxy was started {0}; only the shim's own `start` starts it")]
+    ProxyStartedWrongly(String),
     /// A file or process operation failed.
     #[error("{what}: {source}")]
     Io {

@@ -1,4 +1,4 @@
-//! The serving daemon: takes the listening socket `start` bound, serves containerd through
+//! The proxy: takes the listening socket `start` bound, serves containerd through
 //! [`crate::relay`] until both sides have shut down, and reports a dead downstream.
 
 use std::fs;
@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bootstrap::Flags;
-use crate::create::Sandboxer;
+use crate::create::PlanHook;
 use crate::proxy::{CreateHook, Proxy, Verdict};
-use crate::server_record::downstream_record;
+use crate::proxy_record::downstream_record;
 use kata_gpu_plan::profile::Profile;
 use kata_gpu_plan::settings::Settings;
 
@@ -20,16 +20,16 @@ use super::{
     io, remove_dead_socket, ShimError, ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION, ENV_SOCKET,
 };
 
-/// The serving daemon: proxies containerd's Task calls to the downstream until both have
+/// The proxy: relays containerd's Task calls to the downstream until both have
 /// shut down. Never returns.
 pub fn serve(profile: Profile, flags: &Flags) -> Result<(), ShimError> {
     let (settings, _) = Settings::load(profile)?;
-    let sandboxer = Sandboxer {
+    let plan_hook = PlanHook {
         profile,
         settings: settings.clone(),
         namespace: flags.namespace.clone(),
     };
-    serve_with(&settings, flags, Box::new(sandboxer))
+    serve_with(&settings, flags, Box::new(plan_hook))
 }
 
 /// [`serve`] with given settings and Create hook.
@@ -40,7 +40,7 @@ pub fn serve_with(
 ) -> Result<(), ShimError> {
     let env = |k: &str| {
         std::env::var(k).map_err(|_| ShimError::Io {
-            what: format!("the server was started without {k}"),
+            what: format!("the proxy was started without {k}"),
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })
     };
@@ -49,7 +49,7 @@ pub fn serve_with(
     let version: u32 = match version.parse() {
         Ok(v @ 2..=3) => v,
         _ => {
-            return Err(ShimError::ServerStartedWrongly(format!(
+            return Err(ShimError::ProxyStartedWrongly(format!(
                 "with downstream task API version {version:?} (2 or 3)"
             )))
         }
@@ -104,8 +104,8 @@ pub fn serve_with(
 
 fn exit_cleanly(socket: &Path, downstream_socket: &Path, proxy: &Proxy) -> ! {
     remove_dead_socket(downstream_socket);
-    // The record goes first, so that a `delete` never finds it beside a server that has
-    // already gone and mistakes a clean exit for a dead wrapper.
+    // The record goes first, so that a `delete` never finds it beside a proxy that has
+    // already gone and mistakes a clean exit for a dead proxy.
     let _ = fs::remove_file(downstream_record(socket));
     // containerd (1.6 and later) waits for the connection to close after Shutdown, so exit
     // as soon as every Shutdown's answer has left, but not before: the downstream may close
@@ -128,7 +128,7 @@ fn inherited_listener(socket: &Path) -> Result<UnixListener, ShimError> {
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_path_buf));
     if bound.as_deref() != Some(socket) {
-        return Err(ShimError::ServerStartedWrongly(format!(
+        return Err(ShimError::ProxyStartedWrongly(format!(
             "without its listening socket {} on stdin",
             socket.display()
         )));

@@ -1,4 +1,4 @@
-//! `start`: start (or find) the downstream, bind our socket, spawn our server in front of
+//! `start`: start (or find) the downstream, bind our socket, spawn our proxy in front of
 //! the downstream and point the bundle at it.
 
 use std::fs;
@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use containerd_shim_protos::protobuf::Message;
 
 use crate::bootstrap::{encode_reply, parse_reply, reply_form, Flags};
-use crate::server_record::{downstream_record, DownstreamRecord};
+use crate::proxy_record::{downstream_record, DownstreamRecord};
 use kata_gpu_plan::profile::Profile;
 use kata_gpu_plan::settings::Settings;
 
@@ -21,9 +21,9 @@ use super::{
     ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION, ENV_SOCKET, SERVE_ACTION,
 };
 
-/// Binds `socket` for a new server, or finds that a server (running, or being started by
+/// Binds `socket` for a new proxy, or finds that a proxy (running, or being started by
 /// a concurrent `start`: its socket is bound before its process runs) serves it already:
-/// `None`. A socket left by a server that is gone is replaced, under a lock on its
+/// `None`. A socket left by a proxy that is gone is replaced, under a lock on its
 /// directory so that two `start`s never both replace it.
 fn take_socket(socket: &Path) -> Result<Option<UnixListener>, ShimError> {
     let bind = |socket: &Path| match UnixListener::bind(socket) {
@@ -66,7 +66,7 @@ fn take_socket(socket: &Path) -> Result<Option<UnixListener>, ShimError> {
     })
 }
 
-/// `start`: starts (or finds) the downstream, starts (or finds) our server, writes the
+/// `start`: starts (or finds) the downstream, starts (or finds) our proxy, writes the
 /// bundle's `address`, and returns the exact bytes to print for containerd.
 pub fn start(
     profile: Profile,
@@ -79,7 +79,7 @@ pub fn start(
 }
 
 /// [`start`] with given settings, for any binary built on this proxy (the tests'
-/// recording shim too): the server it spawns is this same binary with action `serve`.
+/// recording shim too): the proxy it spawns is this same binary with action `serve`.
 pub fn start_with(
     settings: &Settings,
     settings_path: &Option<PathBuf>,
@@ -138,7 +138,7 @@ pub fn start_with(
     }
 }
 
-/// Starts (or finds) our server in front of `downstream` and points the bundle at it;
+/// Starts (or finds) our proxy in front of `downstream` and points the bundle at it;
 /// returns our address.
 fn serve_in_front(
     settings: &Settings,
@@ -157,10 +157,10 @@ fn serve_in_front(
         .map_err(io(format!("cannot create {}", dir.display())))?;
     if let Some(listener) = take_socket(&socket)? {
         // As containerd's own shim library does: the socket is bound here and its listening
-        // end handed to the server, so that containerd may connect the moment `start`
+        // end handed to the proxy, so that containerd may connect the moment `start`
         // returns, and a concurrent `start` of the group finds it taken.
         let exe = std::env::current_exe().map_err(io("cannot find our own binary"))?;
-        let mut daemon_args: Vec<String> = vec![
+        let mut proxy_args: Vec<String> = vec![
             "-namespace".into(),
             flags.namespace.clone(),
             "-id".into(),
@@ -171,9 +171,9 @@ fn serve_in_front(
             flags.publish_binary.clone(),
         ];
         if flags.debug {
-            daemon_args.push("-debug".into());
+            proxy_args.push("-debug".into());
         }
-        daemon_args.push(SERVE_ACTION.into());
+        proxy_args.push(SERVE_ACTION.into());
         let mut command = Command::new(exe);
         // The name we were run as: it selects the profile (through a link too, which
         // `current_exe` resolves).
@@ -181,7 +181,7 @@ fn serve_in_front(
             command.arg0(arg0);
         }
         let spawned = command
-            .args(&daemon_args)
+            .args(&proxy_args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(ENV_DOWNSTREAM, &downstream.address)
             .env(ENV_DOWNSTREAM_VERSION, downstream.version.to_string())
@@ -192,29 +192,29 @@ fn serve_in_front(
             .process_group(0)
             .spawn();
         drop(command);
-        let mut server = match spawned {
-            Ok(server) => server,
+        let mut proxy_process = match spawned {
+            Ok(proxy_process) => proxy_process,
             Err(e) => {
                 let _ = fs::remove_file(&socket);
                 return Err(ShimError::Io {
-                    what: "cannot start the wrapper's server".to_owned(),
+                    what: "cannot start the proxy".to_owned(),
                     source: e,
                 });
             }
         };
-        // Written once per server: a pod's later containers reach the same downstream.
+        // Written once per proxy: a pod's later containers reach the same downstream.
         let record = DownstreamRecord {
             version: downstream.version,
             address: downstream.address.clone(),
-            server_pid: Some(server.id()),
+            proxy_pid: Some(proxy_process.id()),
         };
         let record_path = downstream_record(&socket);
         if let Err(e) =
             kata_gpu_fsutil::write_atomic(&record_path, record.to_string().as_bytes(), 0o600)
         {
-            // Without its record a server cannot be told from a dead one: none at all.
-            let _ = server.kill();
-            let _ = server.wait();
+            // Without its record a proxy cannot be told from a dead one: none at all.
+            let _ = proxy_process.kill();
+            let _ = proxy_process.wait();
             let _ = fs::remove_file(&socket);
             return Err(ShimError::Io {
                 what: format!("cannot write {}", record_path.display()),

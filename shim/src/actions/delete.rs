@@ -1,4 +1,4 @@
-//! `delete`: the downstream's own `delete`, and, when our server died, the clean-up of its
+//! `delete`: the downstream's own `delete`, and, when our proxy died, the clean-up of its
 //! orphaned downstream through the downstream's API.
 
 use std::fs;
@@ -9,16 +9,16 @@ use containerd_shim_protos::protobuf::{Message, MessageField};
 use containerd_shim_protos::shim::shim::DeleteResponse;
 
 use crate::bootstrap::Flags;
-use crate::create::Sandboxer;
+use crate::create::PlanHook;
 use crate::proxy::{now, CreateHook, DEAD_EXIT_STATUS};
-use crate::server_record::{downstream_record, server_alive, DownstreamRecord};
+use crate::proxy_record::{downstream_record, proxy_alive, DownstreamRecord};
 use kata_gpu_plan::profile::Profile;
 use kata_gpu_plan::settings::Settings;
 
 use super::{group_of, remove_dead_socket, run_downstream, socket_path, task_service, ShimError};
 
 /// `delete`: the downstream's `delete`, then our state; returns the `DeleteResponse` bytes.
-/// When the wrapper itself died, its downstream is cleaned up through its own API first.
+/// When the proxy itself died, its downstream is cleaned up through its own API first.
 pub fn delete(
     profile: Profile,
     flags: &Flags,
@@ -26,12 +26,12 @@ pub fn delete(
     stdin: &[u8],
 ) -> Result<Vec<u8>, ShimError> {
     let (settings, settings_path) = Settings::load(profile)?;
-    let sandboxer = Sandboxer {
+    let plan_hook = PlanHook {
         profile,
         settings: settings.clone(),
         namespace: flags.namespace.clone(),
     };
-    delete_with(&settings, &settings_path, flags, args, stdin, &sandboxer)
+    delete_with(&settings, &settings_path, flags, args, stdin, &plan_hook)
 }
 
 /// [`delete`] with given settings; `hook` learns that the task is gone.
@@ -52,8 +52,8 @@ pub fn delete_with(
     let group = group_of(&bundle, &flags.id);
     let socket = socket_path(settings, flags, &group)?;
     let record = DownstreamRecord::read(&socket);
-    if !server_alive(record.as_ref(), &socket, &group) {
-        // The wrapper died: nobody else can reach its downstream any more.
+    if !proxy_alive(record.as_ref(), &socket, &group) {
+        // The proxy died: nobody else can reach its downstream any more.
         if let Some(record) = record {
             cleanup_orphan(&socket, record, &flags.id, group == flags.id);
         }
@@ -76,11 +76,11 @@ pub fn delete_with(
     Ok(response)
 }
 
-/// How long `delete` may spend cleaning up after a dead wrapper, all calls together:
+/// How long `delete` may spend cleaning up after a dead proxy, all calls together:
 /// containerd kills a `delete` that takes 5 s, and the downstream's own delete runs after.
 const ORPHAN_BUDGET: Duration = Duration::from_secs(2);
 
-/// Cleans task `id` up in a downstream whose wrapper is gone (containerd cannot reach it
+/// Cleans task `id` up in a downstream whose proxy is gone (containerd cannot reach it
 /// any more): kill, delete, and for the sandbox itself, shut the downstream down.
 fn cleanup_orphan(socket: &Path, record: DownstreamRecord, id: &str, last: bool) {
     let DownstreamRecord {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use cdi::{parse_cdi_annotations, QualifiedName, Registry};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::protobuf::{self, CodedOutputStream, MessageField};
 use containerd_shim_protos::shim::shim::CreateTaskRequest;
 use oci_spec::runtime::Spec as OciSpec;
 
@@ -26,20 +26,13 @@ pub const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
 
 /// Encodes `runtimeoptions.v1.Options { config_path = 2 }` (the message is not in
 /// containerd-shim-protos, and one string field needs no generated code).
-pub fn runtime_options(config_path: &str) -> Vec<u8> {
-    let mut out = vec![0x12];
-    let mut len = config_path.len();
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    out.extend_from_slice(config_path.as_bytes());
-    out
+pub fn runtime_options(config_path: &str) -> Result<Vec<u8>, protobuf::Error> {
+    let mut out = Vec::with_capacity(config_path.len() + 4);
+    let mut stream = CodedOutputStream::vec(&mut out);
+    stream.write_string(2, config_path)?;
+    stream.flush()?;
+    drop(stream);
+    Ok(out)
 }
 
 /// Whether an `Any` carries `runtimeoptions.v1.Options` (with or without a URL host).
@@ -196,17 +189,19 @@ impl PlanHook {
         })?;
 
         let options = request.options.as_ref().cloned();
+        let ours = runtime_options(&config_path.display().to_string())
+            .map_err(|e| format!("cannot encode the runtime options: {e}"))?;
         request.options = match (self.settings.downstream_kind, options) {
             // Kata: our options, or theirs with the path replaced.
             (DownstreamKind::Kata, None) => MessageField::some(Any {
                 type_url: RUNTIME_OPTIONS.to_owned(),
-                value: runtime_options(&config_path.display().to_string()),
+                value: ours,
                 ..Any::default()
             }),
             (DownstreamKind::Kata, Some(any)) if is_runtime_options(&any) => {
                 MessageField::some(Any {
                     type_url: any.type_url.clone(),
-                    value: runtime_options(&config_path.display().to_string()),
+                    value: ours,
                     ..Any::default()
                 })
             }
@@ -314,9 +309,12 @@ mod tests {
 
     #[test]
     fn runtime_options_encode_as_protobuf_field_2() {
-        assert_eq!(runtime_options("/x"), [0x12, 0x02, b'/', b'x']);
+        assert_eq!(
+            runtime_options("/x").expect("encode"),
+            [0x12, 0x02, b'/', b'x']
+        );
         let long = "a".repeat(200);
-        let bytes = runtime_options(&long);
+        let bytes = runtime_options(&long).expect("encode");
         assert_eq!(&bytes[..3], &[0x12, 0xc8, 0x01]);
         assert_eq!(bytes.len(), 3 + 200);
     }

@@ -200,7 +200,7 @@ mod tests {
     fn kata_options() -> Vec<u8> {
         Any {
             type_url: RUNTIME_OPTIONS.to_owned(),
-            value: runtime_options("/etc/kata/x.toml"),
+            value: runtime_options("/etc/kata/x.toml").expect("encode"),
             ..Any::default()
         }
         .write_to_bytes()

@@ -118,8 +118,10 @@ pub fn socket_path(settings: &Settings, flags: &Flags, group: &str) -> Result<Pa
     let digest = Sha256::digest(
         format!("kata-gpu:{}/{}/{}", flags.address, flags.namespace, group).as_bytes(),
     );
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let path = settings.state_dir.join("s").join(hex);
+    let path = settings
+        .state_dir
+        .join("s")
+        .join(kata_gpu_fsutil::hex(&digest));
     if path.as_os_str().len() > 107 {
         return Err(ShimError::SocketPathTooLong(path));
     }

@@ -638,8 +638,7 @@ fn kata_answers_connect_state_and_shutdown_through_the_proxy() {
             .join("mock")
             .join(id);
         let hash = <sha2::Sha256 as sha2::Digest>::digest(key.display().to_string().as_bytes());
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        let _ = fs::remove_file(Path::new("/run/containerd/s").join(hex));
+        let _ = fs::remove_file(Path::new("/run/containerd/s").join(kata_gpu_fsutil::hex(&hash)));
     }
 }
 

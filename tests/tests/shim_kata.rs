@@ -21,8 +21,7 @@ use sha2::{Digest, Sha256};
 fn kata_socket(containerd: &Path, namespace: &str, id: &str) -> PathBuf {
     let key = containerd.join(namespace).join(id);
     let hash = Sha256::digest(key.display().to_string().as_bytes());
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    Path::new("/run/containerd/s").join(hex)
+    Path::new("/run/containerd/s").join(kata_gpu_fsutil::hex(&hash))
 }
 
 /// What a failed Kata Create can leave on the host that Kata's own `delete` does not

@@ -489,7 +489,12 @@ fn a_downstream_whose_start_leaves_its_output_open_does_not_hold_start() {
     let out = mock.try_start("linger", &Caller::Legacy);
     let took = started.elapsed();
     if let Ok(pid) = fs::read_to_string(&pidfile) {
-        let _ = Command::new("kill").arg(pid.trim()).status();
+        if let Ok(pid) = pid.trim().parse() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
     }
     assert!(
         out.status.success(),

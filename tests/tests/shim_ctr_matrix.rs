@@ -175,11 +175,12 @@ fn a_pods_containers_share_one_proxy_and_downstream(rig: &Rig, v: &str) {
 }
 
 fn kill_9(pid: u32) {
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success(), "kill -9 {pid}");
+    let raw = i32::try_from(pid).expect("a pid fits an i32");
+    let killed = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(raw),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(killed.is_ok(), "kill -9 {pid}: {killed:?}");
 }
 
 fn killing_the_downstream_reports_the_exit(rig: &Rig, v: &str) {

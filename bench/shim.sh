@@ -30,7 +30,7 @@ d = statistics.median(r[1] for r in rows) / 1000
 print(f"ctr run --rm /bin/true, median of {len(rows)} pairs: proxy {w:.1f} ms, runc shim {d:.1f} ms, ratio {w/d:.3f}")
 PY
 
-# 2. RSS of the serving daemons with one sleeping task each.
+# 2. RSS of the proxy and of runc's shim with one sleeping task each.
 "${CTR[@]}" run -d "${PROXIED[@]}" --rootfs "$W/rootfs" proxied /bin/busybox sleep 600 >/dev/null
 "${CTR[@]}" run -d "${DIRECT[@]}" --rootfs "$W/rootfs" direct /bin/busybox sleep 600 >/dev/null
 sleep 1

@@ -362,8 +362,8 @@ fn the_binary_name_selects_the_profile_and_v_prints_version_and_commit() {
     }
 }
 
-/// Our serving daemons for `group` started from `mock`'s settings.
-fn servers(mock: &MockContainerd, group: &str) -> Vec<u32> {
+/// Our proxies for `group` started from `mock`'s settings.
+fn proxies(mock: &MockContainerd, group: &str) -> Vec<u32> {
     let settings = mock.work.path().join("shim.toml").display().to_string();
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").expect("proc").flatten() {
@@ -455,9 +455,9 @@ fn two_concurrent_starts_of_one_pod_get_one_server() {
                 .collect()
         });
         assert_eq!(replies[0], replies[1], "one address for the pod");
-        let running = servers(&mock, &group);
-        assert_eq!(running.len(), 1, "round {round}: servers {running:?}");
-        // The record beside the socket names that very server, so that `delete` never
+        let running = proxies(&mock, &group);
+        assert_eq!(running.len(), 1, "round {round}: proxies {running:?}");
+        // The record beside the socket names that very proxy, so that `delete` never
         // takes it for dead.
         let socket = PathBuf::from(replies[0].trim_start_matches("unix://"));
         let record = fs::read_to_string(socket.with_extension("downstream")).expect("record");
@@ -470,7 +470,7 @@ fn two_concurrent_starts_of_one_pod_get_one_server() {
     // The downstream exits with no task run: every proxy follows.
     daemon.exit();
     wait_until("every proxy exited", || {
-        (0..5).all(|round| servers(&mock, &format!("pod{round}")).is_empty())
+        (0..5).all(|round| proxies(&mock, &format!("pod{round}")).is_empty())
     });
 }
 
@@ -527,7 +527,7 @@ fn a_server_started_with_a_bad_version_or_without_its_socket_refuses_to_serve() 
             .stderr(Stdio::piped())
             .spawn()
             .expect("run serve");
-        // A server that serves anyway never exits by itself: a bound only to fail.
+        // A proxy that serves anyway never exits by itself: a bound only to fail.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while child.try_wait().expect("wait").is_none() {
             if std::time::Instant::now() >= deadline {

@@ -393,14 +393,14 @@ fn a_profile_served_as(how: Install) {
                 .expect("json");
         assert_eq!(plan["profile"], profile.name(), "{plan}");
         assert_eq!(plan["handler"], profile.handler(), "{plan}");
-        let servers = pids_of(
+        let proxies = pids_of(
             &rig,
             &[&profile.shim_binary(), "serve", &format!("-id {id}")],
         );
         assert_eq!(
-            servers.len(),
+            proxies.len(),
             1,
-            "{profile}: one server, named for it: {servers:?}"
+            "{profile}: one proxy, named for it: {proxies:?}"
         );
         rig.kill_and_remove(&id, "SIGKILL");
     }

@@ -1,12 +1,12 @@
 # Shared set-up of the shim benchmarks (sourced by bench/shim.sh and bench/load.sh): a
 # private containerd (never the system one; Debian's 1.6, or with BENCH_CONTAINERD=2.3.4 a
-# release `make deps` unpacked under KATA_GPU_PARTS) with the release build of the wrapper
+# release `make deps` unpacked under KATA_GPU_PARTS) with the release build of the proxy
 # (that release's runc shim downstream) and that runc shim itself, a busybox rootfs, containerd's state (bundles)
-# and the wrapper's state on tmpfs as /run is on a node, and a clean-up that leaves nothing.
+# and the proxy's state on tmpfs as /run is on a node, and a clean-up that leaves nothing.
 # Needs root and `make deps`.
 #
 # After `bench_setup NAME`: W (work dir), TARGET (release dir), CTR (ctr with the address),
-# WRAPPED / DIRECT (the --runtime flags), SHIM (the wrapper's binary name).
+# PROXIED / DIRECT (the --runtime flags), SHIM (the proxy's binary name).
 
 SHIM=containerd-shim-kata-qemu-nvidia-gpu-snp-v2
 
@@ -74,7 +74,7 @@ EOF
   CTRD_PID=$!
   for _ in $(seq 100); do "$bin/ctr" --address "$W/c.sock" version >/dev/null 2>&1 && break; sleep 0.1; done
   CTR=("$bin/ctr" --address "$W/c.sock")
-  WRAPPED=(--runtime io.containerd.kata-qemu-nvidia-gpu-snp.v2)
+  PROXIED=(--runtime io.containerd.kata-qemu-nvidia-gpu-snp.v2)
   DIRECT=(--runtime io.containerd.runc.v2)
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg), containerd $("$bin/containerd" --version | awk '{print $3}')"
 }

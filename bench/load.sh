@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The wrapper shim under load and faults, each figure against runc's shim measured in the
+# The proxy shim under load and faults, each figure against runc's shim measured in the
 # same run, through a private containerd 1.6 (set-up in bench/lib.sh). Needs root and
 # `make deps`. The tests in tests/tests/shim_ctr.rs assert the same behaviours; this script
 # measures them.
@@ -17,13 +17,13 @@ KILLS=${3:-5}
 . bench/lib.sh
 bench_setup bench/load.sh
 
-# What is left of one runtime's work: tasks, shim processes, wrapper sockets and state.
+# What is left of one runtime's work: tasks, shim processes, proxy sockets and state.
 leftovers() {
   local tasks procs state
   tasks=$("${CTR[@]}" tasks ls -q | wc -l)
   procs=$(pgrep -fc "$SHIM|containerd-shim-runc-v2" || true)
   state=$(find "$STATE" -mindepth 1 -path "$STATE/containerd" -prune -o -not -name s -print | wc -l)
-  echo "$tasks tasks, $procs shim processes, $state wrapper state entries"
+  echo "$tasks tasks, $procs shim processes, $state proxy state entries"
 }
 
 # 1. BURST concurrent `ctr run --rm`, all at once, the wall time of the whole burst.
@@ -43,14 +43,14 @@ burst() {
   e=$(date +%s%N)
   echo "$(( (e - s) / 1000000 )) $fails"
 }
-read -r bw bwf <<<"$(burst bw "${WRAPPED[@]}")"
+read -r bw bwf <<<"$(burst bw "${PROXIED[@]}")"
 left_w=$(leftovers)
 read -r bd bdf <<<"$(burst bd "${DIRECT[@]}")"
-echo "$BURST concurrent ctr run --rm: wrapper ${bw} ms ($bwf failed; left: $left_w), runc shim ${bd} ms ($bdf failed; left: $(leftovers)), ratio $(python3 -c "print(f'{$bw/$bd:.3f}')")"
+echo "$BURST concurrent ctr run --rm: proxy ${bw} ms ($bwf failed; left: $left_w), runc shim ${bd} ms ($bdf failed; left: $(leftovers)), ratio $(python3 -c "print(f'{$bw/$bd:.3f}')")"
 
 # 2. kill -9, then the time until containerd publishes the task's exit (`ctr events`), and
 #    whether `ctr task rm` and `ctr c rm` then succeed. Three kinds, KILLS rounds each:
-#    the wrapper's downstream killed; runc's shim killed (containerd's own dead-shim path);
+#    the proxy's downstream killed; runc's shim killed (containerd's own dead-shim path);
 #    the container's process killed under runc's shim (the ordinary exit, the floor).
 exit_after_kill() { # ID PID: prints milliseconds from kill -9 PID to /tasks/exit of ID
   python3 - "$W/c.sock" "$1" "$2" <<'PY'
@@ -72,10 +72,10 @@ PY
 }
 kill_round() { # KIND N: one round; prints "ms removed(0|1)"
   local kind=$1 id="$1$2" flags pid ms
-  if [ "$kind" = wrapper ]; then flags=("${WRAPPED[@]}"); else flags=("${DIRECT[@]}"); fi
+  if [ "$kind" = proxy ]; then flags=("${PROXIED[@]}"); else flags=("${DIRECT[@]}"); fi
   "${CTR[@]}" run -d "${flags[@]}" --rootfs "$W/rootfs" "$id" /bin/busybox sleep 600 >/dev/null
   case $kind in
-    wrapper) pid=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id $id( |$)") ;;
+    proxy) pid=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id $id( |$)") ;;
     runcshim) pid=$(pgrep -f "containerd-shim-runc-v2 -namespace default -id $id( |$)") ;;
     task) pid=$("${CTR[@]}" tasks ls | awk -v id="$id" '$1 == id {print $2}') ;;
   esac
@@ -91,7 +91,7 @@ kill_round() { # KIND N: one round; prints "ms removed(0|1)"
 }
 : > "$W/kills.txt"
 for n in $(seq "$KILLS"); do
-  for kind in wrapper runcshim task; do
+  for kind in proxy runcshim task; do
     echo "$kind $(kill_round "$kind" "$n")" >> "$W/kills.txt"
   done
 done
@@ -104,8 +104,8 @@ def fig(kind):
     removed = sum(int(r[2]) for r in rows if r[0] == kind)
     n = sum(1 for r in rows if r[0] == kind)
     return (statistics.median(ms) if ms else float("nan")), max(ms, default=float("nan")), missed, removed, n
-w, r, t = fig("wrapper"), fig("runcshim"), fig("task")
-print(f"kill -9, exit seen by containerd (median, max of {w[4]}): wrapper's downstream {w[0]:.1f} ms, {w[1]:.1f} ms ({w[2]} missed, {w[3]}/{w[4]} removed); "
+w, r, t = fig("proxy"), fig("runcshim"), fig("task")
+print(f"kill -9, exit seen by containerd (median, max of {w[4]}): proxy's downstream {w[0]:.1f} ms, {w[1]:.1f} ms ({w[2]} missed, {w[3]}/{w[4]} removed); "
       f"runc shim {r[0]:.1f} ms, {r[1]:.1f} ms ({r[2]} missed, {r[3]}/{r[4]} removed); ratio {w[0]/r[0]:.2f}; "
       f"floor, the task killed under runc's shim: {t[0]:.1f} ms; left: {sys.argv[2]}")
 PY
@@ -137,6 +137,6 @@ pod_cycles() { # PREFIX FLAGS...: prints "rss0 rss_half rss_end median_ms pid"
   "${CTR[@]}" tasks delete "$pod" >/dev/null 2>&1
   "${CTR[@]}" containers delete "$pod" >/dev/null
 }
-read -r w0 wh we wm <<<"$(pod_cycles w "${WRAPPED[@]}")"
+read -r w0 wh we wm <<<"$(pod_cycles w "${PROXIED[@]}")"
 read -r d0 dh de dm <<<"$(pod_cycles d "${DIRECT[@]}")"
-echo "$CONTAINERS containers in one pod, RSS after the sandbox / after $((CONTAINERS / 2)) / after $CONTAINERS: wrapper $w0 / $wh / $we KiB (last half $((we - wh)) KiB), runc shim $d0 / $dh / $de KiB (last half $((de - dh)) KiB); median cycle wrapper $wm ms, runc shim $dm ms, ratio $(python3 -c "print(f'{$wm/$dm:.3f}')"); left: $(leftovers)"
+echo "$CONTAINERS containers in one pod, RSS after the sandbox / after $((CONTAINERS / 2)) / after $CONTAINERS: proxy $w0 / $wh / $we KiB (last half $((we - wh)) KiB), runc shim $d0 / $dh / $de KiB (last half $((de - dh)) KiB); median cycle proxy $wm ms, runc shim $dm ms, ratio $(python3 -c "print(f'{$wm/$dm:.3f}')"); left: $(leftovers)"

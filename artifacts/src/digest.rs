@@ -36,13 +36,7 @@ impl Sha256Digest {
 
     /// The 64 lowercase hex digits.
     pub fn hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(char::from(DIGITS[usize::from(b >> 4)]));
-            s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-        }
-        s
+        kata_gpu_fsutil::hex(&self.0)
     }
 }
 

@@ -28,7 +28,6 @@ pub mod digest;
 pub mod error;
 mod fsutil;
 pub mod install;
-pub mod layout;
 pub mod lifecycle;
 pub mod manifest;
 pub mod relpath;
@@ -37,6 +36,9 @@ pub mod roles;
 pub mod source;
 pub mod store;
 pub mod verify;
+
+/// Where installed sets live; the paths live in `kata-gpu-fsutil`, which the shim uses too.
+pub use kata_gpu_fsutil::layout;
 
 pub use error::{Error, Result};
 pub use fsutil::Lock;

@@ -1,7 +1,10 @@
 //! Atomic file writes: a reader (containerd, Kata, a CDI registry) sees the old file or the
 //! new one, never half of one, and a crash leaves one of the two; and the file locks that
-//! keep two writers apart; and paths under a host root that never leave it.
+//! keep two writers apart; and paths under a host root that never leave it; and where
+//! installed artifact sets live ([`layout`]), and the hex digests that name files and
+//! sockets ([`hex`]).
 
+pub mod layout;
 mod lock;
 mod root;
 
@@ -45,6 +48,18 @@ pub fn create_dirs(dir: &Path, mode: u32) -> io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
 }
 
+/// Lowercase hex of `bytes`: the digests that name files and sockets (artifact sets, the
+/// proxy's sockets). The one copy: no hex crate is in the dependency tree for this.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
 fn write_with(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = match path.parent() {
@@ -84,6 +99,12 @@ fn write_with(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(super::hex(&[]), "");
+    }
+
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

@@ -16,7 +16,7 @@ pub use objects::{
     DEFAULT_MEMORY_OVERHEAD, MEMORY_ANNOTATION, PASSTHROUGH_LABEL, PGPU_RESOURCE, SAMPLE_IMAGE,
 };
 
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::Profile;
 use serde::Serialize;
 
 /// Why manifests could not be rendered.

@@ -174,7 +174,7 @@ mod tests {
             .iter()
             .map(|d| u16::from_str_radix(d, 16).expect("hex"))
             .collect();
-        assert_eq!(ours, kata_gpu_shim::plan::CC_CAPABLE_GPUS);
+        assert_eq!(ours, kata_gpu_plan::sandbox::CC_CAPABLE_GPUS);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, ResourceRequirements};
 use k8s_openapi::api::node::v1::{Overhead, RuntimeClass, Scheduling};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::Profile;
 
 /// Memory a pod of these classes costs beyond its containers: the guest kernel, the Kata
 /// agent and the NVIDIA init in the VM.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kata_gpu_manifests::{Manifests, Options};
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::Profile;
 
 fn validator() -> Command {
     let probe = Command::new("python3")

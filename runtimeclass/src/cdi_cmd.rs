@@ -254,13 +254,13 @@ fn generate(
     dry_run: bool,
     global: &Global,
 ) -> anyhow::Result<Outcome> {
-    let host = kata_gpu_shim::Host::new(&global.host_root);
+    let host = kata_gpu_plan::Host::new(&global.host_root);
     let dir = match output_dir {
         Some(d) => d,
         // A symlinked /var/run (most distributions: -> /run) resolves inside the root.
         None => crate::node_state::inside(&global.host_root, Path::new("/var/run/cdi"))?,
     };
-    let found = kata_gpu_shim::host_spec::host_specs(&host)
+    let found = kata_gpu_plan::host_spec::host_specs(&host)
         .context("cannot read the host's PCI devices")?;
     let mut written = Vec::new();
     if !dry_run && !found.specs.is_empty() {

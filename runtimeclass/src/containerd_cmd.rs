@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use kata_gpu_containerd_config::{daemon, ConfigVersion, HandlerSpec};
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::Profile;
 use serde::Serialize;
 
 use crate::node_state::{NodeLock, NodeState};

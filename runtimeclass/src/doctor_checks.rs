@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use kata_gpu_shim::host::{PciFunction, Platform};
-use kata_gpu_shim::plan::CC_CAPABLE_GPUS;
-use kata_gpu_shim::vfio::{Foreign, VfioError};
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::host::{PciFunction, Platform};
+use kata_gpu_plan::sandbox::CC_CAPABLE_GPUS;
+use kata_gpu_plan::vfio::{Foreign, VfioError};
+use kata_gpu_plan::Profile;
 use serde::Serialize;
 
 use crate::status_cmd::Status;
@@ -481,7 +481,7 @@ pub fn labels(p: &Platform, devices: &[Device]) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kata_gpu_shim::host::CpuVendor;
+    use kata_gpu_plan::host::CpuVendor;
 
     fn platform() -> Platform {
         Platform {

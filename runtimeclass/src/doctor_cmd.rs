@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use cdi::registry::{Registry, RegistryConfig};
-use kata_gpu_shim::host::Host;
-use kata_gpu_shim::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
-use kata_gpu_shim::settings::{Settings, SYSTEM_SETTINGS};
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::host::Host;
+use kata_gpu_plan::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
+use kata_gpu_plan::settings::{Settings, SYSTEM_SETTINGS};
+use kata_gpu_plan::Profile;
 use serde::Serialize;
 
 use crate::node_state::under;
@@ -51,7 +51,7 @@ fn devices(host: &Host) -> Result<Vec<Device>, String> {
         .filter(|f| f.is_nvidia_gpu() || f.is_nvswitch())
         .map(|f| {
             let foreign = match f.iommu_group {
-                Some(g) => kata_gpu_shim::vfio::foreign_in_group(host, g)
+                Some(g) => kata_gpu_plan::vfio::foreign_in_group(host, g)
                     .map_err(|e| format!("cannot read IOMMU group {g}: {e}"))?,
                 None => Vec::new(),
             };

@@ -9,7 +9,7 @@ use anyhow::Context;
 use kata_gpu_artifacts::{InstallOptions, Store, StoreConfig};
 use kata_gpu_containerd_config::{diff, fsio};
 use kata_gpu_manifests::Manifests;
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::Profile;
 use serde::Serialize;
 
 use crate::containerd_cmd::{self, handler_spec, ContainerdArgs};
@@ -168,8 +168,8 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
     if args.skip_cdi {
         return Ok(Step::new("cdi", "skipped (--skip-cdi)"));
     }
-    let host = kata_gpu_shim::Host::new(root);
-    let found = kata_gpu_shim::host_spec::host_specs(&host)
+    let host = kata_gpu_plan::Host::new(root);
+    let found = kata_gpu_plan::host_spec::host_specs(&host)
         .context("cannot read the host's PCI devices")?;
     let mut step = Step::new("cdi", "");
     step.warnings = found.warnings.clone();

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cdi::registry::{Registry, RegistryConfig};
-use kata_gpu_shim::host::Host;
-use kata_gpu_shim::plan::{plan, BaseValues, PlanInput, Policy};
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::host::Host;
+use kata_gpu_plan::sandbox::{plan, BaseValues, PlanInput, Policy};
+use kata_gpu_plan::Profile;
 use oci_spec::runtime::Spec as OciSpec;
 
 use crate::{Global, Outcome};

@@ -7,7 +7,7 @@ use kata_gpu_manifests::{
     check_quantity, parse_selectors, Manifests, Options, DEFAULT_CPU_OVERHEAD,
     DEFAULT_MEMORY_OVERHEAD,
 };
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::Profile;
 
 use crate::{Global, Outcome};
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use kata_gpu_artifacts::{Store, StoreConfig};
 use kata_gpu_containerd_config::{covers, daemon, find_handler, fsio, imports};
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::Profile;
 use serde::Serialize;
 
 use crate::node_state::{host_path, inside, under, ContainerdState, Mode, NodeState};

@@ -2,8 +2,8 @@
 //! whole IOMMU group, to `vfio-pci`, and give them back to the driver they had.
 
 use anyhow::Context;
-use kata_gpu_shim::host::{Bdf, Host};
-use kata_gpu_shim::vfio::{self, Step, Targets};
+use kata_gpu_plan::host::{Bdf, Host};
+use kata_gpu_plan::vfio::{self, Step, Targets};
 
 use crate::{Global, Outcome};
 

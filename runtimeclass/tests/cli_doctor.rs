@@ -3,7 +3,7 @@
 use std::fs;
 use std::process::{Command, Output};
 
-use kata_gpu_tests::{SimHost, VfioMode};
+use kata_gpu_tests::{SimHost, VfioMode, WriteCdiSpecs};
 
 /// Runs `kata-gpu doctor ARGS` against the simulated host, with a containerd binary that
 /// does not exist, so that no real containerd on the test machine is asked.

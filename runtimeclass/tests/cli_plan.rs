@@ -2,7 +2,7 @@
 
 use std::process::Output;
 
-use kata_gpu_tests::{SimHost, VfioMode};
+use kata_gpu_tests::{SimHost, VfioMode, WriteCdiSpecs};
 
 fn kata_gpu(root: &SimHost, args: &[&str]) -> Output {
     kata_gpu_tests::run_on_host(env!("CARGO_BIN_EXE_kata-gpu"), root, args)

@@ -28,7 +28,8 @@ pub struct Flags {
     pub version: bool,
     /// `-info`: print a `RuntimeInfo` and exit (containerd 2.x).
     pub info: bool,
-    /// The action: `start`, `delete`, or none (serve, for shims started by hand).
+    /// The action: containerd's `start` or `delete`, or `serve`, which our own `start` gives
+    /// the proxy it spawns. None is refused: nothing runs a shim without one.
     pub action: Option<String>,
 }
 

@@ -1,4 +1,4 @@
-//! What the wrapper does at `Create`: apply CDI edits containerd did not apply, plan the
+//! What the proxy does at `Create`: apply CDI edits containerd did not apply, plan the
 //! sandbox, render its Kata configuration, and point the downstream at it.
 
 use std::fs;
@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 
 use cdi::{parse_cdi_annotations, QualifiedName, Registry};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::protobuf::{self, CodedOutputStream, MessageField};
 use containerd_shim_protos::shim::shim::CreateTaskRequest;
 use oci_spec::runtime::Spec as OciSpec;
 
-use crate::host::Host;
-use crate::plan::{plan, BaseValues, PlanInput};
-use crate::profile::Profile;
 use crate::proxy::CreateHook;
-use crate::settings::{DownstreamKind, Settings};
+use kata_gpu_plan::host::Host;
+use kata_gpu_plan::profile::Profile;
+use kata_gpu_plan::sandbox::{plan, BaseValues, PlanInput};
+use kata_gpu_plan::settings::{DownstreamKind, Settings};
 
 /// CRI's annotation telling a pod's sandbox from its containers.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -26,20 +26,13 @@ pub const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
 
 /// Encodes `runtimeoptions.v1.Options { config_path = 2 }` (the message is not in
 /// containerd-shim-protos, and one string field needs no generated code).
-pub fn runtime_options(config_path: &str) -> Vec<u8> {
-    let mut out = vec![0x12];
-    let mut len = config_path.len();
-    loop {
-        let byte = (len & 0x7f) as u8;
-        len >>= 7;
-        if len == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
-    out.extend_from_slice(config_path.as_bytes());
-    out
+pub fn runtime_options(config_path: &str) -> Result<Vec<u8>, protobuf::Error> {
+    let mut out = Vec::with_capacity(config_path.len() + 4);
+    let mut stream = CodedOutputStream::vec(&mut out);
+    stream.write_string(2, config_path)?;
+    stream.flush()?;
+    drop(stream);
+    Ok(out)
 }
 
 /// Whether an `Any` carries `runtimeoptions.v1.Options` (with or without a URL host).
@@ -47,8 +40,8 @@ pub(crate) fn is_runtime_options(any: &Any) -> bool {
     any.type_url.rsplit('/').next() == Some(RUNTIME_OPTIONS)
 }
 
-/// The wrapper's Create hook for one sandbox.
-pub struct Sandboxer {
+/// The proxy's Create hook for one sandbox.
+pub struct PlanHook {
     /// The profile served.
     pub profile: Profile,
     /// Our settings.
@@ -74,7 +67,7 @@ pub fn is_path_safe_id(id: &str) -> bool {
     !id.is_empty() && id != "." && !id.contains(['/', '\0']) && !id.contains("..")
 }
 
-impl Sandboxer {
+impl PlanHook {
     /// The directory of a sandbox's state: `<state_dir>/<namespace>/<sandbox-id>`; an id or
     /// namespace that is not a plain name (see [`is_path_safe_id`]) has none.
     pub fn sandbox_dir(&self, sandbox_id: &str) -> Result<PathBuf, String> {
@@ -196,17 +189,19 @@ impl Sandboxer {
         })?;
 
         let options = request.options.as_ref().cloned();
+        let ours = runtime_options(&config_path.display().to_string())
+            .map_err(|e| format!("cannot encode the runtime options: {e}"))?;
         request.options = match (self.settings.downstream_kind, options) {
             // Kata: our options, or theirs with the path replaced.
             (DownstreamKind::Kata, None) => MessageField::some(Any {
                 type_url: RUNTIME_OPTIONS.to_owned(),
-                value: runtime_options(&config_path.display().to_string()),
+                value: ours,
                 ..Any::default()
             }),
             (DownstreamKind::Kata, Some(any)) if is_runtime_options(&any) => {
                 MessageField::some(Any {
                     type_url: any.type_url.clone(),
-                    value: runtime_options(&config_path.display().to_string()),
+                    value: ours,
                     ..Any::default()
                 })
             }
@@ -220,7 +215,7 @@ impl Sandboxer {
     }
 }
 
-impl CreateHook for Sandboxer {
+impl CreateHook for PlanHook {
     fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
         let id = request.id.clone();
         let result = self.handle(request);
@@ -254,8 +249,8 @@ impl CreateHook for Sandboxer {
 mod tests {
     use super::*;
 
-    fn sandboxer(state: &Path, namespace: &str) -> Sandboxer {
-        Sandboxer {
+    fn plan_hook(state: &Path, namespace: &str) -> PlanHook {
+        PlanHook {
             profile: Profile::Snp,
             settings: Settings {
                 state_dir: state.to_path_buf(),
@@ -268,7 +263,7 @@ mod tests {
     #[test]
     fn only_plain_ids_name_a_state_directory() {
         let state = tempfile::tempdir().expect("tempdir");
-        let s = sandboxer(state.path(), "k8s.io");
+        let s = plan_hook(state.path(), "k8s.io");
         assert_eq!(
             s.sandbox_dir("pod-1.a_b").expect("a plain id"),
             state.path().join("k8s.io/pod-1.a_b")
@@ -278,7 +273,7 @@ mod tests {
         }
         for bad in ["", "..", "a/b"] {
             assert!(
-                sandboxer(state.path(), bad).sandbox_dir("pod").is_err(),
+                plan_hook(state.path(), bad).sandbox_dir("pod").is_err(),
                 "{bad:?}"
             );
         }
@@ -287,7 +282,7 @@ mod tests {
     #[test]
     fn deleting_a_task_with_a_bad_id_removes_nothing() {
         let state = tempfile::tempdir().expect("tempdir");
-        let s = sandboxer(state.path(), "default");
+        let s = plan_hook(state.path(), "default");
         for pod in ["pod-a", "pod-b"] {
             let dir = state.path().join("default").join(pod);
             fs::create_dir_all(&dir).expect("mkdir");
@@ -314,9 +309,12 @@ mod tests {
 
     #[test]
     fn runtime_options_encode_as_protobuf_field_2() {
-        assert_eq!(runtime_options("/x"), [0x12, 0x02, b'/', b'x']);
+        assert_eq!(
+            runtime_options("/x").expect("encode"),
+            [0x12, 0x02, b'/', b'x']
+        );
         let long = "a".repeat(200);
-        let bytes = runtime_options(&long);
+        let bytes = runtime_options(&long).expect("encode");
         assert_eq!(&bytes[..3], &[0x12, 0xc8, 0x01]);
         assert_eq!(bytes.len(), 3 + 200);
     }

@@ -2,7 +2,7 @@
 //! introspection: CRI reads the OCI features from it) and logs an error when a shim does
 //! not know the flag. The answer is a `RuntimeInfo` protobuf on stdout.
 //!
-//! The wrapper asks the downstream first, since the OCI runtime's features are the
+//! The proxy asks the downstream first, since the OCI runtime's features are the
 //! downstream's (runc's shim 2.x and Kata's 3.30 both answer), and answers under its own
 //! name and version; a downstream that does not know the flag (runc's shim 1.7) leaves our
 //! own answer, without features. containerd-shim-protos has no `RuntimeInfo`, so the
@@ -23,8 +23,8 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{CodedInputStream, CodedOutputStream, Message};
 
 use crate::create::is_runtime_options;
-use crate::profile::Profile;
-use crate::settings::{DownstreamKind, Settings};
+use kata_gpu_plan::profile::Profile;
+use kata_gpu_plan::settings::{DownstreamKind, Settings};
 
 /// Annotation naming the downstream that answered, with its version.
 pub const DOWNSTREAM_ANNOTATION: &str = "io.kata-gpu.downstream";
@@ -178,15 +178,15 @@ pub fn answer(profile: Profile, stdin: &[u8], downstream: Option<&[u8]>) -> Runt
 }
 
 /// `-info`: asks the downstream named in the settings, then answers for `profile`.
-pub fn info(profile: Profile, stdin: &[u8]) -> Result<Vec<u8>, crate::daemon::ShimError> {
+pub fn info(profile: Profile, stdin: &[u8]) -> Result<Vec<u8>, crate::actions::ShimError> {
     let (settings, settings_path): (Settings, _) = Settings::load(profile)?;
     let input = downstream_stdin(settings.downstream_kind, stdin);
     let args = ["-info".to_owned()];
     let theirs =
-        crate::daemon::run_downstream(&settings, &settings_path, &args, input, "-info", &[], None)
+        crate::actions::run_downstream(&settings, &settings_path, &args, input, "-info", &[], None)
             .ok();
     let reply = answer(profile, stdin, theirs.as_deref());
-    reply.encode().map_err(|e| crate::daemon::ShimError::Io {
+    reply.encode().map_err(|e| crate::actions::ShimError::Io {
         what: "cannot encode the RuntimeInfo".to_owned(),
         source: std::io::Error::other(e),
     })
@@ -200,7 +200,7 @@ mod tests {
     fn kata_options() -> Vec<u8> {
         Any {
             type_url: RUNTIME_OPTIONS.to_owned(),
-            value: runtime_options("/etc/kata/x.toml"),
+            value: runtime_options("/etc/kata/x.toml").expect("encode"),
             ..Any::default()
         }
         .write_to_bytes()

@@ -2,23 +2,19 @@
 //!
 //! It sits between containerd and Kata's own shim so that it sees every sandbox's
 //! `Create` and can hand Kata a VM shaped for exactly the GPUs the pod asked for
-//! (`DESIGN.md` §1). Today this crate holds the profiles, the host view (sysfs and `/dev`
-//! under a root) and the sandbox plan; the Task proxy arrives with its own issue.
+//! (`DESIGN.md` §1). This crate holds only what runs in containerd's path: bootstrap, the
+//! proxy, the relay, the Create hook and logging; the host view, the sandbox plan it hands
+//! Kata and the settings file live in `kata-gpu-plan`.
+//!
+//! Names: *the proxy* is the long-running process this binary runs as (`serve`, spawned by
+//! its own `start`) that containerd talks to and that relays every Task call; *the
+//! downstream* is the shim it relays to, Kata's (runc's in tests).
 
+pub mod actions;
 pub mod bootstrap;
 pub mod create;
-pub mod daemon;
-pub mod host;
-pub mod host_spec;
 pub mod info;
 mod logging;
-pub mod plan;
-pub mod profile;
 pub mod proxy;
+mod proxy_record;
 mod relay;
-mod server_record;
-pub mod settings;
-pub mod vfio;
-
-pub use host::{Bdf, Host, HostError, PciFunction, Platform, VfioNode};
-pub use profile::Profile;

@@ -1,4 +1,4 @@
-//! Logs of the serving daemon, into the bundle's `log` FIFO that containerd reads, with
+//! Logs of the proxy, into the bundle's `log` FIFO that containerd reads, with
 //! the namespace and sandbox id on every line so that a node's journal can be grepped.
 
 use std::fs::{File, OpenOptions};
@@ -57,7 +57,7 @@ impl<'a> MakeWriter<'a> for Prefixed {
 }
 
 /// Sends logs to `./log` (the bundle's FIFO) when it can be opened; otherwise nowhere,
-/// since the daemon's stderr is /dev/null. `debug` raises the level.
+/// since the proxy's stderr is /dev/null. `debug` raises the level.
 pub fn init(namespace: &str, sandbox: &str, debug: bool) {
     // Non-blocking open: a FIFO nobody reads must not hang the shim.
     let Ok(file) = OpenOptions::new()

@@ -5,9 +5,9 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
+use kata_gpu_plan::Profile;
+use kata_gpu_shim::actions::{delete, serve, start, SERVE_ACTION};
 use kata_gpu_shim::bootstrap::parse_flags;
-use kata_gpu_shim::daemon::{delete, serve, start, SERVE_ACTION};
-use kata_gpu_shim::Profile;
 
 /// containerd never sends more than this on stdin.
 const MAX_STDIN: u64 = 10 << 20;
@@ -35,7 +35,7 @@ fn emit(bytes: &[u8]) -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let argv0 = std::env::args().next().unwrap_or_default();
-    // The profile is the name this binary runs under (a link or a copy too; the server
+    // The profile is the name this binary runs under (a link or a copy too; the proxy
     // `start` spawns is given the same name). Guessing one would plan a pod for the wrong TEE.
     let Some(profile) = Profile::from_binary_name(&argv0) else {
         let names: Vec<String> = Profile::ALL.iter().map(|p| p.shim_binary()).collect();

@@ -1,8 +1,11 @@
 //! The Task proxy's decisions: every method of containerd's Task service, called under the
-//! v2 or the v3 service name, goes to the downstream under the name it serves. Only
-//! `Create` is decoded (to hand Kata the per-sandbox config); everything else passes
-//! through untouched, with the caller's deadline and metadata, and downstream errors keep
-//! their status codes. The bytes travel through [`crate::relay`].
+//! v2 or the v3 service name, goes to the downstream under the name it serves. `Create`'s
+//! request is decoded and rewritten by the [`CreateHook`] (to hand Kata the per-sandbox
+//! config); the successful answers to `Create`, `Start`, `Exec` and `Delete` are read, never
+//! changed, to know which processes the downstream runs; everything else passes through
+//! untouched, with the caller's deadline and metadata, and downstream errors keep their
+//! status codes. Once the downstream is dead, `Delete`, `State`, `Wait`, `Kill` and
+//! `Shutdown` are answered here for its tasks. The bytes travel through [`crate::relay`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,28 +27,7 @@ pub const TASK_V2: &str = "containerd.task.v2.Task";
 /// The Task service as containerd 2.x names it.
 pub const TASK_V3: &str = "containerd.task.v3.Task";
 
-/// Every method of the Task service (identical in v2 and v3).
-pub const METHODS: [&str; 17] = [
-    "State",
-    "Create",
-    "Start",
-    "Delete",
-    "Pids",
-    "Pause",
-    "Resume",
-    "Checkpoint",
-    "Kill",
-    "Exec",
-    "ResizePty",
-    "CloseIO",
-    "Update",
-    "Wait",
-    "Stats",
-    "Connect",
-    "Shutdown",
-];
-
-/// What the wrapper does to a `Create` before forwarding it.
+/// What the proxy does to a `Create` before forwarding it.
 pub trait CreateHook: Send + Sync {
     /// Returns the request to forward, or the one-line reason the Create fails.
     fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String>;
@@ -66,10 +48,6 @@ pub struct Tracked {
     /// The bundle of an init process (empty for an exec).
     pub bundle: String,
 }
-
-/// Cleans up after a task of a dead downstream (e.g. the downstream's own `delete`);
-/// returns the `DeleteResponse` bytes to answer with.
-pub type DeadTaskCleanup = Box<dyn Fn(&Tracked) -> Option<Vec<u8>> + Send + Sync>;
 
 /// A request on its way to the downstream: what its answer is needed for, and what to
 /// answer in its place if the downstream goes away first.
@@ -98,7 +76,7 @@ impl Pending {
         self.deadline
     }
 
-    /// Whether the answer changes the wrapper's bookkeeping (the processes the downstream
+    /// Whether the answer changes the proxy's bookkeeping (the processes the downstream
     /// runs, the sandbox's state), so that it is worth waiting for when nobody else does.
     pub fn records(&self) -> bool {
         matches!(self.method.as_str(), "Create" | "Start" | "Exec" | "Delete")
@@ -165,7 +143,6 @@ pub struct Proxy {
     /// A Shutdown was answered by the downstream closing its connection (Kata's way).
     shut_down_by_close: AtomicBool,
     tracked: Mutex<BTreeMap<(String, String), Tracked>>,
-    dead_cleanup: Mutex<Option<DeadTaskCleanup>>,
     died_at: Mutex<Option<Timestamp>>,
     downstream_name: String,
 }
@@ -188,7 +165,6 @@ impl Proxy {
             shutdowns: (Mutex::new(0), Condvar::new()),
             shut_down_by_close: AtomicBool::new(false),
             tracked: Mutex::new(BTreeMap::new()),
-            dead_cleanup: Mutex::new(None),
             died_at: Mutex::new(None),
             downstream_name,
         })
@@ -197,13 +173,6 @@ impl Proxy {
     /// The downstream binary, for messages.
     pub fn downstream_name(&self) -> &str {
         &self.downstream_name
-    }
-
-    /// Sets how a dead downstream's task is cleaned up when containerd deletes it.
-    pub fn set_dead_cleanup(&self, cleanup: DeadTaskCleanup) {
-        if let Ok(mut slot) = self.dead_cleanup.lock() {
-            *slot = Some(cleanup);
-        }
     }
 
     /// Whether the downstream has gone away.
@@ -317,7 +286,7 @@ impl Proxy {
         else {
             return status_response(
                 Code::NOT_FOUND,
-                format!("{} is not known to the wrapper", req.id),
+                format!("{} is not known to the proxy", req.id),
             );
         };
         let (_, at) = self.exited();
@@ -351,20 +320,14 @@ impl Proxy {
             .lock()
             .ok()
             .and_then(|mut t| t.remove(&(req.id.clone(), exec)));
-        let cleaned = match (&tracked, self.dead_cleanup.lock()) {
-            (Some(t), Ok(cleanup)) if req.exec_id.is_empty() => cleanup.as_ref().and_then(|f| f(t)),
-            _ => None,
-        };
-        let payload = cleaned.unwrap_or_else(|| {
-            DeleteResponse {
-                pid: tracked.as_ref().map_or(0, |t| t.pid),
-                exit_status: DEAD_EXIT_STATUS,
-                exited_at: MessageField::some(self.exited().1),
-                ..DeleteResponse::default()
-            }
-            .write_to_bytes()
-            .unwrap_or_default()
-        });
+        let payload = DeleteResponse {
+            pid: tracked.as_ref().map_or(0, |t| t.pid),
+            exit_status: DEAD_EXIT_STATUS,
+            exited_at: MessageField::some(self.exited().1),
+            ..DeleteResponse::default()
+        }
+        .write_to_bytes()
+        .unwrap_or_default();
         if req.exec_id.is_empty() {
             if let Ok(mut t) = self.tracked.lock() {
                 t.retain(|(c, _), _| c != &req.id);

@@ -6,7 +6,7 @@
 //! The failure paths are decided by state, never by a timer: the downstream closing its
 //! connection answers what waits on it (a Shutdown accepted, anything else as for a dead
 //! downstream, from the call's own request); containerd hanging up lets the calls that
-//! change the wrapper's bookkeeping finish first; a downstream that cannot be reached is
+//! change the proxy's bookkeeping finish first; a downstream that cannot be reached is
 //! retried within the caller's deadline, then answered UNAVAILABLE with nothing touched.
 
 use std::collections::HashMap;
@@ -95,7 +95,7 @@ pub type AfterShutdown = Arc<dyn Fn() + Send + Sync>;
 /// reachable, or for the verdict on a downstream connection that closed under it.
 const NO_DEADLINE_WAIT: Duration = Duration::from_secs(10);
 
-/// How long, once containerd has hung up, the wrapper still waits for the answers that
+/// How long, once containerd has hung up, the proxy still waits for the answers that
 /// change its bookkeeping (a Delete that the downstream is still carrying out), when the
 /// calls set no deadline.
 const HANGUP_WAIT: Duration = Duration::from_secs(60);
@@ -207,7 +207,7 @@ impl Link {
 }
 
 /// Ends a containerd connection on every way out of [`relay`]: the answers that change the
-/// wrapper's bookkeeping are still waited for (bounded by their deadlines), then both
+/// proxy's bookkeeping are still waited for (bounded by their deadlines), then both
 /// sides are shut down, which ends the downstream connection's reader too, so that no
 /// thread or socket outlives the connection.
 struct Hangup {

@@ -282,27 +282,17 @@ impl Drop for PrivateContainerd {
 
 /// Whether the process runs as root (effective uid 0).
 pub fn is_root() -> bool {
-    // The effective uid is in /proc/self/status ("Uid: real effective saved fs").
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
+    nix::unistd::geteuid().is_root()
 }
 
 fn nix_kill_term(pid: u32) -> io::Result<()> {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other("kill -TERM failed"))
-    }
+    let pid =
+        i32::try_from(pid).map_err(|_| io::Error::other(format!("pid {pid} is out of range")))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .map_err(io::Error::from)
 }
 
 /// A minimal root file system: busybox-static as `/bin/busybox` and `/bin/sh`.

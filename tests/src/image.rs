@@ -8,10 +8,7 @@ use sha2::{Digest, Sha256};
 
 fn digest(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
-    format!(
-        "sha256:{}",
-        hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("sha256:{}", kata_gpu_fsutil::hex(&hash))
 }
 
 fn append(archive: &mut tar::Builder<Vec<u8>>, path: &str, bytes: &[u8]) -> io::Result<()> {

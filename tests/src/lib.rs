@@ -5,18 +5,34 @@
 //! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
 //!   is reported.
 //! - [`simhost`]: simulated GPU hosts, sysfs and `/dev` trees under a temp root that every
-//!   path of the code under test goes through.
+//!   path of the code under test goes through (the `kata-gpu-simhost` crate, which depends
+//!   on nothing under test so that the plan crate's own tests can use it), and
+//!   [`WriteCdiSpecs`] to give one the host's own CDI specs.
 
 pub mod containerd;
 pub mod image;
 pub mod katans;
 pub mod parts;
 pub mod shimrig;
-pub mod simhost;
+pub use kata_gpu_simhost as simhost;
 
 pub use containerd::{busybox_rootfs, is_root, on_path, require, PrivateContainerd};
 pub use parts::{available, Containerd, Kata};
 pub use simhost::{SimHost, VfioMode};
+
+/// Gives a simulated host the CDI specs that `kata-gpu cdi generate` writes for it.
+pub trait WriteCdiSpecs {
+    /// Writes the host's own CDI specs into its `/var/run/cdi`.
+    fn write_cdi_specs(&self);
+}
+
+impl WriteCdiSpecs for SimHost {
+    fn write_cdi_specs(&self) {
+        let host = kata_gpu_plan::Host::new(self.root());
+        let found = kata_gpu_plan::host_spec::host_specs(&host).expect("host specs");
+        self.write_specs(&found.specs);
+    }
+}
 
 /// The path of a binary of this workspace, built (if stale) with the same cargo and
 /// profile as the tests, for tests that need a binary of another package.

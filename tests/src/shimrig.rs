@@ -1,7 +1,7 @@
-//! A wrapper shim under test in front of a private containerd: the shim binary on
+//! A proxy shim under test in front of a private containerd: the shim binary on
 //! containerd's PATH, a simulated H100 host with its CDI spec, a base Kata config, the
-//! wrapper's settings, and (optionally) the recording downstream. Shared by the tests that
-//! drive the wrapper through `ctr` and through the CRI API.
+//! proxy's settings, and (optionally) the recording downstream. Shared by the tests that
+//! drive the proxy through `ctr` and through the CRI API.
 
 use std::fs;
 use std::path::PathBuf;
@@ -10,16 +10,17 @@ use std::process::Output;
 use crate::katans::{KataNs, Vsock};
 use crate::{
     busybox_rootfs, workspace_bin, Containerd, Kata, PrivateContainerd, SimHost, VfioMode,
+    WriteCdiSpecs,
 };
 
 /// The runtime type of the snp profile.
 pub const RUNTIME: &str = "io.containerd.kata-qemu-nvidia-gpu-snp.v2";
-/// The wrapper binary of the snp profile.
+/// The proxy binary of the snp profile.
 pub const SHIM: &str = "containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
-/// What every profile's wrapper binary name starts with.
+/// What every profile's proxy binary name starts with.
 pub const SHIM_FAMILY: &str = "containerd-shim-kata-qemu-nvidia-gpu";
 
-/// How a profile's wrapper binary is put where containerd finds it.
+/// How a profile's proxy binary is put where containerd finds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Install {
     /// A symbolic link to the built binary (its path resolves to the snp name).
@@ -29,10 +30,10 @@ pub enum Install {
 }
 
 /// Stands for the simulated host's CDI spec directory in a CRI table given to
-/// [`Rig::on_with_cri`], so that containerd (with CDI on) reads the spec the wrapper reads.
+/// [`Rig::on_with_cri`], so that containerd (with CDI on) reads the spec the proxy reads.
 pub const CDI_SPEC_DIR: &str = "@CDI_SPEC_DIR@";
 
-/// Which downstream the wrapper talks to.
+/// Which downstream the proxy talks to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Downstream {
     /// runc's shim directly (`downstream_kind = "runc"`).
@@ -45,11 +46,11 @@ pub enum Downstream {
     Kata,
 }
 
-/// The wrapper shim in front of a private containerd, and everything it needs.
+/// The proxy shim in front of a private containerd, and everything it needs.
 pub struct Rig {
     /// The directory of the rig: settings, state, records.
     pub work: tempfile::TempDir,
-    /// The simulated host the wrapper reads.
+    /// The simulated host the proxy reads.
     sim: SimHost,
     /// The busybox root file system.
     pub rootfs: PathBuf,
@@ -198,14 +199,14 @@ impl Rig {
         }
     }
 
-    /// The simulated host the wrapper reads.
+    /// The simulated host the proxy reads.
     pub fn sim(&self) -> &SimHost {
         &self.sim
     }
 
-    /// Puts the wrapper where containerd finds it under `profile`'s binary name, as a link
+    /// Puts the proxy where containerd finds it under `profile`'s binary name, as a link
     /// or as a copy (replacing what was there).
-    pub fn install_as(&self, profile: kata_gpu_shim::Profile, how: Install) {
+    pub fn install_as(&self, profile: kata_gpu_plan::Profile, how: Install) {
         let built = workspace_bin("kata-gpu-shim", SHIM);
         let at = self.work.path().join("bin").join(profile.shim_binary());
         let _ = fs::remove_file(&at);
@@ -245,7 +246,7 @@ impl Rig {
         self.ctrd.ctr(args)
     }
 
-    /// `ctr run` through the wrapper, with the given leading flags and command. `id` must
+    /// `ctr run` through the proxy, with the given leading flags and command. `id` must
     /// come from [`Rig::id`]: runc's state root is shared by every containerd on the host.
     pub fn run(&self, flags: &[&str], id: &str, command: &[&str]) -> Output {
         self.run_as(RUNTIME, flags, id, command)
@@ -269,7 +270,7 @@ impl Rig {
     /// Sends `signal` to the task `id`, waits until it has stopped, then removes it with
     /// [`Rig::remove_stopped`]: the teardown the tests end with, one place that asserts
     /// every step, since a step that fails silently would leave a task or a process behind
-    /// for [`Rig::assert_clean`] to blame on the wrapper. Returns the output of
+    /// for [`Rig::assert_clean`] to blame on the proxy. Returns the output of
     /// `ctr tasks delete`, which reports the exit status.
     #[track_caller]
     pub fn kill_and_remove(&self, id: &str, signal: &str) -> Output {
@@ -312,8 +313,8 @@ impl Rig {
         let _ = self.ctr(&["containers", "delete", id]);
     }
 
-    /// The sockets of the downstreams the running wrappers talk to, from the records beside
-    /// the wrappers' sockets (`VERSION ADDRESS [PID]`).
+    /// The sockets of the downstreams the running proxies talk to, from the records beside
+    /// the proxies' sockets (`VERSION ADDRESS [PID]`).
     pub fn downstream_sockets(&self) -> Vec<PathBuf> {
         let dir = self.work.path().join("st/s");
         let mut sockets = Vec::new();
@@ -328,7 +329,7 @@ impl Rig {
         sockets
     }
 
-    /// The state of the wrapper for a sandbox.
+    /// The state of the proxy for a sandbox.
     pub fn state_dir(&self, id: &str) -> PathBuf {
         self.work.path().join("st/default").join(id)
     }

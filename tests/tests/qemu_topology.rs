@@ -15,11 +15,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use kata_gpu_shim::host::Host;
-use kata_gpu_shim::plan::{plan, BaseValues, PlanInput, Policy, SandboxPlan};
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::host::Host;
+use kata_gpu_plan::sandbox::{plan, BaseValues, PlanInput, Policy, SandboxPlan};
+use kata_gpu_plan::Profile;
 use kata_gpu_tests::parts::qemu;
-use kata_gpu_tests::{available, SimHost};
+use kata_gpu_tests::{available, SimHost, WriteCdiSpecs};
 use serde_json::{json, Value};
 
 fn hgx_plan() -> SandboxPlan {

@@ -1,4 +1,4 @@
-//! The wrapper's `start` as each containerd generation calls it, with the test playing
+//! The proxy's `start` as each containerd generation calls it, with the test playing
 //! containerd (only 1.6 can be installed here): the reply form each expects, not one stray
 //! byte, the bundle's `address` file, and the Task service under the name each one calls.
 //! runc's real shim is downstream.
@@ -190,7 +190,7 @@ fn connect_and_shutdown(address: &str, service: &str, id: &str) {
     let connect = ConnectResponse::parse_from_bytes(&reply).expect("ConnectResponse");
     assert!(
         connect.shim_pid > 0,
-        "the downstream answered through the wrapper"
+        "the downstream answered through the proxy"
     );
     let shutdown = ShutdownRequest {
         id: id.into(),
@@ -362,8 +362,8 @@ fn the_binary_name_selects_the_profile_and_v_prints_version_and_commit() {
     }
 }
 
-/// Our serving daemons for `group` started from `mock`'s settings.
-fn servers(mock: &MockContainerd, group: &str) -> Vec<u32> {
+/// Our proxies for `group` started from `mock`'s settings.
+fn proxies(mock: &MockContainerd, group: &str) -> Vec<u32> {
     let settings = mock.work.path().join("shim.toml").display().to_string();
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").expect("proc").flatten() {
@@ -455,9 +455,9 @@ fn two_concurrent_starts_of_one_pod_get_one_server() {
                 .collect()
         });
         assert_eq!(replies[0], replies[1], "one address for the pod");
-        let running = servers(&mock, &group);
-        assert_eq!(running.len(), 1, "round {round}: servers {running:?}");
-        // The record beside the socket names that very server, so that `delete` never
+        let running = proxies(&mock, &group);
+        assert_eq!(running.len(), 1, "round {round}: proxies {running:?}");
+        // The record beside the socket names that very proxy, so that `delete` never
         // takes it for dead.
         let socket = PathBuf::from(replies[0].trim_start_matches("unix://"));
         let record = fs::read_to_string(socket.with_extension("downstream")).expect("record");
@@ -467,10 +467,10 @@ fn two_concurrent_starts_of_one_pod_get_one_server() {
             "{record}"
         );
     }
-    // The downstream exits with no task run: every server follows.
+    // The downstream exits with no task run: every proxy follows.
     daemon.exit();
-    wait_until("every server exited", || {
-        (0..5).all(|round| servers(&mock, &format!("pod{round}")).is_empty())
+    wait_until("every proxy exited", || {
+        (0..5).all(|round| proxies(&mock, &format!("pod{round}")).is_empty())
     });
 }
 
@@ -489,7 +489,12 @@ fn a_downstream_whose_start_leaves_its_output_open_does_not_hold_start() {
     let out = mock.try_start("linger", &Caller::Legacy);
     let took = started.elapsed();
     if let Ok(pid) = fs::read_to_string(&pidfile) {
-        let _ = Command::new("kill").arg(pid.trim()).status();
+        if let Ok(pid) = pid.trim().parse() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
     }
     assert!(
         out.status.success(),
@@ -522,13 +527,13 @@ fn a_server_started_with_a_bad_version_or_without_its_socket_refuses_to_serve() 
             .stderr(Stdio::piped())
             .spawn()
             .expect("run serve");
-        // A server that serves anyway never exits by itself: a bound only to fail.
+        // A proxy that serves anyway never exits by itself: a bound only to fail.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while child.try_wait().expect("wait").is_none() {
             if std::time::Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("version {version:?}: the server served");
+                panic!("version {version:?}: the proxy served");
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -541,13 +546,13 @@ fn a_server_started_with_a_bad_version_or_without_its_socket_refuses_to_serve() 
 }
 
 /// Kata 3.30's shim downstream, each containerd generation's caller in turn: Kata serves
-/// only `containerd.task.v2.Task`, and the wrapper reaches it under that name whichever name
+/// only `containerd.task.v2.Task`, and the proxy reaches it under that name whichever name
 /// the caller used. Connect comes back from Kata; State of a task Kata does not have is
 /// Kata's own error; Shutdown, which Kata answers by exiting without a reply, is answered
-/// by the wrapper, which then ends.
+/// by the proxy, which then ends.
 #[test]
-fn kata_answers_connect_state_and_shutdown_through_the_wrapper() {
-    let test = "kata_answers_connect_state_and_shutdown_through_the_wrapper";
+fn kata_answers_connect_state_and_shutdown_through_the_proxy() {
+    let test = "kata_answers_connect_state_and_shutdown_through_the_proxy";
     let Some(kata) = kata_gpu_tests::available(test, kata_gpu_tests::Kata::find()) else {
         return;
     };
@@ -585,7 +590,7 @@ fn kata_answers_connect_state_and_shutdown_through_the_wrapper() {
         };
         assert!(
             address.contains(&mock.work.path().join("st/s/").display().to_string()),
-            "{id}: the wrapper's own socket: {address}"
+            "{id}: the proxy's own socket: {address}"
         );
         let connect = ConnectRequest {
             id: id.into(),
@@ -638,8 +643,7 @@ fn kata_answers_connect_state_and_shutdown_through_the_wrapper() {
             .join("mock")
             .join(id);
         let hash = <sha2::Sha256 as sha2::Digest>::digest(key.display().to_string().as_bytes());
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        let _ = fs::remove_file(Path::new("/run/containerd/s").join(hex));
+        let _ = fs::remove_file(Path::new("/run/containerd/s").join(kata_gpu_fsutil::hex(&hash)));
     }
 }
 
@@ -647,7 +651,7 @@ fn kata_answers_connect_state_and_shutdown_through_the_wrapper() {
 fn wait_gone(socket: &Path) {
     wait_until(
         &format!(
-            "the wrapper exits after Shutdown and removes {}",
+            "the proxy exits after Shutdown and removes {}",
             socket.display()
         ),
         || !socket.exists(),

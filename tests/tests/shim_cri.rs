@@ -1,9 +1,9 @@
 //! A pod through the CRI API, the way kubelet drives containerd: a generated CRI client
 //! (k8s-cri) against a private containerd with the CRI plugin (1.6, and 1.7, 2.1 and 2.3
-//! with CDI on), the wrapper registered as the runtime handler, a pause-like image built by
+//! with CDI on), the proxy registered as the runtime handler, a pause-like image built by
 //! the test and imported with `ctr`, host networking, and the recording downstream standing
 //! where Kata would. A container asks for the pod's GPU through CRI's CDI devices: containerd
-//! applies it where it has CDI, the wrapper where it has not, never both.
+//! applies it where it has CDI, the proxy where it has not, never both.
 
 use std::collections::HashMap;
 use std::fs;
@@ -136,7 +136,7 @@ kata_gpu_tests::tests_per_release!(a_gpu_pod_through_cri:
     a_gpu_pod_through_cri_on_containerd_2_3 = V2_3,
 );
 
-/// One wrapper and one downstream for the pod, its per-sandbox config, its container's CDI
+/// One proxy and one downstream for the pod, its per-sandbox config, its container's CDI
 /// device applied once (by containerd where it has CDI), nothing left afterwards.
 fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
     let Some(_) = available(test, release.bin_dir()) else {
@@ -202,11 +202,11 @@ fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
             containers.push(id);
         }
 
-        // One wrapper and one downstream for the whole pod.
+        // One proxy and one downstream for the whole pod.
         assert_eq!(
             pids_of(&rig, &[SHIM, "serve"]).len(),
             1,
-            "one wrapper for the pod"
+            "one proxy for the pod"
         );
         assert_eq!(
             pids_of(&rig, &["recording-shim", "serve"]).len(),
@@ -234,9 +234,9 @@ fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
         assert_eq!(record["options_type_url"], "runtimeoptions.v1.Options");
         assert_eq!(record["config_path"], config.display().to_string());
 
-        // The GPU container has its device once. containerd 1.6 has no CDI: the wrapper
+        // The GPU container has its device once. containerd 1.6 has no CDI: the proxy
         // applied the request and rewrote config.json (pretty-printed). Later releases apply
-        // it themselves, and the wrapper leaves their config.json (one line of JSON) alone.
+        // it themselves, and the proxy leaves their config.json (one line of JSON) alone.
         let bundle = rig
             .ctrd
             .dir()
@@ -258,9 +258,9 @@ fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
             containerd_has_cdi,
             "config.json written by {}",
             if containerd_has_cdi {
-                "the wrapper, though containerd had applied the device"
+                "the proxy, though containerd had applied the device"
             } else {
-                "containerd alone: the wrapper did not apply the device"
+                "containerd alone: the proxy did not apply the device"
             }
         );
         let ls = cri

@@ -1,4 +1,4 @@
-//! The wrapper shim driven by a real containerd 1.6 through `ctr`, with runc's real v2 shim
+//! The proxy shim driven by a real containerd 1.6 through `ctr`, with runc's real v2 shim
 //! downstream in Kata's place: GPU sandboxes get their per-sandbox Kata config, refusals say
 //! why, load leaves nothing behind. The Task calls a user makes, on every containerd
 //! release, are in `shim_ctr_matrix.rs`.
@@ -7,7 +7,7 @@ use std::fs;
 
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::ShutdownRequest;
-use kata_gpu_shim::Profile;
+use kata_gpu_plan::Profile;
 use kata_gpu_tests::shimrig::{
     err, out, pids_of, wait_for_exit, wait_until, Downstream, Install, Rig, SHIM,
 };
@@ -140,7 +140,7 @@ fn fifty_concurrent_runs_all_succeed_and_leave_nothing() {
     });
     assert!(failures.is_empty(), "{failures:#?}");
     // containerd runs our `delete` after each shim disconnects and kills it after 5 s; a
-    // downstream removing our socket on its way out once made it look like a dead wrapper
+    // downstream removing our socket on its way out once made it look like a dead proxy
     // (an orphan clean-up against a downstream shutting down, killed at 5 s).
     let log = rig.ctrd.log();
     assert!(
@@ -164,7 +164,7 @@ fn rss_anon_kib(pid: u32) -> u64 {
 }
 
 #[test]
-fn two_hundred_containers_in_one_pod_do_not_grow_the_wrapper() {
+fn two_hundred_containers_in_one_pod_do_not_grow_the_proxy() {
     let rig = Rig::new(Downstream::Runc, "");
     let pod = Rig::id("longpod");
     let member = format!("io.kubernetes.cri.sandbox-id={pod}");
@@ -180,8 +180,8 @@ fn two_hundred_containers_in_one_pod_do_not_grow_the_wrapper() {
         &["/bin/busybox", "sleep", "600"],
     );
     assert!(o.status.success(), "{}", err(&o));
-    let wrapper = pids_of(&rig, &[SHIM, "serve", &format!("-id {pod}")]);
-    assert_eq!(wrapper.len(), 1, "{wrapper:?}");
+    let proxy = pids_of(&rig, &[SHIM, "serve", &format!("-id {pod}")]);
+    assert_eq!(proxy.len(), 1, "{proxy:?}");
     let cycle = |i: usize| {
         let id = Rig::id(&format!("c{i}"));
         let o = rig.run(
@@ -202,17 +202,17 @@ fn two_hundred_containers_in_one_pod_do_not_grow_the_wrapper() {
     for i in 0..100 {
         cycle(i);
     }
-    let warm = rss_anon_kib(wrapper[0]);
+    let warm = rss_anon_kib(proxy[0]);
     for i in 100..200 {
         cycle(i);
     }
-    let after = rss_anon_kib(wrapper[0]);
+    let after = rss_anon_kib(proxy[0]);
     assert!(warm > 0 && after > 0);
     // A leak of 5 KiB per container would exceed this over the last hundred; the total
     // RSS growth is a figure of bench/load.sh.
     assert!(
         after <= warm + 512,
-        "wrapper anonymous RSS grew from {warm} KiB to {after} KiB over the last 100 containers"
+        "proxy anonymous RSS grew from {warm} KiB to {after} KiB over the last 100 containers"
     );
     rig.kill_and_remove(&pod, "SIGKILL");
     rig.assert_clean();
@@ -303,7 +303,7 @@ fn a_containerd_restart_during_a_delete_leaves_every_other_sandbox_its_state() {
     // containerd goes away with the Delete in flight (as `kata-gpu install --restart` does).
     rig.ctrd.restart();
     let _ = deleting.join();
-    // The downstream finishes the Delete after all; the wrapper takes note of it.
+    // The downstream finishes the Delete after all; the proxy takes note of it.
     fs::remove_file(&hold).expect("let the Delete go");
     wait_until("the deleted sandbox's state went", || {
         !rig.state_dir(&slow).exists()
@@ -341,7 +341,7 @@ fn a_containerd_restart_during_a_delete_leaves_every_other_sandbox_its_state() {
             .join("address"),
     )
     .expect("the bundle's address");
-    let client = ttrpc::Client::connect(&address).expect("connect to the wrapper");
+    let client = ttrpc::Client::connect(&address).expect("connect to the proxy");
     let shutdown = ShutdownRequest {
         id: slow.clone(),
         ..ShutdownRequest::default()
@@ -366,7 +366,7 @@ fn a_containerd_restart_during_a_delete_leaves_every_other_sandbox_its_state() {
     rig.assert_clean();
 }
 
-/// Each profile's wrapper, installed as `how`, run end to end on a host that offers TDX and
+/// Each profile's proxy, installed as `how`, run end to end on a host that offers TDX and
 /// not SEV-SNP: a pod planned under another profile than its own would be refused (snp) or
 /// shaped for the wrong TEE.
 fn a_profile_served_as(how: Install) {
@@ -393,14 +393,14 @@ fn a_profile_served_as(how: Install) {
                 .expect("json");
         assert_eq!(plan["profile"], profile.name(), "{plan}");
         assert_eq!(plan["handler"], profile.handler(), "{plan}");
-        let servers = pids_of(
+        let proxies = pids_of(
             &rig,
             &[&profile.shim_binary(), "serve", &format!("-id {id}")],
         );
         assert_eq!(
-            servers.len(),
+            proxies.len(),
             1,
-            "{profile}: one server, named for it: {servers:?}"
+            "{profile}: one proxy, named for it: {proxies:?}"
         );
         rig.kill_and_remove(&id, "SIGKILL");
     }
@@ -418,7 +418,7 @@ fn the_tdx_and_gpu_profiles_through_a_copy_are_planned_as_themselves() {
 }
 
 /// An artifact store of the rig's own (`<work>/store`, the host root `/`), whose in-use scan
-/// reads the wrapper's state directory: what `kata-gpu artifacts` does on a node.
+/// reads the proxy's state directory: what `kata-gpu artifacts` does on a node.
 struct Store {
     kata_gpu: std::path::PathBuf,
     root: std::path::PathBuf,

@@ -1,4 +1,4 @@
-//! The `ctr` battery on every containerd release: the wrapper in front of that release's own
+//! The `ctr` battery on every containerd release: the proxy in front of that release's own
 //! runc shim, driven by that release's `ctr`. One body, one `#[test]` per release; the steps
 //! share one containerd (each cleans up after itself and checks that nothing is left), and
 //! the releases run in parallel test threads.
@@ -27,9 +27,9 @@ fn battery(release: Containerd, test: &str) {
     run_rm_and_exit_codes(&rig, &v);
     a_long_running_task_answers_every_call(&rig, &v);
     a_tty(&rig, &v);
-    a_pods_containers_share_one_wrapper_and_downstream(&rig, &v);
+    a_pods_containers_share_one_proxy_and_downstream(&rig, &v);
     killing_the_downstream_reports_the_exit(&rig, &v);
-    killing_the_wrapper_lets_containerd_clean_up(&rig, &v);
+    killing_the_proxy_lets_containerd_clean_up(&rig, &v);
     tasks_survive_a_containerd_restart(&mut rig, &v);
 }
 
@@ -38,10 +38,10 @@ fn run_rm_and_exit_codes(rig: &Rig, v: &str) {
     let o = rig.run(
         &["--rm"],
         &hello,
-        &["/bin/busybox", "echo", "hello through the wrapper"],
+        &["/bin/busybox", "echo", "hello through the proxy"],
     );
     assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
-    assert_eq!(out(&o).trim(), "hello through the wrapper");
+    assert_eq!(out(&o).trim(), "hello through the proxy");
     let seven = Rig::id(&format!("seven{v}"));
     let o = rig.run(&["--rm"], &seven, &["/bin/sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7), "{}", err(&o));
@@ -132,7 +132,7 @@ fn a_tty(rig: &Rig, v: &str) {
     rig.assert_clean();
 }
 
-fn a_pods_containers_share_one_wrapper_and_downstream(rig: &Rig, v: &str) {
+fn a_pods_containers_share_one_proxy_and_downstream(rig: &Rig, v: &str) {
     let pod = Rig::id(&format!("pod{v}"));
     let app = Rig::id(&format!("app{v}"));
     let member = format!("io.kubernetes.cri.sandbox-id={pod}");
@@ -145,8 +145,8 @@ fn a_pods_containers_share_one_wrapper_and_downstream(rig: &Rig, v: &str) {
         );
         assert!(o.status.success(), "{id}: {}", err(&o));
     }
-    let wrappers = pids_of(rig, &[SHIM, "serve"]);
-    assert_eq!(wrappers.len(), 1, "one wrapper for the pod: {wrappers:?}");
+    let proxies = pids_of(rig, &[SHIM, "serve"]);
+    assert_eq!(proxies.len(), 1, "one proxy for the pod: {proxies:?}");
     let runc_shims = pids_of(rig, &["containerd-shim-runc-v2", "-namespace"]);
     assert_eq!(
         runc_shims.len(),
@@ -175,11 +175,12 @@ fn a_pods_containers_share_one_wrapper_and_downstream(rig: &Rig, v: &str) {
 }
 
 fn kill_9(pid: u32) {
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success(), "kill -9 {pid}");
+    let raw = i32::try_from(pid).expect("a pid fits an i32");
+    let killed = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(raw),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(killed.is_ok(), "kill -9 {pid}: {killed:?}");
 }
 
 fn killing_the_downstream_reports_the_exit(rig: &Rig, v: &str) {
@@ -189,7 +190,7 @@ fn killing_the_downstream_reports_the_exit(rig: &Rig, v: &str) {
     let downstream = pids_of(rig, &["containerd-shim-runc-v2", &format!("-id {id}")]);
     assert_eq!(downstream.len(), 1, "one downstream daemon: {downstream:?}");
     kill_9(downstream[0]);
-    // The wrapper reports the lost downstream as the task's exit.
+    // The proxy reports the lost downstream as the task's exit.
     wait_for_exit(rig, &id);
     rig.remove_stopped(&id);
     rig.assert_clean();
@@ -199,15 +200,15 @@ fn killing_the_downstream_reports_the_exit(rig: &Rig, v: &str) {
     );
 }
 
-fn killing_the_wrapper_lets_containerd_clean_up(rig: &Rig, v: &str) {
+fn killing_the_proxy_lets_containerd_clean_up(rig: &Rig, v: &str) {
     let id = Rig::id(&format!("orphan{v}"));
     let o = rig.run(&["-d"], &id, &["/bin/busybox", "sleep", "300"]);
     assert!(o.status.success(), "{}", err(&o));
-    let wrapper = pids_of(rig, &[SHIM, "serve", &format!("-id {id}")]);
-    assert_eq!(wrapper.len(), 1, "{wrapper:?}");
+    let proxy = pids_of(rig, &[SHIM, "serve", &format!("-id {id}")]);
+    assert_eq!(proxy.len(), 1, "{proxy:?}");
     let downstream = rig.downstream_sockets();
     assert_eq!(downstream.len(), 1, "{downstream:?}");
-    kill_9(wrapper[0]);
+    kill_9(proxy[0]);
     // containerd notices the lost shim, runs `shim delete` (which stops the downstream
     // through its own API) and drops the task.
     wait_until("containerd dropped the task", || {
@@ -216,7 +217,7 @@ fn killing_the_wrapper_lets_containerd_clean_up(rig: &Rig, v: &str) {
     let o = rig.ctr(&["containers", "delete", &id]);
     assert!(o.status.success(), "{}", err(&o));
     rig.assert_clean();
-    // The downstream removed the socket the bundle named (the dead wrapper's); its own is
+    // The downstream removed the socket the bundle named (the dead proxy's); its own is
     // `delete`'s to remove.
     assert!(!downstream[0].exists(), "{} left", downstream[0].display());
     assert!(
@@ -230,7 +231,7 @@ fn tasks_survive_a_containerd_restart(rig: &mut Rig, v: &str) {
     let o = rig.run(&["-d"], &id, &["/bin/busybox", "sleep", "300"]);
     assert!(o.status.success(), "{}", err(&o));
     rig.ctrd.restart();
-    // containerd reconnects to the wrapper (1.x through the bundle's `address` file).
+    // containerd reconnects to the proxy (1.x through the bundle's `address` file).
     let tasks = out(&rig.ctr(&["tasks", "ls"]));
     assert!(
         tasks

@@ -7,8 +7,8 @@ use kata_gpu_tests::shimrig::{err, out, Downstream, Rig, RUNTIME};
 use kata_gpu_tests::{available, Containerd};
 
 #[test]
-fn containerd_2_3_loads_the_wrappers_runtime_info() {
-    let test = "containerd_2_3_loads_the_wrappers_runtime_info";
+fn containerd_2_3_loads_the_proxy_runtime_info() {
+    let test = "containerd_2_3_loads_the_proxy_runtime_info";
     let Some(_) = available(test, Containerd::V2_3.bin_dir()) else {
         return;
     };
@@ -21,7 +21,7 @@ fn containerd_2_3_loads_the_wrappers_runtime_info() {
     let log = rig.ctrd.log();
     assert!(
         !log.contains("failed to load runtime info") && !log.contains("unknown flag -info"),
-        "containerd 2.3.4 could not read the wrapper's runtime info:\n{log}"
+        "containerd 2.3.4 could not read the proxy's runtime info:\n{log}"
     );
 
     // containerd's own decoder reads the answer (the runtime by its type, with the options

@@ -1,8 +1,8 @@
-//! Kata 3.30's own shim behind the wrapper, on every containerd release: containerd takes
-//! the wrapper's `start` reply, the wrapper talks to Kata under the task v2 name Kata serves,
-//! a GPU-less sandbox's Create reaches Kata with the per-sandbox config the wrapper rendered
+//! Kata 3.30's own shim behind the proxy, on every containerd release: containerd takes
+//! the proxy's `start` reply, the proxy talks to Kata under the task v2 name Kata serves,
+//! a GPU-less sandbox's Create reaches Kata with the per-sandbox config the proxy rendered
 //! (Kata's error and Kata's log name it), the error reaches `ctr` as one line, Kata's
-//! `Shutdown` (which exits without a reply) ends the wrapper, and nothing of ours is left.
+//! `Shutdown` (which exits without a reply) ends the proxy, and nothing of ours is left.
 //!
 //! Kata cannot boot a VM here (no `/dev/vhost-vsock`): its Create stops while loading the
 //! config, before QEMU starts. containerd and Kata run in a private mount namespace with a
@@ -21,12 +21,11 @@ use sha2::{Digest, Sha256};
 fn kata_socket(containerd: &Path, namespace: &str, id: &str) -> PathBuf {
     let key = containerd.join(namespace).join(id);
     let hash = Sha256::digest(key.display().to_string().as_bytes());
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    Path::new("/run/containerd/s").join(hex)
+    Path::new("/run/containerd/s").join(kata_gpu_fsutil::hex(&hash))
 }
 
 /// What a failed Kata Create can leave on the host that Kata's own `delete` does not
-/// remove, and that exists now (its socket is the wrapper's to remove, and asserted gone).
+/// remove, and that exists now (its socket is the proxy's to remove, and asserted gone).
 fn kata_leftovers(id: &str) -> Vec<PathBuf> {
     let mut candidates = vec![
         PathBuf::from(format!("/run/vc/sbs/{id}")),
@@ -53,14 +52,14 @@ fn remove(path: &Path) {
     removed.unwrap_or_else(|e| panic!("remove Kata's leftover {}: {e}", path.display()));
 }
 
-kata_gpu_tests::tests_per_release!(kata_behind_the_wrapper:
-    kata_behind_the_wrapper_on_1_6 = Debian,
-    kata_behind_the_wrapper_on_1_7 = V1_7,
-    kata_behind_the_wrapper_on_2_1 = V2_1,
-    kata_behind_the_wrapper_on_2_3 = V2_3,
+kata_gpu_tests::tests_per_release!(kata_behind_the_proxy:
+    kata_behind_the_proxy_on_1_6 = Debian,
+    kata_behind_the_proxy_on_1_7 = V1_7,
+    kata_behind_the_proxy_on_2_1 = V2_1,
+    kata_behind_the_proxy_on_2_3 = V2_3,
 );
 
-fn kata_behind_the_wrapper(release: Containerd, test: &str) {
+fn kata_behind_the_proxy(release: Containerd, test: &str) {
     let Some(_) = available(test, release.bin_dir()) else {
         return;
     };
@@ -78,7 +77,7 @@ fn kata_behind_the_wrapper(release: Containerd, test: &str) {
     let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
     let config = rig.state_dir(&id).join("configuration.toml");
     let stderr = err(&o);
-    // Kata loaded the per-sandbox file the wrapper rendered, and stopped at the vsock check.
+    // Kata loaded the per-sandbox file the proxy rendered, and stopped at the vsock check.
     assert!(!o.status.success(), "ctr run through Kata succeeded");
     let want = format!(
         "{}: host system doesn't support vsock: stat /dev/vhost-vsock",
@@ -93,7 +92,7 @@ fn kata_behind_the_wrapper(release: Containerd, test: &str) {
     assert_eq!(lines.len(), 1, "one line: {stderr:?}");
     assert!(lines[0].starts_with("ctr: "), "{stderr:?}");
 
-    // The wrapper answered start in this containerd's form and serves on its own socket,
+    // The proxy answered start in this containerd's form and serves on its own socket,
     // talking task v2 to Kata's.
     let log = rig.ctrd.log();
     let ours = rig.work.path().join("st/s").display().to_string();
@@ -105,7 +104,7 @@ fn kata_behind_the_wrapper(release: Containerd, test: &str) {
         "{log}"
     );
     if release.is_v2() {
-        // 2.x says which reply it took: the wrapper's socket, over ttrpc.
+        // 2.x says which reply it took: the proxy's socket, over ttrpc.
         assert!(
             log.lines().any(|l| l.contains("connecting to shim")
                 && l.contains(&format!("address=\"unix://{ours}"))
@@ -129,7 +128,7 @@ fn kata_behind_the_wrapper(release: Containerd, test: &str) {
         "Kata's syslog:\n{syslog}"
     );
 
-    // Kata's Shutdown exits without a reply; the wrapper still ended, and left nothing.
+    // Kata's Shutdown exits without a reply; the proxy still ended, and left nothing.
     let _ = rig.ctr(&["containers", "delete", &id]);
     rig.assert_clean();
     assert!(
@@ -138,7 +137,7 @@ fn kata_behind_the_wrapper(release: Containerd, test: &str) {
         config.display()
     );
 
-    // Kata removes the socket the bundle's address names (ours); the wrapper removes Kata's.
+    // Kata removes the socket the bundle's address names (ours); the proxy removes Kata's.
     assert!(!socket.exists(), "Kata's socket left: {}", socket.display());
     // Kata's own leftovers, listed and removed.
     let left = kata_leftovers(&id);

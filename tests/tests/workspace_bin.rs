@@ -1,6 +1,6 @@
 //! Fixture check: building a workspace binary that is up to date leaves it alone. The rigs
 //! of tests running in parallel each build the shim (`workspace_bin`) while the others' shims
-//! run from it; a relinked binary makes a running shim's re-exec of itself (its server)
+//! run from it; a relinked binary makes a running shim's re-exec of itself (its proxy)
 //! fail with "No such file or directory".
 
 use std::os::unix::fs::MetadataExt;

@@ -14,17 +14,17 @@ use containerd_shim_protos::shim::shim::{
 };
 use ttrpc::Code;
 
-use crate::create::Sandboxer;
+use crate::create::PlanHook;
 use crate::proxy::{CreateHook, Verdict, DEAD_EXIT_STATUS, TASK_V2};
-use crate::settings::Settings;
+use kata_gpu_plan::settings::Settings;
 
 /// Generous bound on any one step, so that a broken relay fails a test instead of
 /// hanging it; nothing is ordered by it.
 const STEP: Duration = Duration::from_secs(30);
 
 /// Writes each created sandbox's state as the real hook does; deletes it through the
-/// real [`Sandboxer`].
-struct StateHook(Sandboxer);
+/// real [`PlanHook`].
+struct StateHook(PlanHook);
 
 impl CreateHook for StateHook {
     fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
@@ -106,13 +106,13 @@ impl Scripted {
 }
 
 /// The relay between a test playing containerd and a scripted downstream, with the
-/// daemon's monitor, over socketpairs; the sandboxes' state in a temp dir.
+/// proxy's monitor, over socketpairs; the sandboxes' state in a temp dir.
 struct Rig {
     proxy: Arc<Proxy>,
     down: Arc<Scripted>,
     calls: mpsc::Receiver<Call>,
     connect: Connect,
-    /// What the daemon's after-shutdown would have run for (it exits when dead).
+    /// What the proxy's after-shutdown would have run for (it exits when dead).
     after_shutdown: mpsc::Receiver<()>,
     shutdown_done: mpsc::Sender<()>,
     verdict: mpsc::Receiver<Verdict>,
@@ -127,18 +127,18 @@ fn rig() -> Rig {
         open: Mutex::new(Vec::new()),
         calls: Mutex::new(tx),
     });
-    let sandboxer = Sandboxer {
-        profile: crate::Profile::Snp,
+    let plan_hook = PlanHook {
+        profile: kata_gpu_plan::Profile::Snp,
         settings: Settings {
             state_dir: state.path().to_path_buf(),
             ..Settings::default()
         },
         namespace: "default".to_owned(),
     };
-    let proxy = Proxy::new(2, Box::new(StateHook(sandboxer)), "scripted".to_owned());
+    let proxy = Proxy::new(2, Box::new(StateHook(plan_hook)), "scripted".to_owned());
     let d = Arc::clone(&down);
     let connect: Connect = Arc::new(move || d.connect());
-    // The monitor's connection is made before the test starts, as the daemon's is.
+    // The monitor's connection is made before the test starts, as the proxy's is.
     let watched = Mutex::new(Some(connect().expect("monitor connects")));
     let monitor: Connect = Arc::new(move || {
         watched
@@ -153,7 +153,7 @@ fn rig() -> Rig {
         watch(&monitor);
         let _ = tx.send(p.downstream_closed());
     });
-    // Another sandbox of the namespace, served by another wrapper.
+    // Another sandbox of the namespace, served by another proxy.
     let other = state.path().join("default/pod-other");
     fs::create_dir_all(&other).expect("mkdir");
     fs::write(other.join("configuration.toml"), "x").expect("config");
@@ -389,7 +389,7 @@ fn after_a_death_calls_are_answered_for_the_task_they_name() {
     assert!(rig.dir("pod-other").join("configuration.toml").is_file());
     c.send("Shutdown", &ShutdownRequest::default(), Duration::ZERO);
     assert_eq!(code(&c.answer().1), Code::OK);
-    assert!(rig.after_shutdown_ran(), "a dead wrapper exits here");
+    assert!(rig.after_shutdown_ran(), "a dead proxy exits here");
     assert!(rig.proxy.is_dead());
 }
 

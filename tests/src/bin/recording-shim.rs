@@ -3,8 +3,8 @@
 //! runtime options with their `config_path`) as JSON in `$RECORDING_SHIM_DIR/<id>.json`,
 //! drops Kata's runtime options (runc cannot read them), and hands over to runc's shim.
 //!
-//! Its settings come from `$RECORDING_SHIM_CONFIG` (same keys as the wrapper's), so that it
-//! and the wrapper under test keep separate state and sockets.
+//! Its settings come from `$RECORDING_SHIM_CONFIG` (same keys as the proxy's), so that it
+//! and the proxy under test keep separate state and sockets.
 //!
 //! A slow Delete, for tests: while `$RECORDING_SHIM_DIR/hold-delete-<id>` exists, the
 //! answer to the Delete of task `<id>` is held back (after runc carried it out), and
@@ -14,12 +14,13 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::protobuf::rt::skip_field_for_tag;
+use containerd_shim_protos::protobuf::{CodedInputStream, MessageField};
 use containerd_shim_protos::shim::shim::CreateTaskRequest;
+use kata_gpu_plan::settings::Settings;
+use kata_gpu_shim::actions::{delete_with, serve_with, start_with, SERVE_ACTION};
 use kata_gpu_shim::bootstrap::parse_flags;
-use kata_gpu_shim::daemon::{delete_with, serve_with, start_with, SERVE_ACTION};
 use kata_gpu_shim::proxy::CreateHook;
-use kata_gpu_shim::settings::Settings;
 
 struct Recorder {
     dir: PathBuf,
@@ -27,26 +28,12 @@ struct Recorder {
 
 /// Reads field 2 (`config_path`) of an encoded `runtimeoptions.v1.Options`.
 fn config_path(options: &[u8]) -> Option<String> {
-    let mut i = 0;
-    while i < options.len() {
-        let tag = options[i];
-        i += 1;
-        let mut len = 0usize;
-        let mut shift = 0;
-        loop {
-            let b = *options.get(i)?;
-            i += 1;
-            len |= usize::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let value = options.get(i..i + len)?;
-        i += len;
+    let mut input = CodedInputStream::from_bytes(options);
+    while let Some(tag) = input.read_raw_tag_or_eof().ok()? {
         if tag == 0x12 {
-            return String::from_utf8(value.to_vec()).ok();
+            return input.read_string().ok();
         }
+        skip_field_for_tag(tag, &mut input).ok()?;
     }
     None
 }
@@ -130,5 +117,25 @@ fn main() -> ExitCode {
         Some(SERVE_ACTION) => serve_with(&settings, &flags, Box::new(recorder))
             .map_or_else(|e| fail(e.to_string()), |()| ExitCode::SUCCESS),
         other => fail(format!("unexpected action {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_path;
+
+    #[test]
+    fn config_path_is_read_past_other_fields_and_a_cut_message_has_none() {
+        let ours = kata_gpu_shim::create::runtime_options("/run/kata-gpu/x.toml").expect("encode");
+        assert_eq!(config_path(&ours).as_deref(), Some("/run/kata-gpu/x.toml"));
+        // Field 1 (a string) and field 3 (a varint) before it are skipped.
+        let mut theirs = vec![0x0a, 0x01, b'k', 0x18, 0x96, 0x01];
+        theirs.extend_from_slice(&ours);
+        assert_eq!(
+            config_path(&theirs).as_deref(),
+            Some("/run/kata-gpu/x.toml")
+        );
+        assert_eq!(config_path(&ours[..ours.len() - 1]), None);
+        assert_eq!(config_path(&[]), None);
     }
 }

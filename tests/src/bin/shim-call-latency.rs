@@ -2,7 +2,7 @@
 //! the service `TASK_SERVICE` names, e.g. `containerd.task.v3.Task` for containerd 2.x's
 //! runc shim) to each shim address for task ID, and prints p50 and p99 per address in
 //! microseconds, one line each: `ADDRESS p50_us p99_us`. Used by `bench/shim.sh` to measure what the
-//! wrapper adds to a forwarded call, against runc's shim called directly in the same run.
+//! proxy adds to a forwarded call, against runc's shim called directly in the same run.
 
 use std::process::ExitCode;
 use std::time::Instant;

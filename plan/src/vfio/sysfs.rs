@@ -32,9 +32,9 @@ impl Sysfs for KernelSysfs {
     }
 }
 
-/// A simulated host's kernel, for tests: [`kata_gpu_tests::SimHost::kernel_write`].
+/// A simulated host's kernel, for tests: [`kata_gpu_simhost::SimHost::kernel_write`].
 #[cfg(test)]
-pub(crate) struct SimKernel<'a>(pub(crate) &'a kata_gpu_tests::SimHost);
+pub(crate) struct SimKernel<'a>(pub(crate) &'a kata_gpu_simhost::SimHost);
 
 #[cfg(test)]
 impl Sysfs for SimKernel<'_> {

@@ -257,8 +257,8 @@ pub(super) fn check_not_in_use(host: &Host, f: &PciFunction) -> Result<(), VfioE
 mod tests {
     use super::super::{plan_bind, Targets};
     use super::*;
-    use kata_gpu_tests::simhost::Function;
-    use kata_gpu_tests::SimHost;
+    use kata_gpu_simhost::Function;
+    use kata_gpu_simhost::SimHost;
 
     const NVME: &str = "0000:42:00.0";
 

@@ -5,15 +5,16 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kata_gpu_shim::host::Host;
-use kata_gpu_shim::plan::{plan, BaseValues, PlanInput, Policy};
-use kata_gpu_shim::Profile;
-use kata_gpu_tests::SimHost;
+use kata_gpu_plan::host::Host;
+use kata_gpu_plan::host_spec::host_specs;
+use kata_gpu_plan::sandbox::{plan, BaseValues, PlanInput, Policy};
+use kata_gpu_plan::Profile;
+use kata_gpu_simhost::SimHost;
 
 fn hgx(c: &mut Criterion) {
     let sim = SimHost::hgx_8x_h100();
     let host = Host::new(sim.root());
-    sim.write_cdi_specs();
+    sim.write_specs(&host_specs(&host).expect("host specs").specs);
     let registry = sim.registry();
     let names: Vec<String> = (0..8)
         .map(|i| format!("nvidia.com/pgpu={i}"))

@@ -1,4 +1,5 @@
-//! The wrapper's own settings: a small TOML file, all keys optional.
+//! The shim's settings: a small TOML file, all keys optional. Here, not in the shim, because
+//! `kata-gpu doctor` reads them too and must not link the shim's ttrpc stack.
 //!
 //! Looked up at `$KATA_GPU_SHIM_CONFIG` (tests), else beside the profile's base Kata
 //! config (`<artifacts>/<class>/shim.toml`), else `/etc/kata-gpu/shim.toml`; no file means
@@ -58,7 +59,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        let policy = crate::plan::Policy::default();
+        let policy = crate::sandbox::Policy::default();
         Self {
             downstream: PathBuf::from(DEFAULT_DOWNSTREAM),
             downstream_kind: DownstreamKind::Kata,
@@ -142,8 +143,8 @@ impl Settings {
         if let Some(p) = std::env::var_os(SETTINGS_ENV) {
             return Some(PathBuf::from(p));
         }
-        let beside = kata_gpu_artifacts::layout::class_dir(
-            Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
+        let beside = kata_gpu_fsutil::layout::class_dir(
+            Path::new(kata_gpu_fsutil::layout::DEFAULT_ROOT),
             profile.handler(),
         )
         .join("shim.toml");
@@ -172,8 +173,8 @@ impl Settings {
         self.base_config.clone().unwrap_or_else(|| {
             cdi::inject::under_root(
                 &self.host_root,
-                &kata_gpu_artifacts::layout::current_config_path(
-                    Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
+                &kata_gpu_fsutil::layout::current_config_path(
+                    Path::new(kata_gpu_fsutil::layout::DEFAULT_ROOT),
                     profile.handler(),
                 )
                 .display()
@@ -183,8 +184,8 @@ impl Settings {
     }
 
     /// The administrator's policy for the plan.
-    pub fn policy(&self) -> crate::plan::Policy {
-        crate::plan::Policy {
+    pub fn policy(&self) -> crate::sandbox::Policy {
+        crate::sandbox::Policy {
             memory_min_mib: self.memory_min_mib,
             memory_max_mib: self.memory_max_mib,
             refuse_non_cc_gpus: self.refuse_non_cc_gpus,
@@ -194,7 +195,7 @@ impl Settings {
                 .filter(|a| !a.is_empty())
                 .map(|a| format!("agent.aa_kbc_params=cc_kbc::{a}"))
                 .collect(),
-            ..crate::plan::Policy::default()
+            ..crate::sandbox::Policy::default()
         }
     }
 

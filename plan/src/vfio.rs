@@ -399,7 +399,7 @@ pub fn plan_unbind(host: &Host, which: Targets<'_>) -> Result<Vec<Step>, VfioErr
 mod tests {
     use super::sysfs::SimKernel;
     use super::*;
-    use kata_gpu_tests::{SimHost, VfioMode};
+    use kata_gpu_simhost::{SimHost, VfioMode};
 
     fn bdf(s: &str) -> Bdf {
         s.parse().expect("bdf")

@@ -1,5 +1,6 @@
-//! Where installed artifact sets live. Other crates (containerd registration, the shim)
-//! only need these paths, so they are fixed here and nowhere else.
+//! Where installed artifact sets live. The artifact store writes there and the shim reads
+//! there (its settings beside a class, a class's base config): both need these paths and
+//! nothing else of each other, so they are fixed here, in the one crate both already use.
 
 use std::path::{Path, PathBuf};
 

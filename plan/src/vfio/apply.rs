@@ -222,7 +222,7 @@ mod tests {
     use super::super::{plan_bind, plan_unbind, Targets};
     use super::*;
     use crate::host::Bdf;
-    use kata_gpu_tests::SimHost;
+    use kata_gpu_simhost::SimHost;
 
     const GPU: &str = "0000:41:00.0";
     const AUDIO: &str = "0000:41:00.1";

@@ -463,14 +463,11 @@ impl SimHost {
 }
 
 impl SimHost {
-    /// Writes the host's CDI specs into `/var/run/cdi`, as `kata-gpu cdi generate` does.
-    pub fn write_cdi_specs(&self) {
-        let host = kata_gpu_shim::host::Host::new(self.root());
-        for spec in kata_gpu_shim::host_spec::host_specs(&host)
-            .expect("host specs")
-            .specs
-        {
-            cdi::write_spec(&self.path("var/run/cdi"), &spec).expect("write host spec");
+    /// Writes `specs` into `/var/run/cdi`, where `kata-gpu cdi generate` writes the host's
+    /// own specs (the fixture cannot build them itself: the plan crate's tests use it).
+    pub fn write_specs(&self, specs: &[cdi::model::Spec]) {
+        for spec in specs {
+            cdi::write_spec(&self.path("var/run/cdi"), spec).expect("write host spec");
         }
     }
 

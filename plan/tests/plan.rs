@@ -6,14 +6,14 @@ use std::fs;
 use std::path::PathBuf;
 
 use cdi::registry::Registry;
-use kata_gpu_shim::host::Host;
-use kata_gpu_shim::host_spec::host_specs;
-use kata_gpu_shim::plan::{
+use kata_gpu_plan::host::Host;
+use kata_gpu_plan::host_spec::host_specs;
+use kata_gpu_plan::sandbox::{
     plan, BaseValues, PlanError, PlanInput, Policy, SandboxPlan, TeeSettings,
 };
-use kata_gpu_shim::Profile;
-use kata_gpu_tests::simhost::Function;
-use kata_gpu_tests::{SimHost, VfioMode};
+use kata_gpu_plan::Profile;
+use kata_gpu_simhost::Function;
+use kata_gpu_simhost::{SimHost, VfioMode};
 use oci_spec::runtime::{LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceType, Spec as OciSpec};
 
 fn policy() -> Policy {
@@ -29,7 +29,11 @@ fn policy() -> Policy {
 
 /// Writes the host's CDI specs as `kata-gpu cdi generate` does and loads the registry.
 fn registry(sim: &SimHost) -> Registry {
-    sim.write_cdi_specs();
+    sim.write_specs(
+        &host_specs(&Host::new(sim.root()))
+            .expect("host specs")
+            .specs,
+    );
     sim.registry()
 }
 

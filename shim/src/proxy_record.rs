@@ -1,13 +1,13 @@
-//! The record our server leaves beside its socket, and what `delete` learns from it: which
-//! downstream to clean up through its own API when the wrapper died, and whether it died.
+//! The record our proxy leaves beside its socket, and what `delete` learns from it: which
+//! downstream to clean up through its own API when the proxy died, and whether it died.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::daemon::{is_listening, SERVE_ACTION};
+use crate::actions::{is_listening, SERVE_ACTION};
 
 /// Beside our socket: the downstream's version and address, so that `delete` can stop
-/// the downstream when the wrapper itself died.
+/// the downstream when the proxy itself died.
 pub(crate) fn downstream_record(socket: &Path) -> PathBuf {
     socket.with_extension("downstream")
 }
@@ -17,14 +17,14 @@ pub(crate) fn downstream_record(socket: &Path) -> PathBuf {
 pub(crate) struct DownstreamRecord {
     pub(crate) version: u32,
     pub(crate) address: String,
-    /// Our server's pid (records written before it was kept have none).
-    pub(crate) server_pid: Option<u32>,
+    /// Our proxy's pid (records written before it was kept have none).
+    pub(crate) proxy_pid: Option<u32>,
 }
 
 impl std::fmt::Display for DownstreamRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.version, self.address)?;
-        match self.server_pid {
+        match self.proxy_pid {
             Some(pid) => write!(f, " {pid}"),
             None => Ok(()),
         }
@@ -36,14 +36,14 @@ impl DownstreamRecord {
         let mut words = text.split_whitespace();
         let version = words.next()?.parse().ok()?;
         let address = words.next()?.to_owned();
-        let server_pid = match words.next() {
+        let proxy_pid = match words.next() {
             Some(pid) => Some(pid.parse().ok()?),
             None => None,
         };
         words.next().is_none().then_some(DownstreamRecord {
             version,
             address,
-            server_pid,
+            proxy_pid,
         })
     }
 
@@ -52,12 +52,12 @@ impl DownstreamRecord {
     }
 }
 
-/// Whether the server for `group` still runs. Not "is its socket there": the downstream
+/// Whether the proxy for `group` still runs. Not "is its socket there": the downstream
 /// removes the socket named in the bundle's `address` (ours) when it shuts down, while our
-/// server is still finishing; a live server is one whose recorded pid runs our `serve` for
+/// proxy is still finishing; a live proxy is one whose recorded pid runs our `serve` for
 /// that group.
-pub(crate) fn server_alive(record: Option<&DownstreamRecord>, socket: &Path, group: &str) -> bool {
-    match record.and_then(|r| r.server_pid) {
+pub(crate) fn proxy_alive(record: Option<&DownstreamRecord>, socket: &Path, group: &str) -> bool {
+    match record.and_then(|r| r.proxy_pid) {
         Some(pid) => fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
             let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
             words
@@ -88,7 +88,7 @@ mod tests {
         for (text, want) in table {
             let got = DownstreamRecord::parse(text);
             assert_eq!(
-                got.as_ref().map(|r| (r.version, r.server_pid)),
+                got.as_ref().map(|r| (r.version, r.proxy_pid)),
                 want,
                 "{text:?}"
             );
@@ -98,8 +98,8 @@ mod tests {
         }
     }
 
-    /// A stand-in server: `sh -c 'sleep 30' -id GROUP serve` has the cmdline words ours has.
-    fn fake_server(group: &str) -> std::process::Child {
+    /// A stand-in proxy: `sh -c 'sleep 30' -id GROUP serve` has the cmdline words ours has.
+    fn fake_proxy(group: &str) -> std::process::Child {
         let child = Command::new("sh")
             .args(["-c", "sleep 30", "-id", group, SERVE_ACTION])
             .stdout(Stdio::null())
@@ -116,25 +116,25 @@ mod tests {
     }
 
     #[test]
-    fn a_server_is_alive_while_its_recorded_process_serves_the_group() {
+    fn a_proxy_is_alive_while_its_recorded_process_serves_the_group() {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("s");
         let write = |pid: Option<u32>| {
             let r = DownstreamRecord {
                 version: 2,
                 address: "unix:///nowhere".to_owned(),
-                server_pid: pid,
+                proxy_pid: pid,
             };
             fs::write(downstream_record(&socket), r.to_string()).expect("record");
         };
         let alive =
-            |group: &str| server_alive(DownstreamRecord::read(&socket).as_ref(), &socket, group);
-        let mut server = fake_server("pod-1");
-        write(Some(server.id()));
-        assert!(alive("pod-1"), "its socket is gone, the server is not");
-        assert!(!alive("pod-2"), "another group's server");
-        server.kill().expect("kill");
-        server.wait().expect("reap");
+            |group: &str| proxy_alive(DownstreamRecord::read(&socket).as_ref(), &socket, group);
+        let mut proxy = fake_proxy("pod-1");
+        write(Some(proxy.id()));
+        assert!(alive("pod-1"), "its socket is gone, the proxy is not");
+        assert!(!alive("pod-2"), "another group's proxy");
+        proxy.kill().expect("kill");
+        proxy.wait().expect("reap");
         assert!(!alive("pod-1"), "killed");
         // Without a pid, only a listening socket counts.
         write(None);

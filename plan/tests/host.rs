@@ -1,7 +1,7 @@
 //! The host view on every simulated host: PCI functions, groups, VFIO nodes, platform.
 
-use kata_gpu_shim::host::{Bdf, Host, HostError, VfioNode};
-use kata_gpu_tests::{SimHost, VfioMode};
+use kata_gpu_plan::host::{Bdf, Host, HostError, VfioNode};
+use kata_gpu_simhost::{SimHost, VfioMode};
 
 fn bdf(s: &str) -> Bdf {
     s.parse().expect("valid bdf")
@@ -50,7 +50,7 @@ fn an_h100_pcie_in_iommufd_mode_reads_back_whole() {
         "{p:?}"
     );
     assert!(p.cmdline.contains("iommu=pt"));
-    assert_eq!(p.cpu_vendor, kata_gpu_shim::host::CpuVendor::Amd);
+    assert_eq!(p.cpu_vendor, kata_gpu_plan::host::CpuVendor::Amd);
 }
 
 #[test]
@@ -139,9 +139,9 @@ fn hosts_without_iommu_or_snp_say_so() {
 
 #[test]
 fn a_cdev_is_found_through_sys_dev_char_when_its_class_link_is_missing() {
-    kata_gpu_tests::require(
-        kata_gpu_tests::is_root(),
-        "this test creates a character device node with mknod and must run as root",
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "precondition not met: this test creates a character device node with mknod and must run as root. Run the tests as root, as CI does."
     );
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     let node = sim.path("dev/vfio/devices/vfio0");

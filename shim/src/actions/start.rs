@@ -1,0 +1,252 @@
+//! `start`: start (or find) the downstream, bind our socket, spawn our proxy in front of
+//! the downstream and point the bundle at it.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use containerd_shim_protos::protobuf::Message;
+
+use crate::bootstrap::{encode_reply, parse_reply, reply_form, Flags};
+use crate::proxy_record::{downstream_record, DownstreamRecord};
+use kata_gpu_plan::profile::Profile;
+use kata_gpu_plan::settings::Settings;
+
+use super::{
+    group_of, io, is_listening, run_downstream, socket_path, task_service, ShimError,
+    ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION, ENV_SOCKET, SERVE_ACTION,
+};
+
+/// Binds `socket` for a new proxy, or finds that a proxy (running, or being started by
+/// a concurrent `start`: its socket is bound before its process runs) serves it already:
+/// `None`. A socket left by a proxy that is gone is replaced, under a lock on its
+/// directory so that two `start`s never both replace it.
+fn take_socket(socket: &Path) -> Result<Option<UnixListener>, ShimError> {
+    let bind = |socket: &Path| match UnixListener::bind(socket) {
+        Ok(listener) => {
+            fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
+                .map_err(io(format!("cannot restrict {}", socket.display())))?;
+            Ok(Some(listener))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
+        Err(e) => Err(ShimError::Io {
+            what: format!("cannot listen on {}", socket.display()),
+            source: e,
+        }),
+    };
+    if let Some(listener) = bind(socket)? {
+        return Ok(Some(listener));
+    }
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    let handle = fs::File::open(dir).map_err(io(format!("cannot open {}", dir.display())))?;
+    let _lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, errno)| ShimError::Io {
+            what: format!("cannot lock {}", dir.display()),
+            source: errno.into(),
+        },
+    )?;
+    // A live socket is only ever replaced under the lock, after this check, so a bind that
+    // fails again means another `start` bound it in between: check again.
+    for _ in 0..3 {
+        if is_listening(socket) {
+            return Ok(None);
+        }
+        let _ = fs::remove_file(socket);
+        if let Some(listener) = bind(socket)? {
+            return Ok(Some(listener));
+        }
+    }
+    Err(ShimError::Io {
+        what: format!("cannot take over {}", socket.display()),
+        source: std::io::ErrorKind::AddrInUse.into(),
+    })
+}
+
+/// `start`: starts (or finds) the downstream, starts (or finds) our proxy, writes the
+/// bundle's `address`, and returns the exact bytes to print for containerd.
+pub fn start(
+    profile: Profile,
+    flags: &Flags,
+    args: &[String],
+    stdin: &[u8],
+) -> Result<Vec<u8>, ShimError> {
+    let (settings, settings_path) = Settings::load(profile)?;
+    start_with(&settings, &settings_path, flags, args, stdin)
+}
+
+/// [`start`] with given settings, for any binary built on this proxy (the tests'
+/// recording shim too): the proxy it spawns is this same binary with action `serve`.
+pub fn start_with(
+    settings: &Settings,
+    settings_path: &Option<PathBuf>,
+    flags: &Flags,
+    args: &[String],
+    stdin: &[u8],
+) -> Result<Vec<u8>, ShimError> {
+    let bundle = std::env::current_dir().map_err(io("cannot find the bundle (cwd)"))?;
+    let group = group_of(&bundle, &flags.id);
+    let form = reply_form(
+        stdin,
+        flags,
+        std::env::var("MAX_SHIM_VERSION").ok().as_deref(),
+    );
+
+    // runc's shim (the tests' stand-in for Kata) reads stdin as runtime options and fails on
+    // a bootstrap message; Kata gets exactly what containerd sent.
+    let downstream_stdin = match (form, settings.downstream_kind) {
+        (crate::bootstrap::ReplyForm::Protobuf, kata_gpu_plan::settings::DownstreamKind::Runc) => {
+            &[][..]
+        }
+        _ => stdin,
+    };
+    // containerd 2.3 passes its event address only inside the bootstrap message.
+    let mut env: Vec<(&str, String)> = Vec::new();
+    if form == crate::bootstrap::ReplyForm::Protobuf && std::env::var_os("TTRPC_ADDRESS").is_none()
+    {
+        if let Ok(params) =
+            containerd_shim_protos::bootstrap_api::BootstrapParams::parse_from_bytes(stdin)
+        {
+            env.push(("TTRPC_ADDRESS", params.containerd_ttrpc_address));
+        }
+    }
+    let reply = run_downstream(
+        settings,
+        settings_path,
+        args,
+        downstream_stdin,
+        "start",
+        &env,
+        None,
+    )?;
+    let downstream = parse_reply(&reply).map_err(|source| ShimError::DownstreamReply {
+        path: settings.downstream.clone(),
+        source,
+    })?;
+
+    match serve_in_front(settings, flags, &group, &downstream, &env, &bundle) {
+        Ok(address) => Ok(encode_reply(&address, form)),
+        Err(e) => {
+            // A downstream with no task exits on Shutdown (one that serves a pod's other
+            // containers ignores it), so a failed start leaves nothing running.
+            shutdown_downstream(&downstream, &flags.id);
+            Err(e)
+        }
+    }
+}
+
+/// Starts (or finds) our proxy in front of `downstream` and points the bundle at it;
+/// returns our address.
+fn serve_in_front(
+    settings: &Settings,
+    flags: &Flags,
+    group: &str,
+    downstream: &crate::bootstrap::ShimAddress,
+    env: &[(&str, String)],
+    bundle: &Path,
+) -> Result<String, ShimError> {
+    let socket = socket_path(settings, flags, group)?;
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format!("cannot create {}", dir.display())))?;
+    if let Some(listener) = take_socket(&socket)? {
+        // As containerd's own shim library does: the socket is bound here and its listening
+        // end handed to the proxy, so that containerd may connect the moment `start`
+        // returns, and a concurrent `start` of the group finds it taken.
+        let exe = std::env::current_exe().map_err(io("cannot find our own binary"))?;
+        let mut proxy_args: Vec<String> = vec![
+            "-namespace".into(),
+            flags.namespace.clone(),
+            "-id".into(),
+            group.to_owned(),
+            "-address".into(),
+            flags.address.clone(),
+            "-publish-binary".into(),
+            flags.publish_binary.clone(),
+        ];
+        if flags.debug {
+            proxy_args.push("-debug".into());
+        }
+        proxy_args.push(SERVE_ACTION.into());
+        let mut command = Command::new(exe);
+        // The name we were run as: it selects the profile (through a link too, which
+        // `current_exe` resolves).
+        if let Some(arg0) = std::env::args_os().next() {
+            command.arg0(arg0);
+        }
+        let spawned = command
+            .args(&proxy_args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env(ENV_DOWNSTREAM, &downstream.address)
+            .env(ENV_DOWNSTREAM_VERSION, downstream.version.to_string())
+            .env(ENV_SOCKET, &socket)
+            .stdin(Stdio::from(OwnedFd::from(listener)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        drop(command);
+        let mut proxy_process = match spawned {
+            Ok(proxy_process) => proxy_process,
+            Err(e) => {
+                let _ = fs::remove_file(&socket);
+                return Err(ShimError::Io {
+                    what: "cannot start the proxy".to_owned(),
+                    source: e,
+                });
+            }
+        };
+        // Written once per proxy: a pod's later containers reach the same downstream.
+        let record = DownstreamRecord {
+            version: downstream.version,
+            address: downstream.address.clone(),
+            proxy_pid: Some(proxy_process.id()),
+        };
+        let record_path = downstream_record(&socket);
+        if let Err(e) =
+            kata_gpu_fsutil::write_atomic(&record_path, record.to_string().as_bytes(), 0o600)
+        {
+            // Without its record a proxy cannot be told from a dead one: none at all.
+            let _ = proxy_process.kill();
+            let _ = proxy_process.wait();
+            let _ = fs::remove_file(&socket);
+            return Err(ShimError::Io {
+                what: format!("cannot write {}", record_path.display()),
+                source: e,
+            });
+        }
+    }
+    let address = format!("unix://{}", socket.display());
+    // After the downstream wrote its own: containerd reconnects through this file.
+    kata_gpu_fsutil::write_atomic(&bundle.join("address"), address.as_bytes(), 0o644).map_err(
+        io(format!("cannot write {}", bundle.join("address").display())),
+    )?;
+    Ok(address)
+}
+
+/// Asks a downstream to shut down (it does only when it runs no task).
+fn shutdown_downstream(downstream: &crate::bootstrap::ShimAddress, id: &str) {
+    let Ok(client) = ttrpc::Client::connect(&downstream.address) else {
+        return;
+    };
+    let service = task_service(downstream.version);
+    let payload = containerd_shim_protos::shim::shim::ShutdownRequest {
+        id: id.to_owned(),
+        ..Default::default()
+    }
+    .write_to_bytes()
+    .unwrap_or_default();
+    let _ = client.request(ttrpc::Request {
+        service: service.to_owned(),
+        method: "Shutdown".to_owned(),
+        payload,
+        timeout_nano: 5_000_000_000,
+        ..ttrpc::Request::default()
+    });
+}

@@ -13,6 +13,7 @@ pub mod host_spec;
 pub mod info;
 mod logging;
 pub mod plan;
+pub mod pod_resources;
 pub mod profile;
 pub mod proxy;
 mod relay;

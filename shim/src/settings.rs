@@ -54,6 +54,11 @@ pub struct Settings {
     pub kbs_address: Option<String>,
     /// Seconds the downstream's `start` may take.
     pub start_timeout_seconds: u64,
+    /// kubelet's PodResources socket (under `host_root`), asked at a sandbox's Create which
+    /// devices kubelet allocated to the pod; empty: never ask.
+    pub pod_resources_socket: PathBuf,
+    /// Seconds that lookup may take, connection included.
+    pub pod_resources_timeout_seconds: u64,
 }
 
 impl Default for Settings {
@@ -74,6 +79,8 @@ impl Default for Settings {
             refuse_non_cc_gpus: false,
             kbs_address: None,
             start_timeout_seconds: 30,
+            pod_resources_socket: PathBuf::from(kata_gpu_kubelet_api::POD_RESOURCES_SOCKET),
+            pod_resources_timeout_seconds: 5,
         }
     }
 }

@@ -1,0 +1,166 @@
+//! A stand-in for kubelet's PodResources API that speaks the real protocol (PodResources v1
+//! `Get` over a unix socket), served from its own thread so that blocking tests (`ctr`, CRI
+//! calls) can run beside it. kubelet itself does not run here.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use kata_gpu_kubelet_api::podresources::v1::pod_resources_lister_server::{
+    PodResourcesLister, PodResourcesListerServer,
+};
+use kata_gpu_kubelet_api::podresources::v1::{
+    ContainerDevices, ContainerResources, GetPodResourcesRequest, GetPodResourcesResponse,
+    PodResources,
+};
+use tonic::{Request, Response, Status};
+
+/// One container's devices: (resource name, device ids).
+pub type Devices = Vec<(String, Vec<String>)>;
+
+/// What kubelet allocated to one pod: (resource name, device ids) per container.
+#[derive(Clone, Debug)]
+pub struct Allocation {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// Per container: its name and its (resource, ids).
+    pub containers: Vec<(String, Devices)>,
+}
+
+impl Allocation {
+    /// One container `main` of pod `namespace/name` with `ids` of `resource`.
+    pub fn one(namespace: &str, name: &str, resource: &str, ids: &[&str]) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            containers: vec![(
+                "main".to_owned(),
+                vec![(
+                    resource.to_owned(),
+                    ids.iter().map(|s| (*s).to_owned()).collect(),
+                )],
+            )],
+        }
+    }
+
+    fn to_proto(&self) -> PodResources {
+        PodResources {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            containers: self
+                .containers
+                .iter()
+                .map(|(name, devices)| ContainerResources {
+                    name: name.clone(),
+                    devices: devices
+                        .iter()
+                        .map(|(resource, ids)| ContainerDevices {
+                            resource_name: resource.clone(),
+                            device_ids: ids.clone(),
+                            topology: None,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+struct Lister {
+    pods: Vec<Allocation>,
+    asked: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+#[tonic::async_trait]
+impl PodResourcesLister for Lister {
+    async fn get(
+        &self,
+        request: Request<GetPodResourcesRequest>,
+    ) -> Result<Response<GetPodResourcesResponse>, Status> {
+        let r = request.into_inner();
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.push((r.pod_namespace.clone(), r.pod_name.clone()));
+        }
+        // kubelet answers a pod it does not know with an error, not an empty pod.
+        let pod = self
+            .pods
+            .iter()
+            .find(|p| p.namespace == r.pod_namespace && p.name == r.pod_name)
+            .ok_or_else(|| {
+                Status::unknown(format!(
+                    "pod {} not found in namespace {}",
+                    r.pod_name, r.pod_namespace
+                ))
+            })?;
+        Ok(Response::new(GetPodResourcesResponse {
+            pod_resources: Some(pod.to_proto()),
+        }))
+    }
+}
+
+/// The stand-in, serving until dropped.
+pub struct PodResourcesStandIn {
+    socket: PathBuf,
+    asked: Arc<Mutex<Vec<(String, String)>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodResourcesStandIn {
+    /// Serves `pods` on `socket` (its directory is made, 0700).
+    pub fn start(socket: &Path, pods: Vec<Allocation>) -> Self {
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).expect("pod-resources dir");
+        }
+        let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind pod-resources");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let lister = Lister {
+            pods,
+            asked: asked.clone(),
+        };
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
+                let _ = tonic::transport::Server::builder()
+                    .add_service(PodResourcesListerServer::new(lister))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::UnixListenerStream::new(listener),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await;
+            });
+        });
+        Self {
+            socket: socket.to_path_buf(),
+            asked,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The pods asked for, as (namespace, name), in order.
+    pub fn asked(&self) -> Vec<(String, String)> {
+        self.asked.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for PodResourcesStandIn {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

@@ -11,6 +11,7 @@ mod device_plugin_cmd;
 mod doctor_cmd;
 mod install_cmd;
 mod node_state;
+mod plan_alloc;
 mod plan_cmd;
 mod registration;
 mod runtimeclass_cmd;

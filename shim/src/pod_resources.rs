@@ -90,7 +90,8 @@ fn nodes(registry: &Registry, names: &[QualifiedName]) -> BTreeSet<String> {
         .collect()
 }
 
-fn list(names: &[QualifiedName]) -> String {
+/// Names as one comma-separated annotation value.
+pub fn list(names: &[QualifiedName]) -> String {
     names
         .iter()
         .map(ToString::to_string)
@@ -192,7 +193,7 @@ pub fn add_allocated(
     spec: &mut OciSpec,
     registry: &Registry,
 ) -> Result<bool, String> {
-    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    let annotations = spec.annotations().clone().unwrap_or_default();
     let Some(socket) = lookup.socket.as_deref() else {
         return Ok(false);
     };
@@ -208,22 +209,35 @@ pub fn add_allocated(
     }
     let pod = get(socket, namespace, name, lookup.timeout)?;
     let allocated = allocated_names(&pod)?;
+    add_names(spec, registry, &format!("{namespace}/{name}"), &allocated)
+}
+
+/// Adds `allocated` (what kubelet gave pod `pod`) to `spec` as [`ALLOCATED_ANNOTATION`];
+/// true when it did. An annotation of the pod naming the same devices leaves the spec as it
+/// is; one naming others is refused, naming both.
+pub fn add_names(
+    spec: &mut OciSpec,
+    registry: &Registry,
+    pod: &str,
+    allocated: &[QualifiedName],
+) -> Result<bool, String> {
     if allocated.is_empty() {
         return Ok(false);
     }
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
     let annotated =
         parse_cdi_annotations(&annotations).map_err(|e| format!("pod annotation: {e}"))?;
     if !annotated.is_empty() {
-        if nodes(registry, &annotated) == nodes(registry, &allocated) {
+        if nodes(registry, &annotated) == nodes(registry, allocated) {
             return Ok(false);
         }
         return Err(format!(
-            "pod {namespace}/{name} names {} in its cdi.k8s.io/* annotations but kubelet allocated it {}; ask through resources.limits or an annotation, not both",
+            "pod {pod} names {} in its cdi.k8s.io/* annotations but kubelet allocated it {}; ask through resources.limits or an annotation, not both",
             list(&annotated),
-            list(&allocated)
+            list(allocated)
         ));
     }
-    annotations.insert(ALLOCATED_ANNOTATION.to_owned(), list(&allocated));
+    annotations.insert(ALLOCATED_ANNOTATION.to_owned(), list(allocated));
     spec.set_annotations(Some(annotations));
     Ok(true)
 }

@@ -3,118 +3,87 @@
 //! way kubelet's device manager does, on simulated H100 and HGX hosts.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use kata_gpu_device_plugin::{run, Config, PluginError};
 use kata_gpu_kubelet_api::connect_unix;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
-use kata_gpu_kubelet_api::deviceplugin::v1beta1::registration_server::{
-    Registration, RegistrationServer,
-};
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::{
     AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty,
-    ListAndWatchResponse, PreferredAllocationRequest, RegisterRequest,
+    ListAndWatchResponse, PreferredAllocationRequest,
 };
+use kata_gpu_tests::kubelet::KubeletRegistration;
 use kata_gpu_tests::simhost::{SimHost, VfioMode};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Streaming;
 
 /// A bound meant only to fail a test that would otherwise hang.
 const HANG: Duration = Duration::from_secs(60);
 
-struct StandIn {
-    registered: mpsc::UnboundedSender<RegisterRequest>,
+/// A client of the plugin's socket `endpoint`, as kubelet's device manager connects.
+async fn plugin(
+    kubelet: &KubeletRegistration,
+    endpoint: &str,
+) -> DevicePluginClient<tonic::transport::Channel> {
+    DevicePluginClient::new(
+        connect_unix(&kubelet.dir().join(endpoint))
+            .await
+            .expect("connect to the plugin's socket"),
+    )
 }
 
-#[tonic::async_trait]
-impl Registration for StandIn {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
-        let _ = self.registered.send(request.into_inner());
-        Ok(Response::new(Empty {}))
-    }
-}
-
-/// kubelet's side: its registration socket, and what it was told.
-struct Kubelet {
-    dir: PathBuf,
-    registrations: mpsc::UnboundedReceiver<RegisterRequest>,
+/// The plugin, on a runtime of its own as `kata-gpu device-plugin` runs it.
+struct Plugin {
     stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), PluginError>>>,
 }
 
-impl Kubelet {
-    /// Starts serving `<root>/var/lib/kubelet/device-plugins/kubelet.sock`.
+impl Plugin {
     fn start(root: &Path) -> Self {
-        let dir = root.join("var/lib/kubelet/device-plugins");
-        std::fs::create_dir_all(&dir).expect("device-plugins dir");
-        let (tx, registrations) = mpsc::unbounded_channel();
-        let listener =
-            tokio::net::UnixListener::bind(dir.join("kubelet.sock")).expect("bind kubelet.sock");
+        let config = Config {
+            interval: Duration::from_millis(50),
+            ..Config::new(root)
+        };
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RegistrationServer::new(StandIn { registered: tx }))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                ),
-        );
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(run(config, async {
+                    let _ = stopped.await;
+                }))
+        });
         Self {
-            dir,
-            registrations,
             stop: Some(stop),
+            thread: Some(thread),
         }
     }
 
-    /// What kubelet does when it restarts: its socket and every plugin's go away.
-    fn restart(mut self, root: &Path) -> Self {
+    /// Stops the plugin and returns how its run ended.
+    fn stop(mut self) -> Result<(), PluginError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        for e in std::fs::read_dir(&self.dir).expect("dir").flatten() {
-            std::fs::remove_file(e.path()).expect("remove socket");
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("plugin thread")
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        Kubelet::start(root)
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
-
-    async fn next_registration(&mut self) -> RegisterRequest {
-        tokio::time::timeout(HANG, self.registrations.recv())
-            .await
-            .expect("a registration within the hang bound")
-            .expect("registration channel open")
-    }
-
-    async fn plugin(&self, endpoint: &str) -> DevicePluginClient<tonic::transport::Channel> {
-        DevicePluginClient::new(
-            connect_unix(&self.dir.join(endpoint))
-                .await
-                .expect("connect to the plugin's socket"),
-        )
-    }
-}
-
-fn config(root: &Path) -> Config {
-    Config {
-        interval: Duration::from_millis(50),
-        ..Config::new(root)
-    }
-}
-
-/// Starts the plugin; it stops when the returned sender is dropped or sent.
-fn start_plugin(
-    root: &Path,
-) -> (
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), PluginError>>,
-) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(run(config(root), async {
-        let _ = stopped.await;
-    }));
-    (stop, handle)
 }
 
 async fn next(stream: &mut Streaming<ListAndWatchResponse>) -> Vec<(String, String)> {
@@ -133,13 +102,10 @@ async fn next(stream: &mut Streaming<ListAndWatchResponse>) -> Vec<(String, Stri
 async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
     let sim = SimHost::hgx_8x_h100();
     sim.write_cdi_specs();
-    let mut kubelet = Kubelet::start(sim.root());
-    let (stop, plugin) = start_plugin(sim.root());
+    let kubelet = KubeletRegistration::start(sim.root());
+    let running = Plugin::start(sim.root());
 
-    let mut seen = vec![
-        kubelet.next_registration().await,
-        kubelet.next_registration().await,
-    ];
+    let mut seen = vec![kubelet.next_registration(), kubelet.next_registration()];
     seen.sort_by(|a, b| a.resource_name.cmp(&b.resource_name));
     assert_eq!(
         seen.iter()
@@ -159,7 +125,7 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
         .as_ref()
         .is_some_and(|o| o.get_preferred_allocation_available)));
     for r in &seen {
-        let meta = std::fs::metadata(kubelet.dir.join(&r.endpoint)).expect("plugin socket");
+        let meta = std::fs::metadata(kubelet.dir().join(&r.endpoint)).expect("plugin socket");
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", r.endpoint);
     }
@@ -177,7 +143,7 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
         ("kata-gpu-pgpu.sock", "nvidia.com/pgpu", 8),
         ("kata-gpu-nvswitch.sock", "nvidia.com/nvswitch", 4),
     ] {
-        let mut client = kubelet.plugin(endpoint).await;
+        let mut client = plugin(&kubelet, endpoint).await;
         let first = client
             .list_and_watch(Empty {})
             .await
@@ -207,7 +173,7 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
     }
 
     // GetPreferredAllocation keeps a request on one NUMA node, packed beside earlier ones.
-    let mut pgpu = kubelet.plugin("kata-gpu-pgpu.sock").await;
+    let mut pgpu = plugin(&kubelet, "kata-gpu-pgpu.sock").await;
     let ask = |available: &[&str], size: i32| PreferredAllocationRequest {
         container_requests: vec![ContainerPreferredAllocationRequest {
             available_device_i_ds: available.iter().map(|s| (*s).to_owned()).collect(),
@@ -239,10 +205,9 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
         );
     }
 
-    stop.send(()).expect("plugin running");
-    plugin.await.expect("joined").expect("plugin ran");
+    running.stop().expect("plugin ran");
     // Its sockets go with it; kubelet's stays.
-    let left: Vec<_> = std::fs::read_dir(&kubelet.dir)
+    let left: Vec<_> = std::fs::read_dir(kubelet.dir())
         .expect("dir")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -253,11 +218,11 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
 #[tokio::test]
 async fn allocate_answers_cdi_names_nodes_and_annotations_and_refuses_unknown_ids() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
-    let mut kubelet = Kubelet::start(sim.root());
-    let (_stop, _plugin) = start_plugin(sim.root());
-    let r = kubelet.next_registration().await;
+    let kubelet = KubeletRegistration::start(sim.root());
+    let _plugin = Plugin::start(sim.root());
+    let r = kubelet.next_registration();
     assert_eq!(r.resource_name, "nvidia.com/pgpu");
-    let mut client = kubelet.plugin(&r.endpoint).await;
+    let mut client = plugin(&kubelet, &r.endpoint).await;
 
     let asked = |ids: &[&str]| AllocateRequest {
         container_requests: vec![ContainerAllocateRequest {
@@ -320,10 +285,10 @@ async fn allocate_answers_cdi_names_nodes_and_annotations_and_refuses_unknown_id
 #[tokio::test]
 async fn a_device_that_leaves_vfio_pci_or_loses_its_node_is_reported_unhealthy() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
-    let mut kubelet = Kubelet::start(sim.root());
-    let (_stop, _plugin) = start_plugin(sim.root());
-    let r = kubelet.next_registration().await;
-    let mut client = kubelet.plugin(&r.endpoint).await;
+    let kubelet = KubeletRegistration::start(sim.root());
+    let _plugin = Plugin::start(sim.root());
+    let r = kubelet.next_registration();
+    let mut client = plugin(&kubelet, &r.endpoint).await;
     let mut stream = client
         .list_and_watch(Empty {})
         .await
@@ -373,15 +338,15 @@ async fn a_device_that_leaves_vfio_pci_or_loses_its_node_is_reported_unhealthy()
 #[tokio::test]
 async fn kubelet_restarting_makes_the_plugin_register_again() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
-    let mut kubelet = Kubelet::start(sim.root());
-    let (_stop, _plugin) = start_plugin(sim.root());
-    let first = kubelet.next_registration().await;
+    let kubelet = KubeletRegistration::start(sim.root());
+    let _plugin = Plugin::start(sim.root());
+    let first = kubelet.next_registration();
 
-    let mut kubelet = kubelet.restart(sim.root());
-    let again = kubelet.next_registration().await;
+    let kubelet = kubelet.restart(sim.root());
+    let again = kubelet.next_registration();
     assert_eq!(again, first);
     // The plugin's socket is back, private, and answers.
-    let socket = kubelet.dir.join(&again.endpoint);
+    let socket = kubelet.dir().join(&again.endpoint);
     assert_eq!(
         std::fs::metadata(&socket)
             .expect("socket")
@@ -390,7 +355,7 @@ async fn kubelet_restarting_makes_the_plugin_register_again() {
             & 0o777,
         0o600
     );
-    let mut client = kubelet.plugin(&again.endpoint).await;
+    let mut client = plugin(&kubelet, &again.endpoint).await;
     let mut stream = client
         .list_and_watch(Empty {})
         .await
@@ -405,15 +370,11 @@ async fn kubelet_restarting_makes_the_plugin_register_again() {
 #[tokio::test]
 async fn a_file_where_the_plugin_socket_goes_is_left_alone() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
-    let kubelet = Kubelet::start(sim.root());
-    let squatter = kubelet.dir.join("kata-gpu-pgpu.sock");
+    let kubelet = KubeletRegistration::start(sim.root());
+    let squatter = kubelet.dir().join("kata-gpu-pgpu.sock");
     std::fs::write(&squatter, "not ours").expect("a file");
-    let (_stop, plugin) = start_plugin(sim.root());
-    let err = tokio::time::timeout(HANG, plugin)
-        .await
-        .expect("the plugin stops")
-        .expect("joined")
-        .expect_err("refused");
+    let running = Plugin::start(sim.root());
+    let err = running.stop().expect_err("refused");
     assert_eq!(
         err.to_string(),
         format!(

@@ -1,10 +1,15 @@
-//! A stand-in for kubelet's PodResources API that speaks the real protocol (PodResources v1
-//! `Get` over a unix socket), served from its own thread so that blocking tests (`ctr`, CRI
-//! calls) can run beside it. kubelet itself does not run here.
+//! Stand-ins for kubelet's side of its gRPC APIs, speaking the real protocol over unix
+//! sockets: PodResources v1 `Get`, and device-plugin registration. Each serves from its own
+//! thread so that blocking tests (`ctr`, CRI calls, a plugin's own runtime) run beside it.
+//! kubelet itself does not run here.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use kata_gpu_kubelet_api::deviceplugin::v1beta1::registration_server::{
+    Registration, RegistrationServer,
+};
+use kata_gpu_kubelet_api::deviceplugin::v1beta1::{Empty as RegEmpty, RegisterRequest};
 use kata_gpu_kubelet_api::podresources::v1::pod_resources_lister_server::{
     PodResourcesLister, PodResourcesListerServer,
 };
@@ -103,47 +108,27 @@ impl PodResourcesLister for Lister {
 pub struct PodResourcesStandIn {
     socket: PathBuf,
     asked: Arc<Mutex<Vec<(String, String)>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Option<Server>,
 }
 
 impl PodResourcesStandIn {
-    /// Serves `pods` on `socket` (its directory is made, 0700).
+    /// Serves `pods` on `socket` (its directory is made).
     pub fn start(socket: &Path, pods: Vec<Allocation>) -> Self {
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).expect("pod-resources dir");
         }
         let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind pod-resources");
-        listener.set_nonblocking(true).expect("nonblocking");
         let asked = Arc::new(Mutex::new(Vec::new()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let lister = Lister {
             pods,
             asked: asked.clone(),
         };
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
-                let _ = tonic::transport::Server::builder()
-                    .add_service(PodResourcesListerServer::new(lister))
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::UnixListenerStream::new(listener),
-                        async {
-                            let _ = stopped.await;
-                        },
-                    )
-                    .await;
-            });
-        });
+        let router =
+            tonic::transport::Server::builder().add_service(PodResourcesListerServer::new(lister));
         Self {
             socket: socket.to_path_buf(),
             asked,
-            stop: Some(stop),
-            thread: Some(thread),
+            server: Some(Server::spawn(listener, router)),
         }
     }
 
@@ -155,12 +140,122 @@ impl PodResourcesStandIn {
 
 impl Drop for PodResourcesStandIn {
     fn drop(&mut self) {
+        drop(self.server.take());
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A stand-in for kubelet's device-plugin registration: `Registration.Register` served on
+/// `<root>/var/lib/kubelet/device-plugins/kubelet.sock`, each request kept for the test.
+pub struct KubeletRegistration {
+    dir: PathBuf,
+    registrations: std::sync::mpsc::Receiver<RegisterRequest>,
+    server: Option<Server>,
+}
+
+/// A gRPC server on its own thread, stopped when dropped.
+struct Server {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `router` on the (already bound) `listener` from a thread of its own.
+    fn spawn(
+        listener: std::os::unix::net::UnixListener,
+        router: tonic::transport::server::Router,
+    ) -> Self {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
+                let _ = router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::UnixListenerStream::new(listener),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
+                    .await;
+            });
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+struct Registrar {
+    registered: Mutex<std::sync::mpsc::Sender<RegisterRequest>>,
+}
+
+#[tonic::async_trait]
+impl Registration for Registrar {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegEmpty>, Status> {
+        if let Ok(tx) = self.registered.lock() {
+            let _ = tx.send(request.into_inner());
+        }
+        Ok(Response::new(RegEmpty {}))
+    }
+}
+
+impl KubeletRegistration {
+    /// Starts kubelet's registration socket under `root` (the directory is made).
+    pub fn start(root: &Path) -> Self {
+        let dir = root.join("var/lib/kubelet/device-plugins");
+        std::fs::create_dir_all(&dir).expect("device-plugins dir");
+        let (tx, registrations) = std::sync::mpsc::channel();
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("kubelet.sock"))
+            .expect("bind kubelet.sock");
+        let router =
+            tonic::transport::Server::builder().add_service(RegistrationServer::new(Registrar {
+                registered: Mutex::new(tx),
+            }));
+        Self {
+            dir,
+            registrations,
+            server: Some(Server::spawn(listener, router)),
+        }
+    }
+
+    /// kubelet's device-plugins directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The next registration (a minute's bound only fails a test that would hang).
+    pub fn next_registration(&self) -> RegisterRequest {
+        self.registrations
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a registration within a minute")
+    }
+
+    /// What a kubelet restart does: its socket and every plugin's go, a new socket comes.
+    pub fn restart(mut self, root: &Path) -> Self {
+        drop(self.server.take());
+        for e in std::fs::read_dir(&self.dir).expect("dir").flatten() {
+            std::fs::remove_file(e.path()).expect("remove socket");
+        }
+        Self::start(root)
     }
 }

@@ -6,16 +6,15 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use kata_gpu_device_plugin::{run, Config, PluginError};
+use kata_gpu_device_plugin::Config;
 use kata_gpu_kubelet_api::connect_unix;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::{
     AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty,
     ListAndWatchResponse, PreferredAllocationRequest,
 };
-use kata_gpu_tests::kubelet::KubeletRegistration;
+use kata_gpu_tests::kubelet::{DevicePlugin, KubeletRegistration};
 use kata_gpu_tests::simhost::{SimHost, VfioMode};
-use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
@@ -34,56 +33,12 @@ async fn plugin(
     )
 }
 
-/// The plugin, on a runtime of its own as `kata-gpu device-plugin` runs it.
-struct Plugin {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), PluginError>>>,
-}
-
-impl Plugin {
-    fn start(root: &Path) -> Self {
-        let config = Config {
-            interval: Duration::from_millis(50),
-            ..Config::new(root)
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(run(config, async {
-                    let _ = stopped.await;
-                }))
-        });
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the plugin and returns how its run ended.
-    fn stop(mut self) -> Result<(), PluginError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.thread
-            .take()
-            .expect("running")
-            .join()
-            .expect("plugin thread")
-    }
-}
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The plugin with a short interval, on its own runtime.
+fn start_plugin(root: &Path) -> DevicePlugin {
+    DevicePlugin::start(Config {
+        interval: Duration::from_millis(50),
+        ..Config::new(root)
+    })
 }
 
 async fn next(stream: &mut Streaming<ListAndWatchResponse>) -> Vec<(String, String)> {
@@ -103,7 +58,7 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
     let sim = SimHost::hgx_8x_h100();
     sim.write_cdi_specs();
     let kubelet = KubeletRegistration::start(sim.root());
-    let running = Plugin::start(sim.root());
+    let running = start_plugin(sim.root());
 
     let mut seen = vec![kubelet.next_registration(), kubelet.next_registration()];
     seen.sort_by(|a, b| a.resource_name.cmp(&b.resource_name));
@@ -219,7 +174,7 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
 async fn allocate_answers_cdi_names_nodes_and_annotations_and_refuses_unknown_ids() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     let kubelet = KubeletRegistration::start(sim.root());
-    let _plugin = Plugin::start(sim.root());
+    let _plugin = start_plugin(sim.root());
     let r = kubelet.next_registration();
     assert_eq!(r.resource_name, "nvidia.com/pgpu");
     let mut client = plugin(&kubelet, &r.endpoint).await;
@@ -286,7 +241,7 @@ async fn allocate_answers_cdi_names_nodes_and_annotations_and_refuses_unknown_id
 async fn a_device_that_leaves_vfio_pci_or_loses_its_node_is_reported_unhealthy() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     let kubelet = KubeletRegistration::start(sim.root());
-    let _plugin = Plugin::start(sim.root());
+    let _plugin = start_plugin(sim.root());
     let r = kubelet.next_registration();
     let mut client = plugin(&kubelet, &r.endpoint).await;
     let mut stream = client
@@ -339,7 +294,7 @@ async fn a_device_that_leaves_vfio_pci_or_loses_its_node_is_reported_unhealthy()
 async fn kubelet_restarting_makes_the_plugin_register_again() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     let kubelet = KubeletRegistration::start(sim.root());
-    let _plugin = Plugin::start(sim.root());
+    let _plugin = start_plugin(sim.root());
     let first = kubelet.next_registration();
 
     let kubelet = kubelet.restart(sim.root());
@@ -373,7 +328,7 @@ async fn a_file_where_the_plugin_socket_goes_is_left_alone() {
     let kubelet = KubeletRegistration::start(sim.root());
     let squatter = kubelet.dir().join("kata-gpu-pgpu.sock");
     std::fs::write(&squatter, "not ours").expect("a file");
-    let running = Plugin::start(sim.root());
+    let running = start_plugin(sim.root());
     let err = running.stop().expect_err("refused");
     assert_eq!(
         err.to_string(),

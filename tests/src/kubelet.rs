@@ -259,3 +259,48 @@ impl KubeletRegistration {
         Self::start(root)
     }
 }
+
+/// The sandbox device plugin on a runtime and thread of its own, as `kata-gpu device-plugin`
+/// runs it; stopped when dropped.
+pub struct DevicePlugin {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), kata_gpu_device_plugin::PluginError>>>,
+}
+
+impl DevicePlugin {
+    /// Starts the plugin with `config`.
+    pub fn start(config: kata_gpu_device_plugin::Config) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(kata_gpu_device_plugin::run(config, async {
+                    let _ = stopped.await;
+                }))
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the plugin and returns how its run ended.
+    pub fn stop(mut self) -> Result<(), kata_gpu_device_plugin::PluginError> {
+        self.halt().expect("the plugin was running")
+    }
+
+    fn halt(&mut self) -> Option<Result<(), kata_gpu_device_plugin::PluginError>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.thread.take().map(|t| t.join().expect("plugin thread"))
+    }
+}
+
+impl Drop for DevicePlugin {
+    fn drop(&mut self) {
+        let _ = self.halt();
+    }
+}

@@ -40,7 +40,7 @@ fmt:
 	$(CARGO) fmt --all
 
 bench:
-	$(CARGO) bench -p cdi -p kata-gpu-shim -p kata-gpu-configs -p kata-gpu-containerd-config -p kata-gpu-artifacts
+	$(CARGO) bench -p cdi -p kata-gpu-shim -p kata-gpu-configs -p kata-gpu-containerd-config -p kata-gpu-artifacts -p kata-gpu-device-plugin
 	bash bench/shim.sh
 	BENCH_CONTAINERD=2.3.4 bash bench/shim.sh
 	bash bench/load.sh

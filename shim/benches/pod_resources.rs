@@ -1,17 +1,14 @@
 //! The Create-time PodResources lookup on an HGX board (a pod allocated all 8 GPUs and 4
 //! NVSwitches): a fresh runtime, a connection and one `Get` to a stand-in that speaks
-//! kubelet's protocol, as the shim makes it once per sandbox; beside the plan of the same
-//! devices, the work Create already does, measured in one run.
+//! kubelet's protocol, as the shim makes it once per sandbox; beside reading the board's PCI
+//! functions from sysfs (the floor of the plan Create makes anyway), measured in one run.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kata_gpu_shim::host::Host;
-use kata_gpu_shim::plan::{plan, BaseValues, PlanInput, Policy};
-use kata_gpu_shim::pod_resources::{allocated_names, get, list};
-use kata_gpu_shim::Profile;
+use kata_gpu_shim::pod_resources::{allocated_names, get};
 use kata_gpu_tests::kubelet::{Allocation, PodResourcesStandIn};
 use kata_gpu_tests::SimHost;
 
@@ -41,27 +38,11 @@ fn hgx(c: &mut Criterion) {
     assert_eq!(names.len(), 12);
 
     let host = Host::new(sim.root());
-    let registry = sim.registry();
-    let mut oci = oci_spec::runtime::Spec::default();
-    oci.set_annotations(Some(HashMap::from([(
-        "cdi.k8s.io/kata-gpu-allocated".to_owned(),
-        list(&names),
-    )])));
-    let base = BaseValues::default();
-    let policy = Policy::default();
-    let input = PlanInput {
-        profile: Profile::Snp,
-        oci: &oci,
-        registry: &registry,
-        host: &host,
-        base: &base,
-        policy: &policy,
-    };
-    assert_eq!(plan(&input).expect("plans").devices.len(), 12);
+    assert_eq!(host.pci_functions().expect("reads").len(), 12);
 
     let mut group = c.benchmark_group("pod_resources");
-    group.bench_function("baseline_plan_hgx_12_devices", |b| {
-        b.iter(|| black_box(plan(black_box(&input)).expect("plans")))
+    group.bench_function("floor_read_pci_functions", |b| {
+        b.iter(|| black_box(host.pci_functions().expect("reads")))
     });
     group.bench_function("lookup_hgx_12_devices", |b| {
         b.iter(|| {

@@ -184,3 +184,29 @@ fn a_pod_kubelet_does_not_know_is_refused_with_kubelets_answer() {
     rig.assert_refused(&o, &id, "pod ghost not found in namespace default");
     rig.assert_clean();
 }
+
+#[test]
+fn an_empty_pod_resources_socket_setting_never_asks_kubelet() {
+    let rig = Rig::new(Downstream::Recording, "pod_resources_socket = \"\"\n");
+    let kubelet = PodResourcesStandIn::start(
+        &kubelet_socket(&rig),
+        vec![Allocation::one(
+            "default",
+            "gpu-pod",
+            "nvidia.com/pgpu",
+            &["0"],
+        )],
+    );
+    let id = Rig::id("off");
+    let o = run(&rig, &id, "gpu-pod", &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(kubelet.asked().is_empty(), "{:?}", kubelet.asked());
+    let plan: serde_json::Value =
+        serde_json::from_slice(&fs::read(rig.state_dir(&id).join("plan.json")).expect("plan"))
+            .expect("json");
+    assert_eq!(plan["requested"], serde_json::json!([]), "{plan}");
+    assert_eq!(plan["devices"], serde_json::json!([]), "{plan}");
+    rig.kill_and_remove(&id, "SIGKILL");
+    drop(kubelet);
+    rig.assert_clean();
+}

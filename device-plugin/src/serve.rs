@@ -3,7 +3,7 @@
 //! is recreated (a kubelet restart removes every plugin socket and forgets every plugin).
 
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,16 +85,33 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// Binds `path` as a socket only root can use, replacing a stale socket of ours.
+/// Binds `path` as a socket only root can use, replacing a stale socket of ours. The socket
+/// is bound in a fresh 0700 directory beside it, made 0600 there and renamed into place, so
+/// it is never reachable with the process umask's mode.
 fn bind_private(path: &Path) -> Result<tokio::net::UnixListener, PluginError> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(io_err(path))?,
         Ok(_) => return Err(PluginError::NotASocket(path.to_path_buf())),
         Err(_) => {}
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(io_err(path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
-    Ok(listener)
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let private = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io_err(&private))?;
+    let staged = private.join("socket");
+    let bound = tokio::net::UnixListener::bind(&staged)
+        .map_err(io_err(&staged))
+        .and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+                .map_err(io_err(&staged))?;
+            std::fs::rename(&staged, path).map_err(io_err(path))?;
+            Ok(listener)
+        });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// One registration round: the servers it started stop when `stop` is sent.

@@ -178,7 +178,7 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         .as_deref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    kata_gpu_shim::pod_resources::add_names(&mut oci, &registry, &pod_label, &allocated)
+    kata_gpu_shim::plan::allocated::add_names(&mut oci, &registry, &pod_label, &allocated)
         .map_err(anyhow::Error::msg)?;
     let planned = plan(&PlanInput {
         profile,
@@ -213,7 +213,7 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         if !allocated.is_empty() {
             println!(
                 "kubelet would allocate (the device plugin's preferred choice): {}",
-                kata_gpu_shim::pod_resources::list(&allocated)
+                kata_gpu_shim::plan::allocated::list(&allocated)
             );
         }
         print!("{planned}");

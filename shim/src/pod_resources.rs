@@ -5,18 +5,20 @@
 //! annotations, takes the allocations of our resource names (`nvidia.com/pgpu`,
 //! `nvidia.com/nvswitch`, CDI kinds) as the CDI names `<resource>=<id>`, and hands them to the
 //! plan and to Kata as one `cdi.k8s.io/*` annotation on the sandbox, exactly as if the pod had
-//! named them. A gRPC runtime is built only when a lookup is made.
+//! named them ([`crate::plan::allocated`]). A gRPC runtime is built only when a lookup is made.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cdi::{parse_cdi_annotations, QualifiedName, Registry};
+use cdi::{QualifiedName, Registry};
 use kata_gpu_kubelet_api::podresources::v1::pod_resources_lister_client::PodResourcesListerClient;
 use kata_gpu_kubelet_api::podresources::v1::{GetPodResourcesRequest, PodResources};
 use oci_spec::runtime::Spec as OciSpec;
 
 use crate::host_spec::{NVSWITCH_KIND, PGPU_KIND};
+use crate::plan::allocated::add_names;
+#[cfg(test)]
+use crate::plan::allocated::list;
 
 /// CRI's (containerd's) annotation naming the sandbox's pod.
 pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
@@ -26,8 +28,6 @@ pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 pub const CRIO_NAME: &str = "io.kubernetes.cri-o.KubeName";
 /// CRI-O's annotation naming the pod namespace.
 pub const CRIO_NAMESPACE: &str = "io.kubernetes.cri-o.Namespace";
-/// The annotation the shim puts on the sandbox for what kubelet allocated.
-pub const ALLOCATED_ANNOTATION: &str = "cdi.k8s.io/kata-gpu-allocated";
 /// The resource names whose allocations become CDI names.
 pub const OUR_RESOURCES: [&str; 2] = [PGPU_KIND, NVSWITCH_KIND];
 
@@ -70,33 +70,6 @@ pub fn allocated_names(pod: &PodResources) -> Result<Vec<QualifiedName>, String>
         }
     }
     Ok(out)
-}
-
-/// The device nodes a set of names stands for (a name the registry does not know stands
-/// for itself), so that two names of one device compare equal.
-fn nodes(registry: &Registry, names: &[QualifiedName]) -> BTreeSet<String> {
-    names
-        .iter()
-        .flat_map(|n| match registry.get(n) {
-            Some(d) => d
-                .device
-                .container_edits
-                .device_nodes
-                .iter()
-                .map(|node| node.path.clone())
-                .collect::<Vec<_>>(),
-            None => vec![n.to_string()],
-        })
-        .collect()
-}
-
-/// Names as one comma-separated annotation value.
-pub fn list(names: &[QualifiedName]) -> String {
-    names
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// The error text of `e` with its causes, on one line.
@@ -184,7 +157,7 @@ impl Lookup {
     }
 }
 
-/// For a sandbox: adds the pod's allocated devices to `spec` as [`ALLOCATED_ANNOTATION`] and
+/// For a sandbox: adds the pod's allocated devices to `spec` (see [`add_names`]) and
 /// returns true when it did. No lookup for a sandbox that is not a kubelet pod, or when
 /// kubelet's socket does not exist (a node without kubelet). A pod that names devices in
 /// an annotation and was allocated others is refused.
@@ -210,36 +183,6 @@ pub fn add_allocated(
     let pod = get(socket, namespace, name, lookup.timeout)?;
     let allocated = allocated_names(&pod)?;
     add_names(spec, registry, &format!("{namespace}/{name}"), &allocated)
-}
-
-/// Adds `allocated` (what kubelet gave pod `pod`) to `spec` as [`ALLOCATED_ANNOTATION`];
-/// true when it did. An annotation of the pod naming the same devices leaves the spec as it
-/// is; one naming others is refused, naming both.
-pub fn add_names(
-    spec: &mut OciSpec,
-    registry: &Registry,
-    pod: &str,
-    allocated: &[QualifiedName],
-) -> Result<bool, String> {
-    if allocated.is_empty() {
-        return Ok(false);
-    }
-    let mut annotations = spec.annotations().clone().unwrap_or_default();
-    let annotated =
-        parse_cdi_annotations(&annotations).map_err(|e| format!("pod annotation: {e}"))?;
-    if !annotated.is_empty() {
-        if nodes(registry, &annotated) == nodes(registry, allocated) {
-            return Ok(false);
-        }
-        return Err(format!(
-            "pod {pod} names {} in its cdi.k8s.io/* annotations but kubelet allocated it {}; ask through resources.limits or an annotation, not both",
-            list(&annotated),
-            list(allocated)
-        ));
-    }
-    annotations.insert(ALLOCATED_ANNOTATION.to_owned(), list(allocated));
-    spec.set_annotations(Some(annotations));
-    Ok(true)
 }
 
 #[cfg(test)]

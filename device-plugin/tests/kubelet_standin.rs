@@ -41,6 +41,11 @@ fn start_plugin(root: &Path) -> DevicePlugin {
     })
 }
 
+/// The H100 host's one GPU with `health`, as ListAndWatch lists it.
+fn gpu0(health: &str) -> Vec<(String, String)> {
+    vec![("0".to_owned(), health.to_owned())]
+}
+
 async fn next(stream: &mut Streaming<ListAndWatchResponse>) -> Vec<(String, String)> {
     tokio::time::timeout(HANG, stream.next())
         .await
@@ -249,33 +254,18 @@ async fn a_device_that_leaves_vfio_pci_or_loses_its_node_is_reported_unhealthy()
         .await
         .expect("ListAndWatch")
         .into_inner();
-    assert_eq!(
-        next(&mut stream).await,
-        [("0".to_owned(), "Healthy".to_owned())]
-    );
+    assert_eq!(next(&mut stream).await, gpu0("Healthy"));
 
     sim.set_driver("0000:41:00.0", Some("nvidia"));
-    assert_eq!(
-        next(&mut stream).await,
-        [("0".to_owned(), "Unhealthy".to_owned())]
-    );
+    assert_eq!(next(&mut stream).await, gpu0("Unhealthy"));
     sim.set_driver("0000:41:00.0", Some("vfio-pci"));
-    assert_eq!(
-        next(&mut stream).await,
-        [("0".to_owned(), "Healthy".to_owned())]
-    );
+    assert_eq!(next(&mut stream).await, gpu0("Healthy"));
 
     let node = sim.path("dev/vfio/devices/vfio0");
     std::fs::remove_file(&node).expect("remove the cdev");
-    assert_eq!(
-        next(&mut stream).await,
-        [("0".to_owned(), "Unhealthy".to_owned())]
-    );
+    assert_eq!(next(&mut stream).await, gpu0("Unhealthy"));
     std::fs::write(&node, "").expect("cdev back");
-    assert_eq!(
-        next(&mut stream).await,
-        [("0".to_owned(), "Healthy".to_owned())]
-    );
+    assert_eq!(next(&mut stream).await, gpu0("Healthy"));
 
     // The function moves to another IOMMU group: its id no longer means what it did.
     let link = sim.path("sys/bus/pci/devices/0000:41:00.0/iommu_group");
@@ -284,10 +274,7 @@ async fn a_device_that_leaves_vfio_pci_or_loses_its_node_is_reported_unhealthy()
     std::fs::create_dir_all(moved.join("devices")).expect("new group");
     std::fs::remove_file(&link).expect("unlink group");
     std::os::unix::fs::symlink(&moved, &link).expect("relink group");
-    assert_eq!(
-        next(&mut stream).await,
-        [("0".to_owned(), "Unhealthy".to_owned())]
-    );
+    assert_eq!(next(&mut stream).await, gpu0("Unhealthy"));
 }
 
 #[tokio::test]
@@ -316,10 +303,7 @@ async fn kubelet_restarting_makes_the_plugin_register_again() {
         .await
         .expect("ListAndWatch after the restart")
         .into_inner();
-    assert_eq!(
-        next(&mut stream).await,
-        [("0".to_owned(), "Healthy".to_owned())]
-    );
+    assert_eq!(next(&mut stream).await, gpu0("Healthy"));
 }
 
 #[tokio::test]

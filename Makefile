@@ -41,6 +41,7 @@ fmt:
 
 bench:
 	$(CARGO) bench -p cdi -p kata-gpu-plan -p kata-gpu-configs -p kata-gpu-containerd-config -p kata-gpu-artifacts
+	$(CARGO) bench -p kata-gpu-tests --bench pod_resources --bench device_plugin_allocate
 	bash bench/shim.sh
 	BENCH_CONTAINERD=2.3.4 bash bench/shim.sh
 	bash bench/load.sh

@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::profile::Profile;
 
+/// kubelet's PodResources socket (under the default kubelet root).
+pub const POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+
 /// Environment variable naming the settings file (for tests).
 pub const SETTINGS_ENV: &str = "KATA_GPU_SHIM_CONFIG";
 /// The system-wide settings file.
@@ -55,6 +58,11 @@ pub struct Settings {
     pub kbs_address: Option<String>,
     /// Seconds the downstream's `start` may take.
     pub start_timeout_seconds: u64,
+    /// kubelet's PodResources socket (under `host_root`), asked at a sandbox's Create which
+    /// devices kubelet allocated to the pod; empty: never ask.
+    pub pod_resources_socket: PathBuf,
+    /// Seconds that lookup may take, connection included.
+    pub pod_resources_timeout_seconds: u64,
 }
 
 impl Default for Settings {
@@ -75,6 +83,8 @@ impl Default for Settings {
             refuse_non_cc_gpus: false,
             kbs_address: None,
             start_timeout_seconds: 30,
+            pod_resources_socket: PathBuf::from(POD_RESOURCES_SOCKET),
+            pod_resources_timeout_seconds: 5,
         }
     }
 }

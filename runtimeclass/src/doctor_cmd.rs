@@ -17,6 +17,8 @@ use crate::{Global, Outcome};
 
 #[path = "doctor_checks.rs"]
 mod checks;
+#[path = "doctor_plugin.rs"]
+mod plugin;
 
 use checks::{Check, Device, Verdict};
 
@@ -244,6 +246,7 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     out.push(our_shim(args.profile, root, &args.containerd));
     out.push(kata_shim(args.profile, root));
     out.push(cdi_check(&host, root));
+    out.extend(plugin::checks(root));
     out
 }
 

@@ -7,9 +7,11 @@
 mod artifacts_cmd;
 mod cdi_cmd;
 mod containerd_cmd;
+mod device_plugin_cmd;
 mod doctor_cmd;
 mod install_cmd;
 mod node_state;
+mod plan_alloc;
 mod plan_cmd;
 mod registration;
 mod runtimeclass_cmd;
@@ -72,6 +74,9 @@ enum Command {
     /// Bind NVIDIA GPUs and NVSwitches (with their IOMMU groups) to vfio-pci, or hand them back.
     #[command(subcommand)]
     Vfio(vfio_cmd::VfioCommand),
+    /// Serve the host's passthrough GPUs and NVSwitches to kubelet as nvidia.com/pgpu and
+    /// nvidia.com/nvswitch (a device plugin; runs until SIGTERM).
+    DevicePlugin(device_plugin_cmd::DevicePluginArgs),
 }
 
 /// What a command found: success, or findings the user must act on.
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
         Command::Artifacts(cmd) => artifacts_cmd::run(cmd, &cli.global),
         Command::Doctor(args) => doctor_cmd::run(args, &cli.global),
         Command::Vfio(cmd) => vfio_cmd::run(cmd, &cli.global),
+        Command::DevicePlugin(args) => device_plugin_cmd::run(args, &cli.global),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

@@ -83,10 +83,15 @@ fn base_config(
     }
 }
 
-/// A Pod manifest's annotations and runtime class.
-fn pod_manifest(
-    file: &std::path::Path,
-) -> anyhow::Result<(HashMap<String, String>, Option<String>)> {
+/// What `plan` reads from a Pod manifest: annotations, runtime class, devices asked of kubelet.
+type PodView = (
+    HashMap<String, String>,
+    Option<String>,
+    Vec<(String, usize)>,
+);
+
+/// A Pod manifest's annotations, runtime class and the devices it asks kubelet for.
+fn pod_manifest(file: &std::path::Path) -> anyhow::Result<PodView> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let pod: serde_json::Value = serde_yaml_ng::from_str(&text)
@@ -106,6 +111,7 @@ fn pod_manifest(
     Ok((
         annotations,
         pod["spec"]["runtimeClassName"].as_str().map(str::to_owned),
+        crate::plan_alloc::requested_counts(&pod, file)?,
     ))
 }
 
@@ -119,7 +125,7 @@ fn parse_annotation(s: &str) -> Result<(String, String), String> {
 /// Runs `kata-gpu plan`.
 pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
     let pod = args.pod.as_deref().map(pod_manifest).transpose()?;
-    let profile = match (args.profile, pod.as_ref().and_then(|(_, class)| class.as_deref())) {
+    let profile = match (args.profile, pod.as_ref().and_then(|(_, class, _)| class.as_deref())) {
         (Some(p), _) => p,
         (None, Some(class)) => class.parse().map_err(|_| {
             anyhow::anyhow!(
@@ -144,6 +150,7 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
     if let Some(c) = args.cbitpos {
         policy.tee.cbitpos = c;
     }
+    let counts = pod.as_ref().map(|(_, _, c)| c.clone()).unwrap_or_default();
     let mut oci = match (&args.bundle, &args.pod) {
         (Some(dir), _) => {
             let path = dir.join("config.json");
@@ -152,13 +159,27 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         }
         (None, _) => {
             let mut oci = OciSpec::default();
-            oci.set_annotations(pod.map(|(annotations, _)| annotations));
+            oci.set_annotations(pod.map(|(annotations, _, _)| annotations));
             oci
         }
     };
     let mut annotations = oci.annotations().clone().unwrap_or_default();
     annotations.extend(args.annotations);
     oci.set_annotations(Some(annotations));
+    // What kubelet would allocate: the device plugin's preferred choice, planned as the
+    // shim plans what PodResources reports.
+    let allocated = if counts.is_empty() {
+        Vec::new()
+    } else {
+        crate::plan_alloc::preferred_names(&host, &counts)?
+    };
+    let pod_label = args
+        .pod
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    kata_gpu_plan::sandbox::allocated::add_names(&mut oci, &registry, &pod_label, &allocated)
+        .map_err(anyhow::Error::msg)?;
     let planned = plan(&PlanInput {
         profile,
         oci: &oci,
@@ -176,6 +197,12 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
     .with_context(|| format!("cannot render the Kata config from {base_origin}"))?;
     if global.json {
         let mut view = serde_json::to_value(planned.view())?;
+        if !allocated.is_empty() {
+            view["allocated"] = serde_json::json!(allocated
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>());
+        }
         view["kata_config"] = serde_json::json!({
             "base": base_origin,
             "diff": rendered.changes().map(|d| serde_json::json!({"key": d.key, "base": d.base, "rendered": d.rendered})).collect::<Vec<_>>(),
@@ -183,6 +210,12 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         });
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
+        if !allocated.is_empty() {
+            println!(
+                "kubelet would allocate (the device plugin's preferred choice): {}",
+                kata_gpu_plan::sandbox::allocated::list(&allocated)
+            );
+        }
         print!("{planned}");
         println!("kata config diff (base: {base_origin}):");
         let mut changed = false;

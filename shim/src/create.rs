@@ -60,6 +60,17 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     kata_gpu_fsutil::write_atomic(path, text.as_bytes(), 0o600)
 }
 
+/// Rewrites a bundle's `config.json`, keeping its mode.
+fn write_bundle_spec(config_json: &Path, spec: &OciSpec) -> Result<(), String> {
+    let text = serde_json::to_vec_pretty(spec)
+        .map_err(|e| format!("cannot encode {}: {e}", config_json.display()))?;
+    let mode = fs::metadata(config_json)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    kata_gpu_fsutil::write_atomic(config_json, &text, mode)
+        .map_err(|e| format!("cannot write {}: {e}", config_json.display()))
+}
+
 /// Whether `id` can name a directory of its own: not empty, no `/`, no `..`, no NUL. An
 /// id that cannot would name the namespace's directory (every sandbox's state) or one
 /// outside it. containerd's own ids never fail this.
@@ -134,17 +145,14 @@ impl PlanHook {
             parse_cdi_annotations(&annotations).map_err(|e| format!("pod annotation: {e}"))?;
 
         if container_type != Some("sandbox") && self.apply_cdi(&registry, &mut spec, &names)? {
-            let text = serde_json::to_vec_pretty(&spec)
-                .map_err(|e| format!("cannot encode {}: {e}", config_json.display()))?;
-            let mode = fs::metadata(&config_json)
-                .map(|m| m.permissions().mode() & 0o7777)
-                .unwrap_or(0o644);
-            kata_gpu_fsutil::write_atomic(&config_json, &text, mode)
-                .map_err(|e| format!("cannot write {}: {e}", config_json.display()))?;
+            write_bundle_spec(&config_json, &spec)?;
         }
         if container_type == Some("container") {
             return Ok(request);
         }
+        // Devices kubelet allocated to the pod join the plan as an annotation would.
+        let lookup = crate::pod_resources::Lookup::from_settings(&self.settings);
+        let allocated = crate::pod_resources::add_allocated(&lookup, &mut spec, &registry)?;
 
         let base_path = self.settings.base_config_path(self.profile);
         let base_text = fs::read_to_string(&base_path).map_err(|e| {
@@ -187,6 +195,11 @@ impl PlanHook {
                 config_path.display()
             )
         })?;
+
+        if allocated {
+            // Kata cold-plugs what the sandbox's annotations name: the planned set.
+            write_bundle_spec(&config_json, &spec)?;
+        }
 
         let options = request.options.as_ref().cloned();
         let ours = runtime_options(&config_path.display().to_string())

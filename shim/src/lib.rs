@@ -15,6 +15,7 @@ pub mod bootstrap;
 pub mod create;
 pub mod info;
 mod logging;
+pub mod pod_resources;
 pub mod proxy;
 mod proxy_record;
 mod relay;

@@ -1,6 +1,7 @@
 //! Shared fixtures for tests against real parts and simulated hosts.
 //!
 //! - [`containerd`]: a private containerd started per test.
+//! - [`kubelet`]: a stand-in for kubelet's PodResources API (the real protocol).
 //! - [`katans`]: Kata run in a private mount namespace with a syslog socket.
 //! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
 //!   is reported.
@@ -12,6 +13,7 @@
 pub mod containerd;
 pub mod image;
 pub mod katans;
+pub mod kubelet;
 pub mod parts;
 pub mod shimrig;
 pub use kata_gpu_simhost as simhost;

@@ -3,10 +3,13 @@
 //! with CDI on), the proxy registered as the runtime handler, a pause-like image built by
 //! the test and imported with `ctr`, host networking, and the recording downstream standing
 //! where Kata would. A container asks for the pod's GPU through CRI's CDI devices: containerd
-//! applies it where it has CDI, the proxy where it has not, never both.
+//! applies it where it has CDI, the proxy where it has not, never both. A second pod asks
+//! kubelet instead (`resources.limits`): the real device plugin answers Allocate for the
+//! container, a PodResources stand-in tells the proxy at the sandbox's Create.
 
 use std::collections::HashMap;
 use std::fs;
+use std::path::PathBuf;
 
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -16,7 +19,13 @@ use k8s_cri::v1::{
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
+use kata_gpu_device_plugin::{Config, Strategy};
+use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
+use kata_gpu_kubelet_api::deviceplugin::v1beta1::{
+    AllocateRequest, ContainerAllocateRequest, ContainerAllocateResponse,
+};
 use kata_gpu_tests::image::write_oci_archive;
+use kata_gpu_tests::kubelet::{Allocation, DevicePlugin, KubeletRegistration, PodResourcesStandIn};
 use kata_gpu_tests::shimrig::{err, pids_of, Downstream, Rig, CDI_SPEC_DIR, SHIM};
 use kata_gpu_tests::{available, Containerd};
 use tonic::transport::{Endpoint, Uri};
@@ -26,12 +35,19 @@ const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
 
 /// The CRI tables of `release`, in its config format: our handler, runc's, the test's
 /// sandbox image, and (where containerd has CDI) CDI on, reading the simulated host's spec.
-fn cri_table(release: Containerd) -> String {
+fn cri_table(release: Containerd, kubelet: bool) -> String {
+    // containerd 1.6 has no CDI: a device plugin's annotation form reaches the proxy
+    // only through the container's annotations.
+    let container_annotations = if kubelet && release == Containerd::Debian {
+        "  container_annotations = [\"cdi.k8s.io/*\"]\n"
+    } else {
+        ""
+    };
     let handler = |plugin: &str| {
         format!(
             "[plugins.\"{plugin}\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
              [plugins.\"{plugin}\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.{HANDLER}.v2\"\n  \
-             privileged_without_host_devices = true\n  pod_annotations = [\"cdi.k8s.io/*\", \"io.katacontainers.*\"]\n"
+             privileged_without_host_devices = true\n  pod_annotations = [\"cdi.k8s.io/*\", \"io.katacontainers.*\"]\n{container_annotations}"
         )
     };
     let cdi = format!("  enable_cdi = true\n  cdi_spec_dirs = [\"{CDI_SPEC_DIR}\"]\n");
@@ -77,7 +93,16 @@ async fn client(rig: &Rig) -> RuntimeServiceClient<tonic::transport::Channel> {
     RuntimeServiceClient::new(channel)
 }
 
-fn sandbox_config(rig: &Rig, name: &str) -> PodSandboxConfig {
+/// How the pod asks for its GPU.
+enum Ask {
+    /// `cdi.k8s.io/gpu` on the pod, and CRI's CDI devices on the container.
+    Annotation,
+    /// `resources.limits` through kubelet: the container carries what the device plugin's
+    /// Allocate answered, the sandbox nothing (the proxy asks PodResources).
+    Kubelet(ContainerAllocateResponse),
+}
+
+fn sandbox_config(rig: &Rig, name: &str, ask: &Ask) -> PodSandboxConfig {
     let logs = rig.work.path().join("pod-logs").join(name);
     fs::create_dir_all(&logs).expect("log dir");
     PodSandboxConfig {
@@ -89,7 +114,12 @@ fn sandbox_config(rig: &Rig, name: &str) -> PodSandboxConfig {
         }),
 
         log_directory: logs.display().to_string(),
-        annotations: HashMap::from([("cdi.k8s.io/gpu".to_owned(), "nvidia.com/pgpu=0".to_owned())]),
+        annotations: match ask {
+            Ask::Annotation => {
+                HashMap::from([("cdi.k8s.io/gpu".to_owned(), "nvidia.com/pgpu=0".to_owned())])
+            }
+            Ask::Kubelet(_) => HashMap::new(),
+        },
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(NamespaceOption {
@@ -104,8 +134,11 @@ fn sandbox_config(rig: &Rig, name: &str) -> PodSandboxConfig {
     }
 }
 
-/// A container of the pod; `gpu` asks for the pod's GPU through CRI's CDI devices.
-fn container_config(name: &str, gpu: bool) -> ContainerConfig {
+/// A container of the pod; with `gpu` it carries the pod's GPU as `ask` says: CRI's CDI
+/// devices, or (as kubelet passes an Allocate answer) its CDI devices and annotations.
+/// kubelet would pass the answer's device nodes too; the host's `/dev` has no VFIO node
+/// here, so the plugin runs without that form.
+fn container_config(name: &str, gpu: bool, ask: &Ask) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.into(),
@@ -118,12 +151,22 @@ fn container_config(name: &str, gpu: bool) -> ContainerConfig {
         command: vec!["/bin/busybox".into(), "sleep".into(), "300".into()],
         log_path: format!("{name}.log"),
         linux: Some(LinuxContainerConfig::default()),
-        cdi_devices: if gpu {
-            vec![CdiDevice {
+        cdi_devices: match ask {
+            _ if !gpu => Vec::new(),
+            Ask::Annotation => vec![CdiDevice {
                 name: "nvidia.com/pgpu=0".into(),
-            }]
-        } else {
-            Vec::new()
+            }],
+            Ask::Kubelet(answer) => answer
+                .cdi_devices
+                .iter()
+                .map(|d| CdiDevice {
+                    name: d.name.clone(),
+                })
+                .collect(),
+        },
+        annotations: match ask {
+            Ask::Kubelet(answer) if gpu => answer.annotations.clone(),
+            _ => HashMap::new(),
         },
         ..ContainerConfig::default()
     }
@@ -136,13 +179,81 @@ kata_gpu_tests::tests_per_release!(a_gpu_pod_through_cri:
     a_gpu_pod_through_cri_on_containerd_2_3 = V2_3,
 );
 
+kata_gpu_tests::tests_per_release!(a_pod_kubelet_allocated_a_gpu_through_cri:
+    a_pod_kubelet_allocated_a_gpu_through_cri_on_containerd_1_6 = Debian,
+    a_pod_kubelet_allocated_a_gpu_through_cri_on_containerd_1_7 = V1_7,
+);
+
 /// One proxy and one downstream for the pod, its per-sandbox config, its container's CDI
 /// device applied once (by containerd where it has CDI), nothing left afterwards.
 fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
+    gpu_pod(release, test, false);
+}
+
+/// A pod whose GPU kubelet allocated: the real device plugin answers Allocate (as kubelet
+/// asks it), the PodResources stand-in reports the allocation, the sandbox has no annotation.
+fn a_pod_kubelet_allocated_a_gpu_through_cri(release: Containerd, test: &str) {
+    gpu_pod(release, test, true);
+}
+
+/// What the device plugin answers kubelet's Allocate of GPU 0 on the rig's host.
+fn allocate_gpu_0(rig: &Rig, runtime: &tokio::runtime::Runtime) -> ContainerAllocateResponse {
+    let kubelet = KubeletRegistration::start(rig.sim().root());
+    let _plugin = DevicePlugin::start(Config {
+        strategy: Strategy {
+            device_specs: false,
+            ..Strategy::default()
+        },
+        ..Config::new(rig.sim().root())
+    });
+    let endpoint = kubelet.dir().join(kubelet.next_registration().endpoint);
+    runtime.block_on(async {
+        let channel = kata_gpu_kubelet_api::connect_unix(&endpoint)
+            .await
+            .expect("the plugin's socket");
+        DevicePluginClient::new(channel)
+            .allocate(AllocateRequest {
+                container_requests: vec![ContainerAllocateRequest {
+                    devices_ids: vec!["0".into()],
+                }],
+            })
+            .await
+            .expect("Allocate")
+            .into_inner()
+            .container_responses
+            .remove(0)
+    })
+}
+
+/// One proxy and one downstream for the pod, its per-sandbox config, its container's CDI
+/// device applied once (by containerd where it has CDI), nothing left afterwards. With
+/// `kubelet`, the GPU is kubelet's allocation rather than the pod's annotation.
+fn gpu_pod(release: Containerd, test: &str, kubelet: bool) {
     let Some(_) = available(test, release.bin_dir()) else {
         return;
     };
-    let rig = Rig::on_with_cri(release, Downstream::Recording, "", &cri_table(release));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let table = cri_table(release, kubelet);
+    let rig = Rig::on_with_cri(release, Downstream::Recording, "", &table);
+    let ask = if kubelet {
+        Ask::Kubelet(allocate_gpu_0(&rig, &runtime))
+    } else {
+        Ask::Annotation
+    };
+    let pod_resources = kubelet.then(|| {
+        PodResourcesStandIn::start(
+            &rig.sim().path("var/lib/kubelet/pod-resources/kubelet.sock"),
+            vec![Allocation::one(
+                "default",
+                "gpu-pod",
+                "nvidia.com/pgpu",
+                &["0"],
+            )],
+        )
+    });
     let archive = rig.work.path().join("pause.tar");
     write_oci_archive(
         &rig.rootfs,
@@ -165,13 +276,9 @@ fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
         rig.ctrd.log()
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
     runtime.block_on(async {
         let mut cri = client(&rig).await;
-        let pod_config = sandbox_config(&rig, "gpu-pod");
+        let pod_config = sandbox_config(&rig, "gpu-pod", &ask);
         let pod = cri
             .run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(pod_config.clone()),
@@ -187,7 +294,7 @@ fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
             let id = cri
                 .create_container(CreateContainerRequest {
                     pod_sandbox_id: pod.clone(),
-                    config: Some(container_config(name, gpu)),
+                    config: Some(container_config(name, gpu, &ask)),
                     sandbox_config: Some(pod_config.clone()),
                 })
                 .await
@@ -233,6 +340,24 @@ fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
         .expect("json");
         assert_eq!(record["options_type_url"], "runtimeoptions.v1.Options");
         assert_eq!(record["config_path"], config.display().to_string());
+        if let Some(kubelet) = &pod_resources {
+            // The proxy asked kubelet for this pod, planned its GPU, and told Kata.
+            assert_eq!(
+                kubelet.asked(),
+                [("default".to_owned(), "gpu-pod".to_owned())]
+            );
+            let plan = fs::read_to_string(config.with_file_name("plan.json")).expect("plan");
+            assert!(plan.contains("\"nvidia.com/pgpu=0\""), "{plan}");
+            let bundle = PathBuf::from(record["bundle"].as_str().expect("bundle"));
+            let spec: serde_json::Value = serde_json::from_slice(
+                &fs::read(bundle.join("config.json")).expect("sandbox config.json"),
+            )
+            .expect("json");
+            assert_eq!(
+                spec["annotations"]["cdi.k8s.io/kata-gpu-allocated"],
+                "nvidia.com/pgpu=0"
+            );
+        }
 
         // The GPU container has its device once. containerd 1.6 has no CDI: the proxy
         // applied the request and rewrote config.json (pretty-printed). Later releases apply

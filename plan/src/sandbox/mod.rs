@@ -4,6 +4,7 @@
 //! Pure apart from reading the host (through its root): the same code serves the shim at
 //! `Create` and `kata-gpu plan`, so that what a user previews is what a pod gets.
 
+pub mod allocated;
 mod error;
 mod qemu;
 mod report;

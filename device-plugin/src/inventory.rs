@@ -1,0 +1,109 @@
+//! What the plugin advertises: the devices of the host CDI spec (`kata-gpu cdi generate`'s,
+//! built by the same code), one entry per physical device, named by its first CDI name
+//! (its index), with what health and topology need.
+
+use kata_gpu_plan::host::{Host, HostError, VfioNode};
+use kata_gpu_plan::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
+use kata_gpu_plan::Bdf;
+
+/// The resource names the plugin serves: CDI kinds, so `<resource>=<id>` is a CDI name.
+pub const RESOURCES: [&str; 2] = [PGPU_KIND, NVSWITCH_KIND];
+
+/// One advertised device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginDevice {
+    /// The device id kubelet sees: the device's first name in the host CDI spec.
+    pub id: String,
+    /// Every name the spec gives this device (index, group, `vfioN`).
+    pub names: Vec<String>,
+    /// Its VFIO node, as the spec names it (`/dev/vfio/devices/vfioN` or `/dev/vfio/<group>`).
+    pub node: String,
+    /// The PCI function.
+    pub bdf: Bdf,
+    /// Its IOMMU group when the inventory was taken.
+    pub group: u32,
+    /// Its NUMA node, if the host says.
+    pub numa: Option<u32>,
+}
+
+/// One resource's devices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resource {
+    /// The resource name (`nvidia.com/pgpu`, `nvidia.com/nvswitch`).
+    pub name: String,
+    /// Its devices, in spec order.
+    pub devices: Vec<PluginDevice>,
+}
+
+impl Resource {
+    /// The device with id `id`.
+    pub fn device(&self, id: &str) -> Option<&PluginDevice> {
+        self.devices.iter().find(|d| d.id == id)
+    }
+
+    /// The CDI name of device `id` (`<resource>=<id>`).
+    pub fn cdi_name(&self, id: &str) -> String {
+        format!("{}={id}", self.name)
+    }
+
+    /// The socket file name the plugin serves this resource on.
+    pub fn socket_name(&self) -> String {
+        let short = self.name.rsplit('/').next().unwrap_or(&self.name);
+        format!("kata-gpu-{short}.sock")
+    }
+}
+
+/// The host's advertised devices, one [`Resource`] per kind that has devices, in
+/// [`RESOURCES`] order.
+pub fn inventory(host: &Host) -> Result<Vec<Resource>, HostError> {
+    let specs = host_specs(host)?;
+    let mut out = Vec::new();
+    for kind in RESOURCES {
+        let Some(spec) = specs.specs.iter().find(|s| s.kind == kind) else {
+            continue;
+        };
+        let mut resource = Resource {
+            name: kind.to_owned(),
+            devices: Vec::new(),
+        };
+        for d in &spec.devices {
+            let Some(node) = d.container_edits.device_nodes.first() else {
+                continue;
+            };
+            if let Some(known) = resource.devices.iter_mut().find(|k| k.node == node.path) {
+                known.names.push(d.name.clone());
+                continue;
+            }
+            let Some(bdf) = function_of(host, &node.path) else {
+                continue;
+            };
+            let Ok(f) = host.pci_function(bdf) else {
+                continue;
+            };
+            let Some(group) = f.iommu_group else {
+                continue;
+            };
+            resource.devices.push(PluginDevice {
+                id: d.name.clone(),
+                names: vec![d.name.clone()],
+                node: node.path.clone(),
+                bdf,
+                group,
+                numa: f.numa_node,
+            });
+        }
+        out.push(resource);
+    }
+    Ok(out)
+}
+
+/// The GPU or NVSwitch behind a VFIO node.
+pub(crate) fn function_of(host: &Host, node: &str) -> Option<Bdf> {
+    match host.vfio_node(node).ok()? {
+        VfioNode::Cdev { bdf, .. } => Some(bdf),
+        VfioNode::Group(group) => host.iommu_group_members(group).ok()?.into_iter().find(|b| {
+            host.pci_function(*b)
+                .is_ok_and(|f| f.is_nvidia_gpu() || f.is_nvswitch())
+        }),
+    }
+}

@@ -1,0 +1,248 @@
+//! `kata-gpu doctor`'s checks of the sandbox device plugin: kubelet's registration socket,
+//! the plugin's own sockets (present, root-only), and that the ids it advertises are the
+//! host's devices and names of the host CDI spec.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use cdi::registry::{Registry, RegistryConfig};
+use kata_gpu_device_plugin::{inventory, Resource};
+use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
+use kata_gpu_kubelet_api::deviceplugin::v1beta1::Empty;
+use kata_gpu_kubelet_api::{connect_unix, DEVICE_PLUGINS_DIR, KUBELET_SOCKET};
+use kata_gpu_plan::host::Host;
+
+use super::checks::{fail, ok, Check, Verdict};
+
+/// How long the plugin may take to send its device list.
+const PROBE: Duration = Duration::from_secs(5);
+
+fn warn(name: &str, detail: String, fix: &str) -> Check {
+    Check {
+        name: name.to_owned(),
+        verdict: Verdict::Warn,
+        detail,
+        fix: Some(fix.to_owned()),
+    }
+}
+
+/// The ids the plugin advertises for `resource` against the host's devices now (`expected`)
+/// and the names the installed host CDI spec defines (`installed`, qualified).
+pub fn advertised(
+    resource: &str,
+    advertised: &[String],
+    expected: &[String],
+    installed: &BTreeSet<String>,
+) -> Check {
+    let name = format!("device plugin {resource}");
+    let undefined: Vec<&str> = advertised
+        .iter()
+        .filter(|id| !installed.contains(&format!("{resource}={id}")))
+        .map(String::as_str)
+        .collect();
+    if !undefined.is_empty() {
+        return fail(
+            &name,
+            format!(
+                "advertises {} which the host CDI spec does not define",
+                undefined.join(", ")
+            ),
+            "kata-gpu cdi generate, then restart the device plugin",
+        );
+    }
+    if advertised != expected {
+        return fail(
+            &name,
+            format!(
+                "advertises {}; the host has {}",
+                list(advertised),
+                list(expected)
+            ),
+            "restart the device plugin (kata-gpu device-plugin) so that it takes the host's devices again",
+        );
+    }
+    ok(
+        &name,
+        format!(
+            "advertises {} ({}), all in the host CDI spec",
+            advertised.len(),
+            list(advertised)
+        ),
+    )
+}
+
+fn list(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
+    }
+}
+
+/// The ids the plugin serving on `socket` sends first.
+fn probe(socket: &Path) -> Result<Vec<String>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async {
+        tokio::time::timeout(PROBE, async {
+            let channel = connect_unix(socket)
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+            let mut stream = DevicePluginClient::new(channel)
+                .list_and_watch(Empty {})
+                .await
+                .map_err(|e| format!("ListAndWatch on {}: {}", socket.display(), e.message()))?
+                .into_inner();
+            let first = stream
+                .message()
+                .await
+                .map_err(|e| format!("ListAndWatch on {}: {}", socket.display(), e.message()))?
+                .ok_or_else(|| format!("{} sent no device list", socket.display()))?;
+            Ok(first.devices.into_iter().map(|d| d.id).collect())
+        })
+        .await
+        .map_err(|_| format!("{} sent no device list within {PROBE:?}", socket.display()))?
+    })
+}
+
+/// One resource's plugin socket and what it advertises.
+fn resource_check(dir: &Path, resource: &Resource, installed: &BTreeSet<String>) -> Check {
+    let name = format!("device plugin {}", resource.name);
+    let socket = dir.join(resource.socket_name());
+    let shown = Path::new(DEVICE_PLUGINS_DIR).join(resource.socket_name());
+    let meta = match std::fs::symlink_metadata(&socket) {
+        Ok(m) if m.file_type().is_socket() => m,
+        _ => {
+            return fail(
+                &name,
+                format!(
+                    "{} missing: pods asking for {} stay Pending",
+                    shown.display(),
+                    resource.name
+                ),
+                "run the device plugin on this node (kata-gpu device-plugin, as a DaemonSet)",
+            )
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode != 0o600 {
+        return fail(
+            &name,
+            format!("{} has mode {mode:o}, not 600", shown.display()),
+            "restart the device plugin; it makes its socket 0600",
+        );
+    }
+    let expected: Vec<String> = resource.devices.iter().map(|d| d.id.clone()).collect();
+    match probe(&socket) {
+        Ok(ids) => advertised(&resource.name, &ids, &expected, installed),
+        Err(e) => fail(&name, e, "restart the device plugin"),
+    }
+}
+
+/// Every device plugin check for the host under `root`.
+pub fn checks(root: &Path) -> Vec<Check> {
+    let dir = match kata_gpu_fsutil::resolve_in_root(root, Path::new(DEVICE_PLUGINS_DIR)) {
+        Ok(d) if d.is_dir() => d,
+        _ => {
+            return vec![ok(
+                "device plugin",
+                format!("no kubelet here ({DEVICE_PLUGINS_DIR} missing); pods ask for GPUs by cdi.k8s.io annotation"),
+            )]
+        }
+    };
+    let mut out = Vec::new();
+    if std::fs::symlink_metadata(dir.join(KUBELET_SOCKET)).is_ok_and(|m| m.file_type().is_socket())
+    {
+        out.push(ok(
+            "kubelet registration",
+            format!("{DEVICE_PLUGINS_DIR}/{KUBELET_SOCKET} present"),
+        ));
+    } else {
+        out.push(warn(
+            "kubelet registration",
+            format!("{DEVICE_PLUGINS_DIR}/{KUBELET_SOCKET} missing: kubelet is not running"),
+            "start kubelet; the device plugin registers again by itself",
+        ));
+    }
+    let host = Host::new(root);
+    let resources = match inventory(&host) {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(fail(
+                "device plugin",
+                format!("cannot list the host's devices: {e}"),
+                "check that /sys is mounted",
+            ));
+            return out;
+        }
+    };
+    if resources.is_empty() {
+        out.push(ok(
+            "device plugin",
+            "no passthrough device to advertise (none bound to vfio-pci)",
+        ));
+        return out;
+    }
+    let registry = Registry::new(RegistryConfig::under_root(root));
+    let installed: BTreeSet<String> = registry.devices().map(|(n, _)| n.to_string()).collect();
+    out.extend(
+        resources
+            .iter()
+            .map(|r| resource_check(&dir, r, &installed)),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn advertised_ids_must_be_the_hosts_and_defined_in_the_spec() {
+        let installed: BTreeSet<String> = ["nvidia.com/pgpu=0", "nvidia.com/pgpu=1"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let c = advertised(
+            "nvidia.com/pgpu",
+            &ids(&["0", "1"]),
+            &ids(&["0", "1"]),
+            &installed,
+        );
+        assert_eq!(c.verdict, Verdict::Ok);
+        assert_eq!(c.detail, "advertises 2 (0, 1), all in the host CDI spec");
+
+        let c = advertised(
+            "nvidia.com/pgpu",
+            &ids(&["0", "2"]),
+            &ids(&["0", "2"]),
+            &installed,
+        );
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert_eq!(
+            c.detail,
+            "advertises 2 which the host CDI spec does not define"
+        );
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("kata-gpu cdi generate, then restart the device plugin")
+        );
+
+        let c = advertised(
+            "nvidia.com/pgpu",
+            &ids(&["0"]),
+            &ids(&["0", "1"]),
+            &installed,
+        );
+        assert_eq!(c.verdict, Verdict::Fail);
+        assert_eq!(c.detail, "advertises 0; the host has 0, 1");
+    }
+}

@@ -1,0 +1,105 @@
+//! `kata-gpu device-plugin` as a node runs it, against a stand-in for kubelet's registration
+//! (the real protocol), and `kata-gpu doctor`'s checks of it, on a simulated H100 host.
+
+use std::process::{Child, Command, Output, Stdio};
+
+use kata_gpu_tests::kubelet::KubeletRegistration;
+use kata_gpu_tests::{SimHost, VfioMode, WriteCdiSpecs};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn text(o: &Output) -> String {
+    kata_gpu_tests::output_text(o)
+}
+
+/// The plugin, killed if a failed test leaves it running.
+struct Plugin(Child);
+
+impl Plugin {
+    fn start(sim: &SimHost) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+            .args(["device-plugin", "--interval", "1", "--host-root"])
+            .arg(sim.root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kata-gpu device-plugin");
+        Self(child)
+    }
+
+    /// SIGTERM, then how it ended.
+    fn terminate(mut self) -> Output {
+        let pid = Pid::from_raw(i32::try_from(self.0.id()).expect("pid"));
+        kill(pid, Signal::SIGTERM).expect("SIGTERM");
+        let child = std::mem::replace(
+            &mut self.0,
+            Command::new("true").spawn().expect("placeholder"),
+        );
+        child.wait_with_output().expect("the plugin exits")
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn doctor(sim: &SimHost) -> serde_json::Value {
+    let out =
+        kata_gpu_tests::run_on_host(env!("CARGO_BIN_EXE_kata-gpu"), sim, &["doctor", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
+fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {report}"))
+}
+
+#[test]
+fn the_plugin_registers_doctor_checks_it_and_sigterm_removes_its_socket() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    // No kubelet: doctor says pods ask by annotation, and that is no failure.
+    let report = doctor(&sim);
+    assert_eq!(check(&report, "device plugin")["verdict"], "ok", "{report}");
+
+    let kubelet = KubeletRegistration::start(sim.root());
+    let report = doctor(&sim);
+    let c = check(&report, "device plugin nvidia.com/pgpu");
+    assert_eq!(c["verdict"], "fail", "{report}");
+    assert_eq!(
+        c["detail"],
+        "/var/lib/kubelet/device-plugins/kata-gpu-pgpu.sock missing: pods asking for nvidia.com/pgpu stay Pending"
+    );
+
+    let plugin = Plugin::start(&sim);
+    let registered = kubelet.next_registration();
+    assert_eq!(registered.resource_name, "nvidia.com/pgpu");
+    assert_eq!(registered.endpoint, "kata-gpu-pgpu.sock");
+    let report = doctor(&sim);
+    assert_eq!(check(&report, "kubelet registration")["verdict"], "ok");
+    let c = check(&report, "device plugin nvidia.com/pgpu");
+    assert_eq!(c["verdict"], "ok", "{report}");
+    assert_eq!(c["detail"], "advertises 1 (0), all in the host CDI spec");
+
+    // The host spec no longer defines what the plugin advertises.
+    std::fs::remove_file(sim.path("var/run/cdi/nvidia.com-pgpu.yaml")).expect("remove spec");
+    let c = doctor(&sim);
+    let c = check(&c, "device plugin nvidia.com/pgpu");
+    assert_eq!(c["verdict"], "fail");
+    assert_eq!(
+        c["detail"],
+        "advertises 0 which the host CDI spec does not define"
+    );
+
+    let out = plugin.terminate();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let socket = kubelet.dir().join("kata-gpu-pgpu.sock");
+    assert!(!socket.exists(), "{} left", socket.display());
+}

@@ -1,0 +1,102 @@
+//! `kata-gpu plan --pod` for pods that ask kubelet for GPUs (`resources.limits`), on
+//! simulated hosts: the device plugin's preferred allocation, planned as the shim plans
+//! what PodResources reports.
+
+use std::process::Output;
+
+use kata_gpu_tests::{SimHost, VfioMode, WriteCdiSpecs};
+
+fn kata_gpu(root: &SimHost, args: &[&str]) -> Output {
+    kata_gpu_tests::run_on_host(env!("CARGO_BIN_EXE_kata-gpu"), root, args)
+}
+
+fn text(o: &Output) -> String {
+    kata_gpu_tests::output_text(o)
+}
+
+fn pod(gpus: &str, annotation: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cuda\n{annotation}spec:\n  runtimeClassName: kata-qemu-nvidia-gpu\n  containers:\n  - name: a\n    resources:\n      limits:\n        nvidia.com/pgpu: {gpus}\n  - name: b\n"
+    )
+}
+
+#[test]
+fn the_sample_pod_asks_kubelet_and_plans_the_gpu_it_would_get() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    // The sample pod `kata-gpu runtimeclass` prints (its third document): no CDI annotation.
+    let out = kata_gpu(&sim, &["runtimeclass", "--profile", "gpu"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifests = String::from_utf8_lossy(&out.stdout).into_owned();
+    let sample = manifests
+        .split("\n---\n")
+        .find(|d| d.contains("kind: Pod"))
+        .expect("a sample pod");
+    assert!(!sample.contains("cdi.k8s.io/"), "{sample}");
+    assert!(sample.contains("nvidia.com/pgpu: '1'"), "{sample}");
+    let file = sim.path("sample.yaml");
+    std::fs::write(&file, sample).expect("sample");
+    let out = kata_gpu(
+        &sim,
+        &["plan", "--pod", &file.display().to_string(), "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["allocated"], serde_json::json!(["nvidia.com/pgpu=0"]));
+    assert_eq!(plan["requested"], serde_json::json!(["nvidia.com/pgpu=0"]));
+    assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0");
+}
+
+#[test]
+fn on_hgx_a_four_gpu_pod_gets_one_numa_node() {
+    let sim = SimHost::hgx_8x_h100();
+    sim.write_cdi_specs();
+    let file = sim.path("pod.yaml");
+    std::fs::write(&file, pod("4", "")).expect("pod");
+    let out = kata_gpu(&sim, &["plan", "--pod", &file.display().to_string()]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        shown.starts_with("kubelet would allocate (the device plugin's preferred choice): nvidia.com/pgpu=0,nvidia.com/pgpu=1,nvidia.com/pgpu=2,nvidia.com/pgpu=3\n"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn bad_requests_are_refused_naming_what_and_where() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let file = sim.path("pod.yaml");
+    let path = file.display().to_string();
+    let cases = [
+        (
+            pod("2", ""),
+            "the pod asks for 2 nvidia.com/pgpu; this host advertises 1 healthy (0); bind devices with `kata-gpu vfio bind`".to_owned(),
+        ),
+        (
+            pod("lots", ""),
+            format!("{path}: container a: resources.limits.nvidia.com/pgpu is \"lots\", not a whole number of devices"),
+        ),
+        (
+            pod("1", "  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=vfio9\n"),
+            format!("pod {path} names nvidia.com/pgpu=vfio9 in its cdi.k8s.io/* annotations but kubelet allocated it nvidia.com/pgpu=0; ask through resources.limits or an annotation, not both"),
+        ),
+    ];
+    for (manifest, want) in cases {
+        std::fs::write(&file, &manifest).expect("pod");
+        let out = kata_gpu(&sim, &["plan", "--pod", &path]);
+        assert_eq!(out.status.code(), Some(1), "{manifest}");
+        assert!(text(&out).contains(&want), "{}\nwant: {want}", text(&out));
+    }
+    // The same GPU by another of its names is no conflict.
+    std::fs::write(
+        &file,
+        pod(
+            "1",
+            "  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=vfio0\n",
+        ),
+    )
+    .expect("pod");
+    let out = kata_gpu(&sim, &["plan", "--pod", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

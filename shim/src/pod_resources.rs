@@ -1,0 +1,259 @@
+//! At a sandbox's Create: the devices kubelet allocated to the pod, from its PodResources API.
+//!
+//! kubelet passes no devices to the sandbox (pause) container, yet the VM's PCIe topology is
+//! fixed when it is created: so the shim asks PodResources `Get` for the pod named by CRI's
+//! annotations, takes the allocations of our resource names (`nvidia.com/pgpu`,
+//! `nvidia.com/nvswitch`, CDI kinds) as the CDI names `<resource>=<id>`, and hands them to the
+//! plan and to Kata as one `cdi.k8s.io/*` annotation on the sandbox, exactly as if the pod had
+//! named them ([`kata_gpu_plan::sandbox::allocated`]). A gRPC runtime is built only when a lookup is made.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cdi::{QualifiedName, Registry};
+use kata_gpu_kubelet_api::podresources::v1::pod_resources_lister_client::PodResourcesListerClient;
+use kata_gpu_kubelet_api::podresources::v1::{GetPodResourcesRequest, PodResources};
+use oci_spec::runtime::Spec as OciSpec;
+
+use kata_gpu_plan::host_spec::{NVSWITCH_KIND, PGPU_KIND};
+use kata_gpu_plan::sandbox::allocated::add_names;
+#[cfg(test)]
+use kata_gpu_plan::sandbox::allocated::list;
+
+/// CRI's (containerd's) annotation naming the sandbox's pod.
+pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+/// CRI's (containerd's) annotation naming the sandbox's pod namespace.
+pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+/// CRI-O's annotation naming the pod.
+pub const CRIO_NAME: &str = "io.kubernetes.cri-o.KubeName";
+/// CRI-O's annotation naming the pod namespace.
+pub const CRIO_NAMESPACE: &str = "io.kubernetes.cri-o.Namespace";
+/// The resource names whose allocations become CDI names.
+pub const OUR_RESOURCES: [&str; 2] = [PGPU_KIND, NVSWITCH_KIND];
+
+/// The pod a sandbox belongs to, as (namespace, name), from CRI's or CRI-O's annotations.
+pub fn pod_of(annotations: &std::collections::HashMap<String, String>) -> Option<(&str, &str)> {
+    [
+        (SANDBOX_NAMESPACE, SANDBOX_NAME),
+        (CRIO_NAMESPACE, CRIO_NAME),
+    ]
+    .into_iter()
+    .find_map(|(ns, name)| {
+        Some((
+            annotations.get(ns)?.as_str(),
+            annotations.get(name)?.as_str(),
+        ))
+    })
+    .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+}
+
+/// The CDI names of the pod's allocations of our resources, in kubelet's order, once each.
+pub fn allocated_names(pod: &PodResources) -> Result<Vec<QualifiedName>, String> {
+    let mut out: Vec<QualifiedName> = Vec::new();
+    for container in &pod.containers {
+        for devices in &container.devices {
+            if !OUR_RESOURCES.contains(&devices.resource_name.as_str()) {
+                continue;
+            }
+            for id in &devices.device_ids {
+                let text = format!("{}={id}", devices.resource_name);
+                let name: QualifiedName = text.parse().map_err(|e| {
+                    format!(
+                        "kubelet allocated {text:?} to pod {}/{}, which is not a CDI name: {e}",
+                        pod.namespace, pod.name
+                    )
+                })?;
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The error text of `e` with its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Asks kubelet's PodResources `Get` on `socket` for pod `namespace/name`, within `timeout`.
+pub fn get(
+    socket: &Path,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<PodResources, String> {
+    let what = format!(
+        "cannot ask kubelet which devices pod {namespace}/{name} was allocated: {}",
+        socket.display()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("{what}: cannot start a runtime: {e}"))?;
+    let request = GetPodResourcesRequest {
+        pod_name: name.to_owned(),
+        pod_namespace: namespace.to_owned(),
+    };
+    let answer = runtime.block_on(async {
+        tokio::time::timeout(timeout, async {
+            let channel = kata_gpu_kubelet_api::connect_unix(socket)
+                .await
+                .map_err(|e| format!("{what}: {}", chain(&e)))?;
+            PodResourcesListerClient::new(channel)
+                .get(request)
+                .await
+                .map_err(|status| {
+                    format!(
+                        "{what}: {} {} (kubelet before 1.34 needs the feature gate KubeletPodResourcesGet)",
+                        status.code(),
+                        status.message()
+                    )
+                })
+        })
+        .await
+    });
+    match answer {
+        Err(_) => Err(format!(
+            "{what}: no answer within {}s; is kubelet running?",
+            timeout.as_secs_f32()
+        )),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(response)) => response
+            .into_inner()
+            .pod_resources
+            .ok_or_else(|| format!("{what}: kubelet answered without the pod's resources")),
+    }
+}
+
+/// Where and how long to ask kubelet.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    /// kubelet's PodResources socket, already under the host root; `None`: never ask.
+    pub socket: Option<PathBuf>,
+    /// How long the lookup may take, connection included.
+    pub timeout: Duration,
+}
+
+impl Lookup {
+    /// The lookup the shim's settings ask for.
+    pub fn from_settings(settings: &kata_gpu_plan::settings::Settings) -> Self {
+        let path = settings.pod_resources_socket.display().to_string();
+        Self {
+            socket: (!path.is_empty()).then(|| cdi::inject::under_root(&settings.host_root, &path)),
+            timeout: Duration::from_secs(settings.pod_resources_timeout_seconds),
+        }
+    }
+}
+
+/// For a sandbox: adds the pod's allocated devices to `spec` (see [`add_names`]) and
+/// returns true when it did. No lookup for a sandbox that is not a kubelet pod, or when
+/// kubelet's socket does not exist (a node without kubelet). A pod that names devices in
+/// an annotation and was allocated others is refused.
+pub fn add_allocated(
+    lookup: &Lookup,
+    spec: &mut OciSpec,
+    registry: &Registry,
+) -> Result<bool, String> {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let Some(socket) = lookup.socket.as_deref() else {
+        return Ok(false);
+    };
+    let Some((namespace, name)) = pod_of(&annotations) else {
+        return Ok(false);
+    };
+    if std::fs::symlink_metadata(socket).is_err() {
+        tracing::info!(
+            "{} does not exist: no kubelet allocation looked up for pod {namespace}/{name}",
+            socket.display()
+        );
+        return Ok(false);
+    }
+    let pod = get(socket, namespace, name, lookup.timeout)?;
+    let allocated = allocated_names(&pod)?;
+    add_names(spec, registry, &format!("{namespace}/{name}"), &allocated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kata_gpu_kubelet_api::podresources::v1::{ContainerDevices, ContainerResources};
+
+    fn pod(devices: &[(&str, &[&str])]) -> PodResources {
+        PodResources {
+            name: "p".into(),
+            namespace: "ns".into(),
+            containers: vec![ContainerResources {
+                name: "c".into(),
+                devices: devices
+                    .iter()
+                    .map(|(r, ids)| ContainerDevices {
+                        resource_name: (*r).to_owned(),
+                        device_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+                        topology: None,
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn only_our_resources_become_cdi_names() {
+        let names = allocated_names(&pod(&[
+            ("nvidia.com/pgpu", &["0", "3"]),
+            ("example.com/nic", &["eth1"]),
+            ("nvidia.com/nvswitch", &["1"]),
+            ("nvidia.com/pgpu", &["0"]),
+        ]))
+        .expect("names");
+        assert_eq!(
+            list(&names),
+            "nvidia.com/pgpu=0,nvidia.com/pgpu=3,nvidia.com/nvswitch=1"
+        );
+    }
+
+    #[test]
+    fn an_id_that_is_no_cdi_name_is_refused_naming_it() {
+        let err = allocated_names(&pod(&[("nvidia.com/pgpu", &["a b"])])).expect_err("refused");
+        assert!(
+            err.starts_with(
+                "kubelet allocated \"nvidia.com/pgpu=a b\" to pod ns/p, which is not a CDI name"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_pod_comes_from_cri_or_cri_o_annotations() {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        assert_eq!(
+            pod_of(&map(&[(SANDBOX_NAME, "a"), (SANDBOX_NAMESPACE, "n")])),
+            Some(("n", "a"))
+        );
+        assert_eq!(
+            pod_of(&map(&[(CRIO_NAME, "b"), (CRIO_NAMESPACE, "m")])),
+            Some(("m", "b"))
+        );
+        assert_eq!(pod_of(&map(&[(SANDBOX_NAME, "a")])), None);
+        assert_eq!(
+            pod_of(&map(&[(SANDBOX_NAME, ""), (SANDBOX_NAMESPACE, "n")])),
+            None
+        );
+    }
+}

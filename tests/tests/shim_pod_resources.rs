@@ -1,0 +1,212 @@
+//! The proxy's Create asking kubelet's PodResources (a stand-in speaking the real
+//! protocol) which devices a pod was allocated, through a real containerd 1.6 and `ctr`,
+//! with the recording downstream capturing what reaches Kata's place.
+
+use std::fs;
+use std::path::PathBuf;
+
+use kata_gpu_tests::kubelet::{Allocation, PodResourcesStandIn};
+use kata_gpu_tests::shimrig::{err, Downstream, Rig};
+
+/// The annotations CRI puts on a sandbox of pod `default/<pod>`.
+fn sandbox_flags(id: &str, pod: &str) -> Vec<String> {
+    [
+        "io.kubernetes.cri.container-type=sandbox".to_owned(),
+        format!("io.kubernetes.cri.sandbox-id={id}"),
+        format!("io.kubernetes.cri.sandbox-name={pod}"),
+        "io.kubernetes.cri.sandbox-namespace=default".to_owned(),
+    ]
+    .into_iter()
+    .flat_map(|a| ["--annotation".to_owned(), a])
+    .collect()
+}
+
+fn kubelet_socket(rig: &Rig) -> PathBuf {
+    rig.sim().path("var/lib/kubelet/pod-resources/kubelet.sock")
+}
+
+fn run(rig: &Rig, id: &str, pod: &str, extra: &[&str]) -> std::process::Output {
+    let mut flags: Vec<String> = vec!["-d".to_owned()];
+    flags.extend(sandbox_flags(id, pod));
+    flags.extend(extra.iter().map(|s| (*s).to_owned()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    rig.run(&flags, id, &["/bin/busybox", "sleep", "300"])
+}
+
+#[test]
+fn a_pod_kubelet_allocated_a_gpu_gets_it_without_an_annotation() {
+    let rig = Rig::new(Downstream::Recording, "");
+    let kubelet = PodResourcesStandIn::start(
+        &kubelet_socket(&rig),
+        vec![Allocation {
+            namespace: "default".into(),
+            name: "gpu-pod".into(),
+            containers: vec![
+                (
+                    "main".into(),
+                    vec![
+                        ("nvidia.com/pgpu".into(), vec!["0".into()]),
+                        ("example.com/nic".into(), vec!["eth1".into()]),
+                    ],
+                ),
+                ("side".into(), Vec::new()),
+            ],
+        }],
+    );
+    let id = Rig::id("allocated");
+    let o = run(&rig, &id, "gpu-pod", &[]);
+    assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
+    assert_eq!(
+        kubelet.asked(),
+        [("default".to_owned(), "gpu-pod".to_owned())]
+    );
+
+    // The plan and the per-sandbox config are the annotation's.
+    let state = rig.state_dir(&id);
+    let config = fs::read_to_string(state.join("configuration.toml")).expect("config");
+    assert!(config.contains("pcie_root_port = 1"), "{config}");
+    assert!(
+        config.contains("cold_plug_vfio = \"root-port\""),
+        "{config}"
+    );
+    let plan: serde_json::Value =
+        serde_json::from_slice(&fs::read(state.join("plan.json")).expect("plan")).expect("json");
+    assert_eq!(
+        plan["requested"],
+        serde_json::json!(["nvidia.com/pgpu=0"]),
+        "{plan}"
+    );
+    let plan_text = plan.to_string();
+    assert!(plan_text.contains("0000:41:00.0"), "{plan_text}");
+
+    // Kata is handed the same set: the sandbox's config.json names it.
+    let record: serde_json::Value = serde_json::from_slice(
+        &fs::read(rig.work.path().join(format!("records/{id}.json"))).expect("recorded Create"),
+    )
+    .expect("json");
+    let bundle = PathBuf::from(record["bundle"].as_str().expect("bundle"));
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).expect("config.json"))
+            .expect("json");
+    assert_eq!(
+        spec["annotations"]["cdi.k8s.io/kata-gpu-allocated"],
+        "nvidia.com/pgpu=0"
+    );
+    rig.kill_and_remove(&id, "SIGKILL");
+    drop(kubelet);
+    rig.assert_clean();
+}
+
+#[test]
+fn an_annotation_naming_other_devices_than_kubelet_allocated_is_refused() {
+    let rig = Rig::new(Downstream::Recording, "");
+    let _kubelet = PodResourcesStandIn::start(
+        &kubelet_socket(&rig),
+        vec![
+            Allocation::one("default", "two-ways", "nvidia.com/pgpu", &["1"]),
+            Allocation::one("default", "same-gpu", "nvidia.com/pgpu", &["0"]),
+        ],
+    );
+    let id = Rig::id("conflict");
+    let o = run(
+        &rig,
+        &id,
+        "two-ways",
+        &["--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+    );
+    rig.assert_refused(
+        &o,
+        &id,
+        "pod default/two-ways names nvidia.com/pgpu=0 in its cdi.k8s.io/* annotations but kubelet allocated it nvidia.com/pgpu=1; ask through resources.limits or an annotation, not both",
+    );
+    assert!(!rig.state_dir(&id).exists());
+
+    // The same device under another of its names (its IOMMU group) is no conflict.
+    let same = Rig::id("same");
+    let o = run(
+        &rig,
+        &same,
+        "same-gpu",
+        &["--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=40"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(rig.state_dir(&same).join("configuration.toml").is_file());
+    rig.kill_and_remove(&same, "SIGKILL");
+    rig.assert_clean();
+}
+
+#[test]
+fn kubelet_not_answering_fails_the_sandbox_naming_the_socket_and_leaves_nothing() {
+    let rig = Rig::new(Downstream::Recording, "pod_resources_timeout_seconds = 1\n");
+    let socket = kubelet_socket(&rig);
+    fs::create_dir_all(socket.parent().expect("dir")).expect("dir");
+
+    // A socket nobody serves any more (kubelet died): refused at once.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    let id = Rig::id("dead");
+    let o = run(&rig, &id, "gpu-pod", &[]);
+    rig.assert_refused(
+        &o,
+        &id,
+        &format!(
+            "cannot ask kubelet which devices pod default/gpu-pod was allocated: {}: ",
+            socket.display()
+        ),
+    );
+    assert!(err(&o).contains("Connection refused"), "{}", err(&o));
+    assert!(!rig.state_dir(&id).exists());
+    fs::remove_file(&socket).expect("remove");
+
+    // A kubelet that accepts and never answers: refused when the lookup's time is up.
+    let _hung = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let id = Rig::id("hung");
+    let o = run(&rig, &id, "gpu-pod", &[]);
+    rig.assert_refused(
+        &o,
+        &id,
+        &format!(
+            "cannot ask kubelet which devices pod default/gpu-pod was allocated: {}: no answer within 1s; is kubelet running?",
+            socket.display()
+        ),
+    );
+    let line = err(&o);
+    assert_eq!(line.trim_end().lines().count(), 1, "{line}");
+    assert!(!rig.state_dir(&id).exists());
+    rig.assert_clean();
+}
+
+#[test]
+fn a_pod_kubelet_does_not_know_is_refused_with_kubelets_answer() {
+    let rig = Rig::new(Downstream::Recording, "");
+    let _kubelet = PodResourcesStandIn::start(&kubelet_socket(&rig), Vec::new());
+    let id = Rig::id("unknown");
+    let o = run(&rig, &id, "ghost", &[]);
+    rig.assert_refused(&o, &id, "pod ghost not found in namespace default");
+    rig.assert_clean();
+}
+
+#[test]
+fn an_empty_pod_resources_socket_setting_never_asks_kubelet() {
+    let rig = Rig::new(Downstream::Recording, "pod_resources_socket = \"\"\n");
+    let kubelet = PodResourcesStandIn::start(
+        &kubelet_socket(&rig),
+        vec![Allocation::one(
+            "default",
+            "gpu-pod",
+            "nvidia.com/pgpu",
+            &["0"],
+        )],
+    );
+    let id = Rig::id("off");
+    let o = run(&rig, &id, "gpu-pod", &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(kubelet.asked().is_empty(), "{:?}", kubelet.asked());
+    let plan: serde_json::Value =
+        serde_json::from_slice(&fs::read(rig.state_dir(&id).join("plan.json")).expect("plan"))
+            .expect("json");
+    assert_eq!(plan["requested"], serde_json::json!([]), "{plan}");
+    assert_eq!(plan["devices"], serde_json::json!([]), "{plan}");
+    rig.kill_and_remove(&id, "SIGKILL");
+    drop(kubelet);
+    rig.assert_clean();
+}

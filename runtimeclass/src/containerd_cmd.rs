@@ -9,7 +9,7 @@ use kata_gpu_containerd_config::{daemon, ConfigVersion, HandlerSpec};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
-use crate::node_state::{NodeLock, NodeState};
+use crate::node_state::{shown, NodeLock, NodeState};
 use crate::registration::{apply, plan_register, socket, Plan, Request};
 use crate::unregistration::plan_unregister;
 use crate::{Global, Outcome};
@@ -45,9 +45,14 @@ pub struct ContainerdArgs {
     /// Root of the artifact store; options.ConfigPath is <root>/<handler>/current/configuration.toml.
     #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
     pub artifacts_root: PathBuf,
-    /// Restart containerd through systemd and wait until its socket answers.
+    /// Restart containerd (systemctl, or --restart-command) and wait until its socket answers.
     #[arg(long)]
     pub restart: bool,
+    /// The command that restarts containerd, run with `sh -c` (default: systemctl restart
+    /// UNIT); needed for --restart under --host-root, where kata-gpu runs nothing of the
+    /// real host's by itself.
+    #[arg(long, value_name = "CMD")]
+    pub restart_command: Option<String>,
     /// The systemd unit that runs containerd (k3s: k3s or k3s-agent; rke2: rke2-server or rke2-agent).
     #[arg(long, value_name = "UNIT", default_value = "containerd")]
     pub unit: String,
@@ -97,6 +102,56 @@ pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {
     spec.runtime_path = args.runtime_path.clone();
     spec.snapshotter = args.snapshotter.clone();
     spec
+}
+
+/// How containerd restarts on the host under `root`: the command to run (`None` under a
+/// `--host-root` with no `--restart-command`: no command of the real host may run for a
+/// simulated one) and the line that tells an admin how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartHow {
+    /// What `--restart` runs.
+    pub argv: Option<Vec<String>>,
+    /// The command, or (under a root, without one) what to restart.
+    pub line: String,
+}
+
+/// How to restart the containerd that reads `config` (as the host sees it) on the host
+/// under `root`, run as `unit`, with the admin's own command if `given`.
+pub fn restart_how(root: &Path, unit: &str, given: Option<&str>, config: &Path) -> RestartHow {
+    match given {
+        Some(line) => RestartHow {
+            argv: Some(daemon::shell_command(line)),
+            line: line.to_owned(),
+        },
+        None if root == Path::new("/") => RestartHow {
+            argv: Some(daemon::restart_command(unit)),
+            line: daemon::restart_command_line(unit),
+        },
+        None => RestartHow {
+            argv: None,
+            line: format!(
+                "restart the containerd that reads {} (the config was written under --host-root {}, \
+                 so kata-gpu names no command of the real host; --restart --restart-command CMD runs yours)",
+                shown(root, config),
+                root.display()
+            ),
+        },
+    }
+}
+
+/// Refuses `--restart` under a `--host-root` without `--restart-command`, before anything
+/// changes: the real host's `systemctl restart containerd` must never run for a simulated
+/// host's config.
+pub fn check_restart(args: &ContainerdArgs, root: &Path) -> anyhow::Result<()> {
+    if args.restart && args.restart_command.is_none() && root != Path::new("/") {
+        anyhow::bail!(
+            "--restart under --host-root {}: kata-gpu runs no restart of the real host's containerd \
+             for it; add --restart-command CMD (the command that restarts the containerd reading \
+             that root's config), or leave --restart out; nothing was changed",
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// What a register/unregister did, for text and JSON output.
@@ -161,6 +216,7 @@ pub fn run_one(
     args: &ContainerdArgs,
     root: &Path,
 ) -> anyhow::Result<Report> {
+    check_restart(args, root)?;
     let lock = NodeLock::take(root, Duration::from_secs(args.lock_timeout), args.dry_run)?;
     apply_one(plan_one(register, req, root)?, req, args, root, &lock)
 }
@@ -180,6 +236,7 @@ pub fn apply_one(
         plan,
     } = planned;
     let handler = req.spec.name.clone();
+    let how = restart_how(root, &req.unit, args.restart_command.as_deref(), &config);
     let mut report = Report {
         action: if register { "register" } else { "unregister" },
         handler: handler.clone(),
@@ -189,7 +246,7 @@ pub fn apply_one(
         diffs: Vec::new(),
         notes: plan.notes.clone(),
         restart_pending: false,
-        restart_command: daemon::restart_command_line(&req.unit),
+        restart_command: how.line.clone(),
         restarted: false,
     };
     if args.dry_run {
@@ -204,9 +261,9 @@ pub fn apply_one(
         Some(c) => c.restart_pending,
         None => state.unregistered.is_some(),
     };
-    if pending && args.restart {
+    if let (true, true, Some(argv)) = (pending, args.restart, &how.argv) {
         let waited = daemon::restart(
-            &req.unit,
+            argv,
             &socket_path,
             Duration::from_secs(args.restart_timeout),
         )?;
@@ -225,8 +282,8 @@ pub fn apply_one(
     Ok(report)
 }
 
-/// Prints a report.
-pub fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+/// Prints a report; paths as they are under `root`.
+pub fn print(report: &Report, root: &Path, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
@@ -251,7 +308,7 @@ pub fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         println!(
             "{}: nothing to change in {}",
             report.handler,
-            report.config.display()
+            shown(root, &report.config)
         );
     }
     for n in &report.notes {
@@ -285,6 +342,31 @@ pub fn run(cmd: ContainerdCommand, global: &Global) -> anyhow::Result<Outcome> {
         Some(&c.unit),
     );
     let report = run_one(register, &req, c, &global.host_root)?;
-    print(&report, global.json)?;
+    print(&report, &global.host_root, global.json)?;
     Ok(Outcome::Clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_host_restarts_through_systemctl_a_simulated_one_names_only_its_root() {
+        let config = Path::new("/etc/containerd/config.toml");
+        let real = restart_how(Path::new("/"), "k3s-agent", None, config);
+        assert_eq!(real.line, "systemctl restart k3s-agent");
+        assert_eq!(real.argv, Some(daemon::restart_command("k3s-agent")));
+        let sim = restart_how(Path::new("/sim"), "containerd", None, config);
+        assert_eq!(sim.argv, None);
+        assert!(
+            sim.line
+                .starts_with("restart the containerd that reads /sim/etc/containerd/config.toml"),
+            "{}",
+            sim.line
+        );
+        assert!(!sim.line.contains("systemctl"), "{}", sim.line);
+        let given = restart_how(Path::new("/sim"), "containerd", Some("kill -HUP 1"), config);
+        assert_eq!(given.argv, Some(daemon::shell_command("kill -HUP 1")));
+        assert_eq!(given.line, "kill -HUP 1");
+    }
 }

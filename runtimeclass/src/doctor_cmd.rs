@@ -244,6 +244,45 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     out.push(our_shim(args.profile, root, &args.containerd));
     out.push(kata_shim(args.profile, root));
     out.push(cdi_check(&host, root));
+    if root != Path::new("/") {
+        for c in &mut out {
+            c.fix = c.fix.take().map(|f| on_root(&f, root));
+        }
+    }
+    out
+}
+
+/// A fix as it must be run for the host under `root`: every `kata-gpu` command in it gets
+/// `--host-root`, so that pasting it never acts on the real host.
+fn on_root(fix: &str, root: &Path) -> String {
+    const COMMANDS: [&str; 10] = [
+        "cdi",
+        "plan",
+        "containerd",
+        "runtimeclass",
+        "install",
+        "uninstall",
+        "status",
+        "artifacts",
+        "doctor",
+        "vfio",
+    ];
+    let mut out = String::new();
+    let mut rest = fix;
+    while let Some(at) = rest.find("kata-gpu ") {
+        let (before, from) = rest.split_at(at);
+        let after = &from["kata-gpu ".len()..];
+        out.push_str(before);
+        out.push_str("kata-gpu ");
+        if COMMANDS
+            .iter()
+            .any(|c| after.split_whitespace().next() == Some(c))
+        {
+            out.push_str(&format!("--host-root {} ", root.display()));
+        }
+        rest = after;
+    }
+    out.push_str(rest);
     out
 }
 
@@ -301,4 +340,23 @@ pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Findings
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_root;
+    use std::path::Path;
+
+    #[test]
+    fn fixes_under_a_root_name_the_root_and_only_in_kata_gpu_commands() {
+        let root = Path::new("/sim");
+        assert_eq!(
+            on_root("kata-gpu artifacts verify, then reinstall: kata-gpu install --profile snp", root),
+            "kata-gpu --host-root /sim artifacts verify, then reinstall: kata-gpu --host-root /sim install --profile snp"
+        );
+        assert_eq!(
+            on_root("install the kata-gpu shim as X", root),
+            "install the kata-gpu shim as X"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use kata_gpu_shim::Profile;
 use serde::Serialize;
 
 use crate::containerd_cmd::{self, handler_spec, ContainerdArgs};
-use crate::node_state::{host_path, inside, under, NodeLock, NodeState};
+use crate::node_state::{host_path, inside, shown, under, NodeLock, NodeState};
 use crate::registration::Request;
 use crate::runtimeclass_cmd::ManifestArgs;
 use crate::{Global, Outcome};
@@ -111,7 +111,7 @@ fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
         if !under(root, &config).exists() {
             step.warnings.push(format!(
                 "{} does not exist: the handler's ConfigPath needs an artifact set (--artifacts SRC)",
-                config.display()
+                shown(root, &config)
             ));
         }
         return Ok(step);
@@ -123,7 +123,7 @@ fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
             format!(
                 "would install {} into {}",
                 src.display(),
-                store.class_dir().display()
+                store.class_dir_on_disk().display()
             ),
         ));
     }
@@ -134,7 +134,7 @@ fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
             "{:?} {} ({})",
             report.outcome,
             report.version,
-            report.dir.display()
+            shown(root, &report.dir)
         )
         .to_lowercase(),
     ))
@@ -188,7 +188,7 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
             args.containerd.dry_run,
             &mut step,
         )? {
-            written.push(host_file.display().to_string());
+            written.push(shown(root, &host_file));
         }
     }
     step.result = match (found.specs.is_empty(), written.is_empty()) {
@@ -221,8 +221,8 @@ fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow
             (true, true) => "would write",
             (true, false) => "wrote",
         },
-        host_file.display(),
-        host_file.display()
+        shown(root, &host_file),
+        shown(root, &host_file)
     );
     Ok(step)
 }
@@ -257,9 +257,9 @@ fn containerd_steps(
     let mut step = Step::new(
         "containerd",
         match (report.changed, args.containerd.dry_run) {
-            (false, _) => format!("nothing to change in {}", report.config.display()),
-            (true, true) => format!("would {} in {}", report.action, report.config.display()),
-            (true, false) => format!("{}ed in {}", report.action, report.config.display()),
+            (false, _) => format!("nothing to change in {}", shown(root, &report.config)),
+            (true, true) => format!("would {} in {}", report.action, shown(root, &report.config)),
+            (true, false) => format!("{}ed in {}", report.action, shown(root, &report.config)),
         },
     );
     step.diffs = report.diffs;
@@ -283,6 +283,7 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let node = &args.node;
     let handler = node.profile.handler();
     // One lock for the whole run: the record is read, changed and saved under it.
+    containerd_cmd::check_restart(&node.containerd, root)?;
     let lock = node_lock(node, root)?;
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
@@ -304,6 +305,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     let node = &args.node;
     let handler = node.profile.handler();
     let dry_run = node.containerd.dry_run;
+    containerd_cmd::check_restart(&node.containerd, root)?;
     let lock = node_lock(node, root)?;
     let purge = if args.purge {
         let store = store(node, root)?;
@@ -331,7 +333,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
             } else {
                 fsio::remove_file(&real)?;
             }
-            removed.push(spec.display().to_string());
+            removed.push(shown(root, &spec));
         }
     }
     cdi.result = if removed.is_empty() {
@@ -361,7 +363,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
             manifests.result = format!(
                 "{} {} (delete the objects with kubectl delete -f before)",
                 if dry_run { "would remove" } else { "removed" },
-                m.display()
+                shown(root, &m)
             );
         }
     }
@@ -374,6 +376,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
             "artifacts",
             crate::artifacts_cmd::removal(
                 &kata_gpu_artifacts::remove_class(store, dry_run)?,
+                root,
                 dry_run,
             ),
         ),
@@ -381,8 +384,10 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
             "artifacts",
             format!(
                 "kept in {}: uninstall --purge removes it (kata-gpu artifacts prune removes old sets)",
-                kata_gpu_artifacts::layout::class_dir(&node.containerd.artifacts_root, handler)
-                    .display()
+                shown(
+                    root,
+                    &kata_gpu_artifacts::layout::class_dir(&node.containerd.artifacts_root, handler)
+                )
             ),
         ),
     });

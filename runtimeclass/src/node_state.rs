@@ -20,6 +20,12 @@ pub fn under(root: &Path, host: &Path) -> PathBuf {
     root.join(host.strip_prefix("/").unwrap_or(host))
 }
 
+/// `host` (as the host sees it) as it is named under `root`, for what kata-gpu prints: under
+/// `--host-root` every path it names is the one inside the root, never the real host's.
+pub fn shown(root: &Path, host: &Path) -> String {
+    under(root, host).display().to_string()
+}
+
 /// `host` under `root` with every symlink on the way resolved inside `root`
 /// ([`kata_gpu_fsutil::resolve_in_root`]), so that a linked directory never leads a read or
 /// a write out of `--host-root`. Every file kata-gpu writes on a node goes through this.

@@ -10,7 +10,8 @@ use kata_gpu_containerd_config::{covers, daemon, find_handler, fsio, imports};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
-use crate::node_state::{host_path, inside, under, ContainerdState, Mode, NodeState};
+use crate::containerd_cmd::restart_how;
+use crate::node_state::{host_path, inside, shown, under, ContainerdState, Mode, NodeState};
 use crate::registration::DEFAULT_CONFIG;
 use crate::{Global, Outcome};
 
@@ -127,7 +128,7 @@ fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> anyhow::Resul
             if ok && !listed && c.import.is_some() {
                 s.details.push(format!(
                     "containerd: {} no longer imports {entry}",
-                    c.config.display()
+                    shown(root, &c.config)
                 ));
             }
             Ok(ok && (listed || c.import.is_none()))
@@ -220,17 +221,17 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
                     Mode::InPlace => "in place".to_owned(),
                     Mode::DropIn => format!(
                         "as drop-in {}",
-                        c.drop_in.as_deref().unwrap_or(Path::new("?")).display()
+                        shown(root, c.drop_in.as_deref().unwrap_or(Path::new("?")))
                     ),
                 },
-                c.config.display()
+                shown(root, &c.config)
             ));
             if c.restart_pending {
                 s.restart_pending = restart_owed(root, &c.config, c.changed_at);
                 if s.restart_pending {
                     s.details.push(format!(
                         "containerd: must restart to load the change: {}",
-                        daemon::restart_command_line(&c.unit)
+                        restart_how(root, &c.unit, None, &c.config).line
                     ));
                 }
             }
@@ -248,14 +249,14 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
                 } else {
                     "not registered"
                 },
-                config.display()
+                shown(root, &config)
             ));
             if let Some(p) = &state.unregistered {
                 s.restart_pending = restart_owed(root, &p.config, p.changed_at);
                 if s.restart_pending {
                     s.details.push(format!(
                         "containerd: must restart to unload {handler} (unregistered since it started): {}",
-                        daemon::restart_command_line(&p.unit)
+                        restart_how(root, &p.unit, None, &p.config).line
                     ));
                 }
             }

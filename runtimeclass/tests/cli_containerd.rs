@@ -1,7 +1,7 @@
 //! `kata-gpu containerd register|unregister` as an admin runs them, on configs under a
 //! temp host root: exact bytes back, no write on a second run, backups, modes, drop-ins,
-//! k3s templates, refusals that touch nothing, the lock, and `--restart` through a fake
-//! systemctl with the wait on a real containerd's socket.
+//! k3s templates, refusals that touch nothing, the lock, and `--restart` through the
+//! admin's `--restart-command` with the wait on a real containerd's socket.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -98,6 +98,8 @@ fn mtime(path: &Path) -> std::time::SystemTime {
 const CONFIG: &str = "/etc/containerd/config.toml";
 /// Where register keeps the main config as it was before it.
 const BACKUP: &str = "/etc/containerd/config.toml.kata-gpu.bak";
+/// kata-gpu's record of the registration.
+const STATE: &str = "/var/lib/kata-gpu/state/kata-qemu-nvidia-gpu-snp.json";
 
 #[test]
 fn in_place_register_and_unregister_give_back_the_same_bytes() {
@@ -119,11 +121,16 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
     );
 
     let out = node.run(&["containerd", "register"]);
+    // Under --host-root it names the simulated config and no command of the real host.
     assert_exit_saying(
         &out,
         0,
-        "containerd must restart to load it: systemctl restart containerd",
+        &format!(
+            "containerd must restart to load it: restart the containerd that reads {}",
+            node.path(CONFIG).display()
+        ),
     );
+    assert!(!text(&out).contains("systemctl"), "{}", text(&out));
     let patched = node.read(CONFIG).expect("config");
     assert!(
         patched.contains(&format!("runtimes.{HANDLER}.options]")),
@@ -361,7 +368,8 @@ fn a_held_lock_keeps_a_second_installer_out() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
-/// A `systemctl` that records its arguments and succeeds.
+/// A `systemctl` that records its arguments and succeeds: the real host's restart, which
+/// must never run for a simulated host.
 fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).expect("mkdir bin");
@@ -376,42 +384,65 @@ fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
     (bin, record)
 }
 
+/// Issue 19 item 5: under --host-root, `--restart` ran the real host's `systemctl restart
+/// containerd`. Now it is refused before anything changes unless `--restart-command` names
+/// the command (here one that stands in for restarting the private containerd); that
+/// command runs, the wait is on the root's socket, and systemctl never runs.
 #[test]
-fn restart_goes_through_systemctl_and_waits_for_the_socket() {
+fn restart_under_a_host_root_runs_only_the_command_given_and_waits_for_the_socket() {
     let ctrd = PrivateContainerd::start("");
     let node = Node::new();
-    node.put(CONFIG, &fixture("v2-runc-options.toml"));
+    let original = fixture("v2-runc-options.toml");
+    node.put(CONFIG, &original);
     // containerd's socket, as the simulated host names it.
     let sock = node.path("/run/containerd/containerd.sock");
     fs::create_dir_all(sock.parent().expect("parent")).expect("mkdir");
     std::os::unix::fs::symlink(ctrd.address(), &sock).expect("symlink socket");
-    let (bin, record) = fake_systemctl(node.dir.path());
+    let (bin, systemctl) = fake_systemctl(node.dir.path());
     let path = format!(
         "{}:{}",
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let env = [("PATH", path)];
-    let register = || {
-        node.run_env(
-            &["containerd", "register", "--restart", "--unit", "k3s-agent"],
-            &env,
-        )
-    };
-    let recorded = || fs::read_to_string(&record).expect("args");
+    let ran = node.dir.path().join("restart.ran");
+    let restart = format!("echo restarted >> {}", ran.display());
 
-    let out = register();
-    assert_exit_saying(
-        &out,
-        0,
-        "restarted containerd (systemctl restart k3s-agent)",
+    let out = node.run_env(
+        &["containerd", "register", "--restart", "--unit", "k3s-agent"],
+        &env,
     );
-    assert_eq!(recorded(), "restart k3s-agent\n");
+    assert_exit_saying(&out, 1, "add --restart-command CMD");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+    assert!(!node.path(STATE).exists(), "a refusal recorded");
+
+    let out = node.run_env(
+        &[
+            "containerd",
+            "register",
+            "--restart",
+            "--restart-command",
+            &restart,
+        ],
+        &env,
+    );
+    assert_exit_saying(&out, 0, &format!("restarted containerd ({restart})"));
+    assert_eq!(fs::read_to_string(&ran).expect("ran"), "restarted\n");
 
     // Nothing changed: no restart.
-    let out = register();
+    let out = node.run_env(
+        &[
+            "containerd",
+            "register",
+            "--restart",
+            "--restart-command",
+            &restart,
+        ],
+        &env,
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(recorded(), "restart k3s-agent\n");
+    assert_eq!(fs::read_to_string(&ran).expect("ran"), "restarted\n");
 
     // A socket that never answers fails the restart step, loudly.
     fs::remove_file(&sock).expect("rm socket");
@@ -420,13 +451,19 @@ fn restart_goes_through_systemctl_and_waits_for_the_socket() {
             "containerd",
             "unregister",
             "--restart",
+            "--restart-command",
+            &restart,
             "--restart-timeout",
             "1",
         ],
         &env,
     );
     assert_exit_saying(&out, 1, "did not answer within");
-    assert_eq!(recorded(), "restart k3s-agent\nrestart containerd\n");
+    assert_eq!(
+        fs::read_to_string(&ran).expect("ran"),
+        "restarted\nrestarted\n"
+    );
+    assert!(!systemctl.exists(), "the real host's systemctl ran");
 }
 
 /// A config that is a symlink: writing through it would change a file the link merely names

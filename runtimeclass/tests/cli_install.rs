@@ -43,15 +43,27 @@ fn install_status_uninstall_on_an_h100_host() {
         said.contains("artifacts:    skipped (no --artifacts)"),
         "{said}"
     );
-    assert!(said.contains("warning: /opt/nvidia-gpu-operator/artifacts/runtimeclasses/kata-qemu-nvidia-gpu-snp/current/configuration.toml does not exist"), "{said}");
+    assert!(said.contains(&format!("warning: {}/opt/nvidia-gpu-operator/artifacts/runtimeclasses/kata-qemu-nvidia-gpu-snp/current/configuration.toml does not exist", sim.root().display())), "{said}");
+    // Under --host-root every path named is the one inside the root, the manifests line
+    // names a file that exists, and no command of the real host is named.
+    let root = sim.root().display().to_string();
     assert!(
-        said.contains("cdi:          wrote /var/run/cdi/nvidia.com-pgpu.yaml"),
+        said.contains(&format!(
+            "cdi:          wrote {root}/var/run/cdi/nvidia.com-pgpu.yaml"
+        )),
         "{said}"
     );
     assert!(
-        said.contains("restart:      containerd must restart: systemctl restart containerd"),
+        said.contains(&format!("restart:      containerd must restart: restart the containerd that reads {root}/etc/containerd/config.toml")),
         "{said}"
     );
+    assert!(!said.contains("systemctl"), "{said}");
+    let apply = said
+        .split("kubectl apply -f ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("a kubectl apply line");
+    assert!(std::path::Path::new(apply).is_file(), "{apply}: {said}");
     assert!(sim.path("var/run/cdi/nvidia.com-pgpu.yaml").exists());
     let manifests =
         fs::read_to_string(sim.path(&format!("var/lib/kata-gpu/manifests/{HANDLER}.yaml")))
@@ -224,7 +236,8 @@ fn uninstall_purge_removes_the_store_unless_a_sandbox_uses_it() {
         assert_eq!(out.status.code(), Some(0), "{said}");
         assert!(
             said.contains(&format!(
-                "artifacts:    {verb} /opt/nvidia-gpu-operator/artifacts/runtimeclasses/{HANDLER} (current, sha256-"
+                "artifacts:    {verb} {}/opt/nvidia-gpu-operator/artifacts/runtimeclasses/{HANDLER} (current, sha256-",
+                sim.root().display()
             )),
             "{said}"
         );

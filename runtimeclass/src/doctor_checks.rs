@@ -37,7 +37,12 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: &str, verdict: Verdict, detail: impl Into<String>, fix: Option<String>) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        verdict: Verdict,
+        detail: impl Into<String>,
+        fix: Option<String>,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             verdict,
@@ -503,6 +508,8 @@ mod tests {
             registered: true,
             loaded: Some(true),
             restart_pending: false,
+            shim: Some("containerd-shim-kata-qemu-nvidia-gpu-snp-v2 0.1.0".to_owned()),
+            kata_shim: true,
             details: vec![
                 "artifacts: current set v1".to_owned(),
                 "containerd: registered in place in /etc/containerd/config.toml".to_owned(),

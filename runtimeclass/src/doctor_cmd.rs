@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use cdi::registry::{Registry, RegistryConfig};
 use kata_gpu_shim::host::Host;
 use kata_gpu_shim::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
-use kata_gpu_shim::settings::{Settings, SYSTEM_SETTINGS};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
-use crate::node_state::under;
+use crate::node_state::shown;
+use crate::shim_check;
 use crate::status_cmd::{self, StatusArgs};
 use crate::{Global, Outcome};
 
@@ -116,100 +116,48 @@ fn cdi_check(host: &Host, root: &Path) -> Check {
     checks::cdi(&expected, &installed, &notes)
 }
 
-/// The profile's shim settings as read on the host under `root`, and where from.
-fn settings(profile: Profile, root: &Path) -> Result<(Settings, Option<PathBuf>), String> {
-    if root == Path::new("/") {
-        return Settings::load(profile).map_err(|e| e.to_string());
-    }
-    let candidates = [
-        kata_gpu_artifacts::layout::class_dir(
-            Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
-            profile.handler(),
-        )
-        .join("shim.toml"),
-        PathBuf::from(SYSTEM_SETTINGS),
-    ];
-    match candidates.into_iter().find(|p| under(root, p).exists()) {
-        None => Ok((Settings::default(), None)),
-        Some(p) => {
-            let text = std::fs::read_to_string(under(root, &p))
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            let s = Settings::parse(&text, &p).map_err(|e| e.to_string())?;
-            Ok((s, Some(p)))
-        }
-    }
-}
-
 /// The downstream Kata shim named by the profile's shim settings, under `root`.
 fn kata_shim(profile: Profile, root: &Path) -> Check {
-    let (settings, from) = match settings(profile, root) {
-        Ok(s) => s,
-        Err(e) => return checks::fail("kata shim", e, "fix the kata-gpu shim settings file"),
-    };
-    let from = from.map_or("the default".to_owned(), |p| {
-        format!("downstream in {}", p.display())
-    });
-    let path = &settings.downstream;
-    if under(root, path).is_file() {
-        checks::ok("kata shim", format!("{} present ({from})", path.display()))
-    } else {
-        checks::fail(
+    match shim_check::kata_shim(profile, root) {
+        Ok(Ok(found)) => checks::ok("kata shim", found),
+        Ok(Err(missing)) => checks::fail(
             "kata shim",
-            format!("{} missing ({from})", path.display()),
+            missing,
             "install Kata Containers (kata-deploy or the release tarball under /opt/kata)",
-        )
+        ),
+        Err(e) => checks::fail("kata shim", e, "fix the kata-gpu shim settings file"),
     }
 }
 
-/// Where containerd looks up shim binaries: PATH (the standard directories on a
-/// simulated host) and the directory of the containerd binary.
-fn shim_dirs(root: &Path, containerd: &Path) -> Vec<PathBuf> {
-    let standard = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    let path = if root == Path::new("/") {
-        std::env::var("PATH").unwrap_or_else(|_| standard.to_owned())
-    } else {
-        standard.to_owned()
-    };
-    let mut dirs: Vec<PathBuf> = path
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .collect();
-    let containerd_dir = if containerd.is_absolute() {
-        containerd.parent().map(Path::to_path_buf)
-    } else {
-        dirs.iter()
-            .find(|d| under(root, &d.join(containerd)).is_file())
-            .cloned()
-    };
-    if let Some(d) = containerd_dir {
-        if !dirs.contains(&d) {
-            dirs.push(d);
-        }
-    }
-    dirs
-}
-
-/// Our own shim binary, where containerd finds it.
+/// Our own shim binary, where containerd finds it, and whether it runs as this version.
 fn our_shim(profile: Profile, root: &Path, containerd: &Path) -> Check {
     let binary = profile.shim_binary();
-    let dirs = shim_dirs(root, containerd);
-    match dirs
-        .iter()
-        .map(|d| d.join(&binary))
-        .find(|p| under(root, p).is_file())
-    {
-        Some(p) => checks::ok("kata-gpu shim", format!("{} present", p.display())),
-        None => checks::fail(
-            "kata-gpu shim",
-            format!(
-                "{binary} not found in {} (PATH and next to containerd)",
-                dirs.iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(":")
+    match shim_check::our_shim(root, profile, containerd, None) {
+        Ok(found) => match &found.version {
+            Ok(v) if shim_check::same_version(v) => checks::ok(
+                "kata-gpu shim",
+                format!("{} present ({v})", shown(root, &found.path)),
             ),
-            &format!("install the kata-gpu shim as /usr/local/bin/{binary}"),
+            Ok(v) => Check::new(
+                "kata-gpu shim",
+                Verdict::Warn,
+                format!(
+                    "{} is {v}, kata-gpu is {}",
+                    shown(root, &found.path),
+                    env!("CARGO_PKG_VERSION")
+                ),
+                Some("install both from one build: make install".to_owned()),
+            ),
+            Err(e) => checks::fail(
+                "kata-gpu shim",
+                e.clone(),
+                &format!("reinstall the kata-gpu shim as /usr/local/bin/{binary}: make install"),
+            ),
+        },
+        Err(missing) => checks::fail(
+            "kata-gpu shim",
+            missing,
+            &format!("install the kata-gpu shim as /usr/local/bin/{binary}: make install"),
         ),
     }
 }

@@ -277,6 +277,41 @@ fn containerd_steps(
     Ok(vec![step, restart])
 }
 
+/// The shim containerd will run for the handler, and Kata's behind it: warnings, not
+/// refusals (the binaries may come after the registration), which `status` keeps showing.
+fn shim_step(args: &NodeArgs, root: &Path) -> Step {
+    let runtime_path = args.containerd.runtime_path.as_deref();
+    let containerd = Path::new("containerd");
+    let mut step = Step::new("shim", "");
+    match crate::shim_check::our_shim(root, args.profile, containerd, runtime_path) {
+        Ok(found) => {
+            step.result = format!("containerd will run {}", shown(root, &found.path));
+            match found.version {
+                Ok(v) if crate::shim_check::same_version(&v) => step.notes.push(v),
+                Ok(v) => step.warnings.push(format!(
+                    "{v}: not kata-gpu's version {}; install both from one build (make install)",
+                    env!("CARGO_PKG_VERSION")
+                )),
+                Err(e) => step.warnings.push(e),
+            }
+        }
+        Err(missing) => {
+            step.result = "NOT FOUND: pods of this class will not start".to_owned();
+            step.warnings.push(format!(
+                "{missing}: make install (or kata-gpu binaries install)"
+            ));
+        }
+    }
+    match crate::shim_check::kata_shim(args.profile, root) {
+        Ok(Ok(_)) => {}
+        Ok(Err(missing)) => step.warnings.push(format!(
+            "Kata's shim {missing}: install Kata Containers (kata-deploy or its release tarball)"
+        )),
+        Err(e) => step.warnings.push(e),
+    }
+    step
+}
+
 /// Runs `kata-gpu install`.
 pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
@@ -292,6 +327,7 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let mut state = NodeState::load(root, handler)?;
     steps.push(cdi_step(node, root, &mut state)?);
     steps.extend(containerd_steps(containerd, node, root, &lock)?);
+    steps.push(shim_step(node, root));
     let mut state = NodeState::load(root, handler)?;
     steps.push(manifests_step(node, root, &mut state)?);
     print(&steps, global.json)

@@ -5,6 +5,7 @@
 //! success, 1 on a finding or refusal, 2 on bad usage.
 
 mod artifacts_cmd;
+mod binaries_cmd;
 mod cdi_cmd;
 mod containerd_cmd;
 mod doctor_cmd;
@@ -13,6 +14,7 @@ mod node_state;
 mod plan_cmd;
 mod registration;
 mod runtimeclass_cmd;
+mod shim_check;
 mod status_cmd;
 mod unregistration;
 mod vfio_cmd;
@@ -69,6 +71,9 @@ enum Command {
     Artifacts(artifacts_cmd::ArtifactsCommand),
     /// Check that this host can run the profile's pods; --labels: the node labels it deserves.
     Doctor(doctor_cmd::DoctorArgs),
+    /// Install kata-gpu and the shim (under every profile's name) into PREFIX/bin, or remove them.
+    #[command(subcommand)]
+    Binaries(binaries_cmd::BinariesCommand),
     /// Bind NVIDIA GPUs and NVSwitches (with their IOMMU groups) to vfio-pci, or hand them back.
     #[command(subcommand)]
     Vfio(vfio_cmd::VfioCommand),
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
         Command::Artifacts(cmd) => artifacts_cmd::run(cmd, &cli.global),
         Command::Doctor(args) => doctor_cmd::run(args, &cli.global),
         Command::Vfio(cmd) => vfio_cmd::run(cmd, &cli.global),
+        Command::Binaries(cmd) => binaries_cmd::run(cmd, &cli.global),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::containerd_cmd::restart_how;
 use crate::node_state::{host_path, inside, shown, under, ContainerdState, Mode, NodeState};
 use crate::registration::DEFAULT_CONFIG;
+use crate::shim_check;
 use crate::{Global, Outcome};
 
 /// Arguments of `kata-gpu status`.
@@ -47,6 +48,10 @@ pub struct Status {
     pub loaded: Option<bool>,
     /// containerd has not restarted since the config changed.
     pub restart_pending: bool,
+    /// Our shim where containerd will run it from, with what its `-v` says (None: not found).
+    pub shim: Option<String>,
+    /// Kata's shim, where our shim's settings name it, is present.
+    pub kata_shim: bool,
     /// Details, one line each.
     pub details: Vec<String>,
 }
@@ -59,6 +64,8 @@ impl Status {
             && self.registered
             && self.loaded != Some(false)
             && !self.restart_pending
+            && self.shim.is_some()
+            && self.kata_shim
     }
 }
 
@@ -142,6 +149,18 @@ fn restart_owed(root: &Path, config: &Path, changed_at: u64) -> bool {
     containerd_started(root, config).is_none_or(|t| t < changed_at)
 }
 
+/// The `<root>/proc/<pid>` directories of the containerd processes running on the host.
+pub fn containerd_processes(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(under(root, Path::new("/proc"))) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|dir| fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "containerd"))
+        .collect()
+}
+
 /// When the containerd that reads `config` started (seconds since the epoch), from
 /// `<root>/proc`; `None` if none is found.
 pub fn containerd_started(root: &Path, config: &Path) -> Option<u64> {
@@ -150,37 +169,29 @@ pub fn containerd_started(root: &Path, config: &Path) -> Option<u64> {
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
-    fs::read_dir(&proc)
-        .ok()?
-        .filter_map(Result::ok)
-        .find_map(|e| {
-            let dir = e.path();
-            let comm = fs::read_to_string(dir.join("comm")).ok()?;
-            if comm.trim() != "containerd" {
-                return None;
-            }
-            let cmdline = fs::read(dir.join("cmdline")).ok()?;
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let named = args
-                .iter()
-                .position(|a| a == "--config" || a == "-c")
-                .and_then(|i| args.get(i + 1).cloned())
-                .or_else(|| {
-                    args.iter()
-                        .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
-                })
-                .unwrap_or_else(|| DEFAULT_CONFIG.to_owned());
-            if Path::new(&named) != config {
-                return None;
-            }
-            let stat = fs::read_to_string(dir.join("stat")).ok()?;
-            let after_comm = stat.rsplit_once(')')?.1;
-            let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
-            Some(btime + ticks / 100)
-        })
+    containerd_processes(root).into_iter().find_map(|dir| {
+        let cmdline = fs::read(dir.join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let named = args
+            .iter()
+            .position(|a| a == "--config" || a == "-c")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
+            })
+            .unwrap_or_else(|| DEFAULT_CONFIG.to_owned());
+        if Path::new(&named) != config {
+            return None;
+        }
+        let stat = fs::read_to_string(dir.join("stat")).ok()?;
+        let after_comm = stat.rsplit_once(')')?.1;
+        let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
+        Some(btime + ticks / 100)
+    })
 }
 
 /// Gathers the status of `args.profile` on the host under `root`.
@@ -194,6 +205,8 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         registered: false,
         loaded: None,
         restart_pending: false,
+        shim: None,
+        kata_shim: false,
         details: Vec::new(),
     };
     artifacts(args, root, &mut s);
@@ -279,7 +292,45 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
             .details
             .push(format!("containerd: cannot check what it loads: {e}")),
     }
+    shims(args, root, &state, &mut s);
     Ok(s)
+}
+
+/// Our shim as containerd will run it, and Kata's as our shim will.
+fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
+    let runtime_path = state
+        .containerd
+        .as_ref()
+        .and_then(|c| c.spec.runtime_path.as_deref());
+    match shim_check::our_shim(root, args.profile, &args.containerd, runtime_path) {
+        Ok(found) => match found.version {
+            Ok(v) => {
+                s.details.push(format!(
+                    "shim: containerd runs {} ({v})",
+                    shown(root, &found.path)
+                ));
+                if !shim_check::same_version(&v) {
+                    s.details.push(format!(
+                        "shim: it is not kata-gpu's version {}: install both from one build (make install)",
+                        env!("CARGO_PKG_VERSION")
+                    ));
+                }
+                s.shim = Some(v);
+            }
+            Err(e) => s.details.push(format!("shim: {e}")),
+        },
+        Err(missing) => s.details.push(format!(
+            "shim: {missing}: make install (or kata-gpu binaries install)"
+        )),
+    }
+    match shim_check::kata_shim(args.profile, root) {
+        Ok(Ok(found)) => {
+            s.kata_shim = true;
+            s.details.push(format!("kata shim: {found}"));
+        }
+        Ok(Err(missing)) => s.details.push(format!("kata shim: {missing}")),
+        Err(e) => s.details.push(format!("kata shim: {e}")),
+    }
 }
 
 /// Runs `kata-gpu status`.
@@ -297,6 +348,8 @@ pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
         println!("  registered:      {}", yes(s.registered));
         println!("  loaded:          {}", maybe(s.loaded));
         println!("  restart pending: {}", yes(s.restart_pending));
+        println!("  shim:            {}", yes(s.shim.is_some()));
+        println!("  kata shim:       {}", yes(s.kata_shim));
         for d in &s.details {
             println!("  {d}");
         }

@@ -54,8 +54,8 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
         "ok    cdi: host spec present and consistent (3 names)",
         "FAIL  containerd: not registered in $ROOT/etc/containerd/config.toml",
         "FAIL  artifacts: none installed for kata-qemu-nvidia-gpu-snp",
-        "FAIL  kata-gpu shim: containerd-shim-kata-qemu-nvidia-gpu-snp-v2 not found",
-        "FAIL  kata shim: /opt/kata/bin/containerd-shim-kata-v2 missing (the default)",
+        "FAIL  kata-gpu shim: containerd-shim-kata-qemu-nvidia-gpu-snp-v2 is not on containerd's PATH or next to containerd ($ROOT/usr/local/sbin:",
+        "FAIL  kata shim: $ROOT/opt/kata/bin/containerd-shim-kata-v2 missing (the default)",
         "kata-qemu-nvidia-gpu-snp: 4 failed, 0 warning(s)",
     ] {
         assert!(has_line(&shown, line), "{line:?} in\n{shown}");
@@ -65,7 +65,8 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
         "{shown}"
     );
 
-    // The shims: ours next to containerd, Kata's where the settings say.
+    // The shims: ours next to containerd, Kata's where the settings say. A file under our
+    // shim's name that does not run is no shim containerd can start.
     touch(
         &sim,
         "opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2",
@@ -75,14 +76,34 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
     assert!(
         has_line(
             &shown,
-            "ok    kata-gpu shim: /opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 present"
+            "FAIL  kata-gpu shim: cannot run $ROOT/opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 -v: "
+        ),
+        "{shown}"
+    );
+    let shim = kata_gpu_tests::workspace_bin(
+        "kata-gpu-shim",
+        "containerd-shim-kata-qemu-nvidia-gpu-snp-v2",
+    );
+    fs::copy(
+        &shim,
+        sim.path("opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2"),
+    )
+    .expect("copy the shim");
+    let shown = text_on(&sim, &doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            &format!(
+                "ok    kata-gpu shim: $ROOT/opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 present (containerd-shim-kata-qemu-nvidia-gpu-snp-v2 {} (commit ",
+                env!("CARGO_PKG_VERSION")
+            )
         ),
         "{shown}"
     );
     assert!(
         has_line(
             &shown,
-            "ok    kata shim: /opt/kata/bin/containerd-shim-kata-v2 present"
+            "ok    kata shim: $ROOT/opt/kata/bin/containerd-shim-kata-v2 present"
         ),
         "{shown}"
     );
@@ -98,7 +119,7 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
     assert!(
         has_line(
             &shown,
-            "FAIL  kata shim: /usr/bin/containerd-shim-kata-v2 missing (downstream in /etc/kata-gpu/shim.toml)"
+            "FAIL  kata shim: $ROOT/usr/bin/containerd-shim-kata-v2 missing (downstream in $ROOT/etc/kata-gpu/shim.toml)"
         ),
         "{shown}"
     );

@@ -1,7 +1,7 @@
-//! `kata-gpu install | uninstall`: the node set-up steps in order, each idempotent —
-//! artifacts ▸ host CDI spec ▸ containerd registration (▸ restart) ▸ RuntimeClass
-//! manifests — and their reverse in the safe order: containerd config, restart, then the
-//! rest. `--dry-run` prints the diff of every file a step would change.
+//! `kata-gpu install`: the node set-up steps in order, each idempotent — artifacts ▸ host
+//! CDI spec ▸ boot unit ▸ containerd registration (▸ restart) ▸ shim check ▸ RuntimeClass
+//! manifests (their reverse is `uninstall_cmd`). `--dry-run` prints the diff of every file
+//! a step would change.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,7 @@ use kata_gpu_manifests::Manifests;
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
+use crate::boot_unit;
 use crate::containerd_cmd::{self, handler_spec, ContainerdArgs};
 use crate::node_state::{host_path, inside, shown, under, NodeLock, NodeState};
 use crate::registration::Request;
@@ -49,17 +50,10 @@ pub struct InstallArgs {
     /// Install the artifact set from SRC first: a directory, tarball or OCI layout.
     #[arg(long, value_name = "SRC")]
     pub artifacts: Option<PathBuf>,
-}
-
-/// Arguments of `uninstall`.
-#[derive(Debug, clap::Args)]
-pub struct UninstallArgs {
-    #[command(flatten)]
-    pub node: NodeArgs,
-    /// Remove the profile's artifact store as well, after the other steps; refused before
-    /// anything changes while a running sandbox uses it.
-    #[arg(long)]
-    pub purge: bool,
+    /// The kata-gpu the boot unit runs, as the host sees it (default: the one `make install`
+    /// installed, else this one on a real host, else /usr/local/bin/kata-gpu).
+    #[arg(long, value_name = "PATH")]
+    pub kata_gpu: Option<PathBuf>,
 }
 
 /// One step's result.
@@ -81,7 +75,7 @@ pub struct Step {
 }
 
 impl Step {
-    fn new(step: &'static str, result: impl Into<String>) -> Step {
+    pub(crate) fn new(step: &'static str, result: impl Into<String>) -> Step {
         Step {
             step,
             result: result.into(),
@@ -92,7 +86,7 @@ impl Step {
     }
 }
 
-fn store(args: &NodeArgs, root: &Path) -> anyhow::Result<Store> {
+pub(crate) fn store(args: &NodeArgs, root: &Path) -> anyhow::Result<Store> {
     let config = StoreConfig {
         root: args.containerd.artifacts_root.clone(),
         ..StoreConfig::under_root(root)
@@ -130,13 +124,13 @@ fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
     let report = kata_gpu_artifacts::install(&store, src, &InstallOptions::default())?;
     Ok(Step::new(
         "artifacts",
+        // Only the outcome's name is lowered: the path keeps its case.
         format!(
-            "{:?} {} ({})",
-            report.outcome,
+            "{} {} ({})",
+            format!("{:?}", report.outcome).to_lowercase(),
             report.version,
             shown(root, &report.dir)
-        )
-        .to_lowercase(),
+        ),
     ))
 }
 
@@ -200,6 +194,79 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
     Ok(step)
 }
 
+/// The kata-gpu a boot unit runs: `--kata-gpu`, else the one `make install` installed,
+/// else this one on a real host, else where `make install` puts it.
+fn boot_kata_gpu(args: &InstallArgs, root: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.kata_gpu {
+        return Ok(host_path(root, p));
+    }
+    if let Some(r) = crate::binaries_cmd::Record::load(root)? {
+        return Ok(r.prefix.join("bin/kata-gpu"));
+    }
+    match std::env::current_exe() {
+        Ok(exe) if root == Path::new("/") => Ok(exe),
+        _ => Ok(Path::new(crate::binaries_cmd::DEFAULT_PREFIX).join("bin/kata-gpu")),
+    }
+}
+
+/// Writes and enables the unit that binds the GPUs and writes the host CDI spec again at
+/// boot, before containerd.
+fn boot_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
+    let node = &args.node;
+    let handler = node.profile.handler();
+    let kata_gpu = boot_kata_gpu(args, root)?;
+    let bdfs = boot_unit::bound_now(&kata_gpu_shim::Host::new(root))
+        .context("cannot read the host's PCI devices")?;
+    let unit = boot_unit::unit_path(handler);
+    let link = boot_unit::wants_link(handler);
+    let mut step = Step::new("boot", "");
+    if state.boot_unit.as_ref() != Some(&unit) {
+        state.boot_unit = Some(unit.clone());
+        record_intent(state, node, root)?;
+    }
+    let text = boot_unit::unit_text(handler, &kata_gpu, &bdfs, &node.containerd.unit);
+    let changed = put(
+        &inside(root, &unit)?,
+        &text,
+        node.containerd.dry_run,
+        &mut step,
+    )?;
+    let link_real = inside(root, &link)?;
+    let target = Path::new("..").join(unit.file_name().unwrap_or_default());
+    let linked = std::fs::read_link(&link_real).is_ok_and(|t| t == target);
+    if !linked && !node.containerd.dry_run {
+        kata_gpu_fsutil::create_dirs(link_real.parent().unwrap_or(root), 0o755)?;
+        kata_gpu_fsutil::symlink_atomic(&target, &link_real)
+            .with_context(|| format!("cannot enable {}", link_real.display()))?;
+    }
+    step.result = format!(
+        "{} {} (enabled in {}): at boot, before {}.service, `vfio bind{}` and `cdi generate`",
+        match (changed || !linked, node.containerd.dry_run) {
+            (false, _) => "up to date",
+            (true, true) => "would write",
+            (true, false) => "wrote",
+        },
+        shown(root, &unit),
+        boot_unit::WANTED_BY,
+        node.containerd.unit,
+        bdfs.iter().map(|b| format!(" {b}")).collect::<String>()
+    );
+    if bdfs.is_empty() {
+        step.warnings.push(
+            "no NVIDIA GPU or NVSwitch is on vfio-pci now: at boot the unit binds every one; \
+             bind the ones you want (kata-gpu vfio bind BDF) and run install again to name them"
+                .to_owned(),
+        );
+    }
+    if !under(root, &kata_gpu).is_file() {
+        step.warnings.push(format!(
+            "{} does not exist: the unit runs it at boot (make install, or --kata-gpu PATH)",
+            shown(root, &kata_gpu)
+        ));
+    }
+    Ok(step)
+}
+
 fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
     let m = Manifests::new(args.profile, &args.manifest.options()?);
     let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
@@ -227,7 +294,7 @@ fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow
     Ok(step)
 }
 
-fn node_lock(args: &NodeArgs, root: &Path) -> anyhow::Result<NodeLock> {
+pub(crate) fn node_lock(args: &NodeArgs, root: &Path) -> anyhow::Result<NodeLock> {
     NodeLock::take(
         root,
         std::time::Duration::from_secs(args.containerd.lock_timeout),
@@ -235,7 +302,7 @@ fn node_lock(args: &NodeArgs, root: &Path) -> anyhow::Result<NodeLock> {
     )
 }
 
-fn request(args: &NodeArgs, root: &Path) -> Request {
+pub(crate) fn request(args: &NodeArgs, root: &Path) -> Request {
     Request::new(
         root,
         Some(&args.containerd_config),
@@ -246,7 +313,7 @@ fn request(args: &NodeArgs, root: &Path) -> Request {
     )
 }
 
-fn containerd_steps(
+pub(crate) fn containerd_steps(
     planned: containerd_cmd::Planned,
     args: &NodeArgs,
     root: &Path,
@@ -326,6 +393,7 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let mut steps = vec![artifacts_step(&args, root)?];
     let mut state = NodeState::load(root, handler)?;
     steps.push(cdi_step(node, root, &mut state)?);
+    steps.push(boot_step(&args, root, &mut state)?);
     steps.extend(containerd_steps(containerd, node, root, &lock)?);
     steps.push(shim_step(node, root));
     let mut state = NodeState::load(root, handler)?;
@@ -333,104 +401,8 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     print(&steps, global.json)
 }
 
-/// Runs `kata-gpu uninstall`: containerd config, restart, then the host CDI spec and the
-/// manifests it wrote. The artifact store is kept (say so) unless `--purge`: then it is
-/// removed last, and a store a running sandbox uses is refused before anything changes.
-pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome> {
-    let root = &global.host_root;
-    let node = &args.node;
-    let handler = node.profile.handler();
-    let dry_run = node.containerd.dry_run;
-    containerd_cmd::check_restart(&node.containerd, root)?;
-    let lock = node_lock(node, root)?;
-    let purge = if args.purge {
-        let store = store(node, root)?;
-        // The same checks as the removal at the end, removing nothing: a refusal comes first.
-        kata_gpu_artifacts::remove_class(&store, true)?;
-        Some(store)
-    } else {
-        None
-    };
-    let mut steps = containerd_steps(
-        containerd_cmd::plan_one(false, &request(node, root), root)?,
-        node,
-        root,
-        &lock,
-    )?;
-    let mut state = NodeState::load(root, handler)?;
-    let mut cdi = Step::new("cdi", "");
-    let mut removed = Vec::new();
-    for spec in std::mem::take(&mut state.cdi_specs) {
-        let real = inside(root, &host_path(root, &spec))?;
-        if let Some(before) = fsio::read_config(&real)? {
-            if dry_run {
-                cdi.diffs.push(diff::unified(&real, Some(&before), None));
-                state.cdi_specs.push(spec.clone());
-            } else {
-                fsio::remove_file(&real)?;
-            }
-            removed.push(shown(root, &spec));
-        }
-    }
-    cdi.result = if removed.is_empty() {
-        "nothing to remove".to_owned()
-    } else {
-        format!(
-            "{} {}",
-            if dry_run { "would remove" } else { "removed" },
-            removed.join(", ")
-        )
-    };
-    steps.push(cdi);
-    let mut manifests = Step::new("runtimeclass", "nothing to remove");
-    if let Some(m) = state.manifests.take() {
-        let real = inside(root, &m)?;
-        if let Some(before) = fsio::read_config(&real)? {
-            if dry_run {
-                manifests
-                    .diffs
-                    .push(diff::unified(&real, Some(&before), None));
-            } else {
-                fsio::remove_file(&real)?;
-            }
-            if !dry_run {
-                let _ = std::fs::remove_dir(inside(root, Path::new(MANIFEST_DIR))?);
-            }
-            manifests.result = format!(
-                "{} {} (delete the objects with kubectl delete -f before)",
-                if dry_run { "would remove" } else { "removed" },
-                shown(root, &m)
-            );
-        }
-    }
-    steps.push(manifests);
-    if !dry_run {
-        state.save(root, handler)?;
-    }
-    steps.push(match &purge {
-        Some(store) => Step::new(
-            "artifacts",
-            crate::artifacts_cmd::removal(
-                &kata_gpu_artifacts::remove_class(store, dry_run)?,
-                root,
-                dry_run,
-            ),
-        ),
-        None => Step::new(
-            "artifacts",
-            format!(
-                "kept in {}: uninstall --purge removes it (kata-gpu artifacts prune removes old sets)",
-                shown(
-                    root,
-                    &kata_gpu_artifacts::layout::class_dir(&node.containerd.artifacts_root, handler)
-                )
-            ),
-        ),
-    });
-    print(&steps, global.json)
-}
-
-fn print(steps: &[Step], json: bool) -> anyhow::Result<Outcome> {
+/// Prints the steps, as text or JSON.
+pub(crate) fn print(steps: &[Step], json: bool) -> anyhow::Result<Outcome> {
     if json {
         println!("{}", serde_json::to_string_pretty(steps)?);
     } else {

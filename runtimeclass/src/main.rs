@@ -6,6 +6,7 @@
 
 mod artifacts_cmd;
 mod binaries_cmd;
+mod boot_unit;
 mod cdi_cmd;
 mod containerd_cmd;
 mod doctor_cmd;
@@ -16,6 +17,7 @@ mod registration;
 mod runtimeclass_cmd;
 mod shim_check;
 mod status_cmd;
+mod uninstall_cmd;
 mod unregistration;
 mod vfio_cmd;
 
@@ -63,7 +65,7 @@ enum Command {
     /// Set the node up: artifacts, host CDI spec, containerd registration, restart, manifests.
     Install(install_cmd::InstallArgs),
     /// Undo install in the safe order: containerd config, restart, then the rest.
-    Uninstall(install_cmd::UninstallArgs),
+    Uninstall(uninstall_cmd::UninstallArgs),
     /// What is installed, verified, registered and loaded, and whether containerd must restart.
     Status(status_cmd::StatusArgs),
     /// The artifact store: install, list, verify, roll back and prune kernel/image/firmware sets.
@@ -107,7 +109,7 @@ fn main() -> ExitCode {
         Command::Containerd(cmd) => containerd_cmd::run(cmd, &cli.global),
         Command::Runtimeclass(args) => runtimeclass_cmd::run(args, &cli.global),
         Command::Install(args) => install_cmd::install(args, &cli.global),
-        Command::Uninstall(args) => install_cmd::uninstall(args, &cli.global),
+        Command::Uninstall(args) => uninstall_cmd::uninstall(args, &cli.global),
         Command::Status(args) => status_cmd::run(args, &cli.global),
         Command::Artifacts(cmd) => artifacts_cmd::run(cmd, &cli.global),
         Command::Doctor(args) => doctor_cmd::run(args, &cli.global),

@@ -133,6 +133,9 @@ pub struct NodeState {
     pub cdi_specs: Vec<PathBuf>,
     /// The manifests file written by `install`.
     pub manifests: Option<PathBuf>,
+    /// The boot unit written (and enabled) by `install`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_unit: Option<PathBuf>,
     /// The restart an unregister left pending (the registration record is gone by then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unregistered: Option<PendingRestart>,
@@ -165,6 +168,7 @@ impl NodeState {
         self.containerd.is_none()
             && self.cdi_specs.is_empty()
             && self.manifests.is_none()
+            && self.boot_unit.is_none()
             && self.unregistered.is_none()
     }
 

@@ -25,7 +25,7 @@ pub enum ContainerdCommand {
     Unregister(RegisterArgs),
 }
 
-/// Where and what to register; shared with `install` and `uninstall`.
+/// Where and what to register; shared with `install`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ContainerdArgs {
     /// Drop-in mode: write our own file into this directory and list it in the config's
@@ -42,6 +42,28 @@ pub struct ContainerdArgs {
     /// snapshotter for this handler.
     #[arg(long, value_name = "NAME")]
     pub snapshotter: Option<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl ContainerdArgs {
+    /// The arguments of a command that only removes (uninstall): nothing of the handler's
+    /// shape, the common ones as given.
+    pub fn removal(common: CommonArgs) -> ContainerdArgs {
+        ContainerdArgs {
+            drop_in: None,
+            config_version: None,
+            runtime_path: None,
+            snapshotter: None,
+            common,
+        }
+    }
+}
+
+/// What every command that changes containerd's config shares, install and uninstall
+/// alike: the store its ConfigPath points into, the restart, the lock, the dry run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
     /// Root of the artifact store; options.ConfigPath is <root>/<handler>/current/configuration.toml.
     #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
     pub artifacts_root: PathBuf,
@@ -92,8 +114,10 @@ fn parse_version(s: &str) -> Result<ConfigVersion, String> {
 
 /// The handler a profile registers.
 pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {
-    let config_path =
-        kata_gpu_artifacts::layout::current_config_path(&args.artifacts_root, profile.handler());
+    let config_path = kata_gpu_artifacts::layout::current_config_path(
+        &args.common.artifacts_root,
+        profile.handler(),
+    );
     let mut spec = HandlerSpec::new(
         profile.handler(),
         profile.runtime_type(),
@@ -142,7 +166,7 @@ pub fn restart_how(root: &Path, unit: &str, given: Option<&str>, config: &Path) 
 /// Refuses `--restart` under a `--host-root` without `--restart-command`, before anything
 /// changes: the real host's `systemctl restart containerd` must never run for a simulated
 /// host's config.
-pub fn check_restart(args: &ContainerdArgs, root: &Path) -> anyhow::Result<()> {
+pub fn check_restart(args: &CommonArgs, root: &Path) -> anyhow::Result<()> {
     if args.restart && args.restart_command.is_none() && root != Path::new("/") {
         anyhow::bail!(
             "--restart under --host-root {}: kata-gpu runs no restart of the real host's containerd \
@@ -213,7 +237,7 @@ pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Pl
 pub fn run_one(
     register: bool,
     req: &Request,
-    args: &ContainerdArgs,
+    args: &CommonArgs,
     root: &Path,
 ) -> anyhow::Result<Report> {
     check_restart(args, root)?;
@@ -226,7 +250,7 @@ pub fn run_one(
 pub fn apply_one(
     planned: Planned,
     req: &Request,
-    args: &ContainerdArgs,
+    args: &CommonArgs,
     root: &Path,
     lock: &NodeLock,
 ) -> anyhow::Result<Report> {
@@ -339,9 +363,9 @@ pub fn run(cmd: ContainerdCommand, global: &Global) -> anyhow::Result<Outcome> {
         c.drop_in.as_deref(),
         spec,
         c.config_version,
-        Some(&c.unit),
+        Some(&c.common.unit),
     );
-    let report = run_one(register, &req, c, &global.host_root)?;
+    let report = run_one(register, &req, &c.common, &global.host_root)?;
     print(&report, &global.host_root, global.json)?;
     Ok(Outcome::Clean)
 }

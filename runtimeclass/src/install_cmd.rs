@@ -24,7 +24,7 @@ pub const MANIFEST_DIR: &str = "/var/lib/kata-gpu/manifests";
 /// Where install writes the host CDI specs, as the host sees it.
 pub const CDI_DIR: &str = "/var/run/cdi";
 
-/// Arguments `install` and `uninstall` share.
+/// Where install registers (uninstall builds these from its own, fewer, flags).
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
     /// The runtime class's profile: snp, tdx or gpu.
@@ -33,13 +33,8 @@ pub struct NodeArgs {
     /// containerd's config file.
     #[arg(long, value_name = "F", default_value = crate::registration::DEFAULT_CONFIG)]
     pub containerd_config: PathBuf,
-    /// Leave the host CDI spec alone.
-    #[arg(long)]
-    pub skip_cdi: bool,
     #[command(flatten)]
     pub containerd: ContainerdArgs,
-    #[command(flatten)]
-    pub manifest: ManifestArgs,
 }
 
 /// Arguments of `install`.
@@ -47,6 +42,11 @@ pub struct NodeArgs {
 pub struct InstallArgs {
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Leave the host CDI spec alone.
+    #[arg(long)]
+    pub skip_cdi: bool,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
     /// Install the artifact set from SRC first: a directory, tarball or OCI layout.
     #[arg(long, value_name = "SRC")]
     pub artifacts: Option<PathBuf>,
@@ -88,7 +88,7 @@ impl Step {
 
 pub(crate) fn store(args: &NodeArgs, root: &Path) -> anyhow::Result<Store> {
     let config = StoreConfig {
-        root: args.containerd.artifacts_root.clone(),
+        root: args.containerd.common.artifacts_root.clone(),
         ..StoreConfig::under_root(root)
     };
     Ok(Store::new(config, args.profile.handler())?)
@@ -98,7 +98,7 @@ fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
     let node = &args.node;
     let Some(src) = &args.artifacts else {
         let config = kata_gpu_artifacts::layout::current_config_path(
-            &node.containerd.artifacts_root,
+            &node.containerd.common.artifacts_root,
             node.profile.handler(),
         );
         let mut step = Step::new("artifacts", "skipped (no --artifacts)");
@@ -111,7 +111,7 @@ fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
         return Ok(step);
     };
     let store = store(node, root)?;
-    if node.containerd.dry_run {
+    if node.containerd.common.dry_run {
         return Ok(Step::new(
             "artifacts",
             format!(
@@ -152,14 +152,15 @@ fn put(path: &Path, text: &str, dry_run: bool, step: &mut Step) -> anyhow::Resul
 /// Saves the record before the file it names is written (not in a dry run), so that no
 /// file of ours is ever left on the node without the record uninstall removes it by.
 fn record_intent(state: &NodeState, args: &NodeArgs, root: &Path) -> anyhow::Result<()> {
-    if args.containerd.dry_run {
+    if args.containerd.common.dry_run {
         return Ok(());
     }
     state.save(root, args.profile.handler())
 }
 
-fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
-    if args.skip_cdi {
+fn cdi_step(install: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
+    let args = &install.node;
+    if install.skip_cdi {
         return Ok(Step::new("cdi", "skipped (--skip-cdi)"));
     }
     let host = kata_gpu_shim::Host::new(root);
@@ -179,7 +180,7 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
         if put(
             &inside(root, &host_file)?,
             &yaml,
-            args.containerd.dry_run,
+            args.containerd.common.dry_run,
             &mut step,
         )? {
             written.push(shown(root, &host_file));
@@ -188,7 +189,9 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
     step.result = match (found.specs.is_empty(), written.is_empty()) {
         (true, _) => "no NVIDIA GPU or NVSwitch is bound to vfio-pci; no spec written".into(),
         (false, true) => "host specs up to date".into(),
-        (false, false) if args.containerd.dry_run => format!("would write {}", written.join(", ")),
+        (false, false) if args.containerd.common.dry_run => {
+            format!("would write {}", written.join(", "))
+        }
         (false, false) => format!("wrote {}", written.join(", ")),
     };
     Ok(step)
@@ -224,31 +227,31 @@ fn boot_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::
         state.boot_unit = Some(unit.clone());
         record_intent(state, node, root)?;
     }
-    let text = boot_unit::unit_text(handler, &kata_gpu, &bdfs, &node.containerd.unit);
+    let text = boot_unit::unit_text(handler, &kata_gpu, &bdfs, &node.containerd.common.unit);
     let changed = put(
         &inside(root, &unit)?,
         &text,
-        node.containerd.dry_run,
+        node.containerd.common.dry_run,
         &mut step,
     )?;
     let link_real = inside(root, &link)?;
     let target = Path::new("..").join(unit.file_name().unwrap_or_default());
     let linked = std::fs::read_link(&link_real).is_ok_and(|t| t == target);
-    if !linked && !node.containerd.dry_run {
+    if !linked && !node.containerd.common.dry_run {
         kata_gpu_fsutil::create_dirs(link_real.parent().unwrap_or(root), 0o755)?;
         kata_gpu_fsutil::symlink_atomic(&target, &link_real)
             .with_context(|| format!("cannot enable {}", link_real.display()))?;
     }
     step.result = format!(
         "{} {} (enabled in {}): at boot, before {}.service, `vfio bind{}` and `cdi generate`",
-        match (changed || !linked, node.containerd.dry_run) {
+        match (changed || !linked, node.containerd.common.dry_run) {
             (false, _) => "up to date",
             (true, true) => "would write",
             (true, false) => "wrote",
         },
         shown(root, &unit),
         boot_unit::WANTED_BY,
-        node.containerd.unit,
+        node.containerd.common.unit,
         bdfs.iter().map(|b| format!(" {b}")).collect::<String>()
     );
     if bdfs.is_empty() {
@@ -267,8 +270,13 @@ fn boot_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::
     Ok(step)
 }
 
-fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
-    let m = Manifests::new(args.profile, &args.manifest.options()?);
+fn manifests_step(
+    install: &InstallArgs,
+    root: &Path,
+    state: &mut NodeState,
+) -> anyhow::Result<Step> {
+    let args = &install.node;
+    let m = Manifests::new(args.profile, &install.manifest.options()?);
     let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
     let mut step = Step::new("runtimeclass", "");
     if state.manifests.as_ref() != Some(&host_file) {
@@ -278,12 +286,12 @@ fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow
     let changed = put(
         &inside(root, &host_file)?,
         &m.to_yaml()?,
-        args.containerd.dry_run,
+        args.containerd.common.dry_run,
         &mut step,
     )?;
     step.result = format!(
         "{} {}: apply with kubectl apply -f {}",
-        match (changed, args.containerd.dry_run) {
+        match (changed, args.containerd.common.dry_run) {
             (false, _) => "up to date",
             (true, true) => "would write",
             (true, false) => "wrote",
@@ -297,8 +305,8 @@ fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow
 pub(crate) fn node_lock(args: &NodeArgs, root: &Path) -> anyhow::Result<NodeLock> {
     NodeLock::take(
         root,
-        std::time::Duration::from_secs(args.containerd.lock_timeout),
-        args.containerd.dry_run,
+        std::time::Duration::from_secs(args.containerd.common.lock_timeout),
+        args.containerd.common.dry_run,
     )
 }
 
@@ -309,7 +317,7 @@ pub(crate) fn request(args: &NodeArgs, root: &Path) -> Request {
         args.containerd.drop_in.as_deref(),
         handler_spec(args.profile, &args.containerd),
         args.containerd.config_version,
-        Some(&args.containerd.unit),
+        Some(&args.containerd.common.unit),
     )
 }
 
@@ -319,11 +327,16 @@ pub(crate) fn containerd_steps(
     root: &Path,
     lock: &NodeLock,
 ) -> anyhow::Result<Vec<Step>> {
-    let report =
-        containerd_cmd::apply_one(planned, &request(args, root), &args.containerd, root, lock)?;
+    let report = containerd_cmd::apply_one(
+        planned,
+        &request(args, root),
+        &args.containerd.common,
+        root,
+        lock,
+    )?;
     let mut step = Step::new(
         "containerd",
-        match (report.changed, args.containerd.dry_run) {
+        match (report.changed, args.containerd.common.dry_run) {
             (false, _) => format!("nothing to change in {}", shown(root, &report.config)),
             (true, true) => format!("would {} in {}", report.action, shown(root, &report.config)),
             (true, false) => format!("{}ed in {}", report.action, shown(root, &report.config)),
@@ -385,19 +398,19 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let node = &args.node;
     let handler = node.profile.handler();
     // One lock for the whole run: the record is read, changed and saved under it.
-    containerd_cmd::check_restart(&node.containerd, root)?;
+    containerd_cmd::check_restart(&node.containerd.common, root)?;
     let lock = node_lock(node, root)?;
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
     let containerd = containerd_cmd::plan_one(true, &request(node, root), root)?;
     let mut steps = vec![artifacts_step(&args, root)?];
     let mut state = NodeState::load(root, handler)?;
-    steps.push(cdi_step(node, root, &mut state)?);
+    steps.push(cdi_step(&args, root, &mut state)?);
     steps.push(boot_step(&args, root, &mut state)?);
     steps.extend(containerd_steps(containerd, node, root, &lock)?);
     steps.push(shim_step(node, root));
     let mut state = NodeState::load(root, handler)?;
-    steps.push(manifests_step(node, root, &mut state)?);
+    steps.push(manifests_step(&args, root, &mut state)?);
     print(&steps, global.json)
 }
 

@@ -173,7 +173,10 @@ fn install_with_artifacts_makes_status_installed_and_verified() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let said = text(&out);
     assert!(said.contains("artifacts:    installed sha256-"), "{said}");
-    assert!(!said.contains("configuration.toml does not exist"), "{said}");
+    assert!(
+        !said.contains("configuration.toml does not exist"),
+        "{said}"
+    );
     let out = kata_gpu(&sim, &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(status["installed"], true, "{status}");

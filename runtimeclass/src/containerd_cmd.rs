@@ -9,6 +9,7 @@ use kata_gpu_containerd_config::{daemon, ConfigVersion, HandlerSpec};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
+use crate::cri_probe;
 use crate::node_state::{shown, NodeLock, NodeState};
 use crate::registration::{apply, plan_register, socket, Plan, Request};
 use crate::unregistration::plan_unregister;
@@ -281,10 +282,33 @@ pub fn apply_one(
     let socket_path = socket(root, &report.config, args.socket.as_deref());
     apply(root, &handler, &plan, lock)?;
     let mut state = NodeState::load(root, &handler)?;
-    let pending = match &state.containerd {
+    let mut pending = match &state.containerd {
         Some(c) => c.restart_pending,
         None => state.unregistered.is_some(),
     };
+    if pending && !args.restart {
+        // The running containerd's answer beats the record: restarted by hand since, it
+        // already serves (or no longer serves) the handler as the files say.
+        if let Ok(served) = cri_probe::loaded_handlers(&socket_path, cri_probe::TIMEOUT) {
+            let registered = state.containerd.is_some();
+            if served.contains(&handler) == registered {
+                pending = false;
+                if let Some(c) = state.containerd.as_mut() {
+                    c.restart_pending = false;
+                }
+                state.unregistered = None;
+                state.save(root, &handler)?;
+                report.notes.push(format!(
+                    "the running containerd already {} {handler}: no restart needed",
+                    if registered {
+                        "serves"
+                    } else {
+                        "no longer serves"
+                    }
+                ));
+            }
+        }
+    }
     if let (true, true, Some(argv)) = (pending, args.restart, &how.argv) {
         let waited = daemon::restart(
             argv,

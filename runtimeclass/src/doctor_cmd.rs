@@ -26,7 +26,8 @@ pub struct DoctorArgs {
     /// The runtime class's profile: snp, tdx or gpu.
     #[arg(long, default_value = "snp")]
     pub profile: Profile,
-    /// Print the node labels this host deserves instead of the checks.
+    /// Print the node labels this host deserves instead of the checks; only when every
+    /// check passes (exit 1 and no labels otherwise).
     #[arg(long)]
     pub labels: bool,
     /// containerd's config file (default: the one registered into, else /etc/containerd/config.toml).
@@ -35,9 +36,13 @@ pub struct DoctorArgs {
     /// Root of the artifact store.
     #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
     pub artifacts_root: PathBuf,
-    /// The containerd binary used to check what containerd loads (`containerd config dump`).
+    /// The containerd binary (its directory is where containerd also looks for shims).
     #[arg(long, value_name = "PATH", default_value = "containerd")]
     pub containerd: PathBuf,
+    /// containerd's socket, asked over CRI what it serves (default: [grpc] address of the
+    /// config, else /run/containerd/containerd.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// The NVIDIA GPUs and NVSwitches of the host, with their cdevs and what else of their
@@ -183,6 +188,7 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
         containerd_config: args.containerd_config.clone(),
         artifacts_root: args.artifacts_root.clone(),
         containerd: args.containerd.clone(),
+        socket: args.socket.clone(),
     };
     let status = status_cmd::gather(&status_args, root).map_err(|e| format!("{e:#}"));
     out.extend(checks::registration(
@@ -245,23 +251,54 @@ struct Report<'a> {
     checks: &'a [Check],
 }
 
+/// Prints the labels the host deserves, only when every check of the profile passes
+/// (labels follow the checks: a node labelled ready gets the class's pods). The label the
+/// RuntimeClass selects by default (`nvidia.com/cc.ready.state=true` for snp and tdx) is
+/// among them.
+fn print_labels(
+    args: &DoctorArgs,
+    root: &Path,
+    all: &[Check],
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let failed: Vec<&str> = all
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "no labels: {} of {}'s checks fail ({}); kata-gpu doctor --profile {} says why and how to fix them",
+            failed.len(),
+            args.profile.handler(),
+            failed.join(", "),
+            args.profile.name()
+        );
+    }
+    let host = Host::new(root);
+    let devs = devices(&host).map_err(anyhow::Error::msg)?;
+    let mut labels = checks::labels(&host.platform(), &devs);
+    if args.profile != Profile::Gpu {
+        let (k, v) = kata_gpu_manifests::CC_READY_LABEL;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&labels)?);
+    } else {
+        for (k, v) in &labels {
+            println!("{k}={v}");
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
 /// Runs `kata-gpu doctor`.
 pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
-    if args.labels {
-        let host = Host::new(root);
-        let devs = devices(&host).map_err(anyhow::Error::msg)?;
-        let labels = checks::labels(&host.platform(), &devs);
-        if global.json {
-            println!("{}", serde_json::to_string_pretty(&labels)?);
-        } else {
-            for (k, v) in &labels {
-                println!("{k}={v}");
-            }
-        }
-        return Ok(Outcome::Clean);
-    }
     let all = run_checks(&args, root);
+    if args.labels {
+        return print_labels(&args, root, &all, global.json);
+    }
     let count = |v: Verdict| all.iter().filter(|c| c.verdict == v).count();
     let (failures, warnings) = (count(Verdict::Fail), count(Verdict::Warn));
     if global.json {

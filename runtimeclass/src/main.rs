@@ -9,6 +9,7 @@ mod binaries_cmd;
 mod boot_unit;
 mod cdi_cmd;
 mod containerd_cmd;
+mod cri_probe;
 mod doctor_cmd;
 mod install_cmd;
 mod node_state;

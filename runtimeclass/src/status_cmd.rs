@@ -6,14 +6,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use kata_gpu_artifacts::{Store, StoreConfig};
-use kata_gpu_containerd_config::{covers, daemon, find_handler, fsio, imports};
+use kata_gpu_containerd_config::{covers, find_handler, fsio, imports};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
 use crate::containerd_cmd::restart_how;
 use crate::node_state::{host_path, inside, shown, under, ContainerdState, Mode, NodeState};
 use crate::registration::DEFAULT_CONFIG;
-use crate::shim_check;
+use crate::{cri_probe, shim_check};
 use crate::{Global, Outcome};
 
 /// Arguments of `kata-gpu status`.
@@ -28,9 +28,13 @@ pub struct StatusArgs {
     /// Root of the artifact store.
     #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
     pub artifacts_root: PathBuf,
-    /// The containerd binary used to check what containerd loads (`containerd config dump`).
+    /// The containerd binary (its directory is where containerd also looks for shims).
     #[arg(long, value_name = "PATH", default_value = "containerd")]
     pub containerd: PathBuf,
+    /// containerd's socket, asked over CRI what it serves (default: [grpc] address of the
+    /// config, else /run/containerd/containerd.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// The status of one profile.
@@ -44,7 +48,7 @@ pub struct Status {
     pub verified: Option<bool>,
     /// The handler is in containerd's config with the keys it needs.
     pub registered: bool,
-    /// `containerd config dump` shows the handler (None: could not ask).
+    /// The running containerd serves the handler, by its CRI Status (None: could not ask).
     pub loaded: Option<bool>,
     /// containerd has not restarted since the config changed.
     pub restart_pending: bool,
@@ -220,6 +224,13 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         (None, None, Some(p)) => p.config.clone(),
         (None, None, None) => PathBuf::from(DEFAULT_CONFIG),
     };
+    // What the running containerd serves, asked over its CRI socket (not the file).
+    let socket = crate::registration::socket(root, &config, args.socket.as_deref());
+    let running = cri_probe::loaded_handlers(&socket, cri_probe::TIMEOUT);
+    let loaded = running
+        .as_ref()
+        .ok()
+        .map(|hs| hs.iter().any(|h| h == handler));
     match &state.containerd {
         Some(c) => {
             s.registered = registered(root, c, &mut s)?;
@@ -239,8 +250,12 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
                 },
                 shown(root, &c.config)
             ));
-            if c.restart_pending {
-                s.restart_pending = restart_owed(root, &c.config, c.changed_at);
+            // The running containerd's answer beats the record: it serves the handler or not.
+            s.restart_pending = match loaded {
+                Some(l) => s.registered && !l,
+                None => c.restart_pending && restart_owed(root, &c.config, c.changed_at),
+            };
+            {
                 if s.restart_pending {
                     s.details.push(format!(
                         "containerd: must restart to load the change: {}",
@@ -264,8 +279,12 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
                 },
                 shown(root, &config)
             ));
+            s.restart_pending = match (loaded, &state.unregistered) {
+                (Some(l), _) => l && !s.registered,
+                (None, Some(p)) => restart_owed(root, &p.config, p.changed_at),
+                (None, None) => false,
+            };
             if let Some(p) = &state.unregistered {
-                s.restart_pending = restart_owed(root, &p.config, p.changed_at);
                 if s.restart_pending {
                     s.details.push(format!(
                         "containerd: must restart to unload {handler} (unregistered since it started): {}",
@@ -275,23 +294,22 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
             }
         }
     }
-    match daemon::loaded_handler(&args.containerd, &inside(root, &config)?, handler) {
-        Ok(found) => {
-            // The dump reads the file; the running containerd has it only after a restart.
-            s.loaded = Some(found.is_some() && !s.restart_pending);
-            s.details.push(format!(
-                "containerd: config dump {} {handler}",
-                if found.is_some() {
-                    "shows"
-                } else {
-                    "does NOT show"
-                }
-            ));
-        }
-        Err(e) => s
-            .details
-            .push(format!("containerd: cannot check what it loads: {e}")),
-    }
+    s.loaded = loaded;
+    s.details.push(match (&running, loaded) {
+        (Ok(_), Some(true)) => format!(
+            "containerd: the running containerd ({}) serves {handler}",
+            socket.display()
+        ),
+        (Ok(hs), _) => format!(
+            "containerd: the running containerd ({}) does NOT serve {handler} (it serves {})",
+            socket.display(),
+            hs.join(", ")
+        ),
+        (Err(e), _) => format!(
+            "containerd: cannot ask the running containerd what it serves ({}): {e}",
+            socket.display()
+        ),
+    });
     shims(args, root, &state, &mut s);
     Ok(s)
 }

@@ -194,6 +194,11 @@ fn remove_boot_unit(
             fsio::remove_file(&link)?;
         }
         fsio::remove_file(&real)?;
+        // The wants directory and the unit directory go too when nothing else is in them
+        // (as on a host whose only unit was ours); on a real host they never are empty.
+        for dir in [link.parent(), real.parent()].into_iter().flatten() {
+            let _ = std::fs::remove_dir(dir);
+        }
         state.boot_unit = None;
     }
     step.result = format!(

@@ -2,72 +2,19 @@
 //! shim under every profile's name, replaced atomically (a running binary keeps running),
 //! found by `status` and `install` where containerd will look, and removed again.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{built, kata_gpu, make, text, tree};
 use kata_gpu_tests::{SimHost, VfioMode};
 
-const SNP: &str = "containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
+const SNP: &str = common::SNP;
 const TDX: &str = "containerd-shim-kata-qemu-nvidia-gpu-tdx-v2";
 const GPU: &str = "containerd-shim-kata-qemu-nvidia-gpu-v2";
-
-fn kata_gpu(sim: &SimHost, args: &[&str]) -> Output {
-    kata_gpu_tests::run_on_host(env!("CARGO_BIN_EXE_kata-gpu"), sim, args)
-}
-
-fn text(o: &Output) -> String {
-    kata_gpu_tests::output_text(o)
-}
-
-/// The directory the tests' kata-gpu and shim were built into.
-fn built() -> PathBuf {
-    let shim = kata_gpu_tests::workspace_bin("kata-gpu-shim", SNP);
-    let dir = shim.parent().expect("target dir").to_path_buf();
-    assert!(dir.join("kata-gpu").is_file(), "{}", dir.display());
-    dir
-}
-
-/// `make install` as the README gives it, onto the simulated host.
-fn make(target: &str, sim: &SimHost, bin_dir: &Path) -> Output {
-    Command::new("make")
-        .arg("-s")
-        .arg("-C")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .arg(target)
-        .arg(format!("BIN_DIR={}", bin_dir.display()))
-        .arg(format!("DESTDIR={}", sim.root().display()))
-        .arg("PREFIX=/usr/local")
-        .output()
-        .expect("run make")
-}
-
-/// Everything under `dir`, with each file's size and each link's target.
-fn tree(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    let mut entries: Vec<_> = entries.map(|e| e.expect("entry").path()).collect();
-    entries.sort();
-    for p in entries {
-        let meta = fs::symlink_metadata(&p).expect("stat");
-        if meta.is_dir() {
-            out.push(format!("{}/", p.display()));
-            out.extend(tree(&p));
-        } else if meta.file_type().is_symlink() {
-            out.push(format!(
-                "{} -> {}",
-                p.display(),
-                fs::read_link(&p).expect("link").display()
-            ));
-        } else {
-            out.push(format!("{} {}", p.display(), meta.len()));
-        }
-    }
-    out
-}
 
 #[test]
 fn make_install_puts_the_shim_under_every_name_where_containerd_finds_it() {

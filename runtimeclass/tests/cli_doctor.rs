@@ -228,13 +228,6 @@ fn an_h200_warns_that_it_is_not_cc_capable() {
         has_line(&shown, "ok    gpu 0000:41:00.0: 10de:2335"),
         "{shown}"
     );
-    let out = doctor(&sim, &["--labels"]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(
-        has_line(&text(&out), "nvidia.com/cc.capable=false"),
-        "{}",
-        text(&out)
-    );
 }
 
 #[test]
@@ -263,29 +256,31 @@ fn a_stale_cdi_spec_fails() {
     );
 }
 
+/// Issue 19: `--labels` printed labels with exit 0 on a host whose checks fail, so a node
+/// not ready got the label the RuntimeClass selects. Labels now follow the checks (the
+/// labels of a ready node: `node_life`); the values per host are doctor_checks' unit tests.
 #[test]
-fn labels_of_an_h100_and_of_a_host_without_snp() {
+fn labels_are_refused_while_a_check_fails() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
     let out = doctor(&sim, &["--labels"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "feature.node.kubernetes.io/cpu-security.sev.snp.enabled=true\n\
-         feature.node.kubernetes.io/kata-gpu.snp-hopper=true\n\
-         nvidia.com/cc.capable=true\n\
-         nvidia.com/gpu.workload.config=vm-passthrough\n"
+        String::from_utf8_lossy(&out.stderr),
+        "kata-gpu: no labels: 4 of kata-qemu-nvidia-gpu-snp's checks fail (containerd, artifacts, \
+         kata-gpu shim, kata shim); kata-gpu doctor --profile snp says why and how to fix them\n"
     );
 
     let sim = SimHost::no_snp();
     let out = doctor(&sim, &["--labels", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let labels: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(
-        labels,
-        serde_json::json!({
-            "nvidia.com/cc.capable": "false",
-            "nvidia.com/gpu.workload.config": "vm-passthrough",
-        })
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("no labels: ") && e.contains("sev-snp")),
+        "{err}"
     );
 }
 

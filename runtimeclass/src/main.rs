@@ -15,6 +15,7 @@ mod install_cmd;
 mod node_state;
 mod plan_cmd;
 mod registration;
+mod report_cmd;
 mod runtimeclass_cmd;
 mod shim_check;
 mod status_cmd;
@@ -74,6 +75,8 @@ enum Command {
     Artifacts(artifacts_cmd::ArtifactsCommand),
     /// Check that this host can run the profile's pods; --labels: the node labels it deserves.
     Doctor(doctor_cmd::DoctorArgs),
+    /// Collect the files to attach to a bug report into a new directory.
+    Report(report_cmd::ReportArgs),
     /// Install kata-gpu and the shim (under every profile's name) into PREFIX/bin, or remove them.
     #[command(subcommand)]
     Binaries(binaries_cmd::BinariesCommand),
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor_cmd::run(args, &cli.global),
         Command::Vfio(cmd) => vfio_cmd::run(cmd, &cli.global),
         Command::Binaries(cmd) => binaries_cmd::run(cmd, &cli.global),
+        Command::Report(args) => report_cmd::run(args, &cli.global),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

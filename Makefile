@@ -22,7 +22,7 @@ help:
 	@echo "make unit   the tests alone, without lint"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 	@echo "make bench  every benchmark, bench/shim.sh and bench/load.sh (figures in BENCHMARKS.md)"
-	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS))"
+	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS)); installs cargo-fuzz first if missing (about 8 minutes, once)"
 	@echo "make install    kata-gpu and the shim under every profile name into \$$DESTDIR\$$PREFIX/bin (PREFIX=$(PREFIX)), atomically; BIN_DIR=DIR installs a build already made"
 	@echo "make uninstall  remove what make install installed (refused while a profile is registered)"
 

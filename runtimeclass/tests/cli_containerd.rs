@@ -416,6 +416,16 @@ fn restart_under_a_host_root_runs_only_the_command_given_and_waits_for_the_socke
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
     assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
     assert!(!node.path(STATE).exists(), "a refusal recorded");
+    // With --json the refusal is JSON on stdout.
+    let out = node.run_env(&["containerd", "register", "--restart", "--json"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("add --restart-command CMD")),
+        "{err}"
+    );
 
     let out = node.run_env(
         &[

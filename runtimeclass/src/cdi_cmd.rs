@@ -297,6 +297,9 @@ fn generate(
     global: &Global,
 ) -> anyhow::Result<Outcome> {
     let host = kata_gpu_shim::Host::new(&global.host_root);
+    if output_dir.is_none() && !dry_run {
+        crate::coexist::refuse_foreign_specs(&global.host_root)?;
+    }
     let dir = match output_dir {
         Some(d) => d,
         // A symlinked /var/run (most distributions: -> /run) resolves inside the root.

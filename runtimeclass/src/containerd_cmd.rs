@@ -217,6 +217,9 @@ pub struct Planned {
 /// Plans register or unregister against the recorded state; writes nothing.
 pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Planned> {
     let state = NodeState::load(root, &req.spec.name)?;
+    if register && state.containerd.is_none() {
+        crate::coexist::refuse_foreign_handler(root, &req.config, &req.spec)?;
+    }
     let plan = if register {
         plan_register(req, state.containerd.as_ref())?
     } else {

@@ -88,6 +88,28 @@ fn names<'a>(
 
 /// The host CDI spec against what the host should have.
 fn cdi_check(host: &Host, root: &Path) -> Check {
+    let ours =
+        |kind: &str| Path::new(crate::install_cmd::CDI_DIR).join(cdi::write::spec_file_name(kind));
+    if let Some((file, kind)) = crate::coexist::foreign_specs(root)
+        .into_iter()
+        .find(|(_, kind)| crate::node_state::under(root, &ours(kind)).exists())
+    {
+        // Not `kata-gpu cdi generate`: it refuses beside a foreign spec, so the fix would
+        // loop. (A foreign spec alone, adopted with install --skip-cdi, is checked below.)
+        let file = shown(root, &file);
+        return checks::fail(
+            "cdi",
+            format!(
+                "{file} (not kata-gpu's) and {} both define {kind}: their devices are usable by neither",
+                shown(root, &ours(&kind))
+            ),
+            &format!(
+                "remove one: {}, or kata-gpu's {}",
+                crate::coexist::foreign_spec_fix(&file),
+                shown(root, &ours(&kind))
+            ),
+        );
+    }
     let expected = match host_specs(host) {
         Ok(s) => s,
         Err(e) => {

@@ -403,6 +403,9 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
     let containerd = containerd_cmd::plan_one(true, &request(node, root), root)?;
+    if !args.skip_cdi {
+        crate::coexist::refuse_foreign_specs(root)?;
+    }
     let mut steps = vec![artifacts_step(&args, root)?];
     let mut state = NodeState::load(root, handler)?;
     steps.push(cdi_step(&args, root, &mut state)?);

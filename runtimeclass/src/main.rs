@@ -8,6 +8,7 @@ mod artifacts_cmd;
 mod binaries_cmd;
 mod boot_unit;
 mod cdi_cmd;
+mod coexist;
 mod containerd_cmd;
 mod cri_probe;
 mod doctor_cmd;

@@ -70,6 +70,16 @@ pub fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
+/// [`tree`] less the node lock (`/run/lock`), which a refused command may have taken: what
+/// a refusal must leave as it was.
+pub fn tree_but_lock(dir: &Path) -> Vec<String> {
+    let run = format!("{}/run/", dir.display());
+    tree(dir)
+        .into_iter()
+        .filter(|l| *l != run && !l.starts_with(&format!("{run}lock")))
+        .collect()
+}
+
 /// The simulated host's kernel, acting on sysfs writes as the real one does.
 pub struct Kernel<'a>(pub &'a SimHost);
 

@@ -9,11 +9,11 @@ use kata_gpu_containerd_config::{daemon, ConfigVersion, HandlerSpec};
 use kata_gpu_shim::Profile;
 use serde::Serialize;
 
-use crate::cri_probe;
 use crate::node_state::{shown, NodeLock, NodeState};
 use crate::registration::{apply, plan_register, socket, Plan, Request};
 use crate::unregistration::plan_unregister;
 use crate::{Global, Outcome};
+use kata_gpu_containerd_config::cri as cri_probe;
 
 /// The `containerd` subcommands.
 #[derive(Debug, Subcommand)]

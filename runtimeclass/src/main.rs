@@ -10,7 +10,6 @@ mod boot_unit;
 mod cdi_cmd;
 mod coexist;
 mod containerd_cmd;
-mod cri_probe;
 mod doctor_cmd;
 mod install_cmd;
 mod node_state;

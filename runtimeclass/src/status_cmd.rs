@@ -13,8 +13,9 @@ use serde::Serialize;
 use crate::containerd_cmd::restart_how;
 use crate::node_state::{host_path, inside, shown, under, ContainerdState, Mode, NodeState};
 use crate::registration::DEFAULT_CONFIG;
-use crate::{cri_probe, shim_check};
+use crate::shim_check;
 use crate::{Global, Outcome};
+use kata_gpu_containerd_config::cri as cri_probe;
 
 /// Arguments of `kata-gpu status`.
 #[derive(Debug, clap::Args)]
@@ -305,10 +306,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
             socket.display(),
             hs.join(", ")
         ),
-        (Err(e), _) => format!(
-            "containerd: cannot ask the running containerd what it serves ({}): {e}",
-            socket.display()
-        ),
+        (Err(e), _) => format!("containerd: {e}"),
     });
     shims(args, root, &state, &mut s);
     Ok(s)

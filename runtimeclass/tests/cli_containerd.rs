@@ -427,30 +427,24 @@ fn restart_under_a_host_root_runs_only_the_command_given_and_waits_for_the_socke
         "{err}"
     );
 
-    let out = node.run_env(
-        &[
-            "containerd",
-            "register",
-            "--restart",
-            "--restart-command",
-            &restart,
-        ],
-        &env,
-    );
+    let register_restarting = || {
+        node.run_env(
+            &[
+                "containerd",
+                "register",
+                "--restart",
+                "--restart-command",
+                &restart,
+            ],
+            &env,
+        )
+    };
+    let out = register_restarting();
     assert_exit_saying(&out, 0, &format!("restarted containerd ({restart})"));
     assert_eq!(fs::read_to_string(&ran).expect("ran"), "restarted\n");
 
     // Nothing changed: no restart.
-    let out = node.run_env(
-        &[
-            "containerd",
-            "register",
-            "--restart",
-            "--restart-command",
-            &restart,
-        ],
-        &env,
-    );
+    let out = register_restarting();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(fs::read_to_string(&ran).expect("ran"), "restarted\n");
 

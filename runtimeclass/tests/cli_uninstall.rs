@@ -3,41 +3,14 @@
 //! of a restart owed. `--purge` leaves no empty store directory; `--help` lists only what
 //! uninstall uses.
 
-use std::fs;
-use std::path::Path;
-use std::process::Output;
+mod common;
 
+use std::fs;
+
+use common::{kata_gpu, text};
 use kata_gpu_tests::{SimHost, VfioMode};
 
 const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
-
-fn kata_gpu(sim: &SimHost, args: &[&str]) -> Output {
-    kata_gpu_tests::run_on_host(env!("CARGO_BIN_EXE_kata-gpu"), sim, args)
-}
-
-fn text(o: &Output) -> String {
-    kata_gpu_tests::output_text(o)
-}
-
-/// A stand-in artifact set.
-fn artifact_set(dir: &Path) -> String {
-    for (name, body) in [
-        ("vmlinuz-6.12-nvidia-gpu-confidential", "kernel"),
-        ("kata-containers-confidential.img", "image"),
-        ("AMDSEV.fd", "fw"),
-    ] {
-        fs::write(dir.join(name), body).expect("write");
-    }
-    fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../configs/templates/configuration-qemu-nvidia-gpu-snp.toml"
-        ),
-        dir.join("configuration-qemu-nvidia-gpu-snp.toml"),
-    )
-    .expect("config");
-    dir.display().to_string()
-}
 
 #[test]
 fn uninstall_help_lists_only_what_uninstall_uses() {
@@ -75,7 +48,7 @@ fn uninstall_help_lists_only_what_uninstall_uses() {
 fn uninstall_removes_what_install_wrote_and_names_what_it_leaves() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     let src = tempfile::tempdir().expect("tempdir");
-    let set = artifact_set(src.path());
+    let set = common::artifact_set(src.path(), "kernel");
     let built = kata_gpu_tests::workspace_bin(
         "kata-gpu-shim",
         "containerd-shim-kata-qemu-nvidia-gpu-snp-v2",

@@ -7,7 +7,6 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::process::Output;
 
 use common::{exec_starts, kata_gpu, make, text, tree};
@@ -15,27 +14,6 @@ use kata_gpu_tests::{PrivateContainerd, SimHost, VfioMode};
 
 const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
 const GPU: &str = "0000:41:00.0";
-
-/// A stand-in artifact set whose kernel says `version`.
-fn artifact_set(dir: &Path, version: &str) -> String {
-    fs::create_dir_all(dir).expect("mkdir");
-    for (name, body) in [
-        ("vmlinuz-6.12-nvidia-gpu-confidential", version),
-        ("kata-containers-confidential.img", "image"),
-        ("AMDSEV.fd", "fw"),
-    ] {
-        fs::write(dir.join(name), body).expect("write");
-    }
-    fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../configs/templates/configuration-qemu-nvidia-gpu-snp.toml"
-        ),
-        dir.join("configuration-qemu-nvidia-gpu-snp.toml"),
-    )
-    .expect("config");
-    dir.display().to_string()
-}
 
 #[track_caller]
 fn ok(out: &Output) -> String {
@@ -80,7 +58,7 @@ fn a_node_from_make_install_to_removal_as_the_readme_says() {
     fs::write(&kata, "#!/bin/sh\n").expect("kata");
     let before = files(&sim);
     let src = tempfile::tempdir().expect("tempdir");
-    let set = artifact_set(&src.path().join("v1"), "kernel 1");
+    let set = common::artifact_set(&src.path().join("v1"), "kernel 1");
     let bin_dir = common::built();
 
     // ## Install
@@ -140,7 +118,7 @@ fn a_node_from_make_install_to_removal_as_the_readme_says() {
 
     // ## Upgrade: the binaries, then a new artifact set; the old set stays for rollback.
     ok(&make("install", &sim, &bin_dir));
-    let set2 = artifact_set(&src.path().join("v2"), "kernel 2");
+    let set2 = common::artifact_set(&src.path().join("v2"), "kernel 2");
     let said = ok(&kata_gpu(&sim, &["install", "--artifacts", &set2]));
     assert!(said.contains("artifacts:    installed sha256-"), "{said}");
     let said = ok(&kata_gpu(&sim, &["artifacts", "list"]));

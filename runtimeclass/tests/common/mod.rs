@@ -80,6 +80,28 @@ pub fn tree_but_lock(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A stand-in artifact set in `dir` (made if missing) whose kernel file says `kernel`:
+/// kernel, guest image, firmware and the snp template as the base config.
+pub fn artifact_set(dir: &Path, kernel: &str) -> String {
+    fs::create_dir_all(dir).expect("mkdir");
+    for (name, body) in [
+        ("vmlinuz-6.12-nvidia-gpu-confidential", kernel),
+        ("kata-containers-confidential.img", "image"),
+        ("AMDSEV.fd", "fw"),
+    ] {
+        fs::write(dir.join(name), body).expect("write");
+    }
+    fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/templates/configuration-qemu-nvidia-gpu-snp.toml"
+        ),
+        dir.join("configuration-qemu-nvidia-gpu-snp.toml"),
+    )
+    .expect("config");
+    dir.display().to_string()
+}
+
 /// The simulated host's kernel, acting on sysfs writes as the real one does.
 pub struct Kernel<'a>(pub &'a SimHost);
 

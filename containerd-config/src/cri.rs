@@ -8,47 +8,64 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::StatusRequest;
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::error::Error;
+
+/// A CRI runtime client over containerd's socket `socket` (a filesystem socket; the
+/// endpoint's URI is a placeholder the connector ignores), for kubelet's view of it.
+pub async fn connect(
+    socket: &Path,
+) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(RuntimeServiceClient::new(channel))
+}
 
 /// How long the running containerd has to answer CRI's Status.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The runtime handlers the containerd serving CRI on `socket` has loaded, sorted; `Err`
 /// says why it could not be asked (no socket, no CRI, no answer within `timeout`).
-pub fn loaded_handlers(socket: &Path, timeout: Duration) -> Result<Vec<String>, String> {
+pub fn loaded_handlers(socket: &Path, timeout: Duration) -> Result<Vec<String>, Error> {
+    let failed = |detail: String| Error::Cri {
+        path: socket.to_path_buf(),
+        detail,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    let socket = socket.to_path_buf();
-    let info = rt.block_on(async move {
-        let ask = async {
-            let channel = Endpoint::try_from("http://[::]:50051")
-                .map_err(|e| e.to_string())?
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(
-                            tokio::net::UnixStream::connect(socket).await?,
-                        ))
-                    }
-                }))
+        .map_err(|e| failed(format!("cannot start a runtime: {e}")))?;
+    let info = rt
+        .block_on(async {
+            let ask = async {
+                let mut client = connect(socket)
+                    .await
+                    .map_err(|e| format!("cannot connect: {}", chain(&e)))?;
+                let reply = client
+                    .status(StatusRequest { verbose: true })
+                    .await
+                    .map_err(|e| format!("CRI Status failed: {}", e.message()))?;
+                Ok::<_, String>(reply.into_inner().info)
+            };
+            tokio::time::timeout(timeout, ask)
                 .await
-                .map_err(|e| format!("cannot connect: {}", chain(&e)))?;
-            let reply = RuntimeServiceClient::new(channel)
-                .status(StatusRequest { verbose: true })
-                .await
-                .map_err(|e| format!("CRI Status failed: {}", e.message()))?;
-            Ok::<_, String>(reply.into_inner().info)
-        };
-        tokio::time::timeout(timeout, ask)
-            .await
-            .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
-    })?;
+                .map_err(|_| format!("no answer within {} s", timeout.as_secs()))?
+        })
+        .map_err(failed)?;
     let config = info
         .get("config")
-        .ok_or("CRI Status has no \"config\" in its verbose info")?;
-    handlers_in(config)
+        .ok_or_else(|| failed("CRI Status has no \"config\" in its verbose info".to_owned()))?;
+    handlers_in(config).map_err(failed)
 }
 
 /// An error with its causes, as one line.
@@ -99,6 +116,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = loaded_handlers(&dir.path().join("none.sock"), Duration::from_secs(5))
             .expect_err("absent");
-        assert!(err.starts_with("cannot connect"), "{err}");
+        assert!(err.to_string().contains(": cannot connect: "), "{err}");
     }
 }

@@ -905,3 +905,60 @@ fn under_umask_000_registration_makes_no_directory_others_can_write() {
         text(&out)
     );
 }
+
+/// Issue 19 item 5: for a config that does not say its version, register asked
+/// `containerd --version` of the real host's containerd even under --host-root. It now asks
+/// the one on containerd's PATH inside the root, and with none there says it cannot tell.
+#[test]
+fn under_a_host_root_the_version_comes_from_the_roots_containerd_not_the_real_hosts() {
+    let node = Node::new();
+    node.put(CONFIG, "# no version here\n");
+    let recorder = |dir: &Path, says: &str| -> (PathBuf, PathBuf) {
+        fs::create_dir_all(dir).expect("mkdir");
+        let record = dir.join("containerd.ran");
+        let script = dir.join("containerd");
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\necho '{says}'\n",
+                record.display()
+            ),
+        )
+        .expect("write containerd");
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+        (dir.to_path_buf(), record)
+    };
+    let (real_bin, real_ran) = recorder(
+        &node.dir.path().join("real-host-bin"),
+        "containerd github.com/containerd/containerd/v2 v2.3.4 abc",
+    );
+    let env = [(
+        "PATH",
+        format!(
+            "{}:{}",
+            real_bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    )];
+    let out = node.run_env(&["containerd", "register"], &env);
+    assert_exit_saying(&out, 1, "config.toml");
+    assert!(!real_ran.exists(), "the real host's containerd ran");
+    assert_eq!(node.read(CONFIG).as_deref(), Some("# no version here\n"));
+
+    // The root's own containerd (1.6) tells: version 2.
+    let (_, root_ran) = recorder(
+        &node.path("/usr/bin"),
+        "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1",
+    );
+    let out = node.run_env(&["containerd", "register"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fs::read_to_string(&root_ran).expect("ran"), "--version\n");
+    assert!(!real_ran.exists(), "the real host's containerd ran");
+    assert!(
+        node.read(CONFIG).is_some_and(
+            |c| c.contains("plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes")
+        ),
+        "{:?}",
+        node.read(CONFIG)
+    );
+}

@@ -6,7 +6,13 @@ CARGO ?= cargo
 THIRD_PARTY ?= ../shared/third_party
 PARTS ?= parts
 
-.PHONY: help deps build test unit lint fmt bench fuzz demo clean
+# `make install`: where kata-gpu and the shim go ($(DESTDIR)$(PREFIX)/bin; DESTDIR is also the
+# --host-root the record goes under), and which built binaries (default: a release build).
+PREFIX ?= /usr/local
+DESTDIR ?=
+BIN_DIR ?=
+
+.PHONY: help deps build test unit lint fmt bench fuzz demo clean install uninstall
 
 help:
 	@echo "make demo   the whole path on a simulated H100 host with a private containerd (root)"
@@ -16,7 +22,9 @@ help:
 	@echo "make unit   the tests alone, without lint"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
 	@echo "make bench  every benchmark, bench/shim.sh and bench/load.sh (figures in BENCHMARKS.md)"
-	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS))"
+	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS)); installs cargo-fuzz first if missing (about 8 minutes, once)"
+	@echo "make install    kata-gpu and the shim under every profile name into \$$DESTDIR\$$PREFIX/bin (PREFIX=$(PREFIX)), atomically; BIN_DIR=DIR installs a build already made"
+	@echo "make uninstall  remove what make install installed (refused while a profile is registered)"
 
 deps:
 	THIRD_PARTY=$(THIRD_PARTY) PARTS=$(PARTS) bash scripts/deps.sh
@@ -49,6 +57,14 @@ bench:
 FUZZ_SECONDS ?= 20
 fuzz:
 	bash fuzz/run.sh $(FUZZ_SECONDS)
+
+install:
+	@set -e; dir="$(BIN_DIR)"; \
+	if [ -z "$$dir" ]; then $(CARGO) build --release -p kata-gpu -p kata-gpu-shim; dir="$${CARGO_TARGET_DIR:-target}/release"; fi; \
+	"$$dir/kata-gpu" binaries install --from "$$dir" --prefix "$(PREFIX)" --host-root "$(or $(DESTDIR),/)"
+
+uninstall:
+	"$(DESTDIR)$(PREFIX)/bin/kata-gpu" binaries remove --host-root "$(or $(DESTDIR),/)"
 
 clean:
 	$(CARGO) clean

@@ -21,7 +21,8 @@ projects=("$@")
 [ "${#projects[@]}" -gt 0 ] || projects=(cdi/fuzz fuzz)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  echo "fuzz: installing cargo-fuzz" >&2
+  echo "fuzz: cargo-fuzz is missing; installing it first with cargo install cargo-fuzz --locked" \
+       "(a build of several minutes, about 8 on a 2-core machine, done once)" >&2
   cargo install cargo-fuzz --locked
 fi
 

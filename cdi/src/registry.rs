@@ -95,6 +95,18 @@ pub enum FileProblem {
     },
 }
 
+/// Why a registry that requires root-owned files (containerd's, running as root) skips the
+/// file with this metadata: world-writable, or not owned by root. `None`: it is used.
+pub fn insecure(meta: &std::fs::Metadata, require_root_owned: bool) -> Option<FileProblem> {
+    use std::os::unix::fs::MetadataExt;
+    (require_root_owned && (meta.uid() != 0 || meta.mode() & 0o002 != 0)).then(|| {
+        FileProblem::Insecure {
+            uid: meta.uid(),
+            mode: meta.mode(),
+        }
+    })
+}
+
 /// A file (or directory) the registry skipped, and why.
 #[derive(Debug, Clone)]
 pub struct SkippedFile {
@@ -351,14 +363,8 @@ impl Registry {
                     }
                 };
                 stats.files += 1;
-                if self.config.require_root_owned && (meta.uid() != 0 || meta.mode() & 0o002 != 0) {
-                    skipped.push(SkippedFile {
-                        path,
-                        problem: FileProblem::Insecure {
-                            uid: meta.uid(),
-                            mode: meta.mode(),
-                        },
-                    });
+                if let Some(problem) = insecure(&meta, self.config.require_root_owned) {
+                    skipped.push(SkippedFile { path, problem });
                     continue;
                 }
                 let fingerprint = Fingerprint::of(&meta);

@@ -57,10 +57,17 @@ fn run_split(argv: &[String]) -> Result<(String, String), Error> {
     }
 }
 
-/// Restarts containerd through systemd (`systemctl restart <unit>`), then waits up to
-/// `wait` until `socket` answers; returns how long the wait took.
-pub fn restart(unit: &str, socket: &Path, wait: Duration) -> Result<Duration, Error> {
-    run(&restart_command(unit))?;
+/// An admin's own restart command line, run through `sh -c` (a private containerd, a
+/// unit systemctl does not know, a simulated host's stand-in).
+pub fn shell_command(line: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), line.into()]
+}
+
+/// Restarts containerd with `command` ([`restart_command`] for its systemd unit, or
+/// [`shell_command`]), then waits up to `wait` until `socket` answers; returns how long
+/// the wait took.
+pub fn restart(command: &[String], socket: &Path, wait: Duration) -> Result<Duration, Error> {
+    run(command)?;
     wait_for_socket(socket, wait)
 }
 

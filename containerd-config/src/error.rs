@@ -184,6 +184,14 @@ pub enum Error {
         /// Its exit status and output.
         detail: String,
     },
+    /// containerd could not be asked over CRI what it serves.
+    #[error("cannot ask the running containerd what it serves ({}): {detail}", path.display())]
+    Cri {
+        /// The socket.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
     /// containerd's socket did not answer in time.
     #[error("{path}: containerd did not answer within {waited_ms} ms ({last})")]
     NoAnswer {

@@ -17,9 +17,11 @@
 //! [`Error::NotSurgical`] if the round trip does not give back the input.
 //!
 //! The edges: [`fsio`] (atomic writes that keep mode and owner, a backup, a lock) and
-//! [`daemon`] (systemd restart, waiting for the socket, `containerd config dump`).
+//! [`daemon`] (systemd restart, waiting for the socket, `containerd config dump`) and
+//! [`cri`] (what the running containerd serves, asked over CRI).
 
 mod build;
+pub mod cri;
 pub mod daemon;
 mod default_runtime;
 pub mod diff;

@@ -12,7 +12,7 @@ pub use lock::{FileLock, LockError};
 pub use root::resolve_in_root;
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,8 +60,28 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn write_with(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+/// Copies the file `src` to `dst` as [`write_atomic`] writes (streamed, not read whole):
+/// for an executable that a daemon may start at any moment (containerd running a shim),
+/// which must find the old binary or the new one, never half of one.
+pub fn copy_atomic(src: &Path, dst: &Path, mode: u32) -> io::Result<()> {
+    let mut from = fs::File::open(src)?;
+    write_from(dst, &mut from, mode, None)
+}
+
+/// Points the symlink `link` at `target`, replacing whatever `link` was in one rename, so
+/// that a lookup of `link` finds the old entry or the new link, never nothing.
+pub fn symlink_atomic(target: &Path, link: &Path) -> io::Result<()> {
+    let (dir, tmp) = temp_beside(link)?;
+    std::os::unix::fs::symlink(target, &tmp)?;
+    let result = fs::rename(&tmp, link).and_then(|()| fs::File::open(dir)?.sync_all());
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The directory of `path` and a fresh temp name in it.
+fn temp_beside(path: &Path) -> io::Result<(&Path, std::path::PathBuf)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -76,13 +96,33 @@ fn write_with(path: &Path, bytes: &[u8], mode: u32, owner: Option<(u32, u32)>) -
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
+    Ok((dir, tmp))
+}
+
+fn write_with(
+    path: &Path,
+    mut bytes: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    write_from(path, &mut bytes, mode, owner)
+}
+
+fn write_from(
+    path: &Path,
+    from: &mut dyn io::Read,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let (dir, tmp) = temp_beside(path)?;
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
-        file.write_all(bytes)?;
+        io::copy(from, &mut file)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
@@ -142,6 +182,33 @@ mod tests {
             fs::metadata(&path).expect("stat").permissions().mode() & 0o7777,
             0o640
         );
+    }
+
+    #[test]
+    fn a_copy_and_a_link_replace_what_was_there_and_leave_no_temp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        fs::write(&src, b"new binary").expect("src");
+        let bin = dir.path().join("bin");
+        fs::create_dir(&bin).expect("mkdir");
+        let dst = bin.join("shim");
+        fs::write(&dst, b"old").expect("old");
+        copy_atomic(&src, &dst, 0o755).expect("copy");
+        assert_eq!(fs::read(&dst).expect("read"), b"new binary");
+        assert_eq!(
+            fs::metadata(&dst).expect("stat").permissions().mode() & 0o7777,
+            0o755
+        );
+        let link = bin.join("alias");
+        fs::write(&link, b"a file first").expect("file");
+        symlink_atomic(Path::new("shim"), &link).expect("link");
+        assert_eq!(fs::read_link(&link).expect("link"), Path::new("shim"));
+        symlink_atomic(Path::new("shim"), &link).expect("again");
+        assert_eq!(fs::read(&link).expect("through"), b"new binary");
+        assert_eq!(fs::read_dir(&bin).expect("ls").count(), 2, "no temp left");
+        let err = copy_atomic(&dir.path().join("absent"), &dst, 0o755).expect_err("absent");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert_eq!(fs::read(&dst).expect("read"), b"new binary");
     }
 
     #[test]

@@ -122,16 +122,38 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The key whose value is at `line` (1-based): that line's, or for a value spanning lines
+/// (an array) the nearest `key =` above it.
+fn key_at(text: &str, line: usize) -> Option<&str> {
+    text.lines()
+        .take(line)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find_map(|l| {
+            let (key, _) = l.split_once('=')?;
+            let key = key.trim();
+            (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                .then_some(key)
+        })
+}
+
 impl Settings {
     /// Parses settings text; `origin` labels errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, SettingsError> {
         let settings: Settings = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            let message = e.message().trim();
             SettingsError::Invalid {
                 path: origin.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_owned(),
+                message: match key_at(text, line) {
+                    Some(key) if !message.contains(&format!("`{key}`")) => {
+                        format!("{key}: {message}")
+                    }
+                    _ => message.to_owned(),
+                },
             }
         })?;
         if settings.memory_min_mib > settings.memory_max_mib {
@@ -260,16 +282,25 @@ mod tests {
             ),
             (
                 "memory_min_mib = \"lots\"\n",
-                "s.toml:1:18: invalid type: string \"lots\", expected u32",
+                "s.toml:1:18: memory_min_mib: invalid type: string \"lots\", expected u32",
             ),
             (
                 "downstream_kind = \"crun\"\n",
-                "s.toml:1:19: unknown variant `crun`",
+                "s.toml:1:19: downstream_kind: unknown variant `crun`",
             ),
             ("state_dir = \n", "s.toml:1:"),
             (
                 "memory_min_mib = 9000\nmemory_max_mib = 100\n",
                 "memory_min_mib (9000) is above memory_max_mib (100)",
+            ),
+            // Issue 19 item 10: a mistyped value names its key, not only file and line.
+            (
+                "memory_min_mib = \"2048\"\n",
+                "s.toml:1:18: memory_min_mib: invalid type: string \"2048\", expected u32",
+            ),
+            (
+                "cdi_spec_dirs = [\n  \"/etc/cdi\",\n  3,\n]\n",
+                "s.toml:3:3: cdi_spec_dirs: invalid type: integer `3`",
             ),
         ];
         for (text, want) in cases {

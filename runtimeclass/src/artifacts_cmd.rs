@@ -2,7 +2,7 @@
 //! guest image, firmware, QEMU and base Kata config per runtime class), by the
 //! `kata-gpu-artifacts` crate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -122,9 +122,12 @@ pub fn run(cmd: ArtifactsCommand, global: &Global) -> anyhow::Result<Outcome> {
             dry_run,
             store,
         } => prune(&store.store(global)?, keep, dry_run, global.json),
-        ArtifactsCommand::Remove { dry_run, store } => {
-            remove(&store.store(global)?, dry_run, global.json)
-        }
+        ArtifactsCommand::Remove { dry_run, store } => remove(
+            &store.store(global)?,
+            &global.host_root,
+            dry_run,
+            global.json,
+        ),
     }
 }
 
@@ -323,20 +326,20 @@ fn prune(store: &Store, keep: usize, dry_run: bool, json: bool) -> anyhow::Resul
     Ok(Outcome::Clean)
 }
 
-fn remove(store: &Store, dry_run: bool, json: bool) -> anyhow::Result<Outcome> {
+fn remove(store: &Store, root: &Path, dry_run: bool, json: bool) -> anyhow::Result<Outcome> {
     let r = kata_gpu_artifacts::remove_class(store, dry_run)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("{}", removal(&r, dry_run));
+        println!("{}", removal(&r, root, dry_run));
     }
     Ok(Outcome::Clean)
 }
 
 /// One line on what removing a class's store did (or would do); `uninstall --purge` says
 /// the same.
-pub fn removal(r: &RemoveReport, dry_run: bool) -> String {
-    let dir = r.class_dir.display();
+pub fn removal(r: &RemoveReport, root: &Path, dry_run: bool) -> String {
+    let dir = crate::node_state::shown(root, &r.class_dir);
     if !r.present {
         return format!("nothing to remove: {dir} does not exist");
     }

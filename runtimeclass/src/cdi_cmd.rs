@@ -63,6 +63,8 @@ struct Verdict {
     devices: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 /// The files a path stands for: itself, or the spec files of a directory (sorted).
@@ -77,19 +79,41 @@ fn spec_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .filter(|p| p.is_file() && Format::from_path(p).is_some())
         .collect();
     files.sort();
-    if files.is_empty() {
-        anyhow::bail!(
-            "{}: no .json or .yaml spec files in this directory",
-            path.display()
-        );
-    }
     Ok(files)
+}
+
+/// What `validate` says of a spec directory without spec files.
+const EMPTY: &str = "no .json or .yaml spec files in this directory";
+
+/// Whether every reader of the spec dirs skips `file`: containerd's registry, as root,
+/// requires it root-owned and not world-writable (the rule of `cdi::registry`).
+fn skipped_by_readers(file: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(file).ok()?;
+    // World-writable: skipped by every reader. Not root's: by the ones running as root,
+    // which is what this run can tell when it runs as root too.
+    let strict = meta.mode() & 0o002 != 0 || nix::unistd::geteuid().is_root();
+    let problem = cdi::registry::insecure(&meta, strict)?;
+    Some(
+        cdi::registry::SkippedFile {
+            path: file.to_path_buf(),
+            problem,
+        }
+        .to_string(),
+    )
 }
 
 fn validate(paths: &[PathBuf], json: bool) -> anyhow::Result<Outcome> {
     let mut verdicts = Vec::new();
+    let mut empty = Vec::new();
     for path in paths {
-        for file in spec_files(path)? {
+        let files = spec_files(path)?;
+        if files.is_empty() {
+            // What install leaves when no GPU is bound yet: nothing to check, not a failure;
+            // the paths after it are still checked.
+            empty.push(path.clone());
+        }
+        for file in files {
             let missing = fs::symlink_metadata(&file)
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
             let read = if missing {
@@ -98,7 +122,9 @@ fn validate(paths: &[PathBuf], json: bool) -> anyhow::Result<Outcome> {
                     file.display()
                 ))
             } else {
-                cdi::read_spec_file(&file).map_err(|e| one_line(&e))
+                cdi::read_spec_file(&file)
+                    .map_err(|e| one_line(&e))
+                    .and_then(|spec| skipped_by_readers(&file).map_or(Ok(spec), Err))
             };
             verdicts.push(match read {
                 Ok(spec) => Verdict {
@@ -108,6 +134,7 @@ fn validate(paths: &[PathBuf], json: bool) -> anyhow::Result<Outcome> {
                     cdi_version: Some(spec.cdi_version.clone()),
                     devices: spec.devices.iter().map(|d| d.name.clone()).collect(),
                     error: None,
+                    note: None,
                 },
                 Err(e) => Verdict {
                     path: file,
@@ -116,14 +143,29 @@ fn validate(paths: &[PathBuf], json: bool) -> anyhow::Result<Outcome> {
                     cdi_version: None,
                     devices: Vec::new(),
                     error: Some(e),
+                    note: None,
                 },
             });
         }
     }
     let invalid = verdicts.iter().filter(|v| !v.valid).count();
     if json {
+        for dir in &empty {
+            verdicts.push(Verdict {
+                path: dir.clone(),
+                valid: true,
+                kind: None,
+                cdi_version: None,
+                devices: Vec::new(),
+                error: None,
+                note: Some(EMPTY.to_owned()),
+            });
+        }
         println!("{}", serde_json::to_string_pretty(&verdicts)?);
     } else {
+        for dir in &empty {
+            println!("empty   {}: {EMPTY}", dir.display());
+        }
         for v in &verdicts {
             match &v.error {
                 None => println!(
@@ -255,6 +297,9 @@ fn generate(
     global: &Global,
 ) -> anyhow::Result<Outcome> {
     let host = kata_gpu_plan::Host::new(&global.host_root);
+    if output_dir.is_none() && !dry_run {
+        crate::coexist::refuse_foreign_specs(&global.host_root)?;
+    }
     let dir = match output_dir {
         Some(d) => d,
         // A symlinked /var/run (most distributions: -> /run) resolves inside the root.

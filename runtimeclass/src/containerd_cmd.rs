@@ -9,10 +9,11 @@ use kata_gpu_containerd_config::{daemon, ConfigVersion, HandlerSpec};
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
-use crate::node_state::{NodeLock, NodeState};
+use crate::node_state::{shown, NodeLock, NodeState};
 use crate::registration::{apply, plan_register, socket, Plan, Request};
 use crate::unregistration::plan_unregister;
 use crate::{Global, Outcome};
+use kata_gpu_containerd_config::cri as cri_probe;
 
 /// The `containerd` subcommands.
 #[derive(Debug, Subcommand)]
@@ -25,7 +26,7 @@ pub enum ContainerdCommand {
     Unregister(RegisterArgs),
 }
 
-/// Where and what to register; shared with `install` and `uninstall`.
+/// Where and what to register; shared with `install`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ContainerdArgs {
     /// Drop-in mode: write our own file into this directory and list it in the config's
@@ -42,12 +43,39 @@ pub struct ContainerdArgs {
     /// snapshotter for this handler.
     #[arg(long, value_name = "NAME")]
     pub snapshotter: Option<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+impl ContainerdArgs {
+    /// The arguments of a command that only removes (uninstall): nothing of the handler's
+    /// shape, the common ones as given.
+    pub fn removal(common: CommonArgs) -> ContainerdArgs {
+        ContainerdArgs {
+            drop_in: None,
+            config_version: None,
+            runtime_path: None,
+            snapshotter: None,
+            common,
+        }
+    }
+}
+
+/// What every command that changes containerd's config shares, install and uninstall
+/// alike: the store its ConfigPath points into, the restart, the lock, the dry run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
     /// Root of the artifact store; options.ConfigPath is <root>/<handler>/current/configuration.toml.
     #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
     pub artifacts_root: PathBuf,
-    /// Restart containerd through systemd and wait until its socket answers.
+    /// Restart containerd (systemctl, or --restart-command) and wait until its socket answers.
     #[arg(long)]
     pub restart: bool,
+    /// The command that restarts containerd, run with `sh -c` (default: systemctl restart
+    /// UNIT); needed for --restart under --host-root, where kata-gpu runs nothing of the
+    /// real host's by itself.
+    #[arg(long, value_name = "CMD")]
+    pub restart_command: Option<String>,
     /// The systemd unit that runs containerd (k3s: k3s or k3s-agent; rke2: rke2-server or rke2-agent).
     #[arg(long, value_name = "UNIT", default_value = "containerd")]
     pub unit: String,
@@ -87,8 +115,10 @@ fn parse_version(s: &str) -> Result<ConfigVersion, String> {
 
 /// The handler a profile registers.
 pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {
-    let config_path =
-        kata_gpu_artifacts::layout::current_config_path(&args.artifacts_root, profile.handler());
+    let config_path = kata_gpu_artifacts::layout::current_config_path(
+        &args.common.artifacts_root,
+        profile.handler(),
+    );
     let mut spec = HandlerSpec::new(
         profile.handler(),
         profile.runtime_type(),
@@ -97,6 +127,56 @@ pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {
     spec.runtime_path = args.runtime_path.clone();
     spec.snapshotter = args.snapshotter.clone();
     spec
+}
+
+/// How containerd restarts on the host under `root`: the command to run (`None` under a
+/// `--host-root` with no `--restart-command`: no command of the real host may run for a
+/// simulated one) and the line that tells an admin how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartHow {
+    /// What `--restart` runs.
+    pub argv: Option<Vec<String>>,
+    /// The command, or (under a root, without one) what to restart.
+    pub line: String,
+}
+
+/// How to restart the containerd that reads `config` (as the host sees it) on the host
+/// under `root`, run as `unit`, with the admin's own command if `given`.
+pub fn restart_how(root: &Path, unit: &str, given: Option<&str>, config: &Path) -> RestartHow {
+    match given {
+        Some(line) => RestartHow {
+            argv: Some(daemon::shell_command(line)),
+            line: line.to_owned(),
+        },
+        None if root == Path::new("/") => RestartHow {
+            argv: Some(daemon::restart_command(unit)),
+            line: daemon::restart_command_line(unit),
+        },
+        None => RestartHow {
+            argv: None,
+            line: format!(
+                "restart the containerd that reads {} (the config was written under --host-root {}, \
+                 so kata-gpu names no command of the real host; --restart --restart-command CMD runs yours)",
+                shown(root, config),
+                root.display()
+            ),
+        },
+    }
+}
+
+/// Refuses `--restart` under a `--host-root` without `--restart-command`, before anything
+/// changes: the real host's `systemctl restart containerd` must never run for a simulated
+/// host's config.
+pub fn check_restart(args: &CommonArgs, root: &Path) -> anyhow::Result<()> {
+    if args.restart && args.restart_command.is_none() && root != Path::new("/") {
+        anyhow::bail!(
+            "--restart under --host-root {}: kata-gpu runs no restart of the real host's containerd \
+             for it; add --restart-command CMD (the command that restarts the containerd reading \
+             that root's config), or leave --restart out; nothing was changed",
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// What a register/unregister did, for text and JSON output.
@@ -137,6 +217,9 @@ pub struct Planned {
 /// Plans register or unregister against the recorded state; writes nothing.
 pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Planned> {
     let state = NodeState::load(root, &req.spec.name)?;
+    if register && state.containerd.is_none() {
+        crate::coexist::refuse_foreign_handler(root, &req.config, &req.spec)?;
+    }
     let plan = if register {
         plan_register(req, state.containerd.as_ref())?
     } else {
@@ -158,9 +241,10 @@ pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Pl
 pub fn run_one(
     register: bool,
     req: &Request,
-    args: &ContainerdArgs,
+    args: &CommonArgs,
     root: &Path,
 ) -> anyhow::Result<Report> {
+    check_restart(args, root)?;
     let lock = NodeLock::take(root, Duration::from_secs(args.lock_timeout), args.dry_run)?;
     apply_one(plan_one(register, req, root)?, req, args, root, &lock)
 }
@@ -170,7 +254,7 @@ pub fn run_one(
 pub fn apply_one(
     planned: Planned,
     req: &Request,
-    args: &ContainerdArgs,
+    args: &CommonArgs,
     root: &Path,
     lock: &NodeLock,
 ) -> anyhow::Result<Report> {
@@ -180,6 +264,7 @@ pub fn apply_one(
         plan,
     } = planned;
     let handler = req.spec.name.clone();
+    let how = restart_how(root, &req.unit, args.restart_command.as_deref(), &config);
     let mut report = Report {
         action: if register { "register" } else { "unregister" },
         handler: handler.clone(),
@@ -189,7 +274,7 @@ pub fn apply_one(
         diffs: Vec::new(),
         notes: plan.notes.clone(),
         restart_pending: false,
-        restart_command: daemon::restart_command_line(&req.unit),
+        restart_command: how.line.clone(),
         restarted: false,
     };
     if args.dry_run {
@@ -200,13 +285,36 @@ pub fn apply_one(
     let socket_path = socket(root, &report.config, args.socket.as_deref());
     apply(root, &handler, &plan, lock)?;
     let mut state = NodeState::load(root, &handler)?;
-    let pending = match &state.containerd {
+    let mut pending = match &state.containerd {
         Some(c) => c.restart_pending,
         None => state.unregistered.is_some(),
     };
-    if pending && args.restart {
+    if pending && !args.restart {
+        // The running containerd's answer beats the record: restarted by hand since, it
+        // already serves (or no longer serves) the handler as the files say.
+        if let Ok(served) = cri_probe::loaded_handlers(&socket_path, cri_probe::TIMEOUT) {
+            let registered = state.containerd.is_some();
+            if served.contains(&handler) == registered {
+                pending = false;
+                if let Some(c) = state.containerd.as_mut() {
+                    c.restart_pending = false;
+                }
+                state.unregistered = None;
+                state.save(root, &handler)?;
+                report.notes.push(format!(
+                    "the running containerd already {} {handler}: no restart needed",
+                    if registered {
+                        "serves"
+                    } else {
+                        "no longer serves"
+                    }
+                ));
+            }
+        }
+    }
+    if let (true, true, Some(argv)) = (pending, args.restart, &how.argv) {
         let waited = daemon::restart(
-            &req.unit,
+            argv,
             &socket_path,
             Duration::from_secs(args.restart_timeout),
         )?;
@@ -225,8 +333,8 @@ pub fn apply_one(
     Ok(report)
 }
 
-/// Prints a report.
-pub fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+/// Prints a report; paths as they are under `root`.
+pub fn print(report: &Report, root: &Path, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
@@ -251,7 +359,7 @@ pub fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         println!(
             "{}: nothing to change in {}",
             report.handler,
-            report.config.display()
+            shown(root, &report.config)
         );
     }
     for n in &report.notes {
@@ -282,9 +390,34 @@ pub fn run(cmd: ContainerdCommand, global: &Global) -> anyhow::Result<Outcome> {
         c.drop_in.as_deref(),
         spec,
         c.config_version,
-        Some(&c.unit),
+        Some(&c.common.unit),
     );
-    let report = run_one(register, &req, c, &global.host_root)?;
-    print(&report, global.json)?;
+    let report = run_one(register, &req, &c.common, &global.host_root)?;
+    print(&report, &global.host_root, global.json)?;
     Ok(Outcome::Clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_host_restarts_through_systemctl_a_simulated_one_names_only_its_root() {
+        let config = Path::new("/etc/containerd/config.toml");
+        let real = restart_how(Path::new("/"), "k3s-agent", None, config);
+        assert_eq!(real.line, "systemctl restart k3s-agent");
+        assert_eq!(real.argv, Some(daemon::restart_command("k3s-agent")));
+        let sim = restart_how(Path::new("/sim"), "containerd", None, config);
+        assert_eq!(sim.argv, None);
+        assert!(
+            sim.line
+                .starts_with("restart the containerd that reads /sim/etc/containerd/config.toml"),
+            "{}",
+            sim.line
+        );
+        assert!(!sim.line.contains("systemctl"), "{}", sim.line);
+        let given = restart_how(Path::new("/sim"), "containerd", Some("kill -HUP 1"), config);
+        assert_eq!(given.argv, Some(daemon::shell_command("kill -HUP 1")));
+        assert_eq!(given.line, "kill -HUP 1");
+    }
 }

@@ -37,7 +37,12 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: &str, verdict: Verdict, detail: impl Into<String>, fix: Option<String>) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        verdict: Verdict,
+        detail: impl Into<String>,
+        fix: Option<String>,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             verdict,
@@ -320,7 +325,7 @@ pub fn registration(profile: Profile, status: Result<&Status, String>) -> Vec<Ch
             .details
             .iter()
             .filter_map(|d| d.strip_prefix("containerd: "))
-            .filter(|d| !d.starts_with("cannot check what it loads"))
+            .filter(|d| !d.starts_with("cannot ask the running containerd"))
             .collect::<Vec<_>>()
             .join("; ");
     }
@@ -346,7 +351,7 @@ pub fn registration(profile: Profile, status: Result<&Status, String>) -> Vec<Ch
             Verdict::Warn,
             containerd,
             Some(
-                "run where `containerd config dump` works to check what containerd loaded"
+                "start containerd with its CRI plugin (or pass --socket) so that it can be asked what it serves"
                     .to_owned(),
             ),
         )
@@ -495,6 +500,66 @@ mod tests {
         }
     }
 
+    fn gpu(device: u16) -> Device {
+        Device {
+            function: PciFunction {
+                bdf: "0000:41:00.0".parse().expect("bdf"),
+                vendor: 0x10de,
+                device,
+                class: 0x030200,
+                driver: Some("vfio-pci".to_owned()),
+                iommu_group: Some(40),
+                numa_node: None,
+                bars: Ok(Vec::new()),
+                pcie: true,
+            },
+            cdev: Some("vfio0".to_owned()),
+            foreign: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn labels_of_an_h100_an_h200_and_a_host_without_snp() {
+        let snp = Platform {
+            iommu: true,
+            sev_snp: true,
+            tdx: false,
+            cpu_vendor: CpuVendor::Amd,
+            ..platform()
+        };
+        let h100 = labels(&snp, &[gpu(0x2331)]);
+        assert_eq!(
+            h100.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+            [
+                "feature.node.kubernetes.io/cpu-security.sev.snp.enabled=true",
+                "feature.node.kubernetes.io/kata-gpu.snp-hopper=true",
+                "nvidia.com/cc.capable=true",
+                "nvidia.com/gpu.workload.config=vm-passthrough",
+            ]
+        );
+        assert_eq!(
+            labels(&snp, &[gpu(0x2335)])["nvidia.com/cc.capable"],
+            "false"
+        );
+        let no_snp = Platform {
+            sev_snp: false,
+            tdx: false,
+            ..snp
+        };
+        assert_eq!(
+            labels(&no_snp, &[gpu(0x2331)]),
+            BTreeMap::from([
+                ("nvidia.com/cc.capable".to_owned(), "false".to_owned()),
+                (
+                    "nvidia.com/gpu.workload.config".to_owned(),
+                    "vm-passthrough".to_owned()
+                ),
+            ])
+        );
+    }
+
     fn status() -> Status {
         Status {
             handler: "kata-qemu-nvidia-gpu-snp".to_owned(),
@@ -503,6 +568,8 @@ mod tests {
             registered: true,
             loaded: Some(true),
             restart_pending: false,
+            shim: Some("containerd-shim-kata-qemu-nvidia-gpu-snp-v2 0.1.0".to_owned()),
+            kata_shim: true,
             details: vec![
                 "artifacts: current set v1".to_owned(),
                 "containerd: registered in place in /etc/containerd/config.toml".to_owned(),

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use cdi::registry::{Registry, RegistryConfig};
 use kata_gpu_plan::host::Host;
 use kata_gpu_plan::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
-use kata_gpu_plan::settings::{Settings, SYSTEM_SETTINGS};
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
-use crate::node_state::under;
+use crate::node_state::shown;
+use crate::shim_check;
 use crate::status_cmd::{self, StatusArgs};
 use crate::{Global, Outcome};
 
@@ -28,7 +28,8 @@ pub struct DoctorArgs {
     /// The runtime class's profile: snp, tdx or gpu.
     #[arg(long, default_value = "snp")]
     pub profile: Profile,
-    /// Print the node labels this host deserves instead of the checks.
+    /// Print the node labels this host deserves instead of the checks; only when every
+    /// check passes (exit 1 and no labels otherwise).
     #[arg(long)]
     pub labels: bool,
     /// containerd's config file (default: the one registered into, else /etc/containerd/config.toml).
@@ -37,9 +38,13 @@ pub struct DoctorArgs {
     /// Root of the artifact store.
     #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
     pub artifacts_root: PathBuf,
-    /// The containerd binary used to check what containerd loads (`containerd config dump`).
+    /// The containerd binary (its directory is where containerd also looks for shims).
     #[arg(long, value_name = "PATH", default_value = "containerd")]
     pub containerd: PathBuf,
+    /// containerd's socket, asked over CRI what it serves (default: [grpc] address of the
+    /// config, else /run/containerd/containerd.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// The NVIDIA GPUs and NVSwitches of the host, with their cdevs and what else of their
@@ -85,6 +90,28 @@ fn names<'a>(
 
 /// The host CDI spec against what the host should have.
 fn cdi_check(host: &Host, root: &Path) -> Check {
+    let ours =
+        |kind: &str| Path::new(crate::install_cmd::CDI_DIR).join(cdi::write::spec_file_name(kind));
+    if let Some((file, kind)) = crate::coexist::foreign_specs(root)
+        .into_iter()
+        .find(|(_, kind)| crate::node_state::under(root, &ours(kind)).exists())
+    {
+        // Not `kata-gpu cdi generate`: it refuses beside a foreign spec, so the fix would
+        // loop. (A foreign spec alone, adopted with install --skip-cdi, is checked below.)
+        let file = shown(root, &file);
+        return checks::fail(
+            "cdi",
+            format!(
+                "{file} (not kata-gpu's) and {} both define {kind}: their devices are usable by neither",
+                shown(root, &ours(&kind))
+            ),
+            &format!(
+                "remove one: {}, or kata-gpu's {}",
+                crate::coexist::foreign_spec_fix(&file),
+                shown(root, &ours(&kind))
+            ),
+        );
+    }
     let expected = match host_specs(host) {
         Ok(s) => s,
         Err(e) => {
@@ -118,100 +145,48 @@ fn cdi_check(host: &Host, root: &Path) -> Check {
     checks::cdi(&expected, &installed, &notes)
 }
 
-/// The profile's shim settings as read on the host under `root`, and where from.
-fn settings(profile: Profile, root: &Path) -> Result<(Settings, Option<PathBuf>), String> {
-    if root == Path::new("/") {
-        return Settings::load(profile).map_err(|e| e.to_string());
-    }
-    let candidates = [
-        kata_gpu_artifacts::layout::class_dir(
-            Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
-            profile.handler(),
-        )
-        .join("shim.toml"),
-        PathBuf::from(SYSTEM_SETTINGS),
-    ];
-    match candidates.into_iter().find(|p| under(root, p).exists()) {
-        None => Ok((Settings::default(), None)),
-        Some(p) => {
-            let text = std::fs::read_to_string(under(root, &p))
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            let s = Settings::parse(&text, &p).map_err(|e| e.to_string())?;
-            Ok((s, Some(p)))
-        }
-    }
-}
-
 /// The downstream Kata shim named by the profile's shim settings, under `root`.
 fn kata_shim(profile: Profile, root: &Path) -> Check {
-    let (settings, from) = match settings(profile, root) {
-        Ok(s) => s,
-        Err(e) => return checks::fail("kata shim", e, "fix the kata-gpu shim settings file"),
-    };
-    let from = from.map_or("the default".to_owned(), |p| {
-        format!("downstream in {}", p.display())
-    });
-    let path = &settings.downstream;
-    if under(root, path).is_file() {
-        checks::ok("kata shim", format!("{} present ({from})", path.display()))
-    } else {
-        checks::fail(
+    match shim_check::kata_shim(profile, root) {
+        Ok(Ok(found)) => checks::ok("kata shim", found),
+        Ok(Err(missing)) => checks::fail(
             "kata shim",
-            format!("{} missing ({from})", path.display()),
+            missing,
             "install Kata Containers (kata-deploy or the release tarball under /opt/kata)",
-        )
+        ),
+        Err(e) => checks::fail("kata shim", e, "fix the kata-gpu shim settings file"),
     }
 }
 
-/// Where containerd looks up shim binaries: PATH (the standard directories on a
-/// simulated host) and the directory of the containerd binary.
-fn shim_dirs(root: &Path, containerd: &Path) -> Vec<PathBuf> {
-    let standard = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    let path = if root == Path::new("/") {
-        std::env::var("PATH").unwrap_or_else(|_| standard.to_owned())
-    } else {
-        standard.to_owned()
-    };
-    let mut dirs: Vec<PathBuf> = path
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .collect();
-    let containerd_dir = if containerd.is_absolute() {
-        containerd.parent().map(Path::to_path_buf)
-    } else {
-        dirs.iter()
-            .find(|d| under(root, &d.join(containerd)).is_file())
-            .cloned()
-    };
-    if let Some(d) = containerd_dir {
-        if !dirs.contains(&d) {
-            dirs.push(d);
-        }
-    }
-    dirs
-}
-
-/// Our own shim binary, where containerd finds it.
+/// Our own shim binary, where containerd finds it, and whether it runs as this version.
 fn our_shim(profile: Profile, root: &Path, containerd: &Path) -> Check {
     let binary = profile.shim_binary();
-    let dirs = shim_dirs(root, containerd);
-    match dirs
-        .iter()
-        .map(|d| d.join(&binary))
-        .find(|p| under(root, p).is_file())
-    {
-        Some(p) => checks::ok("kata-gpu shim", format!("{} present", p.display())),
-        None => checks::fail(
-            "kata-gpu shim",
-            format!(
-                "{binary} not found in {} (PATH and next to containerd)",
-                dirs.iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(":")
+    match shim_check::our_shim(root, profile, containerd, None) {
+        Ok(found) => match &found.version {
+            Ok(v) if shim_check::same_version(v) => checks::ok(
+                "kata-gpu shim",
+                format!("{} present ({v})", shown(root, &found.path)),
             ),
-            &format!("install the kata-gpu shim as /usr/local/bin/{binary}"),
+            Ok(v) => Check::new(
+                "kata-gpu shim",
+                Verdict::Warn,
+                format!(
+                    "{} is {v}, kata-gpu is {}",
+                    shown(root, &found.path),
+                    env!("CARGO_PKG_VERSION")
+                ),
+                Some("install both from one build: make install".to_owned()),
+            ),
+            Err(e) => checks::fail(
+                "kata-gpu shim",
+                e.clone(),
+                &format!("reinstall the kata-gpu shim as /usr/local/bin/{binary}: make install"),
+            ),
+        },
+        Err(missing) => checks::fail(
+            "kata-gpu shim",
+            missing,
+            &format!("install the kata-gpu shim as /usr/local/bin/{binary}: make install"),
         ),
     }
 }
@@ -237,6 +212,7 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
         containerd_config: args.containerd_config.clone(),
         artifacts_root: args.artifacts_root.clone(),
         containerd: args.containerd.clone(),
+        socket: args.socket.clone(),
     };
     let status = status_cmd::gather(&status_args, root).map_err(|e| format!("{e:#}"));
     out.extend(checks::registration(
@@ -247,6 +223,45 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     out.push(kata_shim(args.profile, root));
     out.push(cdi_check(&host, root));
     out.extend(plugin::checks(root));
+    if root != Path::new("/") {
+        for c in &mut out {
+            c.fix = c.fix.take().map(|f| on_root(&f, root));
+        }
+    }
+    out
+}
+
+/// A fix as it must be run for the host under `root`: every `kata-gpu` command in it gets
+/// `--host-root`, so that pasting it never acts on the real host.
+fn on_root(fix: &str, root: &Path) -> String {
+    const COMMANDS: [&str; 10] = [
+        "cdi",
+        "plan",
+        "containerd",
+        "runtimeclass",
+        "install",
+        "uninstall",
+        "status",
+        "artifacts",
+        "doctor",
+        "vfio",
+    ];
+    let mut out = String::new();
+    let mut rest = fix;
+    while let Some(at) = rest.find("kata-gpu ") {
+        let (before, from) = rest.split_at(at);
+        let after = &from["kata-gpu ".len()..];
+        out.push_str(before);
+        out.push_str("kata-gpu ");
+        if COMMANDS
+            .iter()
+            .any(|c| after.split_whitespace().next() == Some(c))
+        {
+            out.push_str(&format!("--host-root {} ", root.display()));
+        }
+        rest = after;
+    }
+    out.push_str(rest);
     out
 }
 
@@ -261,23 +276,54 @@ struct Report<'a> {
     checks: &'a [Check],
 }
 
+/// Prints the labels the host deserves, only when every check of the profile passes
+/// (labels follow the checks: a node labelled ready gets the class's pods). The label the
+/// RuntimeClass selects by default (`nvidia.com/cc.ready.state=true` for snp and tdx) is
+/// among them.
+fn print_labels(
+    args: &DoctorArgs,
+    root: &Path,
+    all: &[Check],
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let failed: Vec<&str> = all
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "no labels: {} of {}'s checks fail ({}); kata-gpu doctor --profile {} says why and how to fix them",
+            failed.len(),
+            args.profile.handler(),
+            failed.join(", "),
+            args.profile.name()
+        );
+    }
+    let host = Host::new(root);
+    let devs = devices(&host).map_err(anyhow::Error::msg)?;
+    let mut labels = checks::labels(&host.platform(), &devs);
+    if args.profile != Profile::Gpu {
+        let (k, v) = kata_gpu_manifests::CC_READY_LABEL;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&labels)?);
+    } else {
+        for (k, v) in &labels {
+            println!("{k}={v}");
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
 /// Runs `kata-gpu doctor`.
 pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
-    if args.labels {
-        let host = Host::new(root);
-        let devs = devices(&host).map_err(anyhow::Error::msg)?;
-        let labels = checks::labels(&host.platform(), &devs);
-        if global.json {
-            println!("{}", serde_json::to_string_pretty(&labels)?);
-        } else {
-            for (k, v) in &labels {
-                println!("{k}={v}");
-            }
-        }
-        return Ok(Outcome::Clean);
-    }
     let all = run_checks(&args, root);
+    if args.labels {
+        return print_labels(&args, root, &all, global.json);
+    }
     let count = |v: Verdict| all.iter().filter(|c| c.verdict == v).count();
     let (failures, warnings) = (count(Verdict::Fail), count(Verdict::Warn));
     if global.json {
@@ -304,4 +350,23 @@ pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Findings
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_root;
+    use std::path::Path;
+
+    #[test]
+    fn fixes_under_a_root_name_the_root_and_only_in_kata_gpu_commands() {
+        let root = Path::new("/sim");
+        assert_eq!(
+            on_root("kata-gpu artifacts verify, then reinstall: kata-gpu install --profile snp", root),
+            "kata-gpu --host-root /sim artifacts verify, then reinstall: kata-gpu --host-root /sim install --profile snp"
+        );
+        assert_eq!(
+            on_root("install the kata-gpu shim as X", root),
+            "install the kata-gpu shim as X"
+        );
+    }
 }

@@ -1,7 +1,7 @@
-//! `kata-gpu install | uninstall`: the node set-up steps in order, each idempotent —
-//! artifacts ▸ host CDI spec ▸ containerd registration (▸ restart) ▸ RuntimeClass
-//! manifests — and their reverse in the safe order: containerd config, restart, then the
-//! rest. `--dry-run` prints the diff of every file a step would change.
+//! `kata-gpu install`: the node set-up steps in order, each idempotent — artifacts ▸ host
+//! CDI spec ▸ boot unit ▸ containerd registration (▸ restart) ▸ shim check ▸ RuntimeClass
+//! manifests (their reverse is `uninstall_cmd`). `--dry-run` prints the diff of every file
+//! a step would change.
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +12,9 @@ use kata_gpu_manifests::Manifests;
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
+use crate::boot_unit;
 use crate::containerd_cmd::{self, handler_spec, ContainerdArgs};
-use crate::node_state::{host_path, inside, under, NodeLock, NodeState};
+use crate::node_state::{host_path, inside, shown, under, NodeLock, NodeState};
 use crate::registration::Request;
 use crate::runtimeclass_cmd::ManifestArgs;
 use crate::{Global, Outcome};
@@ -23,7 +24,7 @@ pub const MANIFEST_DIR: &str = "/var/lib/kata-gpu/manifests";
 /// Where install writes the host CDI specs, as the host sees it.
 pub const CDI_DIR: &str = "/var/run/cdi";
 
-/// Arguments `install` and `uninstall` share.
+/// Where install registers (uninstall builds these from its own, fewer, flags).
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
     /// The runtime class's profile: snp, tdx or gpu.
@@ -32,13 +33,8 @@ pub struct NodeArgs {
     /// containerd's config file.
     #[arg(long, value_name = "F", default_value = crate::registration::DEFAULT_CONFIG)]
     pub containerd_config: PathBuf,
-    /// Leave the host CDI spec alone.
-    #[arg(long)]
-    pub skip_cdi: bool,
     #[command(flatten)]
     pub containerd: ContainerdArgs,
-    #[command(flatten)]
-    pub manifest: ManifestArgs,
 }
 
 /// Arguments of `install`.
@@ -46,20 +42,18 @@ pub struct NodeArgs {
 pub struct InstallArgs {
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Leave the host CDI spec alone.
+    #[arg(long)]
+    pub skip_cdi: bool,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
     /// Install the artifact set from SRC first: a directory, tarball or OCI layout.
     #[arg(long, value_name = "SRC")]
     pub artifacts: Option<PathBuf>,
-}
-
-/// Arguments of `uninstall`.
-#[derive(Debug, clap::Args)]
-pub struct UninstallArgs {
-    #[command(flatten)]
-    pub node: NodeArgs,
-    /// Remove the profile's artifact store as well, after the other steps; refused before
-    /// anything changes while a running sandbox uses it.
-    #[arg(long)]
-    pub purge: bool,
+    /// The kata-gpu the boot unit runs, as the host sees it (default: the one `make install`
+    /// installed, else this one on a real host, else /usr/local/bin/kata-gpu).
+    #[arg(long, value_name = "PATH")]
+    pub kata_gpu: Option<PathBuf>,
 }
 
 /// One step's result.
@@ -81,7 +75,7 @@ pub struct Step {
 }
 
 impl Step {
-    fn new(step: &'static str, result: impl Into<String>) -> Step {
+    pub(crate) fn new(step: &'static str, result: impl Into<String>) -> Step {
         Step {
             step,
             result: result.into(),
@@ -92,9 +86,9 @@ impl Step {
     }
 }
 
-fn store(args: &NodeArgs, root: &Path) -> anyhow::Result<Store> {
+pub(crate) fn store(args: &NodeArgs, root: &Path) -> anyhow::Result<Store> {
     let config = StoreConfig {
-        root: args.containerd.artifacts_root.clone(),
+        root: args.containerd.common.artifacts_root.clone(),
         ..StoreConfig::under_root(root)
     };
     Ok(Store::new(config, args.profile.handler())?)
@@ -104,39 +98,39 @@ fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
     let node = &args.node;
     let Some(src) = &args.artifacts else {
         let config = kata_gpu_artifacts::layout::current_config_path(
-            &node.containerd.artifacts_root,
+            &node.containerd.common.artifacts_root,
             node.profile.handler(),
         );
         let mut step = Step::new("artifacts", "skipped (no --artifacts)");
         if !under(root, &config).exists() {
             step.warnings.push(format!(
                 "{} does not exist: the handler's ConfigPath needs an artifact set (--artifacts SRC)",
-                config.display()
+                shown(root, &config)
             ));
         }
         return Ok(step);
     };
     let store = store(node, root)?;
-    if node.containerd.dry_run {
+    if node.containerd.common.dry_run {
         return Ok(Step::new(
             "artifacts",
             format!(
                 "would install {} into {}",
                 src.display(),
-                store.class_dir().display()
+                store.class_dir_on_disk().display()
             ),
         ));
     }
     let report = kata_gpu_artifacts::install(&store, src, &InstallOptions::default())?;
     Ok(Step::new(
         "artifacts",
+        // Only the outcome's name is lowered: the path keeps its case.
         format!(
-            "{:?} {} ({})",
-            report.outcome,
+            "{} {} ({})",
+            format!("{:?}", report.outcome).to_lowercase(),
             report.version,
-            report.dir.display()
-        )
-        .to_lowercase(),
+            shown(root, &report.dir)
+        ),
     ))
 }
 
@@ -158,14 +152,15 @@ fn put(path: &Path, text: &str, dry_run: bool, step: &mut Step) -> anyhow::Resul
 /// Saves the record before the file it names is written (not in a dry run), so that no
 /// file of ours is ever left on the node without the record uninstall removes it by.
 fn record_intent(state: &NodeState, args: &NodeArgs, root: &Path) -> anyhow::Result<()> {
-    if args.containerd.dry_run {
+    if args.containerd.common.dry_run {
         return Ok(());
     }
     state.save(root, args.profile.handler())
 }
 
-fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
-    if args.skip_cdi {
+fn cdi_step(install: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
+    let args = &install.node;
+    if install.skip_cdi {
         return Ok(Step::new("cdi", "skipped (--skip-cdi)"));
     }
     let host = kata_gpu_plan::Host::new(root);
@@ -185,23 +180,103 @@ fn cdi_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Resu
         if put(
             &inside(root, &host_file)?,
             &yaml,
-            args.containerd.dry_run,
+            args.containerd.common.dry_run,
             &mut step,
         )? {
-            written.push(host_file.display().to_string());
+            written.push(shown(root, &host_file));
         }
     }
     step.result = match (found.specs.is_empty(), written.is_empty()) {
         (true, _) => "no NVIDIA GPU or NVSwitch is bound to vfio-pci; no spec written".into(),
         (false, true) => "host specs up to date".into(),
-        (false, false) if args.containerd.dry_run => format!("would write {}", written.join(", ")),
+        (false, false) if args.containerd.common.dry_run => {
+            format!("would write {}", written.join(", "))
+        }
         (false, false) => format!("wrote {}", written.join(", ")),
     };
     Ok(step)
 }
 
-fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
-    let m = Manifests::new(args.profile, &args.manifest.options()?);
+/// The kata-gpu a boot unit runs: `--kata-gpu`, else the one `make install` installed,
+/// else this one on a real host, else where `make install` puts it.
+fn boot_kata_gpu(args: &InstallArgs, root: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.kata_gpu {
+        return Ok(host_path(root, p));
+    }
+    if let Some(r) = crate::binaries_cmd::Record::load(root)? {
+        return Ok(r.prefix.join("bin/kata-gpu"));
+    }
+    match std::env::current_exe() {
+        Ok(exe) if root == Path::new("/") => Ok(exe),
+        _ => Ok(Path::new(crate::binaries_cmd::DEFAULT_PREFIX).join("bin/kata-gpu")),
+    }
+}
+
+/// Writes and enables the unit that binds the GPUs and writes the host CDI spec again at
+/// boot, before containerd.
+fn boot_step(args: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow::Result<Step> {
+    let node = &args.node;
+    let handler = node.profile.handler();
+    let kata_gpu = boot_kata_gpu(args, root)?;
+    let bdfs = boot_unit::bound_now(&kata_gpu_plan::Host::new(root))
+        .context("cannot read the host's PCI devices")?;
+    let unit = boot_unit::unit_path(handler);
+    let link = boot_unit::wants_link(handler);
+    let mut step = Step::new("boot", "");
+    if state.boot_unit.as_ref() != Some(&unit) {
+        state.boot_unit = Some(unit.clone());
+        record_intent(state, node, root)?;
+    }
+    let text = boot_unit::unit_text(handler, &kata_gpu, &bdfs, &node.containerd.common.unit);
+    let changed = put(
+        &inside(root, &unit)?,
+        &text,
+        node.containerd.common.dry_run,
+        &mut step,
+    )?;
+    let link_real = inside(root, &link)?;
+    let target = Path::new("..").join(unit.file_name().unwrap_or_default());
+    let linked = std::fs::read_link(&link_real).is_ok_and(|t| t == target);
+    if !linked && !node.containerd.common.dry_run {
+        kata_gpu_fsutil::create_dirs(link_real.parent().unwrap_or(root), 0o755)?;
+        kata_gpu_fsutil::symlink_atomic(&target, &link_real)
+            .with_context(|| format!("cannot enable {}", link_real.display()))?;
+    }
+    step.result = format!(
+        "{} {} (enabled in {}): at boot, before {}.service, `vfio bind{}` and `cdi generate`",
+        match (changed || !linked, node.containerd.common.dry_run) {
+            (false, _) => "up to date",
+            (true, true) => "would write",
+            (true, false) => "wrote",
+        },
+        shown(root, &unit),
+        boot_unit::WANTED_BY,
+        node.containerd.common.unit,
+        bdfs.iter().map(|b| format!(" {b}")).collect::<String>()
+    );
+    if bdfs.is_empty() {
+        step.warnings.push(
+            "no NVIDIA GPU or NVSwitch is on vfio-pci now: at boot the unit binds every one; \
+             bind the ones you want (kata-gpu vfio bind BDF) and run install again to name them"
+                .to_owned(),
+        );
+    }
+    if !under(root, &kata_gpu).is_file() {
+        step.warnings.push(format!(
+            "{} does not exist: the unit runs it at boot (make install, or --kata-gpu PATH)",
+            shown(root, &kata_gpu)
+        ));
+    }
+    Ok(step)
+}
+
+fn manifests_step(
+    install: &InstallArgs,
+    root: &Path,
+    state: &mut NodeState,
+) -> anyhow::Result<Step> {
+    let args = &install.node;
+    let m = Manifests::new(args.profile, &install.manifest.options()?);
     let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
     let mut step = Step::new("runtimeclass", "");
     if state.manifests.as_ref() != Some(&host_file) {
@@ -211,55 +286,60 @@ fn manifests_step(args: &NodeArgs, root: &Path, state: &mut NodeState) -> anyhow
     let changed = put(
         &inside(root, &host_file)?,
         &m.to_yaml()?,
-        args.containerd.dry_run,
+        args.containerd.common.dry_run,
         &mut step,
     )?;
     step.result = format!(
         "{} {}: apply with kubectl apply -f {}",
-        match (changed, args.containerd.dry_run) {
+        match (changed, args.containerd.common.dry_run) {
             (false, _) => "up to date",
             (true, true) => "would write",
             (true, false) => "wrote",
         },
-        host_file.display(),
-        host_file.display()
+        shown(root, &host_file),
+        shown(root, &host_file)
     );
     Ok(step)
 }
 
-fn node_lock(args: &NodeArgs, root: &Path) -> anyhow::Result<NodeLock> {
+pub(crate) fn node_lock(args: &NodeArgs, root: &Path) -> anyhow::Result<NodeLock> {
     NodeLock::take(
         root,
-        std::time::Duration::from_secs(args.containerd.lock_timeout),
-        args.containerd.dry_run,
+        std::time::Duration::from_secs(args.containerd.common.lock_timeout),
+        args.containerd.common.dry_run,
     )
 }
 
-fn request(args: &NodeArgs, root: &Path) -> Request {
+pub(crate) fn request(args: &NodeArgs, root: &Path) -> Request {
     Request::new(
         root,
         Some(&args.containerd_config),
         args.containerd.drop_in.as_deref(),
         handler_spec(args.profile, &args.containerd),
         args.containerd.config_version,
-        Some(&args.containerd.unit),
+        Some(&args.containerd.common.unit),
     )
 }
 
-fn containerd_steps(
+pub(crate) fn containerd_steps(
     planned: containerd_cmd::Planned,
     args: &NodeArgs,
     root: &Path,
     lock: &NodeLock,
 ) -> anyhow::Result<Vec<Step>> {
-    let report =
-        containerd_cmd::apply_one(planned, &request(args, root), &args.containerd, root, lock)?;
+    let report = containerd_cmd::apply_one(
+        planned,
+        &request(args, root),
+        &args.containerd.common,
+        root,
+        lock,
+    )?;
     let mut step = Step::new(
         "containerd",
-        match (report.changed, args.containerd.dry_run) {
-            (false, _) => format!("nothing to change in {}", report.config.display()),
-            (true, true) => format!("would {} in {}", report.action, report.config.display()),
-            (true, false) => format!("{}ed in {}", report.action, report.config.display()),
+        match (report.changed, args.containerd.common.dry_run) {
+            (false, _) => format!("nothing to change in {}", shown(root, &report.config)),
+            (true, true) => format!("would {} in {}", report.action, shown(root, &report.config)),
+            (true, false) => format!("{}ed in {}", report.action, shown(root, &report.config)),
         },
     );
     step.diffs = report.diffs;
@@ -277,119 +357,68 @@ fn containerd_steps(
     Ok(vec![step, restart])
 }
 
+/// The shim containerd will run for the handler, and Kata's behind it: warnings, not
+/// refusals (the binaries may come after the registration), which `status` keeps showing.
+fn shim_step(args: &NodeArgs, root: &Path) -> Step {
+    let runtime_path = args.containerd.runtime_path.as_deref();
+    let containerd = Path::new("containerd");
+    let mut step = Step::new("shim", "");
+    match crate::shim_check::our_shim(root, args.profile, containerd, runtime_path) {
+        Ok(found) => {
+            step.result = format!("containerd will run {}", shown(root, &found.path));
+            match found.version {
+                Ok(v) if crate::shim_check::same_version(&v) => step.notes.push(v),
+                Ok(v) => step.warnings.push(format!(
+                    "{v}: not kata-gpu's version {}; install both from one build (make install)",
+                    env!("CARGO_PKG_VERSION")
+                )),
+                Err(e) => step.warnings.push(e),
+            }
+        }
+        Err(missing) => {
+            step.result = "NOT FOUND: pods of this class will not start".to_owned();
+            step.warnings.push(format!(
+                "{missing}: make install (or kata-gpu binaries install)"
+            ));
+        }
+    }
+    match crate::shim_check::kata_shim(args.profile, root) {
+        Ok(Ok(_)) => {}
+        Ok(Err(missing)) => step.warnings.push(format!(
+            "Kata's shim {missing}: install Kata Containers (kata-deploy or its release tarball)"
+        )),
+        Err(e) => step.warnings.push(e),
+    }
+    step
+}
+
 /// Runs `kata-gpu install`.
 pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
     let node = &args.node;
     let handler = node.profile.handler();
     // One lock for the whole run: the record is read, changed and saved under it.
+    containerd_cmd::check_restart(&node.containerd.common, root)?;
     let lock = node_lock(node, root)?;
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
     let containerd = containerd_cmd::plan_one(true, &request(node, root), root)?;
+    if !args.skip_cdi {
+        crate::coexist::refuse_foreign_specs(root)?;
+    }
     let mut steps = vec![artifacts_step(&args, root)?];
     let mut state = NodeState::load(root, handler)?;
-    steps.push(cdi_step(node, root, &mut state)?);
+    steps.push(cdi_step(&args, root, &mut state)?);
+    steps.push(boot_step(&args, root, &mut state)?);
     steps.extend(containerd_steps(containerd, node, root, &lock)?);
+    steps.push(shim_step(node, root));
     let mut state = NodeState::load(root, handler)?;
-    steps.push(manifests_step(node, root, &mut state)?);
+    steps.push(manifests_step(&args, root, &mut state)?);
     print(&steps, global.json)
 }
 
-/// Runs `kata-gpu uninstall`: containerd config, restart, then the host CDI spec and the
-/// manifests it wrote. The artifact store is kept (say so) unless `--purge`: then it is
-/// removed last, and a store a running sandbox uses is refused before anything changes.
-pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome> {
-    let root = &global.host_root;
-    let node = &args.node;
-    let handler = node.profile.handler();
-    let dry_run = node.containerd.dry_run;
-    let lock = node_lock(node, root)?;
-    let purge = if args.purge {
-        let store = store(node, root)?;
-        // The same checks as the removal at the end, removing nothing: a refusal comes first.
-        kata_gpu_artifacts::remove_class(&store, true)?;
-        Some(store)
-    } else {
-        None
-    };
-    let mut steps = containerd_steps(
-        containerd_cmd::plan_one(false, &request(node, root), root)?,
-        node,
-        root,
-        &lock,
-    )?;
-    let mut state = NodeState::load(root, handler)?;
-    let mut cdi = Step::new("cdi", "");
-    let mut removed = Vec::new();
-    for spec in std::mem::take(&mut state.cdi_specs) {
-        let real = inside(root, &host_path(root, &spec))?;
-        if let Some(before) = fsio::read_config(&real)? {
-            if dry_run {
-                cdi.diffs.push(diff::unified(&real, Some(&before), None));
-                state.cdi_specs.push(spec.clone());
-            } else {
-                fsio::remove_file(&real)?;
-            }
-            removed.push(spec.display().to_string());
-        }
-    }
-    cdi.result = if removed.is_empty() {
-        "nothing to remove".to_owned()
-    } else {
-        format!(
-            "{} {}",
-            if dry_run { "would remove" } else { "removed" },
-            removed.join(", ")
-        )
-    };
-    steps.push(cdi);
-    let mut manifests = Step::new("runtimeclass", "nothing to remove");
-    if let Some(m) = state.manifests.take() {
-        let real = inside(root, &m)?;
-        if let Some(before) = fsio::read_config(&real)? {
-            if dry_run {
-                manifests
-                    .diffs
-                    .push(diff::unified(&real, Some(&before), None));
-            } else {
-                fsio::remove_file(&real)?;
-            }
-            if !dry_run {
-                let _ = std::fs::remove_dir(inside(root, Path::new(MANIFEST_DIR))?);
-            }
-            manifests.result = format!(
-                "{} {} (delete the objects with kubectl delete -f before)",
-                if dry_run { "would remove" } else { "removed" },
-                m.display()
-            );
-        }
-    }
-    steps.push(manifests);
-    if !dry_run {
-        state.save(root, handler)?;
-    }
-    steps.push(match &purge {
-        Some(store) => Step::new(
-            "artifacts",
-            crate::artifacts_cmd::removal(
-                &kata_gpu_artifacts::remove_class(store, dry_run)?,
-                dry_run,
-            ),
-        ),
-        None => Step::new(
-            "artifacts",
-            format!(
-                "kept in {}: uninstall --purge removes it (kata-gpu artifacts prune removes old sets)",
-                kata_gpu_artifacts::layout::class_dir(&node.containerd.artifacts_root, handler)
-                    .display()
-            ),
-        ),
-    });
-    print(&steps, global.json)
-}
-
-fn print(steps: &[Step], json: bool) -> anyhow::Result<Outcome> {
+/// Prints the steps, as text or JSON.
+pub(crate) fn print(steps: &[Step], json: bool) -> anyhow::Result<Outcome> {
     if json {
         println!("{}", serde_json::to_string_pretty(steps)?);
     } else {

@@ -5,7 +5,10 @@
 //! success, 1 on a finding or refusal, 2 on bad usage.
 
 mod artifacts_cmd;
+mod binaries_cmd;
+mod boot_unit;
 mod cdi_cmd;
+mod coexist;
 mod containerd_cmd;
 mod device_plugin_cmd;
 mod doctor_cmd;
@@ -14,8 +17,11 @@ mod node_state;
 mod plan_alloc;
 mod plan_cmd;
 mod registration;
+mod report_cmd;
 mod runtimeclass_cmd;
+mod shim_check;
 mod status_cmd;
+mod uninstall_cmd;
 mod unregistration;
 mod vfio_cmd;
 
@@ -63,7 +69,7 @@ enum Command {
     /// Set the node up: artifacts, host CDI spec, containerd registration, restart, manifests.
     Install(install_cmd::InstallArgs),
     /// Undo install in the safe order: containerd config, restart, then the rest.
-    Uninstall(install_cmd::UninstallArgs),
+    Uninstall(uninstall_cmd::UninstallArgs),
     /// What is installed, verified, registered and loaded, and whether containerd must restart.
     Status(status_cmd::StatusArgs),
     /// The artifact store: install, list, verify, roll back and prune kernel/image/firmware sets.
@@ -71,6 +77,11 @@ enum Command {
     Artifacts(artifacts_cmd::ArtifactsCommand),
     /// Check that this host can run the profile's pods; --labels: the node labels it deserves.
     Doctor(doctor_cmd::DoctorArgs),
+    /// Collect the files to attach to a bug report into a new directory.
+    Report(report_cmd::ReportArgs),
+    /// Install kata-gpu and the shim (under every profile's name) into PREFIX/bin, or remove them.
+    #[command(subcommand)]
+    Binaries(binaries_cmd::BinariesCommand),
     /// Bind NVIDIA GPUs and NVSwitches (with their IOMMU groups) to vfio-pci, or hand them back.
     #[command(subcommand)]
     Vfio(vfio_cmd::VfioCommand),
@@ -107,12 +118,14 @@ fn main() -> ExitCode {
         Command::Containerd(cmd) => containerd_cmd::run(cmd, &cli.global),
         Command::Runtimeclass(args) => runtimeclass_cmd::run(args, &cli.global),
         Command::Install(args) => install_cmd::install(args, &cli.global),
-        Command::Uninstall(args) => install_cmd::uninstall(args, &cli.global),
+        Command::Uninstall(args) => uninstall_cmd::uninstall(args, &cli.global),
         Command::Status(args) => status_cmd::run(args, &cli.global),
         Command::Artifacts(cmd) => artifacts_cmd::run(cmd, &cli.global),
         Command::Doctor(args) => doctor_cmd::run(args, &cli.global),
         Command::Vfio(cmd) => vfio_cmd::run(cmd, &cli.global),
         Command::DevicePlugin(args) => device_plugin_cmd::run(args, &cli.global),
+        Command::Binaries(cmd) => binaries_cmd::run(cmd, &cli.global),
+        Command::Report(args) => report_cmd::run(args, &cli.global),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

@@ -20,6 +20,12 @@ pub fn under(root: &Path, host: &Path) -> PathBuf {
     root.join(host.strip_prefix("/").unwrap_or(host))
 }
 
+/// `host` (as the host sees it) as it is named under `root`, for what kata-gpu prints: under
+/// `--host-root` every path it names is the one inside the root, never the real host's.
+pub fn shown(root: &Path, host: &Path) -> String {
+    under(root, host).display().to_string()
+}
+
 /// `host` under `root` with every symlink on the way resolved inside `root`
 /// ([`kata_gpu_fsutil::resolve_in_root`]), so that a linked directory never leads a read or
 /// a write out of `--host-root`. Every file kata-gpu writes on a node goes through this.
@@ -127,6 +133,9 @@ pub struct NodeState {
     pub cdi_specs: Vec<PathBuf>,
     /// The manifests file written by `install`.
     pub manifests: Option<PathBuf>,
+    /// The boot unit written (and enabled) by `install`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_unit: Option<PathBuf>,
     /// The restart an unregister left pending (the registration record is gone by then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unregistered: Option<PendingRestart>,
@@ -159,6 +168,7 @@ impl NodeState {
         self.containerd.is_none()
             && self.cdi_specs.is_empty()
             && self.manifests.is_none()
+            && self.boot_unit.is_none()
             && self.unregistered.is_none()
     }
 

@@ -154,8 +154,7 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
     let mut oci = match (&args.bundle, &args.pod) {
         (Some(dir), _) => {
             let path = dir.join("config.json");
-            OciSpec::load(&path)
-                .with_context(|| format!("cannot read the bundle's {}", path.display()))?
+            load_bundle(&path)?
         }
         (None, _) => {
             let mut oci = OciSpec::default();
@@ -237,5 +236,46 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         Outcome::Clean
     } else {
         Outcome::Findings
+    })
+}
+
+/// Keys an OCI runtime spec cannot leave out (when their parent is there), with what to
+/// add: a hand-written `config.json` lacks them where containerd's never does.
+const REQUIRED: [(&[&str], &str); 5] = [
+    (&["process", "user"], "\"user\": {\"uid\": 0, \"gid\": 0}"),
+    (&["process", "user", "uid"], "\"uid\": 0"),
+    (&["process", "user", "gid"], "\"gid\": 0"),
+    (&["process", "cwd"], "\"cwd\": \"/\""),
+    (&["root", "path"], "\"path\": \"rootfs\""),
+];
+
+/// The bundle's `config.json`; a missing required key is named with what to add.
+fn load_bundle(path: &std::path::Path) -> anyhow::Result<OciSpec> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the bundle's {shown}"))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        let said = e.to_string();
+        let what = said
+            .rsplit_once(" at line ")
+            .map_or(said.as_str(), |(w, _)| w);
+        anyhow::anyhow!("{shown}:{}:{}: not JSON: {what}", e.line(), e.column())
+    })?;
+    serde_json::from_value(value.clone()).map_err(|e| {
+        let missing = REQUIRED.iter().find(|(keys, _)| {
+            let (last, parents) = keys.split_last().unwrap_or((&"", &[]));
+            parents
+                .iter()
+                .try_fold(&value, |v, k| v.get(k))
+                .and_then(serde_json::Value::as_object)
+                .is_some_and(|parent| !parent.contains_key(*last))
+        });
+        match missing {
+            Some((keys, add)) => anyhow::anyhow!(
+                "{shown}: {} is missing: an OCI runtime spec needs it (containerd always writes it); add {add}",
+                keys.join(".")
+            ),
+            None => anyhow::anyhow!("{shown}: not an OCI runtime spec: {e}"),
+        }
     })
 }

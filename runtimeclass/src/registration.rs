@@ -113,9 +113,19 @@ pub(crate) fn read(path: &Path) -> anyhow::Result<Option<String>> {
     Ok(fsio::read_config(path)?)
 }
 
-/// The version containerd on PATH writes, for files that do not say.
-fn containerd_default_version() -> Option<ConfigVersion> {
-    daemon::containerd_version(Path::new("containerd"))
+/// The version the host's containerd writes, for files that do not say: `containerd` on
+/// PATH on a real host; under `--host-root`, the one on containerd's PATH inside the root
+/// (none there: unknown), never the real host's.
+fn containerd_default_version(root: &Path) -> Option<ConfigVersion> {
+    let binary = if root == Path::new("/") {
+        PathBuf::from("containerd")
+    } else {
+        crate::shim_check::containerd_path(root)
+            .split(':')
+            .map(|d| under(root, &Path::new(d).join("containerd")))
+            .find(|p| p.is_file())?
+    };
+    daemon::containerd_version(&binary)
         .ok()
         .and_then(|v| ConfigVersion::for_containerd(&v))
 }
@@ -123,14 +133,17 @@ fn containerd_default_version() -> Option<ConfigVersion> {
 /// Runs `f` with the version hint; when the file turns out not to say its version and none
 /// was given, asks `containerd --version` and runs it again.
 fn with_version<T>(
+    root: &Path,
     hint: Option<ConfigVersion>,
     f: impl Fn(Option<ConfigVersion>) -> Result<T, Error>,
 ) -> anyhow::Result<T> {
     match f(hint) {
-        Err(Error::VersionUnknown { .. }) if hint.is_none() => match containerd_default_version() {
-            Some(v) => Ok(f(Some(v))?),
-            None => Ok(f(None)?),
-        },
+        Err(Error::VersionUnknown { .. }) if hint.is_none() => {
+            match containerd_default_version(root) {
+                Some(v) => Ok(f(Some(v))?),
+                None => Ok(f(None)?),
+            }
+        }
         other => Ok(other?),
     }
 }
@@ -196,7 +209,7 @@ fn plan_in_place(
     hint: Option<ConfigVersion>,
 ) -> anyhow::Result<Plan> {
     let current = text.clone().unwrap_or_default();
-    let done = with_version(hint, |version| {
+    let done = with_version(&req.root, hint, |version| {
         register(&current, &req.spec, Target { file, version })
     })?;
     let record = match old.and_then(|o| o.registration.clone()) {
@@ -268,7 +281,7 @@ fn plan_drop_in(
     let template = main.lines().next().is_some_and(is_template_line);
     let version = match config_version(&main, file)?.or(hint) {
         Some(v) => v,
-        None => containerd_default_version().ok_or_else(|| Error::VersionUnknown {
+        None => containerd_default_version(&req.root).ok_or_else(|| Error::VersionUnknown {
             file: file.to_owned(),
             why: "the file does not say and `containerd --version` did not tell".to_owned(),
         })?,

@@ -6,13 +6,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use kata_gpu_artifacts::{Store, StoreConfig};
-use kata_gpu_containerd_config::{covers, daemon, find_handler, fsio, imports};
+use kata_gpu_containerd_config::{covers, find_handler, fsio, imports};
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
-use crate::node_state::{host_path, inside, under, ContainerdState, Mode, NodeState};
+use crate::containerd_cmd::restart_how;
+use crate::node_state::{host_path, inside, shown, under, ContainerdState, Mode, NodeState};
 use crate::registration::DEFAULT_CONFIG;
+use crate::shim_check;
 use crate::{Global, Outcome};
+use kata_gpu_containerd_config::cri as cri_probe;
 
 /// Arguments of `kata-gpu status`.
 #[derive(Debug, clap::Args)]
@@ -26,9 +29,13 @@ pub struct StatusArgs {
     /// Root of the artifact store.
     #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
     pub artifacts_root: PathBuf,
-    /// The containerd binary used to check what containerd loads (`containerd config dump`).
+    /// The containerd binary (its directory is where containerd also looks for shims).
     #[arg(long, value_name = "PATH", default_value = "containerd")]
     pub containerd: PathBuf,
+    /// containerd's socket, asked over CRI what it serves (default: [grpc] address of the
+    /// config, else /run/containerd/containerd.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// The status of one profile.
@@ -42,10 +49,14 @@ pub struct Status {
     pub verified: Option<bool>,
     /// The handler is in containerd's config with the keys it needs.
     pub registered: bool,
-    /// `containerd config dump` shows the handler (None: could not ask).
+    /// The running containerd serves the handler, by its CRI Status (None: could not ask).
     pub loaded: Option<bool>,
     /// containerd has not restarted since the config changed.
     pub restart_pending: bool,
+    /// Our shim where containerd will run it from, with what its `-v` says (None: not found).
+    pub shim: Option<String>,
+    /// Kata's shim, where our shim's settings name it, is present.
+    pub kata_shim: bool,
     /// Details, one line each.
     pub details: Vec<String>,
 }
@@ -58,6 +69,8 @@ impl Status {
             && self.registered
             && self.loaded != Some(false)
             && !self.restart_pending
+            && self.shim.is_some()
+            && self.kata_shim
     }
 }
 
@@ -127,7 +140,7 @@ fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> anyhow::Resul
             if ok && !listed && c.import.is_some() {
                 s.details.push(format!(
                     "containerd: {} no longer imports {entry}",
-                    c.config.display()
+                    shown(root, &c.config)
                 ));
             }
             Ok(ok && (listed || c.import.is_none()))
@@ -141,6 +154,18 @@ fn restart_owed(root: &Path, config: &Path, changed_at: u64) -> bool {
     containerd_started(root, config).is_none_or(|t| t < changed_at)
 }
 
+/// The `<root>/proc/<pid>` directories of the containerd processes running on the host.
+pub fn containerd_processes(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(under(root, Path::new("/proc"))) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|dir| fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "containerd"))
+        .collect()
+}
+
 /// When the containerd that reads `config` started (seconds since the epoch), from
 /// `<root>/proc`; `None` if none is found.
 pub fn containerd_started(root: &Path, config: &Path) -> Option<u64> {
@@ -149,37 +174,29 @@ pub fn containerd_started(root: &Path, config: &Path) -> Option<u64> {
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
-    fs::read_dir(&proc)
-        .ok()?
-        .filter_map(Result::ok)
-        .find_map(|e| {
-            let dir = e.path();
-            let comm = fs::read_to_string(dir.join("comm")).ok()?;
-            if comm.trim() != "containerd" {
-                return None;
-            }
-            let cmdline = fs::read(dir.join("cmdline")).ok()?;
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let named = args
-                .iter()
-                .position(|a| a == "--config" || a == "-c")
-                .and_then(|i| args.get(i + 1).cloned())
-                .or_else(|| {
-                    args.iter()
-                        .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
-                })
-                .unwrap_or_else(|| DEFAULT_CONFIG.to_owned());
-            if Path::new(&named) != config {
-                return None;
-            }
-            let stat = fs::read_to_string(dir.join("stat")).ok()?;
-            let after_comm = stat.rsplit_once(')')?.1;
-            let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
-            Some(btime + ticks / 100)
-        })
+    containerd_processes(root).into_iter().find_map(|dir| {
+        let cmdline = fs::read(dir.join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let named = args
+            .iter()
+            .position(|a| a == "--config" || a == "-c")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
+            })
+            .unwrap_or_else(|| DEFAULT_CONFIG.to_owned());
+        if Path::new(&named) != config {
+            return None;
+        }
+        let stat = fs::read_to_string(dir.join("stat")).ok()?;
+        let after_comm = stat.rsplit_once(')')?.1;
+        let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
+        Some(btime + ticks / 100)
+    })
 }
 
 /// Gathers the status of `args.profile` on the host under `root`.
@@ -193,6 +210,8 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         registered: false,
         loaded: None,
         restart_pending: false,
+        shim: None,
+        kata_shim: false,
         details: Vec::new(),
     };
     artifacts(args, root, &mut s);
@@ -206,6 +225,13 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         (None, None, Some(p)) => p.config.clone(),
         (None, None, None) => PathBuf::from(DEFAULT_CONFIG),
     };
+    // What the running containerd serves, asked over its CRI socket (not the file).
+    let socket = crate::registration::socket(root, &config, args.socket.as_deref());
+    let running = cri_probe::loaded_handlers(&socket, cri_probe::TIMEOUT);
+    let loaded = running
+        .as_ref()
+        .ok()
+        .map(|hs| hs.iter().any(|h| h == handler));
     match &state.containerd {
         Some(c) => {
             s.registered = registered(root, c, &mut s)?;
@@ -220,17 +246,21 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
                     Mode::InPlace => "in place".to_owned(),
                     Mode::DropIn => format!(
                         "as drop-in {}",
-                        c.drop_in.as_deref().unwrap_or(Path::new("?")).display()
+                        shown(root, c.drop_in.as_deref().unwrap_or(Path::new("?")))
                     ),
                 },
-                c.config.display()
+                shown(root, &c.config)
             ));
-            if c.restart_pending {
-                s.restart_pending = restart_owed(root, &c.config, c.changed_at);
+            // The running containerd's answer beats the record: it serves the handler or not.
+            s.restart_pending = match loaded {
+                Some(l) => s.registered && !l,
+                None => c.restart_pending && restart_owed(root, &c.config, c.changed_at),
+            };
+            {
                 if s.restart_pending {
                     s.details.push(format!(
                         "containerd: must restart to load the change: {}",
-                        daemon::restart_command_line(&c.unit)
+                        restart_how(root, &c.unit, None, &c.config).line
                     ));
                 }
             }
@@ -248,37 +278,75 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
                 } else {
                     "not registered"
                 },
-                config.display()
+                shown(root, &config)
             ));
+            s.restart_pending = match (loaded, &state.unregistered) {
+                (Some(l), _) => l && !s.registered,
+                (None, Some(p)) => restart_owed(root, &p.config, p.changed_at),
+                (None, None) => false,
+            };
             if let Some(p) = &state.unregistered {
-                s.restart_pending = restart_owed(root, &p.config, p.changed_at);
                 if s.restart_pending {
                     s.details.push(format!(
                         "containerd: must restart to unload {handler} (unregistered since it started): {}",
-                        daemon::restart_command_line(&p.unit)
+                        restart_how(root, &p.unit, None, &p.config).line
                     ));
                 }
             }
         }
     }
-    match daemon::loaded_handler(&args.containerd, &inside(root, &config)?, handler) {
-        Ok(found) => {
-            // The dump reads the file; the running containerd has it only after a restart.
-            s.loaded = Some(found.is_some() && !s.restart_pending);
-            s.details.push(format!(
-                "containerd: config dump {} {handler}",
-                if found.is_some() {
-                    "shows"
-                } else {
-                    "does NOT show"
-                }
-            ));
-        }
-        Err(e) => s
-            .details
-            .push(format!("containerd: cannot check what it loads: {e}")),
-    }
+    s.loaded = loaded;
+    s.details.push(match (&running, loaded) {
+        (Ok(_), Some(true)) => format!(
+            "containerd: the running containerd ({}) serves {handler}",
+            socket.display()
+        ),
+        (Ok(hs), _) => format!(
+            "containerd: the running containerd ({}) does NOT serve {handler} (it serves {})",
+            socket.display(),
+            hs.join(", ")
+        ),
+        (Err(e), _) => format!("containerd: {e}"),
+    });
+    shims(args, root, &state, &mut s);
     Ok(s)
+}
+
+/// Our shim as containerd will run it, and Kata's as our shim will.
+fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
+    let runtime_path = state
+        .containerd
+        .as_ref()
+        .and_then(|c| c.spec.runtime_path.as_deref());
+    match shim_check::our_shim(root, args.profile, &args.containerd, runtime_path) {
+        Ok(found) => match found.version {
+            Ok(v) => {
+                s.details.push(format!(
+                    "shim: containerd runs {} ({v})",
+                    shown(root, &found.path)
+                ));
+                if !shim_check::same_version(&v) {
+                    s.details.push(format!(
+                        "shim: it is not kata-gpu's version {}: install both from one build (make install)",
+                        env!("CARGO_PKG_VERSION")
+                    ));
+                }
+                s.shim = Some(v);
+            }
+            Err(e) => s.details.push(format!("shim: {e}")),
+        },
+        Err(missing) => s.details.push(format!(
+            "shim: {missing}: make install (or kata-gpu binaries install)"
+        )),
+    }
+    match shim_check::kata_shim(args.profile, root) {
+        Ok(Ok(found)) => {
+            s.kata_shim = true;
+            s.details.push(format!("kata shim: {found}"));
+        }
+        Ok(Err(missing)) => s.details.push(format!("kata shim: {missing}")),
+        Err(e) => s.details.push(format!("kata shim: {e}")),
+    }
 }
 
 /// Runs `kata-gpu status`.
@@ -296,6 +364,8 @@ pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
         println!("  registered:      {}", yes(s.registered));
         println!("  loaded:          {}", maybe(s.loaded));
         println!("  restart pending: {}", yes(s.restart_pending));
+        println!("  shim:            {}", yes(s.shim.is_some()));
+        println!("  kata shim:       {}", yes(s.kata_shim));
         for d in &s.details {
             println!("  {d}");
         }

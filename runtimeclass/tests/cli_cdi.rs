@@ -74,13 +74,59 @@ fn missing_paths_and_bad_usage_have_their_exit_codes() {
         );
     }
 
-    let empty = tempfile::tempdir().expect("tempdir");
-    let out = kata_gpu(&["cdi", "validate", &empty.path().display().to_string()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no .json or .yaml spec files"));
-
     assert_eq!(kata_gpu(&["cdi", "validate"]).status.code(), Some(2));
     assert_eq!(kata_gpu(&["cdi", "frobnicate"]).status.code(), Some(2));
+}
+
+/// Issue 19 item 10: an empty spec directory (what install leaves on a host with no GPU
+/// bound yet) stopped the run before the next path was checked, and a world-writable spec
+/// was called ok although every reader running as root skips it.
+#[test]
+fn validate_goes_on_past_an_empty_directory_and_fails_a_spec_readers_skip() {
+    use std::os::unix::fs::PermissionsExt;
+    let empty = tempfile::tempdir().expect("tempdir");
+    let specs = tempfile::tempdir().expect("tempdir");
+    let good = specs.path().join("a.yaml");
+    fs::copy(corpus("valid/v0.5.0-pgpu-iommufd.yaml"), &good).expect("copy");
+    let open = specs.path().join("b.yaml");
+    fs::copy(corpus("valid/v0.5.0-pgpu-iommufd.yaml"), &open).expect("copy");
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (e, d) = (
+        empty.path().display().to_string(),
+        specs.path().display().to_string(),
+    );
+
+    let out = kata_gpu(&["cdi", "validate", &e, &d]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "empty   {e}: no .json or .yaml spec files in this directory\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ok      {}: ", good.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "invalid {}: skipped: owned by uid {} with mode 666; spec files must be owned by root and not world-writable (chown root: and chmod o-w)",
+            open.display(),
+            nix::unistd::geteuid()
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with("2 file(s): 1 valid, 1 invalid\n"), "{text}");
+
+    // An empty directory alone is nothing wrong.
+    let out = kata_gpu(&["cdi", "validate", "--json", &e]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let verdicts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        verdicts[0]["note"],
+        "no .json or .yaml spec files in this directory"
+    );
 }
 
 fn sim_host() -> (tempfile::TempDir, PathBuf) {

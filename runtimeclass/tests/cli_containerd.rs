@@ -1,7 +1,7 @@
 //! `kata-gpu containerd register|unregister` as an admin runs them, on configs under a
 //! temp host root: exact bytes back, no write on a second run, backups, modes, drop-ins,
-//! k3s templates, refusals that touch nothing, the lock, and `--restart` through a fake
-//! systemctl with the wait on a real containerd's socket.
+//! k3s templates, refusals that touch nothing, the lock, and `--restart` through the
+//! admin's `--restart-command` with the wait on a real containerd's socket.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -98,6 +98,8 @@ fn mtime(path: &Path) -> std::time::SystemTime {
 const CONFIG: &str = "/etc/containerd/config.toml";
 /// Where register keeps the main config as it was before it.
 const BACKUP: &str = "/etc/containerd/config.toml.kata-gpu.bak";
+/// kata-gpu's record of the registration.
+const STATE: &str = "/var/lib/kata-gpu/state/kata-qemu-nvidia-gpu-snp.json";
 
 #[test]
 fn in_place_register_and_unregister_give_back_the_same_bytes() {
@@ -119,11 +121,16 @@ fn in_place_register_and_unregister_give_back_the_same_bytes() {
     );
 
     let out = node.run(&["containerd", "register"]);
+    // Under --host-root it names the simulated config and no command of the real host.
     assert_exit_saying(
         &out,
         0,
-        "containerd must restart to load it: systemctl restart containerd",
+        &format!(
+            "containerd must restart to load it: restart the containerd that reads {}",
+            node.path(CONFIG).display()
+        ),
     );
+    assert!(!text(&out).contains("systemctl"), "{}", text(&out));
     let patched = node.read(CONFIG).expect("config");
     assert!(
         patched.contains(&format!("runtimes.{HANDLER}.options]")),
@@ -361,7 +368,8 @@ fn a_held_lock_keeps_a_second_installer_out() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
-/// A `systemctl` that records its arguments and succeeds.
+/// A `systemctl` that records its arguments and succeeds: the real host's restart, which
+/// must never run for a simulated host.
 fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
     let bin = dir.join("bin");
     fs::create_dir_all(&bin).expect("mkdir bin");
@@ -376,42 +384,69 @@ fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
     (bin, record)
 }
 
+/// Issue 19 item 5: under --host-root, `--restart` ran the real host's `systemctl restart
+/// containerd`. Now it is refused before anything changes unless `--restart-command` names
+/// the command (here one that stands in for restarting the private containerd); that
+/// command runs, the wait is on the root's socket, and systemctl never runs.
 #[test]
-fn restart_goes_through_systemctl_and_waits_for_the_socket() {
+fn restart_under_a_host_root_runs_only_the_command_given_and_waits_for_the_socket() {
     let ctrd = PrivateContainerd::start("");
     let node = Node::new();
-    node.put(CONFIG, &fixture("v2-runc-options.toml"));
+    let original = fixture("v2-runc-options.toml");
+    node.put(CONFIG, &original);
     // containerd's socket, as the simulated host names it.
     let sock = node.path("/run/containerd/containerd.sock");
     fs::create_dir_all(sock.parent().expect("parent")).expect("mkdir");
     std::os::unix::fs::symlink(ctrd.address(), &sock).expect("symlink socket");
-    let (bin, record) = fake_systemctl(node.dir.path());
+    let (bin, systemctl) = fake_systemctl(node.dir.path());
     let path = format!(
         "{}:{}",
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let env = [("PATH", path)];
-    let register = || {
+    let ran = node.dir.path().join("restart.ran");
+    let restart = format!("echo restarted >> {}", ran.display());
+
+    let out = node.run_env(
+        &["containerd", "register", "--restart", "--unit", "k3s-agent"],
+        &env,
+    );
+    assert_exit_saying(&out, 1, "add --restart-command CMD");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    assert_eq!(node.read(CONFIG).as_deref(), Some(original.as_str()));
+    assert!(!node.path(STATE).exists(), "a refusal recorded");
+    // With --json the refusal is JSON on stdout.
+    let out = node.run_env(&["containerd", "register", "--restart", "--json"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("add --restart-command CMD")),
+        "{err}"
+    );
+
+    let register_restarting = || {
         node.run_env(
-            &["containerd", "register", "--restart", "--unit", "k3s-agent"],
+            &[
+                "containerd",
+                "register",
+                "--restart",
+                "--restart-command",
+                &restart,
+            ],
             &env,
         )
     };
-    let recorded = || fs::read_to_string(&record).expect("args");
-
-    let out = register();
-    assert_exit_saying(
-        &out,
-        0,
-        "restarted containerd (systemctl restart k3s-agent)",
-    );
-    assert_eq!(recorded(), "restart k3s-agent\n");
+    let out = register_restarting();
+    assert_exit_saying(&out, 0, &format!("restarted containerd ({restart})"));
+    assert_eq!(fs::read_to_string(&ran).expect("ran"), "restarted\n");
 
     // Nothing changed: no restart.
-    let out = register();
+    let out = register_restarting();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(recorded(), "restart k3s-agent\n");
+    assert_eq!(fs::read_to_string(&ran).expect("ran"), "restarted\n");
 
     // A socket that never answers fails the restart step, loudly.
     fs::remove_file(&sock).expect("rm socket");
@@ -420,13 +455,19 @@ fn restart_goes_through_systemctl_and_waits_for_the_socket() {
             "containerd",
             "unregister",
             "--restart",
+            "--restart-command",
+            &restart,
             "--restart-timeout",
             "1",
         ],
         &env,
     );
     assert_exit_saying(&out, 1, "did not answer within");
-    assert_eq!(recorded(), "restart k3s-agent\nrestart containerd\n");
+    assert_eq!(
+        fs::read_to_string(&ran).expect("ran"),
+        "restarted\nrestarted\n"
+    );
+    assert!(!systemctl.exists(), "the real host's systemctl ran");
 }
 
 /// A config that is a symlink: writing through it would change a file the link merely names
@@ -862,5 +903,62 @@ fn under_umask_000_registration_makes_no_directory_others_can_write() {
         Vec::<String>::new(),
         "{}",
         text(&out)
+    );
+}
+
+/// Issue 19 item 5: for a config that does not say its version, register asked
+/// `containerd --version` of the real host's containerd even under --host-root. It now asks
+/// the one on containerd's PATH inside the root, and with none there says it cannot tell.
+#[test]
+fn under_a_host_root_the_version_comes_from_the_roots_containerd_not_the_real_hosts() {
+    let node = Node::new();
+    node.put(CONFIG, "# no version here\n");
+    let recorder = |dir: &Path, says: &str| -> (PathBuf, PathBuf) {
+        fs::create_dir_all(dir).expect("mkdir");
+        let record = dir.join("containerd.ran");
+        let script = dir.join("containerd");
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\necho '{says}'\n",
+                record.display()
+            ),
+        )
+        .expect("write containerd");
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+        (dir.to_path_buf(), record)
+    };
+    let (real_bin, real_ran) = recorder(
+        &node.dir.path().join("real-host-bin"),
+        "containerd github.com/containerd/containerd/v2 v2.3.4 abc",
+    );
+    let env = [(
+        "PATH",
+        format!(
+            "{}:{}",
+            real_bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    )];
+    let out = node.run_env(&["containerd", "register"], &env);
+    assert_exit_saying(&out, 1, "config.toml");
+    assert!(!real_ran.exists(), "the real host's containerd ran");
+    assert_eq!(node.read(CONFIG).as_deref(), Some("# no version here\n"));
+
+    // The root's own containerd (1.6) tells: version 2.
+    let (_, root_ran) = recorder(
+        &node.path("/usr/bin"),
+        "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1",
+    );
+    let out = node.run_env(&["containerd", "register"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fs::read_to_string(&root_ran).expect("ran"), "--version\n");
+    assert!(!real_ran.exists(), "the real host's containerd ran");
+    assert!(
+        node.read(CONFIG).is_some_and(
+            |c| c.contains("plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes")
+        ),
+        "{:?}",
+        node.read(CONFIG)
     );
 }

@@ -23,6 +23,11 @@ fn text(o: &Output) -> String {
     kata_gpu_tests::output_text(o)
 }
 
+/// What a run on `sim` printed, its root written `$ROOT`: every path and fix names it.
+fn text_on(sim: &SimHost, o: &Output) -> String {
+    text(o).replace(&sim.root().display().to_string(), "$ROOT")
+}
+
 fn has_line(shown: &str, start: &str) -> bool {
     shown.lines().any(|l| l.starts_with(start))
 }
@@ -38,7 +43,7 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     sim.write_cdi_specs();
     let out = doctor(&sim, &[]);
-    let shown = text(&out);
+    let shown = text_on(&sim, &out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
     for line in [
         "ok    kvm: /dev/kvm present",
@@ -47,37 +52,58 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
         "ok    gpu 0000:41:00.0: 10de:2331 driver vfio-pci, IOMMU group 40, CC-capable",
         "ok    iommufd: /dev/iommu present; cdevs vfio0",
         "ok    cdi: host spec present and consistent (3 names)",
-        "FAIL  containerd: not registered in /etc/containerd/config.toml",
+        "FAIL  containerd: not registered in $ROOT/etc/containerd/config.toml",
         "FAIL  artifacts: none installed for kata-qemu-nvidia-gpu-snp",
-        "FAIL  kata-gpu shim: containerd-shim-kata-qemu-nvidia-gpu-snp-v2 not found",
-        "FAIL  kata shim: /opt/kata/bin/containerd-shim-kata-v2 missing (the default)",
+        "FAIL  kata-gpu shim: containerd-shim-kata-qemu-nvidia-gpu-snp-v2 is not on containerd's PATH or next to containerd ($ROOT/usr/local/sbin:",
+        "FAIL  kata shim: $ROOT/opt/kata/bin/containerd-shim-kata-v2 missing (the default)",
         "kata-qemu-nvidia-gpu-snp: 4 failed, 0 warning(s)",
     ] {
         assert!(has_line(&shown, line), "{line:?} in\n{shown}");
     }
     assert!(
-        shown.contains("— fix: kata-gpu install --profile snp --artifacts SRC"),
+        shown.contains("— fix: kata-gpu --host-root $ROOT install --profile snp --artifacts SRC"),
         "{shown}"
     );
 
-    // The shims: ours next to containerd, Kata's where the settings say.
+    // The shims: ours next to containerd, Kata's where the settings say. A file under our
+    // shim's name that does not run is no shim containerd can start.
     touch(
         &sim,
         "opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2",
     );
     touch(&sim, "opt/kata/bin/containerd-shim-kata-v2");
-    let shown = text(&doctor(&sim, &[]));
+    let shown = text_on(&sim, &doctor(&sim, &[]));
     assert!(
         has_line(
             &shown,
-            "ok    kata-gpu shim: /opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 present"
+            "FAIL  kata-gpu shim: cannot run $ROOT/opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 -v: "
+        ),
+        "{shown}"
+    );
+    let shim = kata_gpu_tests::workspace_bin(
+        "kata-gpu-shim",
+        "containerd-shim-kata-qemu-nvidia-gpu-snp-v2",
+    );
+    fs::copy(
+        &shim,
+        sim.path("opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2"),
+    )
+    .expect("copy the shim");
+    let shown = text_on(&sim, &doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            &format!(
+                "ok    kata-gpu shim: $ROOT/opt/containerd/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 present (containerd-shim-kata-qemu-nvidia-gpu-snp-v2 {} (commit ",
+                env!("CARGO_PKG_VERSION")
+            )
         ),
         "{shown}"
     );
     assert!(
         has_line(
             &shown,
-            "ok    kata shim: /opt/kata/bin/containerd-shim-kata-v2 present"
+            "ok    kata shim: $ROOT/opt/kata/bin/containerd-shim-kata-v2 present"
         ),
         "{shown}"
     );
@@ -89,11 +115,11 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
         "downstream = \"/usr/bin/containerd-shim-kata-v2\"\n",
     )
     .expect("write settings");
-    let shown = text(&doctor(&sim, &[]));
+    let shown = text_on(&sim, &doctor(&sim, &[]));
     assert!(
         has_line(
             &shown,
-            "FAIL  kata shim: /usr/bin/containerd-shim-kata-v2 missing (downstream in /etc/kata-gpu/shim.toml)"
+            "FAIL  kata shim: $ROOT/usr/bin/containerd-shim-kata-v2 missing (downstream in $ROOT/etc/kata-gpu/shim.toml)"
         ),
         "{shown}"
     );
@@ -102,7 +128,7 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
 #[test]
 fn missing_cdi_spec_fails_with_the_generate_fix() {
     let sim = SimHost::h100_pcie(VfioMode::Legacy);
-    let shown = text(&doctor(&sim, &["--profile", "gpu"]));
+    let shown = text_on(&sim, &doctor(&sim, &["--profile", "gpu"]));
     assert!(
         has_line(
             &shown,
@@ -110,10 +136,13 @@ fn missing_cdi_spec_fails_with_the_generate_fix() {
         ),
         "{shown}"
     );
-    assert!(shown.contains("— fix: kata-gpu cdi generate"), "{shown}");
+    assert!(
+        shown.contains("— fix: kata-gpu --host-root $ROOT cdi generate"),
+        "{shown}"
+    );
     // Legacy VFIO: fine for plain passthrough, not for confidential guests.
     assert!(has_line(&shown, "WARN  iommufd: "), "{shown}");
-    let shown = text(&doctor(&sim, &[]));
+    let shown = text_on(&sim, &doctor(&sim, &[]));
     assert!(has_line(&shown, "FAIL  iommufd: "), "{shown}");
 }
 
@@ -121,7 +150,7 @@ fn missing_cdi_spec_fails_with_the_generate_fix() {
 fn no_iommu_fails_with_the_kernel_command_line_hint() {
     let sim = SimHost::no_iommu();
     let out = doctor(&sim, &[]);
-    let shown = text(&out);
+    let shown = text_on(&sim, &out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
     assert!(
         has_line(
@@ -146,18 +175,18 @@ fn no_iommu_fails_with_the_kernel_command_line_hint() {
 #[test]
 fn no_snp_fails_the_snp_profile_but_not_the_gpu_profile() {
     let sim = SimHost::no_snp();
-    let shown = text(&doctor(&sim, &["--profile", "snp"]));
+    let shown = text_on(&sim, &doctor(&sim, &["--profile", "snp"]));
     assert!(
         has_line(&shown, "FAIL  sev-snp: kvm_amd does not report sev_snp"),
         "{shown}"
     );
-    let shown = text(&doctor(&sim, &["--profile", "gpu"]));
+    let shown = text_on(&sim, &doctor(&sim, &["--profile", "gpu"]));
     assert!(
         has_line(&shown, "ok    tee: the gpu profile needs no SEV-SNP or TDX"),
         "{shown}"
     );
     assert!(!shown.contains("sev-snp"), "{shown}");
-    let shown = text(&doctor(&sim, &["--profile", "tdx"]));
+    let shown = text_on(&sim, &doctor(&sim, &["--profile", "tdx"]));
     assert!(
         has_line(&shown, "FAIL  tdx: kvm_intel does not report tdx"),
         "{shown}"
@@ -167,11 +196,11 @@ fn no_snp_fails_the_snp_profile_but_not_the_gpu_profile() {
 #[test]
 fn a_gpu_bound_to_nvidia_fails_with_the_bind_fix() {
     let sim = SimHost::gpu_bound_to_nvidia();
-    let shown = text(&doctor(&sim, &[]));
+    let shown = text_on(&sim, &doctor(&sim, &[]));
     assert!(
         has_line(
             &shown,
-            "FAIL  gpu 0000:41:00.0: 10de:2331 driver nvidia, IOMMU group 40, CC-capable — fix: kata-gpu vfio bind 0000:41:00.0"
+            "FAIL  gpu 0000:41:00.0: 10de:2331 driver nvidia, IOMMU group 40, CC-capable — fix: kata-gpu --host-root $ROOT vfio bind 0000:41:00.0"
         ),
         "{shown}"
     );
@@ -186,7 +215,7 @@ fn a_gpu_bound_to_nvidia_fails_with_the_bind_fix() {
 fn an_h200_warns_that_it_is_not_cc_capable() {
     let sim = SimHost::h200();
     sim.write_cdi_specs();
-    let shown = text(&doctor(&sim, &[]));
+    let shown = text_on(&sim, &doctor(&sim, &[]));
     assert!(
         has_line(
             &shown,
@@ -194,17 +223,10 @@ fn an_h200_warns_that_it_is_not_cc_capable() {
         ),
         "{shown}"
     );
-    let shown = text(&doctor(&sim, &["--profile", "gpu"]));
+    let shown = text_on(&sim, &doctor(&sim, &["--profile", "gpu"]));
     assert!(
         has_line(&shown, "ok    gpu 0000:41:00.0: 10de:2335"),
         "{shown}"
-    );
-    let out = doctor(&sim, &["--labels"]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(
-        has_line(&text(&out), "nvidia.com/cc.capable=false"),
-        "{}",
-        text(&out)
     );
 }
 
@@ -219,12 +241,12 @@ fn a_stale_cdi_spec_fails() {
     )
     .expect("copy spec");
     let out = doctor(&sim, &["--profile", "gpu"]);
-    let shown = text(&out);
+    let shown = text_on(&sim, &out);
     assert_eq!(out.status.code(), Some(1), "{shown}");
     assert!(
         has_line(
             &shown,
-            "FAIL  cdi: names devices the host no longer has: nvidia.com/pgpu=0, nvidia.com/pgpu=40, nvidia.com/pgpu=vfio0 — fix: kata-gpu cdi generate"
+            "FAIL  cdi: names devices the host no longer has: nvidia.com/pgpu=0, nvidia.com/pgpu=40, nvidia.com/pgpu=vfio0 — fix: kata-gpu --host-root $ROOT cdi generate"
         ),
         "{shown}"
     );
@@ -234,29 +256,31 @@ fn a_stale_cdi_spec_fails() {
     );
 }
 
+/// Issue 19: `--labels` printed labels with exit 0 on a host whose checks fail, so a node
+/// not ready got the label the RuntimeClass selects. Labels now follow the checks (the
+/// labels of a ready node: `node_life`); the values per host are doctor_checks' unit tests.
 #[test]
-fn labels_of_an_h100_and_of_a_host_without_snp() {
+fn labels_are_refused_while_a_check_fails() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
     let out = doctor(&sim, &["--labels"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "feature.node.kubernetes.io/cpu-security.sev.snp.enabled=true\n\
-         feature.node.kubernetes.io/kata-gpu.snp-hopper=true\n\
-         nvidia.com/cc.capable=true\n\
-         nvidia.com/gpu.workload.config=vm-passthrough\n"
+        String::from_utf8_lossy(&out.stderr),
+        "kata-gpu: no labels: 4 of kata-qemu-nvidia-gpu-snp's checks fail (containerd, artifacts, \
+         kata-gpu shim, kata shim); kata-gpu doctor --profile snp says why and how to fix them\n"
     );
 
     let sim = SimHost::no_snp();
     let out = doctor(&sim, &["--labels", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let labels: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(
-        labels,
-        serde_json::json!({
-            "nvidia.com/cc.capable": "false",
-            "nvidia.com/gpu.workload.config": "vm-passthrough",
-        })
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("no labels: ") && e.contains("sev-snp")),
+        "{err}"
     );
 }
 
@@ -328,7 +352,7 @@ fn the_iommu_fix_follows_the_cpu_vendor_and_never_says_amd_iommu_on() {
         ),
     ];
     for (sim, line, bind) in cases {
-        let shown = text(&doctor(&sim, &[]));
+        let shown = text_on(&sim, &doctor(&sim, &[]));
         assert!(has_line(&shown, line), "{shown}");
         assert!(!shown.contains("amd_iommu=on"), "{shown}");
         let out = kata_gpu_tests::run_on_host(
@@ -336,7 +360,7 @@ fn the_iommu_fix_follows_the_cpu_vendor_and_never_says_amd_iommu_on() {
             &sim,
             &["vfio", "bind", "--dry-run"],
         );
-        let shown = text(&out);
+        let shown = text_on(&sim, &out);
         assert_eq!(out.status.code(), Some(1), "{shown}");
         assert!(shown.contains(bind), "{shown}");
         assert!(!shown.contains("amd_iommu=on"), "{shown}");
@@ -346,12 +370,12 @@ fn the_iommu_fix_follows_the_cpu_vendor_and_never_says_amd_iommu_on() {
 #[test]
 fn a_gpu_sharing_its_group_with_an_nvme_is_not_told_to_run_a_bind_that_refuses() {
     let sim = SimHost::gpu_with_nvme_in_group();
-    let shown = text(&doctor(&sim, &[]));
+    let shown = text_on(&sim, &doctor(&sim, &[]));
     assert!(
         has_line(
             &shown,
             "FAIL  gpu 0000:41:00.0: 10de:2331 driver nvidia, IOMMU group 40, CC-capable — fix: \
-             `kata-gpu vfio bind 0000:41:00.0` refuses: 0000:42:00.0 (144d:a80a, on nvme, group 40) shares an IOMMU group with a GPU or \
+             `kata-gpu --host-root $ROOT vfio bind 0000:41:00.0` refuses: 0000:42:00.0 (144d:a80a, on nvme, group 40) shares an IOMMU group with a GPU or \
              NVSwitch and is not an NVIDIA function: binding would take it from the host; give \
              the GPU an IOMMU group of its own (another slot, or ACS on in the firmware), or pass \
              --force to bind it too"
@@ -364,7 +388,7 @@ fn a_gpu_sharing_its_group_with_an_nvme_is_not_told_to_run_a_bind_that_refuses()
 fn a_gpu_without_a_readable_resource_file_is_warned_about_naming_the_file() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     sim.remove_resource("0000:41:00.0");
-    let shown = text(&doctor(&sim, &[]));
+    let shown = text_on(&sim, &doctor(&sim, &[]));
     assert!(
         has_line(
             &shown,

@@ -191,6 +191,47 @@ fn plan_reads_a_pod_manifest_or_a_bundle() {
     );
 }
 
+/// Issue 19 item 10: a hand-written bundle `config.json` without `process.user` said
+/// "serde failed: missing field `user`". The key is now named with what to add, and the
+/// same file with it added plans.
+#[test]
+fn a_bundle_missing_a_required_key_is_named_with_the_fix() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let bundle = sim.path("bundle");
+    std::fs::create_dir_all(&bundle).expect("bundle");
+    let config = bundle.join("config.json");
+    let dir = bundle.display().to_string();
+    for (body, said) in [
+        (
+            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},"annotations":{"cdi.k8s.io/gpu":"nvidia.com/pgpu=0"}}"#,
+            format!(
+                "kata-gpu: {}: process.user is missing: an OCI runtime spec needs it (containerd always writes it); add \"user\": {{\"uid\": 0, \"gid\": 0}}\n",
+                config.display()
+            ),
+        ),
+        (
+            "{\"ociVersion\": \n x}",
+            format!(
+                "kata-gpu: {}:2:2: not JSON: expected value\n",
+                config.display()
+            ),
+        ),
+    ] {
+        std::fs::write(&config, body).expect("config.json");
+        let out = kata_gpu(&sim, &["plan", "--bundle", &dir]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), said);
+    }
+    std::fs::write(
+        &config,
+        r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},"annotations":{"cdi.k8s.io/gpu":"nvidia.com/pgpu=0"}}"#,
+    )
+    .expect("config.json");
+    let out = kata_gpu(&sim, &["plan", "--bundle", &dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 /// Issue 18 item 5: `/var/run` of the simulated host is a symlink to an absolute path, as
 /// on most distributions (`/var/run -> /run`): `cdi generate` writes the spec where the host
 /// would find it, inside the root, never outside.

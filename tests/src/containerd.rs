@@ -33,6 +33,8 @@ pub struct PrivateContainerd {
     env: Vec<(String, String)>,
     release: Containerd,
     bin: PathBuf,
+    /// The config file it reads.
+    config: PathBuf,
     /// A command containerd runs under (e.g. in a private mount namespace), or empty;
     /// then arguments for containerd besides `--config`.
     launcher: (Vec<OsString>, Vec<OsString>),
@@ -87,12 +89,38 @@ impl PrivateContainerd {
         Self::launch_under(release, cri, extra, env, (Vec::new(), Vec::new()))
     }
 
+    /// As [`PrivateContainerd::start_cri`] (containerd 1.6, CRI on), reading its config from
+    /// `config` (written there first, its directory made): the main config of a simulated
+    /// host, which `kata-gpu` then registers into as an admin's would be. Root, state and
+    /// socket stay in the private directory.
+    pub fn start_cri_reading(config: &Path, extra: &str, env: &[(&str, String)]) -> Self {
+        Self::launch_full(
+            Containerd::Debian,
+            true,
+            extra,
+            env,
+            (Vec::new(), Vec::new()),
+            Some(config),
+        )
+    }
+
     fn launch_under(
         release: Containerd,
         cri: bool,
         extra: &str,
         env: &[(&str, String)],
         launcher: (Vec<OsString>, Vec<OsString>),
+    ) -> Self {
+        Self::launch_full(release, cri, extra, env, launcher, None)
+    }
+
+    fn launch_full(
+        release: Containerd,
+        cri: bool,
+        extra: &str,
+        env: &[(&str, String)],
+        launcher: (Vec<OsString>, Vec<OsString>),
+        config_at: Option<&Path>,
     ) -> Self {
         require(is_root(), "root is needed to start containerd");
         require(on_path("runc"), "runc is not on PATH");
@@ -105,7 +133,11 @@ impl PrivateContainerd {
             .tempdir()
             .expect("tempdir for containerd");
         let base = dir.path();
-        fs::write(base.join("config.toml"), config(release, cri, base, extra))
+        let config_path = config_at.map_or_else(|| base.join("config.toml"), Path::to_path_buf);
+        if let Some(parent) = config_path.parent() {
+            fs::create_dir_all(parent).expect("mkdir for the containerd config");
+        }
+        fs::write(&config_path, config(release, cri, base, extra))
             .expect("write containerd config");
         // The release's own runc shim comes first, before any shim under test the caller
         // put on PATH.
@@ -121,13 +153,14 @@ impl PrivateContainerd {
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
         env.push(("PATH".to_owned(), format!("{}:{path}", bin.display())));
-        let child = Self::spawn(&launcher, &bin, base, &env);
+        let child = Self::spawn(&launcher, &bin, base, &config_path, &env);
         let mut me = Self {
             dir,
             child,
             env,
             release,
             bin,
+            config: config_path,
             launcher,
         };
         me.wait_ready(Duration::from_secs(20));
@@ -138,6 +171,7 @@ impl PrivateContainerd {
         (launcher, args): &(Vec<OsString>, Vec<OsString>),
         bin: &Path,
         base: &Path,
+        config: &Path,
         env: &[(String, String)],
     ) -> Child {
         let log = fs::OpenOptions::new()
@@ -157,7 +191,7 @@ impl PrivateContainerd {
         cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(args)
             .arg("--config")
-            .arg(base.join("config.toml"))
+            .arg(config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -169,7 +203,13 @@ impl PrivateContainerd {
     /// state and config; the shims it started keep running, as on a node.
     pub fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(&self.launcher, &self.bin, self.dir.path(), &self.env);
+        self.child = Self::spawn(
+            &self.launcher,
+            &self.bin,
+            self.dir.path(),
+            &self.config,
+            &self.env,
+        );
         self.wait_ready(Duration::from_secs(20));
     }
 

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     CdiDevice, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest,
@@ -28,7 +27,6 @@ use kata_gpu_tests::image::write_oci_archive;
 use kata_gpu_tests::kubelet::{Allocation, DevicePlugin, KubeletRegistration, PodResourcesStandIn};
 use kata_gpu_tests::shimrig::{err, pids_of, Downstream, Rig, CDI_SPEC_DIR, SHIM};
 use kata_gpu_tests::{available, Containerd};
-use tonic::transport::{Endpoint, Uri};
 
 const IMAGE: &str = "docker.io/library/kata-gpu-pause:test";
 const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
@@ -77,20 +75,9 @@ fn cri_table(release: Containerd, kubelet: bool) -> String {
 }
 
 async fn client(rig: &Rig) -> RuntimeServiceClient<tonic::transport::Channel> {
-    let socket = rig.ctrd.address();
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
+    kata_gpu_containerd_config::cri::connect(&rig.ctrd.address())
         .await
-        .expect("connect to containerd's CRI");
-    RuntimeServiceClient::new(channel)
+        .expect("connect to containerd's CRI")
 }
 
 /// How the pod asks for its GPU.

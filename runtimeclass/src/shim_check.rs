@@ -1,0 +1,188 @@
+//! The two shims a profile's pods run through, found where they will be run from: ours as
+//! containerd finds it (`containerd-shim-<name>-v2` on containerd's PATH or next to
+//! containerd, or the handler's `runtime_path`), with the version it reports, and Kata's
+//! where our shim's settings name it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kata_gpu_plan::settings::{Settings, SYSTEM_SETTINGS};
+use kata_gpu_plan::Profile;
+
+use crate::node_state::{shown, under};
+
+/// systemd's default PATH for services, which a containerd started by systemd inherits.
+pub const STANDARD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// containerd's PATH on the host under `root`: the running containerd's own environment
+/// when one runs there, else ours on a real host, else systemd's default.
+pub fn containerd_path(root: &Path) -> String {
+    let running = crate::status_cmd::containerd_processes(root)
+        .into_iter()
+        .find_map(|dir| {
+            let env = std::fs::read(dir.join("environ")).ok()?;
+            env.split(|b| *b == 0).find_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.strip_prefix("PATH=").map(str::to_owned)
+            })
+        });
+    match running {
+        Some(path) => path,
+        None if root == Path::new("/") => {
+            std::env::var("PATH").unwrap_or_else(|_| STANDARD_PATH.to_owned())
+        }
+        None => STANDARD_PATH.to_owned(),
+    }
+}
+
+/// Where containerd looks up shim binaries, as the host sees them: its PATH, then the
+/// directory of the containerd binary.
+pub fn shim_dirs(root: &Path, containerd: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = containerd_path(root)
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    let containerd_dir = if containerd.is_absolute() {
+        containerd.parent().map(Path::to_path_buf)
+    } else {
+        dirs.iter()
+            .find(|d| under(root, &d.join(containerd)).is_file())
+            .cloned()
+    };
+    if let Some(d) = containerd_dir {
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+/// Our shim as containerd will run it for a profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OurShim {
+    /// Where it is, as the host sees it.
+    pub path: PathBuf,
+    /// What its `-v` printed, or why it could not run.
+    pub version: Result<String, String>,
+}
+
+/// Finds the profile's shim where containerd will look (`runtime_path` when the handler
+/// names one); `Err` says where it looked.
+pub fn our_shim(
+    root: &Path,
+    profile: Profile,
+    containerd: &Path,
+    runtime_path: Option<&str>,
+) -> Result<OurShim, String> {
+    let binary = profile.shim_binary();
+    let found = match runtime_path {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| under(root, p).is_file()),
+        None => shim_dirs(root, containerd)
+            .iter()
+            .map(|d| d.join(&binary))
+            .find(|p| under(root, p).is_file()),
+    };
+    match found {
+        Some(path) => Ok(OurShim {
+            version: version(root, &path),
+            path,
+        }),
+        None => Err(match runtime_path {
+            Some(p) => format!(
+                "{} (the handler's runtime_path) does not exist",
+                shown(root, Path::new(p))
+            ),
+            None => format!(
+                "{binary} is not on containerd's PATH or next to containerd ({})",
+                shim_dirs(root, containerd)
+                    .iter()
+                    .map(|d| shown(root, d))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            ),
+        }),
+    }
+}
+
+/// What the shim at `path` (as the host sees it) prints for `-v`, on one line.
+pub fn version(root: &Path, path: &Path) -> Result<String, String> {
+    let out = Command::new(under(root, path))
+        .arg("-v")
+        .output()
+        .map_err(|e| format!("cannot run {} -v: {e}", shown(root, path)))?;
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() && !said.is_empty() {
+        Ok(said.lines().next().unwrap_or_default().to_owned())
+    } else {
+        Err(format!(
+            "{} -v failed ({}): {}{}",
+            shown(root, path),
+            out.status,
+            said,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether a shim's `-v` line names this kata-gpu's version.
+pub fn same_version(line: &str) -> bool {
+    line.split_whitespace().nth(1) == Some(env!("CARGO_PKG_VERSION"))
+}
+
+/// The profile's shim settings as read on the host under `root`, and where from.
+pub fn settings(profile: Profile, root: &Path) -> Result<(Settings, Option<PathBuf>), String> {
+    if root == Path::new("/") {
+        return Settings::load(profile).map_err(|e| e.to_string());
+    }
+    let candidates = [
+        kata_gpu_artifacts::layout::class_dir(
+            Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
+            profile.handler(),
+        )
+        .join("shim.toml"),
+        PathBuf::from(SYSTEM_SETTINGS),
+    ];
+    match candidates.into_iter().find(|p| under(root, p).exists()) {
+        None => Ok((Settings::default(), None)),
+        Some(p) => {
+            let text = std::fs::read_to_string(under(root, &p))
+                .map_err(|e| format!("cannot read {}: {e}", shown(root, &p)))?;
+            let s = Settings::parse(&text, &p).map_err(|e| e.to_string())?;
+            Ok((s, Some(p)))
+        }
+    }
+}
+
+/// Kata's shim as our shim's settings name it: `Ok(Ok(found))`, `Ok(Err(missing))`, or
+/// `Err` when the settings cannot be read.
+pub fn kata_shim(profile: Profile, root: &Path) -> Result<Result<String, String>, String> {
+    let (settings, from) = settings(profile, root)?;
+    let from = from.map_or("the default".to_owned(), |p| {
+        format!("downstream in {}", shown(root, &p))
+    });
+    let path = &settings.downstream;
+    Ok(if under(root, path).is_file() {
+        Ok(format!("{} present ({from})", shown(root, path)))
+    } else {
+        Err(format!("{} missing ({from})", shown(root, path)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_line_matches_only_our_own_version() {
+        let ours = format!(
+            "containerd-shim-kata-qemu-nvidia-gpu-snp-v2 {} (commit abc), profile snp",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(same_version(&ours));
+        assert!(!same_version(
+            "containerd-shim-kata-qemu-nvidia-gpu-snp-v2 0.0.1-old (commit abc), profile snp"
+        ));
+        assert!(!same_version(""));
+    }
+}

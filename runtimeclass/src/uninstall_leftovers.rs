@@ -1,0 +1,141 @@
+//! What `uninstall` does not remove, each said with the reason and the command that does:
+//! the shim's state directory (removed when it holds no sandbox's state and no other
+//! profile is installed), the binaries `make install` put there, GPUs left on vfio-pci,
+//! and the record of a containerd restart still owed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kata_gpu_plan::Profile;
+
+use crate::binaries_cmd::Record;
+use crate::install_cmd::Step;
+use crate::node_state::{inside, shown, NodeState};
+use crate::shim_check;
+
+/// The leftover steps for `profile`, after its record was saved (`state`).
+pub fn steps(
+    root: &Path,
+    profile: Profile,
+    state: &NodeState,
+    dry_run: bool,
+) -> anyhow::Result<Vec<Step>> {
+    let others: Vec<&str> = Profile::ALL
+        .iter()
+        .filter(|p| **p != profile)
+        .filter(|p| NodeState::load(root, p.handler()).is_ok_and(|s| s.containerd.is_some()))
+        .map(|p| p.handler())
+        .collect();
+    let mut out = vec![sandboxes(root, profile, &others, dry_run)?];
+    out.push(match Record::load(root)? {
+        Some(r) => Step::new(
+            "binaries",
+            format!(
+                "kept {}: make uninstall (kata-gpu binaries remove) removes them once no profile is installed",
+                r.files.iter().map(|f| shown(root, f)).collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        None => Step::new("binaries", "none installed by kata-gpu"),
+    });
+    out.push(vfio(root)?);
+    if !dry_run && NodeState::path(root, profile.handler())?.exists() && !state.is_empty() {
+        out.push(Step::new(
+            "record",
+            format!(
+                "kept {}: containerd still runs with {} loaded until it restarts (status says so; uninstall --restart clears it)",
+                shown(root, &Path::new(crate::node_state::STATE_DIR).join(format!("{}.json", profile.handler()))),
+                profile.handler()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Every file under `dir`, relative to it.
+fn files_under(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            files_under(&p, base, out);
+        } else {
+            out.push(p.strip_prefix(base).unwrap_or(&p).to_path_buf());
+        }
+    }
+}
+
+/// The shim's state directory (`/run/kata-gpu` unless the settings say otherwise).
+fn sandboxes(
+    root: &Path,
+    profile: Profile,
+    others: &[&str],
+    dry_run: bool,
+) -> anyhow::Result<Step> {
+    let host = shim_check::settings(profile, root)
+        .map(|(s, _)| s.state_dir)
+        .unwrap_or_else(|_| PathBuf::from(kata_gpu_artifacts::layout::DEFAULT_SANDBOXES_DIR));
+    let real = inside(root, &host)?;
+    let name = shown(root, &host);
+    if !real.exists() {
+        return Ok(Step::new("sandboxes", format!("nothing in {name}")));
+    }
+    let mut files = Vec::new();
+    files_under(&real, &real, &mut files);
+    let mut sandboxes: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let mut c = f.components();
+            Some(format!(
+                "{}/{}",
+                c.next()?.as_os_str().to_string_lossy(),
+                c.next()?.as_os_str().to_string_lossy()
+            ))
+        })
+        .collect();
+    sandboxes.dedup();
+    Ok(if !files.is_empty() {
+        Step::new(
+            "sandboxes",
+            format!(
+                "kept {name}: state of running sandboxes ({}); drain the node (kubectl drain) and uninstall again",
+                if sandboxes.is_empty() { files.len().to_string() + " file(s)" } else { sandboxes.join(", ") }
+            ),
+        )
+    } else if !others.is_empty() {
+        Step::new(
+            "sandboxes",
+            format!("kept {name}: {} still installed uses it", others.join(", ")),
+        )
+    } else if dry_run {
+        Step::new("sandboxes", format!("would remove {name} (empty)"))
+    } else {
+        fs::remove_dir_all(&real)?;
+        Step::new("sandboxes", format!("removed {name} (empty)"))
+    })
+}
+
+/// GPUs `kata-gpu vfio bind` moved and nothing has given back.
+fn vfio(root: &Path) -> anyhow::Result<Step> {
+    let dir = inside(root, Path::new(kata_gpu_plan::vfio::STATE_DIR))?;
+    let mut bdfs: Vec<String> = fs::read_dir(&dir)
+        .map(|e| {
+            e.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    bdfs.sort();
+    Ok(if bdfs.is_empty() {
+        Step::new("vfio", "no function bound by kata-gpu vfio bind")
+    } else {
+        Step::new(
+            "vfio",
+            format!(
+                "kept on vfio-pci: {} (the host may want them there; kata-gpu vfio unbind gives them back to the driver they had)",
+                bdfs.join(", ")
+            ),
+        )
+    })
+}

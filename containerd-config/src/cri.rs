@@ -50,7 +50,7 @@ pub fn loaded_handlers(socket: &Path, timeout: Duration) -> Result<Vec<String>, 
             let ask = async {
                 let mut client = connect(socket)
                     .await
-                    .map_err(|e| format!("cannot connect: {}", chain(&e)))?;
+                    .map_err(|e| format!("cannot connect: {}", kata_gpu_fsutil::error_line(&e)))?;
                 let reply = client
                     .status(StatusRequest { verbose: true })
                     .await
@@ -66,21 +66,6 @@ pub fn loaded_handlers(socket: &Path, timeout: Duration) -> Result<Vec<String>, 
         .get("config")
         .ok_or_else(|| failed("CRI Status has no \"config\" in its verbose info".to_owned()))?;
     handlers_in(config).map_err(failed)
-}
-
-/// An error with its causes, as one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let said = c.to_string();
-        if !out.ends_with(&said) {
-            out.push_str(": ");
-            out.push_str(&said);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 /// The runtime names under `containerd.runtimes` in the CRI plugin's config JSON.

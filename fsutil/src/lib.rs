@@ -48,6 +48,23 @@ pub fn create_dirs(dir: &Path, mode: u32) -> io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
 }
 
+/// An error and its causes on one line, each cause once: gRPC and I/O errors nest the
+/// reason (a refused connection, a missing socket) two or three sources deep, and the
+/// one-line messages users read must carry it.
+pub fn error_line(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !out.contains(&said) {
+            out.push_str(": ");
+            out.push_str(&said);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Lowercase hex of `bytes`: the digests that name files and sockets (artifact sets, the
 /// proxy's sockets). The one copy: no hex crate is in the dependency tree for this.
 pub fn hex(bytes: &[u8]) -> String {
@@ -143,6 +160,28 @@ mod tests {
     fn hex_is_lowercase_two_digits_a_byte() {
         assert_eq!(super::hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
         assert_eq!(super::hex(&[]), "");
+    }
+
+    #[test]
+    fn an_error_line_carries_each_cause_once() {
+        let inner = io::Error::new(io::ErrorKind::NotFound, "no such socket");
+        let outer = io::Error::other(inner);
+        // io::Error::other shows its inner error as its own text and as its source.
+        assert_eq!(super::error_line(&outer), "no such socket");
+        #[derive(Debug)]
+        struct Wrap(io::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("cannot connect")
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let wrapped = Wrap(io::Error::new(io::ErrorKind::ConnectionRefused, "refused"));
+        assert_eq!(super::error_line(&wrapped), "cannot connect: refused");
     }
 
     use super::*;

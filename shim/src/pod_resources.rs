@@ -72,20 +72,6 @@ pub fn allocated_names(pod: &PodResources) -> Result<Vec<QualifiedName>, String>
     Ok(out)
 }
 
-/// The error text of `e` with its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// Asks kubelet's PodResources `Get` on `socket` for pod `namespace/name`, within `timeout`.
 pub fn get(
     socket: &Path,
@@ -110,7 +96,7 @@ pub fn get(
         tokio::time::timeout(timeout, async {
             let channel = kata_gpu_kubelet_api::connect_unix(socket)
                 .await
-                .map_err(|e| format!("{what}: {}", chain(&e)))?;
+                .map_err(|e| format!("{what}: {}", kata_gpu_fsutil::error_line(&e)))?;
             PodResourcesListerClient::new(channel)
                 .get(request)
                 .await

@@ -4,6 +4,7 @@
 //! `{"error": …}` on stdout), and exits 0 on
 //! success, 1 on a finding or refusal, 2 on bad usage.
 
+mod agent_cmd;
 mod artifacts_cmd;
 mod cdi_cmd;
 mod containerd_cmd;
@@ -72,6 +73,11 @@ enum Command {
     /// Bind NVIDIA GPUs and NVSwitches (with their IOMMU groups) to vfio-pci, or hand them back.
     #[command(subcommand)]
     Vfio(vfio_cmd::VfioCommand),
+    /// The node DaemonSet's container: install, label when doctor passes, wait; undo on SIGTERM.
+    Agent(agent_cmd::AgentArgs),
+    /// Run a command in the host's mount namespace (PID 1's), like nsenter --target 1 --mount.
+    #[command(hide = true)]
+    HostExec(agent_cmd::HostExecArgs),
 }
 
 /// What a command found: success, or findings the user must act on.
@@ -107,6 +113,8 @@ fn main() -> ExitCode {
         Command::Artifacts(cmd) => artifacts_cmd::run(cmd, &cli.global),
         Command::Doctor(args) => doctor_cmd::run(args, &cli.global),
         Command::Vfio(cmd) => vfio_cmd::run(cmd, &cli.global),
+        Command::Agent(args) => agent_cmd::run(args, &cli.global),
+        Command::HostExec(args) => agent_cmd::host_exec(args),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

@@ -1,6 +1,6 @@
 //! Shared fixtures for tests against real parts and simulated hosts.
 //!
-//! - [`containerd`]: a private containerd started per test.
+//! - [`containerd`]: a private containerd started per test; [`cri`]: a CRI client for it.
 //! - [`katans`]: Kata run in a private mount namespace with a syslog socket.
 //! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
 //!   is reported.
@@ -10,6 +10,7 @@
 //!   [`WriteCdiSpecs`] to give one the host's own CDI specs.
 
 pub mod containerd;
+pub mod cri;
 pub mod image;
 pub mod katans;
 pub mod parts;

@@ -8,18 +8,16 @@
 use std::collections::HashMap;
 use std::fs;
 
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     CdiDevice, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest,
     ImageSpec, LinuxContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
+use kata_gpu_tests::cri::client;
 use kata_gpu_tests::image::write_oci_archive;
 use kata_gpu_tests::shimrig::{err, pids_of, Downstream, Rig, CDI_SPEC_DIR, SHIM};
 use kata_gpu_tests::{available, Containerd};
-use tonic::transport::{Endpoint, Uri};
 
 const IMAGE: &str = "docker.io/library/kata-gpu-pause:test";
 const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
@@ -58,23 +56,6 @@ fn cri_table(release: Containerd) -> String {
             ) + &handler(plugin)
         }
     }
-}
-
-async fn client(rig: &Rig) -> RuntimeServiceClient<tonic::transport::Channel> {
-    let socket = rig.ctrd.address();
-    let channel = Endpoint::try_from("http://[::]:50051")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect to containerd's CRI");
-    RuntimeServiceClient::new(channel)
 }
 
 fn sandbox_config(rig: &Rig, name: &str) -> PodSandboxConfig {
@@ -170,7 +151,7 @@ fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
         .build()
         .expect("tokio");
     runtime.block_on(async {
-        let mut cri = client(&rig).await;
+        let mut cri = client(rig.ctrd.address()).await;
         let pod_config = sandbox_config(&rig, "gpu-pod");
         let pod = cri
             .run_pod_sandbox(RunPodSandboxRequest {

@@ -8,6 +8,7 @@ mod agent_cmd;
 mod artifacts_cmd;
 mod cdi_cmd;
 mod containerd_cmd;
+mod deploy_cmd;
 mod doctor_cmd;
 mod install_cmd;
 mod node_state;
@@ -73,6 +74,8 @@ enum Command {
     /// Bind NVIDIA GPUs and NVSwitches (with their IOMMU groups) to vfio-pci, or hand them back.
     #[command(subcommand)]
     Vfio(vfio_cmd::VfioCommand),
+    /// The objects that run kata-gpu on a cluster, for kubectl apply -f -.
+    Deploy(deploy_cmd::DeployArgs),
     /// The node DaemonSet's container: install, label when doctor passes, wait; undo on SIGTERM.
     Agent(agent_cmd::AgentArgs),
     /// Run a command in the host's mount namespace (PID 1's), like nsenter --target 1 --mount.
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
         Command::Artifacts(cmd) => artifacts_cmd::run(cmd, &cli.global),
         Command::Doctor(args) => doctor_cmd::run(args, &cli.global),
         Command::Vfio(cmd) => vfio_cmd::run(cmd, &cli.global),
+        Command::Deploy(args) => deploy_cmd::run(args, &cli.global),
         Command::Agent(args) => agent_cmd::run(args, &cli.global),
         Command::HostExec(args) => agent_cmd::host_exec(args),
     };

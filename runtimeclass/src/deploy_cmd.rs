@@ -1,0 +1,97 @@
+//! `kata-gpu deploy`: the objects that run kata-gpu on a cluster, for `kubectl apply -f -`:
+//! namespace, ServiceAccount (no API rights), the node and device plugin DaemonSets and the
+//! RuntimeClasses, checked (`deploy_check`) before they are printed.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use kata_gpu_containerd_config::fsio;
+use kata_gpu_manifests::deploy::{DeployOptions, Deployment, DEFAULT_IMAGE, DEFAULT_NAMESPACE};
+use kata_gpu_manifests::deploy_check::problems;
+use kata_gpu_plan::Profile;
+
+use crate::runtimeclass_cmd::ManifestArgs;
+use crate::{Global, Outcome};
+
+/// Arguments of `kata-gpu deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The node image (what `make image` built, pushed to a registry the nodes reach).
+    #[arg(long, value_name = "REF", default_value = DEFAULT_IMAGE)]
+    pub image: String,
+    /// A profile to install (snp, tdx, gpu); repeat for several. Default: snp.
+    #[arg(long = "profile", value_name = "P")]
+    pub profiles: Vec<Profile>,
+    /// The namespace of the DaemonSets.
+    #[arg(long, value_name = "NS", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// How many nodes may install (and restart containerd) at once in a rolling update.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub max_unavailable: u32,
+    #[command(flatten)]
+    pub manifest: ManifestArgs,
+    /// Write to this file instead of standard output.
+    #[arg(long, value_name = "F")]
+    pub output: Option<PathBuf>,
+}
+
+/// Whether `s` is an RFC 1123 label, as a namespace name must be.
+fn dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Runs `kata-gpu deploy`.
+pub fn run(args: DeployArgs, global: &Global) -> anyhow::Result<Outcome> {
+    if !dns_label(&args.namespace) {
+        bail!(
+            "--namespace {:?}: a namespace is 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+            args.namespace
+        );
+    }
+    if args.image.is_empty() || args.image.contains(char::is_whitespace) {
+        bail!(
+            "--image {:?}: an image reference has no spaces, e.g. registry.example/kata-gpu:v1",
+            args.image
+        );
+    }
+    let mut profiles = args.profiles.clone();
+    if profiles.is_empty() {
+        profiles.push(Profile::Snp);
+    }
+    profiles.dedup();
+    let d = Deployment::new(&DeployOptions {
+        image: args.image,
+        profiles,
+        namespace: args.namespace,
+        max_unavailable: args.max_unavailable,
+        runtime_class: args.manifest.options()?,
+    });
+    let found = problems(&d.values()?);
+    if !found.is_empty() {
+        bail!("the manifests would be unsafe: {}", found.join("; "));
+    }
+    let text = if global.json {
+        d.to_json()? + "\n"
+    } else {
+        d.to_yaml()?
+    };
+    match args.output {
+        Some(path) => {
+            fsio::write_atomic(&path, text.as_bytes(), Some(0o644))?;
+            eprintln!(
+                "wrote {}: apply with kubectl apply -f {}",
+                path.display(),
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(Outcome::Clean)
+}

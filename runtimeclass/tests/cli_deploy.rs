@@ -1,0 +1,114 @@
+//! `kata-gpu deploy` as the README runs it: the objects of the library for the flags given
+//! (checked and schema-validated in k8s-manifests' tests), JSON as a v1 List, and bad
+//! input refused in one line with nothing written.
+
+use std::process::{Command, Output};
+
+use kata_gpu_manifests::deploy::{DeployOptions, Deployment};
+use kata_gpu_plan::Profile;
+
+fn kata_gpu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .args(args)
+        .output()
+        .expect("run kata-gpu")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The README's command, as the README writes it.
+#[test]
+fn deploy_prints_the_checked_objects_for_its_flags() {
+    let out = kata_gpu(&[
+        "deploy",
+        "--image",
+        "registry.example/kata-gpu:v1",
+        "--profile",
+        "snp",
+        "--profile",
+        "tdx",
+        "--namespace",
+        "gpu-system",
+        "--max-unavailable",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = Deployment::new(&DeployOptions {
+        image: "registry.example/kata-gpu:v1".into(),
+        profiles: vec![Profile::Snp, Profile::Tdx],
+        namespace: "gpu-system".into(),
+        max_unavailable: 2,
+        ..DeployOptions::default()
+    });
+    assert_eq!(stdout(&out), want.to_yaml().expect("yaml"));
+
+    let json = kata_gpu(&["deploy", "--json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let list: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(list["kind"], "List");
+    let kinds: Vec<_> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "DaemonSet",
+            "DaemonSet",
+            "RuntimeClass"
+        ]
+    );
+}
+
+#[test]
+fn bad_flags_are_one_line_and_nothing_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("deploy.yaml");
+    let f = file.display().to_string();
+    let out = kata_gpu(&["deploy", "--namespace", "GPU_System", "--output", &f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "kata-gpu: --namespace \"GPU_System\": a namespace is 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit\n"
+    );
+    let out = kata_gpu(&["deploy", "--image", "a b", "--output", &f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--image \"a b\""), "{}", stderr(&out));
+    let out = kata_gpu(&["deploy", "--overhead-memory", "2GB", "--output", &f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("\"2GB\" is not a Kubernetes quantity"),
+        "{}",
+        stderr(&out)
+    );
+    for bad in ["0", "-1", "x"] {
+        let flag = format!("--max-unavailable={bad}");
+        let out = kata_gpu(&["deploy", &flag, "--output", &f]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--max-unavailable"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!file.exists(), "a refused deploy wrote {f}");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+
+    let out = kata_gpu(&["deploy", "--output", &f]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("written"),
+        stdout(&kata_gpu(&["deploy"]))
+    );
+}

@@ -72,14 +72,22 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
     stop.add(Signal::SIGINT);
     stop.thread_block().context("cannot block SIGTERM")?;
     let root = &global.host_root;
-    let shim = install_shim(&args, root)?;
+    let (shim, created) = install_shim(&args, root)?;
     say(&format!("installed {}", shim.display()));
     let mut install = vec!["install".to_owned()];
     if let Some(src) = &args.artifacts {
         install.extend(["--artifacts".to_owned(), src.display().to_string()]);
     }
-    if step(&args, global, &install)? {
-        restart(&args)?;
+    match step(&args, global, &install) {
+        Ok(true) => restart(&args)?,
+        Ok(false) => {}
+        Err(e) => {
+            // A shim no registration names is not left behind.
+            if created {
+                fsio::remove_file(&inside(root, &shim)?)?;
+            }
+            return Err(e);
+        }
     }
     let labelled = if args.label {
         label(&args, global)?
@@ -106,13 +114,15 @@ fn say(line: &str) {
     println!("kata-gpu agent: {line}");
 }
 
-/// Copies the profile's shim from the image to the host, unless it is there already.
-fn install_shim(args: &AgentArgs, root: &Path) -> anyhow::Result<PathBuf> {
+/// Copies the profile's shim from the image to the host, unless it is there already; its
+/// host path, and whether there was none before.
+fn install_shim(args: &AgentArgs, root: &Path) -> anyhow::Result<(PathBuf, bool)> {
     let name = args.profile.shim_binary();
     let from = args.from.join(&name);
     let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
     let host = args.shim_dir.join(&name);
     let real = inside(root, &host)?;
+    let created = !real.exists();
     if std::fs::read(&real).ok().as_deref() != Some(&bytes[..]) {
         if let Some(dir) = real.parent() {
             kata_gpu_fsutil::create_dirs(dir, 0o755)
@@ -121,7 +131,7 @@ fn install_shim(args: &AgentArgs, root: &Path) -> anyhow::Result<PathBuf> {
         kata_gpu_fsutil::write_atomic(&real, &bytes, 0o755)
             .with_context(|| format!("cannot write {}", real.display()))?;
     }
-    Ok(host)
+    Ok((host, created))
 }
 
 fn me(global: &Global) -> anyhow::Result<Command> {

@@ -1,0 +1,178 @@
+//! `kata-gpu agent` as a process on a simulated host (the pod test in
+//! tests/tests/deploy_pod.rs runs it from the image): labels through NFD's features.d only
+//! when doctor passes, all undone on SIGTERM to the original bytes; a failing install
+//! leaves no shim and no change; a missing shim in the image changes nothing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use kata_gpu_tests::shimrig::wait_until;
+use kata_gpu_tests::{SimHost, VfioMode};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const SHIM: &str = "usr/local/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
+const LABELS: &str = "etc/kubernetes/node-feature-discovery/features.d/kata-gpu-snp";
+const CONFIG: &str = "etc/containerd/config.toml";
+
+/// A host doctor passes on once installed: containerd's default config, Kata's shim, and
+/// a containerd process in the host's /proc that started after any change (so no restart
+/// is owed); plus an image dir with the shim and a stand-in artifact set.
+fn ready_host(work: &Path) -> (SimHost, PathBuf, PathBuf) {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let put = |rel: &str, bytes: &[u8]| {
+        let p = sim.path(rel);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(p, bytes).expect("write");
+    };
+    let default = Command::new("containerd")
+        .args(["config", "default"])
+        .output()
+        .expect("containerd config default (Debian's containerd, make deps)");
+    put(CONFIG, &default.stdout);
+    put("opt/kata/bin/containerd-shim-kata-v2", b"kata");
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    put("proc/stat", format!("cpu 0\nbtime {later}\n").as_bytes());
+    put("proc/4242/comm", b"containerd\n");
+    put(
+        "proc/4242/cmdline",
+        b"containerd\0--config\0/etc/containerd/config.toml\0",
+    );
+    put(
+        "proc/4242/stat",
+        format!("4242 (containerd) S{}\n", " 0".repeat(19)).as_bytes(),
+    );
+    let image = work.join("image-bin");
+    fs::create_dir_all(&image).expect("mkdir");
+    fs::write(
+        image.join("containerd-shim-kata-qemu-nvidia-gpu-snp-v2"),
+        b"shim",
+    )
+    .expect("shim");
+    let set = work.join("set");
+    fs::create_dir_all(&set).expect("mkdir");
+    for (f, b) in [
+        ("vmlinuz-6.12-nvidia-gpu-confidential", "kernel"),
+        ("kata-containers-confidential.img", "image"),
+        ("AMDSEV.fd", "fw"),
+    ] {
+        fs::write(set.join(f), b).expect("set");
+    }
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/templates/configuration-qemu-nvidia-gpu-snp.toml"),
+        set.join("configuration-qemu-nvidia-gpu-snp.toml"),
+    )
+    .expect("config");
+    (sim, image, set)
+}
+
+fn agent(sim: &SimHost, image: &Path, set: &Path, log: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .arg("--host-root")
+        .arg(sim.root())
+        .args(["agent", "--label", "--from"])
+        .arg(image)
+        .arg("--artifacts")
+        .arg(set)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(log).expect("log"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent")
+}
+
+fn finish(child: std::process::Child) -> Output {
+    child.wait_with_output().expect("wait for the agent")
+}
+
+#[test]
+fn the_node_is_labelled_once_doctor_passes_and_unlabelled_on_sigterm() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    let before = fs::read(sim.path(CONFIG)).expect("config");
+    let log = work.path().join("agent.log");
+    let child = agent(&sim, &image, &set, &log);
+    let read = || fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the agent waits", || read().contains("waiting for SIGTERM"));
+    let labels = fs::read_to_string(sim.path(LABELS)).unwrap_or_else(|e| panic!("{e}: {}", read()));
+    for want in [
+        "nvidia.com/cc.ready.state=true\n",
+        "nvidia.com/gpu.workload.config=vm-passthrough\n",
+        "nvidia.com/cc.capable=true\n",
+    ] {
+        assert!(labels.contains(want), "{want} not in {labels}");
+    }
+    assert_eq!(fs::read(sim.path(SHIM)).expect("shim"), b"shim");
+    assert!(
+        read().contains("containerd's config changed; restart it"),
+        "{}",
+        read()
+    );
+    assert_ne!(fs::read(sim.path(CONFIG)).expect("config"), before);
+
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let out = finish(child);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        read(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!sim.path(LABELS).exists(), "labels left");
+    assert!(!sim.path(SHIM).exists(), "shim left");
+    assert!(
+        fs::read(sim.path(CONFIG)).expect("config") == before,
+        "{}",
+        read()
+    );
+}
+
+#[test]
+fn a_failing_install_leaves_no_shim_and_no_change() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    fs::write(sim.path(CONFIG), "version = 2\n[plugins\n").expect("break the config");
+    let log = work.path().join("agent.log");
+    let out = finish(agent(&sim, &image, &set, &log));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("kata-gpu: kata-gpu install failed: "),
+        "{err}"
+    );
+    assert!(err.contains("config.toml"), "{err}");
+    assert!(!sim.path(SHIM).exists(), "shim left after a failed install");
+    assert!(!sim.path(LABELS).exists());
+    assert_eq!(
+        fs::read_to_string(sim.path(CONFIG)).expect("config"),
+        "version = 2\n[plugins\n"
+    );
+}
+
+#[test]
+fn an_image_without_the_shim_changes_nothing() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    fs::remove_file(image.join("containerd-shim-kata-qemu-nvidia-gpu-snp-v2")).expect("rm");
+    let before = fs::read(sim.path(CONFIG)).expect("config");
+    let out = finish(agent(&sim, &image, &set, &work.path().join("agent.log")));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().next().unwrap_or_default(),
+        format!(
+            "kata-gpu: cannot read {}/containerd-shim-kata-qemu-nvidia-gpu-snp-v2: No such file or directory (os error 2)",
+            image.display()
+        )
+    );
+    assert!(fs::read(sim.path(CONFIG)).expect("config") == before);
+    assert!(!sim.path(SHIM).exists());
+    assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
+}

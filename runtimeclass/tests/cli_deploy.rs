@@ -5,7 +5,9 @@
 use std::process::{Command, Output};
 
 use kata_gpu_manifests::deploy::{DeployOptions, Deployment};
+use kata_gpu_manifests::deploy_check::problems;
 use kata_gpu_plan::Profile;
+use kata_gpu_tests::readme_command;
 
 fn kata_gpu(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
@@ -22,7 +24,29 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The README's command, as the README writes it.
+/// The README's `kata-gpu deploy` line: it deploys the image the README's `make image`
+/// line builds, and its objects pass the deployment's check.
+#[test]
+fn the_readmes_deploy_line_deploys_the_readmes_image() {
+    let line = readme_command("./target/release/kata-gpu deploy");
+    let out = kata_gpu(&line[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{line:?}: {}", stderr(&out));
+    let objects: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_slice(&out.stdout)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("a YAML document"))
+        .collect();
+    assert_eq!(problems(&objects), Vec::<String>::new());
+    let built = readme_command("make image")
+        .iter()
+        .find_map(|w| w.strip_prefix("IMAGE=").map(str::to_owned))
+        .expect("IMAGE= in the make image line");
+    for ds in objects.iter().filter(|o| o["kind"] == "DaemonSet") {
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["containers"][0]["image"],
+            built.as_str()
+        );
+    }
+}
+
 #[test]
 fn deploy_prints_the_checked_objects_for_its_flags() {
     let out = kata_gpu(&[

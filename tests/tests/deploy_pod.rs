@@ -1,5 +1,5 @@
 //! The node image as a CRI pod on a real containerd (1.6), the way the node DaemonSet runs
-//! it: `make image` (exactly the README's command, on debug binaries) twice gives one
+//! it: the README's `make image` line (on debug binaries) twice gives one
 //! digest; `ctr images import` loads the tar; a privileged container with a simulated
 //! host's root mounted at /host runs `kata-gpu agent`, which installs against that host's
 //! containerd config (the registration shows in `containerd config dump`), leaves the node
@@ -20,10 +20,9 @@ use k8s_cri::v1::{
 use kata_gpu_tests::cri::client;
 use kata_gpu_tests::image::write_oci_archive;
 use kata_gpu_tests::shimrig::wait_until;
-use kata_gpu_tests::{busybox_rootfs, PrivateContainerd, SimHost, VfioMode};
+use kata_gpu_tests::{busybox_rootfs, readme_command, PrivateContainerd, SimHost, VfioMode};
 
 const PAUSE: &str = "docker.io/library/kata-gpu-pause:test";
-const IMAGE: &str = "example.invalid/kata-gpu/node:test";
 const SHIM: &str = "usr/local/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
 const CONFIG: &str = "etc/containerd/config.toml";
 
@@ -34,16 +33,27 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// `make image` with the test's name and output; its printed manifest digest.
+/// The image's name, from the README's `make image IMAGE=…`.
+fn image_name() -> String {
+    readme_command("make image")
+        .iter()
+        .find_map(|w| w.strip_prefix("IMAGE="))
+        .expect("the README's make image line names IMAGE=")
+        .to_owned()
+}
+
+/// The README's `make image` line on debug binaries, into `tar`; its printed manifest digest.
 fn make_image(tar: &Path) -> String {
-    let out = Command::new("make")
+    let line = readme_command("make image");
+    let out = Command::new(&line[0])
         .current_dir(workspace())
         .env(
             "CARGO",
             std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
         )
-        .args(["--no-print-directory", "image", "IMAGE_PROFILE=dev"])
-        .arg(format!("IMAGE={IMAGE}"))
+        .arg("--no-print-directory")
+        .args(&line[1..])
+        .arg("IMAGE_PROFILE=dev")
         .arg(format!("IMAGE_TAR={}", tar.display()))
         .output()
         .expect("run make image");
@@ -99,7 +109,7 @@ fn agent_config(root: &Path, attempt: u32) -> ContainerConfig {
             attempt,
         }),
         image: Some(ImageSpec {
-            image: IMAGE.into(),
+            image: image_name(),
             ..ImageSpec::default()
         }),
         args: [
@@ -177,7 +187,7 @@ fn the_node_image_runs_as_a_pod_and_undoes_itself_on_sigterm() {
         );
     }
     let listed = ctrd.ctr(&["-n", "k8s.io", "images", "ls", "-q"]);
-    assert!(String::from_utf8_lossy(&listed.stdout).contains(IMAGE));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&image_name()));
 
     // A simulated H100 host whose containerd config is containerd's own default.
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);

@@ -5,12 +5,11 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use kata_gpu_containerd_config::fsio;
 use kata_gpu_manifests::deploy::{DeployOptions, Deployment, DEFAULT_IMAGE, DEFAULT_NAMESPACE};
 use kata_gpu_manifests::deploy_check::problems;
 use kata_gpu_plan::Profile;
 
-use crate::runtimeclass_cmd::ManifestArgs;
+use crate::runtimeclass_cmd::{emit, ManifestArgs};
 use crate::{Global, Outcome};
 
 /// Arguments of `kata-gpu deploy`.
@@ -61,11 +60,16 @@ pub fn run(args: DeployArgs, global: &Global) -> anyhow::Result<Outcome> {
             args.image
         );
     }
-    let mut profiles = args.profiles.clone();
+    // Each profile once, in the order given; snp when none is.
+    let mut profiles: Vec<Profile> = Vec::new();
+    for p in &args.profiles {
+        if !profiles.contains(p) {
+            profiles.push(*p);
+        }
+    }
     if profiles.is_empty() {
         profiles.push(Profile::Snp);
     }
-    profiles.dedup();
     let d = Deployment::new(&DeployOptions {
         image: args.image,
         profiles,
@@ -82,16 +86,5 @@ pub fn run(args: DeployArgs, global: &Global) -> anyhow::Result<Outcome> {
     } else {
         d.to_yaml()?
     };
-    match args.output {
-        Some(path) => {
-            fsio::write_atomic(&path, text.as_bytes(), Some(0o644))?;
-            eprintln!(
-                "wrote {}: apply with kubectl apply -f {}",
-                path.display(),
-                path.display()
-            );
-        }
-        None => print!("{text}"),
-    }
-    Ok(Outcome::Clean)
+    emit(&text, args.output.as_deref())
 }

@@ -9,19 +9,20 @@ use kata_gpu_manifests::deploy_check::problems;
 use kata_gpu_plan::Profile;
 use kata_gpu_tests::readme_command;
 
+/// `kata-gpu ARGS…` (the first is `deploy`, as in the README's line).
 fn kata_gpu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+    let out = Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
         .args(args)
-        .output()
-        .expect("run kata-gpu")
+        .output();
+    out.expect("run kata-gpu")
 }
 
 fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    String::from_utf8_lossy(&o.stdout).to_string()
 }
 
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    String::from_utf8_lossy(&o.stderr).to_string()
 }
 
 /// The README's `kata-gpu deploy` line: it deploys the image the README's `make image`

@@ -12,12 +12,11 @@ use std::process::Command;
 
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, Mount, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    LinuxContainerConfig, LinuxContainerSecurityContext, Mount, PodSandboxConfig,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest,
 };
-use kata_gpu_tests::cri::client;
+use kata_gpu_tests::cri::{client, host_network_pod};
 use kata_gpu_tests::image::write_oci_archive;
 use kata_gpu_tests::shimrig::wait_until;
 use kata_gpu_tests::{busybox_rootfs, readme_command, PrivateContainerd, SimHost, VfioMode};
@@ -78,27 +77,7 @@ fn cri_config() -> String {
 }
 
 fn pod_config(logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "kata-gpu-node".into(),
-            uid: "uid-kata-gpu-node".into(),
-            namespace: "kata-gpu".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                privileged: true,
-                namespace_options: Some(NamespaceOption {
-                    network: 2, // NODE, as the DaemonSet's hostNetwork
-                    ..NamespaceOption::default()
-                }),
-                ..LinuxSandboxSecurityContext::default()
-            }),
-            ..LinuxPodSandboxConfig::default()
-        }),
-        ..PodSandboxConfig::default()
-    }
+    host_network_pod("kata-gpu-node", "kata-gpu", logs, true)
 }
 
 /// The agent container as the DaemonSet runs it, with the simulated host as /host.
@@ -172,19 +151,7 @@ fn the_node_image_runs_as_a_pod_and_undoes_itself_on_sigterm() {
     write_oci_archive(&rootfs, PAUSE, &["/bin/busybox", "sleep", "3600"], &pause)
         .expect("pause image");
     for archive in [&tar, &pause] {
-        let o = ctrd.ctr(&[
-            "-n",
-            "k8s.io",
-            "images",
-            "import",
-            &archive.display().to_string(),
-        ]);
-        assert!(
-            o.status.success(),
-            "import {}: {}",
-            archive.display(),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        ctrd.import(archive);
     }
     let listed = ctrd.ctr(&["-n", "k8s.io", "images", "ls", "-q"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&image_name()));

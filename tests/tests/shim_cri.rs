@@ -10,13 +10,12 @@ use std::fs;
 
 use k8s_cri::v1::{
     CdiDevice, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest,
-    ImageSpec, LinuxContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    ImageSpec, LinuxContainerConfig, PodSandboxConfig, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
-use kata_gpu_tests::cri::client;
+use kata_gpu_tests::cri::{client, host_network_pod};
 use kata_gpu_tests::image::write_oci_archive;
-use kata_gpu_tests::shimrig::{err, pids_of, Downstream, Rig, CDI_SPEC_DIR, SHIM};
+use kata_gpu_tests::shimrig::{pids_of, Downstream, Rig, CDI_SPEC_DIR, SHIM};
 use kata_gpu_tests::{available, Containerd};
 
 const IMAGE: &str = "docker.io/library/kata-gpu-pause:test";
@@ -62,26 +61,8 @@ fn sandbox_config(rig: &Rig, name: &str) -> PodSandboxConfig {
     let logs = rig.work.path().join("pod-logs").join(name);
     fs::create_dir_all(&logs).expect("log dir");
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-
-        log_directory: logs.display().to_string(),
         annotations: HashMap::from([("cdi.k8s.io/gpu".to_owned(), "nvidia.com/pgpu=0".to_owned())]),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: 2, // NODE: host network, no CNI
-                    ..NamespaceOption::default()
-                }),
-                ..LinuxSandboxSecurityContext::default()
-            }),
-            ..LinuxPodSandboxConfig::default()
-        }),
-        ..PodSandboxConfig::default()
+        ..host_network_pod(name, "default", &logs, false)
     }
 }
 
@@ -132,19 +113,7 @@ fn a_gpu_pod_through_cri(release: Containerd, test: &str) {
         &archive,
     )
     .expect("image archive");
-    let o = rig.ctr(&[
-        "-n",
-        "k8s.io",
-        "images",
-        "import",
-        &archive.display().to_string(),
-    ]);
-    assert!(
-        o.status.success(),
-        "import: {}\n{}",
-        err(&o),
-        rig.ctrd.log()
-    );
+    rig.ctrd.import(&archive);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -15,7 +15,7 @@ help:
 	@echo "make test   lint, then every test of the workspace (what CI runs)"
 	@echo "make unit   the tests alone, without lint"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
-	@echo "make bench  every benchmark, bench/shim.sh and bench/load.sh (figures in BENCHMARKS.md)"
+	@echo "make bench  every benchmark, bench/shim.sh, bench/load.sh and bench/image.sh (figures in BENCHMARKS.md)"
 	@echo "make image  the node image as an OCI-layout tar (IMAGE=REF, IMAGE_TAR=FILE)"
 	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS))"
 
@@ -45,6 +45,9 @@ bench:
 	bash bench/shim.sh
 	BENCH_CONTAINERD=2.3.4 bash bench/shim.sh
 	bash bench/load.sh
+	$(MAKE) image
+	$(CARGO) build --quiet -p kata-gpu-simhost
+	bash bench/image.sh
 
 FUZZ_SECONDS ?= 20
 fuzz:

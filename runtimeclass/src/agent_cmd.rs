@@ -1,5 +1,6 @@
 //! `kata-gpu agent`: what the node DaemonSet's container runs. It installs the shim and
-//! runs `kata-gpu install`, restarts containerd only when its config changed, labels the
+//! runs `kata-gpu install`, restarts containerd only when it has not loaded its changed
+//! config (`kata-gpu status`), labels the
 //! node once `kata-gpu doctor` passes, then waits; on SIGTERM or SIGINT it removes the
 //! label, runs `kata-gpu uninstall` (the config comes back byte for byte) and removes the
 //! shim. Each step is this same binary run as a child with the same `--host-root`, so the
@@ -40,7 +41,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR", default_value = "/usr/local/bin")]
     pub shim_dir: PathBuf,
     /// Restart containerd (systemctl restart UNIT in the host's mount namespace, as
-    /// `nsenter --target 1 --mount` does) when install or uninstall changed its config.
+    /// `nsenter --target 1 --mount` does) when it has not loaded its changed config.
     #[arg(long)]
     pub restart_containerd: bool,
     /// containerd's systemd unit.
@@ -78,17 +79,14 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
     if let Some(src) = &args.artifacts {
         install.extend(["--artifacts".to_owned(), src.display().to_string()]);
     }
-    match step(&args, global, &install) {
-        Ok(true) => restart(&args)?,
-        Ok(false) => {}
-        Err(e) => {
-            // A shim no registration names is not left behind.
-            if created {
-                fsio::remove_file(&inside(root, &shim)?)?;
-            }
-            return Err(e);
+    if let Err(e) = step(&args, global, &install) {
+        // A shim no registration names is not left behind.
+        if created {
+            fsio::remove_file(&inside(root, &shim)?)?;
         }
+        return Err(e);
     }
+    restart_if_owed(&args, global)?;
     let labelled = if args.label {
         label(&args, global)?
     } else {
@@ -101,9 +99,8 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
         fsio::remove_file(&file)?;
         say(&format!("removed the node labels ({})", file.display()));
     }
-    if step(&args, global, &["uninstall".to_owned()])? {
-        restart(&args)?;
-    }
+    step(&args, global, &["uninstall".to_owned()])?;
+    restart_if_owed(&args, global)?;
     fsio::remove_file(&inside(root, &shim)?)?;
     say(&format!("removed {}", shim.display()));
     stop.thread_unblock().context("cannot unblock SIGTERM")?;
@@ -149,9 +146,8 @@ fn shown(out: &Output) -> String {
     )
 }
 
-/// Runs `kata-gpu <command> --json --profile P <rest>` and prints its steps; whether it
-/// left containerd a restart to do (its config changed).
-fn step(args: &AgentArgs, global: &Global, command: &[String]) -> anyhow::Result<bool> {
+/// Runs `kata-gpu <command> --json --profile P <rest>` and prints its steps.
+fn step(args: &AgentArgs, global: &Global, command: &[String]) -> anyhow::Result<()> {
     let out = me(global)?
         .args(command)
         .args(["--json", "--profile", args.profile.name()])
@@ -163,23 +159,39 @@ fn step(args: &AgentArgs, global: &Global, command: &[String]) -> anyhow::Result
     }
     let steps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("kata-gpu {} printed no steps: {}", command[0], shown(&out)))?;
-    let mut pending = false;
     for s in &steps {
         let (name, result) = (
             s["step"].as_str().unwrap_or("?"),
             s["result"].as_str().unwrap_or("?"),
         );
         say(&format!("{} {name}: {result}", command[0]));
-        pending |= name == "restart" && result.starts_with("containerd must restart");
     }
-    Ok(pending)
+    Ok(())
 }
 
-/// Restarts containerd in the host's mount namespace when asked to; else says it is owed.
-fn restart(args: &AgentArgs) -> anyhow::Result<()> {
+/// Whether the running containerd has not loaded the config as it is now: `kata-gpu
+/// status` compares when the config changed with when containerd started (the host's
+/// /proc), so an agent that died between a change and its restart restarts it next time,
+/// and one that changed nothing leaves containerd alone.
+fn restart_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<bool> {
+    let out = me(global)?
+        .args(["status", "--json", "--profile", args.profile.name()])
+        .output()
+        .context("cannot run kata-gpu status")?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("kata-gpu status printed no status: {}", shown(&out)))?;
+    Ok(status["restart_pending"] == true)
+}
+
+/// Restarts containerd in the host's mount namespace when it has not loaded its config
+/// and the agent may; else says the restart is owed.
+fn restart_if_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<()> {
+    if !restart_owed(args, global)? {
+        return Ok(());
+    }
     if !args.restart_containerd {
         say(&format!(
-            "containerd's config changed; restart it (systemctl restart {}), or run with --restart-containerd",
+            "containerd has not loaded its changed config; restart it (systemctl restart {}), or run with --restart-containerd",
             args.unit
         ));
         return Ok(());

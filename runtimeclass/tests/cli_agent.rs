@@ -1,7 +1,9 @@
 //! `kata-gpu agent` as a process on a simulated host (the pod test in
 //! tests/tests/deploy_pod.rs runs it from the image): labels through NFD's features.d only
 //! when doctor passes, all undone on SIGTERM to the original bytes; a failing install
-//! leaves no shim and no change; a missing shim in the image changes nothing.
+//! leaves no shim and no change; a missing shim in the image changes nothing. The
+//! containerd restart is tested in a private PID and mount namespace, where PID 1 is ours
+//! and `systemctl` a recorder: never the machine's own.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -73,10 +75,32 @@ fn ready_host(work: &Path) -> (SimHost, PathBuf, PathBuf) {
 }
 
 fn agent(sim: &SimHost, image: &Path, set: &Path, log: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
-        .arg("--host-root")
+    agent_under(&[], sim, image, set, log)
+}
+
+/// The agent run as the last argument of `launcher` (empty: directly); given a launcher,
+/// it may restart containerd (the launcher keeps it off the machine's own).
+fn agent_under(
+    launcher: &[&str],
+    sim: &SimHost,
+    image: &Path,
+    set: &Path,
+    log: &Path,
+) -> std::process::Child {
+    let exe = env!("CARGO_BIN_EXE_kata-gpu");
+    let mut c = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    c.arg("--host-root")
         .arg(sim.root())
-        .args(["agent", "--label", "--from"])
+        .args(["agent", "--label"])
+        .args(launcher.first().map(|_| "--restart-containerd"))
+        .arg("--from")
         .arg(image)
         .arg("--artifacts")
         .arg(set)
@@ -109,11 +133,8 @@ fn the_node_is_labelled_once_doctor_passes_and_unlabelled_on_sigterm() {
         assert!(labels.contains(want), "{want} not in {labels}");
     }
     assert_eq!(fs::read(sim.path(SHIM)).expect("shim"), b"shim");
-    assert!(
-        read().contains("containerd's config changed; restart it"),
-        "{}",
-        read()
-    );
+    // containerd (in the host's /proc) started after the change: no restart is owed.
+    assert!(!read().contains("restart it"), "{}", read());
     assert_ne!(fs::read(sim.path(CONFIG)).expect("config"), before);
 
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
@@ -175,4 +196,116 @@ fn an_image_without_the_shim_changes_nothing() {
     assert!(fs::read(sim.path(CONFIG)).expect("config") == before);
     assert!(!sim.path(SHIM).exists());
     assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
+}
+
+/// `host-exec` runs its command in PID 1's mount namespace, not its own: in a private PID
+/// namespace whose PID 1 is a shell, from a second mount namespace below it.
+#[test]
+fn host_exec_enters_the_mount_namespace_of_pid_1() {
+    kata_gpu_tests::require(kata_gpu_tests::is_root(), "root is needed for unshare");
+    let script = r#"echo "pid1 $(readlink /proc/self/ns/mnt)"
+unshare --mount -- readlink /proc/self/ns/mnt | sed 's/^/own /'
+unshare --mount -- "$0" host-exec -- readlink /proc/self/ns/mnt | sed 's/^/host-exec /'
+unshare --mount -- "$0" host-exec -- /nonexistent 2>&1 | sed 's/^/missing /'"#;
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--", "sh", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_kata-gpu"))
+        .output()
+        .expect("run unshare");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |tag: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{tag} ")))
+            .unwrap_or_else(|| panic!("no {tag} line in {text}"))
+            .to_owned()
+    };
+    assert_ne!(field("own"), field("pid1"), "{text}");
+    assert_eq!(field("host-exec"), field("pid1"), "{text}");
+    assert_eq!(
+        field("missing"),
+        "kata-gpu: cannot run /nonexistent: No such file or directory (os error 2)"
+    );
+}
+
+/// With --restart-containerd the agent restarts containerd after install and after
+/// uninstall only when containerd (by the host's /proc) has not loaded the change: twice
+/// on a host where no containerd ran since, never on one where it started after.
+#[test]
+fn containerd_restarts_only_when_it_has_not_loaded_the_change() {
+    kata_gpu_tests::require(kata_gpu_tests::is_root(), "root is needed for unshare");
+    for (started_after, want) in [
+        (true, ""),
+        (false, "restart containerd\nrestart containerd\n"),
+    ] {
+        let work = tempfile::tempdir().expect("tempdir");
+        let (sim, image, set) = ready_host(work.path());
+        if !started_after {
+            fs::remove_dir_all(sim.path("proc")).expect("no containerd in /proc");
+        }
+        let bin = work.path().join("bin");
+        fs::create_dir_all(&bin).expect("mkdir");
+        let calls = work.path().join("systemctl.calls");
+        fs::write(
+            bin.join("systemctl"),
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+        )
+        .expect("systemctl");
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        fs::set_permissions(bin.join("systemctl"), mode).expect("chmod");
+        let path = format!(
+            "PATH={}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = work.path().join("agent.log");
+        // env execs the agent, which becomes PID 1 of the new PID namespace.
+        let launcher = [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--",
+            "env",
+            &path,
+        ];
+        let child = agent_under(&launcher, &sim, &image, &set, &log);
+        let read = || fs::read_to_string(&log).unwrap_or_default();
+        wait_until("the agent waits", || read().contains("waiting for SIGTERM"));
+        let first = want.split_inclusive('\n').next().unwrap_or_default();
+        assert_eq!(
+            fs::read_to_string(&calls).unwrap_or_default(),
+            first,
+            "{}",
+            read()
+        );
+        // unshare's forked child is the agent.
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+            .expect("unshare's children");
+        let agent: i32 = children.trim().parse().expect("one child");
+        kill(Pid::from_raw(agent), Signal::SIGTERM).expect("SIGTERM");
+        let out = finish(child);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            read(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fs::read_to_string(&calls).unwrap_or_default(),
+            want,
+            "{}",
+            read()
+        );
+        assert_eq!(
+            read().contains("restarted containerd"),
+            !started_after,
+            "{}",
+            read()
+        );
+    }
 }

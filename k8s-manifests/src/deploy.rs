@@ -58,6 +58,9 @@ pub struct DeployOptions {
     pub max_unavailable: u32,
     /// The RuntimeClasses' options.
     pub runtime_class: Options,
+    /// A profile's artifact set on the node (a host path: directory, tarball or OCI
+    /// layout), installed by its agent.
+    pub artifacts: BTreeMap<Profile, String>,
 }
 
 impl Default for DeployOptions {
@@ -68,6 +71,7 @@ impl Default for DeployOptions {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             max_unavailable: 1,
             runtime_class: Options::default(),
+            artifacts: BTreeMap::new(),
         }
     }
 }
@@ -191,17 +195,18 @@ pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
         .profiles
         .iter()
         .map(|p| {
-            let args = [
-                &host[..],
-                &[
-                    "agent",
-                    "--profile",
-                    p.name(),
-                    "--label",
-                    "--restart-containerd",
-                ],
-            ]
-            .concat();
+            let set = o.artifacts.get(p).map(|a| format!("{HOST_MOUNT}{a}"));
+            let set: Vec<&str> = set
+                .as_deref()
+                .map_or(Vec::new(), |s| vec!["--artifacts", s]);
+            let agent = [
+                "agent",
+                "--profile",
+                p.name(),
+                "--label",
+                "--restart-containerd",
+            ];
+            let args = [&host[..], &agent[..], &set[..]].concat();
             let mut c = container(&format!("agent-{}", p.name()), &o.image, &args);
             c.security_context = privileged();
             c.volume_mounts = Some(vec![mount("host-root", HOST_MOUNT, false)]);

@@ -133,6 +133,7 @@ fn the_deployment_passes_the_schemas_of_the_oldest_and_newest_kubernetes() {
     let d = Deployment::new(&DeployOptions {
         profiles: Profile::ALL.to_vec(),
         max_unavailable: 3,
+        artifacts: [(Profile::Tdx, "/opt/sets/tdx.tar".to_owned())].into(),
         ..DeployOptions::default()
     });
     let file = write(dir.path(), "deploy.yaml", &d.to_yaml().expect("yaml"));

@@ -2,6 +2,7 @@
 //! namespace, ServiceAccount (no API rights), the node and device plugin DaemonSets and the
 //! RuntimeClasses, checked (`deploy_check`) before they are printed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -28,6 +29,10 @@ pub struct DeployArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     pub max_unavailable: u32,
+    /// The artifact set a profile's agent installs: PROFILE=PATH, a directory, tarball or
+    /// OCI layout on every node (as the host sees it); repeat per profile.
+    #[arg(long = "artifacts", value_name = "PROFILE=PATH")]
+    pub artifacts: Vec<String>,
     #[command(flatten)]
     pub manifest: ManifestArgs,
     /// Write to this file instead of standard output.
@@ -44,6 +49,32 @@ fn dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
+}
+
+/// Parses `--artifacts PROFILE=PATH`: a deployed profile, once, and an absolute path.
+fn artifact_sets(
+    given: &[String],
+    profiles: &[Profile],
+) -> anyhow::Result<BTreeMap<Profile, String>> {
+    let mut sets = BTreeMap::new();
+    for a in given {
+        let Some((p, path)) = a.split_once('=') else {
+            bail!("--artifacts {a:?}: write PROFILE=PATH, e.g. snp=/opt/kata-gpu/sets/snp.tar");
+        };
+        let profile: Profile = p.parse().map_err(|_| {
+            anyhow::anyhow!("--artifacts {a:?}: {p:?} is not a profile (snp, tdx, gpu)")
+        })?;
+        if !profiles.contains(&profile) {
+            bail!("--artifacts {a:?}: {p} is not deployed (add --profile {p})");
+        }
+        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+            bail!("--artifacts {a:?}: the path is the node's, absolute and without spaces");
+        }
+        if sets.insert(profile, path.to_owned()).is_some() {
+            bail!("--artifacts {a:?}: {p} has a set already");
+        }
+    }
+    Ok(sets)
 }
 
 /// Runs `kata-gpu deploy`.
@@ -70,12 +101,14 @@ pub fn run(args: DeployArgs, global: &Global) -> anyhow::Result<Outcome> {
     if profiles.is_empty() {
         profiles.push(Profile::Snp);
     }
+    let artifacts = artifact_sets(&args.artifacts, &profiles)?;
     let d = Deployment::new(&DeployOptions {
         image: args.image,
         profiles,
         namespace: args.namespace,
         max_unavailable: args.max_unavailable,
         runtime_class: args.manifest.options()?,
+        artifacts,
     });
     let found = problems(&d.values()?);
     if !found.is_empty() {

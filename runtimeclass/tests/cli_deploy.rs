@@ -137,3 +137,75 @@ fn bad_flags_are_one_line_and_nothing_is_written() {
         stdout(&kata_gpu(&["deploy"]))
     );
 }
+
+#[test]
+fn an_artifact_set_reaches_its_profiles_agent_only() {
+    let out = kata_gpu(&[
+        "deploy",
+        "--json",
+        "--profile",
+        "snp",
+        "--profile",
+        "tdx",
+        "--artifacts",
+        "snp=/opt/kata-gpu/sets/snp.tar",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let agents = &list["items"][2]["spec"]["template"]["spec"]["containers"];
+    let args = |i: usize| -> Vec<String> {
+        serde_json::from_value(agents[i]["args"].clone()).expect("args")
+    };
+    assert_eq!(agents[0]["name"], "agent-snp");
+    assert_eq!(
+        args(0)[args(0).len() - 2..],
+        ["--artifacts", "/host/opt/kata-gpu/sets/snp.tar"]
+    );
+    assert!(
+        !args(1).contains(&"--artifacts".to_owned()),
+        "{:?}",
+        args(1)
+    );
+}
+
+#[test]
+fn a_bad_artifact_set_is_one_line_and_nothing_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("deploy.yaml").display().to_string();
+    for (given, said) in [
+        (
+            "tdx=/x.tar",
+            "--artifacts \"tdx=/x.tar\": tdx is not deployed (add --profile tdx)",
+        ),
+        (
+            "sets/snp.tar",
+            "--artifacts \"sets/snp.tar\": write PROFILE=PATH, e.g. snp=/opt/kata-gpu/sets/snp.tar",
+        ),
+        (
+            "sev=/x.tar",
+            "--artifacts \"sev=/x.tar\": \"sev\" is not a profile (snp, tdx, gpu)",
+        ),
+        (
+            "snp=x.tar",
+            "--artifacts \"snp=x.tar\": the path is the node's, absolute and without spaces",
+        ),
+    ] {
+        let out = kata_gpu(&["deploy", "--artifacts", given, "--output", &f]);
+        assert_eq!(out.status.code(), Some(1), "{given}");
+        assert_eq!(stderr(&out), format!("kata-gpu: {said}\n"));
+    }
+    let out = kata_gpu(&[
+        "deploy",
+        "--artifacts",
+        "snp=/a.tar",
+        "--artifacts",
+        "snp=/b.tar",
+        "--output",
+        &f,
+    ]);
+    assert_eq!(
+        stderr(&out),
+        "kata-gpu: --artifacts \"snp=/b.tar\": snp has a set already\n"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+}

@@ -67,7 +67,9 @@ pub struct HostExecArgs {
 /// Runs the agent.
 pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
     // Blocked before anything changes: a SIGTERM during install is taken once it is done,
-    // and then undoes it. Children start with an empty mask (std resets it).
+    // and then undoes it. Blocking is also what lets the agent be PID 1 of its container
+    // (no shared PID namespace): the kernel drops a signal PID 1 has no handler for, but
+    // queues a blocked one. Children start with an empty mask (std resets it).
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGTERM);
     stop.add(Signal::SIGINT);

@@ -74,19 +74,32 @@ fn ready_host(work: &Path) -> (SimHost, PathBuf, PathBuf) {
     (sim, image, set)
 }
 
-fn agent(sim: &SimHost, image: &Path, set: &Path, log: &Path) -> std::process::Child {
+/// A running agent, killed (SIGKILL, and so is what `unshare --kill-child` started) if a
+/// test fails before it has stopped it, so that no agent outlives its test.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn agent(sim: &SimHost, image: &Path, set: &Path, log: &Path) -> Running {
     agent_under(&[], sim, image, set, log)
 }
 
 /// The agent run as the last argument of `launcher` (empty: directly); given a launcher,
 /// it may restart containerd (the launcher keeps it off the machine's own).
-fn agent_under(
-    launcher: &[&str],
-    sim: &SimHost,
-    image: &Path,
-    set: &Path,
-    log: &Path,
-) -> std::process::Child {
+fn agent_under(launcher: &[&str], sim: &SimHost, image: &Path, set: &Path, log: &Path) -> Running {
     let exe = env!("CARGO_BIN_EXE_kata-gpu");
     let mut c = match launcher.split_first() {
         Some((program, args)) => {
@@ -108,10 +121,12 @@ fn agent_under(
         .stdout(fs::File::create(log).expect("log"))
         .stderr(Stdio::piped())
         .spawn()
+        .map(|c| Running(Some(c)))
         .expect("start the agent")
 }
 
-fn finish(child: std::process::Child) -> Output {
+fn finish(mut running: Running) -> Output {
+    let child = running.0.take().expect("a running agent");
     child.wait_with_output().expect("wait for the agent")
 }
 

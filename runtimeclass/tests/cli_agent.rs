@@ -125,6 +125,18 @@ fn agent_under(launcher: &[&str], sim: &SimHost, image: &Path, set: &Path, log: 
         .expect("start the agent")
 }
 
+/// Sends SIGTERM to the agent (`pid`, as this process sees it) and checks it exits 0.
+fn sigterm(running: Running, pid: i32, log: &Path) {
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+    let out = finish(running);
+    let said = fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn finish(mut running: Running) -> Output {
     let child = running.0.take().expect("a running agent");
     child.wait_with_output().expect("wait for the agent")
@@ -152,15 +164,8 @@ fn the_node_is_labelled_once_doctor_passes_and_unlabelled_on_sigterm() {
     assert!(!read().contains("restart it"), "{}", read());
     assert_ne!(fs::read(sim.path(CONFIG)).expect("config"), before);
 
-    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-    kill(pid, Signal::SIGTERM).expect("SIGTERM");
-    let out = finish(child);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        read(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let pid = i32::try_from(child.id()).expect("pid");
+    sigterm(child, pid, &log);
     assert!(!sim.path(LABELS).exists(), "labels left");
     assert!(!sim.path(SHIM).exists(), "shim left");
     assert!(
@@ -302,14 +307,7 @@ fn containerd_restarts_only_when_it_has_not_loaded_the_change() {
         let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
             .expect("unshare's children");
         let agent: i32 = children.trim().parse().expect("one child");
-        kill(Pid::from_raw(agent), Signal::SIGTERM).expect("SIGTERM");
-        let out = finish(child);
-        assert!(
-            out.status.success(),
-            "{}{}",
-            read(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        sigterm(child, agent, &log);
         assert_eq!(
             fs::read_to_string(&calls).unwrap_or_default(),
             want,

@@ -21,7 +21,8 @@ help:
 	@echo "make test   lint, then every test of the workspace (what CI runs)"
 	@echo "make unit   the tests alone, without lint"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
-	@echo "make bench  every benchmark, bench/shim.sh and bench/load.sh (figures in BENCHMARKS.md)"
+	@echo "make bench  every benchmark, bench/shim.sh, bench/load.sh and bench/image.sh (figures in BENCHMARKS.md)"
+	@echo "make image  the node image as an OCI-layout tar (IMAGE=REF, IMAGE_TAR=FILE)"
 	@echo "make fuzz   run each fuzz target briefly (FUZZ_SECONDS=$(FUZZ_SECONDS)); installs cargo-fuzz first if missing (about 8 minutes, once)"
 	@echo "make install    kata-gpu and the shim under every profile name into \$$DESTDIR\$$PREFIX/bin (PREFIX=$(PREFIX)), atomically; BIN_DIR=DIR installs a build already made"
 	@echo "make uninstall  remove what make install installed (refused while a profile is registered)"
@@ -53,6 +54,9 @@ bench:
 	bash bench/shim.sh
 	BENCH_CONTAINERD=2.3.4 bash bench/shim.sh
 	bash bench/load.sh
+	$(MAKE) image
+	$(CARGO) build --quiet -p kata-gpu-simhost
+	bash bench/image.sh
 
 FUZZ_SECONDS ?= 20
 fuzz:
@@ -68,3 +72,17 @@ uninstall:
 
 clean:
 	$(CARGO) clean
+
+# The node image (README, "Deploy on a cluster"): kata-gpu, the shim under each profile's
+# name and the shared libraries they load, as an OCI-layout tar, the same bytes for the
+# same commit. IMAGE_PROFILE=dev builds it from debug binaries (what the tests do).
+IMAGE ?= kata-gpu:dev
+IMAGE_TAR ?= target/kata-gpu-image.tar
+IMAGE_PROFILE ?= release
+IMAGE_BIN = target/$(if $(filter dev,$(IMAGE_PROFILE)),debug,$(IMAGE_PROFILE))
+.PHONY: image
+image:
+	$(CARGO) build --quiet --profile $(IMAGE_PROFILE) -p kata-gpu -p kata-gpu-shim -p kata-gpu-image
+	$(IMAGE_BIN)/kata-gpu-image --kata-gpu $(IMAGE_BIN)/kata-gpu \
+	  --shim $(IMAGE_BIN)/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 \
+	  --name $(IMAGE) --revision "$$(git rev-parse HEAD)" --output $(IMAGE_TAR)

@@ -6,8 +6,12 @@
 //!   and a node selector;
 //! - [`nfd::node_feature_rule`]: labels SNP/TDX hosts that carry a confidential-computing
 //!   capable Hopper GPU;
-//! - [`sample_pod`]: a CUDA vector-add pod asking for one passthrough GPU.
+//! - [`sample_pod`]: a CUDA vector-add pod asking for one passthrough GPU;
+//! - [`deploy::Deployment`]: everything that runs kata-gpu on a cluster, checked by
+//!   [`deploy_check::problems`].
 
+pub mod deploy;
+pub mod deploy_check;
 pub mod nfd;
 mod objects;
 

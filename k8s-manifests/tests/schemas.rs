@@ -123,3 +123,44 @@ fn the_node_feature_rule_passes_the_nfd_crd_schema() {
     assert!(!out.status.success(), "accepted a bad op: {}", text(&out));
     assert!(text(&out).contains("IsTruthy"), "{}", text(&out));
 }
+
+/// The deployment against the strict schemas of the oldest and newest Kubernetes that
+/// k8s-openapi (and so this crate) supports: 1.33 and 1.37.
+#[test]
+fn the_deployment_passes_the_schemas_of_the_oldest_and_newest_kubernetes() {
+    use kata_gpu_manifests::deploy::{DeployOptions, Deployment};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Deployment::new(&DeployOptions {
+        profiles: Profile::ALL.to_vec(),
+        max_unavailable: 3,
+        artifacts: [(Profile::Tdx, "/opt/sets/tdx.tar".to_owned())].into(),
+        ..DeployOptions::default()
+    });
+    let file = write(dir.path(), "deploy.yaml", &d.to_yaml().expect("yaml"));
+    for version in ["1.33.0", "1.37.0"] {
+        let out = validator()
+            .args(["-k", version])
+            .arg(&file)
+            .output()
+            .expect("run kubernetes-validate");
+        let said = text(&out);
+        assert!(out.status.success(), "{version}: {said}");
+        // Namespace, ServiceAccount, two DaemonSets, three RuntimeClasses.
+        assert_eq!(said.matches("passed").count(), 7, "{version}: {said}");
+        assert!(!said.contains("WARN"), "{version}: {said}");
+    }
+    // A DaemonSet field misspelt fails, so the check above can fail.
+    let mut v = serde_json::to_value(&d.daemonsets[0]).expect("json");
+    v["spec"]["template"]["spec"]["hostPid"] = true.into();
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &serde_yaml_ng::to_string(&v).expect("yaml"),
+    );
+    let out = validator()
+        .args(["-k", "1.33.0"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "accepted: {}", text(&out));
+}

@@ -4,12 +4,14 @@
 //! `{"error": …}` on stdout), and exits 0 on
 //! success, 1 on a finding or refusal, 2 on bad usage.
 
+mod agent_cmd;
 mod artifacts_cmd;
 mod binaries_cmd;
 mod boot_unit;
 mod cdi_cmd;
 mod coexist;
 mod containerd_cmd;
+mod deploy_cmd;
 mod device_plugin_cmd;
 mod doctor_cmd;
 mod install_cmd;
@@ -88,6 +90,13 @@ enum Command {
     /// Serve the host's passthrough GPUs and NVSwitches to kubelet as nvidia.com/pgpu and
     /// nvidia.com/nvswitch (a device plugin; runs until SIGTERM).
     DevicePlugin(device_plugin_cmd::DevicePluginArgs),
+    /// The objects that run kata-gpu on a cluster, for kubectl apply -f -.
+    Deploy(deploy_cmd::DeployArgs),
+    /// The node DaemonSet's container: install, label when doctor passes, wait; undo on SIGTERM.
+    Agent(agent_cmd::AgentArgs),
+    /// Run a command in the host's mount namespace (PID 1's), like nsenter --target 1 --mount.
+    #[command(hide = true)]
+    HostExec(agent_cmd::HostExecArgs),
 }
 
 /// What a command found: success, or findings the user must act on.
@@ -126,6 +135,9 @@ fn main() -> ExitCode {
         Command::DevicePlugin(args) => device_plugin_cmd::run(args, &cli.global),
         Command::Binaries(cmd) => binaries_cmd::run(cmd, &cli.global),
         Command::Report(args) => report_cmd::run(args, &cli.global),
+        Command::Deploy(args) => deploy_cmd::run(args, &cli.global),
+        Command::Agent(args) => agent_cmd::run(args, &cli.global),
+        Command::HostExec(args) => agent_cmd::host_exec(args),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

@@ -70,9 +70,15 @@ pub fn run(args: RuntimeClassArgs, global: &Global) -> anyhow::Result<Outcome> {
     } else {
         m.to_yaml()?
     };
-    match args.output {
+    emit(&text, args.output.as_deref())
+}
+
+/// Prints manifests, or writes them atomically to `output` and says how to apply them;
+/// shared with `deploy`.
+pub fn emit(text: &str, output: Option<&std::path::Path>) -> anyhow::Result<Outcome> {
+    match output {
         Some(path) => {
-            fsio::write_atomic(&path, text.as_bytes(), Some(0o644))?;
+            fsio::write_atomic(path, text.as_bytes(), Some(0o644))?;
             eprintln!(
                 "wrote {}: apply with kubectl apply -f {}",
                 path.display(),

@@ -269,6 +269,25 @@ impl PrivateContainerd {
         &self.bin
     }
 
+    /// Imports an OCI-layout tar into the `k8s.io` namespace (CRI's), as an admin does with
+    /// `ctr images import`; panics with ctr's words and containerd's log when it fails.
+    pub fn import(&self, archive: &Path) {
+        let o = self.ctr(&[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            &archive.display().to_string(),
+        ]);
+        assert!(
+            o.status.success(),
+            "ctr images import {}: {}\n{}",
+            archive.display(),
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+    }
+
     /// Runs `ctr --address <ours> args…` with the release's own `ctr`.
     pub fn ctr(&self, args: &[&str]) -> Output {
         Command::new(self.bin.join("ctr"))

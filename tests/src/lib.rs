@@ -1,6 +1,6 @@
 //! Shared fixtures for tests against real parts and simulated hosts.
 //!
-//! - [`containerd`]: a private containerd started per test.
+//! - [`containerd`]: a private containerd started per test; [`cri`]: a CRI client for it.
 //! - [`kubelet`]: a stand-in for kubelet's PodResources API (the real protocol).
 //! - [`katans`]: Kata run in a private mount namespace with a syslog socket.
 //! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
@@ -11,6 +11,7 @@
 //!   [`WriteCdiSpecs`] to give one the host's own CDI specs.
 
 pub mod containerd;
+pub mod cri;
 pub mod image;
 pub mod katans;
 pub mod kubelet;
@@ -123,4 +124,24 @@ pub fn output_text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The command of README.md's "Deploy on a cluster" block whose line starts with `start`,
+/// as words up to a pipe: the deployment tests run the README's own commands.
+pub fn readme_command(start: &str) -> Vec<String> {
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let text = std::fs::read_to_string(&readme).expect("README.md");
+    let (_, section) = text
+        .split_once("## Deploy on a cluster")
+        .expect("README.md has a \"Deploy on a cluster\" section");
+    let (_, block) = section.split_once("```sh\n").expect("a sh block in it");
+    let (block, _) = block.split_once("```").expect("the block ends");
+    let line = block
+        .lines()
+        .find(|l| l.trim_start().starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting with {start:?} in:\n{block}"));
+    line.split_whitespace()
+        .take_while(|w| *w != "|")
+        .map(str::to_owned)
+        .collect()
 }

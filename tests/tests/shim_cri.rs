@@ -11,11 +11,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     CdiDevice, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecSyncRequest,
-    ImageSpec, LinuxContainerConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
+    ImageSpec, LinuxContainerConfig, PodSandboxConfig, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use kata_gpu_device_plugin::{Config, Strategy};
@@ -23,9 +21,10 @@ use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePlu
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::{
     AllocateRequest, ContainerAllocateRequest, ContainerAllocateResponse,
 };
+use kata_gpu_tests::cri::{client, host_network_pod};
 use kata_gpu_tests::image::write_oci_archive;
 use kata_gpu_tests::kubelet::{Allocation, DevicePlugin, KubeletRegistration, PodResourcesStandIn};
-use kata_gpu_tests::shimrig::{err, pids_of, Downstream, Rig, CDI_SPEC_DIR, SHIM};
+use kata_gpu_tests::shimrig::{pids_of, Downstream, Rig, CDI_SPEC_DIR, SHIM};
 use kata_gpu_tests::{available, Containerd};
 
 const IMAGE: &str = "docker.io/library/kata-gpu-pause:test";
@@ -74,12 +73,6 @@ fn cri_table(release: Containerd, kubelet: bool) -> String {
     }
 }
 
-async fn client(rig: &Rig) -> RuntimeServiceClient<tonic::transport::Channel> {
-    kata_gpu_containerd_config::cri::connect(&rig.ctrd.address())
-        .await
-        .expect("connect to containerd's CRI")
-}
-
 /// How the pod asks for its GPU.
 enum Ask {
     /// `cdi.k8s.io/gpu` on the pod, and CRI's CDI devices on the container.
@@ -93,31 +86,13 @@ fn sandbox_config(rig: &Rig, name: &str, ask: &Ask) -> PodSandboxConfig {
     let logs = rig.work.path().join("pod-logs").join(name);
     fs::create_dir_all(&logs).expect("log dir");
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-
-        log_directory: logs.display().to_string(),
         annotations: match ask {
             Ask::Annotation => {
                 HashMap::from([("cdi.k8s.io/gpu".to_owned(), "nvidia.com/pgpu=0".to_owned())])
             }
             Ask::Kubelet(_) => HashMap::new(),
         },
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: 2, // NODE: host network, no CNI
-                    ..NamespaceOption::default()
-                }),
-                ..LinuxSandboxSecurityContext::default()
-            }),
-            ..LinuxPodSandboxConfig::default()
-        }),
-        ..PodSandboxConfig::default()
+        ..host_network_pod(name, "default", &logs, false)
     }
 }
 
@@ -249,22 +224,10 @@ fn gpu_pod(release: Containerd, test: &str, kubelet: bool) {
         &archive,
     )
     .expect("image archive");
-    let o = rig.ctr(&[
-        "-n",
-        "k8s.io",
-        "images",
-        "import",
-        &archive.display().to_string(),
-    ]);
-    assert!(
-        o.status.success(),
-        "import: {}\n{}",
-        err(&o),
-        rig.ctrd.log()
-    );
+    rig.ctrd.import(&archive);
 
     runtime.block_on(async {
-        let mut cri = client(&rig).await;
+        let mut cri = client(rig.ctrd.address()).await;
         let pod_config = sandbox_config(&rig, "gpu-pod", &ask);
         let pod = cri
             .run_pod_sandbox(RunPodSandboxRequest {

@@ -1,0 +1,54 @@
+//! `kata-gpu-image`: writes the node image (an OCI-layout tar) from built binaries; what
+//! `make image` runs. Prints the image's name and manifest digest.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use kata_gpu_image::{build, ImageSpec};
+use kata_gpu_plan::Profile;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kata-gpu-image",
+    about = "Build the kata-gpu node image as an OCI-layout tar"
+)]
+struct Args {
+    /// The `kata-gpu` binary.
+    #[arg(long, value_name = "FILE")]
+    kata_gpu: PathBuf,
+    /// The shim binary.
+    #[arg(long, value_name = "FILE")]
+    shim: PathBuf,
+    /// A name the shim is installed under; repeat (default: one per profile).
+    #[arg(long = "shim-name", value_name = "NAME")]
+    shim_names: Vec<String>,
+    /// The image's name and tag, e.g. ghcr.io/org/kata-gpu:v1.
+    #[arg(long, value_name = "REF")]
+    name: String,
+    /// The commit it is built from (the org.opencontainers.image.revision label).
+    #[arg(long, value_name = "SHA", default_value = "")]
+    revision: String,
+    /// Where to write the tar.
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let built = build(&ImageSpec {
+        name: a.name.clone(),
+        revision: a.revision,
+        kata_gpu: a.kata_gpu,
+        shim: a.shim,
+        shim_names: if a.shim_names.is_empty() {
+            Profile::ALL.map(Profile::shim_binary).to_vec()
+        } else {
+            a.shim_names
+        },
+    })?;
+    kata_gpu_fsutil::write_atomic(&a.output, &built.archive, 0o644)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    println!("{} {} {}", a.output.display(), a.name, built.digest);
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The deployment's own check: clean as built, and each missing piece (node selector, GPU
+//! toleration, hostPID, privileged) or extra right (RBAC, a token, privilege where none is
+//! needed) named.
+
+use kata_gpu_manifests::deploy::{DeployOptions, Deployment};
+use kata_gpu_manifests::deploy_check::problems;
+use kata_gpu_plan::Profile;
+use serde_json::{json, Value};
+
+fn objects() -> Vec<Value> {
+    Deployment::new(&DeployOptions {
+        profiles: vec![Profile::Snp, Profile::Tdx],
+        ..DeployOptions::default()
+    })
+    .values()
+    .expect("values")
+}
+
+/// Index of the node DaemonSet and of the device plugin's in `objects()`.
+const NODE: usize = 2;
+const PLUGIN: usize = 3;
+
+fn with(edit: impl Fn(&mut Vec<Value>)) -> Vec<String> {
+    let mut o = objects();
+    edit(&mut o);
+    problems(&o)
+}
+
+#[test]
+fn the_deployment_as_built_has_no_problem() {
+    assert_eq!(problems(&objects()), Vec::<String>::new());
+    let o = objects();
+    assert_eq!(o[NODE]["metadata"]["name"], "kata-gpu-node");
+    assert_eq!(o[PLUGIN]["metadata"]["name"], "kata-gpu-device-plugin");
+}
+
+#[test]
+fn a_daemonset_without_the_node_selector_or_the_gpu_toleration_is_refused() {
+    for ds in [NODE, PLUGIN] {
+        let got = with(|o| {
+            o[ds]["spec"]["template"]["spec"]["nodeSelector"] = json!({});
+        });
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].ends_with("no nodeSelector nvidia.com/gpu.workload.config=vm-passthrough"),
+            "{got:?}"
+        );
+        let got = with(|o| {
+            o[ds]["spec"]["template"]["spec"]["tolerations"] = Value::Null;
+        });
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("does not tolerate the nvidia.com/gpu NoSchedule taint"),
+            "{got:?}"
+        );
+        let got = with(|o| {
+            o[ds]["spec"]["template"]["spec"]["tolerations"][0]["effect"] = "NoExecute".into();
+        });
+        assert_eq!(got.len(), 1, "{got:?}");
+        let got = with(|o| {
+            o[ds]["spec"]["updateStrategy"] = Value::Null;
+        });
+        assert!(
+            got[0].ends_with("no rollingUpdate.maxUnavailable"),
+            "{got:?}"
+        );
+    }
+}
+
+#[test]
+fn the_node_daemonset_needs_host_pid_and_privileged_and_the_plugin_neither() {
+    let got = with(|o| o[NODE]["spec"]["template"]["spec"]["hostPID"] = false.into());
+    assert_eq!(
+        got,
+        ["DaemonSet kata-gpu-node: the agent restarts containerd in PID 1's mount namespace and needs hostPID"]
+    );
+    let got = with(|o| {
+        o[NODE]["spec"]["template"]["spec"]["initContainers"][0]["securityContext"] = Value::Null;
+    });
+    assert_eq!(
+        got,
+        ["DaemonSet kata-gpu-node: container vfio-bind changes the host and must be privileged"]
+    );
+    let got = with(|o| {
+        o[NODE]["spec"]["template"]["spec"]["containers"][1]["securityContext"]["privileged"] =
+            false.into();
+    });
+    assert_eq!(
+        got,
+        ["DaemonSet kata-gpu-node: container agent-tdx changes the host and must be privileged"]
+    );
+    let got = with(|o| {
+        o[PLUGIN]["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] =
+            true.into();
+        o[PLUGIN]["spec"]["template"]["spec"]["hostPID"] = true.into();
+    });
+    assert_eq!(
+        got,
+        [
+            "DaemonSet kata-gpu-device-plugin: container device-plugin is privileged and need not be",
+            "DaemonSet kata-gpu-device-plugin: hostPID without an agent to need it",
+        ]
+    );
+}
+
+#[test]
+fn any_api_right_is_more_than_its_own_node() {
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": { "name": "kata-gpu-node" },
+        "rules": [{ "apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"] }],
+    });
+    let got = with(|o| o.push(role.clone()));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(r#"ClusterRole kata-gpu-node: grants ["get","patch"] on ["nodes"]: every pod of a DaemonSet shares its ServiceAccount"#),
+        "{got:?}"
+    );
+    let got = with(|o| {
+        o.push(json!({ "kind": "ClusterRoleBinding", "metadata": { "name": "x" } }));
+    });
+    assert_eq!(
+        got,
+        ["ClusterRoleBinding x: binds a role, and the DaemonSets need none"]
+    );
+    let got = with(|o| o[1]["automountServiceAccountToken"] = true.into());
+    assert_eq!(
+        got,
+        ["ServiceAccount kata-gpu-node: automountServiceAccountToken is not false"]
+    );
+    let got = with(|o| {
+        o[PLUGIN]["spec"]["template"]["spec"]["automountServiceAccountToken"] = Value::Null;
+    });
+    assert_eq!(
+        got,
+        ["DaemonSet kata-gpu-device-plugin: mounts a service account token it has no use for"]
+    );
+}
+
+#[test]
+fn max_unavailable_and_the_image_reach_the_daemonsets() {
+    let o = Deployment::new(&DeployOptions {
+        image: "registry.example/kata-gpu@sha256:0".into(),
+        max_unavailable: 4,
+        ..DeployOptions::default()
+    })
+    .values()
+    .expect("values");
+    for ds in [NODE, PLUGIN] {
+        assert_eq!(
+            o[ds]["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+            4
+        );
+        assert_eq!(
+            o[ds]["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"],
+            0
+        );
+        assert_eq!(
+            o[ds]["spec"]["template"]["spec"]["containers"][0]["image"],
+            "registry.example/kata-gpu@sha256:0"
+        );
+    }
+}

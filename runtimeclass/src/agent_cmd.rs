@@ -1,0 +1,271 @@
+//! `kata-gpu agent`: what the node DaemonSet's container runs. It installs the shim and
+//! runs `kata-gpu install`, restarts containerd only when it has not loaded its changed
+//! config (`kata-gpu status`), labels the
+//! node once `kata-gpu doctor` passes, then waits; on SIGTERM or SIGINT it removes the
+//! label, runs `kata-gpu uninstall` (the config comes back byte for byte) and removes the
+//! shim. Each step is this same binary run as a child with the same `--host-root`, so the
+//! agent adds no second way of doing what the commands do.
+//!
+//! The label goes through Node Feature Discovery's local source (a file in its
+//! `features.d` directory, which the GPU Operator's NFD reads with `nvidia.com` allowed):
+//! the pod needs no API credentials and no RBAC on nodes at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{bail, Context};
+use kata_gpu_containerd_config::fsio;
+use kata_gpu_plan::Profile;
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::node_state::inside;
+use crate::{Global, Outcome};
+
+/// NFD's local feature files, as the host sees them.
+pub const FEATURES_DIR: &str = "/etc/kubernetes/node-feature-discovery/features.d";
+
+/// Arguments of `kata-gpu agent`; what follows `--` goes to both install and uninstall.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The runtime class's profile: snp, tdx or gpu.
+    #[arg(long, default_value = "snp")]
+    pub profile: Profile,
+    /// The artifact set for install (a directory, tarball or OCI layout, as this process sees it).
+    #[arg(long, value_name = "SRC")]
+    pub artifacts: Option<PathBuf>,
+    /// Where the image keeps the shim (this process's view).
+    #[arg(long, value_name = "DIR", default_value = "/usr/local/bin")]
+    pub from: PathBuf,
+    /// Where containerd finds the shim on the host (a host path, under --host-root).
+    #[arg(long, value_name = "DIR", default_value = "/usr/local/bin")]
+    pub shim_dir: PathBuf,
+    /// Restart containerd (systemctl restart UNIT in the host's mount namespace, as
+    /// `nsenter --target 1 --mount` does) when it has not loaded its changed config.
+    #[arg(long)]
+    pub restart_containerd: bool,
+    /// containerd's systemd unit.
+    #[arg(long, value_name = "UNIT", default_value = "containerd")]
+    pub unit: String,
+    /// Label the node (through NFD's features.d) when doctor passes.
+    #[arg(long)]
+    pub label: bool,
+    /// Arguments for both install and uninstall, e.g. --containerd-config F.
+    #[arg(last = true, value_name = "ARGS")]
+    pub rest: Vec<String>,
+}
+
+/// Arguments of the hidden `kata-gpu host-exec`: `nsenter --target 1 --mount` for an
+/// image that has no nsenter.
+#[derive(Debug, clap::Args)]
+pub struct HostExecArgs {
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs the agent.
+pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
+    // Blocked before anything changes: a SIGTERM during install is taken once it is done,
+    // and then undoes it. Blocking is also what lets the agent be PID 1 of its container
+    // (no shared PID namespace): the kernel drops a signal PID 1 has no handler for, but
+    // queues a blocked one. Children start with an empty mask (std resets it).
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGTERM);
+    stop.add(Signal::SIGINT);
+    stop.thread_block().context("cannot block SIGTERM")?;
+    let root = &global.host_root;
+    let (shim, created) = install_shim(&args, root)?;
+    say(&format!("installed {}", shim.display()));
+    let mut install = vec!["install".to_owned()];
+    if let Some(src) = &args.artifacts {
+        install.extend(["--artifacts".to_owned(), src.display().to_string()]);
+    }
+    if let Err(e) = step(&args, global, &install) {
+        // A shim no registration names is not left behind.
+        if created {
+            fsio::remove_file(&inside(root, &shim)?)?;
+        }
+        return Err(e);
+    }
+    restart_if_owed(&args, global)?;
+    let labelled = if args.label {
+        label(&args, global)?
+    } else {
+        None
+    };
+    say("ready; waiting for SIGTERM to uninstall");
+    let signal = stop.wait().context("cannot wait for a signal")?;
+    say(&format!("{signal}: uninstalling"));
+    if let Some(file) = labelled {
+        fsio::remove_file(&file)?;
+        say(&format!("removed the node labels ({})", file.display()));
+    }
+    step(&args, global, &["uninstall".to_owned()])?;
+    restart_if_owed(&args, global)?;
+    fsio::remove_file(&inside(root, &shim)?)?;
+    say(&format!("removed {}", shim.display()));
+    stop.thread_unblock().context("cannot unblock SIGTERM")?;
+    Ok(Outcome::Clean)
+}
+
+fn say(line: &str) {
+    println!("kata-gpu agent: {line}");
+}
+
+/// Copies the profile's shim from the image to the host, unless it is there already; its
+/// host path, and whether there was none before.
+fn install_shim(args: &AgentArgs, root: &Path) -> anyhow::Result<(PathBuf, bool)> {
+    let name = args.profile.shim_binary();
+    let from = args.from.join(&name);
+    let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+    let host = args.shim_dir.join(&name);
+    let real = inside(root, &host)?;
+    let created = !real.exists();
+    if std::fs::read(&real).ok().as_deref() != Some(&bytes[..]) {
+        if let Some(dir) = real.parent() {
+            kata_gpu_fsutil::create_dirs(dir, 0o755)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        kata_gpu_fsutil::write_atomic(&real, &bytes, 0o755)
+            .with_context(|| format!("cannot write {}", real.display()))?;
+    }
+    Ok((host, created))
+}
+
+fn me(global: &Global) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find this binary")?;
+    let mut c = Command::new(exe);
+    c.arg("--host-root").arg(&global.host_root);
+    Ok(c)
+}
+
+fn shown(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs `kata-gpu <command> --json --profile P <rest>` and prints its steps.
+fn step(args: &AgentArgs, global: &Global, command: &[String]) -> anyhow::Result<()> {
+    let out = me(global)?
+        .args(command)
+        .args(["--json", "--profile", args.profile.name()])
+        .args(&args.rest)
+        .output()
+        .with_context(|| format!("cannot run kata-gpu {}", command[0]))?;
+    if !out.status.success() {
+        bail!("kata-gpu {} failed: {}", command[0], shown(&out).trim());
+    }
+    let steps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("kata-gpu {} printed no steps: {}", command[0], shown(&out)))?;
+    for s in &steps {
+        let (name, result) = (
+            s["step"].as_str().unwrap_or("?"),
+            s["result"].as_str().unwrap_or("?"),
+        );
+        say(&format!("{} {name}: {result}", command[0]));
+    }
+    Ok(())
+}
+
+/// Whether the running containerd has not loaded the config as it is now: `kata-gpu
+/// status` compares when the config changed with when containerd started (the host's
+/// /proc), so an agent that died between a change and its restart restarts it next time,
+/// and one that changed nothing leaves containerd alone.
+fn restart_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<bool> {
+    let out = me(global)?
+        .args(["status", "--json", "--profile", args.profile.name()])
+        .output()
+        .context("cannot run kata-gpu status")?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("kata-gpu status printed no status: {}", shown(&out)))?;
+    Ok(status["restart_pending"] == true)
+}
+
+/// Restarts containerd in the host's mount namespace when it has not loaded its config
+/// and the agent may; else says the restart is owed.
+fn restart_if_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<()> {
+    if !restart_owed(args, global)? {
+        return Ok(());
+    }
+    if !args.restart_containerd {
+        say(&format!(
+            "containerd has not loaded its changed config; restart it (systemctl restart {}), or run with --restart-containerd",
+            args.unit
+        ));
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("cannot find this binary")?;
+    let out = Command::new(exe)
+        .args(["host-exec", "--", "systemctl", "restart", &args.unit])
+        .output()
+        .context("cannot run systemctl")?;
+    if !out.status.success() {
+        bail!(
+            "systemctl restart {} failed: {}",
+            args.unit,
+            shown(&out).trim()
+        );
+    }
+    say(&format!("restarted {}", args.unit));
+    Ok(())
+}
+
+/// The labels the node gets when doctor passes: what `doctor --labels` finds, and the
+/// node selector of the profile's RuntimeClass, so that its pods land only here.
+fn label(args: &AgentArgs, global: &Global) -> anyhow::Result<Option<PathBuf>> {
+    let profile = ["--profile", args.profile.name()];
+    let doctor = me(global)?
+        .arg("doctor")
+        .args(profile)
+        .output()
+        .context("cannot run doctor")?;
+    if !doctor.status.success() {
+        say("not labelled: kata-gpu doctor found problems:");
+        print!("{}", shown(&doctor));
+        return Ok(None);
+    }
+    let found = me(global)?
+        .args(["doctor", "--labels", "--json"])
+        .args(profile)
+        .output()
+        .context("cannot run doctor --labels")?;
+    let mut labels: BTreeMap<String, String> = serde_json::from_slice(&found.stdout)
+        .with_context(|| format!("doctor --labels printed no labels: {}", shown(&found)))?;
+    let class = kata_gpu_manifests::runtime_class(args.profile, &Default::default());
+    labels.extend(
+        class
+            .scheduling
+            .and_then(|s| s.node_selector)
+            .unwrap_or_default(),
+    );
+    let text: String = labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let host = Path::new(FEATURES_DIR).join(format!("kata-gpu-{}", args.profile.name()));
+    let real = inside(&global.host_root, &host)?;
+    if let Some(dir) = real.parent() {
+        kata_gpu_fsutil::create_dirs(dir, 0o755)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    kata_gpu_fsutil::write_atomic(&real, text.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", real.display()))?;
+    say(&format!(
+        "labelled through {}: {}",
+        host.display(),
+        text.trim().replace('\n', ", ")
+    ));
+    Ok(Some(real))
+}
+
+/// Runs the command in the mount namespace of PID 1 (the host's, in a `hostPID` pod).
+pub fn host_exec(args: HostExecArgs) -> anyhow::Result<Outcome> {
+    use std::os::unix::process::CommandExt;
+    let ns = std::fs::File::open("/proc/1/ns/mnt").context("cannot open /proc/1/ns/mnt")?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("cannot enter the mount namespace of PID 1 (a privileged, hostPID pod can)")?;
+    let (program, rest) = args.command.split_first().context("no command")?;
+    let err = Command::new(program).args(rest).exec();
+    Err(err).with_context(|| format!("cannot run {program}"))
+}

@@ -1,0 +1,324 @@
+//! `kata-gpu agent` as a process on a simulated host (the pod test in
+//! tests/tests/deploy_pod.rs runs it from the image): labels through NFD's features.d only
+//! when doctor passes, all undone on SIGTERM to the original bytes; a failing install
+//! leaves no shim and no change; a missing shim in the image changes nothing. The
+//! containerd restart is tested in a private PID and mount namespace, where PID 1 is ours
+//! and `systemctl` a recorder: never the machine's own.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use kata_gpu_tests::shimrig::wait_until;
+use kata_gpu_tests::{SimHost, VfioMode};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const SHIM: &str = "usr/local/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
+const LABELS: &str = "etc/kubernetes/node-feature-discovery/features.d/kata-gpu-snp";
+const CONFIG: &str = "etc/containerd/config.toml";
+
+/// A host doctor passes on once installed: containerd's default config, Kata's shim, and
+/// a containerd process in the host's /proc that started after any change (so no restart
+/// is owed); plus an image dir with the shim and a stand-in artifact set.
+fn ready_host(work: &Path) -> (SimHost, PathBuf, PathBuf) {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let put = |rel: &str, bytes: &[u8]| {
+        let p = sim.path(rel);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(p, bytes).expect("write");
+    };
+    let default = Command::new("containerd")
+        .args(["config", "default"])
+        .output()
+        .expect("containerd config default (Debian's containerd, make deps)");
+    put(CONFIG, &default.stdout);
+    put("opt/kata/bin/containerd-shim-kata-v2", b"kata");
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    put("proc/stat", format!("cpu 0\nbtime {later}\n").as_bytes());
+    put("proc/4242/comm", b"containerd\n");
+    put(
+        "proc/4242/cmdline",
+        b"containerd\0--config\0/etc/containerd/config.toml\0",
+    );
+    put(
+        "proc/4242/stat",
+        format!("4242 (containerd) S{}\n", " 0".repeat(19)).as_bytes(),
+    );
+    let image = work.join("image-bin");
+    fs::create_dir_all(&image).expect("mkdir");
+    fs::write(
+        image.join("containerd-shim-kata-qemu-nvidia-gpu-snp-v2"),
+        b"shim",
+    )
+    .expect("shim");
+    let set = work.join("set");
+    fs::create_dir_all(&set).expect("mkdir");
+    for (f, b) in [
+        ("vmlinuz-6.12-nvidia-gpu-confidential", "kernel"),
+        ("kata-containers-confidential.img", "image"),
+        ("AMDSEV.fd", "fw"),
+    ] {
+        fs::write(set.join(f), b).expect("set");
+    }
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/templates/configuration-qemu-nvidia-gpu-snp.toml"),
+        set.join("configuration-qemu-nvidia-gpu-snp.toml"),
+    )
+    .expect("config");
+    (sim, image, set)
+}
+
+/// A running agent, killed (SIGKILL, and so is what `unshare --kill-child` started) if a
+/// test fails before it has stopped it, so that no agent outlives its test.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn agent(sim: &SimHost, image: &Path, set: &Path, log: &Path) -> Running {
+    agent_under(&[], sim, image, set, log)
+}
+
+/// The agent run as the last argument of `launcher` (empty: directly); given a launcher,
+/// it may restart containerd (the launcher keeps it off the machine's own).
+fn agent_under(launcher: &[&str], sim: &SimHost, image: &Path, set: &Path, log: &Path) -> Running {
+    let exe = env!("CARGO_BIN_EXE_kata-gpu");
+    let mut c = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    c.arg("--host-root")
+        .arg(sim.root())
+        .args(["agent", "--label"])
+        .args(launcher.first().map(|_| "--restart-containerd"))
+        .arg("--from")
+        .arg(image)
+        .arg("--artifacts")
+        .arg(set)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(log).expect("log"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(|c| Running(Some(c)))
+        .expect("start the agent")
+}
+
+/// Sends SIGTERM to the agent (`pid`, as this process sees it) and checks it exits 0.
+fn sigterm(running: Running, pid: i32, log: &Path) {
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+    let out = finish(running);
+    let said = fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn finish(mut running: Running) -> Output {
+    let child = running.0.take().expect("a running agent");
+    child.wait_with_output().expect("wait for the agent")
+}
+
+#[test]
+fn the_node_is_labelled_once_doctor_passes_and_unlabelled_on_sigterm() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    let before = fs::read(sim.path(CONFIG)).expect("config");
+    let log = work.path().join("agent.log");
+    let child = agent(&sim, &image, &set, &log);
+    let read = || fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the agent waits", || read().contains("waiting for SIGTERM"));
+    let labels = fs::read_to_string(sim.path(LABELS)).unwrap_or_else(|e| panic!("{e}: {}", read()));
+    for want in [
+        "nvidia.com/cc.ready.state=true\n",
+        "nvidia.com/gpu.workload.config=vm-passthrough\n",
+        "nvidia.com/cc.capable=true\n",
+    ] {
+        assert!(labels.contains(want), "{want} not in {labels}");
+    }
+    assert_eq!(fs::read(sim.path(SHIM)).expect("shim"), b"shim");
+    // containerd (in the host's /proc) started after the change: no restart is owed.
+    assert!(!read().contains("restart it"), "{}", read());
+    assert_ne!(fs::read(sim.path(CONFIG)).expect("config"), before);
+
+    let pid = i32::try_from(child.id()).expect("pid");
+    sigterm(child, pid, &log);
+    assert!(!sim.path(LABELS).exists(), "labels left");
+    assert!(!sim.path(SHIM).exists(), "shim left");
+    assert!(
+        fs::read(sim.path(CONFIG)).expect("config") == before,
+        "{}",
+        read()
+    );
+}
+
+#[test]
+fn a_failing_install_leaves_no_shim_and_no_change() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    fs::write(sim.path(CONFIG), "version = 2\n[plugins\n").expect("break the config");
+    let log = work.path().join("agent.log");
+    let out = finish(agent(&sim, &image, &set, &log));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("kata-gpu: kata-gpu install failed: "),
+        "{err}"
+    );
+    assert!(err.contains("config.toml"), "{err}");
+    assert!(!sim.path(SHIM).exists(), "shim left after a failed install");
+    assert!(!sim.path(LABELS).exists());
+    assert_eq!(
+        fs::read_to_string(sim.path(CONFIG)).expect("config"),
+        "version = 2\n[plugins\n"
+    );
+}
+
+#[test]
+fn an_image_without_the_shim_changes_nothing() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    fs::remove_file(image.join("containerd-shim-kata-qemu-nvidia-gpu-snp-v2")).expect("rm");
+    let before = fs::read(sim.path(CONFIG)).expect("config");
+    let out = finish(agent(&sim, &image, &set, &work.path().join("agent.log")));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().next().unwrap_or_default(),
+        format!(
+            "kata-gpu: cannot read {}/containerd-shim-kata-qemu-nvidia-gpu-snp-v2: No such file or directory (os error 2)",
+            image.display()
+        )
+    );
+    assert!(fs::read(sim.path(CONFIG)).expect("config") == before);
+    assert!(!sim.path(SHIM).exists());
+    assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
+}
+
+/// `host-exec` runs its command in PID 1's mount namespace, not its own: in a private PID
+/// namespace whose PID 1 is a shell, from a second mount namespace below it.
+#[test]
+fn host_exec_enters_the_mount_namespace_of_pid_1() {
+    kata_gpu_tests::require(kata_gpu_tests::is_root(), "root is needed for unshare");
+    let script = r#"echo "pid1 $(readlink /proc/self/ns/mnt)"
+unshare --mount -- readlink /proc/self/ns/mnt | sed 's/^/own /'
+unshare --mount -- "$0" host-exec -- readlink /proc/self/ns/mnt | sed 's/^/host-exec /'
+unshare --mount -- "$0" host-exec -- /nonexistent 2>&1 | sed 's/^/missing /'"#;
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--", "sh", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_kata-gpu"))
+        .output()
+        .expect("run unshare");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |tag: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{tag} ")))
+            .unwrap_or_else(|| panic!("no {tag} line in {text}"))
+            .to_owned()
+    };
+    assert_ne!(field("own"), field("pid1"), "{text}");
+    assert_eq!(field("host-exec"), field("pid1"), "{text}");
+    assert_eq!(
+        field("missing"),
+        "kata-gpu: cannot run /nonexistent: No such file or directory (os error 2)"
+    );
+}
+
+/// With --restart-containerd the agent restarts containerd after install and after
+/// uninstall only when containerd (by the host's /proc) has not loaded the change: twice
+/// on a host where no containerd ran since, never on one where it started after.
+#[test]
+fn containerd_restarts_only_when_it_has_not_loaded_the_change() {
+    kata_gpu_tests::require(kata_gpu_tests::is_root(), "root is needed for unshare");
+    for (started_after, want) in [
+        (true, ""),
+        (false, "restart containerd\nrestart containerd\n"),
+    ] {
+        let work = tempfile::tempdir().expect("tempdir");
+        let (sim, image, set) = ready_host(work.path());
+        if !started_after {
+            fs::remove_dir_all(sim.path("proc")).expect("no containerd in /proc");
+        }
+        let bin = work.path().join("bin");
+        fs::create_dir_all(&bin).expect("mkdir");
+        let calls = work.path().join("systemctl.calls");
+        fs::write(
+            bin.join("systemctl"),
+            format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+        )
+        .expect("systemctl");
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        fs::set_permissions(bin.join("systemctl"), mode).expect("chmod");
+        let path = format!(
+            "PATH={}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = work.path().join("agent.log");
+        // env execs the agent, which becomes PID 1 of the new PID namespace.
+        let launcher = [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--",
+            "env",
+            &path,
+        ];
+        let child = agent_under(&launcher, &sim, &image, &set, &log);
+        let read = || fs::read_to_string(&log).unwrap_or_default();
+        wait_until("the agent waits", || read().contains("waiting for SIGTERM"));
+        let first = want.split_inclusive('\n').next().unwrap_or_default();
+        assert_eq!(
+            fs::read_to_string(&calls).unwrap_or_default(),
+            first,
+            "{}",
+            read()
+        );
+        // unshare's forked child is the agent.
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+            .expect("unshare's children");
+        let agent: i32 = children.trim().parse().expect("one child");
+        sigterm(child, agent, &log);
+        assert_eq!(
+            fs::read_to_string(&calls).unwrap_or_default(),
+            want,
+            "{}",
+            read()
+        );
+        assert_eq!(
+            read().contains("restarted containerd"),
+            !started_after,
+            "{}",
+            read()
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! `kata-gpu deploy` as the README runs it: the objects of the library for the flags given
+//! (checked and schema-validated in k8s-manifests' tests), JSON as a v1 List, and bad
+//! input refused in one line with nothing written.
+
+use std::process::{Command, Output};
+
+use kata_gpu_manifests::deploy::{DeployOptions, Deployment};
+use kata_gpu_manifests::deploy_check::problems;
+use kata_gpu_plan::Profile;
+use kata_gpu_tests::readme_command;
+
+/// `kata-gpu ARGS…` (the first is `deploy`, as in the README's line).
+fn kata_gpu(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .args(args)
+        .output();
+    out.expect("run kata-gpu")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// The README's `kata-gpu deploy` line: it deploys the image the README's `make image`
+/// line builds, and its objects pass the deployment's check.
+#[test]
+fn the_readmes_deploy_line_deploys_the_readmes_image() {
+    let line = readme_command("./target/release/kata-gpu deploy");
+    let out = kata_gpu(&line[1..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{line:?}: {}", stderr(&out));
+    let objects: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_slice(&out.stdout)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("a YAML document"))
+        .collect();
+    assert_eq!(problems(&objects), Vec::<String>::new());
+    let built = readme_command("make image")
+        .iter()
+        .find_map(|w| w.strip_prefix("IMAGE=").map(str::to_owned))
+        .expect("IMAGE= in the make image line");
+    for ds in objects.iter().filter(|o| o["kind"] == "DaemonSet") {
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["containers"][0]["image"],
+            built.as_str()
+        );
+    }
+}
+
+#[test]
+fn deploy_prints_the_checked_objects_for_its_flags() {
+    let out = kata_gpu(&[
+        "deploy",
+        "--image",
+        "registry.example/kata-gpu:v1",
+        "--profile",
+        "snp",
+        "--profile",
+        "tdx",
+        "--namespace",
+        "gpu-system",
+        "--max-unavailable",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = Deployment::new(&DeployOptions {
+        image: "registry.example/kata-gpu:v1".into(),
+        profiles: vec![Profile::Snp, Profile::Tdx],
+        namespace: "gpu-system".into(),
+        max_unavailable: 2,
+        ..DeployOptions::default()
+    });
+    assert_eq!(stdout(&out), want.to_yaml().expect("yaml"));
+
+    let json = kata_gpu(&["deploy", "--json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let list: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(list["kind"], "List");
+    let kinds: Vec<_> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "DaemonSet",
+            "DaemonSet",
+            "RuntimeClass"
+        ]
+    );
+}
+
+#[test]
+fn bad_flags_are_one_line_and_nothing_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("deploy.yaml");
+    let f = file.display().to_string();
+    let out = kata_gpu(&["deploy", "--namespace", "GPU_System", "--output", &f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "kata-gpu: --namespace \"GPU_System\": a namespace is 1 to 63 lowercase letters, digits or '-', starting and ending with a letter or digit\n"
+    );
+    let out = kata_gpu(&["deploy", "--image", "a b", "--output", &f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--image \"a b\""), "{}", stderr(&out));
+    let out = kata_gpu(&["deploy", "--overhead-memory", "2GB", "--output", &f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("\"2GB\" is not a Kubernetes quantity"),
+        "{}",
+        stderr(&out)
+    );
+    for bad in ["0", "-1", "x"] {
+        let flag = format!("--max-unavailable={bad}");
+        let out = kata_gpu(&["deploy", &flag, "--output", &f]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--max-unavailable"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!file.exists(), "a refused deploy wrote {f}");
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+
+    let out = kata_gpu(&["deploy", "--output", &f]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("written"),
+        stdout(&kata_gpu(&["deploy"]))
+    );
+}
+
+#[test]
+fn an_artifact_set_reaches_its_profiles_agent_only() {
+    let out = kata_gpu(&[
+        "deploy",
+        "--json",
+        "--profile",
+        "snp",
+        "--profile",
+        "tdx",
+        "--artifacts",
+        "snp=/opt/kata-gpu/sets/snp.tar",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let agents = &list["items"][2]["spec"]["template"]["spec"]["containers"];
+    let args = |i: usize| -> Vec<String> {
+        serde_json::from_value(agents[i]["args"].clone()).expect("args")
+    };
+    assert_eq!(agents[0]["name"], "agent-snp");
+    assert_eq!(
+        args(0)[args(0).len() - 2..],
+        ["--artifacts", "/host/opt/kata-gpu/sets/snp.tar"]
+    );
+    assert!(
+        !args(1).contains(&"--artifacts".to_owned()),
+        "{:?}",
+        args(1)
+    );
+}
+
+#[test]
+fn a_bad_artifact_set_is_one_line_and_nothing_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("deploy.yaml").display().to_string();
+    for (given, said) in [
+        (
+            "tdx=/x.tar",
+            "--artifacts \"tdx=/x.tar\": tdx is not deployed (add --profile tdx)",
+        ),
+        (
+            "sets/snp.tar",
+            "--artifacts \"sets/snp.tar\": write PROFILE=PATH, e.g. snp=/opt/kata-gpu/sets/snp.tar",
+        ),
+        (
+            "sev=/x.tar",
+            "--artifacts \"sev=/x.tar\": \"sev\" is not a profile (snp, tdx, gpu)",
+        ),
+        (
+            "snp=x.tar",
+            "--artifacts \"snp=x.tar\": the path is the node's, absolute and without spaces",
+        ),
+    ] {
+        let out = kata_gpu(&["deploy", "--artifacts", given, "--output", &f]);
+        assert_eq!(out.status.code(), Some(1), "{given}");
+        assert_eq!(stderr(&out), format!("kata-gpu: {said}\n"));
+    }
+    let out = kata_gpu(&[
+        "deploy",
+        "--artifacts",
+        "snp=/a.tar",
+        "--artifacts",
+        "snp=/b.tar",
+        "--output",
+        &f,
+    ]);
+    assert_eq!(
+        stderr(&out),
+        "kata-gpu: --artifacts \"snp=/b.tar\": snp has a set already\n"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+}

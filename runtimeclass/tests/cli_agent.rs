@@ -51,9 +51,13 @@ fn ready_host(work: &Path) -> (SimHost, PathBuf, PathBuf) {
     );
     let image = work.join("image-bin");
     fs::create_dir_all(&image).expect("mkdir");
-    fs::write(
+    // The image's shim is the real one: doctor runs the shim containerd will run (`-v`).
+    fs::copy(
+        kata_gpu_tests::workspace_bin(
+            "kata-gpu-shim",
+            "containerd-shim-kata-qemu-nvidia-gpu-snp-v2",
+        ),
         image.join("containerd-shim-kata-qemu-nvidia-gpu-snp-v2"),
-        b"shim",
     )
     .expect("shim");
     let set = work.join("set");
@@ -159,7 +163,12 @@ fn the_node_is_labelled_once_doctor_passes_and_unlabelled_on_sigterm() {
     ] {
         assert!(labels.contains(want), "{want} not in {labels}");
     }
-    assert_eq!(fs::read(sim.path(SHIM)).expect("shim"), b"shim");
+    assert!(
+        fs::read(sim.path(SHIM)).expect("shim")
+            == fs::read(image.join("containerd-shim-kata-qemu-nvidia-gpu-snp-v2"))
+                .expect("image's shim"),
+        "the host's shim is not the image's"
+    );
     // containerd (in the host's /proc) started after the change: no restart is owed.
     assert!(!read().contains("restart it"), "{}", read());
     assert_ne!(fs::read(sim.path(CONFIG)).expect("config"), before);

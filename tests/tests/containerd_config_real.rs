@@ -2,7 +2,7 @@
 //! version-2 shapes, 2.1.9 and 2.3.4 on the version-3/4 ones (in place and as a drop-in).
 //! For each, `containerd config dump` shows our handler with its options, and containerd
 //! starts with its CRI plugin loaded and our handler in it. Inputs: the release's own
-//! `containerd config default` (generated here) and the shapes of tests/data. Each config is
+//! `containerd config default` (generated here) and the shapes of containerd-config/tests/data. Each config is
 //! pointed at a temp dir (root, state, sockets, /opt path, NRI socket) before containerd
 //! starts, so no system containerd is touched.
 
@@ -111,7 +111,7 @@ struct Input {
 }
 
 fn data(prefix: &str) -> Vec<(String, String)> {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../containerd-config/tests/data");
     let mut names: Vec<PathBuf> = fs::read_dir(&data)
         .expect("ls data")
         .filter_map(Result::ok)

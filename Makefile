@@ -76,7 +76,10 @@ clean:
 # The node image (README, "Deploy on a cluster"): kata-gpu, the shim under each profile's
 # name and the shared libraries they load, as an OCI-layout tar, the same bytes for the
 # same commit. IMAGE_PROFILE=dev builds it from debug binaries (what the tests do).
+# ARTIFACTS="snp=DIR tdx=FILE.tar" puts each profile's artifact set (a directory, an OCI
+# layout or a tarball) into the image under /artifacts, where `kata-gpu agent` finds it.
 IMAGE ?= kata-gpu:dev
+ARTIFACTS ?=
 IMAGE_TAR ?= target/kata-gpu-image.tar
 IMAGE_PROFILE ?= release
 IMAGE_BIN = target/$(if $(filter dev,$(IMAGE_PROFILE)),debug,$(IMAGE_PROFILE))
@@ -85,4 +88,5 @@ image:
 	$(CARGO) build --quiet --profile $(IMAGE_PROFILE) -p kata-gpu -p kata-gpu-shim -p kata-gpu-image
 	$(IMAGE_BIN)/kata-gpu-image --kata-gpu $(IMAGE_BIN)/kata-gpu \
 	  --shim $(IMAGE_BIN)/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 \
+	  $(foreach a,$(ARTIFACTS),--artifacts $(a)) \
 	  --name $(IMAGE) --revision "$$(git rev-parse HEAD)" --output $(IMAGE_TAR)

@@ -45,6 +45,18 @@ pub fn current_config_path(root: &Path, class: &str) -> PathBuf {
     class_dir(root, class).join(CURRENT).join(CONFIG_FILE)
 }
 
+/// Where the node image keeps its artifact sets, one per profile (see [`image_set_paths`]);
+/// `kata-gpu agent` installs from there when given no `--artifacts`.
+pub const IMAGE_SETS_DIR: &str = "/artifacts";
+
+/// Where a profile's set sits under `dir` (the image's [`IMAGE_SETS_DIR`]): first
+/// `<dir>/<profile>` (a directory or an OCI layout), then `<dir>/<profile>.tar` (a tarball,
+/// gzip-compressed or not: the store recognises it by content). The image builder writes
+/// the one that fits the set's form; the agent takes the first that exists.
+pub fn image_set_paths(dir: &Path, profile: &str) -> [PathBuf; 2] {
+    [dir.join(profile), dir.join(format!("{profile}.tar"))]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

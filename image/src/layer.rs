@@ -67,6 +67,57 @@ impl Layer {
         self.add(path, Entry::File(bytes, mode))
     }
 
+    /// Adds the tree at the directory `source` under `path`, walked without following
+    /// links: a link stays a link, a file is 0755 if anyone may run it and 0644 if not, so
+    /// that the layer does not depend on the build machine's umask. Anything else (a
+    /// socket, a device) is refused.
+    pub fn add_tree(&mut self, path: &str, source: &Path) -> Result<(), Error> {
+        use std::os::unix::fs::PermissionsExt;
+        self.add(path, Entry::Dir)?;
+        let mut names = std::fs::read_dir(source)
+            .map_err(io_at(source))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io_at(source))?;
+        names.sort();
+        for name in names {
+            let from = source.join(&name);
+            let Some(name) = name.to_str() else {
+                return Err(Error::Invalid(format!(
+                    "{}: the name is not UTF-8; rename it",
+                    from.display()
+                )));
+            };
+            let to = format!("{path}/{name}");
+            let meta = std::fs::symlink_metadata(&from).map_err(io_at(&from))?;
+            if meta.is_dir() {
+                self.add_tree(&to, &from)?;
+            } else if meta.is_symlink() {
+                let target = std::fs::read_link(&from).map_err(io_at(&from))?;
+                let Some(target) = target.to_str() else {
+                    return Err(Error::Invalid(format!(
+                        "{}: the link's target is not UTF-8",
+                        from.display()
+                    )));
+                };
+                self.add(&to, Entry::Symlink(target.to_owned()))?;
+            } else if meta.is_file() {
+                let mode = if meta.permissions().mode() & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                };
+                self.add_file(&to, &from, mode)?;
+            } else {
+                return Err(Error::Invalid(format!(
+                    "{}: neither a file, a directory nor a link; remove it from the set",
+                    from.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `path` is in the layer.
     pub fn contains(&self, path: &str) -> bool {
         self.entries.contains_key(path.trim_start_matches('/'))
@@ -147,6 +198,58 @@ mod tests {
                 "usr/local/bin/a",
                 "usr/local/bin/b"
             ]
+        );
+    }
+
+    #[test]
+    fn a_tree_keeps_its_links_and_loses_its_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("sub/run"), b"x").expect("write");
+        std::fs::set_permissions(
+            dir.path().join("sub/run"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .expect("chmod");
+        std::fs::write(dir.path().join("data"), b"y").expect("write");
+        std::fs::set_permissions(
+            dir.path().join("data"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+        std::os::unix::fs::symlink("data", dir.path().join("alias")).expect("link");
+        let mut l = Layer::default();
+        l.add_tree("/set", dir.path()).expect("tree");
+        assert_eq!(
+            l.paths(),
+            [
+                "/set",
+                "/set/alias",
+                "/set/data",
+                "/set/sub",
+                "/set/sub/run"
+            ]
+        );
+        assert_eq!(l.entries["set/alias"], Entry::Symlink("data".into()));
+        assert_eq!(l.entries["set/data"], Entry::File(b"y".to_vec(), 0o644));
+        assert_eq!(l.entries["set/sub/run"], Entry::File(b"x".to_vec(), 0o755));
+    }
+
+    #[test]
+    fn a_tree_with_a_socket_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("s");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let err = Layer::default()
+            .add_tree("/set", dir.path())
+            .expect_err("a socket");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: neither a file, a directory nor a link; remove it from the set",
+                sock.display()
+            )
         );
     }
 

@@ -3,6 +3,11 @@
 //! `ldd` resolves them), in one layer of an OCI image layout written as a tar, which
 //! `ctr images import` loads and any registry client (skopeo, crane, oras) pushes.
 //!
+//! An artifact set per profile may come along, at the path
+//! [`kata_gpu_fsutil::layout::image_set_paths`] gives under [`ARTIFACTS_DIR`]: a directory
+//! (or OCI layout) as its tree, a tarball as one file. `kata-gpu agent` installs it when
+//! given no `--artifacts`.
+//!
 //! The same inputs give the same bytes, so the same digest: entries are sorted, owned by
 //! 0:0, dated 0, and gzip carries no timestamp or name. The commit is the image's
 //! `org.opencontainers.image.revision` label and annotation.
@@ -13,6 +18,8 @@ mod ldd;
 
 use std::path::{Path, PathBuf};
 
+use kata_gpu_plan::Profile;
+
 pub use kata_gpu_artifacts::digest::Sha256Digest;
 pub use layer::{Entry, Layer};
 pub use layout::{oci_archive, ImageConfig};
@@ -22,6 +29,8 @@ pub use ldd::shared_libraries;
 pub const REVISION: &str = "org.opencontainers.image.revision";
 /// Where the binaries sit in the image.
 pub const BIN_DIR: &str = "/usr/local/bin";
+/// Where the artifact sets sit in the image.
+pub const ARTIFACTS_DIR: &str = kata_gpu_fsutil::layout::IMAGE_SETS_DIR;
 
 /// Why the image could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +78,9 @@ pub struct ImageSpec {
     pub shim: PathBuf,
     /// The shim's names, one per profile.
     pub shim_names: Vec<String>,
+    /// The artifact set of each profile that has one: a directory, an OCI layout or a
+    /// tarball (what `kata-gpu install --artifacts` takes).
+    pub artifacts: Vec<(Profile, PathBuf)>,
 }
 
 /// The built image: the archive's bytes and its manifest's digest.
@@ -101,6 +113,9 @@ pub fn build(spec: &ImageSpec) -> Result<Built, Error> {
             }
         }
     }
+    for (profile, set) in &spec.artifacts {
+        add_set(&mut layer, *profile, set)?;
+    }
     // Mount points the node DaemonSet uses, and a place for temporary files.
     for dir in ["/host", "/tmp"] {
         layer.add(dir, Entry::Dir)?;
@@ -122,4 +137,25 @@ pub fn build(spec: &ImageSpec) -> Result<Built, Error> {
         digest,
         paths,
     })
+}
+
+/// Adds `profile`'s set at `source` under [`ARTIFACTS_DIR`]: a directory as its tree, a
+/// file (a tarball) as `<profile>.tar`.
+fn add_set(layer: &mut Layer, profile: Profile, source: &Path) -> Result<(), Error> {
+    let [tree, tarball] =
+        kata_gpu_fsutil::layout::image_set_paths(Path::new(ARTIFACTS_DIR), profile.name());
+    if layer.contains(&tree.display().to_string()) || layer.contains(&tarball.display().to_string())
+    {
+        return Err(Error::Invalid(format!(
+            "{}: a second artifact set for {}; give one per profile",
+            source.display(),
+            profile.name()
+        )));
+    }
+    let meta = std::fs::metadata(source).map_err(io_at(source))?;
+    if meta.is_dir() {
+        layer.add_tree(&tree.display().to_string(), source)
+    } else {
+        layer.add_file(&tarball.display().to_string(), source, 0o644)
+    }
 }

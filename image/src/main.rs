@@ -23,6 +23,10 @@ struct Args {
     /// A name the shim is installed under; repeat (default: one per profile).
     #[arg(long = "shim-name", value_name = "NAME")]
     shim_names: Vec<String>,
+    /// A profile's artifact set, PROFILE=PATH (a directory, an OCI layout or a tarball);
+    /// repeat for each profile. It lands under /artifacts, where `kata-gpu agent` finds it.
+    #[arg(long = "artifacts", value_name = "PROFILE=PATH", value_parser = artifact_set)]
+    artifacts: Vec<(Profile, PathBuf)>,
     /// The image's name and tag, e.g. ghcr.io/org/kata-gpu:v1.
     #[arg(long, value_name = "REF")]
     name: String,
@@ -46,9 +50,45 @@ fn main() -> anyhow::Result<()> {
         } else {
             a.shim_names
         },
+        artifacts: a.artifacts,
     })?;
     kata_gpu_fsutil::write_atomic(&a.output, &built.archive, 0o644)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
     println!("{} {} {}", a.output.display(), a.name, built.digest);
     Ok(())
+}
+
+/// Parses `--artifacts PROFILE=PATH`.
+fn artifact_set(arg: &str) -> Result<(Profile, PathBuf), String> {
+    let (profile, path) = arg
+        .split_once('=')
+        .filter(|(_, p)| !p.is_empty())
+        .ok_or_else(|| format!("{arg:?}: write PROFILE=PATH, e.g. snp=sets/snp"))?;
+    let profile = profile.parse::<Profile>().map_err(|e| e.to_string())?;
+    Ok((profile, PathBuf::from(path)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_is_profile_equals_path() {
+        assert_eq!(
+            artifact_set("tdx=sets/tdx.tar"),
+            Ok((Profile::Tdx, PathBuf::from("sets/tdx.tar")))
+        );
+        assert_eq!(
+            artifact_set("sets/snp").expect_err("no profile"),
+            "\"sets/snp\": write PROFILE=PATH, e.g. snp=sets/snp"
+        );
+        assert_eq!(
+            artifact_set("snp=").expect_err("no path"),
+            "\"snp=\": write PROFILE=PATH, e.g. snp=sets/snp"
+        );
+        assert_eq!(
+            artifact_set("sev=sets/snp").expect_err("no such profile"),
+            "unknown profile \"sev\"; the profiles are snp, tdx and gpu"
+        );
+    }
 }

@@ -31,9 +31,14 @@ pub struct AgentArgs {
     /// The runtime class's profile: snp, tdx or gpu.
     #[arg(long, default_value = "snp")]
     pub profile: Profile,
-    /// The artifact set for install (a directory, tarball or OCI layout, as this process sees it).
+    /// The artifact set for install (a directory, tarball or OCI layout, as this process
+    /// sees it); default: the profile's set in the image (under --image-sets), if it has one.
     #[arg(long, value_name = "SRC")]
     pub artifacts: Option<PathBuf>,
+    /// Where the image keeps its artifact sets: DIR/PROFILE (a directory or OCI layout) or
+    /// DIR/PROFILE.tar (`make image ARTIFACTS=…` puts them there).
+    #[arg(long, value_name = "DIR", default_value = kata_gpu_fsutil::layout::IMAGE_SETS_DIR)]
+    pub image_sets: PathBuf,
     /// Where the image keeps the shim (this process's view).
     #[arg(long, value_name = "DIR", default_value = "/usr/local/bin")]
     pub from: PathBuf,
@@ -78,7 +83,8 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
     let (shim, created) = install_shim(&args, root)?;
     say(&format!("installed {}", shim.display()));
     let mut install = vec!["install".to_owned()];
-    if let Some(src) = &args.artifacts {
+    if let Some(src) = artifact_set(&args) {
+        say(&format!("artifact set {}", src.display()));
         install.extend(["--artifacts".to_owned(), src.display().to_string()]);
     }
     if let Err(e) = step(&args, global, &install) {
@@ -107,6 +113,15 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
     say(&format!("removed {}", shim.display()));
     stop.thread_unblock().context("cannot unblock SIGTERM")?;
     Ok(Outcome::Clean)
+}
+
+/// The set to install: `--artifacts`, else the profile's set in the image, if any.
+fn artifact_set(args: &AgentArgs) -> Option<PathBuf> {
+    args.artifacts.clone().or_else(|| {
+        kata_gpu_fsutil::layout::image_set_paths(&args.image_sets, args.profile.name())
+            .into_iter()
+            .find(|p| p.exists())
+    })
 }
 
 fn say(line: &str) {

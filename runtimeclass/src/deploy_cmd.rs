@@ -30,7 +30,8 @@ pub struct DeployArgs {
           value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     pub max_unavailable: u32,
     /// The artifact set a profile's agent installs: PROFILE=PATH, a directory, tarball or
-    /// OCI layout on every node (as the host sees it); repeat per profile.
+    /// OCI layout on every node (as the host sees it); repeat per profile. Default: the
+    /// profile's set in the image (`make image ARTIFACTS=…`), if it has one.
     #[arg(long = "artifacts", value_name = "PROFILE=PATH")]
     pub artifacts: Vec<String>,
     #[command(flatten)]

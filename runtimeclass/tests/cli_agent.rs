@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 const SHIM: &str = "usr/local/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2";
 const LABELS: &str = "etc/kubernetes/node-feature-discovery/features.d/kata-gpu-snp";
 const CONFIG: &str = "etc/containerd/config.toml";
+const STORE: &str = "opt/nvidia-gpu-operator/artifacts/runtimeclasses/kata-qemu-nvidia-gpu-snp";
 
 /// A host doctor passes on once installed: containerd's default config, Kata's shim, and
 /// a containerd process in the host's /proc that started after any change (so no restart
@@ -98,12 +99,19 @@ impl Drop for Running {
 }
 
 fn agent(sim: &SimHost, image: &Path, set: &Path, log: &Path) -> Running {
-    agent_under(&[], sim, image, set, log)
+    agent_under(&[], sim, image, Some(set), log)
 }
 
 /// The agent run as the last argument of `launcher` (empty: directly); given a launcher,
-/// it may restart containerd (the launcher keeps it off the machine's own).
-fn agent_under(launcher: &[&str], sim: &SimHost, image: &Path, set: &Path, log: &Path) -> Running {
+/// it may restart containerd (the launcher keeps it off the machine's own). Without `set`,
+/// the agent finds its set in the image's sets (`image-sets` beside `image`), if any.
+fn agent_under(
+    launcher: &[&str],
+    sim: &SimHost,
+    image: &Path,
+    set: Option<&Path>,
+    log: &Path,
+) -> Running {
     let exe = env!("CARGO_BIN_EXE_kata-gpu");
     let mut c = match launcher.split_first() {
         Some((program, args)) => {
@@ -119,8 +127,13 @@ fn agent_under(launcher: &[&str], sim: &SimHost, image: &Path, set: &Path, log: 
         .args(launcher.first().map(|_| "--restart-containerd"))
         .arg("--from")
         .arg(image)
-        .arg("--artifacts")
-        .arg(set)
+        .arg("--image-sets")
+        .arg(image.with_file_name("image-sets"))
+        .args(
+            set.map(|s| [Path::new("--artifacts"), s])
+                .into_iter()
+                .flatten(),
+        )
         .stdin(Stdio::null())
         .stdout(fs::File::create(log).expect("log"))
         .stderr(Stdio::piped())
@@ -182,6 +195,35 @@ fn the_node_is_labelled_once_doctor_passes_and_unlabelled_on_sigterm() {
         "{}",
         read()
     );
+}
+
+/// With no --artifacts, the agent installs the profile's set that `make image ARTIFACTS=…`
+/// put into the image (at /artifacts/snp there; here under --image-sets).
+#[test]
+fn the_set_in_the_image_is_installed_by_default() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    let sets = work.path().join("image-sets");
+    fs::create_dir_all(&sets).expect("mkdir");
+    fs::rename(&set, sets.join("snp")).expect("move the set into the image");
+    let log = work.path().join("agent.log");
+    let child = agent_under(&[], &sim, &image, None, &log);
+    let read = || fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the agent waits", || read().contains("waiting for SIGTERM"));
+    assert!(
+        read().contains(&format!("artifact set {}/snp\n", sets.display())),
+        "{}",
+        read()
+    );
+    assert_eq!(
+        fs::read(sim.path(&format!(
+            "{STORE}/current/vmlinuz-6.12-nvidia-gpu-confidential"
+        )))
+        .unwrap_or_else(|e| panic!("{e}: {}", read())),
+        b"kernel"
+    );
+    let pid = i32::try_from(child.id()).expect("pid");
+    sigterm(child, pid, &log);
 }
 
 #[test]
@@ -302,7 +344,7 @@ fn containerd_restarts_only_when_it_has_not_loaded_the_change() {
             "env",
             &path,
         ];
-        let child = agent_under(&launcher, &sim, &image, &set, &log);
+        let child = agent_under(&launcher, &sim, &image, Some(&set), &log);
         let read = || fs::read_to_string(&log).unwrap_or_default();
         wait_until("the agent waits", || read().contains("waiting for SIGTERM"));
         let first = want.split_inclusive('\n').next().unwrap_or_default();

@@ -128,22 +128,18 @@ fn say(line: &str) {
     println!("kata-gpu agent: {line}");
 }
 
-/// Copies the profile's shim from the image to the host, unless it is there already; its
-/// host path, and whether there was none before.
+/// Installs the profile's shim from the image on the host as `kata-gpu binaries install`
+/// does (one rename; refused over a file of its name that is not a kata-gpu shim), unless
+/// it is there already; its host path, and whether there was none before.
 fn install_shim(args: &AgentArgs, root: &Path) -> anyhow::Result<(PathBuf, bool)> {
     let name = args.profile.shim_binary();
     let from = args.from.join(&name);
     let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
     let host = args.shim_dir.join(&name);
     let real = inside(root, &host)?;
-    let created = !real.exists();
+    let created = std::fs::symlink_metadata(&real).is_err();
     if std::fs::read(&real).ok().as_deref() != Some(&bytes[..]) {
-        if let Some(dir) = real.parent() {
-            kata_gpu_fsutil::create_dirs(dir, 0o755)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        kata_gpu_fsutil::write_atomic(&real, &bytes, 0o755)
-            .with_context(|| format!("cannot write {}", real.display()))?;
+        crate::binaries_cmd::place_shim(root, &from, &host)?;
     }
     Ok((host, created))
 }

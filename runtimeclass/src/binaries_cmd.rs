@@ -112,6 +112,43 @@ fn source(from: &Path, name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Refuses to replace `dst` (a host path under `root`) when something is there that does
+/// not answer `-v` as a kata-gpu shim (under any profile's name): containerd may run it
+/// for another runtime, and replacing it would take that runtime away.
+pub fn check_shim_target(root: &Path, dst: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(inside(root, dst)?) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        _ => {}
+    }
+    let said = shim_check::version(root, dst);
+    if said.as_deref().is_ok_and(|line| {
+        Profile::ALL
+            .iter()
+            .any(|p| line.starts_with(&format!("{} ", p.shim_binary())))
+    }) {
+        return Ok(());
+    }
+    let said = said.unwrap_or_else(|e| e).replace('\n', " ");
+    bail!(
+        "{} is not the kata-gpu shim ({said}); move it aside (containerd may run it for another runtime) and retry; nothing was installed",
+        shown(root, dst)
+    )
+}
+
+/// Installs the shim `src` (this process's view) as `dst` (a host path under `root`) in
+/// one rename, so that containerd starting a shim at that moment runs the old binary or
+/// the new one; refused as [`check_shim_target`] refuses.
+pub fn place_shim(root: &Path, src: &Path, dst: &Path) -> anyhow::Result<()> {
+    check_shim_target(root, dst)?;
+    let real = inside(root, dst)?;
+    if let Some(dir) = real.parent() {
+        kata_gpu_fsutil::create_dirs(dir, 0o755)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    kata_gpu_fsutil::copy_atomic(src, &real, 0o755)
+        .with_context(|| format!("cannot install {} as {}", src.display(), real.display()))
+}
+
 fn install(args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<String>> {
     if !args.prefix.is_absolute() {
         bail!(
@@ -142,6 +179,9 @@ fn install(args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<String>> {
     let _lock = NodeLock::take(root, Duration::from_secs(args.lock_timeout), false)?;
     let bin = args.prefix.join("bin");
     let files = planned_files(&bin);
+    for shim_name in &files[1..] {
+        check_shim_target(root, shim_name)?;
+    }
     let mut record = Record::load(root)?.unwrap_or_default();
     record.prefix = args.prefix.clone();
     for f in &files {
@@ -154,10 +194,16 @@ fn install(args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<String>> {
     kata_gpu_fsutil::create_dirs(&bin_real, 0o755)
         .with_context(|| format!("cannot create {}", bin_real.display()))?;
     let mut said_lines = Vec::new();
-    for (src, dst) in [(&kata_gpu, &files[0]), (&shim, &files[1])] {
-        let real = inside(root, dst)?;
-        kata_gpu_fsutil::copy_atomic(src, &real, 0o755)
-            .with_context(|| format!("cannot install {} as {}", src.display(), real.display()))?;
+    let real = inside(root, &files[0])?;
+    kata_gpu_fsutil::copy_atomic(&kata_gpu, &real, 0o755).with_context(|| {
+        format!(
+            "cannot install {} as {}",
+            kata_gpu.display(),
+            real.display()
+        )
+    })?;
+    place_shim(root, &shim, &files[1])?;
+    for dst in &files[..2] {
         said_lines.push(format!("installed {}", shown(root, dst)));
     }
     for link in &files[2..] {

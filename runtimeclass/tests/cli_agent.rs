@@ -269,6 +269,37 @@ fn an_image_without_the_shim_changes_nothing() {
     assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
 }
 
+/// A file under the shim's name on the host that is not a kata-gpu shim is not replaced:
+/// one line names it, and nothing on the host changes.
+#[test]
+fn a_foreign_file_under_the_shims_name_is_refused_and_nothing_changes() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    let foreign = sim.path(SHIM);
+    fs::create_dir_all(foreign.parent().expect("parent")).expect("mkdir");
+    fs::write(&foreign, "#!/bin/sh\necho some other shim 9.9\n").expect("write");
+    fs::set_permissions(
+        &foreign,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let before = fs::read(sim.path(CONFIG)).expect("config");
+    let out = finish(agent(&sim, &image, &set, &work.path().join("agent.log")));
+    let refusal = format!(
+        "kata-gpu: {} is not the kata-gpu shim (some other shim 9.9); move it aside (containerd may run it for another runtime) and retry; nothing was installed\n",
+        foreign.display()
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), refusal);
+    assert_eq!(
+        fs::read_to_string(&foreign).expect("the foreign file"),
+        "#!/bin/sh\necho some other shim 9.9\n"
+    );
+    assert!(fs::read(sim.path(CONFIG)).expect("config") == before);
+    assert!(!sim.path(LABELS).exists());
+    assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
+}
+
 /// `host-exec` runs its command in PID 1's mount namespace, not its own: in a private PID
 /// namespace whose PID 1 is a shell, from a second mount namespace below it.
 #[test]

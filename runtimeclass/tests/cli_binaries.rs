@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{built, kata_gpu, make, text, tree};
+use common::{built, kata_gpu, make, text, tree, tree_but_lock};
 use kata_gpu_tests::{SimHost, VfioMode};
 
 const SNP: &str = common::SNP;
@@ -174,6 +174,29 @@ fn an_upgrade_replaces_a_running_binary_and_the_running_process_keeps_the_old_on
         fs::read(&installed).expect("installed"),
         fs::read(real.join("kata-gpu")).expect("built")
     );
+}
+
+/// A file under one of the shim's names that is not a kata-gpu shim (containerd may run it
+/// for another runtime) is not replaced, and nothing else is written either.
+#[test]
+fn binaries_install_refuses_to_replace_a_foreign_file_under_a_shim_name() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let foreign = sim.path(&format!("usr/local/bin/{TDX}"));
+    fs::create_dir_all(foreign.parent().expect("parent")).expect("mkdir");
+    fs::write(&foreign, "#!/bin/sh\necho some other shim 9.9\n").expect("write");
+    fs::set_permissions(&foreign, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let before = tree_but_lock(sim.root());
+    let from = built().display().to_string();
+    let out = kata_gpu(&sim, &["binaries", "install", "--from", &from]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "kata-gpu: {} is not the kata-gpu shim (some other shim 9.9); move it aside (containerd may run it for another runtime) and retry; nothing was installed\n",
+            foreign.display()
+        )
+    );
+    assert_eq!(tree_but_lock(sim.root()), before, "a refusal wrote");
 }
 
 #[test]

@@ -115,6 +115,10 @@ pub fn run(args: DeployArgs, global: &Global) -> anyhow::Result<Outcome> {
     if !found.is_empty() {
         bail!("the manifests would be unsafe: {}", found.join("; "));
     }
+    let (label, value) = kata_gpu_manifests::PASSTHROUGH_LABEL;
+    eprintln!(
+        "kata-gpu deploy: note: maxUnavailable paces only updates: on the first kubectl apply every node labelled {label}={value} starts its agent at once, and each restarts containerd (running containers survive that); to stage it, label the nodes in batches (kubectl label node N {label}={value}), each once the last batch is ready (README, \"Deploy on a cluster\")"
+    );
     let text = if global.json {
         d.to_json()? + "\n"
     } else {

@@ -64,6 +64,16 @@ fn deploy_prints_the_checked_objects_for_its_flags() {
         "2",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The first rollout is not paced by maxUnavailable: the advice to stage it, one line.
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("kata-gpu deploy: note: maxUnavailable paces only updates: ")
+            && stderr(&out).contains(
+                "label the nodes in batches (kubectl label node N nvidia.com/gpu.workload.config=vm-passthrough)"
+            ),
+        "{}",
+        stderr(&out)
+    );
     let want = Deployment::new(&DeployOptions {
         image: "registry.example/kata-gpu:v1".into(),
         profiles: vec![Profile::Snp, Profile::Tdx],

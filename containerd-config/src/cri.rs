@@ -5,30 +5,20 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::StatusRequest;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::error::Error;
 
-/// A CRI runtime client over containerd's socket `socket` (a filesystem socket; the
-/// endpoint's URI is a placeholder the connector ignores), for kubelet's view of it.
+/// A CRI runtime client over containerd's socket `socket` (a filesystem socket), for
+/// kubelet's view of it; the connector is the one kubelet's APIs use.
 pub async fn connect(
     socket: &Path,
 ) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await?;
-    Ok(RuntimeServiceClient::new(channel))
+    Ok(RuntimeServiceClient::new(
+        kata_gpu_kubelet_api::connect_unix(socket).await?,
+    ))
 }
 
 /// How long the running containerd has to answer CRI's Status.

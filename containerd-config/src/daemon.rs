@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::found::{find_handler, FoundHandler};
 
 /// The default containerd socket.
 pub const DEFAULT_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -132,17 +131,6 @@ pub fn config_dump(containerd: &Path, config: &Path) -> Result<String, Error> {
         "dump".into(),
     ])
     .map(|(stdout, _)| stdout)
-}
-
-/// What containerd loads for the handler `name` from `config`; `None` if it has no such
-/// handler.
-pub fn loaded_handler(
-    containerd: &Path,
-    config: &Path,
-    name: &str,
-) -> Result<Option<FoundHandler>, Error> {
-    let dump = config_dump(containerd, config)?;
-    Ok(find_handler(&dump, name))
 }
 
 /// The socket a config names in `[grpc] address`, else the default.

@@ -49,12 +49,6 @@ pub fn backup_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Copies `path` to its backup unless a backup exists already (the first one holds the
-/// original); returns the backup's path when one was written.
-pub fn backup_once(path: &Path) -> Result<Option<PathBuf>, Error> {
-    backup(path, false)
-}
-
 /// Copies `path` to its backup; an existing backup is kept unless `replace` (a backup left
 /// by an earlier registration is stale: the new one must hold the file as it is now).
 /// Returns the backup's path when one was written.
@@ -193,11 +187,11 @@ mod tests {
     fn the_backup_is_taken_once_and_holds_the_original() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("config.toml");
-        assert_eq!(backup_once(&p).expect("absent"), None);
+        assert_eq!(backup(&p, false).expect("absent"), None);
         fs::write(&p, "orig\n").expect("write");
-        let b = backup_once(&p).expect("backup").expect("written");
+        let b = backup(&p, false).expect("backup").expect("written");
         fs::write(&p, "changed\n").expect("write");
-        assert_eq!(backup_once(&p).expect("again"), None);
+        assert_eq!(backup(&p, false).expect("again"), None);
         assert_eq!(fs::read_to_string(&b).expect("read"), "orig\n");
         assert_eq!(backup(&p, true).expect("fresh"), Some(b.clone()));
         assert_eq!(fs::read_to_string(b).expect("read"), "changed\n");

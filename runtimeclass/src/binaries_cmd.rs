@@ -227,9 +227,8 @@ fn install(args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<String>> {
 
 fn remove(args: &RemoveArgs, root: &Path) -> anyhow::Result<Vec<String>> {
     let _lock = NodeLock::take(root, Duration::from_secs(args.lock_timeout), false)?;
-    let registered: Vec<String> = Profile::ALL
+    let registered: Vec<String> = NodeState::registered_profiles(root)
         .iter()
-        .filter(|p| NodeState::load(root, p.handler()).is_ok_and(|s| s.containerd.is_some()))
         .map(|p| format!("kata-gpu uninstall --profile {}", p.name()))
         .collect();
     if !registered.is_empty() {

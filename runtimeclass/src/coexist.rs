@@ -12,7 +12,6 @@ use anyhow::bail;
 use kata_gpu_containerd_config::{find_handler, fsio, imports, FoundHandler, HandlerSpec};
 use kata_gpu_plan::host_spec::{NVSWITCH_KIND, PGPU_KIND};
 
-use crate::install_cmd::CDI_DIR;
 use crate::node_state::{inside, shown};
 
 /// Spec files in the host's CDI directories, not written by kata-gpu, that define one of
@@ -33,7 +32,7 @@ pub fn foreign_specs(root: &Path) -> Vec<(PathBuf, String)> {
                 continue;
             };
             let host = Path::new(dir).join(file.file_name().unwrap_or_default());
-            let ours = Path::new(CDI_DIR).join(cdi::write::spec_file_name(&spec.kind));
+            let ours = crate::install_cmd::our_spec_path(&spec.kind);
             if [PGPU_KIND, NVSWITCH_KIND].contains(&spec.kind.as_str()) && host != ours {
                 found.push((host, spec.kind));
             }

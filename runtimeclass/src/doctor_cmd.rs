@@ -90,8 +90,7 @@ fn names<'a>(
 
 /// The host CDI spec against what the host should have.
 fn cdi_check(host: &Host, root: &Path) -> Check {
-    let ours =
-        |kind: &str| Path::new(crate::install_cmd::CDI_DIR).join(cdi::write::spec_file_name(kind));
+    let ours = crate::install_cmd::our_spec_path;
     if let Some((file, kind)) = crate::coexist::foreign_specs(root)
         .into_iter()
         .find(|(_, kind)| crate::node_state::under(root, &ours(kind)).exists())

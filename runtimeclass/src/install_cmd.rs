@@ -24,6 +24,11 @@ pub const MANIFEST_DIR: &str = "/var/lib/kata-gpu/manifests";
 /// Where install writes the host CDI specs, as the host sees it.
 pub const CDI_DIR: &str = "/var/run/cdi";
 
+/// Our host CDI spec of `kind`, as the host sees it.
+pub fn our_spec_path(kind: &str) -> PathBuf {
+    Path::new(CDI_DIR).join(cdi::write::spec_file_name(kind))
+}
+
 /// Where install registers (uninstall builds these from its own, fewer, flags).
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
@@ -171,7 +176,7 @@ fn cdi_step(install: &InstallArgs, root: &Path, state: &mut NodeState) -> anyhow
     let mut written = Vec::new();
     for spec in &found.specs {
         cdi::validate_spec(spec, None)?;
-        let host_file = Path::new(CDI_DIR).join(cdi::write::spec_file_name(&spec.kind));
+        let host_file = our_spec_path(&spec.kind);
         let yaml = serde_yaml_ng::to_string(spec)?;
         if !state.cdi_specs.contains(&host_file) {
             state.cdi_specs.push(host_file.clone());

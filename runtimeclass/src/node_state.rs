@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use kata_gpu_containerd_config::fsio;
 use kata_gpu_containerd_config::{ConfigVersion, HandlerSpec, ImportChange, Registration};
+use kata_gpu_plan::Profile;
 use serde::{Deserialize, Serialize};
 
 /// Where the state files live, as the host sees it.
@@ -142,6 +143,14 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// The profiles whose handler is registered with containerd on the host under `root`.
+    pub fn registered_profiles(root: &Path) -> Vec<Profile> {
+        Profile::ALL
+            .into_iter()
+            .filter(|p| Self::load(root, p.handler()).is_ok_and(|s| s.containerd.is_some()))
+            .collect()
+    }
+
     /// The state file of `handler` under `root`.
     pub fn path(root: &Path, handler: &str) -> anyhow::Result<PathBuf> {
         inside(root, &Path::new(STATE_DIR).join(format!("{handler}.json")))

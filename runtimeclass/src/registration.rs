@@ -401,8 +401,7 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyho
         match (&mut state.containerd, state.unregistered.take()) {
             // Registered again before containerd restarted: the restart is still owed.
             (Some(c), Some(p)) => {
-                let started = crate::status_cmd::containerd_started(root, &p.config);
-                if started.is_none_or(|t| t < p.changed_at) {
+                if crate::status_cmd::restart_owed(root, &p.config, p.changed_at) {
                     c.restart_pending = true;
                     c.changed_at = c.changed_at.max(p.changed_at);
                 }

@@ -150,7 +150,7 @@ fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> anyhow::Resul
 
 /// Whether the containerd that reads `config` still runs from before `changed_at` (or none
 /// runs), so that it has not loaded the change made then.
-fn restart_owed(root: &Path, config: &Path, changed_at: u64) -> bool {
+pub(crate) fn restart_owed(root: &Path, config: &Path, changed_at: u64) -> bool {
     containerd_started(root, config).is_none_or(|t| t < changed_at)
 }
 

@@ -20,10 +20,9 @@ pub fn steps(
     state: &NodeState,
     dry_run: bool,
 ) -> anyhow::Result<Vec<Step>> {
-    let others: Vec<&str> = Profile::ALL
-        .iter()
-        .filter(|p| **p != profile)
-        .filter(|p| NodeState::load(root, p.handler()).is_ok_and(|s| s.containerd.is_some()))
+    let others: Vec<&str> = NodeState::registered_profiles(root)
+        .into_iter()
+        .filter(|p| *p != profile)
         .map(|p| p.handler())
         .collect();
     let mut out = vec![sandboxes(root, profile, &others, dry_run)?];

@@ -138,14 +138,7 @@ fn group_of(bundle: &Path, id: &str) -> String {
         .unwrap_or_else(|| id.to_owned())
 }
 
-/// The Task service name a downstream of Task API `version` serves.
-fn task_service(version: u32) -> &'static str {
-    if version >= 3 {
-        crate::proxy::TASK_V3
-    } else {
-        crate::proxy::TASK_V2
-    }
-}
+pub(super) use crate::proxy::task_service;
 
 pub(crate) fn is_listening(socket: &Path) -> bool {
     UnixStream::connect(socket).is_ok()

@@ -154,11 +154,20 @@ fn status_response(code: Code, message: impl ToString) -> Response {
     Response::init_status(get_status(code, message))
 }
 
+/// The Task service name a downstream of Task API `version` serves.
+pub(crate) fn task_service(version: u32) -> &'static str {
+    if version >= 3 {
+        TASK_V3
+    } else {
+        TASK_V2
+    }
+}
+
 impl Proxy {
     /// The proxy's state for a downstream that serves Task API `version`.
     pub fn new(version: u32, hook: Box<dyn CreateHook>, downstream_name: String) -> Arc<Self> {
         Arc::new(Self {
-            service: if version >= 3 { TASK_V3 } else { TASK_V2 }.to_owned(),
+            service: task_service(version).to_owned(),
             hook,
             dead: AtomicBool::new(false),
             gone: Signal::default(),

@@ -155,12 +155,7 @@ fn device_nodes(host: &Host, bdf: Bdf) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    walk(
-        host,
-        &host.path(&format!("/sys/bus/pci/devices/{bdf}")),
-        0,
-        &mut out,
-    );
+    walk(host, &host.path(&super::pci_dir(bdf)), 0, &mut out);
     out.sort();
     out.dedup();
     out
@@ -203,7 +198,7 @@ fn listed(host: &Host, table: &str, nodes: &[String]) -> Option<(String, String)
 
 /// A network interface of the function that is up.
 fn interface_up(host: &Host, bdf: Bdf) -> Option<String> {
-    let dir = host.path(&format!("/sys/bus/pci/devices/{bdf}/net"));
+    let dir = host.path(&format!("{}/net", super::pci_dir(bdf)));
     let mut names: Vec<String> = fs::read_dir(&dir)
         .ok()?
         .filter_map(Result::ok)

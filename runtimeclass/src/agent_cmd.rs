@@ -229,21 +229,23 @@ fn restart_if_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<()> {
 /// node selector of the profile's RuntimeClass, so that its pods land only here.
 fn label(args: &AgentArgs, global: &Global) -> anyhow::Result<Option<PathBuf>> {
     let profile = ["--profile", args.profile.name()];
-    let doctor = me(global)?
-        .arg("doctor")
-        .args(profile)
-        .output()
-        .context("cannot run doctor")?;
-    if !doctor.status.success() {
-        say("not labelled: kata-gpu doctor found problems:");
-        print!("{}", shown(&doctor));
-        return Ok(None);
-    }
+    // `doctor --labels` runs every check and prints labels only when all pass; the plain
+    // report runs only to say why they did not.
     let found = me(global)?
         .args(["doctor", "--labels", "--json"])
         .args(profile)
         .output()
         .context("cannot run doctor --labels")?;
+    if !found.status.success() {
+        let doctor = me(global)?
+            .arg("doctor")
+            .args(profile)
+            .output()
+            .context("cannot run doctor")?;
+        say("not labelled: kata-gpu doctor found problems:");
+        print!("{}", shown(&doctor));
+        return Ok(None);
+    }
     let mut labels: BTreeMap<String, String> = serde_json::from_slice(&found.stdout)
         .with_context(|| format!("doctor --labels printed no labels: {}", shown(&found)))?;
     let class = kata_gpu_manifests::runtime_class(args.profile, &Default::default());

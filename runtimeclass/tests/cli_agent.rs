@@ -5,6 +5,8 @@
 //! containerd restart is tested in a private PID and mount namespace, where PID 1 is ours
 //! and `systemctl` a recorder: never the machine's own.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -53,29 +55,9 @@ fn ready_host(work: &Path) -> (SimHost, PathBuf, PathBuf) {
     let image = work.join("image-bin");
     fs::create_dir_all(&image).expect("mkdir");
     // The image's shim is the real one: doctor runs the shim containerd will run (`-v`).
-    fs::copy(
-        kata_gpu_tests::workspace_bin(
-            "kata-gpu-shim",
-            "containerd-shim-kata-qemu-nvidia-gpu-snp-v2",
-        ),
-        image.join("containerd-shim-kata-qemu-nvidia-gpu-snp-v2"),
-    )
-    .expect("shim");
+    fs::copy(common::built().join(common::SNP), image.join(common::SNP)).expect("shim");
     let set = work.join("set");
-    fs::create_dir_all(&set).expect("mkdir");
-    for (f, b) in [
-        ("vmlinuz-6.12-nvidia-gpu-confidential", "kernel"),
-        ("kata-containers-confidential.img", "image"),
-        ("AMDSEV.fd", "fw"),
-    ] {
-        fs::write(set.join(f), b).expect("set");
-    }
-    fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../configs/templates/configuration-qemu-nvidia-gpu-snp.toml"),
-        set.join("configuration-qemu-nvidia-gpu-snp.toml"),
-    )
-    .expect("config");
+    common::artifact_set(&set, "kernel");
     (sim, image, set)
 }
 

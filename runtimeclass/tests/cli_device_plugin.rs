@@ -1,6 +1,8 @@
 //! `kata-gpu device-plugin` as a node runs it, against a stand-in for kubelet's registration
 //! (the real protocol), and `kata-gpu doctor`'s checks of it, on a simulated H100 host.
 
+mod common;
+
 use std::process::{Child, Command, Output, Stdio};
 
 use kata_gpu_tests::kubelet::KubeletRegistration;
@@ -8,9 +10,7 @@ use kata_gpu_tests::{SimHost, VfioMode, WriteCdiSpecs};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-fn text(o: &Output) -> String {
-    kata_gpu_tests::output_text(o)
-}
+use common::text;
 
 /// The plugin, killed if a failed test leaves it running.
 struct Plugin(Child);

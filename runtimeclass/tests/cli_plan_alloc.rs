@@ -2,17 +2,11 @@
 //! simulated hosts: the device plugin's preferred allocation, planned as the shim plans
 //! what PodResources reports.
 
-use std::process::Output;
+mod common;
 
 use kata_gpu_tests::{SimHost, VfioMode, WriteCdiSpecs};
 
-fn kata_gpu(root: &SimHost, args: &[&str]) -> Output {
-    kata_gpu_tests::run_on_host(env!("CARGO_BIN_EXE_kata-gpu"), root, args)
-}
-
-fn text(o: &Output) -> String {
-    kata_gpu_tests::output_text(o)
-}
+use common::{kata_gpu, text};
 
 fn pod(gpus: &str, annotation: &str) -> String {
     format!(

@@ -71,17 +71,8 @@ impl Rig {
         Self::build(release, downstream, extra_settings, None)
     }
 
-    /// A rig whose containerd runs CRI with `cri_table` as its CRI plugin table.
-    pub fn with_cri(downstream: Downstream, extra_settings: &str, cri_table: &str) -> Self {
-        Self::build(
-            Containerd::Debian,
-            downstream,
-            extra_settings,
-            Some(cri_table),
-        )
-    }
-
-    /// As [`Rig::with_cri`] on containerd `release`; `cri_table` in that release's format.
+    /// A rig on containerd `release` whose containerd runs CRI with `cri_table` (in that
+    /// release's format) as its CRI plugin table.
     pub fn on_with_cri(
         release: Containerd,
         downstream: Downstream,

@@ -11,7 +11,8 @@ use crate::annotations::KERNEL_PARAMS_ANNOTATION;
 /// The prefix of every annotation Kata reads.
 pub const KATA_ANNOTATION_PREFIX: &str = "io.katacontainers.";
 
-const DEFAULT_MEMORY: &str = "io.katacontainers.config.hypervisor.default_memory";
+/// The pod annotation through which a pod may size the guest's memory (the plan reads it too).
+pub const DEFAULT_MEMORY: &str = "io.katacontainers.config.hypervisor.default_memory";
 const DEFAULT_VCPUS: &str = "io.katacontainers.config.hypervisor.default_vcpus";
 const CC_INIT_DATA: &str = "io.katacontainers.config.hypervisor.cc_init_data";
 const ENABLE_IOMMU: &str = "io.katacontainers.config.hypervisor.enable_iommu";

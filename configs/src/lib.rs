@@ -26,6 +26,7 @@ pub mod templates;
 pub mod validate;
 mod write;
 
+pub use allow::DEFAULT_MEMORY as DEFAULT_MEMORY_ANNOTATION;
 pub use annotations::{
     check_pod_annotation, check_pod_annotations, debug_kernel_param, AnnotationPolicy,
     AnnotationRefused, Refusal,

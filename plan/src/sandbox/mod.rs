@@ -27,7 +27,7 @@ use crate::profile::{Profile, Tee};
 pub const CC_CAPABLE_GPUS: [u16; 6] = [0x2330, 0x2331, 0x2322, 0x2324, 0x2339, 0x233d];
 
 /// The pod annotation through which a pod may size the guest's memory.
-pub const DEFAULT_MEMORY_ANNOTATION: &str = "io.katacontainers.config.hypervisor.default_memory";
+pub use kata_gpu_configs::DEFAULT_MEMORY_ANNOTATION;
 
 /// Values read from the base Kata configuration that the plan builds on.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -233,18 +233,9 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
 /// A fix as it must be run for the host under `root`: every `kata-gpu` command in it gets
 /// `--host-root`, so that pasting it never acts on the real host.
 fn on_root(fix: &str, root: &Path) -> String {
-    const COMMANDS: [&str; 10] = [
-        "cdi",
-        "plan",
-        "containerd",
-        "runtimeclass",
-        "install",
-        "uninstall",
-        "status",
-        "artifacts",
-        "doctor",
-        "vfio",
-    ];
+    use clap::CommandFactory;
+    // Every subcommand clap knows, so that a command added later is covered too.
+    let cli = crate::Cli::command();
     let mut out = String::new();
     let mut rest = fix;
     while let Some(at) = rest.find("kata-gpu ") {
@@ -252,10 +243,8 @@ fn on_root(fix: &str, root: &Path) -> String {
         let after = &from["kata-gpu ".len()..];
         out.push_str(before);
         out.push_str("kata-gpu ");
-        if COMMANDS
-            .iter()
-            .any(|c| after.split_whitespace().next() == Some(c))
-        {
+        let word = after.split_whitespace().next();
+        if cli.get_subcommands().any(|c| Some(c.get_name()) == word) {
             out.push_str(&format!("--host-root {} ", root.display()));
         }
         rest = after;
@@ -362,6 +351,10 @@ mod tests {
         assert_eq!(
             on_root("kata-gpu artifacts verify, then reinstall: kata-gpu install --profile snp", root),
             "kata-gpu --host-root /sim artifacts verify, then reinstall: kata-gpu --host-root /sim install --profile snp"
+        );
+        assert_eq!(
+            on_root("restart it: kata-gpu device-plugin", root),
+            "restart it: kata-gpu --host-root /sim device-plugin"
         );
         assert_eq!(
             on_root("install the kata-gpu shim as X", root),

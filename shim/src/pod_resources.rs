@@ -152,10 +152,10 @@ pub fn add_allocated(
     spec: &mut OciSpec,
     registry: &Registry,
 ) -> Result<bool, String> {
-    let annotations = spec.annotations().clone().unwrap_or_default();
     let Some(socket) = lookup.socket.as_deref() else {
         return Ok(false);
     };
+    let annotations = spec.annotations().clone().unwrap_or_default();
     let Some((namespace, name)) = pod_of(&annotations) else {
         return Ok(false);
     };

@@ -59,6 +59,7 @@ fn hgx() -> Overrides {
             "nvrc.smi.srs=1".into(),
             "agent.aa_kbc_params=cc_kbc::https://kbs.example.internal:8080".into(),
         ],
+        cpu_features: Some("pmu=off,phys-bits=43".into()),
     }
 }
 

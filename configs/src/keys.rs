@@ -20,6 +20,8 @@ pub const COLD_PLUG_VFIO: &str = "cold_plug_vfio";
 pub const HOT_PLUG_VFIO: &str = "hot_plug_vfio";
 /// `default_memory`: guest memory in MiB.
 pub const DEFAULT_MEMORY: &str = "default_memory";
+/// `cpu_features`: appended to QEMU's `-cpu` model; carries the guest's `phys-bits`.
+pub const CPU_FEATURES: &str = "cpu_features";
 /// `kernel_params`: the guest kernel command line Kata adds to its own.
 pub const KERNEL_PARAMS: &str = "kernel_params";
 /// `enable_annotations`: which `io.katacontainers.config.hypervisor.*` pod annotations
@@ -28,11 +30,12 @@ pub const ENABLE_ANNOTATIONS: &str = "enable_annotations";
 
 /// The keys of `[hypervisor.qemu]` a rendering may change, in the order the diff lists them.
 /// Every other byte of a base configuration is left alone.
-pub const OWNED_KEYS: [&str; 6] = [
+pub const OWNED_KEYS: [&str; 7] = [
     PCIE_ROOT_PORT,
     COLD_PLUG_VFIO,
     HOT_PLUG_VFIO,
     DEFAULT_MEMORY,
+    CPU_FEATURES,
     KERNEL_PARAMS,
     ENABLE_ANNOTATIONS,
 ];
@@ -101,7 +104,7 @@ pub const QEMU_KEYS: &[(&str, Kind)] = &[
     ("firmware", Kind::Str),
     ("firmware_volume", Kind::Str),
     ("machine_accelerators", Kind::Str),
-    ("cpu_features", Kind::Str),
+    (CPU_FEATURES, Kind::Str),
     (KERNEL_PARAMS, Kind::Str),
     ("kernel_verity_params", Kind::Str),
     ("machine_type", Kind::Str),

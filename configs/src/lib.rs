@@ -33,7 +33,7 @@ pub use annotations::{
 };
 pub use error::{ConfigError, Location, Problem};
 pub use overrides::Overrides;
-pub use render::{render, DiffEntry, Rendered, Warning};
+pub use render::{kernel_params_line, render, DiffEntry, Rendered, Warning};
 pub use templates::{template, template_file_name, PROFILES};
 pub use validate::{validate, validate_config};
 pub use write::write_rendered;

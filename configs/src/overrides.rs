@@ -18,4 +18,6 @@ pub struct Overrides {
     pub default_memory: Option<u32>,
     /// Parameters appended to `kernel_params` (each `key=value` or a flag), in order.
     pub kernel_params_append: Vec<String>,
+    /// `cpu_features`, whole: the base config's features with the guest's `phys-bits`.
+    pub cpu_features: Option<String>,
 }

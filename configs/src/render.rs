@@ -360,6 +360,9 @@ fn plan(qemu: &dyn TableLike, overrides: &Overrides, warnings: &mut Vec<Warning>
     if let Some(mib) = overrides.default_memory {
         set(keys::DEFAULT_MEMORY, Value::from(i64::from(mib)));
     }
+    if let Some(features) = &overrides.cpu_features {
+        set(keys::CPU_FEATURES, Value::from(features.as_str()));
+    }
     let existing = base(keys::KERNEL_PARAMS)
         .and_then(Value::as_str)
         .unwrap_or("");
@@ -381,6 +384,12 @@ fn plan(qemu: &dyn TableLike, overrides: &Overrides, warnings: &mut Vec<Warning>
         }
     }
     edits
+}
+
+/// `existing` with each parameter of `append` not already on it added, as rendering
+/// writes `kernel_params`; the plan predicts Kata's command line from it.
+pub fn kernel_params_line(existing: &str, append: &[String]) -> String {
+    kernel_params(existing, append, &mut Vec::new()).unwrap_or_else(|| existing.to_owned())
 }
 
 /// The kernel command line with each parameter of `append` not already on it (as the same

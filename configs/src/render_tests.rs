@@ -35,7 +35,25 @@ fn gpu_overrides() -> Overrides {
             "agent.aa_kbc_params=cc_kbc::http://kbs:8080".into(),
             "agent.aa_kbc_params=cc_kbc::http://kbs:8080".into(),
         ],
+        cpu_features: None,
     }
+}
+
+#[test]
+fn cpu_features_are_written_whole_and_kept_when_equal() {
+    let base = "[hypervisor.qemu]\ncpu_features = \"pmu=off\" # Kata's\n";
+    let o = Overrides {
+        cpu_features: Some("pmu=off,phys-bits=43".into()),
+        ..Overrides::default()
+    };
+    let r = render_ok(base, &o);
+    assert_eq!(
+        r.text,
+        "[hypervisor.qemu]\ncpu_features = \"pmu=off,phys-bits=43\" # Kata's\n"
+    );
+    let again = render_ok(&r.text, &o);
+    assert_eq!(again.text, r.text);
+    assert_eq!(again.changes().count(), 0);
 }
 
 #[test]
@@ -484,6 +502,7 @@ mod oracle {
                 hot_plug_vfio: cold.map(|_| "no-port".to_owned()),
                 default_memory: memory,
                 kernel_params_append: params,
+                cpu_features: None,
             })
     }
 
@@ -493,7 +512,7 @@ mod oracle {
         /// With owned keys present or missing, and annotation entries to remove: the
         /// overrides land, the entries that allow host paths go, and rendering is stable.
         #[test]
-        fn owned_keys_present_or_missing(o in overrides(), mask in 0u8..64, extra in prop::sample::subsequence(
+        fn owned_keys_present_or_missing(o in overrides(), mask in 0u8..128, extra in prop::sample::subsequence(
             vec!["\"path\"", "\"image\"", "\"default_.*\"", "\".*\""], 0..=4)) {
             let mut doc: toml_edit::DocumentMut = FULL.parse().unwrap_or_else(|e| panic!("{e}"));
             if let Some(q) = doc["hypervisor"]["qemu"].as_table_like_mut() {

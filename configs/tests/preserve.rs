@@ -84,6 +84,7 @@ fn comments_in_every_position_are_kept() {
         hot_plug_vfio: Some("no-port".into()),
         default_memory: Some(16384),
         kernel_params_append: vec!["b=2".into()],
+        cpu_features: None,
     };
     let text = render_ok(COMMENTED, &o);
     let expected = "\

@@ -34,6 +34,7 @@ fn overrides() -> impl Strategy<Value = Overrides> {
                 hot_plug_vfio: hot,
                 default_memory: memory,
                 kernel_params_append: params,
+                cpu_features: None,
             }
         })
 }

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         hot_plug_vfio: Some("no-port".to_owned()),
         default_memory: Some(65536),
         kernel_params_append: vec!["agent.aa_kbc_params=cc_kbc::http://kbs:8080".to_owned()],
+        cpu_features: Some("pmu=off,phys-bits=43".to_owned()),
     };
     let Ok(once) = render(text, Path::new("fuzz.toml"), &overrides) else {
         return;

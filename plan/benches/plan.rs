@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use kata_gpu_plan::host::Host;
 use kata_gpu_plan::host_spec::host_specs;
-use kata_gpu_plan::sandbox::{plan, BaseValues, PlanInput, Policy};
+use kata_gpu_plan::sandbox::{plan, KataValues, PlanInput, Policy};
 use kata_gpu_plan::Profile;
 use kata_gpu_simhost::SimHost;
 
@@ -25,7 +25,7 @@ fn hgx(c: &mut Criterion) {
         "cdi.k8s.io/all".to_owned(),
         names.join(","),
     )])));
-    let base = BaseValues::default();
+    let base = KataValues::template(Profile::Snp);
     let policy = Policy::default();
     let input = PlanInput {
         profile: Profile::Snp,
@@ -34,6 +34,7 @@ fn hgx(c: &mut Criterion) {
         host: &host,
         base: &base,
         policy: &policy,
+        sandbox_id: None,
     };
     assert_eq!(plan(&input).expect("plans").devices.len(), 12);
 

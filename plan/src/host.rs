@@ -481,6 +481,54 @@ impl Host {
     }
 }
 
+/// What the host's `/proc` says of its CPUs and memory: what Kata sizes a VM from, and the
+/// physical address width a guest can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuMemory {
+    /// Processors listed in `/proc/cpuinfo` (at least 1).
+    pub cpus: u32,
+    /// `address sizes : N bits physical` of `/proc/cpuinfo`, if it says.
+    pub phys_bits: Option<u8>,
+    /// `MemTotal` of `/proc/meminfo`, MiB, if it says.
+    pub memory_mib: Option<u64>,
+}
+
+impl CpuMemory {
+    /// Reads the texts of `/proc/cpuinfo` and `/proc/meminfo`.
+    pub fn parse(cpuinfo: &str, meminfo: &str) -> Self {
+        let field = |line: &str, key: &str| {
+            let (k, v) = line.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_owned())
+        };
+        let cpus = cpuinfo
+            .lines()
+            .filter(|l| field(l, "processor").is_some())
+            .count();
+        let phys_bits = cpuinfo
+            .lines()
+            .find_map(|l| field(l, "address sizes"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok());
+        let memory_mib = meminfo
+            .lines()
+            .find_map(|l| field(l, "MemTotal"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kib| kib / 1024);
+        Self {
+            cpus: u32::try_from(cpus).unwrap_or(u32::MAX).max(1),
+            phys_bits,
+            memory_mib,
+        }
+    }
+}
+
+impl Host {
+    /// The host's CPUs, address width and memory, from `/proc` under the root.
+    pub fn cpu_memory(&self) -> CpuMemory {
+        let read = |p: &str| fs::read_to_string(self.path(p)).unwrap_or_default();
+        CpuMemory::parse(&read("/proc/cpuinfo"), &read("/proc/meminfo"))
+    }
+}
+
 /// The SEV C-bit position of this CPU: CPUID leaf 0x8000001F, EBX bits 5:0. `None` on
 /// CPUs without the leaf (no SEV) and on other architectures.
 pub fn cpu_cbitpos() -> Option<u8> {
@@ -504,6 +552,25 @@ pub fn cpu_cbitpos() -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_and_memory_come_from_proc() {
+        let cpuinfo = "processor\t: 0\naddress sizes\t: 52 bits physical, 57 bits virtual\n\nprocessor\t: 1\n";
+        let got = CpuMemory::parse(cpuinfo, "MemTotal:       25732096 kB\nMemFree: 1 kB\n");
+        assert_eq!(
+            got,
+            CpuMemory {
+                cpus: 2,
+                phys_bits: Some(52),
+                memory_mib: Some(25129)
+            }
+        );
+        let none = CpuMemory::parse("", "");
+        assert_eq!(
+            (none.cpus, none.phys_bits, none.memory_mib),
+            (1, None, None)
+        );
+    }
 
     #[test]
     fn bdfs_parse_and_print() {

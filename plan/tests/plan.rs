@@ -9,7 +9,7 @@ use cdi::registry::Registry;
 use kata_gpu_plan::host::Host;
 use kata_gpu_plan::host_spec::host_specs;
 use kata_gpu_plan::sandbox::{
-    plan, BaseValues, PlanError, PlanInput, Policy, SandboxPlan, TeeSettings,
+    plan, KataValues, PlanError, PlanInput, Policy, SandboxPlan, TeeSettings,
 };
 use kata_gpu_plan::Profile;
 use kata_gpu_simhost::Function;
@@ -61,8 +61,9 @@ fn run(
         oci: &spec,
         registry: &registry,
         host: &host,
-        base: &BaseValues::default(),
+        base: &KataValues::template(profile),
         policy,
+        sandbox_id: None,
     })
 }
 
@@ -98,7 +99,7 @@ fn golden_h100_by_group_and_cdev_names_give_the_same_device() {
     let by_index = run(&sim, Profile::Snp, GPU0, &policy()).expect("plans");
     for name in ["nvidia.com/pgpu=40", "nvidia.com/pgpu=vfio0"] {
         let p = run(&sim, Profile::Snp, &[("cdi.k8s.io/gpu", name)], &policy()).expect("plans");
-        assert_eq!(p.qemu_args, by_index.qemu_args, "{name}");
+        assert_eq!(p.vm.args, by_index.vm.args, "{name}");
     }
 }
 
@@ -106,7 +107,7 @@ fn golden_h100_by_group_and_cdev_names_give_the_same_device() {
 fn golden_h100_legacy_group_without_tee() {
     let sim = SimHost::h100_pcie(VfioMode::Legacy);
     let p = run(&sim, Profile::Gpu, GPU0, &policy()).expect("plans");
-    assert!(p.qemu_args.iter().all(|a| !a.contains("iommufd")));
+    assert!(p.vm.args.iter().all(|a| !a.contains("iommufd")));
     golden("h100-legacy-gpu", &p);
 }
 
@@ -233,8 +234,9 @@ fn a_missing_group_member_is_refused() {
         oci: &spec,
         registry: &registry,
         host: &host,
-        base: &BaseValues::default(),
+        base: &KataValues::template(Profile::Snp),
         policy: &policy(),
+        sandbox_id: None,
     })
     .expect_err("refused");
     assert!(
@@ -405,11 +407,12 @@ fn vfio_nodes_already_in_the_spec_pass_through_too() {
         oci: &spec,
         registry: &registry,
         host: &host,
-        base: &BaseValues {
+        base: &KataValues {
             pcie_root_port: 4,
-            default_memory: 8192,
+            ..KataValues::template(Profile::Snp)
         },
         policy: &policy(),
+        sandbox_id: None,
     })
     .expect("plans");
     assert_eq!(p.devices.len(), 1);
@@ -555,9 +558,9 @@ fn a_function_without_a_readable_resource_file_is_refused_naming_it() {
     );
     assert!(
         shown.ends_with(
-            "without the BAR sizes of 0000:41:00.0 its root port gets no mem-reserve or \
-             pref64-reserve, and a large BAR (an H100's 128 GiB BAR1) does not fit in the \
-             guest; check that /sys is the host's sysfs and the device is present"
+            "without the BAR sizes of 0000:41:00.0 the guest's physical address width cannot \
+             be sized, and a large BAR (an H100's 128 GiB BAR1) may not fit in the guest; \
+             check that /sys is the host's sysfs and the device is present"
         ),
         "{shown}"
     );

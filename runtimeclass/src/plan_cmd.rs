@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use cdi::registry::{Registry, RegistryConfig};
 use kata_gpu_plan::host::Host;
-use kata_gpu_plan::sandbox::{plan, BaseValues, PlanInput, Policy};
+use kata_gpu_plan::sandbox::{plan, KataValues, PlanInput, Policy};
 use kata_gpu_plan::Profile;
 use oci_spec::runtime::Spec as OciSpec;
 
@@ -135,7 +135,7 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         (None, None) => Profile::Snp,
     };
     let (base_text, base_origin) = base_config(&args, profile, global)?;
-    let base = BaseValues::from_config(&base_text);
+    let base = KataValues::from_config(&base_text);
     let mut config = RegistryConfig::under_root(&global.host_root);
     if !args.spec_dirs.is_empty() {
         config.spec_dirs = args.spec_dirs;
@@ -186,6 +186,7 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         host: &host,
         base: &base,
         policy: &policy,
+        sandbox_id: None,
     })
     .context("the sandbox cannot be planned")?;
     let rendered = kata_gpu_configs::render(

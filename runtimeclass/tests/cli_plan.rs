@@ -42,9 +42,19 @@ fn generate_then_plan_an_h100() {
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(0), "{shown}");
     assert!(shown.contains("  rp0  0000:41:00.0  10de:2331"), "{shown}");
-    assert!(shown.contains("-object sev-snp-guest,id=snp,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,policy=0x30000"), "{shown}");
+    assert!(shown.contains("-object sev-snp-guest,id=snp,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,policy=196608"), "{shown}");
     assert!(
-        shown.contains("-device vfio-pci,host=0000:41:00.0,id=vfio0,bus=rp0,iommufd=iommufd0"),
+        shown.contains(
+            "-device vfio-pci,host=0000:41:00.0,x-pci-vendor-id=0x10de,x-pci-device-id=0x2331"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(",bus=rp0,iommufd=iommufdvfio-<16 random hex>0\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("guest physical address bits: needs 38"),
         "{shown}"
     );
     assert!(
@@ -421,7 +431,7 @@ fn a_gpu_without_a_readable_resource_file_is_refused_naming_the_file() {
         "{shown}"
     );
     assert!(
-        shown.contains("no mem-reserve or pref64-reserve"),
+        shown.contains("the guest's physical address width cannot be sized"),
         "{shown}"
     );
     assert_eq!(

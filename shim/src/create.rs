@@ -14,7 +14,7 @@ use oci_spec::runtime::Spec as OciSpec;
 use crate::proxy::CreateHook;
 use kata_gpu_plan::host::Host;
 use kata_gpu_plan::profile::Profile;
-use kata_gpu_plan::sandbox::{plan, BaseValues, PlanInput};
+use kata_gpu_plan::sandbox::{plan, KataValues, PlanInput};
 use kata_gpu_plan::settings::{DownstreamKind, Settings};
 
 /// CRI's annotation telling a pod's sandbox from its containers.
@@ -162,8 +162,12 @@ impl PlanHook {
             )
         })?;
         let host = Host::new(&self.settings.host_root);
-        let base = BaseValues::from_config(&base_text);
+        let base = KataValues::from_config(&base_text);
         let policy = self.settings.policy();
+        let sandbox_id = annotations
+            .get(SANDBOX_ID)
+            .cloned()
+            .unwrap_or_else(|| request.id.clone());
         let planned = plan(&PlanInput {
             profile: self.profile,
             oci: &spec,
@@ -171,6 +175,7 @@ impl PlanHook {
             host: &host,
             base: &base,
             policy: &policy,
+            sandbox_id: Some(&sandbox_id),
         })
         .map_err(|e| e.to_string())?;
         let rendered = kata_gpu_configs::render::render(&base_text, &base_path, &planned.overrides)
@@ -180,10 +185,6 @@ impl PlanHook {
                     base_path.display()
                 )
             })?;
-        let sandbox_id = annotations
-            .get(SANDBOX_ID)
-            .cloned()
-            .unwrap_or_else(|| request.id.clone());
         let dir = self.sandbox_dir(&sandbox_id)?;
         let config_path = dir.join("configuration.toml");
         write_private(&config_path, &rendered.text)

@@ -159,6 +159,7 @@ impl SimHost {
             "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro iommu=pt mem_encrypt=on kvm_amd.sev=1\n",
         );
         host.set_cpu("AuthenticAMD", "AMD EPYC 9654 96-Core Processor");
+        host.set_memory_mib(1024 * 1024);
         host.set_sev_snp(true);
         host
     }
@@ -209,11 +210,24 @@ impl SimHost {
         self.dir.path().join(rel.trim_start_matches('/'))
     }
 
-    /// Sets the CPU `/proc/cpuinfo` shows (`vendor_id`, `model name`), for one core.
+    /// Sets the CPU `/proc/cpuinfo` shows (`vendor_id`, `model name`), for one core with
+    /// 52 physical address bits (EPYC Genoa's, and Sapphire Rapids').
     pub fn set_cpu(&self, vendor_id: &str, model: &str) {
+        self.set_cpuinfo(&format!(
+            "processor\t: 0\nvendor_id\t: {vendor_id}\nmodel name\t: {model}\naddress sizes\t: 52 bits physical, 57 bits virtual\n"
+        ));
+    }
+
+    /// Replaces `/proc/cpuinfo` whole.
+    pub fn set_cpuinfo(&self, text: &str) {
+        write(&self.path("proc/cpuinfo"), text);
+    }
+
+    /// Sets the host's memory (`/proc/meminfo` MemTotal), MiB.
+    pub fn set_memory_mib(&self, mib: u64) {
         write(
-            &self.path("proc/cpuinfo"),
-            &format!("processor\t: 0\nvendor_id\t: {vendor_id}\nmodel name\t: {model}\n"),
+            &self.path("proc/meminfo"),
+            &format!("MemTotal:       {} kB\n", mib * 1024),
         );
     }
 

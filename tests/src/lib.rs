@@ -13,6 +13,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod image;
+pub mod kata_qemu_args;
 pub mod katans;
 pub mod kubelet;
 pub mod parts;

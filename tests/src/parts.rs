@@ -224,3 +224,17 @@ pub fn available<T>(test: &str, part: Result<T, Missing>) -> Option<T> {
         }
     }
 }
+
+/// `kata-qemu-args` 3.30.0 (Kata 3.30's own code printing the QEMU command line it would
+/// launch), as `make deps` unpacks it under the parts directory.
+pub fn kata_qemu_args() -> Result<PathBuf, Missing> {
+    let bin = parts_dir().join("kata-qemu-args-3.30.0/bin/kata-qemu-args");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Missing(format!(
+            "kata-qemu-args 3.30.0 is not unpacked: {} is missing",
+            bin.display()
+        )))
+    }
+}

@@ -10,7 +10,8 @@ use kata_gpu_configs::Overrides;
 pub const KBS: &str = "agent.aa_kbc_params=cc_kbc::https://kbs.example.internal:8080";
 
 /// The overrides the plan produces for the shapes we test: no device, one H100, and an
-/// HGX board (8 H100 + 4 NVSwitch functions → 12 root ports).
+/// HGX board (8 H100 + 4 NVSwitch functions → 12 root ports, 41 physical address bits for
+/// eight 192 GiB bridge windows above 256 GiB of RAM).
 pub fn cases() -> Vec<(&'static str, Overrides)> {
     vec![
         ("none", Overrides::default()),
@@ -22,6 +23,7 @@ pub fn cases() -> Vec<(&'static str, Overrides)> {
                 hot_plug_vfio: Some("no-port".into()),
                 default_memory: None,
                 kernel_params_append: vec![KBS.into()],
+                cpu_features: None,
             },
         ),
         (
@@ -32,6 +34,7 @@ pub fn cases() -> Vec<(&'static str, Overrides)> {
                 hot_plug_vfio: Some("no-port".into()),
                 default_memory: Some(262_144),
                 kernel_params_append: vec!["nvrc.smi.srs=1".into(), KBS.into()],
+                cpu_features: Some("pmu=off,phys-bits=41".into()),
             },
         ),
     ]

@@ -58,7 +58,7 @@ pub enum PlanError {
         driver: String,
     },
     /// A function whose `resource` file cannot be read: its root port cannot be sized.
-    #[error("cannot read /sys/bus/pci/devices/{bdf}/resource ({reason}): without the BAR sizes of {bdf} its root port gets no mem-reserve or pref64-reserve, and a large BAR (an H100's 128 GiB BAR1) does not fit in the guest; check that /sys is the host's sysfs and the device is present")]
+    #[error("cannot read /sys/bus/pci/devices/{bdf}/resource ({reason}): without the BAR sizes of {bdf} the guest's physical address width cannot be sized, and a large BAR (an H100's 128 GiB BAR1) may not fit in the guest; check that /sys is the host's sysfs and the device is present")]
     NoResource {
         /// The function.
         bdf: Bdf,
@@ -120,6 +120,42 @@ pub enum PlanError {
         min: u32,
         /// Highest allowed.
         max: u32,
+    },
+    /// The guest cannot place every device's 64-bit BARs in the address width it can get.
+    #[error("the guest needs {needed} physical address bits ({layout}) for the 64-bit BARs of {devices}, but this host gives {tee} guest at most {have} ({why}); ask for fewer GPUs or less memory in one pod")]
+    AddressSpace {
+        /// The devices with 64-bit BARs, comma-separated.
+        devices: String,
+        /// Bits needed.
+        needed: u8,
+        /// Bits the host gives.
+        have: u8,
+        /// Where `have` comes from.
+        why: String,
+        /// "an SEV-SNP", "a TDX" or "a".
+        tee: &'static str,
+        /// RAM and windows, in words.
+        layout: String,
+    },
+    /// A legacy VFIO group whose only functions Kata skips at cold plug.
+    #[error("{bdf} is an NVSwitch (class 068x) alone in IOMMU group {group}: Kata 3.30 skips such functions when it cold-plugs legacy VFIO groups and fails the sandbox with \"unsupported device type\"; expose it through iommufd (/dev/vfio/devices/vfioN, Linux 6.6+) and regenerate the host spec with `kata-gpu cdi generate`")]
+    NvSwitchOnlyGroup {
+        /// The group.
+        group: u32,
+        /// Its NVSwitch.
+        bdf: Bdf,
+    },
+    /// A confidential sandbox with part of an NVSwitch board.
+    #[error("this board has {board_gpus} GPUs and {board_switches} NVSwitches, and a confidential sandbox asks for {gpus} GPUs and {switches} NVSwitches: Hopper confidential computing gives a confidential VM either one GPU and no NVSwitch (CC mode) or every GPU and every NVSwitch (protected-PCIe mode); ask for one nvidia.com/pgpu, or for all {board_gpus} GPUs and {board_switches} NVSwitches")]
+    PartialNvSwitchBoard {
+        /// GPUs asked for.
+        gpus: usize,
+        /// NVSwitches asked for.
+        switches: usize,
+        /// GPUs on the board.
+        board_gpus: usize,
+        /// NVSwitches on the board.
+        board_switches: usize,
     },
     /// A pod annotation that could steer the hypervisor outside what it may.
     #[error("pod annotation {key} is refused: {reason}")]

@@ -4,10 +4,13 @@
 //! Pure apart from reading the host (through its root): the same code serves the shim at
 //! `Create` and `kata-gpu plan`, so that what a user previews is what a pod gets.
 
+pub mod address;
 pub mod allocated;
 mod error;
-mod qemu;
+pub mod kata;
 mod report;
+mod rules;
+mod vm;
 
 use std::collections::BTreeMap;
 
@@ -17,8 +20,9 @@ use oci_spec::runtime::Spec as OciSpec;
 use serde::Serialize;
 
 pub use error::{PlanError, MAX_DEVICES};
-pub use qemu::qemu_args;
+pub use kata::{KataValues, VmHost, VmSize, Workload};
 pub use report::PlanView;
+pub use vm::{AddressPlan, VmPlan};
 
 use crate::host::{Bar, Bdf, Host, VfioNode};
 use crate::profile::{Profile, Tee};
@@ -28,49 +32,6 @@ pub const CC_CAPABLE_GPUS: [u16; 6] = [0x2330, 0x2331, 0x2322, 0x2324, 0x2339, 0
 
 /// The pod annotation through which a pod may size the guest's memory.
 pub use kata_gpu_configs::DEFAULT_MEMORY_ANNOTATION;
-
-/// Values read from the base Kata configuration that the plan builds on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BaseValues {
-    /// `pcie_root_port` of the base config (a minimum).
-    pub pcie_root_port: u32,
-    /// `default_memory` of the base config, MiB.
-    pub default_memory: u32,
-}
-
-impl BaseValues {
-    /// Reads `pcie_root_port` and `default_memory` of `[hypervisor.qemu]` from a Kata config;
-    /// what is missing or unreadable keeps its default (rendering reports real errors).
-    pub fn from_config(text: &str) -> Self {
-        let defaults = Self::default();
-        let Ok(doc) = text.parse::<toml::Table>() else {
-            return defaults;
-        };
-        let qemu = doc
-            .get("hypervisor")
-            .and_then(|h| h.get("qemu"))
-            .and_then(|q| q.as_table());
-        let int = |key: &str, default: u32| {
-            qemu.and_then(|q| q.get(key))
-                .and_then(toml::Value::as_integer)
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(default)
-        };
-        Self {
-            pcie_root_port: int("pcie_root_port", defaults.pcie_root_port),
-            default_memory: int("default_memory", defaults.default_memory),
-        }
-    }
-}
-
-impl Default for BaseValues {
-    fn default() -> Self {
-        Self {
-            pcie_root_port: 0,
-            default_memory: 8192,
-        }
-    }
-}
 
 /// The confidential guest's parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,8 +136,8 @@ pub struct SandboxPlan {
     pub requested: Vec<QualifiedName>,
     /// The functions that pass through, in root-port order.
     pub devices: Vec<PassthroughDevice>,
-    /// QEMU arguments, in Kata's shape.
-    pub qemu_args: Vec<String>,
+    /// The VM Kata will start: its QEMU command line, size and address space.
+    pub vm: VmPlan,
     /// What Kata's configuration must change.
     pub overrides: Overrides,
     /// Findings that do not stop the sandbox.
@@ -195,7 +156,9 @@ pub struct PlanInput<'a> {
     /// The host.
     pub host: &'a Host,
     /// Values of the base Kata config.
-    pub base: &'a BaseValues,
+    pub base: &'a KataValues,
+    /// The sandbox's id, where known: Kata names the VM after it.
+    pub sandbox_id: Option<&'a str>,
     /// The administrator's policy.
     pub policy: &'a Policy,
 }
@@ -417,6 +380,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
         };
         add_group(input, group, &r.reason, &mut devices)?;
     }
+    let devices = rules::kata_cold_plug(devices, &mut warnings)?;
     if devices.len() > MAX_DEVICES {
         return Err(PlanError::TooManyDevices {
             count: devices.len(),
@@ -428,6 +392,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
                 .join(", "),
         });
     }
+    rules::confidential_board(input, &devices)?;
     if input.profile.confidential() {
         for d in &devices {
             let gpu = d.vendor == crate::host::NVIDIA && d.class >> 16 == 0x03;
@@ -464,9 +429,10 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
         overrides.cold_plug_vfio = Some("root-port".to_owned());
         overrides.hot_plug_vfio = Some("no-port".to_owned());
     }
+    let vm = vm::shape(input, &annotations, &devices, &mut overrides, &mut warnings)?;
     Ok(SandboxPlan {
         profile: input.profile,
-        qemu_args: qemu_args(input.profile.tee(), &input.policy.tee, &devices),
+        vm,
         requested,
         devices,
         overrides,
@@ -479,21 +445,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base_values_come_from_the_qemu_section() {
-        let v = BaseValues::from_config(
-            "[hypervisor.qemu]\npcie_root_port = 4\ndefault_memory = 16384\n",
+    fn base_values_come_from_the_config() {
+        let v = KataValues::from_config(
+            "[hypervisor.qemu]\npcie_root_port = 4\ndefault_memory = 16384\ncpu_features = \"pmu=off\"\n[agent.kata]\nlaunch_process_timeout = 15\n",
         );
         assert_eq!(
-            v,
-            BaseValues {
-                pcie_root_port: 4,
-                default_memory: 16384
-            }
+            (
+                v.pcie_root_port,
+                v.default_memory,
+                v.cpu_features.as_str(),
+                v.launch_process_timeout
+            ),
+            (4, 16384, "pmu=off", 15)
         );
-        assert_eq!(BaseValues::from_config("not toml ["), BaseValues::default());
+        assert_eq!(KataValues::from_config("not toml ["), KataValues::default());
         assert_eq!(
-            BaseValues::from_config("[hypervisor.qemu]\npcie_root_port = -1\n"),
-            BaseValues::default()
+            KataValues::from_config("[hypervisor.qemu]\npcie_root_port = -1\n"),
+            KataValues::default()
         );
+        let debug = KataValues::from_config("[hypervisor.qemu]\nenable_debug = true\n");
+        assert_eq!(debug.unmodeled, ["hypervisor.qemu.enable_debug = true"]);
     }
 }

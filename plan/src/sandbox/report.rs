@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::address::human;
+use super::vm::AddressPlan;
 use super::{Reason, SandboxPlan};
 
 /// A plan as JSON-friendly values.
@@ -13,6 +15,8 @@ pub struct PlanView {
     handler: &'static str,
     requested: Vec<String>,
     devices: Vec<DeviceView>,
+    vm: VmView,
+    qemu_path: String,
     qemu_args: Vec<String>,
     overrides: OverridesView,
     warnings: Vec<String>,
@@ -31,6 +35,16 @@ struct DeviceView {
 }
 
 #[derive(Debug, Serialize)]
+struct VmView {
+    vcpus: u32,
+    max_vcpus: u32,
+    memory_mib: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_memory_mib: Option<u64>,
+    address: AddressPlan,
+}
+
+#[derive(Debug, Serialize)]
 struct OverridesView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pcie_root_port: Option<u32>,
@@ -40,6 +54,8 @@ struct OverridesView {
     hot_plug_vfio: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     default_memory: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_features: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     kernel_params_append: Vec<String>,
 }
@@ -66,12 +82,21 @@ impl SandboxPlan {
                     reason: d.reason.clone(),
                 })
                 .collect(),
-            qemu_args: self.qemu_args.clone(),
+            vm: VmView {
+                vcpus: self.vm.size.vcpus,
+                max_vcpus: self.vm.size.max_vcpus,
+                memory_mib: self.vm.size.memory_mib,
+                max_memory_mib: self.vm.size.max_memory_mib,
+                address: self.vm.address.clone(),
+            },
+            qemu_path: self.vm.qemu_path.clone(),
+            qemu_args: self.vm.args.clone(),
             overrides: OverridesView {
                 pcie_root_port: self.overrides.pcie_root_port,
                 cold_plug_vfio: self.overrides.cold_plug_vfio.clone(),
                 hot_plug_vfio: self.overrides.hot_plug_vfio.clone(),
                 default_memory: self.overrides.default_memory,
+                cpu_features: self.overrides.cpu_features.clone(),
                 kernel_params_append: self.overrides.kernel_params_append.clone(),
             },
             warnings: self.warnings.clone(),
@@ -122,9 +147,28 @@ impl fmt::Display for SandboxPlan {
                 d.reason
             )?;
         }
-        writeln!(f, "qemu:")?;
-        for pair in self.qemu_args.chunks(2) {
-            writeln!(f, "  {}", pair.join(" "))?;
+        let size = &self.vm.size;
+        write!(
+            f,
+            "vm: {} vCPU (max {}), {} MiB",
+            size.vcpus, size.max_vcpus, size.memory_mib
+        )?;
+        if let Some(max) = size.max_memory_mib {
+            write!(f, " (hotplug up to {max} MiB)")?;
+        }
+        writeln!(f)?;
+        writeln!(f, "guest physical address bits: {}", self.vm.address)?;
+        writeln!(
+            f,
+            "qemu (as Kata 3.30 starts it; <...> is drawn by Kata at start):"
+        )?;
+        writeln!(f, "  {}", self.vm.qemu_path)?;
+        let mut args = self.vm.args.iter().peekable();
+        while let Some(arg) = args.next() {
+            match args.next_if(|v| !v.starts_with('-')) {
+                Some(value) => writeln!(f, "  {arg} {value}")?,
+                None => writeln!(f, "  {arg}")?,
+            }
         }
         writeln!(f, "kata overrides ([hypervisor.qemu]):")?;
         let o = &self.overrides;
@@ -146,6 +190,10 @@ impl fmt::Display for SandboxPlan {
             writeln!(f, "  default_memory = {v}")?;
             any = true;
         }
+        if let Some(v) = &o.cpu_features {
+            writeln!(f, "  cpu_features = {v:?}")?;
+            any = true;
+        }
         if !o.kernel_params_append.is_empty() {
             writeln!(
                 f,
@@ -161,5 +209,39 @@ impl fmt::Display for SandboxPlan {
             writeln!(f, "warning: {w}")?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for AddressPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "needs {} (RAM to {}",
+            self.needed_bits,
+            human(self.ram_top)
+        )?;
+        if let Some((size, _)) = self.windows.first() {
+            write!(
+                f,
+                ", {} 64-bit bridge windows, the largest {}",
+                self.windows.len(),
+                human(*size)
+            )?;
+        }
+        write!(f, "), guest gets ")?;
+        match self.guest_bits {
+            Some(b) => write!(f, "{b}")?,
+            None => write!(f, "the host's width")?,
+        }
+        if self.wrote_phys_bits {
+            write!(f, " (phys-bits in cpu_features)")?;
+        }
+        match &self.host_limit {
+            Some((bits, why)) => write!(f, ", host allows {bits} ({why})"),
+            None => write!(
+                f,
+                ", host's width unknown (no address sizes in /proc/cpuinfo)"
+            ),
+        }
     }
 }

@@ -1,0 +1,177 @@
+//! The plan's QEMU command line is Kata's: for each simulated host (one H100, an HGX board
+//! of 8 H100 and 4 NVSwitches, a GPU sharing its IOMMU group with its audio function, an
+//! H100 in a legacy VFIO group) and each profile, the per-sandbox configuration the shim
+//! writes (the plan's overrides rendered into the profile's base config, as `PlanHook`
+//! does) is handed to Kata 3.30's own code (`kata-qemu-args`), and what Kata would launch
+//! must equal the plan's prediction argument for argument. The only differences allowed
+//! are what Kata draws at random each run and the tool's placeholders, both of which the
+//! plan shows as patterns.
+
+use std::collections::HashMap;
+
+use kata_gpu_plan::host::Host;
+use kata_gpu_plan::host_spec::host_specs;
+use kata_gpu_plan::sandbox::{plan, KataValues, PlanInput, Policy, SandboxPlan};
+use kata_gpu_plan::Profile;
+use kata_gpu_tests::kata_qemu_args::{host_json, run};
+use kata_gpu_tests::parts::kata_qemu_args;
+use kata_gpu_tests::{available, SimHost, VfioMode};
+
+/// Gives the simulated host this machine's CPU count and memory: Kata reads those of the
+/// machine it runs on, the plan those under its root.
+fn like_this_machine(sim: &SimHost) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpuinfo: String = (0..cpus)
+        .map(|i| format!("processor\t: {i}\nvendor_id\t: AuthenticAMD\naddress sizes\t: 52 bits physical, 57 bits virtual\n\n"))
+        .collect();
+    sim.set_cpuinfo(&cpuinfo);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("MemTotal");
+    std::fs::write(
+        sim.path("proc/meminfo"),
+        format!("MemTotal:       {kib} kB\n"),
+    )
+    .expect("write meminfo");
+}
+
+fn planned(sim: &SimHost, profile: Profile, annotations: &[(&str, &str)]) -> SandboxPlan {
+    let host = Host::new(sim.root());
+    sim.write_specs(&host_specs(&host).expect("host specs").specs);
+    let registry = sim.registry();
+    let mut oci = oci_spec::runtime::Spec::default();
+    let map: HashMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    oci.set_annotations(Some(map));
+    let base = kata_gpu_configs::template(profile.name()).expect("template");
+    plan(&PlanInput {
+        profile,
+        oci: &oci,
+        registry: &registry,
+        host: &host,
+        base: &KataValues::from_config(base),
+        policy: &Policy::default(),
+        sandbox_id: None,
+    })
+    .unwrap_or_else(|e| panic!("{profile}: {e}"))
+}
+
+/// Plans, renders the per-sandbox config, runs Kata's code on it and compares.
+fn same_as_kata(test: &str, sim: &SimHost, profile: Profile, annotations: &[(&str, &str)]) {
+    let Some(tool) = available(test, kata_qemu_args()) else {
+        return;
+    };
+    assert!(
+        kata_gpu_tests::is_root(),
+        "{test}: kata-qemu-args needs root"
+    );
+    like_this_machine(sim);
+    let p = planned(sim, profile, annotations);
+    let base = kata_gpu_configs::template(profile.name()).expect("template");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("configuration.toml");
+    let rendered = kata_gpu_configs::render(base, &config, &p.overrides).expect("renders");
+    std::fs::write(&config, &rendered.text).expect("write config");
+    let policy = Policy::default();
+    let host = host_json(sim.root(), policy.tee.cbitpos, &p.devices);
+    let kata = run(&tool, &config, &host)
+        .unwrap_or_else(|e| panic!("{test}: Kata refused the shim's config: {e}"));
+    assert_eq!(kata.qemu, p.vm.qemu_path, "{test}: QEMU binary");
+    if kata.args != p.vm.args {
+        let first = kata
+            .args
+            .iter()
+            .zip(&p.vm.args)
+            .position(|(k, o)| k != o)
+            .unwrap_or(kata.args.len().min(p.vm.args.len()));
+        panic!(
+            "{test}: the plan's command line differs from Kata's at argument {first}:\n  kata: {:?}\n  plan: {:?}\nkata: {:#?}\nplan: {:#?}",
+            kata.args.get(first),
+            p.vm.args.get(first),
+            kata.args,
+            p.vm.args
+        );
+    }
+}
+
+const GPU0: &[(&str, &str)] = &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0")];
+
+fn hgx_all() -> String {
+    (0..8)
+        .map(|i| format!("nvidia.com/pgpu={i}"))
+        .chain((0..4).map(|i| format!("nvidia.com/nvswitch={i}")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn h100_in_every_profile_is_kata_s_command_line() {
+    for profile in Profile::ALL {
+        let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+        sim.set_tdx(profile == Profile::Tdx);
+        sim.set_sev_snp(profile == Profile::Snp);
+        same_as_kata(&format!("h100 {profile}"), &sim, profile, GPU0);
+    }
+}
+
+#[test]
+fn hgx_board_in_every_profile_is_kata_s_command_line() {
+    let all = hgx_all();
+    for profile in Profile::ALL {
+        let sim = SimHost::hgx_8x_h100();
+        sim.set_tdx(profile == Profile::Tdx);
+        sim.set_sev_snp(profile == Profile::Snp);
+        same_as_kata(
+            &format!("hgx {profile}"),
+            &sim,
+            profile,
+            &[("cdi.k8s.io/all", &all)],
+        );
+    }
+}
+
+#[test]
+fn hgx_with_more_memory_and_phys_bits_is_kata_s_command_line() {
+    // 256 GiB of RAM by annotation moves every window up; the plan's phys-bits follow.
+    let all = hgx_all();
+    let sim = SimHost::hgx_8x_h100();
+    same_as_kata(
+        "hgx snp 256 GiB",
+        &sim,
+        Profile::Snp,
+        &[
+            ("cdi.k8s.io/all", &all),
+            (
+                "io.katacontainers.config.hypervisor.default_memory",
+                "262144",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn shared_group_in_every_profile_is_kata_s_command_line() {
+    for profile in Profile::ALL {
+        let sim = SimHost::gpu_with_audio_and_bridge();
+        sim.set_tdx(profile == Profile::Tdx);
+        sim.set_sev_snp(profile == Profile::Snp);
+        same_as_kata(&format!("shared group {profile}"), &sim, profile, GPU0);
+    }
+}
+
+#[test]
+fn legacy_group_without_tee_is_kata_s_command_line() {
+    let sim = SimHost::h100_pcie(VfioMode::Legacy);
+    same_as_kata("h100 legacy gpu", &sim, Profile::Gpu, GPU0);
+}
+
+#[test]
+fn no_device_is_kata_s_command_line() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    same_as_kata("no device snp", &sim, Profile::Snp, &[]);
+}

@@ -3,6 +3,8 @@
 //! - [`containerd`]: a private containerd started per test; [`cri`]: a CRI client for it.
 //! - [`kubelet`]: a stand-in for kubelet's PodResources API (the real protocol).
 //! - [`katans`]: Kata run in a private mount namespace with a syslog socket.
+//! - [`guest`]: boots the VM shape Kata prints, with stand-ins for the GPUs, and reads back
+//!   which BARs the guest placed.
 //! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
 //!   is reported.
 //! - [`simhost`]: simulated GPU hosts, sysfs and `/dev` trees under a temp root that every
@@ -12,6 +14,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod guest;
 pub mod image;
 pub mod katans;
 pub mod kubelet;

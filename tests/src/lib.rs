@@ -5,6 +5,7 @@
 //! - [`katans`]: Kata run in a private mount namespace with a syslog socket.
 //! - [`guest`]: boots the VM shape Kata prints, with stand-ins for the GPUs, and reads back
 //!   which BARs the guest placed.
+//! - [`kata_host`]: the host description `kata-qemu-args` takes, from a simulated host.
 //! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
 //!   is reported.
 //! - [`simhost`]: simulated GPU hosts, sysfs and `/dev` trees under a temp root that every
@@ -16,6 +17,7 @@ pub mod containerd;
 pub mod cri;
 pub mod guest;
 pub mod image;
+pub mod kata_host;
 pub mod katans;
 pub mod kubelet;
 pub mod parts;

@@ -1,6 +1,7 @@
 //! The VM Kata builds, booted: Kata 3.30's own QEMU command line (`kata-qemu-args` on Kata's
-//! stock NVIDIA configs, cold-plugging every device on its own root port) for the H100 and
-//! HGX 8 GPU + 4 NVSwitch hosts it ships, booted under TCG with stand-ins carrying each
+//! stock NVIDIA configs, cold-plugging every device on its own root port) for the simulated
+//! H100 and HGX 8 GPU + 4 NVSwitch hosts (`SimHost::h100_pcie`, `SimHost::hgx_8x_h100`,
+//! described to the tool by `kata_host::host_json`), booted under TCG with stand-ins carrying each
 //! device's prefetchable BARs (see `kata_gpu_tests::guest`), and the guest's own view of which
 //! BARs it could place.
 //!
@@ -9,13 +10,53 @@
 //! HGX guest leaves some unassigned. `phys-bits=43` in `cpu_features` reaches `-cpu` and the
 //! guest places them all. One H100 fits either way.
 
-use kata_gpu_tests::guest::{self, BarsByHostBdf, GuestParts, Options};
-use kata_gpu_tests::parts::KataQemuArgs;
-use kata_gpu_tests::{available, Kata};
 use std::io::Write;
 
-const H100: &str = "h100-snp.json";
-const HGX: &str = "hgx-8gpu-4nvswitch-snp.json";
+use kata_gpu_tests::guest::{self, BarsByHostBdf, GuestParts, Options};
+use kata_gpu_tests::kata_host::host_json;
+use kata_gpu_tests::parts::KataQemuArgs;
+use kata_gpu_tests::{available, Kata, SimHost, VfioMode};
+
+/// The simulated hosts, and the device nodes a pod taking all their devices carries.
+#[derive(Clone, Copy, Debug)]
+enum Host {
+    /// One H100 PCIe, as `/dev/vfio/devices/vfio0`.
+    H100,
+    /// 8 H100 SXM (`vfio4`–`vfio11`) and then 4 NVSwitches (`vfio0`–`vfio3`), as the HGX host
+    /// file `kata-qemu-args` ships lists them.
+    Hgx,
+}
+
+impl Host {
+    fn sim(self) -> SimHost {
+        match self {
+            Self::H100 => SimHost::h100_pcie(VfioMode::Iommufd),
+            Self::Hgx => SimHost::hgx_8x_h100(),
+        }
+    }
+
+    fn pod_devices(self) -> Vec<String> {
+        let cdevs: Vec<u32> = match self {
+            Self::H100 => vec![0],
+            Self::Hgx => (4..12).chain(0..4).collect(),
+        };
+        cdevs
+            .into_iter()
+            .map(|n| format!("/dev/vfio/devices/vfio{n}"))
+            .collect()
+    }
+
+    /// The host file `kata-qemu-args` ships for the same board.
+    fn shipped(self) -> &'static str {
+        match self {
+            Self::H100 => "h100-snp.json",
+            Self::Hgx => "hgx-8gpu-4nvswitch-snp.json",
+        }
+    }
+}
+
+const H100: Host = Host::H100;
+const HGX: Host = Host::Hgx;
 const SNP: &str = "configuration-qemu-nvidia-gpu-snp.toml";
 const GPU: &str = "configuration-qemu-nvidia-gpu.toml";
 const BAR1: u64 = 128 << 30;
@@ -36,12 +77,27 @@ fn rig(test: &str) -> Option<Rig> {
 }
 
 impl Rig {
-    /// Kata's argv for `config` on the shipped `host`, every device cold-plugged on a root
+    /// Kata's argv for `config` on the simulated `host`, every device cold-plugged on a root
     /// port of its own, with `sets` on top; and the host functions' BARs.
-    fn kata_argv(&self, config: &str, host: &str, sets: &[&str]) -> (Vec<String>, BarsByHostBdf) {
-        let host_json = self.tool.host(host);
-        let text = std::fs::read_to_string(&host_json).expect("read the host file");
-        let value: serde_json::Value = serde_json::from_str(&text).expect("host file is JSON");
+    fn kata_argv(&self, config: &str, host: Host, sets: &[&str]) -> (Vec<String>, BarsByHostBdf) {
+        let sim = host.sim();
+        let pod = host.pod_devices();
+        let pod: Vec<&str> = pod.iter().map(String::as_str).collect();
+        let value = host_json(&sim, &pod).expect("host.json of the simulated host");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let host_json = dir.path().join("host.json");
+        std::fs::write(&host_json, value.to_string()).expect("write host.json");
+        self.kata_argv_on(config, &host_json, &value, sets)
+    }
+
+    /// Kata's argv for `config` on the host `host_json` describes (`value`).
+    fn kata_argv_on(
+        &self,
+        config: &str,
+        host_json: &std::path::Path,
+        value: &serde_json::Value,
+        sets: &[&str],
+    ) -> (Vec<String>, BarsByHostBdf) {
         let devices = value["pod_devices"].as_array().map_or(0, Vec::len);
         let ports = format!("pcie_root_port={devices}");
         let mut all = vec![
@@ -52,9 +108,9 @@ impl Rig {
         all.extend_from_slice(sets);
         let argv = self
             .tool
-            .argv(&self.kata.config(config), &host_json, &all)
+            .argv(&self.kata.config(config), host_json, &all)
             .expect("kata-qemu-args prints Kata's argv");
-        let bars = guest::bars_from_host_json(&value).expect("the host file's BARs");
+        let bars = guest::bars_from_host_json(value).expect("the host file's BARs");
         (argv, bars)
     }
 }
@@ -175,4 +231,76 @@ fn a_missing_bar_list_is_an_error_not_a_boot() {
     )
     .expect_err("no BARs for the vfio-pci device");
     assert!(err.contains("no BARs given for 0000:41:00.0"), "{err}");
+}
+
+/// Kata's random ids (`-uuid`, `image-<16 hex>`, `iommufdvfio-<16 hex><cdev>`) masked.
+fn masked(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after_uuid = false;
+    for a in argv {
+        let mut a = a.clone();
+        if after_uuid {
+            a = "<uuid>".to_owned();
+        }
+        after_uuid = a == "-uuid";
+        for prefix in ["image-", "iommufdvfio-"] {
+            while let Some(at) = a
+                .find(prefix)
+                .filter(|at| a[at + prefix.len()..].starts_with(|c: char| c.is_ascii_hexdigit()))
+            {
+                let rest = &a[at + prefix.len()..];
+                let len = rest
+                    .find(|c: char| !c.is_ascii_hexdigit())
+                    .unwrap_or(rest.len());
+                a.replace_range(
+                    at..at + prefix.len() + len,
+                    &format!("<{}>", &prefix[..prefix.len() - 1]),
+                );
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
+#[test]
+fn the_simulated_hosts_give_the_argv_of_the_host_files_kata_qemu_args_ships() {
+    // The check on `host_json`: for the same boards, Kata prints the same command line from
+    // the simulated host's description as from the tool's own host file.
+    let Some(rig) = rig("the_simulated_hosts_give_the_argv_of_the_host_files_kata_qemu_args_ships")
+    else {
+        return;
+    };
+    for host in [H100, HGX] {
+        let shipped = rig.tool.host(host.shipped());
+        let text = std::fs::read_to_string(&shipped).expect("read the shipped host file");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        let (want, want_bars) = rig.kata_argv_on(SNP, &shipped, &value, &[]);
+        let (got, got_bars) = rig.kata_argv(SNP, host, &[]);
+        assert_eq!(masked(&got), masked(&want), "{host:?}");
+        assert_eq!(got_bars, want_bars, "{host:?}");
+    }
+}
+
+#[test]
+fn a_guest_that_does_not_power_off_in_time_is_killed_and_the_console_shown() {
+    let Some(rig) = rig("a_guest_that_does_not_power_off_in_time_is_killed_and_the_console_shown")
+    else {
+        return;
+    };
+    let (argv, bars) = rig.kata_argv(SNP, H100, &[]);
+    let options = Options {
+        timeout: std::time::Duration::from_secs(2),
+        ..Options::default()
+    };
+    let started = std::time::Instant::now();
+    let err = guest::boot(&rig.parts, &argv, &bars, &options).expect_err("2 s is too short");
+    assert!(
+        err.contains("did not power off within 2s; QEMU killed") && err.contains("console's tail"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{err}"
+    );
 }

@@ -1,0 +1,105 @@
+//! The host description `kata-qemu-args` takes (its README's host.json), written from a
+//! simulated host's own sysfs and `/dev` tree, so that Kata's command line can be had for the
+//! same host the plan and the shim are tested on.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::SimHost;
+
+/// AMD EPYC's SEV C-bit position (CPUID 0x8000001F EBX[5:0]); a simulated host has no CPUID.
+pub const EPYC_CBITPOS: u32 = 51;
+
+fn read(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+}
+
+fn hex(path: &Path) -> Result<u64, String> {
+    let text = read(path).ok_or_else(|| format!("{} is missing", path.display()))?;
+    u64::from_str_radix(text.trim_start_matches("0x"), 16)
+        .map_err(|e| format!("{}: {text:?}: {e}", path.display()))
+}
+
+/// The last path component of a symlink's target (`../../kernel/iommu_groups/40` → `40`).
+fn link_name(path: &Path) -> Option<String> {
+    fs::read_link(path)
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// host.json for `sim`: every PCI function it lays out (ids, class, IOMMU group, NUMA node,
+/// its `vfioN` cdev if any, PCIe when its config space is larger than 256 bytes, its BARs
+/// from `resource`), KVM's SEV-SNP and TDX switches, and `pod_devices`, the device nodes the
+/// pod's sandbox spec carries (`/dev/vfio/devices/vfioN` or `/dev/vfio/<group>`), in order.
+pub fn host_json(sim: &SimHost, pod_devices: &[&str]) -> Result<Value, String> {
+    let devices = sim.path("sys/bus/pci/devices");
+    let mut bdfs: Vec<String> = fs::read_dir(&devices)
+        .map_err(|e| format!("{}: {e}", devices.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    bdfs.sort();
+    let mut functions = Vec::new();
+    for bdf in &bdfs {
+        let dir = devices.join(bdf);
+        let mut bars = Vec::new();
+        let resource = read(&dir.join("resource")).unwrap_or_default();
+        // Lines 0–5 are the BARs (then the ROM and bridge windows).
+        for (index, line) in resource.lines().take(6).enumerate() {
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{bdf}/resource {line:?}: {e}"))?;
+            let [start, end, flags] = fields[..] else {
+                return Err(format!("{bdf}/resource: {line:?} is not three numbers"));
+            };
+            if end > start {
+                bars.push(json!({"index": index, "size": end - start + 1, "flags": flags}));
+            }
+        }
+        let cdev = fs::read_dir(dir.join("vfio-dev"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(Result::ok)
+            .and_then(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("vfio")
+                    .and_then(|n| n.parse::<u32>().ok())
+            });
+        let group = link_name(&dir.join("iommu_group")).and_then(|g| g.parse::<u32>().ok());
+        let numa: i64 = read(&dir.join("numa_node"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(-1);
+        let config = fs::metadata(dir.join("config")).map_or(0, |m| m.len());
+        functions.push(json!({
+            "bdf": bdf,
+            "vendor": hex(&dir.join("vendor"))?,
+            "device": hex(&dir.join("device"))?,
+            "class": hex(&dir.join("class"))?,
+            "group": group,
+            "numa": numa,
+            "cdev": cdev,
+            "pcie": config > 256,
+            "bars": bars,
+        }));
+    }
+    let switch = |rel: &str| read(&sim.path(rel)).is_some_and(|v| v == "Y" || v == "1");
+    let nested = read(&sim.path("proc/cpuinfo")).is_some_and(|c| {
+        c.lines()
+            .any(|l| l.starts_with("flags") && l.contains(" hypervisor"))
+    });
+    Ok(json!({
+        "sev_snp": switch("sys/module/kvm_amd/parameters/sev_snp"),
+        "tdx": switch("sys/module/kvm_intel/parameters/tdx"),
+        "nested": nested,
+        "cbitpos": EPYC_CBITPOS,
+        "vsock_cid": 3,
+        "veths": [],
+        "functions": functions,
+        "pod_devices": pod_devices,
+    }))
+}

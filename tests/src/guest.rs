@@ -759,9 +759,16 @@ impl Boot {
         (of.iter().filter(|b| b.assigned()).count(), of.len())
     }
 
-    /// A report: the CPU, every stood-in BAR, the kernel's complaints.
+    /// A report: what was rewritten, the CPU, every stood-in BAR, the kernel's complaints.
     pub fn report(&self) -> String {
-        let mut s = format!("-cpu {}, booted in {:.1?}\n", self.cpu, self.elapsed);
+        let mut s = String::from("rewritten to run here:\n");
+        for r in &self.shape.rewrites {
+            s.push_str(&format!("  {r}\n"));
+        }
+        s.push_str(&format!(
+            "-cpu {}, booted in {:.1?}\n",
+            self.cpu, self.elapsed
+        ));
         for b in &self.bars {
             s.push_str(&format!("  {b}\n"));
         }

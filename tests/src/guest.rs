@@ -421,6 +421,14 @@ pub fn stand_in_shape(
                         let host =
                             prop(v, "host").ok_or_else(|| format!("-device {v}: no host="))?;
                         let bus = prop(v, "bus").ok_or_else(|| format!("-device {v}: no bus="))?;
+                        // The stand-in takes the slot's functions 0 and 1, which only a
+                        // root port of its own leaves free.
+                        if !root_ports.iter().any(|p| p == bus) {
+                            return Err(format!(
+                                "-device {v}: bus {bus} is not a pcie-root-port of the argv \
+                                 (before it); stand-ins go only on a root port of their own"
+                            ));
+                        }
                         let host_bars = bars
                             .get(host)
                             .ok_or_else(|| format!("-device {v}: no BARs given for {host}"))?;
@@ -677,7 +685,9 @@ pub fn parse_console(text: &str) -> Result<GuestPci, String> {
                     flags: hex(flags)?,
                 });
             }
-            ["@@LOG", ..] => pci.log.push(line[at + 6..].trim().to_owned()),
+            ["@@LOG", ..] => pci
+                .log
+                .push(line[at..].trim_start_matches("@@LOG").trim().to_owned()),
             ["@@END"] => ended = true,
             _ => return Err(format!("a line the init does not print: {line:?}")),
         }
@@ -978,6 +988,124 @@ mod tests {
             "@@DEV 0000:00:00.0 0x8086 0x29c0 0x060000 /sys/devices/pci0000:00/0000:00:00.0\n"
         )
         .is_err());
+    }
+
+    fn fake_parts(dir: &Path) -> GuestParts {
+        let busybox = dir.join("busybox");
+        fs::write(&busybox, b"not really").expect("write");
+        GuestParts {
+            qemu: "qemu-system-x86_64".into(),
+            ovmf: ("/usr/share/ovmf/OVMF.fd".into(), "test".to_owned()),
+            kernel: ("/guest/vmlinuz".into(), "test".to_owned()),
+            busybox,
+        }
+    }
+
+    fn argv(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_shape_keeps_cpu_memory_and_ports_and_stands_in_for_vfio() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bars: BarsByHostBdf = [(
+            "0000:41:00.0".to_owned(),
+            vec![
+                Bar {
+                    index: 0,
+                    size: 16 << 20,
+                    prefetchable_64: false,
+                },
+                Bar {
+                    index: 1,
+                    size: 128 << 30,
+                    prefetchable_64: true,
+                },
+                Bar {
+                    index: 3,
+                    size: 32 << 20,
+                    prefetchable_64: true,
+                },
+            ],
+        )]
+        .into();
+        let mut kata = argv(
+            "/opt/kata/bin/qemu -machine q35,accel=kvm,kernel_irqchip=split,confidential-guest-support=snp \
+             -cpu EPYC-v4,pmu=off,phys-bits=43 -qmp unix:fd=3,server=on,wait=off -m 8192M \
+             -object sev-snp-guest,id=snp,cbitpos=51 \
+             -device pcie-root-port,id=rp0,bus=pcie.0,chassis=0,slot=0,multifunction=off \
+             -object iommufd,id=iommufdvfio-0123456789abcdef0 \
+             -device vfio-pci,host=0000:41:00.0,bus=rp0,iommufd=iommufdvfio-0123456789abcdef0 \
+             -nodefaults --no-reboot -kernel /k",
+        );
+        kata.extend([
+            "-append".to_owned(),
+            "pci=realloc console=hvc0 quiet".to_owned(),
+        ]);
+        kata.extend(argv("-bios /opt/kata/share/ovmf/AMDSEV.fd -smp 1,cores=1"));
+        let shape = stand_in_shape(
+            &kata,
+            &bars,
+            &fake_parts(dir.path()),
+            dir.path(),
+            &Options::default(),
+        )
+        .expect("a shape");
+        let a = shape.args.join(" ");
+        for kept in [
+            "-machine q35,accel=tcg ",
+            "-cpu EPYC-v4,pmu=off,phys-bits=43 ",
+            "-m 8192M ",
+            "-device pcie-root-port,id=rp0,bus=pcie.0,chassis=0,slot=0,multifunction=off ",
+            "-device pci-testdev,bus=rp0,addr=0.0,multifunction=on,membar=128G ",
+            "-object memory-backend-ram,id=standin0-bar3,size=32M ",
+            "-device ivshmem-plain,bus=rp0,addr=0.1,memdev=standin0-bar3 ",
+            "-nodefaults --no-reboot ",
+            "-bios /usr/share/ovmf/OVMF.fd ",
+            "-smp 1,cores=1 ",
+        ] {
+            assert!(a.contains(kept), "{kept:?} not in {a}");
+        }
+        for gone in ["vfio-pci", "iommufd", "sev-snp", "-qmp", "hvc0", "kvm"] {
+            assert!(!a.contains(gone), "{gone:?} still in {a}");
+        }
+        assert!(
+            a.contains("pci=realloc quiet console=ttyS0 rdinit=/init"),
+            "{a}"
+        );
+        assert_eq!(shape.root_ports, ["rp0"]);
+        assert_eq!(shape.stand_ins.len(), 1);
+        assert_eq!(shape.stand_ins[0].functions.len(), 2);
+        assert!(!shape.rewrites.is_empty());
+    }
+
+    #[test]
+    fn a_stand_in_goes_only_on_a_root_port_and_host_cpu_needs_a_width() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parts = fake_parts(dir.path());
+        let bars: BarsByHostBdf = [(
+            "0000:41:00.0".to_owned(),
+            vec![Bar {
+                index: 1,
+                size: 1 << 30,
+                prefetchable_64: true,
+            }],
+        )]
+        .into();
+        let on_root_bus = argv("-device vfio-pci,host=0000:41:00.0,bus=pcie.0");
+        let err = stand_in_shape(&on_root_bus, &bars, &parts, dir.path(), &Options::default())
+            .expect_err("pcie.0 is no root port");
+        assert!(err.contains("not a pcie-root-port"), "{err}");
+        let host = argv("-cpu host,pmu=off");
+        let err = stand_in_shape(&host, &bars, &parts, dir.path(), &Options::default())
+            .expect_err("no width given");
+        assert!(err.contains("host_phys_bits"), "{err}");
+        let options = Options {
+            host_phys_bits: Some(46),
+            ..Options::default()
+        };
+        let shape = stand_in_shape(&host, &bars, &parts, dir.path(), &options).expect("a shape");
+        assert_eq!(shape.args[..2], ["-cpu", "max,pmu=off,phys-bits=46"]);
     }
 
     #[test]

@@ -103,3 +103,25 @@ pub fn host_json(sim: &SimHost, pod_devices: &[&str]) -> Result<Value, String> {
         "pod_devices": pod_devices,
     }))
 }
+
+/// Kata's argv (the QEMU path first) for `config` on `sim`, a pod carrying `pod_devices`, each
+/// of `sets` passed as `-set key=value`; and the BARs of the host's functions, for
+/// [`crate::guest::boot`]. host.json is written to a temp dir removed before returning.
+pub fn kata_argv(
+    tool: &crate::parts::KataQemuArgs,
+    config: &Path,
+    sim: &SimHost,
+    pod_devices: &[&str],
+    sets: &[&str],
+) -> Result<(Vec<String>, crate::guest::BarsByHostBdf), String> {
+    let value = host_json(sim, pod_devices)?;
+    let dir = tempfile::Builder::new()
+        .prefix("kata-gpu-host.")
+        .tempdir()
+        .map_err(|e| format!("a temp dir: {e}"))?;
+    let path = dir.path().join("host.json");
+    fs::write(&path, value.to_string()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let argv = tool.argv(config, &path, sets)?;
+    let bars = crate::guest::bars_from_host_json(&value)?;
+    Ok((argv, bars))
+}

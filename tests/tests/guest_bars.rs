@@ -13,7 +13,7 @@
 use std::io::Write;
 
 use kata_gpu_tests::guest::{self, BarsByHostBdf, GuestParts, Options};
-use kata_gpu_tests::kata_host::host_json;
+use kata_gpu_tests::kata_host::kata_argv;
 use kata_gpu_tests::parts::KataQemuArgs;
 use kata_gpu_tests::{available, Kata, SimHost, VfioMode};
 
@@ -80,14 +80,23 @@ impl Rig {
     /// Kata's argv for `config` on the simulated `host`, every device cold-plugged on a root
     /// port of its own, with `sets` on top; and the host functions' BARs.
     fn kata_argv(&self, config: &str, host: Host, sets: &[&str]) -> (Vec<String>, BarsByHostBdf) {
-        let sim = host.sim();
         let pod = host.pod_devices();
         let pod: Vec<&str> = pod.iter().map(String::as_str).collect();
-        let value = host_json(&sim, &pod).expect("host.json of the simulated host");
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let host_json = dir.path().join("host.json");
-        std::fs::write(&host_json, value.to_string()).expect("write host.json");
-        self.kata_argv_on(config, &host_json, &value, sets)
+        let ports = format!("pcie_root_port={}", pod.len());
+        let mut all = vec![
+            r#"cold_plug_vfio="root-port""#,
+            r#"hot_plug_vfio="no-port""#,
+            ports.as_str(),
+        ];
+        all.extend_from_slice(sets);
+        kata_argv(
+            &self.tool,
+            &self.kata.config(config),
+            &host.sim(),
+            &pod,
+            &all,
+        )
+        .expect("kata-qemu-args prints Kata's argv for the simulated host")
     }
 
     /// Kata's argv for `config` on the host `host_json` describes (`value`).

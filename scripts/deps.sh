@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a Debian 12 machine, as root, and is a no-op when all is there:
-#   - Debian packages: containerd 1.6, runc, ctr, busybox-static, protoc;
+#   - Debian packages: containerd 1.6, runc, ctr, busybox-static, protoc, ovmf (the firmware the
+#     boot test's guest starts with);
 #   - QEMU 10 from bookworm-backports (Debian 12's own QEMU 7.2 has neither sev-snp-guest nor iommufd);
 #   - the real parts Debian 12 does not ship (containerd 1.7.24, 2.1.9, 2.3.4, Kata 3.30), unpacked
-#     from the tarballs in $THIRD_PARTY into $PARTS after their checksums are checked.
+#     from the tarballs in $THIRD_PARTY into $PARTS after their checksums are checked;
+#   - Debian 12's cloud kernel for the boot test's guest, unpacked (not installed) into
+#     $PARTS/guest/: `vmlinuz` and `version` (the package it came from).
 # Settings (environment): THIRD_PARTY (default ../shared/third_party), PARTS (default ./parts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THIRD_PARTY=${THIRD_PARTY:-../shared/third_party}
 PARTS=${PARTS:-parts}
-APT_PACKAGES=(containerd runc busybox-static protobuf-compiler)
+APT_PACKAGES=(containerd runc busybox-static protobuf-compiler ovmf)
 QEMU_MIN_MAJOR=10
 
 say() { echo "deps: $*"; }
@@ -81,6 +84,34 @@ for tarball in "$THIRD_PARTY"/*.tar.xz; do
   mv "$tmp/$name" "$PARTS/$name"
   rmdir "$tmp"
 done
+
+# The boot test's guest kernel: Debian 12's cloud kernel, whatever `linux-image-cloud-amd64`
+# (a metapackage) depends on from bookworm itself, downloaded and unpacked into $PARTS/guest, so
+# nothing lands in the host's /boot and no initramfs hook runs. Kept while `version` names the
+# package the metapackage points at now.
+guest_kernel_package() {
+  apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+    awk '$1=="Depends:" && $2 ~ /^linux-image-[0-9].*-cloud-amd64$/ {print $2; exit}'
+}
+kernel_pkg=$(guest_kernel_package)
+if [ -z "$kernel_pkg" ]; then apt_update; kernel_pkg=$(guest_kernel_package); fi
+[ -n "$kernel_pkg" ] || die "apt knows no linux-image-cloud-amd64 to take the guest kernel from"
+if [ -f "$PARTS/guest/vmlinuz" ] && [ "$(cat "$PARTS/guest/version" 2>/dev/null)" = "$kernel_pkg" ]; then
+  say "guest kernel $kernel_pkg present in $PARTS/guest"
+else
+  say "unpacking $kernel_pkg into $PARTS/guest"
+  tmp=$(mktemp -d "$PARTS/.guest.XXXXXX")
+  chmod 755 "$tmp" # apt-get download writes as the _apt user where it can
+  (cd "$tmp" && apt-get download -q "$kernel_pkg")
+  dpkg-deb -x "$tmp"/"$kernel_pkg"_*.deb "$tmp/root"
+  mkdir -p "$tmp/guest"
+  cp "$tmp"/root/boot/vmlinuz-* "$tmp/guest/vmlinuz"
+  echo "$kernel_pkg" > "$tmp/guest/version"
+  rm -rf "$PARTS/guest"
+  mv "$tmp/guest" "$PARTS/guest"
+  rm -rf "$tmp"
+fi
+[ -f /usr/share/ovmf/OVMF.fd ] || die "ovmf is installed but /usr/share/ovmf/OVMF.fd is missing"
 
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
 python3 -c 'import kubernetes_validate' 2>/dev/null || {

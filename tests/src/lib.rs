@@ -3,6 +3,9 @@
 //! - [`containerd`]: a private containerd started per test; [`cri`]: a CRI client for it.
 //! - [`kubelet`]: a stand-in for kubelet's PodResources API (the real protocol).
 //! - [`katans`]: Kata run in a private mount namespace with a syslog socket.
+//! - [`guest`]: boots the VM shape Kata prints, with stand-ins for the GPUs, and reads back
+//!   which BARs the guest placed.
+//! - [`kata_host`]: the host description `kata-qemu-args` takes, from a simulated host.
 //! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
 //!   is reported.
 //! - [`simhost`]: simulated GPU hosts, sysfs and `/dev` trees under a temp root that every
@@ -12,8 +15,9 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod guest;
 pub mod image;
-pub mod kata_qemu_args;
+pub mod kata_host;
 pub mod katans;
 pub mod kubelet;
 pub mod parts;

@@ -1,7 +1,10 @@
 //! Where the real parts are: Debian's containerd 1.6 on `PATH`, and the versions Debian 12 does
 //! not ship (containerd 1.7.24, 2.1.9, 2.3.4 and Kata 3.30), which `make deps` unpacks under
 //! `KATA_GPU_PARTS` (default `<workspace>/parts`), one folder each: `containerd-<version>/bin/`,
-//! `kata-<version>/bin/` and `kata-<version>/config/`.
+//! `kata-<version>/bin/` and `kata-<version>/config/`; `kata-qemu-args-<version>/` (Kata's own
+//! code printing the QEMU command line it would launch); and `guest/vmlinuz`, Debian 12's cloud
+//! kernel for the boot test's guest. The boot test's firmware (Debian's `ovmf`) and busybox
+//! (`busybox-static`) are Debian packages `make deps` installs.
 //!
 //! A test whose part is missing fails when `CI` is set, and otherwise says `SKIPPED <test>: …`
 //! on the terminal (past cargo's output capture) and returns: never silently green.
@@ -131,6 +134,136 @@ impl Kata {
     }
 }
 
+/// `kata-qemu-args`: Kata 3.30's Go runtime run up to `LaunchQemu`, printing the argv it would
+/// exec for a `configuration.toml` and a host described in JSON; with the host files it ships.
+#[derive(Clone, Debug)]
+pub struct KataQemuArgs {
+    dir: PathBuf,
+}
+
+impl KataQemuArgs {
+    /// Finds the unpacked part; it runs only as root (it re-executes itself under `unshare -m`
+    /// to fake the host's files in a private mount namespace), so a non-root run is missing it.
+    pub fn find() -> Result<Self, Missing> {
+        let dir = parts_dir().join(format!("kata-qemu-args-{}", Kata::VERSION));
+        let tool = Self { dir };
+        if !tool.bin().is_file() {
+            return Err(Missing(format!(
+                "kata-qemu-args is not unpacked: {} is missing",
+                tool.bin().display()
+            )));
+        }
+        if !crate::is_root() {
+            return Err(Missing(
+                "kata-qemu-args runs only as root (it unshares a mount namespace)".to_owned(),
+            ));
+        }
+        Ok(tool)
+    }
+
+    /// `bin/kata-qemu-args`.
+    pub fn bin(&self) -> PathBuf {
+        self.dir.join("bin/kata-qemu-args")
+    }
+
+    /// One of the host files it ships, e.g. `hgx-8gpu-4nvswitch-snp.json`.
+    pub fn host(&self, name: &str) -> PathBuf {
+        self.dir.join("hosts").join(name)
+    }
+
+    /// The arguments Kata would exec QEMU with (`-0` output: without the QEMU path) for
+    /// `config` on the host `host_json`,
+    /// each `sets` entry passed as `-set key=value`.
+    pub fn argv(
+        &self,
+        config: &Path,
+        host_json: &Path,
+        sets: &[&str],
+    ) -> Result<Vec<String>, String> {
+        let mut command = std::process::Command::new(self.bin());
+        command
+            .arg("-0")
+            .arg("-config")
+            .arg(config)
+            .arg("-host")
+            .arg(host_json);
+        for set in sets {
+            command.arg("-set").arg(set);
+        }
+        let out = command
+            .output()
+            .map_err(|e| format!("{}: {e}", self.bin().display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "kata-qemu-args {sets:?} on {}: {}: {}",
+                host_json.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let text = String::from_utf8(out.stdout)
+            .map_err(|e| format!("kata-qemu-args printed something not UTF-8: {e}"))?;
+        Ok(text
+            .split('\0')
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+/// Debian 12's generic OVMF build (package `ovmf`), the boot test's stand-in for Kata's
+/// firmware: Kata's SNP configs name an AmdSevX64 build, which cannot start a kernel without
+/// SEV. Returns the firmware image and the package's version.
+pub fn ovmf() -> Result<(PathBuf, String), Missing> {
+    let path = PathBuf::from("/usr/share/ovmf/OVMF.fd");
+    if !path.is_file() {
+        return Err(Missing(format!(
+            "{} is missing (Debian package ovmf)",
+            path.display()
+        )));
+    }
+    let version = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "ovmf"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    Ok((path, version))
+}
+
+/// Debian 12's cloud kernel, unpacked by `make deps` into `<parts>/guest/`: the boot test's
+/// stand-in for Kata's guest kernel. Returns `vmlinuz` and the package it came from.
+pub fn guest_kernel() -> Result<(PathBuf, String), Missing> {
+    let dir = parts_dir().join("guest");
+    let kernel = dir.join("vmlinuz");
+    if !kernel.is_file() {
+        return Err(Missing(format!(
+            "the guest kernel is not unpacked: {} is missing",
+            kernel.display()
+        )));
+    }
+    let package = std::fs::read_to_string(dir.join("version"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    Ok((kernel, package))
+}
+
+/// Debian's `busybox-static` at `/bin/busybox`, for an initramfs with nothing else in it: a
+/// dynamically linked busybox (Debian's `busybox` package) would not start there.
+pub fn busybox_static() -> Result<PathBuf, Missing> {
+    let path = PathBuf::from("/bin/busybox");
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Missing(format!("{} (busybox-static): {e}", path.display())))?;
+    if bytes.windows(b"/ld-linux".len()).any(|w| w == b"/ld-linux") {
+        return Err(Missing(format!(
+            "{} is linked dynamically; the package busybox-static is needed",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
 /// `qemu-system-x86_64` from `PATH`, if it is QEMU 10 or later: the first with both
 /// `sev-snp-guest` and `iommufd` (Debian 12's own 7.2 has neither; `make deps` installs 10
 /// from bookworm-backports).
@@ -222,19 +355,5 @@ pub fn available<T>(test: &str, part: Result<T, Missing>) -> Option<T> {
             );
             None
         }
-    }
-}
-
-/// `kata-qemu-args` 3.30.0 (Kata 3.30's own code printing the QEMU command line it would
-/// launch), as `make deps` unpacks it under the parts directory.
-pub fn kata_qemu_args() -> Result<PathBuf, Missing> {
-    let bin = parts_dir().join("kata-qemu-args-3.30.0/bin/kata-qemu-args");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(Missing(format!(
-            "kata-qemu-args 3.30.0 is not unpacked: {} is missing",
-            bin.display()
-        )))
     }
 }

@@ -11,10 +11,11 @@ use std::collections::HashMap;
 
 use kata_gpu_plan::host::Host;
 use kata_gpu_plan::host_spec::host_specs;
+use kata_gpu_plan::sandbox::TeeSettings;
 use kata_gpu_plan::sandbox::{plan, KataValues, PlanInput, Policy, SandboxPlan};
 use kata_gpu_plan::Profile;
-use kata_gpu_tests::kata_qemu_args::{host_json, run};
-use kata_gpu_tests::parts::kata_qemu_args;
+use kata_gpu_tests::kata_host::{as_the_plan_shows, kata_argv, EPYC_CBITPOS};
+use kata_gpu_tests::parts::KataQemuArgs;
 use kata_gpu_tests::{available, SimHost, VfioMode};
 
 /// Gives the simulated host this machine's CPU count and memory: Kata reads those of the
@@ -38,6 +39,17 @@ fn like_this_machine(sim: &SimHost) {
     .expect("write meminfo");
 }
 
+/// The policy of a node whose CPU has EPYC's C-bit, as the host description says.
+fn policy() -> Policy {
+    Policy {
+        tee: TeeSettings {
+            cbitpos: EPYC_CBITPOS as u8,
+            ..TeeSettings::default()
+        },
+        ..Policy::default()
+    }
+}
+
 fn planned(sim: &SimHost, profile: Profile, annotations: &[(&str, &str)]) -> SandboxPlan {
     let host = Host::new(sim.root());
     sim.write_specs(&host_specs(&host).expect("host specs").specs);
@@ -55,7 +67,7 @@ fn planned(sim: &SimHost, profile: Profile, annotations: &[(&str, &str)]) -> San
         registry: &registry,
         host: &host,
         base: &KataValues::from_config(base),
-        policy: &Policy::default(),
+        policy: &policy(),
         sandbox_id: None,
     })
     .unwrap_or_else(|e| panic!("{profile}: {e}"))
@@ -63,13 +75,9 @@ fn planned(sim: &SimHost, profile: Profile, annotations: &[(&str, &str)]) -> San
 
 /// Plans, renders the per-sandbox config, runs Kata's code on it and compares.
 fn same_as_kata(test: &str, sim: &SimHost, profile: Profile, annotations: &[(&str, &str)]) {
-    let Some(tool) = available(test, kata_qemu_args()) else {
+    let Some(tool) = available(test, KataQemuArgs::find()) else {
         return;
     };
-    assert!(
-        kata_gpu_tests::is_root(),
-        "{test}: kata-qemu-args needs root"
-    );
     like_this_machine(sim);
     let p = planned(sim, profile, annotations);
     let base = kata_gpu_configs::template(profile.name()).expect("template");
@@ -77,26 +85,40 @@ fn same_as_kata(test: &str, sim: &SimHost, profile: Profile, annotations: &[(&st
     let config = dir.path().join("configuration.toml");
     let rendered = kata_gpu_configs::render(base, &config, &p.overrides).expect("renders");
     std::fs::write(&config, &rendered.text).expect("write config");
-    let policy = Policy::default();
-    let host = host_json(sim.root(), policy.tee.cbitpos, &p.devices);
-    let kata = run(&tool, &config, &host)
+    let nodes = pod_devices(&p);
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let (argv, _) = kata_argv(&tool, &config, sim, &nodes, &[])
         .unwrap_or_else(|e| panic!("{test}: Kata refused the shim's config: {e}"));
-    assert_eq!(kata.qemu, p.vm.qemu_path, "{test}: QEMU binary");
-    if kata.args != p.vm.args {
+    let kata = as_the_plan_shows(&argv);
+    if kata != p.vm.args {
         let first = kata
-            .args
             .iter()
             .zip(&p.vm.args)
             .position(|(k, o)| k != o)
-            .unwrap_or(kata.args.len().min(p.vm.args.len()));
+            .unwrap_or(kata.len().min(p.vm.args.len()));
         panic!(
-            "{test}: the plan's command line differs from Kata's at argument {first}:\n  kata: {:?}\n  plan: {:?}\nkata: {:#?}\nplan: {:#?}",
-            kata.args.get(first),
+            "{test}: the plan's command line differs from Kata's at argument {first}:\n  kata: {:?}\n  plan: {:?}\nkata: {kata:#?}\nplan: {:#?}",
+            kata.get(first),
             p.vm.args.get(first),
-            kata.args,
             p.vm.args
         );
     }
+}
+
+/// The device nodes the sandbox's spec carries for the plan's devices, in order: what
+/// Kata's CDI injection gives it.
+fn pod_devices(p: &SandboxPlan) -> Vec<String> {
+    let mut nodes: Vec<String> = Vec::new();
+    for d in &p.devices {
+        let node = match &d.cdev {
+            Some(cdev) => format!("/dev/vfio/devices/{cdev}"),
+            None => format!("/dev/vfio/{}", d.group),
+        };
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+    nodes
 }
 
 const GPU0: &[(&str, &str)] = &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0")];

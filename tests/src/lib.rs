@@ -21,6 +21,7 @@ pub mod kata_host;
 pub mod katans;
 pub mod kubelet;
 pub mod parts;
+pub mod sandbox_config;
 pub mod shimrig;
 pub use kata_gpu_simhost as simhost;
 

@@ -12,9 +12,11 @@
 
 use std::io::Write;
 
+use kata_gpu_plan::Profile;
 use kata_gpu_tests::guest::{self, BarsByHostBdf, GuestParts, Options};
-use kata_gpu_tests::kata_host::kata_argv;
+use kata_gpu_tests::kata_host::{as_the_plan_shows, kata_argv};
 use kata_gpu_tests::parts::KataQemuArgs;
+use kata_gpu_tests::sandbox_config::{like_this_machine, planned, pod_devices, write_config};
 use kata_gpu_tests::{available, Kata, SimHost, VfioMode};
 
 /// The simulated hosts, and the device nodes a pod taking all their devices carries.
@@ -226,6 +228,84 @@ fn hgx_gpu_profile_with_a_46_bit_host_assigns_every_bar() {
     assert_eq!(boot.assigned_of_size(BAR1), (8, 8), "{}", boot.report());
 }
 
+/// The per-sandbox config the shim writes for a pod taking every device of `host`, handed
+/// to Kata's own code: its argv, the BARs, and the plan's `-cpu`.
+fn shim_config_argv(rig: &Rig, host: Host, profile: Profile) -> (Vec<String>, BarsByHostBdf) {
+    let sim = host.sim();
+    like_this_machine(&sim);
+    let names: Vec<String> = match host {
+        Host::H100 => vec!["nvidia.com/pgpu=0".to_owned()],
+        Host::Hgx => (0..8)
+            .map(|i| format!("nvidia.com/pgpu={i}"))
+            .chain((0..4).map(|i| format!("nvidia.com/nvswitch={i}")))
+            .collect(),
+    };
+    let all = names.join(",");
+    let p = planned(&sim, profile, &[("cdi.k8s.io/all", &all)]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(&p, dir.path());
+    let nodes = pod_devices(&p);
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let (argv, bars) = kata_argv(&rig.tool, &config, &sim, &nodes, &[])
+        .unwrap_or_else(|e| panic!("Kata refused the shim's config: {e}"));
+    let planned_cpu =
+        p.vm.args
+            .windows(2)
+            .find(|w| w[0] == "-cpu")
+            .map(|w| w[1].clone());
+    assert_eq!(
+        Some(cpu_of(&argv).to_owned()),
+        planned_cpu,
+        "the plan's -cpu is Kata's"
+    );
+    say(&format!(
+        "{host:?} {profile}: guest physical address bits {}",
+        p.vm.address
+    ));
+    (argv, bars)
+}
+
+#[test]
+fn hgx_snp_with_the_shims_config_assigns_every_bar() {
+    let Some(rig) = rig("hgx_snp_with_the_shims_config_assigns_every_bar") else {
+        return;
+    };
+    let (argv, bars) = shim_config_argv(&rig, HGX, Profile::Snp);
+    assert!(cpu_of(&argv).contains(",phys-bits="), "{}", cpu_of(&argv));
+    let boot = guest::assert_every_bar_assigned(&rig.parts, &argv, &bars, &Options::default());
+    assert_eq!(boot.assigned_of_size(BAR1), (8, 8), "{}", boot.report());
+    say(&format!(
+        "HGX snp, the shim's config ({}): every stood-in BAR assigned",
+        cpu_of(&argv)
+    ));
+}
+
+#[test]
+fn h100_snp_with_the_shims_config_assigns_every_bar() {
+    let Some(rig) = rig("h100_snp_with_the_shims_config_assigns_every_bar") else {
+        return;
+    };
+    let (argv, bars) = shim_config_argv(&rig, H100, Profile::Snp);
+    let boot = guest::assert_every_bar_assigned(&rig.parts, &argv, &bars, &Options::default());
+    assert_eq!(boot.assigned_of_size(BAR1), (1, 1), "{}", boot.report());
+}
+
+/// The `gpu` profile's `-cpu host` takes the host's width under KVM; the simulated host
+/// says 52 bits, and TCG is given the same.
+#[test]
+fn hgx_gpu_with_the_shims_config_assigns_every_bar() {
+    let Some(rig) = rig("hgx_gpu_with_the_shims_config_assigns_every_bar") else {
+        return;
+    };
+    let (argv, bars) = shim_config_argv(&rig, HGX, Profile::Gpu);
+    let options = Options {
+        host_phys_bits: Some(52),
+        ..Options::default()
+    };
+    let boot = guest::assert_every_bar_assigned(&rig.parts, &argv, &bars, &options);
+    assert_eq!(boot.assigned_of_size(BAR1), (8, 8), "{}", boot.report());
+}
+
 #[test]
 fn a_missing_bar_list_is_an_error_not_a_boot() {
     let Some(rig) = rig("a_missing_bar_list_is_an_error_not_a_boot") else {
@@ -242,36 +322,6 @@ fn a_missing_bar_list_is_an_error_not_a_boot() {
     assert!(err.contains("no BARs given for 0000:41:00.0"), "{err}");
 }
 
-/// Kata's random ids (`-uuid`, `image-<16 hex>`, `iommufdvfio-<16 hex><cdev>`) masked.
-fn masked(argv: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut after_uuid = false;
-    for a in argv {
-        let mut a = a.clone();
-        if after_uuid {
-            a = "<uuid>".to_owned();
-        }
-        after_uuid = a == "-uuid";
-        for prefix in ["image-", "iommufdvfio-"] {
-            while let Some(at) = a
-                .find(prefix)
-                .filter(|at| a[at + prefix.len()..].starts_with(|c: char| c.is_ascii_hexdigit()))
-            {
-                let rest = &a[at + prefix.len()..];
-                let len = rest
-                    .find(|c: char| !c.is_ascii_hexdigit())
-                    .unwrap_or(rest.len());
-                a.replace_range(
-                    at..at + prefix.len() + len,
-                    &format!("<{}>", &prefix[..prefix.len() - 1]),
-                );
-            }
-        }
-        out.push(a);
-    }
-    out
-}
-
 #[test]
 fn the_simulated_hosts_give_the_argv_of_the_host_files_kata_qemu_args_ships() {
     // The check on `host_json`: for the same boards, Kata prints the same command line from
@@ -286,7 +336,11 @@ fn the_simulated_hosts_give_the_argv_of_the_host_files_kata_qemu_args_ships() {
         let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         let (want, want_bars) = rig.kata_argv_on(SNP, &shipped, &value, &[]);
         let (got, got_bars) = rig.kata_argv(SNP, host, &[]);
-        assert_eq!(masked(&got), masked(&want), "{host:?}");
+        assert_eq!(
+            as_the_plan_shows(&got),
+            as_the_plan_shows(&want),
+            "{host:?}"
+        );
         assert_eq!(got_bars, want_bars, "{host:?}");
     }
 }

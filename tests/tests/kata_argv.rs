@@ -7,71 +7,11 @@
 //! are what Kata draws at random each run and the tool's placeholders, both of which the
 //! plan shows as patterns.
 
-use std::collections::HashMap;
-
-use kata_gpu_plan::host::Host;
-use kata_gpu_plan::host_spec::host_specs;
-use kata_gpu_plan::sandbox::TeeSettings;
-use kata_gpu_plan::sandbox::{plan, KataValues, PlanInput, Policy, SandboxPlan};
 use kata_gpu_plan::Profile;
-use kata_gpu_tests::kata_host::{as_the_plan_shows, kata_argv, EPYC_CBITPOS};
+use kata_gpu_tests::kata_host::{as_the_plan_shows, kata_argv};
 use kata_gpu_tests::parts::KataQemuArgs;
+use kata_gpu_tests::sandbox_config::{like_this_machine, planned, pod_devices, write_config};
 use kata_gpu_tests::{available, SimHost, VfioMode};
-
-/// Gives the simulated host this machine's CPU count and memory: Kata reads those of the
-/// machine it runs on, the plan those under its root.
-fn like_this_machine(sim: &SimHost) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cpuinfo: String = (0..cpus)
-        .map(|i| format!("processor\t: {i}\nvendor_id\t: AuthenticAMD\naddress sizes\t: 52 bits physical, 57 bits virtual\n\n"))
-        .collect();
-    sim.set_cpuinfo(&cpuinfo);
-    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
-    let kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("MemTotal");
-    std::fs::write(
-        sim.path("proc/meminfo"),
-        format!("MemTotal:       {kib} kB\n"),
-    )
-    .expect("write meminfo");
-}
-
-/// The policy of a node whose CPU has EPYC's C-bit, as the host description says.
-fn policy() -> Policy {
-    Policy {
-        tee: TeeSettings {
-            cbitpos: EPYC_CBITPOS as u8,
-            ..TeeSettings::default()
-        },
-        ..Policy::default()
-    }
-}
-
-fn planned(sim: &SimHost, profile: Profile, annotations: &[(&str, &str)]) -> SandboxPlan {
-    let host = Host::new(sim.root());
-    sim.write_specs(&host_specs(&host).expect("host specs").specs);
-    let registry = sim.registry();
-    let mut oci = oci_spec::runtime::Spec::default();
-    let map: HashMap<String, String> = annotations
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    oci.set_annotations(Some(map));
-    let base = kata_gpu_configs::template(profile.name()).expect("template");
-    plan(&PlanInput {
-        profile,
-        oci: &oci,
-        registry: &registry,
-        host: &host,
-        base: &KataValues::from_config(base),
-        policy: &policy(),
-        sandbox_id: None,
-    })
-    .unwrap_or_else(|e| panic!("{profile}: {e}"))
-}
 
 /// Plans, renders the per-sandbox config, runs Kata's code on it and compares.
 fn same_as_kata(test: &str, sim: &SimHost, profile: Profile, annotations: &[(&str, &str)]) {
@@ -80,11 +20,8 @@ fn same_as_kata(test: &str, sim: &SimHost, profile: Profile, annotations: &[(&st
     };
     like_this_machine(sim);
     let p = planned(sim, profile, annotations);
-    let base = kata_gpu_configs::template(profile.name()).expect("template");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("configuration.toml");
-    let rendered = kata_gpu_configs::render(base, &config, &p.overrides).expect("renders");
-    std::fs::write(&config, &rendered.text).expect("write config");
+    let config = write_config(&p, dir.path());
     let nodes = pod_devices(&p);
     let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let (argv, _) = kata_argv(&tool, &config, sim, &nodes, &[])
@@ -103,22 +40,6 @@ fn same_as_kata(test: &str, sim: &SimHost, profile: Profile, annotations: &[(&st
             p.vm.args
         );
     }
-}
-
-/// The device nodes the sandbox's spec carries for the plan's devices, in order: what
-/// Kata's CDI injection gives it.
-fn pod_devices(p: &SandboxPlan) -> Vec<String> {
-    let mut nodes: Vec<String> = Vec::new();
-    for d in &p.devices {
-        let node = match &d.cdev {
-            Some(cdev) => format!("/dev/vfio/devices/{cdev}"),
-            None => format!("/dev/vfio/{}", d.group),
-        };
-        if !nodes.contains(&node) {
-            nodes.push(node);
-        }
-    }
-    nodes
 }
 
 const GPU0: &[(&str, &str)] = &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0")];

@@ -221,10 +221,11 @@ impl fmt::Display for AddressPlan {
             human(self.ram_top)
         )?;
         if let Some((size, _)) = self.windows.first() {
+            let n = self.windows.len();
             write!(
                 f,
-                ", {} 64-bit bridge windows, the largest {}",
-                self.windows.len(),
+                ", {n} 64-bit bridge window{} of up to {}",
+                if n == 1 { "" } else { "s" },
                 human(*size)
             )?;
         }

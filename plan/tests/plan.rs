@@ -565,3 +565,177 @@ fn a_function_without_a_readable_resource_file_is_refused_naming_it() {
         "{shown}"
     );
 }
+
+#[test]
+fn an_nvswitch_alone_in_a_legacy_group_is_refused_as_kata_would() {
+    // Kata 3.30 skips class 068x functions when it cold-plugs legacy groups, and fails the
+    // sandbox with "unsupported device type" when nothing else is left (kata_argv.rs shows
+    // Kata's own code doing so).
+    let sim = SimHost::legacy_gpu_and_nvswitch(false);
+    let err = run(
+        &sim,
+        Profile::Gpu,
+        &[("cdi.k8s.io/sw", "nvidia.com/nvswitch=0")],
+        &policy(),
+    )
+    .expect_err("refused");
+    assert!(
+        matches!(err, PlanError::NvSwitchOnlyGroup { group: 41, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with(
+            "0000:42:00.0 is an NVSwitch (class 068x) alone in IOMMU group 41: Kata 3.30 skips"
+        ),
+        "{err}"
+    );
+    // The GPU of the same host plans.
+    run(&sim, Profile::Gpu, GPU0, &policy()).expect("the GPU alone plans");
+}
+
+#[test]
+fn an_nvswitch_beside_a_gpu_in_a_legacy_group_is_left_out_as_kata_leaves_it() {
+    let sim = SimHost::legacy_gpu_and_nvswitch(true);
+    let p = run(&sim, Profile::Gpu, GPU0, &policy()).expect("plans");
+    let bdfs: Vec<String> = p.devices.iter().map(|d| d.bdf.to_string()).collect();
+    assert_eq!(bdfs, ["0000:41:00.0"], "only what Kata attaches");
+    assert!(
+        p.warnings.iter().any(|w| w.starts_with(
+            "0000:42:00.0 (class 068000) is in IOMMU group 40 but Kata does not cold-plug"
+        )),
+        "{:?}",
+        p.warnings
+    );
+}
+
+#[test]
+fn a_confidential_sandbox_takes_one_gpu_or_the_whole_nvswitch_board() {
+    let sim = SimHost::hgx_8x_h100();
+    let names = |gpus: u32, switches: u32| {
+        (0..gpus)
+            .map(|i| format!("nvidia.com/pgpu={i}"))
+            .chain((0..switches).map(|i| format!("nvidia.com/nvswitch={i}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for (gpus, switches) in [(2, 0), (8, 0), (8, 3), (1, 1), (0, 4)] {
+        let value = names(gpus, switches);
+        let err = run(&sim, Profile::Snp, &[("cdi.k8s.io/x", &value)], &policy())
+            .expect_err("part of the board");
+        assert!(
+            matches!(err, PlanError::PartialNvSwitchBoard { .. }),
+            "{gpus}+{switches}: {err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "this board has 8 GPUs and 4 NVSwitches, and a confidential sandbox asks for \
+                 {gpus} GPUs and {switches} NVSwitches: Hopper confidential computing gives a \
+                 confidential VM either one GPU and no NVSwitch (CC mode) or every GPU and \
+                 every NVSwitch (protected-PCIe mode); ask for one nvidia.com/pgpu, or for all \
+                 8 GPUs and 4 NVSwitches"
+            )
+        );
+        // Without a TEE the same set plans.
+        run(&sim, Profile::Gpu, &[("cdi.k8s.io/x", &value)], &policy())
+            .unwrap_or_else(|e| panic!("gpu profile, {gpus}+{switches}: {e}"));
+    }
+    for (gpus, switches) in [(1, 0), (8, 4)] {
+        let value = names(gpus, switches);
+        run(&sim, Profile::Snp, &[("cdi.k8s.io/x", &value)], &policy())
+            .unwrap_or_else(|e| panic!("{gpus}+{switches}: {e}"));
+    }
+}
+
+#[test]
+fn the_guest_gets_the_address_bits_its_bars_need_within_the_host() {
+    let sim = SimHost::hgx_8x_h100();
+    let all = (0..8)
+        .map(|i| format!("nvidia.com/pgpu={i}"))
+        .chain((0..4).map(|i| format!("nvidia.com/nvswitch={i}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    // 8 GiB of RAM, eight 192 GiB windows: 41 bits, written for EPYC-v4 (40 by default).
+    let p = run(&sim, Profile::Snp, &[("cdi.k8s.io/x", &all)], &policy()).expect("plans");
+    assert_eq!(p.vm.address.needed_bits, 41);
+    assert_eq!(
+        p.overrides.cpu_features.as_deref(),
+        Some("pmu=off,phys-bits=41")
+    );
+    assert!(p
+        .vm
+        .args
+        .contains(&"EPYC-v4,pmu=off,phys-bits=41".to_owned()));
+    // More RAM moves every window up: 512 GiB of RAM needs 42 bits.
+    let p = run(
+        &sim,
+        Profile::Snp,
+        &[
+            ("cdi.k8s.io/x", &all),
+            (
+                "io.katacontainers.config.hypervisor.default_memory",
+                "524288",
+            ),
+        ],
+        &policy(),
+    )
+    .expect("plans");
+    assert_eq!(p.vm.address.needed_bits, 42);
+    // One H100 fits QEMU's 40 bits: cpu_features stays the base config's.
+    let h100 = SimHost::h100_pcie(VfioMode::Iommufd);
+    let p = run(&h100, Profile::Snp, GPU0, &policy()).expect("plans");
+    assert_eq!(p.vm.address.needed_bits, 38);
+    assert_eq!(p.overrides.cpu_features, None);
+    // A host whose SNP guests get at most 40 bits refuses the board, naming the numbers.
+    sim.set_cpuinfo(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\naddress sizes\t: 41 bits physical, 48 bits virtual\n",
+    );
+    let err = run(&sim, Profile::Snp, &[("cdi.k8s.io/x", &all)], &policy()).expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            PlanError::AddressSpace {
+                needed: 41,
+                have: 40,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with(
+            "the guest needs 41 physical address bits (RAM to 10 GiB and 8 bridge windows up to 1600 GiB) for the 64-bit BARs of 0000:18:00.0, "
+        ) && err.to_string().contains(
+            "but this host gives an SEV-SNP guest at most 40 (41 host bits less 1 reduced by SEV, below the C-bit at 51); ask for fewer GPUs or less memory in one pod"
+        ),
+        "{err}"
+    );
+    // TDX uses -cpu host: the host's width less the shared bit, nothing written.
+    sim.set_tdx(true);
+    sim.set_cpuinfo(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\naddress sizes\t: 46 bits physical, 57 bits virtual\n",
+    );
+    let p = run(&sim, Profile::Tdx, &[("cdi.k8s.io/x", &all)], &policy()).expect("plans");
+    assert_eq!(p.vm.address.guest_bits, Some(45));
+    assert_eq!(p.overrides.cpu_features, None);
+}
+
+#[test]
+fn a_multi_gpu_sandbox_with_one_vcpu_is_warned_about() {
+    let sim = SimHost::hgx_8x_h100();
+    let p = run(
+        &sim,
+        Profile::Gpu,
+        &[("cdi.k8s.io/x", "nvidia.com/pgpu=0,nvidia.com/pgpu=1")],
+        &policy(),
+    )
+    .expect("plans");
+    assert_eq!((p.vm.size.vcpus, p.vm.size.max_vcpus), (1, 1));
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.starts_with("2 GPUs and 1 vCPU: Kata sizes the VM from default_vcpus")),
+        "{:?}",
+        p.warnings
+    );
+}

@@ -424,6 +424,21 @@ impl SimHost {
         host
     }
 
+    /// An H100 PCIe (0000:41:00.0, group 40) and an NVSwitch (0000:42:00.0) in legacy VFIO
+    /// groups only: the switch in group 40 with the GPU when `shared`, else alone in 41.
+    pub fn legacy_gpu_and_nvswitch(shared: bool) -> Self {
+        let mut host = Self::new();
+        host.add_exposed(
+            &Function::hopper("0000:41:00.0", 0x2331, 40, 0),
+            VfioMode::Legacy,
+        );
+        host.add_exposed(
+            &Function::nvswitch("0000:42:00.0", if shared { 40 } else { 41 }, 0),
+            VfioMode::Legacy,
+        );
+        host
+    }
+
     /// An H100 PCIe still bound to the `nvidia` driver (no VFIO nodes).
     pub fn gpu_bound_to_nvidia() -> Self {
         let mut host = Self::new();

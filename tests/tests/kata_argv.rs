@@ -118,3 +118,27 @@ fn no_device_is_kata_s_command_line() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     same_as_kata("no device snp", &sim, Profile::Snp, &[]);
 }
+
+#[test]
+fn legacy_group_with_gpu_and_nvswitch_is_kata_s_command_line() {
+    // Kata attaches the GPU and skips the NVSwitch of the same legacy group; so does the plan.
+    let sim = SimHost::legacy_gpu_and_nvswitch(true);
+    same_as_kata("legacy gpu+nvswitch gpu", &sim, Profile::Gpu, GPU0);
+}
+
+#[test]
+fn kata_fails_an_nvswitch_alone_in_a_legacy_group_which_the_plan_refuses() {
+    let test = "kata_fails_an_nvswitch_alone_in_a_legacy_group_which_the_plan_refuses";
+    let Some(tool) = available(test, KataQemuArgs::find()) else {
+        return;
+    };
+    let sim = SimHost::legacy_gpu_and_nvswitch(false);
+    like_this_machine(&sim);
+    // The config the shim would write for one device; Kata given the switch's group node.
+    let p = planned(&sim, Profile::Gpu, GPU0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(&p, dir.path());
+    let err = kata_argv(&tool, &config, &sim, &["/dev/vfio/41"], &[])
+        .expect_err("Kata fails the sandbox");
+    assert!(err.contains("unsupported device type"), "{err}");
+}

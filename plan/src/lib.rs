@@ -13,5 +13,5 @@ pub mod sandbox;
 pub mod settings;
 pub mod vfio;
 
-pub use host::{Bdf, Host, HostError, PciFunction, Platform, VfioNode};
+pub use host::{Bdf, CpuMemory, Host, HostError, PciFunction, Platform, VfioNode};
 pub use profile::Profile;

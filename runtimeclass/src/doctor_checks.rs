@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use kata_gpu_plan::host::{PciFunction, Platform};
+use kata_gpu_plan::host::{Bar, PciFunction, Platform};
+use kata_gpu_plan::sandbox::Room;
 use kata_gpu_plan::sandbox::CC_CAPABLE_GPUS;
 use kata_gpu_plan::vfio::{Foreign, VfioError};
 use kata_gpu_plan::Profile;
@@ -245,6 +246,79 @@ pub fn devices(profile: Profile, devices: &[Device]) -> Vec<Check> {
             }
         })
         .collect()
+}
+
+/// Whether the node's whole set of passthrough devices fits one guest's physical address
+/// space: the figure the plan writes as `phys-bits` per sandbox, and what the host allows
+/// (its width, less SEV's reduced bits and below the C-bit, or less TDX's shared bit).
+pub fn address_bits(
+    profile: Profile,
+    devices: &[Device],
+    room: impl Fn(&[Vec<Bar>]) -> Room,
+) -> Check {
+    const NAME: &str = "address bits";
+    let bars: Vec<Vec<Bar>> = devices
+        .iter()
+        .filter(|d| d.function.driver.as_deref() == Some("vfio-pci"))
+        .filter_map(|d| d.function.bars.clone().ok())
+        .filter(|bars| bars.iter().any(|b| b.is_prefetchable_64() && b.size > 0))
+        .collect();
+    let gpus = |n: usize| {
+        if n == 1 {
+            "1 GPU".to_owned()
+        } else {
+            format!("{n} GPUs")
+        }
+    };
+    let all = room(&bars);
+    let Some((limit, why)) = all.limit.clone() else {
+        return Check::new(
+            NAME,
+            Verdict::Warn,
+            format!(
+                "a sandbox of all {} on vfio-pci needs {} physical address bits; this host's width is unknown (/proc/cpuinfo has no \"address sizes\")",
+                gpus(bars.len()),
+                all.needed
+            ),
+            Some("check that /proc is the host's".to_owned()),
+        );
+    };
+    let tee = match profile.tee() {
+        kata_gpu_plan::profile::Tee::SevSnp => "SEV-SNP guests",
+        kata_gpu_plan::profile::Tee::Tdx => "TDX guests",
+        kata_gpu_plan::profile::Tee::None => "guests",
+    };
+    let written = match all.model_bits {
+        Some(b) if b < all.needed => format!(" (the plan writes phys-bits={} into each such sandbox's cpu_features; the CPU model alone gives {b})", all.needed),
+        _ => String::new(),
+    };
+    if all.needed <= limit {
+        return Check::ok(
+            NAME,
+            format!(
+                "a sandbox of all {} on vfio-pci needs {} physical address bits{written}; {tee} here can have {limit} ({why})",
+                gpus(bars.len()),
+                all.needed
+            ),
+        );
+    }
+    let fits = (0..bars.len())
+        .rev()
+        .find(|&n| room(&bars[..n]).needed <= limit)
+        .unwrap_or(0);
+    Check::new(
+        NAME,
+        Verdict::Warn,
+        format!(
+            "a sandbox of all {} on vfio-pci needs {} physical address bits, but {tee} here can have {limit} ({why}): at most {} fit in one sandbox",
+            gpus(bars.len()),
+            all.needed,
+            gpus(fits)
+        ),
+        Some(format!(
+            "ask for at most {fits} GPUs (or less memory) per pod; larger sandboxes are refused at Create"
+        )),
+    )
 }
 
 /// `/dev/iommu` and a cdev for every passthrough device bound to vfio-pci. Confidential

@@ -190,6 +190,21 @@ fn our_shim(profile: Profile, root: &Path, containerd: &Path) -> Check {
     }
 }
 
+/// The values of the base Kata config sandboxes of the profile get: the installed artifact
+/// set's, else the template kata-gpu ships.
+fn base_values(args: &DoctorArgs, root: &Path) -> kata_gpu_plan::sandbox::KataValues {
+    let installed = cdi::inject::under_root(
+        root,
+        &kata_gpu_fsutil::layout::current_config_path(&args.artifacts_root, args.profile.handler())
+            .display()
+            .to_string(),
+    );
+    match std::fs::read_to_string(installed) {
+        Ok(text) => kata_gpu_plan::sandbox::KataValues::from_config(&text),
+        Err(_) => kata_gpu_plan::sandbox::KataValues::template(args.profile),
+    }
+}
+
 /// Every check for `profile` on the host under `root`.
 fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     let host = Host::new(root);
@@ -203,6 +218,12 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
         Ok(devs) => {
             out.extend(checks::devices(args.profile, &devs));
             out.push(checks::iommufd(args.profile, &platform, &devs));
+            let base = base_values(args, root);
+            let facts = host.cpu_memory();
+            let tee = kata_gpu_plan::sandbox::TeeSettings::default();
+            out.push(checks::address_bits(args.profile, &devs, |bars| {
+                kata_gpu_plan::sandbox::room(args.profile, &base, &facts, &tee, bars)
+            }));
         }
         Err(e) => out.push(checks::fail("gpus", e, "check that /sys is mounted")),
     }

@@ -400,3 +400,33 @@ fn a_gpu_without_a_readable_resource_file_is_warned_about_naming_the_file() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_address_bits_a_whole_board_needs_are_shown_and_a_narrow_host_warned() {
+    let sim = SimHost::hgx_8x_h100();
+    sim.write_cdi_specs();
+    let shown = text_on(&sim, &doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "ok    address bits: a sandbox of all 8 GPUs on vfio-pci needs 41 physical address \
+             bits (the plan writes phys-bits=41 into each such sandbox's cpu_features; the CPU \
+             model alone gives 40); SEV-SNP guests here can have 51 (52 host bits less 1 \
+             reduced by SEV, below the C-bit at 51)"
+        ),
+        "{shown}"
+    );
+    // A host whose CPU has 40 physical address bits: two GPUs per sandbox at most.
+    sim.set_cpuinfo("processor\t: 0\naddress sizes\t: 40 bits physical, 48 bits virtual\n");
+    let shown = text_on(&sim, &doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "WARN  address bits: a sandbox of all 8 GPUs on vfio-pci needs 41 physical address \
+             bits, but SEV-SNP guests here can have 39 (40 host bits less 1 reduced by SEV, \
+             below the C-bit at 51): at most 2 GPUs fit in one sandbox — fix: ask for at most \
+             2 GPUs (or less memory) per pod; larger sandboxes are refused at Create"
+        ),
+        "{shown}"
+    );
+}

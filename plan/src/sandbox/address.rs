@@ -8,6 +8,7 @@
 
 use super::kata::VmSize;
 use super::PassthroughDevice;
+use crate::host::Bar;
 use crate::profile::Tee;
 
 const MIB: u64 = 1 << 20;
@@ -74,17 +75,25 @@ pub struct AddressNeed {
 /// The address width the sandbox's guest needs for its RAM and every device's 64-bit
 /// prefetchable BARs.
 pub fn need(size: &VmSize, slots: u32, devices: &[PassthroughDevice]) -> AddressNeed {
+    need_for_bars(size, slots, devices.iter().map(|d| d.bars.as_slice()))
+}
+
+/// [`need`] for devices given by their BARs, one list per device (one root port each).
+pub fn need_for_bars<'a>(
+    size: &VmSize,
+    slots: u32,
+    devices: impl IntoIterator<Item = &'a [Bar]>,
+) -> AddressNeed {
     let top = ram_top(size, slots);
     let mut windows: Vec<(u64, u64)> = devices
-        .iter()
-        .filter_map(|d| {
-            let bars: Vec<u64> = d
-                .bars
+        .into_iter()
+        .filter_map(|bars| {
+            let sizes: Vec<u64> = bars
                 .iter()
                 .filter(|b| b.is_prefetchable_64() && b.size > 0)
                 .map(|b| b.size)
                 .collect();
-            bridge_window(&bars)
+            bridge_window(&sizes)
         })
         .collect();
     windows.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));

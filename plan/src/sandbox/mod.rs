@@ -22,7 +22,7 @@ use serde::Serialize;
 pub use error::{PlanError, MAX_DEVICES};
 pub use kata::{KataValues, VmHost, VmSize, Workload};
 pub use report::PlanView;
-pub use vm::{AddressPlan, VmPlan};
+pub use vm::{room, AddressPlan, Room, VmPlan};
 
 use crate::host::{Bar, Bdf, Host, VfioNode};
 use crate::profile::{Profile, Tee};

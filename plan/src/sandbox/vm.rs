@@ -42,6 +42,45 @@ pub struct VmPlan {
     pub address: AddressPlan,
 }
 
+/// How much guest address space a sandbox of a profile needs for a set of devices, and
+/// what the host gives: `kata-gpu doctor`'s figure for the node's whole device set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Room {
+    /// Bits needed.
+    pub needed: u8,
+    /// Bits the profile's CPU model gets from the base `cpu_features` (`None`: the host's).
+    pub model_bits: Option<u8>,
+    /// The most the host gives, and why (`None`: its width is unknown).
+    pub limit: Option<(u8, String)>,
+}
+
+/// The room a sandbox of `profile` with the base config's size needs for devices with
+/// these BARs on a host with these facts, as [`shape`] computes it at Create.
+pub fn room(
+    profile: crate::profile::Profile,
+    base: &kata::KataValues,
+    facts: &crate::host::CpuMemory,
+    tee: &super::TeeSettings,
+    bars: &[Vec<crate::host::Bar>],
+) -> Room {
+    let host = VmHost {
+        cpus: facts.cpus,
+        memory_mib: facts.memory_mib.unwrap_or(0),
+        cbitpos: tee.cbitpos,
+        reduced_phys_bits: tee.reduced_phys_bits,
+    };
+    let size = kata::vm_size(base, &host, &Workload::default(), None);
+    let need = address::need_for_bars(&size, base.memory_slots, bars.iter().map(Vec::as_slice));
+    let t = profile.tee();
+    Room {
+        needed: need.bits,
+        model_bits: address::guest_bits(kata::cpu_model(t), &base.cpu_features, facts.phys_bits),
+        limit: facts
+            .phys_bits
+            .map(|b| address::host_limit(t, b, tee.cbitpos, tee.reduced_phys_bits)),
+    }
+}
+
 /// Shapes the VM for `devices`: sizes it as Kata will, makes room for every BAR (adding
 /// `phys-bits` to `overrides.cpu_features` where needed) or refuses, and predicts Kata's
 /// command line from the configuration the overrides render.

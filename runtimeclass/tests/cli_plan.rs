@@ -440,3 +440,49 @@ fn a_gpu_without_a_readable_resource_file_is_refused_naming_the_file() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_readme_hgx_examples_plan() {
+    // README, "First steps on a simulated GPU host": the whole board in one confidential
+    // VM, and one GPU alone; both plan, and a GPU with one NVSwitch is refused.
+    let sim = SimHost::hgx_8x_h100();
+    assert_eq!(kata_gpu(&sim, &["cdi", "generate"]).status.code(), Some(0));
+    let board = (0..8)
+        .map(|i| format!("nvidia.com/pgpu={i}"))
+        .chain((0..4).map(|i| format!("nvidia.com/nvswitch={i}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let annotation = format!("cdi.k8s.io/gpu={board}");
+    let out = kata_gpu(&sim, &["plan", "--annotation", &annotation]);
+    let shown = text(&out);
+    // It plans; its one finding (exit 1) is the warning that 8 GPUs get 1 vCPU.
+    assert!(shown.contains("devices: 12\n"), "{shown}");
+    let warnings: Vec<&str> = shown.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{shown}");
+    assert!(warnings[0].starts_with("warning: 8 GPUs and 1 vCPU"), "{shown}");
+    assert!(
+        shown.contains("  -cpu EPYC-v4,pmu=off,phys-bits=41\n"),
+        "{shown}"
+    );
+    let out = kata_gpu(
+        &sim,
+        &[
+            "plan",
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=3",
+            "--json",
+        ],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["devices"][0]["bdf"], "0000:5d:00.0");
+    let out = kata_gpu(
+        &sim,
+        &[
+            "plan",
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=3,nvidia.com/nvswitch=0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("protected-PCIe mode"), "{}", text(&out));
+}

@@ -293,6 +293,21 @@ fn h100_snp_with_the_shims_config_assigns_every_bar() {
 /// The `gpu` profile's `-cpu host` takes the host's width under KVM; the simulated host
 /// says 52 bits, and TCG is given the same.
 #[test]
+fn h100_gpu_with_the_shims_config_assigns_every_bar() {
+    let Some(rig) = rig("h100_gpu_with_the_shims_config_assigns_every_bar") else {
+        return;
+    };
+    let (argv, bars) = shim_config_argv(&rig, H100, Profile::Gpu);
+    let options = Options {
+        host_phys_bits: Some(52),
+        ..Options::default()
+    };
+    let boot = guest::assert_every_bar_assigned(&rig.parts, &argv, &bars, &options);
+    assert_eq!(boot.assigned_of_size(BAR1), (1, 1), "{}", boot.report());
+}
+
+/// As above, for the whole board.
+#[test]
 fn hgx_gpu_with_the_shims_config_assigns_every_bar() {
     let Some(rig) = rig("hgx_gpu_with_the_shims_config_assigns_every_bar") else {
         return;

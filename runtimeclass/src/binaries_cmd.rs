@@ -157,7 +157,9 @@ fn install(args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<String>> {
         );
     }
     let from = match &args.from {
-        Some(d) => d.clone(),
+        // Relative to where kata-gpu was started (as `make install` passes it), not to `/`.
+        Some(d) => std::path::absolute(d)
+            .with_context(|| format!("--from {}: cannot make it absolute", d.display()))?,
         None => std::env::current_exe()
             .context("cannot tell where kata-gpu runs from; pass --from DIR")?
             .parent()

@@ -277,3 +277,33 @@ fn binaries_remove_waits_for_every_profile_to_be_uninstalled() {
     assert_eq!(text(&out).lines().count(), 4, "{}", text(&out));
     assert!(!sim.path(&format!("usr/local/bin/{SNP}")).exists());
 }
+
+#[test]
+fn binaries_install_takes_a_from_dir_relative_to_where_it_runs() {
+    // `make install` passes `target/release`, relative to the checkout: it names the build
+    // there, not `/target/release`.
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let bin_dir = built();
+    let (parent, name) = (
+        bin_dir.parent().expect("the build dir's parent"),
+        bin_dir.file_name().expect("the build dir's name"),
+    );
+    let out = Command::new(bin_dir.join("kata-gpu"))
+        .current_dir(parent)
+        .arg("binaries")
+        .arg("install")
+        .arg("--from")
+        .arg(name)
+        .arg("--prefix")
+        .arg("/usr/local")
+        .arg("--host-root")
+        .arg(sim.root())
+        .output()
+        .expect("run kata-gpu");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        sim.path("usr/local/bin").join(SNP).is_file(),
+        "{}",
+        text(&out)
+    );
+}

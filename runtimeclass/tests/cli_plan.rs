@@ -457,9 +457,15 @@ fn the_readme_hgx_examples_plan() {
     let shown = text(&out);
     // It plans; its one finding (exit 1) is the warning that 8 GPUs get 1 vCPU.
     assert!(shown.contains("devices: 12\n"), "{shown}");
-    let warnings: Vec<&str> = shown.lines().filter(|l| l.starts_with("warning: ")).collect();
+    let warnings: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
     assert_eq!(warnings.len(), 1, "{shown}");
-    assert!(warnings[0].starts_with("warning: 8 GPUs and 1 vCPU"), "{shown}");
+    assert!(
+        warnings[0].starts_with("warning: 8 GPUs and 1 vCPU"),
+        "{shown}"
+    );
     assert!(
         shown.contains("  -cpu EPYC-v4,pmu=off,phys-bits=41\n"),
         "{shown}"

@@ -30,7 +30,9 @@ help:
 deps:
 	THIRD_PARTY=$(THIRD_PARTY) PARTS=$(PARTS) bash scripts/deps.sh
 
-demo: deps
+# The demo needs only Debian's containerd, runc, ctr and busybox (and protoc to build).
+demo:
+	DEPS_FOR=demo bash scripts/deps.sh
 	bash demo/demo.sh
 
 build:

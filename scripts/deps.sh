@@ -8,12 +8,16 @@
 #     from the tarballs in $THIRD_PARTY into $PARTS after their checksums are checked;
 #   - Debian 12's cloud kernel for the boot test's guest, unpacked (not installed) into
 #     $PARTS/guest/: `vmlinuz` and `version` (the package it came from).
-# Settings (environment): THIRD_PARTY (default ../shared/third_party), PARTS (default ./parts).
+# Settings (environment): THIRD_PARTY (default ../shared/third_party), PARTS (default ./parts),
+#   DEPS_FOR=demo: only what `make demo` uses (Debian's containerd 1.6, runc, ctr, busybox and
+#   protoc for the build), no QEMU, no tarballs, no guest kernel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THIRD_PARTY=${THIRD_PARTY:-../shared/third_party}
 PARTS=${PARTS:-parts}
-APT_PACKAGES=(containerd runc busybox-static protobuf-compiler ovmf)
+DEPS_FOR=${DEPS_FOR:-tests}
+APT_PACKAGES=(containerd runc busybox-static protobuf-compiler)
+[ "$DEPS_FOR" = demo ] || APT_PACKAGES+=(ovmf)
 QEMU_MIN_MAJOR=10
 
 say() { echo "deps: $*"; }
@@ -32,6 +36,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   say "Debian packages present (${APT_PACKAGES[*]})"
+fi
+
+check_commands() {
+  for cmd in containerd ctr runc containerd-shim-runc-v2 busybox protoc; do
+    command -v "$cmd" >/dev/null || die "$cmd still missing after the install"
+  done
+}
+if [ "$DEPS_FOR" = demo ]; then
+  check_commands
+  say "what the demo uses is here"
+  exit 0
 fi
 
 qemu_major() {
@@ -59,9 +74,7 @@ fi
 [ "$(qemu_major)" -ge "$QEMU_MIN_MAJOR" ] || die "qemu-system-x86_64 is $(qemu-system-x86_64 --version | head -1), $QEMU_MIN_MAJOR or later is needed"
 say "$(qemu-system-x86_64 --version | head -1)"
 
-for cmd in containerd ctr runc containerd-shim-runc-v2 busybox protoc; do
-  command -v "$cmd" >/dev/null || die "$cmd still missing after the install"
-done
+check_commands
 
 # The real parts from the tarballs. A part is unpacked again only when its tarball changed.
 [ -d "$THIRD_PARTY" ] || die "no directory of third-party tarballs at $THIRD_PARTY (set THIRD_PARTY, or PARTS to a directory laid out as README.md says)"

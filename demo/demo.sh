@@ -10,7 +10,6 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (it starts a private containerd)" >&2; exit 1; }
 BIN=${CARGO_TARGET_DIR:-target}/debug
-SHIM=containerd-shim-kata-qemu-nvidia-gpu-snp-v2
 
 step "building kata-gpu, the shim and the host simulator"
 cargo build --quiet -p kata-gpu -p kata-gpu-shim -p kata-gpu-tests --bins
@@ -59,12 +58,13 @@ echo image >"$SET/kata-containers-confidential.img"
 echo firmware >"$SET/AMDSEV.fd"
 cp configs/templates/configuration-qemu-nvidia-gpu-snp.toml "$SET/"
 
+step "make install: kata-gpu and the shim under every profile's name, where containerd finds them"
+"$BIN/kata-gpu" binaries install --from "$BIN" --prefix /usr/local --host-root "$ROOT"
+
 step "kata-gpu install: artifacts, host CDI spec, containerd registration, RuntimeClass"
 "$BIN/kata-gpu" install --host-root "$ROOT" --artifacts "$SET"
 
 step "the shim's settings: runc's shim downstream (no Kata here), everything else as on a node"
-mkdir -p "$W/bin"
-ln -s "$PWD/$BIN/$SHIM" "$W/bin/$SHIM"
 cat > "$W/shim.toml" <<EOF
 downstream = "$(command -v containerd-shim-runc-v2)"
 downstream_kind = "runc"
@@ -74,7 +74,7 @@ EOF
 cat "$W/shim.toml"
 
 step "starting the private containerd with the registered config"
-PATH="$W/bin:$PATH" KATA_GPU_SHIM_CONFIG="$W/shim.toml" \
+PATH="$ROOT/usr/local/bin:$PATH" KATA_GPU_SHIM_CONFIG="$W/shim.toml" \
   containerd --config "$ROOT/etc/containerd/config.toml" >"$W/containerd.log" 2>&1 &
 CTRD_PID=$!
 for _ in $(seq 100); do ctr --address "$W/c.sock" version >/dev/null 2>&1 && break; sleep 0.1; done

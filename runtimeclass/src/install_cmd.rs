@@ -362,12 +362,14 @@ pub(crate) fn containerd_steps(
     Ok(vec![step, restart])
 }
 
-/// The shim containerd will run for the handler, and Kata's behind it: warnings, not
-/// refusals (the binaries may come after the registration), which `status` keeps showing.
-fn shim_step(args: &NodeArgs, root: &Path) -> Step {
+/// The shim containerd will run for the handler, and Kata's behind it: not refusals (the
+/// binaries may come after the registration, and `status` keeps showing them), but a
+/// missing shim of ours makes the install fail (`false`): pods of the class cannot start.
+fn shim_step(args: &NodeArgs, root: &Path) -> (Step, bool) {
     let runtime_path = args.containerd.runtime_path.as_deref();
     let containerd = Path::new("containerd");
     let mut step = Step::new("shim", "");
+    let mut found_ours = true;
     match crate::shim_check::our_shim(root, args.profile, containerd, runtime_path) {
         Ok(found) => {
             step.result = format!("containerd will run {}", shown(root, &found.path));
@@ -381,6 +383,7 @@ fn shim_step(args: &NodeArgs, root: &Path) -> Step {
             }
         }
         Err(missing) => {
+            found_ours = false;
             step.result = "NOT FOUND: pods of this class will not start".to_owned();
             step.warnings.push(format!(
                 "{missing}: make install (or kata-gpu binaries install)"
@@ -394,7 +397,7 @@ fn shim_step(args: &NodeArgs, root: &Path) -> Step {
         )),
         Err(e) => step.warnings.push(e),
     }
-    step
+    (step, found_ours)
 }
 
 /// Runs `kata-gpu install`.
@@ -416,10 +419,20 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     steps.push(cdi_step(&args, root, &mut state)?);
     steps.push(boot_step(&args, root, &mut state)?);
     steps.extend(containerd_steps(containerd, node, root, &lock)?);
-    steps.push(shim_step(node, root));
+    let (shim, found_ours) = shim_step(node, root);
+    steps.push(shim);
     let mut state = NodeState::load(root, handler)?;
     steps.push(manifests_step(&args, root, &mut state)?);
-    print(&steps, global.json)
+    print(&steps, global.json)?;
+    if found_ours || node.containerd.common.dry_run {
+        return Ok(Outcome::Clean);
+    }
+    // Everything above stays (uninstall undoes it); the node is not ready, and says so.
+    eprintln!(
+        "kata-gpu: {handler} is registered but containerd finds no {}: its pods cannot start; run `make install` (or `kata-gpu binaries install`), then `kata-gpu status`",
+        node.profile.shim_binary()
+    );
+    Ok(Outcome::Findings)
 }
 
 /// Prints the steps, as text or JSON.

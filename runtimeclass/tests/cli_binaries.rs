@@ -106,7 +106,13 @@ fn make_install_puts_the_shim_under_every_name_where_containerd_finds_it() {
             "/opt/x/shim",
         ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Registered, but containerd would find no shim: not a node that can run the class.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("kata-gpu: kata-qemu-nvidia-gpu is registered but containerd finds no containerd-shim-kata-qemu-nvidia-gpu-v2: its pods cannot start; run `make install`"),
+        "{}",
+        text(&out)
+    );
     assert!(
         text(&out).contains(&format!("shim:         NOT FOUND: pods of this class will not start\n              warning: {}/opt/x/shim (the handler's runtime_path) does not exist", sim.root().display())),
         "{}",

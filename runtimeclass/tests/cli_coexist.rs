@@ -27,6 +27,8 @@ fn one_line_error(out: &std::process::Output) -> String {
 #[test]
 fn beside_the_sandbox_device_plugins_spec_kata_gpu_writes_none_of_its_own() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // containerd finds the shim, as after `make install`: install succeeds.
+    kata_gpu_tests::place_built_shims(&sim);
     fs::write(sim.path("var/run/cdi/nvidia.yaml"), PLUGIN_SPEC).expect("plugin spec");
     let before = tree(sim.root());
     let theirs = format!("{}/var/run/cdi/nvidia.yaml", sim.root().display());

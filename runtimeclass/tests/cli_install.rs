@@ -19,6 +19,8 @@ fn text(o: &Output) -> String {
 #[test]
 fn install_status_uninstall_on_an_h100_host() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // containerd finds the shim, as after `make install`: install succeeds.
+    kata_gpu_tests::place_built_shims(&sim);
     let out = kata_gpu(&sim, &["install", "--config-version", "2", "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let said = text(&out);
@@ -163,6 +165,8 @@ fn artifact_set(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn install_with_artifacts_makes_status_installed_and_verified() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // containerd finds the shim, as after `make install`: install succeeds.
+    kata_gpu_tests::place_built_shims(&sim);
     let src = tempfile::tempdir().expect("tempdir");
     let set = artifact_set(src.path());
     let set = set.display().to_string();
@@ -201,6 +205,8 @@ fn install_with_artifacts_makes_status_installed_and_verified() {
 #[test]
 fn uninstall_purge_removes_the_store_unless_a_sandbox_uses_it() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // containerd finds the shim, as after `make install`: install succeeds.
+    kata_gpu_tests::place_built_shims(&sim);
     let src = tempfile::tempdir().expect("tempdir");
     let set = artifact_set(src.path()).display().to_string();
     let out = kata_gpu(
@@ -383,6 +389,8 @@ fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::Syste
 #[test]
 fn install_and_uninstall_never_follow_a_symlinked_directory_out_of_the_host_root() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // containerd finds the shim, as after `make install`: install succeeds.
+    kata_gpu_tests::place_built_shims(&sim);
     let outside = tempfile::tempdir().expect("outside");
     let mut inside = Vec::new();
     for (i, linked) in ["var/run", "opt", "var/lib/kata-gpu", "etc/containerd"]
@@ -435,6 +443,8 @@ fn install_and_uninstall_never_follow_a_symlinked_directory_out_of_the_host_root
 fn install_waits_for_the_node_lock_before_it_reads_or_writes_the_record() {
     use nix::fcntl::{Flock, FlockArg};
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // containerd finds the shim, as after `make install`: install succeeds.
+    kata_gpu_tests::place_built_shims(&sim);
     let lock = sim.path("run/lock/kata-gpu.lock");
     fs::create_dir_all(lock.parent().expect("parent")).expect("mkdir");
     let file = fs::File::create(&lock).expect("lock file");

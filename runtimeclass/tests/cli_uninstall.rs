@@ -106,6 +106,8 @@ fn uninstall_removes_what_install_wrote_and_names_what_it_leaves() {
 #[test]
 fn the_shims_state_directory_stays_while_another_profile_is_installed() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // containerd finds the shim, as after `make install`: install succeeds.
+    kata_gpu_tests::place_built_shims(&sim);
     for profile in ["snp", "gpu"] {
         let out = kata_gpu(
             &sim,

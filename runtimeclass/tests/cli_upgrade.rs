@@ -96,6 +96,8 @@ fn replacing_the_shim_under_a_running_sandbox_keeps_it_and_serves_new_ones() {
 fn install_over_an_earlier_releases_install_adds_what_is_new_and_keeps_the_rest() {
     use kata_gpu_tests::{SimHost, VfioMode};
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    // containerd finds the shim, as after `make install`: install succeeds.
+    kata_gpu_tests::place_built_shims(&sim);
     let out = common::kata_gpu(&sim, &["install", "--config-version", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // Make it the earlier release's node: no unit, and a record without the field.

@@ -46,6 +46,26 @@ impl WriteCdiSpecs for SimHost {
 /// The path of a binary of this workspace, built (if stale) with the same cargo and
 /// profile as the tests, for tests that need a binary of another package.
 pub fn workspace_bin(package: &str, bin: &str) -> std::path::PathBuf {
+    workspace_bin_inner(package, bin)
+}
+
+/// The built shim placed in the simulated host's `/usr/local/bin` (on containerd's PATH)
+/// under every profile's name, as `make install` leaves it, without its record: for tests
+/// of `kata-gpu install`, which fails on a node where containerd finds no shim.
+pub fn place_built_shims(sim: &SimHost) {
+    let shim = workspace_bin("kata-gpu-shim", &kata_gpu_plan::Profile::Snp.shim_binary());
+    let bin = sim.path("usr/local/bin");
+    std::fs::create_dir_all(&bin).expect("mkdir usr/local/bin");
+    for p in kata_gpu_plan::Profile::ALL {
+        let to = bin.join(p.shim_binary());
+        // A hard link where the temp dir shares the build's file system, else a copy.
+        if std::fs::hard_link(&shim, &to).is_err() {
+            std::fs::copy(&shim, &to).expect("copy the built shim");
+        }
+    }
+}
+
+fn workspace_bin_inner(package: &str, bin: &str) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = std::process::Command::new(cargo)
         .args(["build", "--quiet", "-p", package, "--bin", bin])

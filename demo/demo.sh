@@ -62,7 +62,7 @@ cp configs/templates/configuration-qemu-nvidia-gpu-snp.toml "$SET/"
 step "kata-gpu install: artifacts, host CDI spec, containerd registration, RuntimeClass"
 "$BIN/kata-gpu" install --host-root "$ROOT" --artifacts "$SET"
 
-step "the shim's settings: runc's shim downstream (no Kata here), everything else as on a node"
+step "the shim's settings: runc's shim downstream (no Kata here), devices by annotation (no kubelet here), everything else as on a node"
 mkdir -p "$W/bin"
 ln -s "$PWD/$BIN/$SHIM" "$W/bin/$SHIM"
 cat > "$W/shim.toml" <<EOF
@@ -70,6 +70,7 @@ downstream = "$(command -v containerd-shim-runc-v2)"
 downstream_kind = "runc"
 host_root = "$ROOT"
 state_dir = "$W/st"
+device_source = "annotations"
 EOF
 cat "$W/shim.toml"
 

@@ -171,15 +171,59 @@ fn no_devices_means_no_overrides() {
 fn plan_group_40(sim: &SimHost) -> Result<SandboxPlan, PlanError> {
     fs::write(
         sim.path("etc/cdi/manual.yaml"),
-        "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
+        "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: manual\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
     )
     .expect("spec");
     run(
         sim,
         Profile::Gpu,
+        &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=manual")],
+        &policy(),
+    )
+}
+
+/// Issue 24 items 1 and 5: only our kinds reach the sandbox plan, and only device nodes of
+/// them: another vendor's kind, or one of ours whose spec adds hooks, mounts or env, is
+/// refused naming the device (failed before: both planned, the hooks and mounts carried).
+#[test]
+fn only_our_kinds_and_only_their_device_nodes_are_planned() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    fs::create_dir_all(sim.path("etc/cdi")).expect("dir");
+    fs::write(
+        sim.path("etc/cdi/other.yaml"),
+        "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/devices/vfio0\n",
+    )
+    .expect("spec");
+    let err = run(
+        &sim,
+        Profile::Snp,
         &[("cdi.k8s.io/gpu", "example.com/gpu=0")],
         &policy(),
     )
+    .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "example.com/gpu=0 is not a kata-gpu device (the sandbox takes only nvidia.com/pgpu, nvidia.com/nvswitch); ask for GPUs and NVSwitches by those kinds"
+    );
+    fs::write(
+        sim.path("etc/cdi/hooked.yaml"),
+        "cdiVersion: 0.5.0\nkind: nvidia.com/nvswitch\ndevices:\n- name: hooked\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/devices/vfio0\n    hooks:\n    - hookName: createContainer\n      path: /bin/true\n    mounts:\n    - hostPath: /etc\n      containerPath: /host-etc\n",
+    )
+    .expect("spec");
+    let err = run(
+        &sim,
+        Profile::Snp,
+        &[("cdi.k8s.io/gpu", "nvidia.com/nvswitch=hooked")],
+        &policy(),
+    )
+    .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "nvidia.com/nvswitch=hooked (CDI spec {}) brings hooks, mounts beyond device nodes, which a VM's sandbox cannot take; regenerate the host spec with `kata-gpu cdi generate` or remove the other spec",
+            sim.path("etc/cdi/hooked.yaml").display()
+        )
+    );
 }
 
 #[test]

@@ -177,8 +177,15 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         .as_deref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    kata_gpu_plan::sandbox::allocated::add_names(&mut oci, &registry, &pod_label, &allocated)
-        .map_err(anyhow::Error::msg)?;
+    // A pod is planned as the shim plans it on a kubelet node: exactly what kubelet would
+    // allocate, its annotations at most restating that.
+    if args.pod.is_some() {
+        let granted =
+            kata_gpu_plan::sandbox::allocated::grant(&mut oci, &registry, &pod_label, &allocated)?;
+        if let Some(note) = granted.note {
+            eprintln!("note: {note}");
+        }
+    }
     let planned = plan(&PlanInput {
         profile,
         oci: &oci,

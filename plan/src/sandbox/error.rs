@@ -129,4 +129,22 @@ pub enum PlanError {
         /// Why, and what to do instead.
         reason: String,
     },
+    /// A CDI device of a kind other than ours.
+    #[error("{device} is not a kata-gpu device (the sandbox takes only {kinds}); ask for GPUs and NVSwitches by those kinds")]
+    ForeignKind {
+        /// The CDI name.
+        device: String,
+        /// Our kinds, comma-separated.
+        kinds: String,
+    },
+    /// A CDI device whose edits do more than give device nodes.
+    #[error("{device} (CDI spec {spec}) brings {edits} beyond device nodes, which a VM's sandbox cannot take; regenerate the host spec with `kata-gpu cdi generate` or remove the other spec")]
+    EditsBeyondNodes {
+        /// The CDI name.
+        device: String,
+        /// The spec file.
+        spec: String,
+        /// What else it edits.
+        edits: String,
+    },
 }

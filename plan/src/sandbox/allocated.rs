@@ -456,6 +456,35 @@ mod tests {
         assert_eq!(done.note, None);
     }
 
+    /// Issue 24 item 5: devices compare by the host nodes they give, not container paths,
+    /// and a device giving no node is still a device: "the allocation plus a device that
+    /// shows GPU 1 at GPU 0's container path" and "the allocation plus a hooks-only device"
+    /// are refused (failed before: both compared equal to the allocation, and the pod's
+    /// annotation reached the plan).
+    #[test]
+    fn devices_compare_by_what_they_give() {
+        let spec = format!(
+            "{HOST_SPEC}- name: sneaky\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/devices/vfio0\n      hostPath: /dev/vfio/devices/vfio1\n- name: hooky\n  containerEdits:\n    hooks:\n    - hookName: createContainer\n      path: /bin/true\n"
+        );
+        let (_dir, registry) = registry_with(&spec);
+        for extra in ["nvidia.com/pgpu=sneaky", "nvidia.com/pgpu=hooky"] {
+            let annotated = format!("nvidia.com/pgpu=0,{extra}");
+            let mut spec = spec_with(&[("cdi.k8s.io/gpu", &annotated)]);
+            let err =
+                grant(&mut spec, &registry, "ns/p", &names("nvidia.com/pgpu=0")).expect_err(extra);
+            assert!(
+                err.to_string().contains(
+                    "more devices or other kinds than kubelet allocated it (nvidia.com/pgpu=0)"
+                ),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            host_nodes(&registry, &names("nvidia.com/pgpu=sneaky")[0]),
+            BTreeSet::from(["/dev/vfio/devices/vfio1".to_owned()])
+        );
+    }
+
     /// Issue 24 item 1: a VFIO node put in the sandbox's spec directly is no way around it.
     #[test]
     fn a_vfio_node_in_the_spec_beyond_the_allocation_is_refused() {

@@ -189,6 +189,15 @@ impl PlanHook {
                 )
             })?;
         let dir = self.sandbox_dir(&sandbox_id)?;
+        // One device, one live sandbox: claimed by PCI address, whatever name asked for it.
+        let claim = crate::claims::Claim {
+            namespace: self.namespace.clone(),
+            sandbox: sandbox_id.clone(),
+            pod: crate::pod_resources::pod_of(&annotations)
+                .map(|(ns, name)| format!("{ns}/{name}")),
+            devices: planned.devices.iter().map(|d| d.bdf.to_string()).collect(),
+        };
+        crate::claims::claim(&self.settings.state_dir, &dir, &claim).map_err(|e| e.to_string())?;
         let config_path = dir.join("configuration.toml");
         write_private(&config_path, &rendered.text)
             .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;

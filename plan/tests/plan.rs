@@ -606,3 +606,38 @@ fn a_function_without_a_readable_resource_file_is_refused_naming_it() {
         "{shown}"
     );
 }
+
+/// Issue 24 item 2: two GPUs in one IOMMU group (no ACS) pass through only together: asking
+/// for one, by any of its names, is refused naming the other (failed before: the plan passed
+/// the whole group, the sibling outside the scheduler). A legacy group node names the whole
+/// group, as the device plugin advertises it: one device.
+#[test]
+fn two_gpus_in_one_group_pass_through_only_together() {
+    let sim = SimHost::two_gpus_in_one_group(VfioMode::Iommufd);
+    for name in ["nvidia.com/pgpu=0", "nvidia.com/pgpu=vfio0"] {
+        let err =
+            run(&sim, Profile::Snp, &[("cdi.k8s.io/gpu", name)], &policy()).expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "IOMMU group 40 holds 0000:42:00.0 (10de:2331) beside 0000:41:00.0, and a group passes through whole: ask for every GPU and NVSwitch of the group together, or enable ACS (or move the cards) so that each gets a group of its own"
+        );
+    }
+    let both = run(
+        &sim,
+        Profile::Snp,
+        &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0,nvidia.com/pgpu=1")],
+        &policy(),
+    )
+    .expect("both");
+    assert_eq!(both.devices.len(), 2);
+
+    let legacy = SimHost::two_gpus_in_one_group(VfioMode::Legacy);
+    let whole = run(
+        &legacy,
+        Profile::Gpu,
+        &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0")],
+        &policy(),
+    )
+    .expect("the group node is the group");
+    assert_eq!(whole.devices.len(), 2);
+}

@@ -147,4 +147,16 @@ pub enum PlanError {
         /// What else it edits.
         edits: String,
     },
+    /// A group holds one of our devices that was not asked for.
+    #[error("IOMMU group {group} holds {bdf} ({id}) beside {with}, and a group passes through whole: ask for every GPU and NVSwitch of the group together, or enable ACS (or move the cards) so that each gets a group of its own")]
+    SiblingNotAsked {
+        /// The device not asked for.
+        bdf: Bdf,
+        /// `vendor:device`.
+        id: String,
+        /// The group.
+        group: u32,
+        /// The asked-for functions of the group, comma-separated.
+        with: String,
+    },
 }

@@ -6,6 +6,7 @@
 
 pub mod allocated;
 mod error;
+mod groups;
 mod qemu;
 mod report;
 
@@ -418,6 +419,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
         };
         add_group(input, group, &r.reason, &mut devices)?;
     }
+    groups::check_siblings(input, &requests, &devices)?;
     if devices.len() > MAX_DEVICES {
         return Err(PlanError::TooManyDevices {
             count: devices.len(),

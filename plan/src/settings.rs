@@ -75,6 +75,12 @@ pub struct Settings {
     pub memory_min_mib: u32,
     /// Highest `default_memory` a pod may ask for, MiB.
     pub memory_max_mib: u32,
+    /// Highest `default_memory` a pod without a memory limit may ask for, MiB; a pod with
+    /// one may ask up to it.
+    pub memory_without_limit_max_mib: u32,
+    /// Highest `default_vcpus` a pod without a CPU limit may ask for; a pod with one may ask
+    /// up to it.
+    pub vcpus_without_limit_max: u32,
     /// Refuse GPUs that are not CC-capable under snp/tdx instead of warning.
     pub refuse_non_cc_gpus: bool,
     /// The attestation KBS URL, passed to the guest as `agent.aa_kbc_params=cc_kbc::<url>`.
@@ -106,6 +112,8 @@ impl Default for Settings {
             base_config: None,
             memory_min_mib: policy.memory_min_mib,
             memory_max_mib: policy.memory_max_mib,
+            memory_without_limit_max_mib: policy.memory_without_limit_max_mib,
+            vcpus_without_limit_max: policy.vcpus_without_limit_max,
             refuse_non_cc_gpus: false,
             kbs_address: None,
             start_timeout_seconds: 30,
@@ -257,6 +265,8 @@ impl Settings {
         crate::sandbox::Policy {
             memory_min_mib: self.memory_min_mib,
             memory_max_mib: self.memory_max_mib,
+            memory_without_limit_max_mib: self.memory_without_limit_max_mib,
+            vcpus_without_limit_max: self.vcpus_without_limit_max,
             refuse_non_cc_gpus: self.refuse_non_cc_gpus,
             kernel_params: self
                 .kbs_address

@@ -407,7 +407,15 @@ fn unresolvable_and_malformed_requests_are_refused() {
 fn guest_memory_from_the_pod_only_within_bounds() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     let key = "io.katacontainers.config.hypervisor.default_memory";
-    let p = run(&sim, Profile::Snp, &[GPU0[0], (key, "65536")], &policy()).expect("within bounds");
+    // A pod with a 64 GiB memory limit (as CRI says it), asking that much.
+    let limit = ("io.kubernetes.cri.sandbox-memory", "68719476736");
+    let p = run(
+        &sim,
+        Profile::Snp,
+        &[GPU0[0], (key, "65536"), limit],
+        &policy(),
+    )
+    .expect("within bounds");
     assert_eq!(p.overrides.default_memory, Some(65536));
     for (value, problem) in [
         ("1024", "below the minimum"),
@@ -640,4 +648,53 @@ fn two_gpus_in_one_group_pass_through_only_together() {
     )
     .expect("the group node is the group");
     assert_eq!(whole.devices.len(), 2);
+}
+
+/// Issue 24 item 3: the guest's memory and vCPUs by annotation are bounded by the pod's
+/// limits as CRI passes them (or the node's bound when it has none), refused with the
+/// numbers (failed before: up to 1 TiB whatever the pod declared).
+#[test]
+fn the_guest_size_by_annotation_is_bounded_by_the_pods_limits() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let mem = "io.katacontainers.config.hypervisor.default_memory";
+    let cpus = "io.katacontainers.config.hypervisor.default_vcpus";
+    let limit_32g = ("io.kubernetes.cri.sandbox-memory", "34359738368");
+    let quota_4 = [
+        ("io.kubernetes.cri.sandbox-cpu-quota", "350000"),
+        ("io.kubernetes.cri.sandbox-cpu-period", "100000"),
+    ];
+    let refused = |annotations: &[(&str, &str)]| {
+        run(&sim, Profile::Snp, annotations, &policy())
+            .expect_err("refused")
+            .to_string()
+    };
+    assert_eq!(
+        refused(&[(mem, "65536"), limit_32g]),
+        "pod annotation io.katacontainers.config.hypervisor.default_memory=\"65536\" asks more than the pod's memory limit (io.kubernetes.cri.sandbox-memory): 32768 MiB; set resources.limits.memory at least that high, or ask for less"
+    );
+    assert_eq!(
+        refused(&[(mem, "16384"), ("io.kubernetes.cri.sandbox-memory", "0")]),
+        "pod annotation io.katacontainers.config.hypervisor.default_memory=\"16384\" asks more than what this node allows a pod without a memory limit (memory_without_limit_max_mib in the kata-gpu shim settings): 8192 MiB; set resources.limits.memory at least that high, or ask for less"
+    );
+    assert_eq!(
+        refused(&[(cpus, "5"), quota_4[0], quota_4[1]]),
+        "pod annotation io.katacontainers.config.hypervisor.default_vcpus=\"5\" asks more than the pod's CPU limit (io.kubernetes.cri.sandbox-cpu-quota): 4 vCPUs; set resources.limits.cpu at least that high, or ask for fewer"
+    );
+    assert_eq!(
+        refused(&[(cpus, "9")]),
+        "pod annotation io.katacontainers.config.hypervisor.default_vcpus=\"9\" asks more than what this node allows a pod without a CPU limit (vcpus_without_limit_max in the kata-gpu shim settings): 8 vCPUs; set resources.limits.cpu at least that high, or ask for fewer"
+    );
+    assert_eq!(
+        refused(&[(cpus, "lots")]),
+        "pod annotation io.katacontainers.config.hypervisor.default_vcpus=\"lots\": not a number of vCPUs; give one such as 4"
+    );
+    for fine in [
+        vec![(mem, "32768"), limit_32g],
+        vec![(mem, "8192")],
+        vec![(cpus, "4"), quota_4[0], quota_4[1]],
+        vec![(cpus, "3.5"), quota_4[0], quota_4[1]],
+        vec![(cpus, "8")],
+    ] {
+        run(&sim, Profile::Snp, &fine, &policy()).unwrap_or_else(|e| panic!("{fine:?}: {e}"));
+    }
 }

@@ -99,7 +99,11 @@ fn pod_manifest(file: &std::path::Path) -> anyhow::Result<PodView> {
     if pod["kind"] != "Pod" {
         anyhow::bail!("{}: kind is {}, not Pod", file.display(), pod["kind"]);
     }
-    let mut annotations = HashMap::new();
+    // What containerd puts on the sandbox from the pod's limits, as kubelet passes them.
+    let mut annotations: HashMap<String, String> =
+        crate::plan_alloc::sandbox_limit_annotations(&pod, file)?
+            .into_iter()
+            .collect();
     if let Some(map) = pod["metadata"]["annotations"].as_object() {
         for (k, v) in map {
             let value = v

@@ -159,4 +159,26 @@ pub enum PlanError {
         /// The asked-for functions of the group, comma-separated.
         with: String,
     },
+    /// The guest's size asked by annotation exceeds what the pod declared.
+    #[error("pod annotation {key}={value:?} asks more than {of}: {bound}; {fix}")]
+    AbovePodLimit {
+        /// The annotation key.
+        key: String,
+        /// Its value.
+        value: String,
+        /// The bound, with its unit.
+        bound: String,
+        /// Which bound, in words.
+        of: String,
+        /// How to fix it.
+        fix: &'static str,
+    },
+    /// `default_vcpus` that is not a number.
+    #[error("pod annotation {key}={value:?}: not a number of vCPUs; give one such as 4")]
+    NotVcpus {
+        /// The annotation key.
+        key: String,
+        /// Its value.
+        value: String,
+    },
 }

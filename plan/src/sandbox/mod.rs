@@ -9,6 +9,7 @@ mod error;
 mod groups;
 mod qemu;
 mod report;
+pub mod sizing;
 
 use std::collections::BTreeMap;
 
@@ -101,6 +102,12 @@ pub struct Policy {
     pub memory_min_mib: u32,
     /// Highest `default_memory` a pod may ask for, MiB.
     pub memory_max_mib: u32,
+    /// Highest `default_memory` a pod without a memory limit may ask for, MiB (a pod with
+    /// one is bounded by it).
+    pub memory_without_limit_max_mib: u32,
+    /// Highest `default_vcpus` a pod without a CPU limit may ask for (a pod with one is
+    /// bounded by it).
+    pub vcpus_without_limit_max: u32,
     /// Kernel parameters every sandbox gets (e.g. `agent.aa_kbc_params=cc_kbc::<KBS url>`).
     pub kernel_params: Vec<String>,
     /// Refuse (rather than warn about) GPUs that are not CC-capable under `snp`/`tdx`.
@@ -114,6 +121,8 @@ impl Default for Policy {
         Self {
             memory_min_mib: 2048,
             memory_max_mib: 1024 * 1024,
+            memory_without_limit_max_mib: 8192,
+            vcpus_without_limit_max: 8,
             kernel_params: Vec::new(),
             refuse_non_cc_gpus: false,
             tee: TeeSettings::default(),
@@ -383,6 +392,8 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
         })?;
     let requested = parse_cdi_annotations(&annotations)?;
     let memory = requested_memory(input.oci, input.policy)?;
+    sizing::check_memory(input.oci, input.policy, memory)?;
+    sizing::check_vcpus(input.oci, input.policy)?;
     let requests = vfio_requests(input, &requested)?;
     let mut devices: Vec<PassthroughDevice> = Vec::new();
     let mut warnings = Vec::new();

@@ -64,12 +64,13 @@ step "make install: kata-gpu and the shim under every profile's name, where cont
 step "kata-gpu install: artifacts, host CDI spec, containerd registration, RuntimeClass"
 "$BIN/kata-gpu" install --host-root "$ROOT" --artifacts "$SET"
 
-step "the shim's settings: runc's shim downstream (no Kata here), everything else as on a node"
+step "the shim's settings: runc's shim downstream (no Kata here), devices by annotation (no kubelet here), everything else as on a node"
 cat > "$W/shim.toml" <<EOF
 downstream = "$(command -v containerd-shim-runc-v2)"
 downstream_kind = "runc"
 host_root = "$ROOT"
 state_dir = "$W/st"
+device_source = "annotations"
 EOF
 cat "$W/shim.toml"
 

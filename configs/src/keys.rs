@@ -28,6 +28,12 @@ pub const KERNEL_PARAMS: &str = "kernel_params";
 /// Kata accepts (Go regular expressions, searched unanchored).
 pub const ENABLE_ANNOTATIONS: &str = "enable_annotations";
 
+/// `[runtime] pod_resource_api_sock`: kubelet's PodResources socket, which Kata asks at
+/// sandbox Create for the devices to cold-plug. Owned: always rendered empty, for the shim
+/// asks kubelet itself and hands Kata the planned set (ARCHITECTURE.md, "Devices kubelet
+/// allocates"); a Kata that asked too would cold-plug what it found, not what was planned.
+pub const POD_RESOURCE_API_SOCK: &str = "pod_resource_api_sock";
+
 /// The keys of `[hypervisor.qemu]` a rendering may change, in the order the diff lists them.
 /// Every other byte of a base configuration is left alone.
 pub const OWNED_KEYS: [&str; 7] = [

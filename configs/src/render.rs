@@ -1,7 +1,8 @@
 //! Rendering a per-sandbox Kata configuration: the node's base configuration with the
 //! sandbox plan's [`Overrides`] written into the few keys we own
 //! ([`crate::keys::OWNED_KEYS`], all in `[hypervisor.qemu]`), and
-//! `enable_annotations` cut down to what cannot steer the host. Every other byte —
+//! `enable_annotations` cut down to what cannot steer the host, and `[runtime]
+//! pod_resource_api_sock` rendered empty (the shim asks kubelet, not Kata). Every other byte —
 //! comments, order, unknown keys, other hypervisor sections — is kept. Rendering is a pure
 //! function of its inputs: the same input gives the same bytes.
 
@@ -13,7 +14,7 @@ use toml_edit::{Document, Item, TableLike, Value};
 use crate::annotations::{debug_kernel_param, HOST_PATH_ANNOTATIONS};
 use crate::edit::{canonical, remove_entries, same_value, set_value};
 use crate::error::{ConfigError, Location, Problem};
-use crate::keys::{self, dotted, OWNED_KEYS, QEMU_SECTION};
+use crate::keys::{self, dotted, OWNED_KEYS, QEMU_SECTION, RUNTIME_SECTION};
 use crate::overrides::Overrides;
 use crate::pattern;
 use crate::validate::{check_rules, check_types, getter, into_result, parse, section, span_of};
@@ -98,6 +99,11 @@ pub enum Warning {
         /// What it does.
         what: &'static str,
     },
+    /// `[runtime] pod_resource_api_sock` of the base named a socket; rendered empty.
+    PodResourcesCleared {
+        /// The base's value.
+        value: String,
+    },
 }
 
 impl fmt::Display for Warning {
@@ -133,6 +139,10 @@ impl fmt::Display for Warning {
                 f,
                 "hypervisor.qemu.kernel_params: appended parameter {param:?} {what}"
             ),
+            Warning::PodResourcesCleared { value } => write!(
+                f,
+                "runtime.pod_resource_api_sock = {value:?} rendered \"\": the kata-gpu shim asks kubelet for the pod's devices and tells Kata the planned set; Kata asking too would cold-plug what it found"
+            ),
         }
     }
 }
@@ -144,6 +154,8 @@ struct Edits {
     pub set: Vec<(&'static str, Value)>,
     /// Indices of the `enable_annotations` entries to remove, ascending.
     pub remove: Vec<usize>,
+    /// Whether `[runtime] pod_resource_api_sock` is set to `""`.
+    pub clear_pod_resources: bool,
 }
 
 impl Edits {
@@ -210,7 +222,18 @@ fn decide(
     };
 
     let mut warnings = Vec::new();
-    let edits = plan(qemu, overrides, &mut warnings);
+    let mut edits = plan(qemu, overrides, &mut warnings);
+    let pod_resources = section(root, &RUNTIME_SECTION)
+        .and_then(|r| r.get(keys::POD_RESOURCE_API_SOCK))
+        .and_then(Item::as_value)
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty());
+    if let Some(value) = pod_resources {
+        edits.clear_pod_resources = true;
+        warnings.push(Warning::PodResourcesCleared {
+            value: value.to_owned(),
+        });
+    }
 
     let diff: Vec<DiffEntry> = OWNED_KEYS
         .iter()
@@ -236,6 +259,14 @@ fn decide(
             }
         })
         .collect();
+    let mut diff = diff;
+    if let Some(value) = pod_resources {
+        diff.push(DiffEntry {
+            key: dotted(&RUNTIME_SECTION, keys::POD_RESOURCE_API_SOCK),
+            base: Some(canonical(&Value::from(value))),
+            rendered: Some(canonical(&Value::from(""))),
+        });
+    }
 
     // The rules see the base with the new values; a problem with a key we did not change
     // points at the base file's line.
@@ -278,6 +309,14 @@ fn render_tree(parsed: Document<&str>, base_toml: &str, edits: &Edits) -> String
             .and_then(|i| i.as_array_mut())
         {
             remove_entries(array, &edits.remove);
+        }
+    }
+    if edits.clear_pod_resources {
+        if let Some(runtime) = doc
+            .get_mut(RUNTIME_SECTION[0])
+            .and_then(Item::as_table_like_mut)
+        {
+            set_value(runtime, keys::POD_RESOURCE_API_SOCK, Value::from(""));
         }
     }
     let text = doc.to_string();

@@ -342,6 +342,52 @@ fn too_many_root_ports_warn() {
     );
 }
 
+/// Issue 24 item 4: a stock Kata base config naming kubelet's socket would have Kata run
+/// its own lookup and cold-plug what it finds; rendered empty, said, and nothing else
+/// changed (failed before: the socket was kept).
+#[test]
+fn pod_resource_api_sock_is_rendered_empty_whatever_the_base_says() {
+    let base = "[hypervisor.qemu]\npcie_root_port = 0\n\n[runtime]\n# kubelet\npod_resource_api_sock = \"/var/lib/kubelet/pod-resources/kubelet.sock\" # kata's\ninternetworking_model = \"tcfilter\"\n";
+    let r = render_ok(base, &Overrides::default());
+    assert_eq!(
+        r.text,
+        base.replace(
+            "\"/var/lib/kubelet/pod-resources/kubelet.sock\" # kata's",
+            "\"\" # kata's"
+        )
+    );
+    assert_eq!(
+        r.warnings,
+        [Warning::PodResourcesCleared {
+            value: "/var/lib/kubelet/pod-resources/kubelet.sock".into()
+        }]
+    );
+    assert!(r.warnings[0]
+        .to_string()
+        .starts_with("runtime.pod_resource_api_sock = \"/var/lib/kubelet/pod-resources/kubelet.sock\" rendered \"\": "));
+    let changed: Vec<String> = r.changes().map(ToString::to_string).collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(
+        changed[0].starts_with("runtime.pod_resource_api_sock"),
+        "{changed:?}"
+    );
+    // Dotted and inline forms too; an empty or absent key is left as it is.
+    let dotted = "runtime.pod_resource_api_sock = \"/k.sock\"\n[hypervisor.qemu]\n";
+    assert_eq!(
+        render_ok(dotted, &Overrides::default()).text,
+        "runtime.pod_resource_api_sock = \"\"\n[hypervisor.qemu]\n"
+    );
+    for left in [
+        "[hypervisor.qemu]\n[runtime]\npod_resource_api_sock = \"\"\n",
+        "[hypervisor.qemu]\n[runtime]\n",
+        "[hypervisor.qemu]\n",
+    ] {
+        let r = render_ok(left, &Overrides::default());
+        assert_eq!(r.text, left);
+        assert!(r.warnings.is_empty());
+    }
+}
+
 #[test]
 fn inline_and_dotted_sections_are_edited_in_place() {
     let table = [

@@ -35,6 +35,10 @@ pub const TRASH_PREFIX: &str = ".trash-";
 /// `<dir>/sandboxes/<sandbox>/configuration.toml` or `<dir>/<namespace>/<sandbox>/configuration.toml`.
 pub const DEFAULT_SANDBOXES_DIR: &str = "/run/kata-gpu";
 
+/// The lock file, directly in the shim's state directory, under which a sandbox's Create
+/// checks and claims its devices; no sandbox's state, so it may stay behind.
+pub const CLAIMS_LOCK: &str = "claims.lock";
+
 /// The directory of one runtime class: `<root>/<class>`.
 pub fn class_dir(root: &Path, class: &str) -> PathBuf {
     root.join(class)

@@ -102,7 +102,7 @@ pub const PGPU_RESOURCE: &str = "nvidia.com/pgpu";
 pub const MEMORY_ANNOTATION: &str = "io.katacontainers.config.hypervisor.default_memory";
 
 /// A CUDA vector-add pod of `profile`'s class asking for one passthrough GPU, its VM
-/// sized by the memory annotation.
+/// sized by the memory annotation within its memory limit.
 pub fn sample_pod(profile: Profile) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -121,10 +121,12 @@ pub fn sample_pod(profile: Profile) -> Pod {
                 name: "cuda-vectoradd".to_owned(),
                 image: Some(SAMPLE_IMAGE.to_owned()),
                 resources: Some(ResourceRequirements {
-                    limits: Some(BTreeMap::from([(
-                        PGPU_RESOURCE.to_owned(),
-                        Quantity("1".to_owned()),
-                    )])),
+                    // The memory annotation is bounded by the pod's memory limit: a VFIO
+                    // guest's RAM is pinned, so the pod declares what it takes.
+                    limits: Some(BTreeMap::from([
+                        (PGPU_RESOURCE.to_owned(), Quantity("1".to_owned())),
+                        ("memory".to_owned(), Quantity("16Gi".to_owned())),
+                    ])),
                     ..ResourceRequirements::default()
                 }),
                 ..Container::default()

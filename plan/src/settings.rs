@@ -32,6 +32,29 @@ pub enum DownstreamKind {
     Runc,
 }
 
+/// Where a sandbox's devices come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceSource {
+    /// kubelet's allocation, asked at a sandbox's Create: exactly those devices, and a
+    /// `cdi.k8s.io/*` annotation at most restates them. A node of a Kubernetes cluster.
+    #[default]
+    Kubelet,
+    /// The pod's `cdi.k8s.io/*` annotations, unchecked by any scheduler: a node without
+    /// kubelet (`ctr` users, the demo). Whoever can create a sandbox can take any GPU.
+    Annotations,
+}
+
+impl DeviceSource {
+    /// The setting's value, as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kubelet => "kubelet",
+            Self::Annotations => "annotations",
+        }
+    }
+}
+
 /// The settings, with every default filled in.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,6 +75,12 @@ pub struct Settings {
     pub memory_min_mib: u32,
     /// Highest `default_memory` a pod may ask for, MiB.
     pub memory_max_mib: u32,
+    /// Highest `default_memory` a pod without a memory limit may ask for, MiB; a pod with
+    /// one may ask up to it.
+    pub memory_without_limit_max_mib: u32,
+    /// Highest `default_vcpus` a pod without a CPU limit may ask for; a pod with one may ask
+    /// up to it.
+    pub vcpus_without_limit_max: u32,
     /// Refuse GPUs that are not CC-capable under snp/tdx instead of warning.
     pub refuse_non_cc_gpus: bool,
     /// The attestation KBS URL, passed to the guest as `agent.aa_kbc_params=cc_kbc::<url>`.
@@ -59,10 +88,13 @@ pub struct Settings {
     /// Seconds the downstream's `start` may take.
     pub start_timeout_seconds: u64,
     /// kubelet's PodResources socket (under `host_root`), asked at a sandbox's Create which
-    /// devices kubelet allocated to the pod; empty: never ask.
+    /// devices kubelet allocated to the pod; empty only with `device_source = "annotations"`.
     pub pod_resources_socket: PathBuf,
     /// Seconds that lookup may take, connection included.
     pub pod_resources_timeout_seconds: u64,
+    /// Where a sandbox's devices come from: kubelet's allocation (the default) or, on a
+    /// node without kubelet, the pod's annotations.
+    pub device_source: DeviceSource,
 }
 
 impl Default for Settings {
@@ -80,11 +112,14 @@ impl Default for Settings {
             base_config: None,
             memory_min_mib: policy.memory_min_mib,
             memory_max_mib: policy.memory_max_mib,
+            memory_without_limit_max_mib: policy.memory_without_limit_max_mib,
+            vcpus_without_limit_max: policy.vcpus_without_limit_max,
             refuse_non_cc_gpus: false,
             kbs_address: None,
             start_timeout_seconds: 30,
             pod_resources_socket: PathBuf::from(POD_RESOURCES_SOCKET),
             pod_resources_timeout_seconds: 5,
+            device_source: DeviceSource::Kubelet,
         }
     }
 }
@@ -167,6 +202,16 @@ impl Settings {
                 ),
             });
         }
+        if settings.device_source == DeviceSource::Kubelet
+            && settings.pod_resources_socket.as_os_str().is_empty()
+        {
+            return Err(SettingsError::Invalid {
+                path: origin.to_path_buf(),
+                line: 1,
+                column: 1,
+                message: "pod_resources_socket is empty, so kubelet cannot be asked which devices a pod was allocated; name kubelet's socket, or on a node without kubelet set device_source = \"annotations\"".to_owned(),
+            });
+        }
         Ok(settings)
     }
 
@@ -220,6 +265,8 @@ impl Settings {
         crate::sandbox::Policy {
             memory_min_mib: self.memory_min_mib,
             memory_max_mib: self.memory_max_mib,
+            memory_without_limit_max_mib: self.memory_without_limit_max_mib,
+            vcpus_without_limit_max: self.vcpus_without_limit_max,
             refuse_non_cc_gpus: self.refuse_non_cc_gpus,
             kernel_params: self
                 .kbs_address
@@ -271,6 +318,26 @@ mod tests {
             ["agent.aa_kbc_params=cc_kbc::http://kbs:8080"]
         );
         assert_eq!(s.policy().memory_max_mib, 65536);
+    }
+
+    /// Issue 24 item 1: devices come from kubelet unless a node says otherwise, and a
+    /// setting that would leave kubelet unasked is refused (failed before: it turned the
+    /// check off).
+    #[test]
+    fn devices_come_from_kubelet_unless_annotation_mode_is_set() {
+        assert_eq!(Settings::default().device_source, DeviceSource::Kubelet);
+        let s = Settings::parse("device_source = \"annotations\"\n", Path::new("s.toml"))
+            .expect("parses");
+        assert_eq!(s.device_source, DeviceSource::Annotations);
+        let err = Settings::parse("pod_resources_socket = \"\"\n", Path::new("s.toml"))
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(err, "s.toml:1:1: pod_resources_socket is empty, so kubelet cannot be asked which devices a pod was allocated; name kubelet's socket, or on a node without kubelet set device_source = \"annotations\"");
+        assert!(Settings::parse(
+            "pod_resources_socket = \"\"\ndevice_source = \"annotations\"\n",
+            Path::new("s.toml")
+        )
+        .is_ok());
     }
 
     #[test]

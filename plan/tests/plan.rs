@@ -172,15 +172,59 @@ fn no_devices_means_no_overrides() {
 fn plan_group_40(sim: &SimHost) -> Result<SandboxPlan, PlanError> {
     fs::write(
         sim.path("etc/cdi/manual.yaml"),
-        "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
+        "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: manual\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/40\n      type: c\n      major: 243\n      minor: 0\n",
     )
     .expect("spec");
     run(
         sim,
         Profile::Gpu,
+        &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=manual")],
+        &policy(),
+    )
+}
+
+/// Issue 24 items 1 and 5: only our kinds reach the sandbox plan, and only device nodes of
+/// them: another vendor's kind, or one of ours whose spec adds hooks, mounts or env, is
+/// refused naming the device (failed before: both planned, the hooks and mounts carried).
+#[test]
+fn only_our_kinds_and_only_their_device_nodes_are_planned() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    fs::create_dir_all(sim.path("etc/cdi")).expect("dir");
+    fs::write(
+        sim.path("etc/cdi/other.yaml"),
+        "cdiVersion: 0.5.0\nkind: example.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/devices/vfio0\n",
+    )
+    .expect("spec");
+    let err = run(
+        &sim,
+        Profile::Snp,
         &[("cdi.k8s.io/gpu", "example.com/gpu=0")],
         &policy(),
     )
+    .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "example.com/gpu=0 is not a kata-gpu device (the sandbox takes only nvidia.com/pgpu, nvidia.com/nvswitch); ask for GPUs and NVSwitches by those kinds"
+    );
+    fs::write(
+        sim.path("etc/cdi/hooked.yaml"),
+        "cdiVersion: 0.5.0\nkind: nvidia.com/nvswitch\ndevices:\n- name: hooked\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/devices/vfio0\n    hooks:\n    - hookName: createContainer\n      path: /bin/true\n    mounts:\n    - hostPath: /etc\n      containerPath: /host-etc\n",
+    )
+    .expect("spec");
+    let err = run(
+        &sim,
+        Profile::Snp,
+        &[("cdi.k8s.io/gpu", "nvidia.com/nvswitch=hooked")],
+        &policy(),
+    )
+    .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "nvidia.com/nvswitch=hooked (CDI spec {}) brings hooks, mounts beyond device nodes, which a VM's sandbox cannot take; regenerate the host spec with `kata-gpu cdi generate` or remove the other spec",
+            sim.path("etc/cdi/hooked.yaml").display()
+        )
+    );
 }
 
 #[test]
@@ -365,7 +409,15 @@ fn unresolvable_and_malformed_requests_are_refused() {
 fn guest_memory_from_the_pod_only_within_bounds() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     let key = "io.katacontainers.config.hypervisor.default_memory";
-    let p = run(&sim, Profile::Snp, &[GPU0[0], (key, "65536")], &policy()).expect("within bounds");
+    // A pod with a 64 GiB memory limit (as CRI says it), asking that much.
+    let limit = ("io.kubernetes.cri.sandbox-memory", "68719476736");
+    let p = run(
+        &sim,
+        Profile::Snp,
+        &[GPU0[0], (key, "65536"), limit],
+        &policy(),
+    )
+    .expect("within bounds");
     assert_eq!(p.overrides.default_memory, Some(65536));
     for (value, problem) in [
         ("1024", "below the minimum"),
@@ -666,20 +718,19 @@ fn the_guest_gets_the_address_bits_its_bars_need_within_the_host() {
         .vm
         .args
         .contains(&"EPYC-v4,pmu=off,phys-bits=41".to_owned()));
-    // More RAM moves every window up: 512 GiB of RAM needs 42 bits.
+    // More RAM moves every window up: a pod with a 512 GiB memory limit gets 8 GiB + 512 GiB
+    // (Kata adds the limit to default_memory), which needs 42 bits.
     let p = run(
         &sim,
         Profile::Snp,
         &[
             ("cdi.k8s.io/x", &all),
-            (
-                "io.katacontainers.config.hypervisor.default_memory",
-                "524288",
-            ),
+            ("io.kubernetes.cri.sandbox-memory", "549755813888"),
         ],
         &policy(),
     )
     .expect("plans");
+    assert_eq!(p.vm.size.memory_mib, 8192 + 524_288);
     assert_eq!(p.vm.address.needed_bits, 42);
     // One H100 fits QEMU's 40 bits: cpu_features stays the base config's.
     let h100 = SimHost::h100_pcie(VfioMode::Iommufd);
@@ -738,4 +789,88 @@ fn a_multi_gpu_sandbox_with_one_vcpu_is_warned_about() {
         "{:?}",
         p.warnings
     );
+}
+
+/// Issue 24 item 2: two GPUs in one IOMMU group (no ACS) pass through only together: asking
+/// for one, by any of its names, is refused naming the other (failed before: the plan passed
+/// the whole group, the sibling outside the scheduler). A legacy group node names the whole
+/// group, as the device plugin advertises it: one device.
+#[test]
+fn two_gpus_in_one_group_pass_through_only_together() {
+    let sim = SimHost::two_gpus_in_one_group(VfioMode::Iommufd);
+    for name in ["nvidia.com/pgpu=0", "nvidia.com/pgpu=vfio0"] {
+        let err =
+            run(&sim, Profile::Snp, &[("cdi.k8s.io/gpu", name)], &policy()).expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "IOMMU group 40 holds 0000:42:00.0 (10de:2331) beside 0000:41:00.0, and a group passes through whole: ask for every GPU and NVSwitch of the group together, or enable ACS (or move the cards) so that each gets a group of its own"
+        );
+    }
+    let both = run(
+        &sim,
+        Profile::Snp,
+        &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0,nvidia.com/pgpu=1")],
+        &policy(),
+    )
+    .expect("both");
+    assert_eq!(both.devices.len(), 2);
+
+    let legacy = SimHost::two_gpus_in_one_group(VfioMode::Legacy);
+    let whole = run(
+        &legacy,
+        Profile::Gpu,
+        &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0")],
+        &policy(),
+    )
+    .expect("the group node is the group");
+    assert_eq!(whole.devices.len(), 2);
+}
+
+/// Issue 24 item 3: the guest's memory and vCPUs by annotation are bounded by the pod's
+/// limits as CRI passes them (or the node's bound when it has none), refused with the
+/// numbers (failed before: up to 1 TiB whatever the pod declared).
+#[test]
+fn the_guest_size_by_annotation_is_bounded_by_the_pods_limits() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let mem = "io.katacontainers.config.hypervisor.default_memory";
+    let cpus = "io.katacontainers.config.hypervisor.default_vcpus";
+    let limit_32g = ("io.kubernetes.cri.sandbox-memory", "34359738368");
+    let quota_4 = [
+        ("io.kubernetes.cri.sandbox-cpu-quota", "350000"),
+        ("io.kubernetes.cri.sandbox-cpu-period", "100000"),
+    ];
+    let refused = |annotations: &[(&str, &str)]| {
+        run(&sim, Profile::Snp, annotations, &policy())
+            .expect_err("refused")
+            .to_string()
+    };
+    assert_eq!(
+        refused(&[(mem, "65536"), limit_32g]),
+        "pod annotation io.katacontainers.config.hypervisor.default_memory=\"65536\" asks more than the pod's memory limit (io.kubernetes.cri.sandbox-memory): 32768 MiB; set resources.limits.memory at least that high, or ask for less"
+    );
+    assert_eq!(
+        refused(&[(mem, "16384"), ("io.kubernetes.cri.sandbox-memory", "0")]),
+        "pod annotation io.katacontainers.config.hypervisor.default_memory=\"16384\" asks more than what this node allows a pod without a memory limit (memory_without_limit_max_mib in the kata-gpu shim settings): 8192 MiB; set resources.limits.memory at least that high, or ask for less"
+    );
+    assert_eq!(
+        refused(&[(cpus, "5"), quota_4[0], quota_4[1]]),
+        "pod annotation io.katacontainers.config.hypervisor.default_vcpus=\"5\" asks more than the pod's CPU limit (io.kubernetes.cri.sandbox-cpu-quota): 4 vCPUs; set resources.limits.cpu at least that high, or ask for fewer"
+    );
+    assert_eq!(
+        refused(&[(cpus, "9")]),
+        "pod annotation io.katacontainers.config.hypervisor.default_vcpus=\"9\" asks more than what this node allows a pod without a CPU limit (vcpus_without_limit_max in the kata-gpu shim settings): 8 vCPUs; set resources.limits.cpu at least that high, or ask for fewer"
+    );
+    assert_eq!(
+        refused(&[(cpus, "lots")]),
+        "pod annotation io.katacontainers.config.hypervisor.default_vcpus=\"lots\": not a number of vCPUs; give one such as 4"
+    );
+    for fine in [
+        vec![(mem, "32768"), limit_32g],
+        vec![(mem, "8192")],
+        vec![(cpus, "4"), quota_4[0], quota_4[1]],
+        vec![(cpus, "3.5"), quota_4[0], quota_4[1]],
+        vec![(cpus, "8")],
+    ] {
+        run(&sim, Profile::Snp, &fine, &policy()).unwrap_or_else(|e| panic!("{fine:?}: {e}"));
+    }
 }

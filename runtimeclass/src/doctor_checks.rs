@@ -644,6 +644,7 @@ mod tests {
             restart_pending: false,
             shim: Some("containerd-shim-kata-qemu-nvidia-gpu-snp-v2 0.1.0".to_owned()),
             kata_shim: true,
+            device_source: Some("kubelet".to_owned()),
             details: vec![
                 "artifacts: current set v1".to_owned(),
                 "containerd: registered in place in /etc/containerd/config.toml".to_owned(),

@@ -157,6 +157,21 @@ fn kata_shim(profile: Profile, root: &Path) -> Check {
     }
 }
 
+/// Where sandboxes get their devices: kubelet's allocation, or (a node without kubelet)
+/// pod annotations, which is said as a warning.
+fn device_source(profile: Profile, root: &Path) -> Check {
+    match shim_check::device_source(profile, root) {
+        Ok((true, line)) => checks::ok("device source", line),
+        Ok((false, line)) => Check::new(
+            "device source",
+            Verdict::Warn,
+            line,
+            Some("on a Kubernetes node remove device_source from the kata-gpu shim settings (kubelet's allocation is the default)".to_owned()),
+        ),
+        Err(e) => checks::fail("device source", e, "fix the kata-gpu shim settings file"),
+    }
+}
+
 /// Our own shim binary, where containerd finds it, and whether it runs as this version.
 fn our_shim(profile: Profile, root: &Path, containerd: &Path) -> Check {
     let binary = profile.shim_binary();
@@ -241,6 +256,7 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     ));
     out.push(our_shim(args.profile, root, &args.containerd));
     out.push(kata_shim(args.profile, root));
+    out.push(device_source(args.profile, root));
     out.push(cdi_check(&host, root));
     out.extend(plugin::checks(root));
     if root != Path::new("/") {

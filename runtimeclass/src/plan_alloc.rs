@@ -50,6 +50,88 @@ pub fn requested_counts(
     Ok(counts)
 }
 
+/// A Kubernetes quantity (`64Gi`, `500m`, `1.5`, `2e3`) in its base unit.
+fn quantity(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let suffixes: [(&str, f64); 14] = [
+        ("Ki", 1024f64),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("Pi", 1024f64.powi(5)),
+        ("Ei", 1024f64.powi(6)),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+        ("m", 1e-3),
+        ("", 1.0),
+    ];
+    let (number, factor) = suffixes
+        .iter()
+        .find_map(|(s, f)| text.strip_suffix(s).map(|n| (n, *f)))?;
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value >= 0.0).then_some(value * factor)
+}
+
+/// The annotations containerd puts on a pod's sandbox from the limits kubelet passes
+/// (`io.kubernetes.cri.sandbox-memory`, `-cpu-quota`, `-cpu-period`): the sum of the
+/// containers' limits, when every container sets one.
+pub fn sandbox_limit_annotations(
+    pod: &serde_json::Value,
+    file: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (resource, key) in [
+        ("memory", kata_gpu_plan::sandbox::sizing::SANDBOX_MEMORY),
+        ("cpu", kata_gpu_plan::sandbox::sizing::SANDBOX_CPU_QUOTA),
+    ] {
+        let mut total = 0f64;
+        let mut every = !containers.is_empty();
+        for c in &containers {
+            let value = &c["resources"]["limits"][resource];
+            let text = match value {
+                serde_json::Value::Null => {
+                    every = false;
+                    continue;
+                }
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            total += quantity(&text).with_context(|| {
+                format!(
+                    "{}: resources.limits.{resource} is {value}, not a Kubernetes quantity",
+                    file.display()
+                )
+            })?;
+        }
+        if !every {
+            continue;
+        }
+        // Whole bytes, and CFS quota in µs over a 100 ms period, as kubelet computes them.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        if resource == "memory" {
+            out.push((key.to_owned(), (total as u64).to_string()));
+        } else {
+            out.push((
+                key.to_owned(),
+                ((total * 100_000.0).ceil() as u64).to_string(),
+            ));
+            out.push((
+                kata_gpu_plan::sandbox::sizing::SANDBOX_CPU_PERIOD.to_owned(),
+                "100000".to_owned(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// The CDI names the device plugin's preferred allocation gives `counts` on `host`, from
 /// its healthy devices.
 pub fn preferred_names(
@@ -85,4 +167,58 @@ pub fn preferred_names(
         }
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quantities_read_as_kubernetes_writes_them() {
+        for (text, want) in [
+            ("64Gi", 68_719_476_736.0),
+            ("500m", 0.5),
+            ("2", 2.0),
+            ("1.5", 1.5),
+            ("1G", 1e9),
+            ("128974848", 128_974_848.0),
+        ] {
+            assert_eq!(super::quantity(text), Some(want), "{text}");
+        }
+        assert_eq!(super::quantity("lots"), None);
+        assert_eq!(super::quantity("-1"), None);
+    }
+
+    #[test]
+    fn the_sandbox_gets_the_sum_of_its_containers_limits() {
+        let pod: serde_json::Value = serde_json::json!({"spec": {"containers": [
+            {"resources": {"limits": {"memory": "16Gi", "cpu": "1500m"}}},
+            {"resources": {"limits": {"memory": "16Gi", "cpu": 2}}},
+        ]}});
+        let got =
+            super::sandbox_limit_annotations(&pod, std::path::Path::new("p.yaml")).expect("limits");
+        assert_eq!(
+            got,
+            [
+                (
+                    "io.kubernetes.cri.sandbox-memory".to_owned(),
+                    "34359738368".to_owned()
+                ),
+                (
+                    "io.kubernetes.cri.sandbox-cpu-quota".to_owned(),
+                    "350000".to_owned()
+                ),
+                (
+                    "io.kubernetes.cri.sandbox-cpu-period".to_owned(),
+                    "100000".to_owned()
+                ),
+            ]
+        );
+        let partial: serde_json::Value = serde_json::json!({"spec": {"containers": [
+            {"resources": {"limits": {"memory": "16Gi"}}}, {"name": "b"}
+        ]}});
+        assert!(
+            super::sandbox_limit_annotations(&partial, std::path::Path::new("p.yaml"))
+                .expect("limits")
+                .is_empty()
+        );
+    }
 }

@@ -99,7 +99,11 @@ fn pod_manifest(file: &std::path::Path) -> anyhow::Result<PodView> {
     if pod["kind"] != "Pod" {
         anyhow::bail!("{}: kind is {}, not Pod", file.display(), pod["kind"]);
     }
-    let mut annotations = HashMap::new();
+    // What containerd puts on the sandbox from the pod's limits, as kubelet passes them.
+    let mut annotations: HashMap<String, String> =
+        crate::plan_alloc::sandbox_limit_annotations(&pod, file)?
+            .into_iter()
+            .collect();
     if let Some(map) = pod["metadata"]["annotations"].as_object() {
         for (k, v) in map {
             let value = v
@@ -177,8 +181,15 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
         .as_deref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    kata_gpu_plan::sandbox::allocated::add_names(&mut oci, &registry, &pod_label, &allocated)
-        .map_err(anyhow::Error::msg)?;
+    // A pod is planned as the shim plans it on a kubelet node: exactly what kubelet would
+    // allocate, its annotations at most restating that.
+    if args.pod.is_some() {
+        let granted =
+            kata_gpu_plan::sandbox::allocated::grant(&mut oci, &registry, &pod_label, &allocated)?;
+        if let Some(note) = granted.note {
+            eprintln!("note: {note}");
+        }
+    }
     let planned = plan(&PlanInput {
         profile,
         oci: &oci,

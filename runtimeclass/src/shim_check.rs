@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kata_gpu_plan::settings::{Settings, SYSTEM_SETTINGS};
+use kata_gpu_plan::settings::{DeviceSource, Settings, SYSTEM_SETTINGS};
 use kata_gpu_plan::Profile;
 
 use crate::node_state::{shown, under};
@@ -166,6 +166,28 @@ pub fn kata_shim(profile: Profile, root: &Path) -> Result<Result<String, String>
         Ok(format!("{} present ({from})", shown(root, path)))
     } else {
         Err(format!("{} missing ({from})", shown(root, path)))
+    })
+}
+
+/// Where the profile's sandboxes get their devices, as the shim settings say, in words:
+/// `Ok((true, line))` for kubelet's allocation, `Ok((false, line))` for annotation mode.
+pub fn device_source(profile: Profile, root: &Path) -> Result<(bool, String), String> {
+    let (settings, from) = settings(profile, root)?;
+    let from = from.map_or("the default".to_owned(), |p| {
+        format!("device_source in {}", shown(root, &p))
+    });
+    Ok(match settings.device_source {
+        DeviceSource::Kubelet => (
+            true,
+            format!(
+                "kubelet's allocation, asked on {} ({from})",
+                settings.pod_resources_socket.display()
+            ),
+        ),
+        DeviceSource::Annotations => (
+            false,
+            format!("pod annotations, unchecked by kubelet: whoever creates a sandbox names any GPU ({from})"),
+        ),
     })
 }
 

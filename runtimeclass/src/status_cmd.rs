@@ -57,6 +57,9 @@ pub struct Status {
     pub shim: Option<String>,
     /// Kata's shim, where our shim's settings name it, is present.
     pub kata_shim: bool,
+    /// Where sandboxes get their devices: `kubelet` or `annotations` (None: the shim
+    /// settings cannot be read).
+    pub device_source: Option<String>,
     /// Details, one line each.
     pub details: Vec<String>,
 }
@@ -212,6 +215,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         restart_pending: false,
         shim: None,
         kata_shim: false,
+        device_source: None,
         details: Vec::new(),
     };
     artifacts(args, root, &mut s);
@@ -347,6 +351,13 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
         Ok(Err(missing)) => s.details.push(format!("kata shim: {missing}")),
         Err(e) => s.details.push(format!("kata shim: {e}")),
     }
+    match shim_check::device_source(args.profile, root) {
+        Ok((kubelet, line)) => {
+            s.device_source = Some(if kubelet { "kubelet" } else { "annotations" }.to_owned());
+            s.details.push(format!("devices: {line}"));
+        }
+        Err(e) => s.details.push(format!("devices: {e}")),
+    }
 }
 
 /// Runs `kata-gpu status`.
@@ -366,6 +377,10 @@ pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
         println!("  restart pending: {}", yes(s.restart_pending));
         println!("  shim:            {}", yes(s.shim.is_some()));
         println!("  kata shim:       {}", yes(s.kata_shim));
+        println!(
+            "  devices from:    {}",
+            s.device_source.as_deref().unwrap_or("unknown")
+        );
         for d in &s.details {
             println!("  {d}");
         }

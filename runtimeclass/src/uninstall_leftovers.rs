@@ -82,6 +82,8 @@ fn sandboxes(
     }
     let mut files = Vec::new();
     files_under(&real, &real, &mut files);
+    // The claims lock is no sandbox's state.
+    files.retain(|f| f != Path::new(kata_gpu_artifacts::layout::CLAIMS_LOCK));
     let mut sandboxes: Vec<String> = files
         .iter()
         .filter_map(|f| {

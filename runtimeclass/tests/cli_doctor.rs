@@ -56,6 +56,7 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
         "FAIL  artifacts: none installed for kata-qemu-nvidia-gpu-snp",
         "FAIL  kata-gpu shim: containerd-shim-kata-qemu-nvidia-gpu-snp-v2 is not on containerd's PATH or next to containerd ($ROOT/usr/local/sbin:",
         "FAIL  kata shim: $ROOT/opt/kata/bin/containerd-shim-kata-v2 missing (the default)",
+        "ok    device source: kubelet's allocation, asked on /var/lib/kubelet/pod-resources/kubelet.sock (the default)",
         "kata-qemu-nvidia-gpu-snp: 4 failed, 0 warning(s)",
     ] {
         assert!(has_line(&shown, line), "{line:?} in\n{shown}");
@@ -122,6 +123,37 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
             "FAIL  kata shim: $ROOT/usr/bin/containerd-shim-kata-v2 missing (downstream in $ROOT/etc/kata-gpu/shim.toml)"
         ),
         "{shown}"
+    );
+
+    // Issue 24 item 1: annotation mode is said, as a warning with its fix.
+    fs::write(
+        sim.path("etc/kata-gpu/shim.toml"),
+        "device_source = \"annotations\"\n",
+    )
+    .expect("write settings");
+    let shown = text_on(&sim, &doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "WARN  device source: pod annotations, unchecked by kubelet: whoever creates a sandbox names any GPU (device_source in $ROOT/etc/kata-gpu/shim.toml) — fix: on a Kubernetes node remove device_source from the kata-gpu shim settings"
+        ),
+        "{shown}"
+    );
+    let status = text(
+        &Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+            .args([
+                "status",
+                "--containerd",
+                "/opt/containerd/bin/containerd",
+                "--host-root",
+            ])
+            .arg(sim.root())
+            .output()
+            .expect("run kata-gpu"),
+    );
+    assert!(
+        status.contains("  devices from:    annotations\n"),
+        "{status}"
     );
 }
 

@@ -152,13 +152,13 @@ fn plan_reads_a_pod_manifest_or_a_bundle() {
     let sim = SimHost::h100_pcie(VfioMode::Iommufd);
     sim.write_cdi_specs();
     let pod = sim.path("pod.yaml");
-    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cuda\n  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=0\n    io.katacontainers.config.hypervisor.default_memory: \"16384\"\nspec:\n  runtimeClassName: kata-qemu-nvidia-gpu\n  containers: []\n";
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cuda\n  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=0\n    io.katacontainers.config.hypervisor.default_memory: \"16384\"\nspec:\n  runtimeClassName: kata-qemu-nvidia-gpu\n  containers:\n  - name: a\n    resources:\n      limits:\n        nvidia.com/pgpu: 1\n        memory: 16Gi\n";
     std::fs::write(&pod, manifest).expect("pod");
     let out = kata_gpu(&sim, &["plan", "--pod", &pod.display().to_string()]);
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(0), "{shown}");
     assert!(
-        shown.starts_with("profile: gpu (kata-qemu-nvidia-gpu)"),
+        shown.contains("\nprofile: gpu (kata-qemu-nvidia-gpu)"),
         "the pod's runtime class: {shown}"
     );
     assert!(

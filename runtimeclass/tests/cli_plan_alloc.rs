@@ -49,9 +49,14 @@ fn on_hgx_a_four_gpu_pod_gets_one_numa_node() {
     std::fs::write(&file, pod("4", "")).expect("pod");
     let out = kata_gpu(&sim, &["plan", "--pod", &file.display().to_string()]);
     let shown = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{shown}");
     assert!(
         shown.starts_with("kubelet would allocate (the device plugin's preferred choice): nvidia.com/pgpu=0,nvidia.com/pgpu=1,nvidia.com/pgpu=2,nvidia.com/pgpu=3\n"),
+        "{shown}"
+    );
+    // Its one finding (exit 1): the pod sets no CPU limit, so Kata gives 4 GPUs one vCPU.
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("\nwarning: 4 GPUs and 1 vCPU: Kata sizes the VM from default_vcpus"),
         "{shown}"
     );
 }
@@ -72,8 +77,12 @@ fn bad_requests_are_refused_naming_what_and_where() {
             format!("{path}: container a: resources.limits.nvidia.com/pgpu is \"lots\", not a whole number of devices"),
         ),
         (
-            pod("1", "  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=vfio9\n"),
-            format!("pod {path} names nvidia.com/pgpu=vfio9 in its cdi.k8s.io/* annotations but kubelet allocated it nvidia.com/pgpu=0; ask through resources.limits or an annotation, not both"),
+            pod("1", "  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=0,nvidia.com/pgpu=vfio9\n"),
+            format!("pod {path} names nvidia.com/pgpu=0,nvidia.com/pgpu=vfio9 in its cdi.k8s.io/* annotations, more devices or other kinds than kubelet allocated it (nvidia.com/pgpu=0)"),
+        ),
+        (
+            pod("0", "  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=0\n"),
+            format!("pod {path} names nvidia.com/pgpu=0 in its cdi.k8s.io/* annotations but kubelet allocated it no device"),
         ),
     ];
     for (manifest, want) in cases {
@@ -93,4 +102,20 @@ fn bad_requests_are_refused_naming_what_and_where() {
     .expect("pod");
     let out = kata_gpu(&sim, &["plan", "--pod", &path]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Another id of the kind, as many as allocated: planned on the allocation, said so.
+    std::fs::write(
+        &file,
+        pod(
+            "1",
+            "  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=vfio9\n",
+        ),
+    )
+    .expect("pod");
+    let out = kata_gpu(&sim, &["plan", "--pod", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("the sandbox gets the allocation"),
+        "{}",
+        text(&out)
+    );
 }

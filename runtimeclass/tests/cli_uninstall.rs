@@ -88,8 +88,10 @@ fn uninstall_removes_what_install_wrote_and_names_what_it_leaves() {
         .path(&format!("etc/systemd/system/kata-gpu-{HANDLER}.service"))
         .exists());
 
-    // The sandbox is gone (drained): a second uninstall takes the empty state directory.
+    // The sandbox is gone (drained): a second uninstall takes the empty state directory,
+    // the shim's device-claims lock with it (no sandbox's state).
     fs::remove_dir_all(&sandbox).expect("rm");
+    fs::write(sim.path("run/kata-gpu/claims.lock"), "").expect("lock");
     let out = kata_gpu(&sim, &["uninstall"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(

@@ -144,15 +144,23 @@ impl PlanHook {
         let names =
             parse_cdi_annotations(&annotations).map_err(|e| format!("pod annotation: {e}"))?;
 
+        if container_type == Some("container") {
+            if self.apply_cdi(&registry, &mut spec, &names)? {
+                write_bundle_spec(&config_json, &spec)?;
+            }
+            return Ok(request);
+        }
+        let sandbox_id = annotations
+            .get(SANDBOX_ID)
+            .cloned()
+            .unwrap_or_else(|| request.id.clone());
+        // The sandbox's devices: kubelet's allocation, or (annotation mode) the pod's own.
+        let lookup = crate::pod_resources::Lookup::from_settings(&self.settings);
+        let allocated =
+            crate::pod_resources::sandbox_devices(&lookup, &mut spec, &registry, &sandbox_id)?;
         if container_type != Some("sandbox") && self.apply_cdi(&registry, &mut spec, &names)? {
             write_bundle_spec(&config_json, &spec)?;
         }
-        if container_type == Some("container") {
-            return Ok(request);
-        }
-        // Devices kubelet allocated to the pod join the plan as an annotation would.
-        let lookup = crate::pod_resources::Lookup::from_settings(&self.settings);
-        let allocated = crate::pod_resources::add_allocated(&lookup, &mut spec, &registry)?;
 
         let base_path = self.settings.base_config_path(self.profile);
         let base_text = fs::read_to_string(&base_path).map_err(|e| {
@@ -186,6 +194,15 @@ impl PlanHook {
                 )
             })?;
         let dir = self.sandbox_dir(&sandbox_id)?;
+        // One device, one live sandbox: claimed by PCI address, whatever name asked for it.
+        let claim = crate::claims::Claim {
+            namespace: self.namespace.clone(),
+            sandbox: sandbox_id.clone(),
+            pod: crate::pod_resources::pod_of(&annotations)
+                .map(|(ns, name)| format!("{ns}/{name}")),
+            devices: planned.devices.iter().map(|d| d.bdf.to_string()).collect(),
+        };
+        crate::claims::claim(&self.settings.state_dir, &dir, &claim).map_err(|e| e.to_string())?;
         let config_path = dir.join("configuration.toml");
         write_private(&config_path, &rendered.text)
             .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;

@@ -12,6 +12,7 @@
 
 pub mod actions;
 pub mod bootstrap;
+pub mod claims;
 pub mod create;
 pub mod info;
 mod logging;

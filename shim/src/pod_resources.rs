@@ -4,8 +4,9 @@
 //! fixed when it is created: so the shim asks PodResources `Get` for the pod named by CRI's
 //! annotations, takes the allocations of our resource names (`nvidia.com/pgpu`,
 //! `nvidia.com/nvswitch`, CDI kinds) as the CDI names `<resource>=<id>`, and hands them to the
-//! plan and to Kata as one `cdi.k8s.io/*` annotation on the sandbox, exactly as if the pod had
-//! named them ([`kata_gpu_plan::sandbox::allocated`]). A gRPC runtime is built only when a lookup is made.
+//! plan and to Kata as the sandbox's one `cdi.k8s.io/*` annotation: the pod's own are checked
+//! against them and removed ([`kata_gpu_plan::sandbox::allocated`]). A gRPC runtime is built
+//! only when a lookup is made.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,9 +17,10 @@ use kata_gpu_kubelet_api::podresources::v1::{GetPodResourcesRequest, PodResource
 use oci_spec::runtime::Spec as OciSpec;
 
 use kata_gpu_plan::host_spec::{NVSWITCH_KIND, PGPU_KIND};
-use kata_gpu_plan::sandbox::allocated::add_names;
 #[cfg(test)]
 use kata_gpu_plan::sandbox::allocated::list;
+use kata_gpu_plan::sandbox::allocated::{grant, refuse_pod_set_allocated, refuse_unallocated};
+use kata_gpu_plan::settings::DeviceSource;
 
 /// CRI's (containerd's) annotation naming the sandbox's pod.
 pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
@@ -123,13 +125,15 @@ pub fn get(
     }
 }
 
-/// Where and how long to ask kubelet.
+/// Where and how long to ask kubelet, and whether to.
 #[derive(Clone, Debug)]
 pub struct Lookup {
     /// kubelet's PodResources socket, already under the host root; `None`: never ask.
     pub socket: Option<PathBuf>,
     /// How long the lookup may take, connection included.
     pub timeout: Duration,
+    /// Where devices come from.
+    pub source: DeviceSource,
 }
 
 impl Lookup {
@@ -139,36 +143,63 @@ impl Lookup {
         Self {
             socket: (!path.is_empty()).then(|| cdi::inject::under_root(&settings.host_root, &path)),
             timeout: Duration::from_secs(settings.pod_resources_timeout_seconds),
+            source: settings.device_source,
         }
     }
 }
 
-/// For a sandbox: adds the pod's allocated devices to `spec` (see [`add_names`]) and
-/// returns true when it did. No lookup for a sandbox that is not a kubelet pod, or when
-/// kubelet's socket does not exist (a node without kubelet). A pod that names devices in
-/// an annotation and was allocated others is refused.
-pub fn add_allocated(
+/// For a sandbox (`sandbox` its id): makes its devices what the node's device source says,
+/// and returns true when `spec` changed (then the bundle's `config.json` must be rewritten,
+/// for Kata cold-plugs what it names).
+///
+/// - `device_source = "kubelet"` (the default): a kubelet pod gets exactly what kubelet
+///   allocated it ([`grant`]): its own `cdi.k8s.io/*` annotations are checked against the
+///   allocation and replaced by it. kubelet's socket missing, or not answering, is an
+///   error. A sandbox that is no kubelet pod (`ctr`) may ask for no device.
+/// - `device_source = "annotations"`: the pod's annotations name its devices, and kubelet
+///   is never asked.
+///
+/// Either way the key the shim writes, set by the pod, is refused.
+pub fn sandbox_devices(
     lookup: &Lookup,
     spec: &mut OciSpec,
     registry: &Registry,
+    sandbox: &str,
 ) -> Result<bool, String> {
-    let Some(socket) = lookup.socket.as_deref() else {
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let pod = pod_of(&annotations);
+    let who = pod.map_or_else(
+        || format!("sandbox {sandbox}"),
+        |(ns, name)| format!("pod {ns}/{name}"),
+    );
+    refuse_pod_set_allocated(spec, &who).map_err(|e| e.to_string())?;
+    if lookup.source == DeviceSource::Annotations {
+        return Ok(false);
+    }
+    let Some((namespace, name)) = pod else {
+        refuse_unallocated(spec, sandbox).map_err(|e| e.to_string())?;
         return Ok(false);
     };
-    let annotations = spec.annotations().clone().unwrap_or_default();
-    let Some((namespace, name)) = pod_of(&annotations) else {
-        return Ok(false);
+    let what = format!("cannot ask kubelet which devices pod {namespace}/{name} was allocated");
+    let Some(socket) = lookup.socket.as_deref() else {
+        return Err(format!(
+            "{what}: pod_resources_socket is empty; name kubelet's socket in the kata-gpu shim settings, or on a node without kubelet set device_source = \"annotations\""
+        ));
     };
     if std::fs::symlink_metadata(socket).is_err() {
-        tracing::info!(
-            "{} does not exist: no kubelet allocation looked up for pod {namespace}/{name}",
+        return Err(format!(
+            "{what}: {} does not exist; is kubelet running (with its root elsewhere, set pod_resources_socket)? On a node without kubelet set device_source = \"annotations\" in the kata-gpu shim settings",
             socket.display()
-        );
-        return Ok(false);
+        ));
     }
     let pod = get(socket, namespace, name, lookup.timeout)?;
     let allocated = allocated_names(&pod)?;
-    add_names(spec, registry, &format!("{namespace}/{name}"), &allocated)
+    let done = grant(spec, registry, &format!("{namespace}/{name}"), &allocated)
+        .map_err(|e| e.to_string())?;
+    if let Some(note) = &done.note {
+        tracing::info!("{note}");
+    }
+    Ok(done.changed)
 }
 
 #[cfg(test)]

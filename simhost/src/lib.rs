@@ -182,12 +182,13 @@ impl SimHost {
             "no-snp" => Self::no_snp(),
             "nvme-in-group" => Self::gpu_with_nvme_in_group(),
             "intel-no-iommu" => Self::intel_no_iommu(),
+            "shared-group" => Self::two_gpus_in_one_group(VfioMode::Iommufd),
             _ => return None,
         })
     }
 
     /// The names [`SimHost::preset`] knows.
-    pub const PRESETS: [&'static str; 10] = [
+    pub const PRESETS: [&'static str; 11] = [
         "h100",
         "h100-legacy",
         "hgx",
@@ -198,6 +199,7 @@ impl SimHost {
         "no-snp",
         "nvme-in-group",
         "intel-no-iommu",
+        "shared-group",
     ];
 
     /// The root directory (`--host-root`).
@@ -386,6 +388,15 @@ impl SimHost {
                 VfioMode::Iommufd,
             );
         }
+        host
+    }
+
+    /// Two H100 PCIe (10de:2331) behind one switch without ACS: 0000:41:00.0 and
+    /// 0000:42:00.0, both in IOMMU group 40, so neither passes through without the other.
+    pub fn two_gpus_in_one_group(mode: VfioMode) -> Self {
+        let mut host = Self::new();
+        host.add_exposed(&Function::hopper("0000:41:00.0", 0x2331, 40, 0), mode);
+        host.add_exposed(&Function::hopper("0000:42:00.0", 0x2331, 40, 0), mode);
         host
     }
 

@@ -38,13 +38,15 @@ pub fn like_this_machine(sim: &SimHost) {
     .expect("write meminfo");
 }
 
-/// The policy of a node whose CPU has EPYC's C-bit, as `kata_host::host_json` says.
+/// The policy of a node whose CPU has EPYC's C-bit, as `kata_host::host_json` says, and
+/// that lets a pod without limits ask for up to 256 GiB of guest memory.
 pub fn policy() -> Policy {
     Policy {
         tee: TeeSettings {
             cbitpos: EPYC_CBITPOS as u8,
             ..TeeSettings::default()
         },
+        memory_without_limit_max_mib: 256 * 1024,
         ..Policy::default()
     }
 }

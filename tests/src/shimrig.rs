@@ -195,6 +195,16 @@ impl Rig {
         &self.sim
     }
 
+    /// Adds an H100 PCIe (10de:2331) at `bdf` in IOMMU group `group` to the simulated host
+    /// and rewrites its CDI specs (devices are indexed in address order).
+    pub fn add_gpu(&mut self, bdf: &str, group: u32) {
+        self.sim.add_exposed(
+            &kata_gpu_simhost::Function::hopper(bdf, 0x2331, group, 0),
+            VfioMode::Iommufd,
+        );
+        self.sim.write_cdi_specs();
+    }
+
     /// Puts the proxy where containerd finds it under `profile`'s binary name, as a link
     /// or as a copy (replacing what was there).
     pub fn install_as(&self, profile: kata_gpu_plan::Profile, how: Install) {

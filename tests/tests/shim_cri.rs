@@ -199,7 +199,13 @@ fn gpu_pod(release: Containerd, test: &str, kubelet: bool) {
         .build()
         .expect("tokio");
     let table = cri_table(release, kubelet);
-    let rig = Rig::on_with_cri(release, Downstream::Recording, "", &table);
+    // Without kubelet, the pod's annotation names its GPU: annotation mode, set explicitly.
+    let settings = if kubelet {
+        ""
+    } else {
+        "device_source = \"annotations\"\n"
+    };
+    let rig = Rig::on_with_cri(release, Downstream::Recording, settings, &table);
     let ask = if kubelet {
         Ask::Kubelet(allocate_gpu_0(&rig, &runtime))
     } else {

@@ -12,11 +12,15 @@ use kata_gpu_tests::shimrig::{
     err, out, pids_of, wait_for_exit, wait_until, Downstream, Install, Rig, SHIM,
 };
 
+/// The shim setting `ctr` users (no kubelet) name their devices under.
+const ANNOTATION_MODE: &str = "device_source = \"annotations\"\n";
+
 #[test]
 fn a_gpu_sandbox_gets_its_devices_and_kata_sees_its_config() {
+    // `ctr` on a node without kubelet: devices by annotation, an explicit setting.
     let rig = Rig::new(
         Downstream::Recording,
-        "kbs_address = \"http://kbs.example:8080\"\n",
+        "kbs_address = \"http://kbs.example:8080\"\ndevice_source = \"annotations\"\n",
     );
     let gpu_id = Rig::id("gpu");
     let o = rig.run(
@@ -80,7 +84,7 @@ fn a_gpu_sandbox_gets_its_devices_and_kata_sees_its_config() {
 
 #[test]
 fn a_refused_plan_fails_the_create_with_its_reason_and_leaves_nothing() {
-    let rig = Rig::new(Downstream::Runc, "");
+    let rig = Rig::new(Downstream::Runc, ANNOTATION_MODE);
     let nogpu_id = Rig::id("nogpu");
     let o = rig.run(
         &["--rm", "--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=7"],
@@ -370,7 +374,7 @@ fn a_containerd_restart_during_a_delete_leaves_every_other_sandbox_its_state() {
 /// not SEV-SNP: a pod planned under another profile than its own would be refused (snp) or
 /// shaped for the wrong TEE.
 fn a_profile_served_as(how: Install) {
-    let rig = Rig::new(Downstream::Runc, "");
+    let rig = Rig::new(Downstream::Runc, ANNOTATION_MODE);
     rig.sim().set_sev_snp(false);
     rig.sim().set_tdx(true);
     for profile in [Profile::Tdx, Profile::Gpu] {

@@ -97,41 +97,167 @@ fn a_pod_kubelet_allocated_a_gpu_gets_it_without_an_annotation() {
     rig.assert_clean();
 }
 
+/// Issue 24 item 1: NVIDIA's documented pod names `nvidia.com/pgpu=0` in an annotation and
+/// asks one GPU through its limits; kubelet gives it GPU 1. It runs on GPU 1, and Kata is
+/// told GPU 1 alone (failed before: refused). An annotation naming more is refused naming
+/// both sets.
 #[test]
-fn an_annotation_naming_other_devices_than_kubelet_allocated_is_refused() {
+fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
+    let mut rig = Rig::new(Downstream::Recording, "");
+    rig.add_gpu("0000:42:00.0", 41);
+    let _kubelet = PodResourcesStandIn::start(
+        &kubelet_socket(&rig),
+        vec![
+            Allocation::one("default", "nvidia-sample", "nvidia.com/pgpu", &["1"]),
+            Allocation::one("default", "greedy", "nvidia.com/pgpu", &["1"]),
+        ],
+    );
+    let id = Rig::id("sample");
+    let o = run(
+        &rig,
+        &id,
+        "nvidia-sample",
+        &["--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+    );
+    assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
+    let plan: serde_json::Value =
+        serde_json::from_slice(&fs::read(rig.state_dir(&id).join("plan.json")).expect("plan"))
+            .expect("json");
+    assert_eq!(
+        plan["requested"],
+        serde_json::json!(["nvidia.com/pgpu=1"]),
+        "{plan}"
+    );
+    let plan_text = plan.to_string();
+    assert!(plan_text.contains("0000:42:00.0"), "{plan_text}");
+    assert!(!plan_text.contains("0000:41:00.0"), "{plan_text}");
+    let record: serde_json::Value = serde_json::from_slice(
+        &fs::read(rig.work.path().join(format!("records/{id}.json"))).expect("recorded Create"),
+    )
+    .expect("json");
+    let bundle = PathBuf::from(record["bundle"].as_str().expect("bundle"));
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).expect("config.json"))
+            .expect("json");
+    let cdi: Vec<(&String, &serde_json::Value)> = spec["annotations"]
+        .as_object()
+        .expect("annotations")
+        .iter()
+        .filter(|(k, _)| k.starts_with("cdi.k8s.io/"))
+        .collect();
+    assert_eq!(
+        cdi,
+        [(
+            &"cdi.k8s.io/kata-gpu-allocated".to_owned(),
+            &serde_json::json!("nvidia.com/pgpu=1")
+        )]
+    );
+    assert!(
+        rig.ctrd
+            .log()
+            .contains("the sandbox gets the allocation (an annotation reads as that many devices of its kind)"),
+        "the log says so"
+    );
+
+    // Two GPUs named, one allocated: refused, naming both sets.
+    let greedy = Rig::id("greedy");
+    let o = run(
+        &rig,
+        &greedy,
+        "greedy",
+        &[
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=0,nvidia.com/pgpu=1",
+        ],
+    );
+    rig.assert_refused(
+        &o,
+        &greedy,
+        "pod default/greedy names nvidia.com/pgpu=0,nvidia.com/pgpu=1 in its cdi.k8s.io/* annotations, more devices or other kinds than kubelet allocated it (nvidia.com/pgpu=1)",
+    );
+    assert!(!rig.state_dir(&greedy).exists());
+    rig.kill_and_remove(&id, "SIGKILL");
+    rig.assert_clean();
+}
+
+/// Issue 24 item 1, a pod author in bad faith: with no GPU in its limits, it names GPU 0 in
+/// an annotation, then sets the shim's own key, then names a device of another kind beside
+/// its allocation. Each is refused in one line (failed before: the first two got GPU 0).
+#[test]
+fn a_pod_gets_no_gpu_by_annotation_alone() {
     let rig = Rig::new(Downstream::Recording, "");
     let _kubelet = PodResourcesStandIn::start(
         &kubelet_socket(&rig),
         vec![
-            Allocation::one("default", "two-ways", "nvidia.com/pgpu", &["1"]),
-            Allocation::one("default", "same-gpu", "nvidia.com/pgpu", &["0"]),
+            Allocation::one("default", "thief", "example.com/nic", &["eth1"]),
+            Allocation::one("default", "gpu-pod", "nvidia.com/pgpu", &["0"]),
         ],
     );
-    let id = Rig::id("conflict");
+    let cases = [
+        (
+            "thief",
+            "cdi.k8s.io/x=nvidia.com/pgpu=0",
+            "pod default/thief names nvidia.com/pgpu=0 in its cdi.k8s.io/* annotations but kubelet allocated it no device; an annotation grants nothing on this node",
+        ),
+        (
+            "thief",
+            "cdi.k8s.io/kata-gpu-allocated=nvidia.com/pgpu=0",
+            "pod default/thief sets cdi.k8s.io/kata-gpu-allocated, which only the kata-gpu shim writes",
+        ),
+        (
+            "gpu-pod",
+            "cdi.k8s.io/x=example.com/hooked=all",
+            "pod default/gpu-pod names example.com/hooked=all in its cdi.k8s.io/* annotations, more devices or other kinds than kubelet allocated it (nvidia.com/pgpu=0)",
+        ),
+    ];
+    for (i, (pod, annotation, want)) in cases.into_iter().enumerate() {
+        let id = Rig::id(&format!("bad{i}"));
+        let o = run(&rig, &id, pod, &["--annotation", annotation]);
+        rig.assert_refused(&o, &id, want);
+        assert_eq!(err(&o).trim_end().lines().count(), 1, "{}", err(&o));
+        assert!(!rig.state_dir(&id).exists());
+    }
+    rig.assert_clean();
+}
+
+/// Issue 24 item 1: no kubelet socket on a kubelet node is an error, not an open door; a
+/// sandbox that is no kubelet pod (`ctr`) asks for no device there (failed before: both
+/// got GPU 0).
+#[test]
+fn a_missing_kubelet_socket_is_an_error_not_an_open_door() {
+    let rig = Rig::new(Downstream::Recording, "");
+    let id = Rig::id("nokubelet");
     let o = run(
         &rig,
         &id,
-        "two-ways",
+        "gpu-pod",
         &["--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
     );
     rig.assert_refused(
         &o,
         &id,
-        "pod default/two-ways names nvidia.com/pgpu=0 in its cdi.k8s.io/* annotations but kubelet allocated it nvidia.com/pgpu=1; ask through resources.limits or an annotation, not both",
+        &format!(
+            "cannot ask kubelet which devices pod default/gpu-pod was allocated: {} does not exist; is kubelet running",
+            kubelet_socket(&rig).display()
+        ),
     );
     assert!(!rig.state_dir(&id).exists());
-
-    // The same device under another of its names (its IOMMU group) is no conflict.
-    let same = Rig::id("same");
-    let o = run(
-        &rig,
-        &same,
-        "same-gpu",
-        &["--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=40"],
+    let plain = Rig::id("plain");
+    let o = rig.run(
+        &["-d", "--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+        &plain,
+        &["/bin/busybox", "sleep", "300"],
     );
-    assert!(o.status.success(), "{}", err(&o));
-    assert!(rig.state_dir(&same).join("configuration.toml").is_file());
-    rig.kill_and_remove(&same, "SIGKILL");
+    rig.assert_refused(
+        &o,
+        &plain,
+        &format!("sandbox {plain} asks for nvidia.com/pgpu=0 but is not a kubelet pod"),
+    );
+    assert!(
+        err(&o).contains("set device_source = \"annotations\""),
+        "{}",
+        err(&o)
+    );
     rig.assert_clean();
 }
 
@@ -185,9 +311,11 @@ fn a_pod_kubelet_does_not_know_is_refused_with_kubelets_answer() {
     rig.assert_clean();
 }
 
+/// Annotation mode (a node without kubelet): the pod's annotation names its devices and
+/// kubelet is never asked, but the shim's own key is still the shim's.
 #[test]
-fn an_empty_pod_resources_socket_setting_never_asks_kubelet() {
-    let rig = Rig::new(Downstream::Recording, "pod_resources_socket = \"\"\n");
+fn annotation_mode_never_asks_kubelet() {
+    let rig = Rig::new(Downstream::Recording, "device_source = \"annotations\"\n");
     let kubelet = PodResourcesStandIn::start(
         &kubelet_socket(&rig),
         vec![Allocation::one(
@@ -207,6 +335,35 @@ fn an_empty_pod_resources_socket_setting_never_asks_kubelet() {
     assert_eq!(plan["requested"], serde_json::json!([]), "{plan}");
     assert_eq!(plan["devices"], serde_json::json!([]), "{plan}");
     rig.kill_and_remove(&id, "SIGKILL");
+
+    let named = Rig::id("named");
+    let o = run(
+        &rig,
+        &named,
+        "gpu-pod",
+        &["--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    let plan = fs::read_to_string(rig.state_dir(&named).join("plan.json")).expect("plan");
+    assert!(plan.contains("0000:41:00.0"), "{plan}");
+    rig.kill_and_remove(&named, "SIGKILL");
+
+    let forged = Rig::id("forged");
+    let o = run(
+        &rig,
+        &forged,
+        "gpu-pod",
+        &[
+            "--annotation",
+            "cdi.k8s.io/kata-gpu-allocated=nvidia.com/pgpu=0",
+        ],
+    );
+    rig.assert_refused(
+        &o,
+        &forged,
+        "pod default/gpu-pod sets cdi.k8s.io/kata-gpu-allocated, which only the kata-gpu shim writes",
+    );
+    assert!(kubelet.asked().is_empty(), "{:?}", kubelet.asked());
     drop(kubelet);
     rig.assert_clean();
 }

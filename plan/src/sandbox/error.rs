@@ -165,4 +165,56 @@ pub enum PlanError {
         /// Why, and what to do instead.
         reason: String,
     },
+    /// A CDI device of a kind other than ours.
+    #[error("{device} is not a kata-gpu device (the sandbox takes only {kinds}); ask for GPUs and NVSwitches by those kinds")]
+    ForeignKind {
+        /// The CDI name.
+        device: String,
+        /// Our kinds, comma-separated.
+        kinds: String,
+    },
+    /// A CDI device whose edits do more than give device nodes.
+    #[error("{device} (CDI spec {spec}) brings {edits} beyond device nodes, which a VM's sandbox cannot take; regenerate the host spec with `kata-gpu cdi generate` or remove the other spec")]
+    EditsBeyondNodes {
+        /// The CDI name.
+        device: String,
+        /// The spec file.
+        spec: String,
+        /// What else it edits.
+        edits: String,
+    },
+    /// A group holds one of our devices that was not asked for.
+    #[error("IOMMU group {group} holds {bdf} ({id}) beside {with}, and a group passes through whole: ask for every GPU and NVSwitch of the group together, or enable ACS (or move the cards) so that each gets a group of its own")]
+    SiblingNotAsked {
+        /// The device not asked for.
+        bdf: Bdf,
+        /// `vendor:device`.
+        id: String,
+        /// The group.
+        group: u32,
+        /// The asked-for functions of the group, comma-separated.
+        with: String,
+    },
+    /// The guest's size asked by annotation exceeds what the pod declared.
+    #[error("pod annotation {key}={value:?} asks more than {of}: {bound}; {fix}")]
+    AbovePodLimit {
+        /// The annotation key.
+        key: String,
+        /// Its value.
+        value: String,
+        /// The bound, with its unit.
+        bound: String,
+        /// Which bound, in words.
+        of: String,
+        /// How to fix it.
+        fix: &'static str,
+    },
+    /// `default_vcpus` that is not a number.
+    #[error("pod annotation {key}={value:?}: not a number of vCPUs; give one such as 4")]
+    NotVcpus {
+        /// The annotation key.
+        key: String,
+        /// Its value.
+        value: String,
+    },
 }

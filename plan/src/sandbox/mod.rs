@@ -7,9 +7,11 @@
 pub mod address;
 pub mod allocated;
 mod error;
+mod groups;
 pub mod kata;
 mod report;
 mod rules;
+pub mod sizing;
 mod vm;
 
 use std::collections::BTreeMap;
@@ -61,6 +63,12 @@ pub struct Policy {
     pub memory_min_mib: u32,
     /// Highest `default_memory` a pod may ask for, MiB.
     pub memory_max_mib: u32,
+    /// Highest `default_memory` a pod without a memory limit may ask for, MiB (a pod with
+    /// one is bounded by it).
+    pub memory_without_limit_max_mib: u32,
+    /// Highest `default_vcpus` a pod without a CPU limit may ask for (a pod with one is
+    /// bounded by it).
+    pub vcpus_without_limit_max: u32,
     /// Kernel parameters every sandbox gets (e.g. `agent.aa_kbc_params=cc_kbc::<KBS url>`).
     pub kernel_params: Vec<String>,
     /// Refuse (rather than warn about) GPUs that are not CC-capable under `snp`/`tdx`.
@@ -74,6 +82,8 @@ impl Default for Policy {
         Self {
             memory_min_mib: 2048,
             memory_max_mib: 1024 * 1024,
+            memory_without_limit_max_mib: 8192,
+            vcpus_without_limit_max: 8,
             kernel_params: Vec::new(),
             refuse_non_cc_gpus: false,
             tee: TeeSettings::default(),
@@ -181,6 +191,7 @@ fn vfio_requests(
     let mut out: Vec<NodeRequest> = Vec::new();
     let resolved = input.registry.resolve(requested)?;
     for (name, d) in requested.iter().zip(&resolved) {
+        allocated::check_device(name, d)?;
         let nodes = d
             .spec
             .spec
@@ -344,6 +355,8 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
         })?;
     let requested = parse_cdi_annotations(&annotations)?;
     let memory = requested_memory(input.oci, input.policy)?;
+    sizing::check_memory(input.oci, input.policy, memory)?;
+    sizing::check_vcpus(input.oci, input.policy)?;
     let requests = vfio_requests(input, &requested)?;
     let mut devices: Vec<PassthroughDevice> = Vec::new();
     let mut warnings = Vec::new();
@@ -380,6 +393,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<SandboxPlan, PlanError> {
         };
         add_group(input, group, &r.reason, &mut devices)?;
     }
+    groups::check_siblings(input, &requests, &devices)?;
     let devices = rules::kata_cold_plug(devices, &mut warnings)?;
     if devices.len() > MAX_DEVICES {
         return Err(PlanError::TooManyDevices {

@@ -88,6 +88,13 @@ impl Manifests {
         }
     }
 
+    /// The RuntimeClass alone, as YAML: what `kata-gpu install` writes for `kubectl apply`.
+    /// The NodeFeatureRule needs NFD's CRD and the sample pod is a workload, so neither is
+    /// applied with the class.
+    pub fn runtime_class_yaml(&self) -> Result<String, Error> {
+        yaml_doc(&self.runtime_class)
+    }
+
     /// As one multi-document YAML stream: RuntimeClass, NodeFeatureRule, Pod.
     pub fn to_yaml(&self) -> Result<String, Error> {
         Ok([

@@ -290,12 +290,12 @@ fn manifests_step(
     }
     let changed = put(
         &inside(root, &host_file)?,
-        &m.to_yaml()?,
+        &m.runtime_class_yaml()?,
         args.containerd.common.dry_run,
         &mut step,
     )?;
     step.result = format!(
-        "{} {}: apply with kubectl apply -f {}",
+        "{} {} (the RuntimeClass): apply with kubectl apply -f {}",
         match (changed, args.containerd.common.dry_run) {
             (false, _) => "up to date",
             (true, true) => "would write",
@@ -304,6 +304,10 @@ fn manifests_step(
         shown(root, &host_file),
         shown(root, &host_file)
     );
+    step.notes.push(format!(
+        "a sample GPU pod and NFD's NodeFeatureRule are printed on request, not applied with the class: kata-gpu runtimeclass --profile {}",
+        args.profile.name()
+    ));
     Ok(step)
 }
 

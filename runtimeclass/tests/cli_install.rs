@@ -71,6 +71,11 @@ fn install_status_uninstall_on_an_h100_host() {
         fs::read_to_string(sim.path(&format!("var/lib/kata-gpu/manifests/{HANDLER}.yaml")))
             .expect("manifests");
     assert!(manifests.contains("kind: RuntimeClass"), "{manifests}");
+    // Only the class: `kubectl apply -f` of this file starts no workload and needs no CRD.
+    assert!(!manifests.contains("\n---\n"), "{manifests}");
+    for kind in ["kind: Pod", "kind: NodeFeatureRule"] {
+        assert!(!manifests.contains(kind), "{manifests}");
+    }
     let config = fs::read_to_string(sim.path("etc/containerd/config.toml")).expect("config");
     assert!(config.contains(&format!("runtimes.{HANDLER}]")), "{config}");
 

@@ -8,6 +8,7 @@
 //! patterns ([`RANDOM_UUID`], [`random_hex`]); the pod's network devices, which Kata adds
 //! after the vsock device, are not known when the sandbox is planned.
 
+use super::sizing::{SANDBOX_CPU_PERIOD, SANDBOX_CPU_QUOTA, SANDBOX_MEMORY};
 use super::PassthroughDevice;
 use crate::profile::Tee;
 
@@ -329,15 +330,6 @@ pub struct Workload {
     pub memory_mib: u32,
 }
 
-/// containerd's annotation with the sandbox's CPU period.
-pub const SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
-/// containerd's annotation with the sandbox's CPU quota.
-pub const SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
-/// containerd's annotation with the sandbox's memory limit, bytes.
-pub const SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
-/// Kata's pod annotation for `default_vcpus`.
-pub const DEFAULT_VCPUS_ANNOTATION: &str = "io.katacontainers.config.hypervisor.default_vcpus";
-
 impl Workload {
     /// Reads the workload's size from the sandbox's annotations as Kata's
     /// `CalculateSandboxSizing` does (an unparsable value counts as 0).
@@ -658,4 +650,72 @@ pub fn command_line(
         ),
     );
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(cpus: u32) -> VmHost {
+        VmHost {
+            cpus,
+            memory_mib: 24_105,
+            cbitpos: 51,
+            reduced_phys_bits: 1,
+        }
+    }
+
+    #[test]
+    fn the_vm_is_sized_as_kata_sizes_it() {
+        // Kata's sizing (oci.CalculateSandboxSizing and static sandbox resources): the
+        // base vCPUs and memory plus the pod's limits; maxcpus the rounded-up vCPUs.
+        let snp = KataValues::template(crate::profile::Profile::Snp);
+        let limits = Workload::from_annotations(|k| match k {
+            SANDBOX_CPU_QUOTA => Some("350000"),
+            SANDBOX_CPU_PERIOD => Some("100000"),
+            SANDBOX_MEMORY => Some("17179869184"),
+            _ => None,
+        });
+        assert_eq!(limits.cpus, 3.5);
+        assert_eq!(limits.memory_mib, 16_384);
+        let size = vm_size(&snp, &host(96), &limits, None);
+        assert_eq!(
+            size,
+            VmSize {
+                vcpus: 5,
+                max_vcpus: 5,
+                memory_mib: 8192 + 16_384,
+                max_memory_mib: None,
+            }
+        );
+        // No limits: 1 vCPU and default_memory; -1 quota is no limit.
+        let none = Workload::from_annotations(|k| (k == SANDBOX_CPU_QUOTA).then_some("-1"));
+        let size = vm_size(&snp, &host(96), &none, None);
+        assert_eq!((size.vcpus, size.max_vcpus, size.memory_mib), (1, 1, 8192));
+        // default_vcpus beyond the host's CPUs is cut to them (Kata's defaultVCPUs).
+        let size = vm_size(&snp, &host(2), &Workload::default(), Some(4.0));
+        assert_eq!((size.vcpus, size.max_vcpus), (2, 2));
+        // Without a TEE: maxmem is the host's memory + memory_offset + 1 GiB.
+        let gpu = KataValues::template(crate::profile::Profile::Gpu);
+        let size = vm_size(&gpu, &host(2), &Workload::default(), None);
+        assert_eq!(size.max_memory_mib, Some(24_105 + 1024));
+    }
+
+    #[test]
+    fn the_kernel_command_line_ends_with_kata_params_then_the_configs() {
+        let mut v = KataValues::template(crate::profile::Profile::Snp);
+        v.kernel_params = "a=1 b".to_owned();
+        let size = VmSize {
+            vcpus: 2,
+            max_vcpus: 2,
+            memory_mib: 8192,
+            max_memory_mib: None,
+        };
+        let line = kernel_command_line(&v, &size);
+        assert!(line.starts_with("tsc=reliable no_timer_check "), "{line}");
+        assert!(
+            line.ends_with(" nr_cpus=2 selinux=0 systemd.unit=kata-containers.target systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket scsi_mod.scan=none agent.launch_process_timeout=15 a=1 b"),
+            "{line}"
+        );
+    }
 }

@@ -7,7 +7,8 @@ use kata_gpu_configs::Overrides;
 use serde::Serialize;
 
 use super::address::{self, human};
-use super::kata::{self, VmHost, VmSize, Workload, DEFAULT_VCPUS_ANNOTATION};
+use super::kata::{self, VmHost, VmSize, Workload};
+use super::sizing::DEFAULT_VCPUS_ANNOTATION;
 use super::{PassthroughDevice, PlanError, PlanInput};
 use crate::profile::Tee;
 

@@ -8,6 +8,8 @@ use std::fs;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::shim::ShutdownRequest;
 use kata_gpu_plan::Profile;
+use kata_gpu_tests::kata_host::{as_the_plan_shows, kata_argv};
+use kata_gpu_tests::parts::KataQemuArgs;
 use kata_gpu_tests::shimrig::{
     err, out, pids_of, wait_for_exit, wait_until, Downstream, Install, Rig, SHIM,
 };
@@ -77,6 +79,27 @@ fn a_gpu_sandbox_gets_its_devices_and_kata_sees_its_config() {
         serde_json::from_slice(&fs::read(rig.state_dir(&gpu_id).join("plan.json")).expect("plan"))
             .expect("json");
     assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0");
+    // The QEMU command line in the plan is what Kata's own code makes of the config the
+    // shim wrote, for this host (kata-qemu-args; the sandbox's id written as a pattern).
+    if let Some(tool) = kata_gpu_tests::available(
+        "a_gpu_sandbox_gets_its_devices_and_kata_sees_its_config",
+        KataQemuArgs::find(),
+    ) {
+        let (argv, _) = kata_argv(&tool, &config, rig.sim(), &["/dev/vfio/devices/vfio0"], &[])
+            .unwrap_or_else(|e| panic!("Kata refused the shim's config: {e}"));
+        let planned: Vec<String> = plan["qemu_args"]
+            .as_array()
+            .expect("qemu_args")
+            .iter()
+            .map(|a| {
+                a.as_str()
+                    .expect("a string")
+                    .replace(&format!("sandbox-{gpu_id}"), "sandbox-<sandbox id>")
+                    .replace(&format!("/{gpu_id}/"), "/<sandbox id>/")
+            })
+            .collect();
+        assert_eq!(as_the_plan_shows(&argv), planned);
+    }
 
     rig.kill_and_remove(&gpu_id, "SIGKILL");
     rig.assert_clean();

@@ -379,6 +379,14 @@ impl Host {
 
     /// Every PCI function, sorted by address.
     pub fn pci_functions(&self) -> Result<Vec<PciFunction>, HostError> {
+        self.bdfs()?
+            .into_iter()
+            .map(|b| self.pci_function(b))
+            .collect()
+    }
+
+    /// Every function's address, sorted.
+    fn bdfs(&self) -> Result<Vec<Bdf>, HostError> {
         let dir = self.path("/sys/bus/pci/devices");
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -390,7 +398,22 @@ impl Host {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
         bdfs.sort();
-        bdfs.into_iter().map(|b| self.pci_function(b)).collect()
+        Ok(bdfs)
+    }
+
+    /// Every function's vendor id and class code, and nothing else: what counting a
+    /// board's GPUs and NVSwitches needs (a function whose files cannot be read is left out).
+    pub fn pci_classes(&self) -> Result<Vec<(u16, u32)>, HostError> {
+        Ok(self
+            .bdfs()?
+            .into_iter()
+            .filter_map(|b| {
+                let dir = self.pci_dir(b);
+                let vendor = parse_hex(&dir.join("vendor"), "a 16-bit hex id").ok()?;
+                let class = parse_hex(&dir.join("class"), "a 24-bit class code").ok()?;
+                Some((u16::try_from(vendor).ok()?, u32::try_from(class).ok()?))
+            })
+            .collect())
     }
 
     /// The functions of an IOMMU group, sorted by address.

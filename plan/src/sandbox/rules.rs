@@ -57,24 +57,23 @@ pub(super) fn confidential_board(
         .iter()
         .filter(|d| is_switch(d.vendor, d.class))
         .count();
-    if gpus + switches == 0 {
+    let single = gpus == 1 && switches == 0;
+    if gpus + switches == 0 || single {
         return Ok(());
     }
-    let functions = input.host.pci_functions()?;
+    let functions = input.host.pci_classes()?;
     let board_switches = functions
         .iter()
-        .filter(|f| is_switch(f.vendor, f.class))
+        .filter(|(vendor, class)| is_switch(*vendor, *class))
         .count();
     if board_switches == 0 {
         return Ok(());
     }
     let board_gpus = functions
         .iter()
-        .filter(|f| is_gpu(f.vendor, f.class))
+        .filter(|(vendor, class)| is_gpu(*vendor, *class))
         .count();
-    let single = gpus == 1 && switches == 0;
-    let whole = gpus == board_gpus && switches == board_switches;
-    if single || whole {
+    if gpus == board_gpus && switches == board_switches {
         return Ok(());
     }
     Err(PlanError::PartialNvSwitchBoard {

@@ -20,6 +20,7 @@ mod plan_alloc;
 mod plan_cmd;
 mod registration;
 mod report_cmd;
+mod report_redact;
 mod runtimeclass_cmd;
 mod shim_check;
 mod status_cmd;

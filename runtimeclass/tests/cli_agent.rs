@@ -282,18 +282,34 @@ fn a_foreign_file_under_the_shims_name_is_refused_and_nothing_changes() {
     assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
 }
 
-/// `host-exec` runs its command in PID 1's mount namespace, not its own: in a private PID
-/// namespace whose PID 1 is a shell, from a second mount namespace below it.
+/// `host-exec` runs `systemctl restart UNIT` in PID 1's mount namespace, not its own: in
+/// a private PID namespace whose PID 1 is a shell, from a second mount namespace below it,
+/// with a `systemctl` that says which mount namespace it runs in.
 #[test]
 fn host_exec_enters_the_mount_namespace_of_pid_1() {
     kata_gpu_tests::require(kata_gpu_tests::is_root(), "root is needed for unshare");
+    let bin = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        bin.path().join("systemctl"),
+        "#!/bin/sh\necho \"$* $(readlink /proc/self/ns/mnt)\"\n",
+    )
+    .expect("systemctl");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    fs::set_permissions(bin.path().join("systemctl"), mode).expect("chmod");
     let script = r#"echo "pid1 $(readlink /proc/self/ns/mnt)"
 unshare --mount -- readlink /proc/self/ns/mnt | sed 's/^/own /'
-unshare --mount -- "$0" host-exec -- readlink /proc/self/ns/mnt | sed 's/^/host-exec /'
-unshare --mount -- "$0" host-exec -- /nonexistent 2>&1 | sed 's/^/missing /'"#;
+unshare --mount -- "$0" host-exec -- systemctl restart containerd | sed 's/^/host-exec /'"#;
     let out = Command::new("unshare")
         .args(["--pid", "--fork", "--mount-proc", "--", "sh", "-c", script])
         .arg(env!("CARGO_BIN_EXE_kata-gpu"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
         .output()
         .expect("run unshare");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -309,10 +325,81 @@ unshare --mount -- "$0" host-exec -- /nonexistent 2>&1 | sed 's/^/missing /'"#;
             .to_owned()
     };
     assert_ne!(field("own"), field("pid1"), "{text}");
-    assert_eq!(field("host-exec"), field("pid1"), "{text}");
     assert_eq!(
-        field("missing"),
-        "kata-gpu: cannot run /nonexistent: No such file or directory (os error 2)"
+        field("host-exec"),
+        format!("restart containerd {}", field("pid1")),
+        "{text}"
+    );
+}
+
+/// `host-exec` runs nothing but `systemctl restart` of containerd's unit: any other argv
+/// is refused in one line before it enters a namespace or runs anything.
+#[test]
+fn host_exec_refuses_any_other_command_in_one_line() {
+    let bin = tempfile::tempdir().expect("tempdir");
+    let ran = bin.path().join("ran");
+    for name in ["systemctl", "sh", "readlink"] {
+        fs::write(
+            bin.path().join(name),
+            format!("#!/bin/sh\necho {name} >> {}\n", ran.display()),
+        )
+        .expect("stand-in");
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        fs::set_permissions(bin.path().join(name), mode).expect("chmod");
+    }
+    for argv in [
+        &["sh", "-c", "id"][..],
+        &["readlink", "/proc/self/ns/mnt"],
+        &["systemctl", "stop", "containerd"],
+        &["systemctl", "restart", "sshd"],
+        &["systemctl", "restart", "containerd", "kubelet"],
+        &["systemctl", "restart", "--", "containerd"],
+        &["/usr/bin/systemctl", "restart", "containerd"],
+        &["systemctl", "restart"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+            .arg("host-exec")
+            .arg("--")
+            .args(argv)
+            .env("PATH", bin.path())
+            .output()
+            .expect("run kata-gpu");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{argv:?}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "kata-gpu: host-exec runs only `systemctl restart UNIT` for containerd's unit \
+                 (containerd, k3s, k3s-agent, rke2-server or rke2-agent, .service or not), \
+                 not `{}`; run anything else on the node itself\n",
+                argv.join(" ")
+            ),
+            "{argv:?}"
+        );
+        assert!(!ran.exists(), "{argv:?} ran something");
+    }
+}
+
+/// The agent's `--unit` is checked before it changes anything: a unit host-exec would
+/// refuse is refused at the start, in one line.
+#[test]
+fn the_agent_refuses_a_unit_host_exec_would_not_restart() {
+    // Under a root of its own and an empty image: were the unit taken, nothing of this
+    // machine's would be touched.
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .arg("--host-root")
+        .arg(work.path())
+        .args(["agent", "--from"])
+        .arg(work.path())
+        .args(["--restart-containerd", "--unit", "sshd"])
+        .output()
+        .expect("run kata-gpu");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sshd is not containerd's unit: name containerd, k3s, k3s-agent, rke2-server or rke2-agent"),
+        "{err}"
     );
 }
 

@@ -7,8 +7,8 @@
 use std::fs;
 use std::io;
 
-use super::sysfs::Sysfs;
-use super::{write, Step, VfioError, Write, STATE_DIR, VFIO_PCI};
+use super::sysfs::{Sysfs, UNBIND_TIMEOUT};
+use super::{guard, write, Step, VfioError, Write, STATE_DIR, VFIO_PCI};
 use crate::host::Host;
 
 /// Where a function ends after its step.
@@ -93,10 +93,30 @@ fn write_record(host: &Host, path: &str, value: Option<&str>) -> Result<(), Vfio
     kata_gpu_fsutil::write_atomic(&full, text.as_bytes(), 0o644).map_err(err)
 }
 
+/// The hint for an unbind of `bdf` that did not finish in time: who holds it, if anyone
+/// can be seen to.
+fn unbind_stuck(host: &Host, bdf: &str) -> String {
+    let driver = current_driver(host, bdf).unwrap_or_else(|| "its driver".to_owned());
+    let holder = bdf
+        .parse()
+        .ok()
+        .and_then(|b| host.pci_function(b).ok())
+        .and_then(|f| guard::holder_of(host, &f));
+    let who = match holder {
+        Some((pid, comm, node)) => format!("pid {pid} ({comm}) holds {node} open; stop it"),
+        None => "no process is seen holding it (a kernel user, see dmesg); free it".to_owned(),
+    };
+    format!(
+        "unbinding it from {driver} did not finish within {UNBIND_TIMEOUT:?}: {who} (the \
+         unbind then finishes and leaves the function on no driver) and run vfio bind again"
+    )
+}
+
 /// Performs writes in order (sysfs ones through the seam, records directly), stopping at
 /// the first sysfs write the kernel refuses. A permission error is returned as such (run
 /// as root); any other refusal (`ENODEV`, `EBUSY`) comes back as the hint for the
-/// read-back, which says where the function ended up.
+/// read-back, which says where the function ended up; an unbind that did not finish in
+/// time, as one naming who holds the function.
 fn perform(host: &Host, sysfs: &dyn Sysfs, writes: &[Write]) -> Result<Option<String>, VfioError> {
     for w in writes {
         if w.path.starts_with(STATE_DIR) {
@@ -114,6 +134,9 @@ fn perform(host: &Host, sysfs: &dyn Sysfs, writes: &[Write]) -> Result<Option<St
                     value: w.value.clone(),
                     source,
                 })
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && w.path.ends_with("/unbind") => {
+                return Ok(Some(unbind_stuck(host, w.value.trim())))
             }
             Err(e) => return Ok(Some(format!("the kernel refused `{w}` ({e}), see dmesg"))),
         }
@@ -173,8 +196,21 @@ impl Before {
     }
 }
 
-/// Performs one step's writes and reads the function's driver back.
+/// Performs one step's writes and reads the function's driver back. A function that
+/// will be unbound from a driver is checked for use once more first, right before its
+/// writes: what opened or mounted it since the plan was made stops it here.
 fn apply_step(host: &Host, sysfs: &dyn Sysfs, step: &Step) -> Result<(), VfioError> {
+    let unbinds = step.writes.iter().any(|w| w.path.ends_with("/unbind"));
+    if unbinds && current_driver(host, &step.bdf).is_some() {
+        if let Some(f) = step
+            .bdf
+            .parse()
+            .ok()
+            .and_then(|b| host.pci_function(b).ok())
+        {
+            guard::check_not_in_use(host, &f)?;
+        }
+    }
     let refused = perform(host, sysfs, &step.writes)?;
     let expected = match &step.to {
         Some(d) => Expected::Driver(d),
@@ -362,6 +398,62 @@ mod tests {
             assert_eq!(override_of(&sim, f).as_deref(), Some(VFIO_PCI), "{f}");
             assert_eq!(record_of(&sim, f).as_deref(), Some(was), "{f}");
         }
+    }
+
+    /// The in-use check runs again right before a function's unbind, not only when the
+    /// plan was made: a process that opened the GPU since stops the bind, and its group is
+    /// left as it was.
+    #[test]
+    fn a_device_opened_after_the_plan_is_not_unbound() {
+        let sim = SimHost::gpu_bound_to_nvidia();
+        let host = Host::new(sim.root());
+        let steps = plan_bind(&host, Targets::Named(&[bdf(GPU)]), false).expect("plan");
+        sim.hold_open(4242, "nvidia-smi", "/dev/nvidia0");
+        let e = apply(&host, &SimKernel(&sim), &steps).expect_err("in use");
+        assert_eq!(
+            e.to_string(),
+            "0000:41:00.0 is in use by pid 4242 (nvidia-smi), which holds /dev/nvidia0 open; \
+             stop it and retry; group 40 was put back as it was"
+        );
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
+        assert_eq!(record_of(&sim, GPU), None);
+        assert_ne!(override_of(&sim, GPU).as_deref(), Some(VFIO_PCI));
+    }
+
+    /// With --force, a disk of the group mounted after the plan is not unbound under the
+    /// mount either.
+    #[test]
+    fn a_disk_mounted_after_the_plan_is_not_unbound() {
+        let sim = SimHost::gpu_with_nvme_in_group();
+        let host = Host::new(sim.root());
+        let steps = plan_bind(&host, Targets::All, true).expect("plan");
+        sim.mount("/dev/nvme0n1p1", "/mnt");
+        let e = apply(&host, &SimKernel(&sim), &steps).expect_err("mounted");
+        assert!(
+            e.to_string().starts_with(
+                "0000:42:00.0 is in use: /dev/nvme0n1p1 is mounted on /mnt; unmount it and retry"
+            ),
+            "{e}"
+        );
+        assert_eq!(sim.driver("0000:42:00.0").as_deref(), Some("nvme"));
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
+    }
+
+    /// An unbind that does not finish (nvidia's remove waits for whoever opened the GPU in
+    /// the last instant) is given up on, and the refusal names the holder.
+    #[test]
+    fn an_unbind_that_does_not_finish_names_the_holder() {
+        let sim = SimHost::gpu_bound_to_nvidia();
+        sim.stall_unbind(GPU, 777, "nvidia-persiste", "/dev/nvidia0");
+        let e = bind(&sim).expect_err("stalled");
+        assert_eq!(
+            e.to_string(),
+            "0000:41:00.0 is on nvidia, expected vfio-pci: unbinding it from nvidia did not \
+             finish within 30s: pid 777 (nvidia-persiste) holds /dev/nvidia0 open; stop it \
+             (the unbind then finishes and leaves the function on no driver) and run vfio \
+             bind again; group 40 was put back as it was"
+        );
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
     }
 
     #[test]

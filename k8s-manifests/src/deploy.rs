@@ -213,7 +213,7 @@ pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
             c
         })
         .collect();
-    daemonset(
+    let mut ds = daemonset(
         NODE_DAEMONSET,
         o,
         PodSpec {
@@ -224,8 +224,22 @@ pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
             volumes: Some(vec![host_path("host-root", "/")]),
             ..PodSpec::default()
         },
-    )
+    );
+    let (k, v) = NODE_ROOT_ANNOTATION;
+    ds.metadata.annotations = Some(BTreeMap::from([(k.to_owned(), v.to_owned())]));
+    ds
 }
+
+/// What the node DaemonSet's privileges mean for whoever may reach its pods, on the
+/// DaemonSet itself.
+pub const NODE_ROOT_ANNOTATION: (&str, &str) = (
+    "kata-gpu.io/node-root",
+    "privileged, the host's / writable at /host, hostPID: whoever may kubectl exec or \
+     attach into these pods (pods/exec, pods/attach in this namespace), create pods here or \
+     change this DaemonSet is root on every GPU node; grant those as node root. hostPID \
+     could go (the host's /proc comes with / at /host/proc) and is kept until host-exec \
+     enters /host/proc/1/ns/mnt",
+);
 
 /// What of the host the device plugin reads (under `--host-root /host`), and nothing
 /// else: the VFIO nodes it advertises and checks; the PCI functions (`/sys/bus/pci`, whose

@@ -242,6 +242,18 @@ fn the_device_plugin_mounts_only_what_it_reads_read_only_and_recursively() {
 }
 
 #[test]
+fn the_node_daemonset_says_that_exec_into_it_is_node_root() {
+    let o = objects();
+    let said = o[NODE]["metadata"]["annotations"]["kata-gpu.io/node-root"]
+        .as_str()
+        .expect("annotation");
+    assert!(
+        said.contains("pods/exec") && said.contains("root on every GPU node"),
+        "{said}"
+    );
+}
+
+#[test]
 fn the_device_plugin_keeps_seccomp_no_capabilities_and_no_escalation() {
     let o = objects();
     let sc = &o[PLUGIN]["spec"]["template"]["spec"]["containers"][0]["securityContext"];

@@ -198,9 +198,13 @@ impl Before {
 
 /// Performs one step's writes and reads the function's driver back. A function that
 /// will be unbound from a driver is checked for use once more first, right before its
-/// writes: what opened or mounted it since the plan was made stops it here.
+/// writes: what opened or mounted it since the plan was made stops it here; and its block
+/// devices are claimed exclusively from that check until its writes are done, so none can
+/// be mounted in between (the kernel has no such claim for a GPU's character devices).
 fn apply_step(host: &Host, sysfs: &dyn Sysfs, step: &Step) -> Result<(), VfioError> {
     let unbinds = step.writes.iter().any(|w| w.path.ends_with("/unbind"));
+    // Held until the step is done: its block devices cannot be mounted meanwhile.
+    let mut _claims = Vec::new();
     if unbinds && current_driver(host, &step.bdf).is_some() {
         if let Some(f) = step
             .bdf
@@ -209,6 +213,7 @@ fn apply_step(host: &Host, sysfs: &dyn Sysfs, step: &Step) -> Result<(), VfioErr
             .and_then(|b| host.pci_function(b).ok())
         {
             guard::check_not_in_use(host, &f)?;
+            _claims = guard::claim(host, &f)?;
         }
     }
     let refused = perform(host, sysfs, &step.writes)?;
@@ -437,6 +442,93 @@ mod tests {
         );
         assert_eq!(sim.driver("0000:42:00.0").as_deref(), Some("nvme"));
         assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
+    }
+
+    /// A loop device, detached when dropped: a real block device the kernel can claim.
+    struct Loop {
+        dev: String,
+        _file: tempfile::NamedTempFile,
+    }
+
+    impl Loop {
+        fn new() -> Self {
+            assert!(
+                nix::unistd::geteuid().is_root(),
+                "precondition not met: root is needed for a loop device. Run the tests as root, \
+                 as CI does."
+            );
+            let file = tempfile::NamedTempFile::new().expect("tempfile");
+            file.as_file().set_len(1 << 20).expect("size");
+            let out = std::process::Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(file.path())
+                .output()
+                .expect("run losetup");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            Self { dev, _file: file }
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.dev])
+                .status();
+        }
+    }
+
+    /// With --force, a disk claimed after the plan (a mount claims its block device
+    /// exclusively, in whatever mount namespace, and so do md and device-mapper) is not
+    /// unbound: the bind claims each block device of the function itself, from the check
+    /// to the end of the unbind, and a claim it cannot take stops it.
+    #[test]
+    fn a_disk_claimed_after_the_plan_is_not_unbound() {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let the_loop = Loop::new();
+        let sim = SimHost::gpu_with_nvme_in_group();
+        // The simulated partition is the loop device.
+        let node = sim.path("dev/nvme0n1p1");
+        fs::remove_file(&node).expect("rm");
+        let rdev = fs::metadata(&the_loop.dev).expect("stat loop").rdev();
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            rdev,
+        )
+        .expect("mknod");
+        let host = Host::new(sim.root());
+        let steps = plan_bind(&host, Targets::All, true).expect("plan");
+        let claim = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_EXCL)
+            .open(&the_loop.dev)
+            .expect("claim the loop device");
+        let e = apply(&host, &SimKernel(&sim), &steps).expect_err("claimed");
+        assert!(
+            e.to_string().starts_with(
+                "0000:42:00.0 is in use: /dev/nvme0n1p1 is claimed (mounted, in md or \
+                 device-mapper, or opened exclusively, in some mount namespace); unmount or \
+                 release it and retry"
+            ),
+            "{e}"
+        );
+        assert_eq!(sim.driver("0000:42:00.0").as_deref(), Some("nvme"));
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
+        // Planned now, the claim is seen before anything is written.
+        let e = plan_bind(&host, Targets::All, true).expect_err("claimed");
+        assert!(e.to_string().contains("/dev/nvme0n1p1 is claimed"), "{e}");
+
+        // Released, the same bind goes through: its own claims do not stop it.
+        drop(claim);
+        let steps = plan_bind(&host, Targets::All, true).expect("plan");
+        apply(&host, &SimKernel(&sim), &steps).expect("bind");
+        assert_eq!(sim.driver("0000:42:00.0").as_deref(), Some(VFIO_PCI));
     }
 
     /// An unbind that does not finish (nvidia's remove waits for whoever opened the GPU in

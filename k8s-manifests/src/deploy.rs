@@ -180,8 +180,9 @@ fn daemonset(name: &str, o: &DeployOptions, mut pod: PodSpec) -> DaemonSet {
 }
 
 /// The node DaemonSet: `vfio bind` first, then one agent per profile, all with the host's
-/// root at /host; `hostPID` so that the agent reaches PID 1's mount namespace to restart
-/// containerd; long enough a grace period for uninstall and that restart.
+/// root at /host (the host's `/proc` with it: the agent reaches PID 1's mount namespace to
+/// restart containerd through `/host/proc/1/ns/mnt`, so no `hostPID`); long enough a grace
+/// period for uninstall and that restart.
 pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
     let host = ["--host-root", HOST_MOUNT];
     let mut bind = container(
@@ -217,7 +218,6 @@ pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
         NODE_DAEMONSET,
         o,
         PodSpec {
-            host_pid: Some(true),
             init_containers: Some(vec![bind]),
             containers: agents,
             termination_grace_period_seconds: Some(300),
@@ -234,11 +234,9 @@ pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
 /// DaemonSet itself.
 pub const NODE_ROOT_ANNOTATION: (&str, &str) = (
     "kata-gpu.io/node-root",
-    "privileged, the host's / writable at /host, hostPID: whoever may kubectl exec or \
-     attach into these pods (pods/exec, pods/attach in this namespace), create pods here or \
-     change this DaemonSet is root on every GPU node; grant those as node root. hostPID \
-     could go (the host's /proc comes with / at /host/proc) and is kept until host-exec \
-     enters /host/proc/1/ns/mnt",
+    "privileged, the host's / writable at /host: whoever may kubectl exec or attach into \
+     these pods (pods/exec, pods/attach in this namespace), create pods here or change this \
+     DaemonSet is root on every GPU node; grant those as node root",
 );
 
 /// What of the host the device plugin reads (under `--host-root /host`), and nothing

@@ -1,6 +1,6 @@
 //! What a deployment must hold, checked on the objects as they will be applied (JSON), so
-//! that an edit that drops a node selector, a toleration, `hostPID`/`privileged` where
-//! the node agent needs them, or adds API rights, is caught before it reaches a cluster.
+//! that an edit that drops a node selector, a toleration, `privileged` where the node
+//! agent needs it, or adds `hostPID` or API rights, is caught before it reaches a cluster.
 //! `kata-gpu deploy` refuses to print objects that fail. The device plugin's container
 //! must stay confined: seccomp `RuntimeDefault`, every capability dropped and none added,
 //! no privilege escalation, a read-only root, and of the host only what it reads
@@ -127,7 +127,6 @@ fn daemonset(o: &Value, problems: &mut Vec<String>) {
     if o["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"].is_null() {
         problems.push(format!("{who}: no rollingUpdate.maxUnavailable"));
     }
-    let mut needs_host_pid = false;
     for c in containers(pod) {
         let privileged = c["securityContext"]["privileged"] == true;
         let needs = runs(c, "agent") || runs(c, "vfio");
@@ -142,7 +141,6 @@ fn daemonset(o: &Value, problems: &mut Vec<String>) {
                 "{who}: container {cname} is privileged and need not be"
             ));
         }
-        needs_host_pid |= runs(c, "agent");
         if runs(c, "device-plugin") {
             confined(&who, pod, c, problems);
         }
@@ -154,12 +152,11 @@ fn daemonset(o: &Value, problems: &mut Vec<String>) {
             ));
         }
     }
-    match (needs_host_pid, pod["hostPID"] == true) {
-        (true, false) => problems.push(format!(
-            "{who}: the agent restarts containerd in PID 1's mount namespace and needs hostPID"
-        )),
-        (false, true) => problems.push(format!("{who}: hostPID without an agent to need it")),
-        _ => {}
+    if pod["hostPID"] == true {
+        problems.push(format!(
+            "{who}: hostPID, which no container needs (the agent enters PID 1's mount \
+             namespace through the host's /proc at /host/proc); remove it"
+        ));
     }
 }
 

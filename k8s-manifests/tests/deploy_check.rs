@@ -1,5 +1,5 @@
 //! The deployment's own check: clean as built, and each missing piece (node selector, GPU
-//! toleration, hostPID, privileged) or extra right (RBAC, a token, privilege where none is
+//! toleration, privileged) or extra right (RBAC, a token, hostPID, privilege where none is
 //! needed) named.
 
 use kata_gpu_manifests::deploy::{DeployOptions, Deployment};
@@ -68,11 +68,15 @@ fn a_daemonset_without_the_node_selector_or_the_gpu_toleration_is_refused() {
 }
 
 #[test]
-fn the_node_daemonset_needs_host_pid_and_privileged_and_the_plugin_neither() {
-    let got = with(|o| o[NODE]["spec"]["template"]["spec"]["hostPID"] = false.into());
+fn the_node_daemonset_needs_privileged_and_neither_needs_host_pid() {
+    assert!(objects()[NODE]["spec"]["template"]["spec"]["hostPID"].is_null());
+    let got = with(|o| o[NODE]["spec"]["template"]["spec"]["hostPID"] = true.into());
     assert_eq!(
         got,
-        ["DaemonSet kata-gpu-node: the agent restarts containerd in PID 1's mount namespace and needs hostPID"]
+        [
+            "DaemonSet kata-gpu-node: hostPID, which no container needs (the agent enters PID 1's \
+          mount namespace through the host's /proc at /host/proc); remove it"
+        ]
     );
     let got = with(|o| {
         o[NODE]["spec"]["template"]["spec"]["initContainers"][0]["securityContext"] = Value::Null;
@@ -98,7 +102,8 @@ fn the_node_daemonset_needs_host_pid_and_privileged_and_the_plugin_neither() {
         got,
         [
             "DaemonSet kata-gpu-device-plugin: container device-plugin is privileged and need not be",
-            "DaemonSet kata-gpu-device-plugin: hostPID without an agent to need it",
+            "DaemonSet kata-gpu-device-plugin: hostPID, which no container needs (the agent \
+             enters PID 1's mount namespace through the host's /proc at /host/proc); remove it",
         ]
     );
 }

@@ -234,8 +234,7 @@ fn restart_if_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<()> {
         ));
         return Ok(());
     }
-    let exe = std::env::current_exe().context("cannot find this binary")?;
-    let out = Command::new(exe)
+    let out = me(global)?
         .args(["host-exec", "--", "systemctl", "restart", &args.unit])
         .output()
         .context("cannot run systemctl")?;
@@ -297,12 +296,13 @@ fn label(args: &AgentArgs, global: &Global) -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(real))
 }
 
-/// Runs `systemctl restart UNIT` (containerd's) in the mount namespace of PID 1 (the
-/// host's, in a `hostPID` pod); refuses any other argv before it enters the namespace. So
-/// `host-exec` is no general way into the host; but whoever may `kubectl exec` into the
-/// node DaemonSet's pods (`pods/exec` in its namespace) is root on the node anyway: the
-/// agent's container is privileged and holds the host's `/`.
-pub fn host_exec(args: HostExecArgs) -> anyhow::Result<Outcome> {
+/// Runs `systemctl restart UNIT` (containerd's) in the mount namespace of the host's PID 1,
+/// as `--host-root` shows it (`/host/proc/1/ns/mnt` in the DaemonSet: the host's `/proc`
+/// comes with its `/`, so the pod needs no `hostPID`); refuses any other argv before it
+/// enters the namespace. So `host-exec` is no general way into the host; but whoever may
+/// `kubectl exec` into the node DaemonSet's pods (`pods/exec` in its namespace) is root on
+/// the node anyway: the agent's container is privileged and holds the host's `/`.
+pub fn host_exec(args: HostExecArgs, global: &Global) -> anyhow::Result<Outcome> {
     use std::os::unix::process::CommandExt;
     let allowed = matches!(
         args.command.as_slice(),
@@ -316,9 +316,19 @@ pub fn host_exec(args: HostExecArgs) -> anyhow::Result<Outcome> {
             args.command.join(" ")
         );
     }
-    let ns = std::fs::File::open("/proc/1/ns/mnt").context("cannot open /proc/1/ns/mnt")?;
-    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)
-        .context("cannot enter the mount namespace of PID 1 (a privileged, hostPID pod can)")?;
+    let path = inside(&global.host_root, Path::new("/proc/1/ns/mnt"))?;
+    let ns = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "cannot open {} (the host's /proc under --host-root)",
+            path.display()
+        )
+    })?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS).with_context(|| {
+        format!(
+            "cannot enter the mount namespace {} names (a privileged container can)",
+            path.display()
+        )
+    })?;
     let (program, rest) = args.command.split_first().context("no command")?;
     let err = Command::new(program).args(rest).exec();
     Err(err).with_context(|| format!("cannot run {program}"))

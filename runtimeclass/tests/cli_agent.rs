@@ -332,6 +332,68 @@ unshare --mount -- "$0" host-exec -- systemctl restart containerd | sed 's/^/hos
     );
 }
 
+/// Under `--host-root R`, `host-exec` enters the mount namespace `R/proc/1/ns/mnt` names
+/// (in the DaemonSet, the host's `/proc` at `/host/proc`), not its own `/proc/1`'s: so the
+/// node pod needs no `hostPID`. Here `R/proc/1/ns/mnt` leads to a third namespace, that of
+/// a process other than PID 1, and `systemctl` says which one it ran in.
+#[test]
+fn host_exec_enters_the_host_roots_pid_1_not_its_own() {
+    kata_gpu_tests::require(kata_gpu_tests::is_root(), "root is needed for unshare");
+    let work = tempfile::tempdir().expect("tempdir");
+    let bin = work.path().join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    fs::write(
+        bin.join("systemctl"),
+        "#!/bin/sh\necho \"$* $(readlink /proc/self/ns/mnt)\"\n",
+    )
+    .expect("systemctl");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    fs::set_permissions(bin.join("systemctl"), mode).expect("chmod");
+    let root = work.path().join("host");
+    fs::create_dir_all(root.join("proc/1/ns")).expect("mkdir");
+    // A process in a mount namespace of its own stands for the host's PID 1.
+    let script = r#"unshare --mount -- sleep 30 &
+other=$!
+while [ "$(readlink /proc/$other/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ]; do sleep 0.01; done
+echo "pid1 $(readlink /proc/1/ns/mnt)"
+echo "other $(readlink /proc/$other/ns/mnt)"
+ln -s /proc/$other/ns/mnt "$1/proc/1/ns/mnt"
+unshare --mount -- "$0" --host-root "$1" host-exec -- systemctl restart containerd | sed 's/^/host-exec /'
+kill $other"#;
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--", "sh", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_kata-gpu"))
+        .arg(&root)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("run unshare");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |tag: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{tag} ")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {tag} line in {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_owned()
+    };
+    assert_ne!(field("other"), field("pid1"), "{text}");
+    assert_eq!(
+        field("host-exec"),
+        format!("restart containerd {}", field("other")),
+        "{text}"
+    );
+}
+
 /// `host-exec` runs nothing but `systemctl restart` of containerd's unit: any other argv
 /// is refused in one line before it enters a namespace or runs anything.
 #[test]
@@ -418,6 +480,10 @@ fn containerd_restarts_only_when_it_has_not_loaded_the_change() {
         if !started_after {
             fs::remove_dir_all(sim.path("proc")).expect("no containerd in /proc");
         }
+        // The host's PID 1, whose mount namespace host-exec enters: the agent's own, PID 1
+        // of the namespace it runs in below.
+        fs::create_dir_all(sim.path("proc/1/ns")).expect("mkdir");
+        std::os::unix::fs::symlink("/proc/1/ns/mnt", sim.path("proc/1/ns/mnt")).expect("link");
         let bin = work.path().join("bin");
         fs::create_dir_all(&bin).expect("mkdir");
         let calls = work.path().join("systemctl.calls");

@@ -181,37 +181,23 @@ pub enum Unresolved {
     Conflict(Conflict),
 }
 
-fn list_some(items: &[String]) -> String {
-    const SHOWN: usize = 16;
-    if items.is_empty() {
-        return "none".to_owned();
-    }
-    let mut text = items
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if items.len() > SHOWN {
-        text.push_str(&format!(" and {} more", items.len() - SHOWN));
-    }
-    text
-}
-
+/// Said without what the node does define (`available`, `known_kinds` stay in the value
+/// for callers that may show them): this text reaches a pod's events, and the node's
+/// device names are its IOMMU groups and VFIO nodes, its PCI layout.
 impl fmt::Display for Unresolved {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const ADMIN: &str = "its admin lists with `kata-gpu cdi list`";
         match self {
-            Unresolved::UnknownDevice { name, available } => write!(
+            Unresolved::UnknownDevice { name, .. } => write!(
                 f,
-                "{name} is not defined; {} has: {}",
-                name.kind(),
-                list_some(available)
+                "{name} is not defined on this node; ask for {} in resources.limits and let \
+                 the device plugin choose, or name a device {ADMIN}",
+                name.kind()
             ),
-            Unresolved::UnknownKind { name, known_kinds } => write!(
+            Unresolved::UnknownKind { name, .. } => write!(
                 f,
-                "{name}: no spec defines kind {} (known kinds: {}); is the host spec written (kata-gpu cdi generate)?",
-                name.kind(),
-                list_some(known_kinds)
+                "{name}: no CDI spec on this node defines kind {}; ask for a kind {ADMIN}",
+                name.kind()
             ),
             Unresolved::Conflict(c) => write!(f, "{c}"),
         }

@@ -288,9 +288,11 @@ fn injection_is_all_or_nothing_and_says_what_exists() {
     );
     assert_eq!(
         err.to_string(),
-        "unresolvable CDI devices: nvidia.com/pgpu=7 is not defined; nvidia.com/pgpu has: 0, 1; \
-         amd.com/gpu=0: no spec defines kind amd.com/gpu (known kinds: nvidia.com/pgpu); \
-         is the host spec written (kata-gpu cdi generate)?"
+        "unresolvable CDI devices: nvidia.com/pgpu=7 is not defined on this node; ask for \
+         nvidia.com/pgpu in resources.limits and let the device plugin choose, or name a \
+         device its admin lists with `kata-gpu cdi list`; amd.com/gpu=0: no CDI spec on this \
+         node defines kind amd.com/gpu; ask for a kind its admin lists with `kata-gpu cdi \
+         list`"
     );
 }
 

@@ -35,7 +35,14 @@ pub struct Config {
     pub interval: Duration,
     /// The forms Allocate answers in.
     pub strategy: Strategy,
+    /// How long one registration with kubelet (connect and `Register`) may take: a kubelet
+    /// that accepts and never answers is given up on, and tried again next interval.
+    pub register_timeout: Duration,
 }
+
+/// [`Config::register_timeout`] by default: kubelet answers `Register` at once (it only
+/// records the plugin and dials it back later), so this is a wedged kubelet.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Config {
     /// The defaults for a host whose `/` is `host_root`.
@@ -45,6 +52,7 @@ impl Config {
             plugins_dir: PathBuf::from(DEVICE_PLUGINS_DIR),
             interval: Duration::from_secs(5),
             strategy: Strategy::default(),
+            register_timeout: REGISTER_TIMEOUT,
         }
     }
 }
@@ -121,14 +129,22 @@ struct Round {
     kubelet: Option<(u64, u64)>,
 }
 
-impl Round {
-    fn end(self) {
+/// A round ends when dropped, also half-way through its registrations (the plugin
+/// stopping meanwhile): its servers stop and its sockets go.
+impl Drop for Round {
+    fn drop(&mut self) {
         let _ = self.stop.send(true);
         for s in &self.sockets {
             if identity(s).is_some() {
                 let _ = std::fs::remove_file(s);
             }
         }
+    }
+}
+
+impl Round {
+    fn end(self) {
+        drop(self);
     }
 
     /// Whether kubelet restarted (its socket is new) or removed one of ours.
@@ -137,7 +153,20 @@ impl Round {
     }
 }
 
-async fn register(kubelet_sock: &Path, resource: &Resource) -> Result<(), String> {
+/// Registers `resource`, giving up after `limit`.
+async fn register(kubelet_sock: &Path, resource: &Resource, limit: Duration) -> Result<(), String> {
+    tokio::time::timeout(limit, register_once(kubelet_sock, resource))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "kubelet at {} did not answer the registration of {} within {limit:?}",
+                kubelet_sock.display(),
+                resource.name
+            ))
+        })
+}
+
+async fn register_once(kubelet_sock: &Path, resource: &Resource) -> Result<(), String> {
     let channel = connect_unix(kubelet_sock)
         .await
         .map_err(|e| format!("cannot reach kubelet at {}: {e}", kubelet_sock.display()))?;
@@ -226,7 +255,7 @@ async fn start_round(
                 });
             }
         });
-        if let Err(e) = register(&kubelet_sock, &resource).await {
+        if let Err(e) = register(&kubelet_sock, &resource, config.register_timeout).await {
             tracing::warn!("{e}; trying again within {:?}", config.interval);
             round.kubelet = None;
         } else {
@@ -263,7 +292,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 );
                 old.end();
             }
-            round = start_round(&config, &host, &dir).await?;
+            // A round registers with kubelet: shutdown is watched meanwhile, so a slow
+            // kubelet never delays SIGTERM (the round's sockets go when it is dropped).
+            tokio::select! {
+                _ = &mut shutdown => break,
+                started = start_round(&config, &host, &dir) => round = started?,
+            }
         }
         tokio::select! {
             _ = &mut shutdown => break,

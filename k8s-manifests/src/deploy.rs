@@ -19,7 +19,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, HostPathVolumeSource, Namespace, PodSpec, PodTemplateSpec,
-    SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
+    SeccompProfile, SecurityContext, ServiceAccount, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -180,8 +180,9 @@ fn daemonset(name: &str, o: &DeployOptions, mut pod: PodSpec) -> DaemonSet {
 }
 
 /// The node DaemonSet: `vfio bind` first, then one agent per profile, all with the host's
-/// root at /host; `hostPID` so that the agent reaches PID 1's mount namespace to restart
-/// containerd; long enough a grace period for uninstall and that restart.
+/// root at /host (the host's `/proc` with it: the agent reaches PID 1's mount namespace to
+/// restart containerd through `/host/proc/1/ns/mnt`, so no `hostPID`); long enough a grace
+/// period for uninstall and that restart.
 pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
     let host = ["--host-root", HOST_MOUNT];
     let mut bind = container(
@@ -213,25 +214,70 @@ pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
             c
         })
         .collect();
-    daemonset(
+    let mut ds = daemonset(
         NODE_DAEMONSET,
         o,
         PodSpec {
-            host_pid: Some(true),
             init_containers: Some(vec![bind]),
             containers: agents,
             termination_grace_period_seconds: Some(300),
             volumes: Some(vec![host_path("host-root", "/")]),
             ..PodSpec::default()
         },
-    )
+    );
+    let (k, v) = NODE_ROOT_ANNOTATION;
+    ds.metadata.annotations = Some(BTreeMap::from([(k.to_owned(), v.to_owned())]));
+    ds
 }
 
-/// The device plugin DaemonSet (`kata-gpu device-plugin`): unprivileged, every capability
-/// dropped, the host's sysfs, /dev and CDI specs read-only, and only kubelet's device
-/// plugin directory writable.
+/// What the node DaemonSet's privileges mean for whoever may reach its pods, on the
+/// DaemonSet itself.
+pub const NODE_ROOT_ANNOTATION: (&str, &str) = (
+    "kata-gpu.io/node-root",
+    "privileged, the host's / writable at /host: whoever may kubectl exec or attach into \
+     these pods (pods/exec, pods/attach in this namespace), create pods here or change this \
+     DaemonSet is root on every GPU node; grant those as node root",
+);
+
+/// What of the host the device plugin reads (under `--host-root /host`), and nothing
+/// else: the VFIO nodes it advertises and checks; the PCI functions (`/sys/bus/pci`, whose
+/// `devices/*` are links into `/sys/devices`, where a function's `vfio-dev/vfioN` lives);
+/// their IOMMU groups; and the VFIO classes (`/sys/class/vfio-dev`, `/sys/class/vfio`, links
+/// into `/sys/devices` that exist only once their module is loaded, so their parent
+/// `/sys/class` is mounted). Every one read-only. None holds a mount of its own below it,
+/// so read-only reaches all of it even where the runtime cannot make it recursive.
+pub const PLUGIN_READS: [&str; 5] = [
+    "/dev/vfio",
+    "/sys/bus/pci",
+    "/sys/devices",
+    "/sys/kernel/iommu_groups",
+    "/sys/class",
+];
+
+/// `recursiveReadOnly` of the plugin's read-only mounts. `IfPossible`, not `Enabled`:
+/// kubelet (1.33+: GA) refuses a pod with `Enabled` when the runtime does not report
+/// recursive read-only mounts, and containerd before 2.0 (1.6, 1.7, which kata-gpu
+/// supports) does not; with `IfPossible` containerd 2.x makes them recursive and 1.x plain
+/// read-only, which over [`PLUGIN_READS`] (no submounts) is the same.
+pub const RECURSIVE_READ_ONLY: &str = "IfPossible";
+
+/// Why the plugin runs as UID 0, on the DaemonSet as an annotation (the manifests are
+/// generated, so this is where the YAML says it).
+pub const ROOT_ANNOTATION: (&str, &str) = (
+    "kata-gpu.io/why-uid-0",
+    "kubelet's /var/lib/kubelet/device-plugins is root's and writable only by root, and \
+     kubelet.sock in it is root's with no write permission for others (connecting to a \
+     socket needs it), so placing the plugin's sockets there and registering need UID 0; \
+     every capability is dropped, so UID 0 here overrides no file permission",
+);
+
+/// The device plugin DaemonSet (`kata-gpu device-plugin`): not privileged, UID 0 (see
+/// [`ROOT_ANNOTATION`]) with every capability dropped, no privilege escalation, seccomp
+/// `RuntimeDefault`, a read-only root, [`PLUGIN_READS`] read-only (recursively where the
+/// runtime can), and only kubelet's device plugin directory writable.
 pub fn device_plugin_daemonset(o: &DeployOptions) -> DaemonSet {
     let at = |p: &str| format!("{HOST_MOUNT}{p}");
+    let volume_name = |p: &str| p.trim_start_matches('/').replace(['/', '_'], "-");
     let mut c = container(
         "device-plugin",
         &o.image,
@@ -241,39 +287,44 @@ pub fn device_plugin_daemonset(o: &DeployOptions) -> DaemonSet {
         privileged: Some(false),
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
+        run_as_user: Some(0),
+        run_as_non_root: Some(false),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".to_owned()]),
             ..Capabilities::default()
         }),
         ..SecurityContext::default()
     });
-    c.volume_mounts = Some(vec![
-        mount("sys", &at("/sys"), true),
-        mount("dev", &at("/dev"), true),
-        mount("cdi", &at("/var/run/cdi"), true),
-        mount("device-plugins", &at(DEVICE_PLUGINS), false),
-    ]);
-    daemonset(
+    let mut mounts: Vec<VolumeMount> = PLUGIN_READS
+        .iter()
+        .map(|p| VolumeMount {
+            recursive_read_only: Some(RECURSIVE_READ_ONLY.to_owned()),
+            ..mount(&volume_name(p), &at(p), true)
+        })
+        .collect();
+    mounts.push(mount("device-plugins", &at(DEVICE_PLUGINS), false));
+    c.volume_mounts = Some(mounts);
+    let mut volumes: Vec<Volume> = PLUGIN_READS
+        .iter()
+        .map(|p| host_path(&volume_name(p), p))
+        .collect();
+    volumes.push(host_path("device-plugins", DEVICE_PLUGINS));
+    let mut ds = daemonset(
         PLUGIN_DAEMONSET,
         o,
         PodSpec {
             containers: vec![c],
-            volumes: Some(vec![
-                host_path("sys", "/sys"),
-                host_path("dev", "/dev"),
-                Volume {
-                    host_path: Some(HostPathVolumeSource {
-                        path: "/var/run/cdi".to_owned(),
-                        type_: Some("DirectoryOrCreate".to_owned()),
-                    }),
-                    name: "cdi".to_owned(),
-                    ..Volume::default()
-                },
-                host_path("device-plugins", DEVICE_PLUGINS),
-            ]),
+            volumes: Some(volumes),
             ..PodSpec::default()
         },
-    )
+    );
+    let (k, v) = ROOT_ANNOTATION;
+    ds.metadata.annotations = Some(BTreeMap::from([(k.to_owned(), v.to_owned())]));
+    ds
 }
 
 impl Deployment {

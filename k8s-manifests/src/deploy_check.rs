@@ -1,11 +1,14 @@
 //! What a deployment must hold, checked on the objects as they will be applied (JSON), so
-//! that an edit that drops a node selector, a toleration, `hostPID`/`privileged` where
-//! the node agent needs them, or adds API rights, is caught before it reaches a cluster.
-//! `kata-gpu deploy` refuses to print objects that fail.
+//! that an edit that drops a node selector, a toleration, `privileged` where the node
+//! agent needs it, or adds `hostPID` or API rights, is caught before it reaches a cluster.
+//! `kata-gpu deploy` refuses to print objects that fail. The device plugin's container
+//! must stay confined: seccomp `RuntimeDefault`, every capability dropped and none added,
+//! no privilege escalation, a read-only root, and of the host only what it reads
+//! ([`PLUGIN_READS`], read-only with `recursiveReadOnly`) and kubelet's plugin directory.
 
 use serde_json::Value;
 
-use crate::deploy::GPU_TAINT;
+use crate::deploy::{DEVICE_PLUGINS, GPU_TAINT, PLUGIN_READS};
 use crate::PASSTHROUGH_LABEL;
 
 fn name(o: &Value) -> String {
@@ -27,6 +30,74 @@ fn containers(pod: &Value) -> impl Iterator<Item = &Value> {
         .into_iter()
         .filter_map(|k| pod[k].as_array())
         .flatten()
+}
+
+/// The seccomp profile a container runs under: its own, else the pod's.
+fn seccomp<'a>(pod: &'a Value, c: &'a Value) -> &'a Value {
+    let own = &c["securityContext"]["seccompProfile"]["type"];
+    if own.is_null() {
+        &pod["securityContext"]["seccompProfile"]["type"]
+    } else {
+        own
+    }
+}
+
+/// What the device plugin's container must keep: it is the one container a pod author's
+/// device reaches that needs no privilege.
+fn confined(who: &str, pod: &Value, c: &Value, problems: &mut Vec<String>) {
+    let cname = c["name"].as_str().unwrap_or("?");
+    let sc = &c["securityContext"];
+    let mut say = |what: &str| problems.push(format!("{who}: container {cname} {what}"));
+    if seccomp(pod, c) != "RuntimeDefault" {
+        say("has no seccompProfile RuntimeDefault; set securityContext.seccompProfile.type: RuntimeDefault");
+    }
+    let drops_all = sc["capabilities"]["drop"]
+        .as_array()
+        .is_some_and(|d| d.iter().any(|x| x == "ALL"));
+    if !drops_all {
+        say("keeps capabilities; set securityContext.capabilities.drop: [ALL]");
+    }
+    if sc["capabilities"]["add"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        say("adds capabilities; remove securityContext.capabilities.add");
+    }
+    if sc["allowPrivilegeEscalation"] != false {
+        say("may gain privileges; set securityContext.allowPrivilegeEscalation: false");
+    }
+    if sc["readOnlyRootFilesystem"] != true {
+        say("has a writable root; set securityContext.readOnlyRootFilesystem: true");
+    }
+    let host_paths: Vec<(&str, &str)> = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Some((v["name"].as_str()?, v["hostPath"]["path"].as_str()?)))
+        .collect();
+    for m in c["volumeMounts"].as_array().into_iter().flatten() {
+        let Some(&(_, path)) = host_paths.iter().find(|(n, _)| m["name"] == *n) else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        if path == DEVICE_PLUGINS {
+            continue;
+        }
+        if !PLUGIN_READS.contains(&path) {
+            say(&format!(
+                "mounts the host's {path}, which the device plugin does not read; mount only {}",
+                PLUGIN_READS.join(", ")
+            ));
+        } else if m["readOnly"] != true {
+            say(&format!(
+                "mounts the host's {path} writable; set readOnly: true on its volumeMount"
+            ));
+        } else if m["recursiveReadOnly"] != "IfPossible" && m["recursiveReadOnly"] != "Enabled" {
+            say(&format!(
+                "mounts the host's {path} read-only but not recursively; set recursiveReadOnly: IfPossible (or Enabled) on its volumeMount"
+            ));
+        }
+    }
 }
 
 fn daemonset(o: &Value, problems: &mut Vec<String>) {
@@ -56,7 +127,6 @@ fn daemonset(o: &Value, problems: &mut Vec<String>) {
     if o["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"].is_null() {
         problems.push(format!("{who}: no rollingUpdate.maxUnavailable"));
     }
-    let mut needs_host_pid = false;
     for c in containers(pod) {
         let privileged = c["securityContext"]["privileged"] == true;
         let needs = runs(c, "agent") || runs(c, "vfio");
@@ -71,14 +141,22 @@ fn daemonset(o: &Value, problems: &mut Vec<String>) {
                 "{who}: container {cname} is privileged and need not be"
             ));
         }
-        needs_host_pid |= runs(c, "agent");
+        if runs(c, "device-plugin") {
+            confined(&who, pod, c, problems);
+        }
     }
-    match (needs_host_pid, pod["hostPID"] == true) {
-        (true, false) => problems.push(format!(
-            "{who}: the agent restarts containerd in PID 1's mount namespace and needs hostPID"
-        )),
-        (false, true) => problems.push(format!("{who}: hostPID without an agent to need it")),
-        _ => {}
+    for host in ["hostNetwork", "hostIPC"] {
+        if pod[host] == true {
+            problems.push(format!(
+                "{who}: {host} without a container that needs it; remove it"
+            ));
+        }
+    }
+    if pod["hostPID"] == true {
+        problems.push(format!(
+            "{who}: hostPID, which no container needs (the agent enters PID 1's mount \
+             namespace through the host's /proc at /host/proc); remove it"
+        ));
     }
 }
 

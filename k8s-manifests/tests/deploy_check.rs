@@ -1,5 +1,5 @@
 //! The deployment's own check: clean as built, and each missing piece (node selector, GPU
-//! toleration, hostPID, privileged) or extra right (RBAC, a token, privilege where none is
+//! toleration, privileged) or extra right (RBAC, a token, hostPID, privilege where none is
 //! needed) named.
 
 use kata_gpu_manifests::deploy::{DeployOptions, Deployment};
@@ -68,11 +68,15 @@ fn a_daemonset_without_the_node_selector_or_the_gpu_toleration_is_refused() {
 }
 
 #[test]
-fn the_node_daemonset_needs_host_pid_and_privileged_and_the_plugin_neither() {
-    let got = with(|o| o[NODE]["spec"]["template"]["spec"]["hostPID"] = false.into());
+fn the_node_daemonset_needs_privileged_and_neither_needs_host_pid() {
+    assert!(objects()[NODE]["spec"]["template"]["spec"]["hostPID"].is_null());
+    let got = with(|o| o[NODE]["spec"]["template"]["spec"]["hostPID"] = true.into());
     assert_eq!(
         got,
-        ["DaemonSet kata-gpu-node: the agent restarts containerd in PID 1's mount namespace and needs hostPID"]
+        [
+            "DaemonSet kata-gpu-node: hostPID, which no container needs (the agent enters PID 1's \
+          mount namespace through the host's /proc at /host/proc); remove it"
+        ]
     );
     let got = with(|o| {
         o[NODE]["spec"]["template"]["spec"]["initContainers"][0]["securityContext"] = Value::Null;
@@ -98,7 +102,8 @@ fn the_node_daemonset_needs_host_pid_and_privileged_and_the_plugin_neither() {
         got,
         [
             "DaemonSet kata-gpu-device-plugin: container device-plugin is privileged and need not be",
-            "DaemonSet kata-gpu-device-plugin: hostPID without an agent to need it",
+            "DaemonSet kata-gpu-device-plugin: hostPID, which no container needs (the agent \
+             enters PID 1's mount namespace through the host's /proc at /host/proc); remove it",
         ]
     );
 }
@@ -161,4 +166,158 @@ fn max_unavailable_and_the_image_reach_the_daemonsets() {
             "registry.example/kata-gpu@sha256:0"
         );
     }
+}
+
+/// The plugin's container, in `objects()`.
+fn plugin_container(o: &mut [Value]) -> &mut Value {
+    &mut o[PLUGIN]["spec"]["template"]["spec"]["containers"][0]
+}
+
+#[test]
+fn the_device_plugin_mounts_only_what_it_reads_read_only_and_recursively() {
+    let o = objects();
+    let pod = &o[PLUGIN]["spec"]["template"]["spec"];
+    let paths: Vec<&str> = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/dev/vfio",
+            "/sys/bus/pci",
+            "/sys/devices",
+            "/sys/kernel/iommu_groups",
+            "/sys/class",
+            "/var/lib/kubelet/device-plugins"
+        ]
+    );
+    for m in pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+    {
+        let writable = m["mountPath"] == "/host/var/lib/kubelet/device-plugins";
+        assert_eq!(m["readOnly"] == true, !writable, "{m}");
+        assert_eq!(m["recursiveReadOnly"] == "IfPossible", !writable, "{m}");
+    }
+
+    // All of /dev, as the plugin once had it.
+    let got = with(|o| {
+        let pod = &mut o[PLUGIN]["spec"]["template"]["spec"];
+        pod["volumes"]
+            .as_array_mut()
+            .expect("volumes")
+            .push(json!({"name": "dev", "hostPath": {"path": "/dev"}}));
+        pod["containers"][0]["volumeMounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({"name": "dev", "mountPath": "/host/dev", "readOnly": true}));
+    });
+    assert_eq!(
+        got,
+        [
+            "DaemonSet kata-gpu-device-plugin: container device-plugin mounts the host's /dev, \
+          which the device plugin does not read; mount only /dev/vfio, /sys/bus/pci, \
+          /sys/devices, /sys/kernel/iommu_groups, /sys/class"
+        ]
+    );
+    let got = with(|o| {
+        plugin_container(o)["volumeMounts"][1]["recursiveReadOnly"] = Value::Null;
+    });
+    assert_eq!(
+        got,
+        [
+            "DaemonSet kata-gpu-device-plugin: container device-plugin mounts the host's \
+          /sys/bus/pci read-only but not recursively; set recursiveReadOnly: IfPossible (or \
+          Enabled) on its volumeMount"
+        ]
+    );
+    let got = with(|o| {
+        plugin_container(o)["volumeMounts"][0]["readOnly"] = false.into();
+    });
+    assert_eq!(
+        got,
+        [
+            "DaemonSet kata-gpu-device-plugin: container device-plugin mounts the host's \
+          /dev/vfio writable; set readOnly: true on its volumeMount"
+        ]
+    );
+}
+
+#[test]
+fn the_node_daemonset_says_that_exec_into_it_is_node_root() {
+    let o = objects();
+    let said = o[NODE]["metadata"]["annotations"]["kata-gpu.io/node-root"]
+        .as_str()
+        .expect("annotation");
+    assert!(
+        said.contains("pods/exec") && said.contains("root on every GPU node"),
+        "{said}"
+    );
+}
+
+#[test]
+fn the_device_plugin_keeps_seccomp_no_capabilities_and_no_escalation() {
+    let o = objects();
+    let sc = &o[PLUGIN]["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(sc["runAsUser"], 0, "{sc}");
+    // Why UID 0 is said on the object itself.
+    let why = o[PLUGIN]["metadata"]["annotations"]["kata-gpu.io/why-uid-0"]
+        .as_str()
+        .expect("annotation");
+    assert!(why.contains("kubelet.sock"), "{why}");
+
+    let who = "DaemonSet kata-gpu-device-plugin: container device-plugin";
+    for (field, value, said) in [
+        (
+            "seccompProfile",
+            Value::Null,
+            "has no seccompProfile RuntimeDefault; set securityContext.seccompProfile.type: RuntimeDefault",
+        ),
+        (
+            "seccompProfile",
+            json!({"type": "Unconfined"}),
+            "has no seccompProfile RuntimeDefault; set securityContext.seccompProfile.type: RuntimeDefault",
+        ),
+        (
+            "capabilities",
+            json!({"drop": ["NET_RAW"]}),
+            "keeps capabilities; set securityContext.capabilities.drop: [ALL]",
+        ),
+        (
+            "capabilities",
+            json!({"drop": ["ALL"], "add": ["SYS_ADMIN"]}),
+            "adds capabilities; remove securityContext.capabilities.add",
+        ),
+        (
+            "allowPrivilegeEscalation",
+            Value::Null,
+            "may gain privileges; set securityContext.allowPrivilegeEscalation: false",
+        ),
+        (
+            "readOnlyRootFilesystem",
+            false.into(),
+            "has a writable root; set securityContext.readOnlyRootFilesystem: true",
+        ),
+    ] {
+        let got = with(|o| {
+            plugin_container(o)["securityContext"][field] = value.clone();
+        });
+        assert_eq!(got, [format!("{who} {said}")], "{field}");
+    }
+    // A pod-level RuntimeDefault is as good as the container's.
+    let got = with(|o| {
+        plugin_container(o)["securityContext"]["seccompProfile"] = Value::Null;
+        o[PLUGIN]["spec"]["template"]["spec"]["securityContext"] =
+            json!({"seccompProfile": {"type": "RuntimeDefault"}});
+    });
+    assert_eq!(got, Vec::<String>::new());
+    let got = with(|o| o[PLUGIN]["spec"]["template"]["spec"]["hostNetwork"] = true.into());
+    assert_eq!(
+        got,
+        ["DaemonSet kata-gpu-device-plugin: hostNetwork without a container that needs it; remove it"]
+    );
 }

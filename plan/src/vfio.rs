@@ -84,6 +84,15 @@ pub enum VfioError {
         /// Where it is mounted.
         at: String,
     },
+    /// A block device of a function that would move is claimed exclusively by someone
+    /// else: a mount (in any mount namespace), md, device-mapper, an exclusive opener.
+    #[error("{bdf} is in use: {node} is claimed (mounted, in md or device-mapper, or opened exclusively, in some mount namespace); unmount or release it and retry")]
+    Claimed {
+        /// The device.
+        bdf: Bdf,
+        /// The block device node.
+        node: String,
+    },
     /// A device node of a function that would move is used as swap.
     #[error("{bdf} is in use: {node} is swap; swapoff {node} and retry")]
     Swap {

@@ -386,10 +386,11 @@ fn unresolvable_and_malformed_requests_are_refused() {
         &policy(),
     )
     .expect_err("refused");
-    assert!(
-        err.to_string()
-            .contains("nvidia.com/pgpu=3 is not defined; nvidia.com/pgpu has: 0, 40, vfio0"),
-        "{err}"
+    assert_eq!(
+        err.to_string(),
+        "unresolvable CDI devices: nvidia.com/pgpu=3 is not defined on this node; ask for \
+         nvidia.com/pgpu in resources.limits and let the device plugin choose, or name a \
+         device its admin lists with `kata-gpu cdi list`"
     );
     let err = run(
         &sim,
@@ -872,5 +873,39 @@ fn the_guest_size_by_annotation_is_bounded_by_the_pods_limits() {
         vec![(cpus, "8")],
     ] {
         run(&sim, Profile::Snp, &fine, &policy()).unwrap_or_else(|e| panic!("{fine:?}: {e}"));
+    }
+}
+
+/// A refusal reaches the pod's events: it names what the pod asked for and none of the
+/// node's other devices, their IOMMU groups or their VFIO nodes.
+#[test]
+fn a_refusal_shows_the_pod_nothing_of_the_nodes_other_devices() {
+    let sim = SimHost::hgx_8x_h100();
+    let err = run(
+        &sim,
+        Profile::Snp,
+        &[(
+            "cdi.k8s.io/gpu",
+            "nvidia.com/pgpu=99,nvidia.com/nvswitch=vfio77,amd.com/gpu=0",
+        )],
+        &policy(),
+    )
+    .expect_err("refused");
+    let shown = err.to_string();
+    assert_eq!(
+        shown,
+        "unresolvable CDI devices: nvidia.com/pgpu=99 is not defined on this node; ask for \
+         nvidia.com/pgpu in resources.limits and let the device plugin choose, or name a \
+         device its admin lists with `kata-gpu cdi list`; nvidia.com/nvswitch=vfio77 is not \
+         defined on this node; ask for nvidia.com/nvswitch in resources.limits and let the \
+         device plugin choose, or name a device its admin lists with `kata-gpu cdi list`; \
+         amd.com/gpu=0: no CDI spec on this node defines kind amd.com/gpu; ask for a kind its \
+         admin lists with `kata-gpu cdi list`"
+    );
+    for layout in ["30", "vfio4", "50"] {
+        assert!(
+            !shown.split([' ', ',', ';', '=']).any(|w| w == layout),
+            "{layout} in {shown}"
+        );
     }
 }

@@ -49,8 +49,9 @@ pub struct AgentArgs {
     /// `nsenter --target 1 --mount` does) when it has not loaded its changed config.
     #[arg(long)]
     pub restart_containerd: bool,
-    /// containerd's systemd unit.
-    #[arg(long, value_name = "UNIT", default_value = "containerd")]
+    /// containerd's systemd unit: containerd, or k3s's or rke2's, which run it
+    /// (the only units `host-exec` restarts).
+    #[arg(long, value_name = "UNIT", default_value = "containerd", value_parser = containerd_unit)]
     pub unit: String,
     /// Label the node (through NFD's features.d) when doctor passes.
     #[arg(long)]
@@ -61,12 +62,36 @@ pub struct AgentArgs {
 }
 
 /// Arguments of the hidden `kata-gpu host-exec`: `nsenter --target 1 --mount` for an
-/// image that has no nsenter.
+/// image that has no nsenter, for one command only: `systemctl restart UNIT` of
+/// containerd's unit ([`CONTAINERD_UNITS`]), which is all the agent runs on the host.
 #[derive(Debug, clap::Args)]
 pub struct HostExecArgs {
-    /// The command and its arguments.
+    /// The command and its arguments: `systemctl restart UNIT`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// The units containerd runs in: its own, and k3s's and rke2's (which run it as a child).
+/// `.service` may follow each.
+pub const CONTAINERD_UNITS: [&str; 5] = [
+    "containerd",
+    "k3s",
+    "k3s-agent",
+    "rke2-server",
+    "rke2-agent",
+];
+
+/// `unit` when it is one of [`CONTAINERD_UNITS`], else why not (a clap value parser).
+pub fn containerd_unit(unit: &str) -> Result<String, String> {
+    let name = unit.strip_suffix(".service").unwrap_or(unit);
+    if CONTAINERD_UNITS.contains(&name) {
+        Ok(unit.to_owned())
+    } else {
+        Err(format!(
+            "{unit} is not containerd's unit: name containerd, k3s, k3s-agent, rke2-server or \
+             rke2-agent (.service or not)"
+        ))
+    }
 }
 
 /// Runs the agent.
@@ -209,8 +234,7 @@ fn restart_if_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<()> {
         ));
         return Ok(());
     }
-    let exe = std::env::current_exe().context("cannot find this binary")?;
-    let out = Command::new(exe)
+    let out = me(global)?
         .args(["host-exec", "--", "systemctl", "restart", &args.unit])
         .output()
         .context("cannot run systemctl")?;
@@ -272,12 +296,39 @@ fn label(args: &AgentArgs, global: &Global) -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(real))
 }
 
-/// Runs the command in the mount namespace of PID 1 (the host's, in a `hostPID` pod).
-pub fn host_exec(args: HostExecArgs) -> anyhow::Result<Outcome> {
+/// Runs `systemctl restart UNIT` (containerd's) in the mount namespace of the host's PID 1,
+/// as `--host-root` shows it (`/host/proc/1/ns/mnt` in the DaemonSet: the host's `/proc`
+/// comes with its `/`, so the pod needs no `hostPID`); refuses any other argv before it
+/// enters the namespace. So `host-exec` is no general way into the host; but whoever may
+/// `kubectl exec` into the node DaemonSet's pods (`pods/exec` in its namespace) is root on
+/// the node anyway: the agent's container is privileged and holds the host's `/`.
+pub fn host_exec(args: HostExecArgs, global: &Global) -> anyhow::Result<Outcome> {
     use std::os::unix::process::CommandExt;
-    let ns = std::fs::File::open("/proc/1/ns/mnt").context("cannot open /proc/1/ns/mnt")?;
-    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS)
-        .context("cannot enter the mount namespace of PID 1 (a privileged, hostPID pod can)")?;
+    let allowed = matches!(
+        args.command.as_slice(),
+        [program, verb, unit] if program == "systemctl" && verb == "restart" && containerd_unit(unit).is_ok()
+    );
+    if !allowed {
+        bail!(
+            "host-exec runs only `systemctl restart UNIT` for containerd's unit (containerd, \
+             k3s, k3s-agent, rke2-server or rke2-agent, .service or not), not `{}`; run \
+             anything else on the node itself",
+            args.command.join(" ")
+        );
+    }
+    let path = inside(&global.host_root, Path::new("/proc/1/ns/mnt"))?;
+    let ns = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "cannot open {} (the host's /proc under --host-root)",
+            path.display()
+        )
+    })?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNS).with_context(|| {
+        format!(
+            "cannot enter the mount namespace {} names (a privileged container can)",
+            path.display()
+        )
+    })?;
     let (program, rest) = args.command.split_first().context("no command")?;
     let err = Command::new(program).args(rest).exec();
     Err(err).with_context(|| format!("cannot run {program}"))

@@ -20,6 +20,7 @@ mod plan_alloc;
 mod plan_cmd;
 mod registration;
 mod report_cmd;
+mod report_redact;
 mod runtimeclass_cmd;
 mod shim_check;
 mod status_cmd;
@@ -137,7 +138,7 @@ fn main() -> ExitCode {
         Command::Report(args) => report_cmd::run(args, &cli.global),
         Command::Deploy(args) => deploy_cmd::run(args, &cli.global),
         Command::Agent(args) => agent_cmd::run(args, &cli.global),
-        Command::HostExec(args) => agent_cmd::host_exec(args),
+        Command::HostExec(args) => agent_cmd::host_exec(args, &cli.global),
     };
     match result {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,

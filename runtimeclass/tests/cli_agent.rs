@@ -282,18 +282,34 @@ fn a_foreign_file_under_the_shims_name_is_refused_and_nothing_changes() {
     assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
 }
 
-/// `host-exec` runs its command in PID 1's mount namespace, not its own: in a private PID
-/// namespace whose PID 1 is a shell, from a second mount namespace below it.
+/// `host-exec` runs `systemctl restart UNIT` in PID 1's mount namespace, not its own: in
+/// a private PID namespace whose PID 1 is a shell, from a second mount namespace below it,
+/// with a `systemctl` that says which mount namespace it runs in.
 #[test]
 fn host_exec_enters_the_mount_namespace_of_pid_1() {
     kata_gpu_tests::require(kata_gpu_tests::is_root(), "root is needed for unshare");
+    let bin = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        bin.path().join("systemctl"),
+        "#!/bin/sh\necho \"$* $(readlink /proc/self/ns/mnt)\"\n",
+    )
+    .expect("systemctl");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    fs::set_permissions(bin.path().join("systemctl"), mode).expect("chmod");
     let script = r#"echo "pid1 $(readlink /proc/self/ns/mnt)"
 unshare --mount -- readlink /proc/self/ns/mnt | sed 's/^/own /'
-unshare --mount -- "$0" host-exec -- readlink /proc/self/ns/mnt | sed 's/^/host-exec /'
-unshare --mount -- "$0" host-exec -- /nonexistent 2>&1 | sed 's/^/missing /'"#;
+unshare --mount -- "$0" host-exec -- systemctl restart containerd | sed 's/^/host-exec /'"#;
     let out = Command::new("unshare")
         .args(["--pid", "--fork", "--mount-proc", "--", "sh", "-c", script])
         .arg(env!("CARGO_BIN_EXE_kata-gpu"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
         .output()
         .expect("run unshare");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -309,10 +325,143 @@ unshare --mount -- "$0" host-exec -- /nonexistent 2>&1 | sed 's/^/missing /'"#;
             .to_owned()
     };
     assert_ne!(field("own"), field("pid1"), "{text}");
-    assert_eq!(field("host-exec"), field("pid1"), "{text}");
     assert_eq!(
-        field("missing"),
-        "kata-gpu: cannot run /nonexistent: No such file or directory (os error 2)"
+        field("host-exec"),
+        format!("restart containerd {}", field("pid1")),
+        "{text}"
+    );
+}
+
+/// Under `--host-root R`, `host-exec` enters the mount namespace `R/proc/1/ns/mnt` names
+/// (in the DaemonSet, the host's `/proc` at `/host/proc`), not its own `/proc/1`'s: so the
+/// node pod needs no `hostPID`. Here `R/proc/1/ns/mnt` leads to a third namespace, that of
+/// a process other than PID 1, and `systemctl` says which one it ran in.
+#[test]
+fn host_exec_enters_the_host_roots_pid_1_not_its_own() {
+    kata_gpu_tests::require(kata_gpu_tests::is_root(), "root is needed for unshare");
+    let work = tempfile::tempdir().expect("tempdir");
+    let bin = work.path().join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    fs::write(
+        bin.join("systemctl"),
+        "#!/bin/sh\necho \"$* $(readlink /proc/self/ns/mnt)\"\n",
+    )
+    .expect("systemctl");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    fs::set_permissions(bin.join("systemctl"), mode).expect("chmod");
+    let root = work.path().join("host");
+    fs::create_dir_all(root.join("proc/1/ns")).expect("mkdir");
+    // A process in a mount namespace of its own stands for the host's PID 1.
+    let script = r#"unshare --mount -- sleep 30 &
+other=$!
+while [ "$(readlink /proc/$other/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ]; do sleep 0.01; done
+echo "pid1 $(readlink /proc/1/ns/mnt)"
+echo "other $(readlink /proc/$other/ns/mnt)"
+ln -s /proc/$other/ns/mnt "$1/proc/1/ns/mnt"
+unshare --mount -- "$0" --host-root "$1" host-exec -- systemctl restart containerd | sed 's/^/host-exec /'
+kill $other"#;
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--", "sh", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_kata-gpu"))
+        .arg(&root)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("run unshare");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |tag: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{tag} ")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {tag} line in {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .to_owned()
+    };
+    assert_ne!(field("other"), field("pid1"), "{text}");
+    assert_eq!(
+        field("host-exec"),
+        format!("restart containerd {}", field("other")),
+        "{text}"
+    );
+}
+
+/// `host-exec` runs nothing but `systemctl restart` of containerd's unit: any other argv
+/// is refused in one line before it enters a namespace or runs anything.
+#[test]
+fn host_exec_refuses_any_other_command_in_one_line() {
+    let bin = tempfile::tempdir().expect("tempdir");
+    let ran = bin.path().join("ran");
+    for name in ["systemctl", "sh", "readlink"] {
+        fs::write(
+            bin.path().join(name),
+            format!("#!/bin/sh\necho {name} >> {}\n", ran.display()),
+        )
+        .expect("stand-in");
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        fs::set_permissions(bin.path().join(name), mode).expect("chmod");
+    }
+    for argv in [
+        &["sh", "-c", "id"][..],
+        &["readlink", "/proc/self/ns/mnt"],
+        &["systemctl", "stop", "containerd"],
+        &["systemctl", "restart", "sshd"],
+        &["systemctl", "restart", "containerd", "kubelet"],
+        &["systemctl", "restart", "--", "containerd"],
+        &["/usr/bin/systemctl", "restart", "containerd"],
+        &["systemctl", "restart"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+            .arg("host-exec")
+            .arg("--")
+            .args(argv)
+            .env("PATH", bin.path())
+            .output()
+            .expect("run kata-gpu");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{argv:?}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "kata-gpu: host-exec runs only `systemctl restart UNIT` for containerd's unit \
+                 (containerd, k3s, k3s-agent, rke2-server or rke2-agent, .service or not), \
+                 not `{}`; run anything else on the node itself\n",
+                argv.join(" ")
+            ),
+            "{argv:?}"
+        );
+        assert!(!ran.exists(), "{argv:?} ran something");
+    }
+}
+
+/// The agent's `--unit` is checked before it changes anything: a unit host-exec would
+/// refuse is refused at the start, in one line.
+#[test]
+fn the_agent_refuses_a_unit_host_exec_would_not_restart() {
+    // Under a root of its own and an empty image: were the unit taken, nothing of this
+    // machine's would be touched.
+    let work = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .arg("--host-root")
+        .arg(work.path())
+        .args(["agent", "--from"])
+        .arg(work.path())
+        .args(["--restart-containerd", "--unit", "sshd"])
+        .output()
+        .expect("run kata-gpu");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sshd is not containerd's unit: name containerd, k3s, k3s-agent, rke2-server or rke2-agent"),
+        "{err}"
     );
 }
 
@@ -331,6 +480,10 @@ fn containerd_restarts_only_when_it_has_not_loaded_the_change() {
         if !started_after {
             fs::remove_dir_all(sim.path("proc")).expect("no containerd in /proc");
         }
+        // The host's PID 1, whose mount namespace host-exec enters: the agent's own, PID 1
+        // of the namespace it runs in below.
+        fs::create_dir_all(sim.path("proc/1/ns")).expect("mkdir");
+        std::os::unix::fs::symlink("/proc/1/ns/mnt", sim.path("proc/1/ns/mnt")).expect("link");
         let bin = work.path().join("bin");
         fs::create_dir_all(&bin).expect("mkdir");
         let calls = work.path().join("systemctl.calls");

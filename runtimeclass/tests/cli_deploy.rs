@@ -219,3 +219,66 @@ fn a_bad_artifact_set_is_one_line_and_nothing_is_written() {
     );
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
 }
+
+/// The host as the device plugin's container sees it under `/host`: only what the
+/// DaemonSet mounts there (kubelet's directory aside), copied from `sim` with its links.
+fn plugin_view(sim: &kata_gpu_tests::SimHost) -> tempfile::TempDir {
+    use kata_gpu_manifests::deploy::{device_plugin_daemonset, DEVICE_PLUGINS, HOST_MOUNT};
+    let ds =
+        serde_json::to_value(device_plugin_daemonset(&DeployOptions::default())).expect("json");
+    let pod = &ds["spec"]["template"]["spec"];
+    let view = tempfile::tempdir().expect("tempdir");
+    for m in pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+    {
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .expect("volume");
+        let host = volume["hostPath"]["path"].as_str().expect("hostPath");
+        if host == DEVICE_PLUGINS {
+            continue;
+        }
+        let at = m["mountPath"].as_str().expect("mountPath");
+        let at = at.strip_prefix(HOST_MOUNT).expect("under /host");
+        let dst = view.path().join(at.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(sim.root().join(host.trim_start_matches('/')))
+            .arg(&dst)
+            .output()
+            .expect("cp");
+        assert!(out.status.success(), "{host}: {}", stderr(&out));
+    }
+    view
+}
+
+/// What the plugin reads (its inventory and every device's health) is all inside the
+/// DaemonSet's few read-only mounts: through them alone it sees what it sees on the
+/// whole host, on a host with iommufd nodes and on one with only legacy groups.
+#[test]
+fn the_device_plugin_sees_its_devices_through_only_the_daemonsets_mounts() {
+    use kata_gpu_device_plugin::{health, inventory};
+    use kata_gpu_plan::host::Host;
+    use kata_gpu_tests::{SimHost, VfioMode};
+    for sim in [
+        SimHost::hgx_8x_h100(),
+        SimHost::h100_pcie(VfioMode::Iommufd),
+        SimHost::h100_pcie(VfioMode::Legacy),
+    ] {
+        let whole = inventory(&Host::new(sim.root())).expect("inventory");
+        assert!(whole.iter().any(|r| !r.devices.is_empty()), "{whole:?}");
+        let view = plugin_view(&sim);
+        let host = Host::new(view.path());
+        assert_eq!(inventory(&host).expect("inventory in the view"), whole);
+        for r in &whole {
+            for d in &r.devices {
+                assert_eq!(health::problem(&host, d), None, "{}", d.id);
+            }
+        }
+    }
+}

@@ -103,3 +103,36 @@ fn the_plugin_registers_doctor_checks_it_and_sigterm_removes_its_socket() {
     let socket = kubelet.dir().join("kata-gpu-pgpu.sock");
     assert!(!socket.exists(), "{} left", socket.display());
 }
+
+/// SIGTERM while kubelet has accepted the registration and never answers: the plugin ends
+/// at once (well within the registration's own timeout), cleanly, and leaves no socket.
+#[test]
+fn sigterm_ends_the_plugin_while_kubelet_never_answers() {
+    use kata_gpu_tests::kubelet::SilentKubelet;
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let silent = SilentKubelet::start(sim.root());
+    let mut plugin = Plugin::start(&sim);
+    assert!(
+        silent.wait_accepted(1, std::time::Duration::from_secs(10)),
+        "the plugin never tried to register"
+    );
+    // Registering now, and kubelet silent.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = Pid::from_raw(i32::try_from(plugin.0.id()).expect("pid"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = plugin.0.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if start.elapsed() > std::time::Duration::from_secs(3) {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let status = status.expect("the plugin did not end within 3 s of SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    let socket = sim.path("var/lib/kubelet/device-plugins/kata-gpu-pgpu.sock");
+    assert!(!socket.exists(), "{} left", socket.display());
+}

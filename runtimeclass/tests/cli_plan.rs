@@ -107,7 +107,8 @@ fn plan_refusals_are_one_line_with_the_fix_and_exit_1() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("nvidia.com/pgpu=9 is not defined; nvidia.com/pgpu has: 0, 40"),
+        text(&out)
+            .contains("nvidia.com/pgpu=9 is not defined on this node; ask for nvidia.com/pgpu"),
         "{}",
         text(&out)
     );

@@ -1,7 +1,8 @@
 //! Functions that are not NVIDIA's, and what the host does with them: an NVMe drive
 //! sharing a GPU's IOMMU group (a board without ACS), its block devices as the kernel
 //! lays them out under the function (`nvme/nvme0/nvme0n1/nvme0n1p1`, each with `dev` and
-//! `uevent`), a network interface, and mounts in `/proc/mounts`.
+//! `uevent`), a network interface, and mounts in `/proc/1/mounts` (the host's) or another
+//! process's mount table (a container's).
 
 use super::{link, real_dir, write, Function, SimHost, MEM64_PREFETCH};
 
@@ -73,9 +74,16 @@ impl SimHost {
         write(&dir.join("operstate"), if up { "up\n" } else { "down\n" });
     }
 
-    /// Mounts a device node (`/dev/nvme0n1p1`) at `at`: a line in `/proc/mounts`.
+    /// Mounts a device node (`/dev/nvme0n1p1`) at `at` on the host: a line in
+    /// `/proc/1/mounts`, PID 1's mount table.
     pub fn mount(&self, dev: &str, at: &str) {
-        let path = self.path("proc/mounts");
+        self.mount_in(1, dev, at);
+    }
+
+    /// Mounts a device node at `at` in the mount namespace of process `pid` (a container's):
+    /// a line in `/proc/<pid>/mounts`.
+    pub fn mount_in(&self, pid: u32, dev: &str, at: &str) {
+        let path = self.path(&format!("proc/{pid}/mounts"));
         let mut text = std::fs::read_to_string(&path).unwrap_or_default();
         text.push_str(&format!("{dev} {at} ext4 rw,relatime 0 0\n"));
         write(&path, &text);

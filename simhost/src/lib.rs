@@ -100,7 +100,12 @@ pub struct SimHost {
     next_group_minor: u32,
     /// (driver, bdf) pairs whose probe fails, for [`SimHost::kernel_write`].
     refusals: Mutex<Vec<(String, String)>>,
+    /// Functions whose unbind does not finish: (bdf, the process that opens it meanwhile).
+    stalls: Mutex<Vec<(String, Holder)>>,
 }
+
+/// A process holding a device node open: (pid, comm, node).
+type Holder = (u32, String, String);
 
 fn write(path: &Path, text: &str) {
     if let Some(parent) = path.parent() {
@@ -139,6 +144,7 @@ impl SimHost {
             next_cdev: 0,
             next_group_minor: 0,
             refusals: Mutex::new(Vec::new()),
+            stalls: Mutex::new(Vec::new()),
         };
         for d in [
             "sys/bus/pci/devices",
@@ -584,6 +590,18 @@ impl SimHost {
             .push((driver.to_owned(), bdf.to_owned()));
     }
 
+    /// Has the next unbind of `bdf` not finish: process `pid` (`comm`) opens `dev` just
+    /// before it, as one that opens a GPU between `vfio bind`'s check and its unbind does,
+    /// and the driver's remove waits for it. The write then fails with `TimedOut`, as
+    /// `KernelSysfs` reports an unbind that outlasts its bound; the function stays on its
+    /// driver.
+    pub fn stall_unbind(&self, bdf: &str, pid: u32, comm: &str, dev: &str) {
+        self.stalls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((bdf.to_owned(), (pid, comm.to_owned(), dev.to_owned())));
+    }
+
     fn refuses(&self, driver: &str, bdf: &str) -> bool {
         self.refusals
             .lock()
@@ -650,6 +668,18 @@ impl SimHost {
             KernelAction::Unbind(d) => {
                 if self.driver(bdf).as_deref() != Some(d.as_str()) {
                     return Err(no_device());
+                }
+                let stall = {
+                    let mut stalls = self
+                        .stalls
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let at = stalls.iter().position(|(b, _)| b == bdf);
+                    at.map(|i| stalls.remove(i).1)
+                };
+                if let Some((pid, comm, dev)) = stall {
+                    self.hold_open(pid, &comm, &dev);
+                    return Err(io::ErrorKind::TimedOut.into());
                 }
                 self.set_driver(bdf, None);
             }

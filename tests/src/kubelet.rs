@@ -304,3 +304,69 @@ impl Drop for DevicePlugin {
         let _ = self.halt();
     }
 }
+
+/// A kubelet that accepts connections on its registration socket and never answers: what
+/// a wedged kubelet looks like to a plugin. Each connection is held open until dropped.
+pub struct SilentKubelet {
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentKubelet {
+    /// Binds `<root>/var/lib/kubelet/device-plugins/kubelet.sock` (the directory is made).
+    pub fn start(root: &Path) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = root.join("var/lib/kubelet/device-plugins");
+        std::fs::create_dir_all(&dir).expect("device-plugins dir");
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("kubelet.sock"))
+            .expect("bind kubelet.sock");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (accepted.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopped.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        held.push(stream);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        });
+        Self {
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many connections it has accepted.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until it has accepted `n` connections; false after `bound`.
+    pub fn wait_accepted(&self, n: usize, bound: std::time::Duration) -> bool {
+        let start = std::time::Instant::now();
+        while self.accepted() < n {
+            if start.elapsed() > bound {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+}
+
+impl Drop for SilentKubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -327,3 +327,46 @@ async fn a_file_where_the_plugin_socket_goes_is_left_alone() {
         "not ours"
     );
 }
+
+/// A kubelet that accepts and never answers: the registration is given up on after
+/// `register_timeout` and tried again (the loop goes on), stopping the plugin meanwhile is
+/// prompt, and once a kubelet that answers takes the socket, the plugin registers with it.
+#[test]
+fn a_kubelet_that_never_answers_stalls_neither_the_loop_nor_the_stop() {
+    use kata_gpu_tests::kubelet::SilentKubelet;
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let silent = SilentKubelet::start(sim.root());
+    let running = DevicePlugin::start(Config {
+        interval: Duration::from_millis(50),
+        register_timeout: Duration::from_millis(200),
+        ..Config::new(sim.root())
+    });
+    // One resource: a second connection is a second try, after the first was given up.
+    assert!(
+        silent.wait_accepted(3, Duration::from_secs(10)),
+        "the plugin stalled on a kubelet that never answers: {} connection(s)",
+        silent.accepted()
+    );
+    let start = std::time::Instant::now();
+    running.stop().expect("the plugin stops cleanly");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "stopping took {:?}",
+        start.elapsed()
+    );
+
+    // Again, then a kubelet that answers replaces the silent one.
+    let running = DevicePlugin::start(Config {
+        interval: Duration::from_millis(50),
+        register_timeout: Duration::from_millis(200),
+        ..Config::new(sim.root())
+    });
+    assert!(silent.wait_accepted(4, Duration::from_secs(10)));
+    drop(silent);
+    std::fs::remove_file(sim.path("var/lib/kubelet/device-plugins/kubelet.sock"))
+        .expect("remove the silent socket");
+    let kubelet = KubeletRegistration::start(sim.root());
+    assert_eq!(kubelet.next_registration().resource_name, "nvidia.com/pgpu");
+    running.stop().expect("the plugin stops cleanly");
+}

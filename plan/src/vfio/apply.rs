@@ -7,8 +7,8 @@
 use std::fs;
 use std::io;
 
-use super::sysfs::Sysfs;
-use super::{write, Step, VfioError, Write, STATE_DIR, VFIO_PCI};
+use super::sysfs::{Sysfs, UNBIND_TIMEOUT};
+use super::{guard, write, Step, VfioError, Write, STATE_DIR, VFIO_PCI};
 use crate::host::Host;
 
 /// Where a function ends after its step.
@@ -93,10 +93,30 @@ fn write_record(host: &Host, path: &str, value: Option<&str>) -> Result<(), Vfio
     kata_gpu_fsutil::write_atomic(&full, text.as_bytes(), 0o644).map_err(err)
 }
 
+/// The hint for an unbind of `bdf` that did not finish in time: who holds it, if anyone
+/// can be seen to.
+fn unbind_stuck(host: &Host, bdf: &str) -> String {
+    let driver = current_driver(host, bdf).unwrap_or_else(|| "its driver".to_owned());
+    let holder = bdf
+        .parse()
+        .ok()
+        .and_then(|b| host.pci_function(b).ok())
+        .and_then(|f| guard::holder_of(host, &f));
+    let who = match holder {
+        Some((pid, comm, node)) => format!("pid {pid} ({comm}) holds {node} open; stop it"),
+        None => "no process is seen holding it (a kernel user, see dmesg); free it".to_owned(),
+    };
+    format!(
+        "unbinding it from {driver} did not finish within {UNBIND_TIMEOUT:?}: {who} (the \
+         unbind then finishes and leaves the function on no driver) and run vfio bind again"
+    )
+}
+
 /// Performs writes in order (sysfs ones through the seam, records directly), stopping at
 /// the first sysfs write the kernel refuses. A permission error is returned as such (run
 /// as root); any other refusal (`ENODEV`, `EBUSY`) comes back as the hint for the
-/// read-back, which says where the function ended up.
+/// read-back, which says where the function ended up; an unbind that did not finish in
+/// time, as one naming who holds the function.
 fn perform(host: &Host, sysfs: &dyn Sysfs, writes: &[Write]) -> Result<Option<String>, VfioError> {
     for w in writes {
         if w.path.starts_with(STATE_DIR) {
@@ -114,6 +134,9 @@ fn perform(host: &Host, sysfs: &dyn Sysfs, writes: &[Write]) -> Result<Option<St
                     value: w.value.clone(),
                     source,
                 })
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && w.path.ends_with("/unbind") => {
+                return Ok(Some(unbind_stuck(host, w.value.trim())))
             }
             Err(e) => return Ok(Some(format!("the kernel refused `{w}` ({e}), see dmesg"))),
         }
@@ -173,8 +196,26 @@ impl Before {
     }
 }
 
-/// Performs one step's writes and reads the function's driver back.
+/// Performs one step's writes and reads the function's driver back. A function that
+/// will be unbound from a driver is checked for use once more first, right before its
+/// writes: what opened or mounted it since the plan was made stops it here; and its block
+/// devices are claimed exclusively from that check until its writes are done, so none can
+/// be mounted in between (the kernel has no such claim for a GPU's character devices).
 fn apply_step(host: &Host, sysfs: &dyn Sysfs, step: &Step) -> Result<(), VfioError> {
+    let unbinds = step.writes.iter().any(|w| w.path.ends_with("/unbind"));
+    // Held until the step is done: its block devices cannot be mounted meanwhile.
+    let mut _claims = Vec::new();
+    if unbinds && current_driver(host, &step.bdf).is_some() {
+        if let Some(f) = step
+            .bdf
+            .parse()
+            .ok()
+            .and_then(|b| host.pci_function(b).ok())
+        {
+            guard::check_not_in_use(host, &f)?;
+            _claims = guard::claim(host, &f)?;
+        }
+    }
     let refused = perform(host, sysfs, &step.writes)?;
     let expected = match &step.to {
         Some(d) => Expected::Driver(d),
@@ -362,6 +403,149 @@ mod tests {
             assert_eq!(override_of(&sim, f).as_deref(), Some(VFIO_PCI), "{f}");
             assert_eq!(record_of(&sim, f).as_deref(), Some(was), "{f}");
         }
+    }
+
+    /// The in-use check runs again right before a function's unbind, not only when the
+    /// plan was made: a process that opened the GPU since stops the bind, and its group is
+    /// left as it was.
+    #[test]
+    fn a_device_opened_after_the_plan_is_not_unbound() {
+        let sim = SimHost::gpu_bound_to_nvidia();
+        let host = Host::new(sim.root());
+        let steps = plan_bind(&host, Targets::Named(&[bdf(GPU)]), false).expect("plan");
+        sim.hold_open(4242, "nvidia-smi", "/dev/nvidia0");
+        let e = apply(&host, &SimKernel(&sim), &steps).expect_err("in use");
+        assert_eq!(
+            e.to_string(),
+            "0000:41:00.0 is in use by pid 4242 (nvidia-smi), which holds /dev/nvidia0 open; \
+             stop it and retry; group 40 was put back as it was"
+        );
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
+        assert_eq!(record_of(&sim, GPU), None);
+        assert_ne!(override_of(&sim, GPU).as_deref(), Some(VFIO_PCI));
+    }
+
+    /// With --force, a disk of the group mounted after the plan is not unbound under the
+    /// mount either.
+    #[test]
+    fn a_disk_mounted_after_the_plan_is_not_unbound() {
+        let sim = SimHost::gpu_with_nvme_in_group();
+        let host = Host::new(sim.root());
+        let steps = plan_bind(&host, Targets::All, true).expect("plan");
+        sim.mount("/dev/nvme0n1p1", "/mnt");
+        let e = apply(&host, &SimKernel(&sim), &steps).expect_err("mounted");
+        assert!(
+            e.to_string().starts_with(
+                "0000:42:00.0 is in use: /dev/nvme0n1p1 is mounted on /mnt; unmount it and retry"
+            ),
+            "{e}"
+        );
+        assert_eq!(sim.driver("0000:42:00.0").as_deref(), Some("nvme"));
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
+    }
+
+    /// A loop device, detached when dropped: a real block device the kernel can claim.
+    struct Loop {
+        dev: String,
+        _file: tempfile::NamedTempFile,
+    }
+
+    impl Loop {
+        fn new() -> Self {
+            assert!(
+                nix::unistd::geteuid().is_root(),
+                "precondition not met: root is needed for a loop device. Run the tests as root, \
+                 as CI does."
+            );
+            let file = tempfile::NamedTempFile::new().expect("tempfile");
+            file.as_file().set_len(1 << 20).expect("size");
+            let out = std::process::Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(file.path())
+                .output()
+                .expect("run losetup");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            Self { dev, _file: file }
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.dev])
+                .status();
+        }
+    }
+
+    /// With --force, a disk claimed after the plan (a mount claims its block device
+    /// exclusively, in whatever mount namespace, and so do md and device-mapper) is not
+    /// unbound: the bind claims each block device of the function itself, from the check
+    /// to the end of the unbind, and a claim it cannot take stops it.
+    #[test]
+    fn a_disk_claimed_after_the_plan_is_not_unbound() {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let the_loop = Loop::new();
+        let sim = SimHost::gpu_with_nvme_in_group();
+        // The simulated partition is the loop device.
+        let node = sim.path("dev/nvme0n1p1");
+        fs::remove_file(&node).expect("rm");
+        let rdev = fs::metadata(&the_loop.dev).expect("stat loop").rdev();
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            rdev,
+        )
+        .expect("mknod");
+        let host = Host::new(sim.root());
+        let steps = plan_bind(&host, Targets::All, true).expect("plan");
+        let claim = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_EXCL)
+            .open(&the_loop.dev)
+            .expect("claim the loop device");
+        let e = apply(&host, &SimKernel(&sim), &steps).expect_err("claimed");
+        assert!(
+            e.to_string().starts_with(
+                "0000:42:00.0 is in use: /dev/nvme0n1p1 is claimed (mounted, in md or \
+                 device-mapper, or opened exclusively, in some mount namespace); unmount or \
+                 release it and retry"
+            ),
+            "{e}"
+        );
+        assert_eq!(sim.driver("0000:42:00.0").as_deref(), Some("nvme"));
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
+        // Planned now, the claim is seen before anything is written.
+        let e = plan_bind(&host, Targets::All, true).expect_err("claimed");
+        assert!(e.to_string().contains("/dev/nvme0n1p1 is claimed"), "{e}");
+
+        // Released, the same bind goes through: its own claims do not stop it.
+        drop(claim);
+        let steps = plan_bind(&host, Targets::All, true).expect("plan");
+        apply(&host, &SimKernel(&sim), &steps).expect("bind");
+        assert_eq!(sim.driver("0000:42:00.0").as_deref(), Some(VFIO_PCI));
+    }
+
+    /// An unbind that does not finish (nvidia's remove waits for whoever opened the GPU in
+    /// the last instant) is given up on, and the refusal names the holder.
+    #[test]
+    fn an_unbind_that_does_not_finish_names_the_holder() {
+        let sim = SimHost::gpu_bound_to_nvidia();
+        sim.stall_unbind(GPU, 777, "nvidia-persiste", "/dev/nvidia0");
+        let e = bind(&sim).expect_err("stalled");
+        assert_eq!(
+            e.to_string(),
+            "0000:41:00.0 is on nvidia, expected vfio-pci: unbinding it from nvidia did not \
+             finish within 30s: pid 777 (nvidia-persiste) holds /dev/nvidia0 open; stop it \
+             (the unbind then finishes and leaves the function on no driver) and run vfio \
+             bind again; group 40 was put back as it was"
+        );
+        assert_eq!(sim.driver(GPU).as_deref(), Some("nvidia"));
     }
 
     #[test]

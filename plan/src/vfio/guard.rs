@@ -1,7 +1,9 @@
 //! What must hold before `vfio bind` moves a function: its IOMMU group holds nothing but
 //! NVIDIA functions (unless the operator forces it), and no function that moves is in
 //! use — a device node of it (or a device stacked on one, as LVM stacks `dm-0`) held open
-//! by a process, mounted or used as swap, or a network interface of it that is up.
+//! by a process, mounted (in the host's mount table, PID 1's, or any other namespace's) or
+//! used as swap, or a network interface of it that is up. The check runs when the plan is
+//! made and again right before each function's unbind ([`super::apply`]).
 
 use std::fmt;
 use std::fs;
@@ -172,7 +174,37 @@ fn resolve_dev(host: &Host, path: &str) -> String {
     resolved.unwrap_or_else(|| path.to_owned())
 }
 
-/// The first source of `table` (`/proc/mounts`, `/proc/swaps`: the device is the first
+/// The mount tables to read: PID 1's (`/proc/1/mounts`, the host's: inside a container,
+/// `/proc/mounts` is the container's own), then one of every other mount namespace (a
+/// container's mount of a host disk holds it as well), each process's `ns/mnt` telling
+/// which namespace it is in.
+fn mount_tables(host: &Host) -> Vec<String> {
+    let mut pids: Vec<u32> = fs::read_dir(host.path("/proc"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|p| *p != 1)
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut tables = Vec::new();
+    for pid in std::iter::once(1).chain(pids) {
+        let table = format!("/proc/{pid}/mounts");
+        if let Ok(ns) = fs::read_link(host.path(&format!("/proc/{pid}/ns/mnt"))) {
+            if !seen.insert(ns) {
+                continue;
+            }
+        }
+        if host.path(&table).is_file() {
+            tables.push(table);
+        }
+    }
+    tables
+}
+
+/// The first source of `table` (a mount table, `/proc/swaps`: the device is the first
 /// field) that is one of `nodes`, as it is written there (with the node it leads to when
 /// that differs), and the line's second field.
 fn listed(host: &Host, table: &str, nodes: &[String]) -> Option<(String, String)> {
@@ -196,6 +228,35 @@ fn listed(host: &Host, table: &str, nodes: &[String]) -> Option<(String, String)
     })
 }
 
+/// Claims every block device of `f` exclusively (`O_EXCL` on a block device: the claim a
+/// mount, md and device-mapper take, wherever they are): the claims are held as long as the
+/// files returned are open, so nothing can mount the device meanwhile. A device someone
+/// else holds that way is refused. Nodes that are not block devices are left alone.
+pub(super) fn claim(host: &Host, f: &PciFunction) -> Result<Vec<fs::File>, VfioError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut held = Vec::new();
+    for node in device_nodes(host, f.bdf) {
+        let path = host.path(&node);
+        let is_block = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_block_device());
+        if !is_block {
+            continue;
+        }
+        match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_EXCL | nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(file) => held.push(file),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                return Err(VfioError::Claimed { bdf: f.bdf, node });
+            }
+            // Gone or unreadable: nothing to claim, and nothing anyone else can mount.
+            Err(_) => {}
+        }
+    }
+    Ok(held)
+}
+
 /// A network interface of the function that is up.
 fn interface_up(host: &Host, bdf: Bdf) -> Option<String> {
     let dir = host.path(&format!("{}/net", super::pci_dir(bdf)));
@@ -210,10 +271,9 @@ fn interface_up(host: &Host, bdf: Bdf) -> Option<String> {
         .find(|n| fs::read_to_string(dir.join(n).join("operstate")).is_ok_and(|s| s.trim() == "up"))
 }
 
-/// Refuses a function in use: a process holds one of its device nodes open (for a
-/// function on `nvidia`, any `/dev/nvidia*`; on `vfio-pci`, its group node or cdev), one
-/// of them is mounted, or one of its network interfaces is up.
-pub(super) fn check_not_in_use(host: &Host, f: &PciFunction) -> Result<(), VfioError> {
+/// The device nodes through which `f` can be in use: its own (and those stacked on
+/// them), and on `vfio-pci` its group node and cdev.
+fn nodes_of(host: &Host, f: &PciFunction) -> Vec<String> {
     let mut nodes = device_nodes(host, f.bdf);
     if f.driver.as_deref() == Some(VFIO_PCI) {
         nodes.extend(f.iommu_group.map(|g| format!("/dev/vfio/{g}")));
@@ -222,9 +282,24 @@ pub(super) fn check_not_in_use(host: &Host, f: &PciFunction) -> Result<(), VfioE
                 .map(|(name, _)| format!("/dev/vfio/devices/{name}")),
         );
     }
+    nodes
+}
+
+/// A process holding `f` open (for a function on `nvidia`, any `/dev/nvidia*`): (pid,
+/// comm, node).
+pub(super) fn holder_of(host: &Host, f: &PciFunction) -> Option<(u32, String, String)> {
+    let nodes = nodes_of(host, f);
     let nvidia = f.driver.as_deref() == Some("nvidia");
     let wanted = |n: &str| (nvidia && n.starts_with("/dev/nvidia")) || nodes.iter().any(|m| m == n);
-    if let Some((pid, comm, node)) = holder(host, &wanted) {
+    holder(host, &wanted)
+}
+
+/// Refuses a function in use: a process holds one of its device nodes open (for a
+/// function on `nvidia`, any `/dev/nvidia*`; on `vfio-pci`, its group node or cdev), one
+/// of them is mounted in any mount namespace, or one of its network interfaces is up.
+pub(super) fn check_not_in_use(host: &Host, f: &PciFunction) -> Result<(), VfioError> {
+    let nodes = nodes_of(host, f);
+    if let Some((pid, comm, node)) = holder_of(host, f) {
         return Err(VfioError::InUse {
             bdf: f.bdf,
             pid,
@@ -232,13 +307,19 @@ pub(super) fn check_not_in_use(host: &Host, f: &PciFunction) -> Result<(), VfioE
             node,
         });
     }
-    if let Some((node, at)) = listed(host, "/proc/mounts", &nodes) {
+    let mounted = mount_tables(host)
+        .iter()
+        .find_map(|t| listed(host, t, &nodes));
+    if let Some((node, at)) = mounted {
         return Err(VfioError::Mounted {
             bdf: f.bdf,
             node,
             at,
         });
     }
+    // Claimed by what no table here shows (a mount in a namespace without a process left
+    // to read it by, md, device-mapper): taken and let go at once.
+    drop(claim(host, f)?);
     if let Some((node, _)) = listed(host, "/proc/swaps", &nodes) {
         return Err(VfioError::Swap { bdf: f.bdf, node });
     }
@@ -412,6 +493,40 @@ mod tests {
             setup(&mut sim);
             assert_eq!(bind(&sim, true), Err(refusal.to_owned()), "{what}");
         }
+    }
+
+    /// Inside the DaemonSet, `/proc/mounts` is the container's own table: the host's is
+    /// PID 1's, and a mount in another namespace (a container's) holds the disk as well.
+    #[test]
+    fn mounts_are_the_hosts_and_every_namespaces_not_the_readers() {
+        let mut sim = SimHost::gpu_with_nvme_in_group();
+        // The reader's own table: an overlay root, none of the host's disks.
+        std::fs::write(
+            sim.path("proc/mounts"),
+            "overlay / overlay rw,relatime 0 0\n",
+        )
+        .expect("write");
+        sim.mount("/dev/nvme0n1p1", "/var/lib/data");
+        assert_eq!(
+            bind(&sim, true),
+            Err(
+                "0000:42:00.0 is in use: /dev/nvme0n1p1 is mounted on /var/lib/data; \
+                 unmount it and retry"
+                    .to_owned()
+            )
+        );
+
+        sim = SimHost::gpu_with_nvme_in_group();
+        sim.hold_open(1, "systemd", "/dev/null");
+        sim.mount_in(5150, "/dev/nvme0n1", "/scratch");
+        assert_eq!(
+            bind(&sim, true),
+            Err(
+                "0000:42:00.0 is in use: /dev/nvme0n1 is mounted on /scratch; unmount it and \
+                 retry"
+                    .to_owned()
+            )
+        );
     }
 
     #[test]

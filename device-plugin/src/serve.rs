@@ -22,6 +22,7 @@ use crate::allocate::Strategy;
 use crate::health::device_list;
 use crate::inventory::{inventory, Resource};
 use crate::service::{options, PluginService};
+pub use kata_gpu_plan::resource_names::Naming;
 
 /// How the plugin runs.
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct Config {
     pub interval: Duration,
     /// The forms Allocate answers in.
     pub strategy: Strategy,
+    /// How resources are named.
+    pub naming: Naming,
 }
 
 impl Config {
@@ -45,6 +48,7 @@ impl Config {
             plugins_dir: PathBuf::from(DEVICE_PLUGINS_DIR),
             interval: Duration::from_secs(5),
             strategy: Strategy::default(),
+            naming: Naming::default(),
         }
     }
 }
@@ -176,7 +180,7 @@ async fn start_round(
         sockets: Vec::new(),
         kubelet: Some(kubelet),
     };
-    for resource in inventory(host)? {
+    for resource in inventory(host, config.naming)? {
         let resource = Arc::new(resource);
         let path = dir.join(resource.socket_name());
         let listener = match bind_private(&path) {

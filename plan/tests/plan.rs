@@ -673,8 +673,8 @@ fn the_guest_size_by_annotation_is_bounded_by_the_pods_limits() {
         "pod annotation io.katacontainers.config.hypervisor.default_memory=\"65536\" asks more than the pod's memory limit (io.kubernetes.cri.sandbox-memory): 32768 MiB; set resources.limits.memory at least that high, or ask for less"
     );
     assert_eq!(
-        refused(&[(mem, "16384"), ("io.kubernetes.cri.sandbox-memory", "0")]),
-        "pod annotation io.katacontainers.config.hypervisor.default_memory=\"16384\" asks more than what this node allows a pod without a memory limit (memory_without_limit_max_mib in the kata-gpu shim settings): 8192 MiB; set resources.limits.memory at least that high, or ask for less"
+        refused(&[(mem, "32768"), ("io.kubernetes.cri.sandbox-memory", "0")]),
+        "pod annotation io.katacontainers.config.hypervisor.default_memory=\"32768\" asks more than what this node allows a pod without a memory limit (memory_without_limit_max_mib in the kata-gpu shim settings): 16384 MiB; set resources.limits.memory at least that high, or ask for less"
     );
     assert_eq!(
         refused(&[(cpus, "5"), quota_4[0], quota_4[1]]),
@@ -690,7 +690,7 @@ fn the_guest_size_by_annotation_is_bounded_by_the_pods_limits() {
     );
     for fine in [
         vec![(mem, "32768"), limit_32g],
-        vec![(mem, "8192")],
+        vec![(mem, "16384")],
         vec![(cpus, "4"), quota_4[0], quota_4[1]],
         vec![(cpus, "3.5"), quota_4[0], quota_4[1]],
         vec![(cpus, "8")],

@@ -27,7 +27,11 @@ fn the_sample_pod_asks_kubelet_and_plans_the_gpu_it_would_get() {
         .find(|d| d.contains("kind: Pod"))
         .expect("a sample pod");
     assert!(!sample.contains("cdi.k8s.io/"), "{sample}");
-    assert!(sample.contains("nvidia.com/pgpu: '1'"), "{sample}");
+    // It asks what the device plugin advertises for this host's GPU (issue 24 item 0).
+    assert!(
+        sample.contains("nvidia.com/GH100_H100_PCIE: '1'"),
+        "{sample}"
+    );
     let file = sim.path("sample.yaml");
     std::fs::write(&file, sample).expect("sample");
     let out = kata_gpu(
@@ -38,6 +42,45 @@ fn the_sample_pod_asks_kubelet_and_plans_the_gpu_it_would_get() {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(plan["allocated"], serde_json::json!(["nvidia.com/pgpu=0"]));
     assert_eq!(plan["requested"], serde_json::json!(["nvidia.com/pgpu=0"]));
+    assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0");
+}
+
+/// Issue 24 item 0: NVIDIA's documented confidential-containers pod, unchanged (its
+/// resource name, its `pgpu=0` annotation, its 16 GiB memory annotation without a memory
+/// limit), plans on the GPU the plugin would allocate (failed before: no such resource).
+#[test]
+fn nvidias_documented_pod_plans_unchanged() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let file = sim.path("nvidia.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: cuda-vectoradd-kata
+  annotations:
+    cdi.k8s.io/gpu: "nvidia.com/pgpu=0"
+    io.katacontainers.config.hypervisor.default_memory: "16384"
+spec:
+  runtimeClassName: kata-qemu-nvidia-gpu-snp
+  restartPolicy: OnFailure
+  containers:
+  - name: cuda-vectoradd
+    image: "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0-ubuntu22.04"
+    resources:
+      limits:
+        "nvidia.com/GH100_H100_PCIE": 1
+"#,
+    )
+    .expect("pod");
+    let out = kata_gpu(
+        &sim,
+        &["plan", "--pod", &file.display().to_string(), "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["allocated"], serde_json::json!(["nvidia.com/pgpu=0"]));
     assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0");
 }
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use kata_gpu_device_plugin::Config;
+use kata_gpu_device_plugin::{Config, Naming};
 use kata_gpu_kubelet_api::connect_unix;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::{
@@ -34,10 +34,12 @@ async fn plugin(
     )
 }
 
-/// The plugin with a short interval, on its own runtime.
+/// The plugin with a short interval, on its own runtime, naming its resources by kind
+/// (`--resource-naming pgpu`; NVIDIA's names: `nvidia_names_by_default`).
 fn start_plugin(root: &Path) -> DevicePlugin {
     DevicePlugin::start(Config {
         interval: Duration::from_millis(50),
+        naming: Naming::Pgpu,
         ..Config::new(root)
     })
 }
@@ -174,6 +176,70 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["kubelet.sock"]);
+}
+
+/// Issue 24 item 0: by default the plugin advertises NVIDIA's sandbox device plugin's names
+/// (pci.ids from the node, else the built-in table), one resource per model, and Allocate
+/// answers the CDI kind's names (failed before: nvidia.com/pgpu and nvidia.com/nvswitch).
+#[tokio::test]
+async fn nvidia_names_by_default() {
+    let sim = SimHost::hgx_8x_h100();
+    sim.write_cdi_specs();
+    let kubelet = KubeletRegistration::start(sim.root());
+    let _plugin = DevicePlugin::start(Config {
+        interval: Duration::from_millis(50),
+        ..Config::new(sim.root())
+    });
+    let mut seen = [kubelet.next_registration(), kubelet.next_registration()];
+    seen.sort_by(|a, b| a.resource_name.cmp(&b.resource_name));
+    assert_eq!(
+        seen.iter()
+            .map(|r| (r.resource_name.as_str(), r.endpoint.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "nvidia.com/GH100_H100_NVSWITCH",
+                "kata-gpu-GH100_H100_NVSWITCH.sock"
+            ),
+            (
+                "nvidia.com/GH100_H100_SXM5_80GB",
+                "kata-gpu-GH100_H100_SXM5_80GB.sock"
+            ),
+        ]
+    );
+    let mut client = plugin(&kubelet, "kata-gpu-GH100_H100_SXM5_80GB.sock").await;
+    let answer = client
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec!["3".to_owned()],
+            }],
+        })
+        .await
+        .expect("Allocate")
+        .into_inner();
+    let c = &answer.container_responses[0];
+    assert_eq!(c.cdi_devices[0].name, "nvidia.com/pgpu=3");
+    assert_eq!(
+        c.annotations
+            .get("cdi.k8s.io/kata-gpu-device-plugin_GH100_H100_SXM5_80GB")
+            .map(String::as_str),
+        Some("nvidia.com/pgpu=3")
+    );
+
+    // The node's pci.ids wins over the built-in table.
+    let h100 = SimHost::h100_pcie(VfioMode::Iommufd);
+    std::fs::create_dir_all(h100.path("usr/share/hwdata")).expect("mkdir");
+    std::fs::write(
+        h100.path("usr/share/hwdata/pci.ids"),
+        "10de  NVIDIA Corporation\n\t2331  GH100 [H100 PCIe 80GB/x]\n",
+    )
+    .expect("pci.ids");
+    let resources = kata_gpu_device_plugin::inventory(
+        &kata_gpu_plan::host::Host::new(h100.root()),
+        Naming::Nvidia,
+    )
+    .expect("inventory");
+    assert_eq!(resources[0].name, "nvidia.com/GH100_H100_PCIE_80GB_X");
 }
 
 #[tokio::test]

@@ -217,7 +217,7 @@ fn gpu_pod(release: Containerd, test: &str, kubelet: bool) {
             vec![Allocation::one(
                 "default",
                 "gpu-pod",
-                "nvidia.com/pgpu",
+                "nvidia.com/GH100_H100_PCIE",
                 &["0"],
             )],
         )

@@ -108,7 +108,13 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
     let _kubelet = PodResourcesStandIn::start(
         &kubelet_socket(&rig),
         vec![
-            Allocation::one("default", "nvidia-sample", "nvidia.com/pgpu", &["1"]),
+            // As kubelet reports NVIDIA's resource name, the one the plugin advertises.
+            Allocation::one(
+                "default",
+                "nvidia-sample",
+                "nvidia.com/GH100_H100_PCIE",
+                &["1"],
+            ),
             Allocation::one("default", "greedy", "nvidia.com/pgpu", &["1"]),
         ],
     );
@@ -117,7 +123,12 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
         &rig,
         &id,
         "nvidia-sample",
-        &["--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+        &[
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=0",
+            "--annotation",
+            "io.katacontainers.config.hypervisor.default_memory=16384",
+        ],
     );
     assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
     let plan: serde_json::Value =

@@ -121,7 +121,7 @@ impl Default for Policy {
         Self {
             memory_min_mib: 2048,
             memory_max_mib: 1024 * 1024,
-            memory_without_limit_max_mib: 8192,
+            memory_without_limit_max_mib: 16384,
             vcpus_without_limit_max: 8,
             kernel_params: Vec::new(),
             refuse_non_cc_gpus: false,

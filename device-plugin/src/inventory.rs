@@ -1,6 +1,6 @@
 //! What the plugin advertises: the devices of the host CDI spec (`kata-gpu cdi generate`'s,
-//! built by the same code), one entry per physical device, named by its first CDI name
-//! (its index), with what health and topology need; one resource per device model under
+//! built by the same code), one entry per physical device, named by its PCI address (also
+//! one of its CDI names), with what health and topology need; one resource per device model under
 //! NVIDIA's sandbox device plugin's names (`nvidia.com/GH100_H100_PCIE`), or one per CDI
 //! kind with `--resource-naming pgpu` ([`kata_gpu_plan::resource_names`]).
 
@@ -15,9 +15,10 @@ pub const RESOURCES: [&str; 2] = [PGPU_KIND, NVSWITCH_KIND];
 /// One advertised device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginDevice {
-    /// The device id kubelet sees: the device's first name in the host CDI spec.
+    /// The device id kubelet sees: its PCI address, a name the host CDI spec gives it too,
+    /// and one that an unbind or rebind of another device does not move.
     pub id: String,
-    /// Every name the spec gives this device (index, group, `vfioN`).
+    /// Every name the spec gives this device (index, group, `vfioN`, address).
     pub names: Vec<String>,
     /// Its VFIO node, as the spec names it (`/dev/vfio/devices/vfioN` or `/dev/vfio/<group>`).
     pub node: String,
@@ -111,7 +112,8 @@ pub fn inventory(host: &Host, naming: Naming) -> Result<Vec<Resource>, HostError
                 }
             };
             resource.devices.push(PluginDevice {
-                id: d.name.clone(),
+                // Its PCI address: the name that stays the device's across rebinds.
+                id: bdf.to_string(),
                 names: vec![d.name.clone()],
                 node: node.path.clone(),
                 bdf,

@@ -385,8 +385,9 @@ fn unresolvable_and_malformed_requests_are_refused() {
     )
     .expect_err("refused");
     assert!(
-        err.to_string()
-            .contains("nvidia.com/pgpu=3 is not defined; nvidia.com/pgpu has: 0, 40, vfio0"),
+        err.to_string().contains(
+            "nvidia.com/pgpu=3 is not defined; nvidia.com/pgpu has: 0, 0000:41:00.0, 40, vfio0"
+        ),
         "{err}"
     );
     let err = run(
@@ -487,8 +488,8 @@ fn the_host_spec_names_every_device_once_and_loads_back() {
     let registry = registry(&sim);
     assert!(registry.skipped().is_empty());
     assert!(registry.conflicts().is_empty());
-    // 8 GPUs and 4 switches, each by index, group and cdev.
-    assert_eq!(registry.devices().count(), 12 * 3);
+    // 8 GPUs and 4 switches, each by index, group, cdev and PCI address.
+    assert_eq!(registry.devices().count(), 12 * 4);
     let by = |n: &str| {
         registry
             .get(&n.parse().expect("name"))
@@ -697,4 +698,55 @@ fn the_guest_size_by_annotation_is_bounded_by_the_pods_limits() {
     ] {
         run(&sim, Profile::Snp, &fine, &policy()).unwrap_or_else(|e| panic!("{fine:?}: {e}"));
     }
+}
+
+/// Issue 24 item 7: a device named by its PCI address (the device plugin's id) is the same
+/// device across rebinds, and a spec written before a rebind, whose address name points at
+/// another device's node, is refused naming both (failed before: the stale node passed).
+#[test]
+fn a_pci_address_name_is_that_device_or_refused() {
+    let mut sim = SimHost::new();
+    sim.add_exposed(
+        &Function::hopper("0000:41:00.0", 0x2331, 40, 0),
+        VfioMode::Iommufd,
+    );
+    sim.add_exposed(
+        &Function::hopper("0000:42:00.0", 0x2331, 41, 0),
+        VfioMode::Iommufd,
+    );
+    let fresh = run(
+        &sim,
+        Profile::Snp,
+        &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0000:42:00.0")],
+        &policy(),
+    )
+    .expect("the address names the device");
+    assert_eq!(fresh.devices[0].bdf.to_string(), "0000:42:00.0");
+
+    // The spec as it was before 0000:41:00.0 was unbound and its cdev number reused.
+    fs::remove_dir_all(sim.path("var/run/cdi")).expect("no host spec");
+    fs::create_dir_all(sim.path("etc/cdi")).expect("dir");
+    fs::write(
+        sim.path("etc/cdi/stale.yaml"),
+        "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: \"0000:42:00.0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/devices/vfio0\n",
+    )
+    .expect("spec");
+    let registry = sim.registry();
+    let host = Host::new(sim.root());
+    let err = plan(&PlanInput {
+        profile: Profile::Snp,
+        oci: &oci(&[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0000:42:00.0")]),
+        registry: &registry,
+        host: &host,
+        base: &BaseValues::default(),
+        policy: &policy(),
+    })
+    .expect_err("stale");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "nvidia.com/pgpu=0000:42:00.0 is /dev/vfio/devices/vfio0 in {}, but sysfs says /dev/vfio/devices/vfio0 is 0000:41:00.0: the host spec was written before devices were rebound; regenerate it with `kata-gpu cdi generate` (and restart the device plugin)",
+            sim.path("etc/cdi/stale.yaml").display()
+        )
+    );
 }

@@ -87,7 +87,10 @@ fn the_plugin_registers_doctor_checks_it_and_sigterm_removes_its_socket() {
     assert_eq!(check(&report, "kubelet registration")["verdict"], "ok");
     let c = check(&report, "device plugin nvidia.com/GH100_H100_PCIE");
     assert_eq!(c["verdict"], "ok", "{report}");
-    assert_eq!(c["detail"], "advertises 1 (0), all in the host CDI spec");
+    assert_eq!(
+        c["detail"],
+        "advertises 1 (0000:41:00.0), all in the host CDI spec"
+    );
 
     // The host spec no longer defines what the plugin advertises.
     std::fs::remove_file(sim.path("var/run/cdi/nvidia.com-pgpu.yaml")).expect("remove spec");
@@ -96,7 +99,7 @@ fn the_plugin_registers_doctor_checks_it_and_sigterm_removes_its_socket() {
     assert_eq!(c["verdict"], "fail");
     assert_eq!(
         c["detail"],
-        "advertises 0 which the host CDI spec does not define"
+        "advertises 0000:41:00.0 which the host CDI spec does not define"
     );
 
     let out = plugin.terminate();

@@ -97,7 +97,8 @@ fn plan_refusals_are_one_line_with_the_fix_and_exit_1() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out).contains("nvidia.com/pgpu=9 is not defined; nvidia.com/pgpu has: 0, 40"),
+        text(&out)
+            .contains("nvidia.com/pgpu=9 is not defined; nvidia.com/pgpu has: 0, 0000:41:00.0, 40"),
         "{}",
         text(&out)
     );

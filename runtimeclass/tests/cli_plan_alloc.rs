@@ -40,8 +40,14 @@ fn the_sample_pod_asks_kubelet_and_plans_the_gpu_it_would_get() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(plan["allocated"], serde_json::json!(["nvidia.com/pgpu=0"]));
-    assert_eq!(plan["requested"], serde_json::json!(["nvidia.com/pgpu=0"]));
+    assert_eq!(
+        plan["allocated"],
+        serde_json::json!(["nvidia.com/pgpu=0000:41:00.0"])
+    );
+    assert_eq!(
+        plan["requested"],
+        serde_json::json!(["nvidia.com/pgpu=0000:41:00.0"])
+    );
     assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0");
 }
 
@@ -80,7 +86,10 @@ spec:
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(plan["allocated"], serde_json::json!(["nvidia.com/pgpu=0"]));
+    assert_eq!(
+        plan["allocated"],
+        serde_json::json!(["nvidia.com/pgpu=0000:41:00.0"])
+    );
     assert_eq!(plan["devices"][0]["bdf"], "0000:41:00.0");
 }
 
@@ -94,7 +103,7 @@ fn on_hgx_a_four_gpu_pod_gets_one_numa_node() {
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(0), "{shown}");
     assert!(
-        shown.starts_with("kubelet would allocate (the device plugin's preferred choice): nvidia.com/pgpu=0,nvidia.com/pgpu=1,nvidia.com/pgpu=2,nvidia.com/pgpu=3\n"),
+        shown.starts_with("kubelet would allocate (the device plugin's preferred choice): nvidia.com/pgpu=0000:18:00.0,nvidia.com/pgpu=0000:2a:00.0,nvidia.com/pgpu=0000:3a:00.0,nvidia.com/pgpu=0000:5d:00.0\n"),
         "{shown}"
     );
 }
@@ -108,7 +117,7 @@ fn bad_requests_are_refused_naming_what_and_where() {
     let cases = [
         (
             pod("2", ""),
-            "the pod asks for 2 nvidia.com/pgpu; this host advertises 1 healthy (0); bind devices with `kata-gpu vfio bind`".to_owned(),
+            "the pod asks for 2 nvidia.com/pgpu; this host advertises 1 healthy (0000:41:00.0); bind devices with `kata-gpu vfio bind`".to_owned(),
         ),
         (
             pod("lots", ""),
@@ -116,7 +125,7 @@ fn bad_requests_are_refused_naming_what_and_where() {
         ),
         (
             pod("1", "  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=0,nvidia.com/pgpu=vfio9\n"),
-            format!("pod {path} names nvidia.com/pgpu=0,nvidia.com/pgpu=vfio9 in its cdi.k8s.io/* annotations, more devices or other kinds than kubelet allocated it (nvidia.com/pgpu=0)"),
+            format!("pod {path} names nvidia.com/pgpu=0,nvidia.com/pgpu=vfio9 in its cdi.k8s.io/* annotations, more devices or other kinds than kubelet allocated it (nvidia.com/pgpu=0000:41:00.0)"),
         ),
         (
             pod("0", "  annotations:\n    cdi.k8s.io/gpu: nvidia.com/pgpu=0\n"),

@@ -42,7 +42,18 @@ fn hgx(c: &mut Criterion) {
     });
     let request = AllocateRequest {
         container_requests: vec![ContainerAllocateRequest {
-            devices_ids: (0..8).map(|i| i.to_string()).collect(),
+            devices_ids: [
+                "0000:18:00.0",
+                "0000:2a:00.0",
+                "0000:3a:00.0",
+                "0000:5d:00.0",
+                "0000:9a:00.0",
+                "0000:ab:00.0",
+                "0000:ba:00.0",
+                "0000:db:00.0",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }],
     };
     let answer = runtime

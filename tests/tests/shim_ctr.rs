@@ -94,7 +94,7 @@ fn a_refused_plan_fails_the_create_with_its_reason_and_leaves_nothing() {
     rig.assert_refused(
         &o,
         &nogpu_id,
-        "nvidia.com/pgpu=7 is not defined; nvidia.com/pgpu has: 0, 40, vfio0",
+        "nvidia.com/pgpu=7 is not defined; nvidia.com/pgpu has: 0, 0000:41:00.0, 40, vfio0",
     );
     rig.assert_clean();
 }

@@ -113,7 +113,7 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
                 "default",
                 "nvidia-sample",
                 "nvidia.com/GH100_H100_PCIE",
-                &["1"],
+                &["0000:42:00.0"],
             ),
             Allocation::one("default", "greedy", "nvidia.com/pgpu", &["1"]),
         ],
@@ -136,7 +136,7 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
             .expect("json");
     assert_eq!(
         plan["requested"],
-        serde_json::json!(["nvidia.com/pgpu=1"]),
+        serde_json::json!(["nvidia.com/pgpu=0000:42:00.0"]),
         "{plan}"
     );
     let plan_text = plan.to_string();
@@ -160,7 +160,7 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
         cdi,
         [(
             &"cdi.k8s.io/kata-gpu-allocated".to_owned(),
-            &serde_json::json!("nvidia.com/pgpu=1")
+            &serde_json::json!("nvidia.com/pgpu=0000:42:00.0")
         )]
     );
     assert!(

@@ -228,7 +228,7 @@ fn vfio_requests(
     let mut out: Vec<NodeRequest> = Vec::new();
     let resolved = input.registry.resolve(requested)?;
     for (name, d) in requested.iter().zip(&resolved) {
-        allocated::check_device(name, d)?;
+        allocated::check_device(input.host, name, d)?;
         let nodes = d
             .spec
             .spec

@@ -170,6 +170,51 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
         "the log says so"
     );
 
+    // A container of the pod, on containerd 1.6 (no CDI there: the proxy applies it), gets
+    // the pod's annotation copied (pod_annotations) beside the plugin's Allocate answer:
+    // only the sandbox's device reaches it.
+    let container = Rig::id("sample-c");
+    let member = format!("io.kubernetes.cri.sandbox-id={id}");
+    let o = rig.run(
+        &[
+            "-d",
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            &member,
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=0",
+            "--annotation",
+            "cdi.k8s.io/kata-gpu-device-plugin_GH100_H100_PCIE=nvidia.com/pgpu=0000:42:00.0",
+        ],
+        &container,
+        &["/bin/busybox", "sleep", "300"],
+    );
+    assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
+    let record: serde_json::Value = serde_json::from_slice(
+        &fs::read(rig.work.path().join(format!("records/{container}.json")))
+            .expect("recorded container Create"),
+    )
+    .expect("json");
+    let bundle = PathBuf::from(record["bundle"].as_str().expect("bundle"));
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).expect("config.json"))
+            .expect("json");
+    let vfio: Vec<&str> = spec["linux"]["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["path"].as_str())
+        .filter(|p| p.starts_with("/dev/vfio/devices/"))
+        .collect();
+    assert_eq!(
+        vfio,
+        ["/dev/vfio/devices/vfio1"],
+        "{}",
+        spec["linux"]["devices"]
+    );
+    rig.kill_and_remove(&container, "SIGKILL");
+
     // Two GPUs named, one allocated: refused, naming both sets.
     let greedy = Rig::id("greedy");
     let o = run(

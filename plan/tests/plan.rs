@@ -689,6 +689,14 @@ fn the_guest_size_by_annotation_is_bounded_by_the_pods_limits() {
         refused(&[(cpus, "lots")]),
         "pod annotation io.katacontainers.config.hypervisor.default_vcpus=\"lots\": not a number of vCPUs; give one such as 4"
     );
+    // Under CRI-O every pod annotation reaches the runtime: containerd's keys there are
+    // the pod author's and bound nothing.
+    assert!(refused(&[
+        (mem, "65536"),
+        ("io.kubernetes.cri.sandbox-memory", "1099511627776"),
+        ("io.kubernetes.cri-o.KubeName", "p"),
+    ])
+    .contains("asks more than what this node allows a pod without a memory limit"));
     for fine in [
         vec![(mem, "32768"), limit_32g],
         vec![(mem, "16384")],

@@ -38,10 +38,14 @@ pub const CRIO_NAMESPACE: &str = "io.kubernetes.cri-o.Namespace";
 pub const KIND_RESOURCES: [&str; 2] = [PGPU_KIND, NVSWITCH_KIND];
 
 /// The pod a sandbox belongs to, as (namespace, name), from CRI's or CRI-O's annotations.
+/// CRI-O's first: CRI-O hands the runtime every annotation of the pod and then sets its
+/// own, so under CRI-O containerd's keys are the pod author's and could name another pod
+/// (and so its allocation); containerd passes a pod's annotations only as its
+/// `pod_annotations` allow, which does not take `io.kubernetes.*`.
 pub fn pod_of(annotations: &std::collections::HashMap<String, String>) -> Option<(&str, &str)> {
     [
-        (SANDBOX_NAMESPACE, SANDBOX_NAME),
         (CRIO_NAMESPACE, CRIO_NAME),
+        (SANDBOX_NAMESPACE, SANDBOX_NAME),
     ]
     .into_iter()
     .find_map(|(ns, name)| {
@@ -301,6 +305,16 @@ mod tests {
             Some(("m", "b"))
         );
         assert_eq!(pod_of(&map(&[(SANDBOX_NAME, "a")])), None);
+        // Under CRI-O, a pod setting containerd's keys does not name another pod.
+        assert_eq!(
+            pod_of(&map(&[
+                (SANDBOX_NAME, "victim"),
+                (SANDBOX_NAMESPACE, "other"),
+                (CRIO_NAME, "b"),
+                (CRIO_NAMESPACE, "m")
+            ])),
+            Some(("m", "b"))
+        );
         assert_eq!(
             pod_of(&map(&[(SANDBOX_NAME, ""), (SANDBOX_NAMESPACE, "n")])),
             None

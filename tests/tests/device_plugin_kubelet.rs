@@ -354,6 +354,20 @@ async fn a_device_that_leaves_vfio_pci_or_loses_its_node_is_reported_unhealthy()
     std::fs::write(&node, "").expect("cdev back");
     assert_eq!(next(&mut stream).await, gpu0("Healthy"));
 
+    // A rebind gives its cdev to another function (issue 24 item 7): the node no longer
+    // reaches the device the id names.
+    let class = sim.path("sys/class/vfio-dev/vfio0");
+    let was = std::fs::read_link(&class).expect("class link");
+    let other = sim.path("sys/devices/pci0000:40/0000:42:00.0");
+    std::fs::create_dir_all(other.join("vfio-dev/vfio0")).expect("other function");
+    std::os::unix::fs::symlink("../..", other.join("vfio-dev/vfio0/device")).expect("link");
+    std::fs::remove_file(&class).expect("unlink class");
+    std::os::unix::fs::symlink(other.join("vfio-dev/vfio0"), &class).expect("relink class");
+    assert_eq!(next(&mut stream).await, gpu0("Unhealthy"));
+    std::fs::remove_file(&class).expect("unlink class");
+    std::os::unix::fs::symlink(&was, &class).expect("restore class");
+    assert_eq!(next(&mut stream).await, gpu0("Healthy"));
+
     // The function moves to another IOMMU group: its id no longer means what it did.
     let link = sim.path("sys/bus/pci/devices/0000:41:00.0/iommu_group");
     let real = std::fs::canonicalize(&link).expect("group link");

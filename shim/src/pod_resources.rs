@@ -2,11 +2,13 @@
 //!
 //! kubelet passes no devices to the sandbox (pause) container, yet the VM's PCIe topology is
 //! fixed when it is created: so the shim asks PodResources `Get` for the pod named by CRI's
-//! annotations, takes the allocations of our resource names (`nvidia.com/pgpu`,
-//! `nvidia.com/nvswitch`, CDI kinds) as the CDI names `<resource>=<id>`, and hands them to the
-//! plan and to Kata as the sandbox's one `cdi.k8s.io/*` annotation: the pod's own are checked
-//! against them and removed ([`kata_gpu_plan::sandbox::allocated`]). A gRPC runtime is built
-//! only when a lookup is made.
+//! annotations, takes the allocations of the device plugin's resources (NVIDIA's names,
+//! `nvidia.com/GH100_H100_PCIE`, or the kinds `nvidia.com/pgpu`, `nvidia.com/nvswitch`) as
+//! the CDI names `<kind>=<id>`, and hands them to the plan and to Kata as the sandbox's one
+//! `cdi.k8s.io/*` annotation: the pod's own are checked against them and removed
+//! ([`kata_gpu_plan::sandbox::allocated`]). A gRPC runtime is built only when a lookup is
+//! made. Where devices come from is the node's setting (`device_source`): kubelet's
+//! allocation by default, the pod's annotations only on a node that says so.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -251,6 +251,8 @@ pub fn device_plugin_daemonset(o: &DeployOptions) -> DaemonSet {
         mount("sys", &at("/sys"), true),
         mount("dev", &at("/dev"), true),
         mount("cdi", &at("/var/run/cdi"), true),
+        // pci.ids (/usr/share/misc or /usr/share/hwdata): the resource names.
+        mount("pci-ids", &at("/usr/share"), true),
         mount("device-plugins", &at(DEVICE_PLUGINS), false),
     ]);
     daemonset(
@@ -269,6 +271,7 @@ pub fn device_plugin_daemonset(o: &DeployOptions) -> DaemonSet {
                     name: "cdi".to_owned(),
                     ..Volume::default()
                 },
+                host_path("pci-ids", "/usr/share"),
                 host_path("device-plugins", DEVICE_PLUGINS),
             ]),
             ..PodSpec::default()

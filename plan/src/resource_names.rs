@@ -146,7 +146,9 @@ pub fn resource_name(naming: Naming, kind: &str, device: u16, pci_ids: Option<&s
 }
 
 /// Every resource name the host's GPUs and NVSwitches can be advertised under (both
-/// namings), with its CDI kind: what the shim maps kubelet's allocations back through.
+/// namings, and under NVIDIA's whichever of pci.ids, the built-in table and the device id
+/// the plugin found: a plugin in a container may not see the node's pci.ids), with its CDI
+/// kind: what the shim maps kubelet's allocations back through.
 pub fn host_resources(host: &Host) -> Result<Vec<(String, &'static str)>, HostError> {
     let pci_ids = read_pci_ids(host.root());
     let mut out: Vec<(String, &'static str)> = vec![
@@ -157,9 +159,15 @@ pub fn host_resources(host: &Host) -> Result<Vec<(String, &'static str)>, HostEr
         let Some(kind) = kind_of(&f) else {
             continue;
         };
-        let name = resource_name(Naming::Nvidia, kind, f.device, pci_ids.as_deref());
-        if !out.iter().any(|(n, _)| *n == name) {
-            out.push((name, kind));
+        let candidates = [
+            resource_name(Naming::Nvidia, kind, f.device, pci_ids.as_deref()),
+            resource_name(Naming::Nvidia, kind, f.device, None),
+            format!("nvidia.com/NVIDIA_{:04X}", f.device),
+        ];
+        for name in candidates {
+            if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, kind));
+            }
         }
     }
     Ok(out)

@@ -758,3 +758,34 @@ fn a_pci_address_name_is_that_device_or_refused() {
         )
     );
 }
+
+/// Issue 24 item 0: the shim maps a kubelet resource back to its kind under whichever name
+/// the plugin found: the node's pci.ids name, or (a plugin that cannot see pci.ids) the
+/// device-id fallback.
+#[test]
+fn host_resources_cover_every_name_the_plugin_may_use() {
+    let mut sim = SimHost::new();
+    sim.add_exposed(
+        &Function::hopper("0000:41:00.0", 0x2339, 40, 0),
+        VfioMode::Iommufd,
+    );
+    fs::create_dir_all(sim.path("usr/share/misc")).expect("dir");
+    fs::write(
+        sim.path("usr/share/misc/pci.ids"),
+        "10de  NVIDIA Corporation\n\t2339  GH100 [H20]\n",
+    )
+    .expect("pci.ids");
+    let got =
+        kata_gpu_plan::resource_names::host_resources(&Host::new(sim.root())).expect("resources");
+    for name in [
+        "nvidia.com/pgpu",
+        "nvidia.com/GH100_H20",
+        "nvidia.com/NVIDIA_2339",
+    ] {
+        assert!(
+            got.iter()
+                .any(|(n, kind)| n == name && *kind == "nvidia.com/pgpu"),
+            "{name} in {got:?}"
+        );
+    }
+}

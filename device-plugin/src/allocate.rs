@@ -127,7 +127,7 @@ pub fn allocate(
         }
         if strategy.cdi_annotations && !names.is_empty() {
             let mut annotations = std::collections::BTreeMap::new();
-            let short = resource.name.rsplit('/').next().unwrap_or(&resource.name);
+            let short = resource.short();
             cdi::annotations::add_cdi_annotation(
                 &mut annotations,
                 ANNOTATION_PLUGIN,

@@ -1,6 +1,7 @@
 //! Whether an advertised device can still be handed out: still bound to vfio-pci, its VFIO
-//! node still there, still in the IOMMU group it was advertised with (a changed group means
-//! the device id no longer stands for what the spec said).
+//! node still there and still its own (a rebind can give its `vfioN` to another function),
+//! still in the IOMMU group it was advertised with (a changed group means the device id no
+//! longer stands for what the spec said).
 
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::{Device, NumaNode, TopologyInfo};
 use kata_gpu_kubelet_api::{HEALTHY, UNHEALTHY};
@@ -12,6 +13,14 @@ use crate::inventory::{PluginDevice, Resource};
 pub fn problem(host: &Host, device: &PluginDevice) -> Option<String> {
     if !host.path(&device.node).exists() {
         return Some(format!("{} is gone", device.node));
+    }
+    if let Ok(kata_gpu_plan::host::VfioNode::Cdev { bdf, .. }) = host.vfio_node(&device.node) {
+        if bdf != device.bdf {
+            return Some(format!(
+                "{} is now {bdf}'s, not {}'s (rebound): regenerate the host spec with `kata-gpu cdi generate` and restart the device plugin",
+                device.node, device.bdf
+            ));
+        }
     }
     let f = match host.pci_function(device.bdf) {
         Ok(f) => f,

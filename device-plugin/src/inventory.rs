@@ -1,20 +1,24 @@
 //! What the plugin advertises: the devices of the host CDI spec (`kata-gpu cdi generate`'s,
-//! built by the same code), one entry per physical device, named by its first CDI name
-//! (its index), with what health and topology need.
+//! built by the same code), one entry per physical device, named by its PCI address (also
+//! one of its CDI names), with what health and topology need; one resource per device model under
+//! NVIDIA's sandbox device plugin's names (`nvidia.com/GH100_H100_PCIE`), or one per CDI
+//! kind with `--resource-naming pgpu` ([`kata_gpu_plan::resource_names`]).
 
 use kata_gpu_plan::host::{Host, HostError, VfioNode};
 use kata_gpu_plan::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
+use kata_gpu_plan::resource_names::{read_pci_ids, resource_name, Naming};
 use kata_gpu_plan::Bdf;
 
-/// The resource names the plugin serves: CDI kinds, so `<resource>=<id>` is a CDI name.
+/// The CDI kinds the plugin's devices are of: `<kind>=<id>` is a CDI name.
 pub const RESOURCES: [&str; 2] = [PGPU_KIND, NVSWITCH_KIND];
 
 /// One advertised device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginDevice {
-    /// The device id kubelet sees: the device's first name in the host CDI spec.
+    /// The device id kubelet sees: its PCI address, a name the host CDI spec gives it too,
+    /// and one that an unbind or rebind of another device does not move.
     pub id: String,
-    /// Every name the spec gives this device (index, group, `vfioN`).
+    /// Every name the spec gives this device (index, group, `vfioN`, address).
     pub names: Vec<String>,
     /// Its VFIO node, as the spec names it (`/dev/vfio/devices/vfioN` or `/dev/vfio/<group>`).
     pub node: String,
@@ -29,8 +33,10 @@ pub struct PluginDevice {
 /// One resource's devices.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resource {
-    /// The resource name (`nvidia.com/pgpu`, `nvidia.com/nvswitch`).
+    /// The resource name (`nvidia.com/GH100_H100_PCIE`, or `nvidia.com/pgpu`).
     pub name: String,
+    /// The CDI kind of its devices (`nvidia.com/pgpu`, `nvidia.com/nvswitch`).
+    pub kind: String,
     /// Its devices, in spec order.
     pub devices: Vec<PluginDevice>,
 }
@@ -41,36 +47,45 @@ impl Resource {
         self.devices.iter().find(|d| d.id == id)
     }
 
-    /// The CDI name of device `id` (`<resource>=<id>`).
+    /// The CDI name of device `id` (`<kind>=<id>`).
     pub fn cdi_name(&self, id: &str) -> String {
-        format!("{}={id}", self.name)
+        format!("{}={id}", self.kind)
     }
 
     /// The socket file name the plugin serves this resource on.
     pub fn socket_name(&self) -> String {
-        let short = self.name.rsplit('/').next().unwrap_or(&self.name);
-        format!("kata-gpu-{short}.sock")
+        format!("kata-gpu-{}.sock", self.short())
+    }
+
+    /// The resource name after its domain (`GH100_H100_PCIE`, `pgpu`).
+    pub fn short(&self) -> &str {
+        self.name.rsplit('/').next().unwrap_or(&self.name)
     }
 }
 
-/// The host's advertised devices, one [`Resource`] per kind that has devices, in
-/// [`RESOURCES`] order.
-pub fn inventory(host: &Host) -> Result<Vec<Resource>, HostError> {
+/// The host's advertised devices, one [`Resource`] per resource name that has devices:
+/// kinds in [`RESOURCES`] order, names in order of first device.
+pub fn inventory(host: &Host, naming: Naming) -> Result<Vec<Resource>, HostError> {
     let specs = host_specs(host)?;
-    let mut out = Vec::new();
+    let pci_ids = match naming {
+        Naming::Nvidia => read_pci_ids(host.root()),
+        Naming::Pgpu => None,
+    };
+    let mut out: Vec<Resource> = Vec::new();
     for kind in RESOURCES {
         let Some(spec) = specs.specs.iter().find(|s| s.kind == kind) else {
             continue;
         };
-        let mut resource = Resource {
-            name: kind.to_owned(),
-            devices: Vec::new(),
-        };
+        let first = out.len();
         for d in &spec.devices {
             let Some(node) = d.container_edits.device_nodes.first() else {
                 continue;
             };
-            if let Some(known) = resource.devices.iter_mut().find(|k| k.node == node.path) {
+            if let Some(known) = out[first..]
+                .iter_mut()
+                .flat_map(|r| r.devices.iter_mut())
+                .find(|k| k.node == node.path)
+            {
                 known.names.push(d.name.clone());
                 continue;
             }
@@ -83,8 +98,22 @@ pub fn inventory(host: &Host) -> Result<Vec<Resource>, HostError> {
             let Some(group) = f.iommu_group else {
                 continue;
             };
+            let name = resource_name(naming, kind, f.device, pci_ids.as_deref());
+            let resource = match out[first..].iter().position(|r| r.name == name) {
+                Some(i) => &mut out[first + i],
+                None => {
+                    out.push(Resource {
+                        name,
+                        kind: kind.to_owned(),
+                        devices: Vec::new(),
+                    });
+                    let last = out.len() - 1;
+                    &mut out[last]
+                }
+            };
             resource.devices.push(PluginDevice {
-                id: d.name.clone(),
+                // Its PCI address: the name that stays the device's across rebinds.
+                id: bdf.to_string(),
                 names: vec![d.name.clone()],
                 node: node.path.clone(),
                 bdf,
@@ -92,7 +121,6 @@ pub fn inventory(host: &Host) -> Result<Vec<Resource>, HostError> {
                 numa: f.numa_node,
             });
         }
-        out.push(resource);
     }
     Ok(out)
 }

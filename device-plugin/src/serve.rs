@@ -22,6 +22,7 @@ use crate::allocate::Strategy;
 use crate::health::device_list;
 use crate::inventory::{inventory, Resource};
 use crate::service::{options, PluginService};
+pub use kata_gpu_plan::resource_names::Naming;
 
 /// How the plugin runs.
 #[derive(Clone, Debug)]
@@ -38,6 +39,8 @@ pub struct Config {
     /// How long one registration with kubelet (connect and `Register`) may take: a kubelet
     /// that accepts and never answers is given up on, and tried again next interval.
     pub register_timeout: Duration,
+    /// How resources are named.
+    pub naming: Naming,
 }
 
 /// [`Config::register_timeout`] by default: kubelet answers `Register` at once (it only
@@ -53,6 +56,7 @@ impl Config {
             interval: Duration::from_secs(5),
             strategy: Strategy::default(),
             register_timeout: REGISTER_TIMEOUT,
+            naming: Naming::default(),
         }
     }
 }
@@ -205,7 +209,7 @@ async fn start_round(
         sockets: Vec::new(),
         kubelet: Some(kubelet),
     };
-    for resource in inventory(host)? {
+    for resource in inventory(host, config.naming)? {
         let resource = Arc::new(resource);
         let path = dir.join(resource.socket_name());
         let listener = match bind_private(&path) {

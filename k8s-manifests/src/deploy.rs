@@ -246,12 +246,14 @@ pub const NODE_ROOT_ANNOTATION: (&str, &str) = (
 /// into `/sys/devices` that exist only once their module is loaded, so their parent
 /// `/sys/class` is mounted). Every one read-only. None holds a mount of its own below it,
 /// so read-only reaches all of it even where the runtime cannot make it recursive.
-pub const PLUGIN_READS: [&str; 5] = [
+pub const PLUGIN_READS: [&str; 6] = [
     "/dev/vfio",
     "/sys/bus/pci",
     "/sys/devices",
     "/sys/kernel/iommu_groups",
     "/sys/class",
+    // pci.ids (/usr/share/misc or /usr/share/hwdata): the resource names NVIDIA's plugin gives.
+    "/usr/share",
 ];
 
 /// `recursiveReadOnly` of the plugin's read-only mounts. `IfPossible`, not `Enabled`:

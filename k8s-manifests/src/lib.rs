@@ -16,7 +16,7 @@ pub mod nfd;
 mod objects;
 
 pub use objects::{
-    runtime_class, sample_pod, Options, CC_READY_LABEL, DEFAULT_CPU_OVERHEAD,
+    runtime_class, sample_pod, Options, CC_READY_LABEL, DEFAULT_CPU_OVERHEAD, DEFAULT_GPU_RESOURCE,
     DEFAULT_MEMORY_OVERHEAD, MEMORY_ANNOTATION, PASSTHROUGH_LABEL, PGPU_RESOURCE, SAMPLE_IMAGE,
 };
 
@@ -84,7 +84,7 @@ impl Manifests {
         Manifests {
             runtime_class: runtime_class(profile, opts),
             node_feature_rule: nfd::node_feature_rule(),
-            sample_pod: sample_pod(profile),
+            sample_pod: sample_pod(profile, &opts.gpu_resource),
         }
     }
 

@@ -29,6 +29,10 @@ pub struct Options {
     pub cpu_overhead: String,
     /// `scheduling.nodeSelector`; `None`: the profile's default; `Some(empty)`: none.
     pub node_selector: Option<Vec<(String, String)>>,
+    /// The extended resource the sample pod asks one of: what the device plugin advertises
+    /// for the node's GPU (NVIDIA's sandbox device plugin's name, e.g.
+    /// `nvidia.com/GH100_H100_PCIE`).
+    pub gpu_resource: String,
 }
 
 impl Default for Options {
@@ -37,6 +41,7 @@ impl Default for Options {
             memory_overhead: DEFAULT_MEMORY_OVERHEAD.to_owned(),
             cpu_overhead: DEFAULT_CPU_OVERHEAD.to_owned(),
             node_selector: None,
+            gpu_resource: DEFAULT_GPU_RESOURCE.to_owned(),
         }
     }
 }
@@ -96,14 +101,17 @@ pub fn runtime_class(profile: Profile, opts: &Options) -> RuntimeClass {
 
 /// The image of the sample pod.
 pub const SAMPLE_IMAGE: &str = "nvcr.io/nvidia/k8s/cuda-sample:vectoradd-cuda12.5.0";
-/// The extended resource of one passthrough GPU.
+/// The extended resource of one passthrough GPU under `--resource-naming pgpu`.
 pub const PGPU_RESOURCE: &str = "nvidia.com/pgpu";
+/// The sample pod's resource where the node's GPU is not known: an H100 PCIe's, as the
+/// device plugin names it by default.
+pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/GH100_H100_PCIE";
 /// The annotation that sizes the VM's memory (MiB).
 pub const MEMORY_ANNOTATION: &str = "io.katacontainers.config.hypervisor.default_memory";
 
 /// A CUDA vector-add pod of `profile`'s class asking for one passthrough GPU, its VM
 /// sized by the memory annotation within its memory limit.
-pub fn sample_pod(profile: Profile) -> Pod {
+pub fn sample_pod(profile: Profile, gpu_resource: &str) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: Some(format!("cuda-vectoradd-{}", profile.name())),
@@ -124,7 +132,7 @@ pub fn sample_pod(profile: Profile) -> Pod {
                     // The memory annotation is bounded by the pod's memory limit: a VFIO
                     // guest's RAM is pinned, so the pod declares what it takes.
                     limits: Some(BTreeMap::from([
-                        (PGPU_RESOURCE.to_owned(), Quantity("1".to_owned())),
+                        (gpu_resource.to_owned(), Quantity("1".to_owned())),
                         ("memory".to_owned(), Quantity("16Gi".to_owned())),
                     ])),
                     ..ResourceRequirements::default()
@@ -182,8 +190,8 @@ mod tests {
     }
 
     #[test]
-    fn the_pod_asks_for_one_pgpu_in_its_class() {
-        let pod = sample_pod(Profile::Tdx);
+    fn the_pod_asks_for_one_gpu_in_its_class_with_its_memory() {
+        let pod = sample_pod(Profile::Tdx, "nvidia.com/GH100_H100_SXM5_80GB");
         let spec = pod.spec.expect("spec");
         assert_eq!(
             spec.runtime_class_name.as_deref(),
@@ -194,6 +202,10 @@ mod tests {
             .as_ref()
             .and_then(|r| r.limits.as_ref())
             .expect("limits");
-        assert_eq!(limits.get(PGPU_RESOURCE), Some(&Quantity("1".to_owned())));
+        assert_eq!(
+            limits.get("nvidia.com/GH100_H100_SXM5_80GB"),
+            Some(&Quantity("1".to_owned()))
+        );
+        assert_eq!(limits.get("memory"), Some(&Quantity("16Gi".to_owned())));
     }
 }

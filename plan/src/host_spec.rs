@@ -1,9 +1,12 @@
 //! The host's CDI specs for passthrough: every NVIDIA GPU bound to vfio-pci as kind
 //! `nvidia.com/pgpu` and every NVSwitch as `nvidia.com/nvswitch`.
 //!
-//! Each device is named by its index (in PCI address order), by its IOMMU group and, in
-//! iommufd mode, by its `vfioN` cdev, so a pod may ask for `nvidia.com/pgpu=0`,
-//! `nvidia.com/pgpu=65` or `nvidia.com/pgpu=vfio3`. A name is never defined twice in one
+//! Each device is named by its index (in PCI address order), by its IOMMU group, in
+//! iommufd mode by its `vfioN` cdev, and by its PCI address, so a pod may ask for
+//! `nvidia.com/pgpu=0`, `nvidia.com/pgpu=65`, `nvidia.com/pgpu=vfio3` or
+//! `nvidia.com/pgpu=0000:41:00.0`. Indexes and cdevs move when a device is unbound or
+//! rebound; the address does not, so the device plugin's ids are addresses, and the plan
+//! refuses an address name whose node sysfs says is another device's (a stale spec). A name is never defined twice in one
 //! spec: where a group number equals another device's index, or two devices share a group,
 //! the group name is left out and a warning says so.
 
@@ -94,6 +97,7 @@ fn spec_for(
         if let Some(cdev) = node.path.strip_prefix("/dev/vfio/devices/") {
             names.push(cdev.to_owned());
         }
+        names.push(f.bdf.to_string());
         for name in names {
             devices.push(Device {
                 name,

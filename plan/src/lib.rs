@@ -9,6 +9,7 @@
 pub mod host;
 pub mod host_spec;
 pub mod profile;
+pub mod resource_names;
 pub mod sandbox;
 pub mod settings;
 pub mod vfio;

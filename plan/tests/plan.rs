@@ -491,8 +491,8 @@ fn the_host_spec_names_every_device_once_and_loads_back() {
     let registry = registry(&sim);
     assert!(registry.skipped().is_empty());
     assert!(registry.conflicts().is_empty());
-    // 8 GPUs and 4 switches, each by index, group and cdev.
-    assert_eq!(registry.devices().count(), 12 * 3);
+    // 8 GPUs and 4 switches, each by index, group, cdev and PCI address.
+    assert_eq!(registry.devices().count(), 12 * 4);
     let by = |n: &str| {
         registry
             .get(&n.parse().expect("name"))
@@ -850,8 +850,8 @@ fn the_guest_size_by_annotation_is_bounded_by_the_pods_limits() {
         "pod annotation io.katacontainers.config.hypervisor.default_memory=\"65536\" asks more than the pod's memory limit (io.kubernetes.cri.sandbox-memory): 32768 MiB; set resources.limits.memory at least that high, or ask for less"
     );
     assert_eq!(
-        refused(&[(mem, "16384"), ("io.kubernetes.cri.sandbox-memory", "0")]),
-        "pod annotation io.katacontainers.config.hypervisor.default_memory=\"16384\" asks more than what this node allows a pod without a memory limit (memory_without_limit_max_mib in the kata-gpu shim settings): 8192 MiB; set resources.limits.memory at least that high, or ask for less"
+        refused(&[(mem, "32768"), ("io.kubernetes.cri.sandbox-memory", "0")]),
+        "pod annotation io.katacontainers.config.hypervisor.default_memory=\"32768\" asks more than what this node allows a pod without a memory limit (memory_without_limit_max_mib in the kata-gpu shim settings): 16384 MiB; set resources.limits.memory at least that high, or ask for less"
     );
     assert_eq!(
         refused(&[(cpus, "5"), quota_4[0], quota_4[1]]),
@@ -865,9 +865,17 @@ fn the_guest_size_by_annotation_is_bounded_by_the_pods_limits() {
         refused(&[(cpus, "lots")]),
         "pod annotation io.katacontainers.config.hypervisor.default_vcpus=\"lots\": not a number of vCPUs; give one such as 4"
     );
+    // Under CRI-O every pod annotation reaches the runtime: containerd's keys there are
+    // the pod author's and bound nothing.
+    assert!(refused(&[
+        (mem, "65536"),
+        ("io.kubernetes.cri.sandbox-memory", "1099511627776"),
+        ("io.kubernetes.cri-o.KubeName", "p"),
+    ])
+    .contains("asks more than what this node allows a pod without a memory limit"));
     for fine in [
         vec![(mem, "32768"), limit_32g],
-        vec![(mem, "8192")],
+        vec![(mem, "16384")],
         vec![(cpus, "4"), quota_4[0], quota_4[1]],
         vec![(cpus, "3.5"), quota_4[0], quota_4[1]],
         vec![(cpus, "8")],
@@ -906,6 +914,89 @@ fn a_refusal_shows_the_pod_nothing_of_the_nodes_other_devices() {
         assert!(
             !shown.split([' ', ',', ';', '=']).any(|w| w == layout),
             "{layout} in {shown}"
+        );
+    }
+}
+
+/// Issue 24 item 7: a device named by its PCI address (the device plugin's id) is the same
+/// device across rebinds, and a spec written before a rebind, whose address name points at
+/// another device's node, is refused naming both (failed before: the stale node passed).
+#[test]
+fn a_pci_address_name_is_that_device_or_refused() {
+    let mut sim = SimHost::new();
+    sim.add_exposed(
+        &Function::hopper("0000:41:00.0", 0x2331, 40, 0),
+        VfioMode::Iommufd,
+    );
+    sim.add_exposed(
+        &Function::hopper("0000:42:00.0", 0x2331, 41, 0),
+        VfioMode::Iommufd,
+    );
+    let fresh = run(
+        &sim,
+        Profile::Snp,
+        &[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0000:42:00.0")],
+        &policy(),
+    )
+    .expect("the address names the device");
+    assert_eq!(fresh.devices[0].bdf.to_string(), "0000:42:00.0");
+
+    // The spec as it was before 0000:41:00.0 was unbound and its cdev number reused.
+    fs::remove_dir_all(sim.path("var/run/cdi")).expect("no host spec");
+    fs::create_dir_all(sim.path("etc/cdi")).expect("dir");
+    fs::write(
+        sim.path("etc/cdi/stale.yaml"),
+        "cdiVersion: 0.5.0\nkind: nvidia.com/pgpu\ndevices:\n- name: \"0000:42:00.0\"\n  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/devices/vfio0\n",
+    )
+    .expect("spec");
+    let registry = sim.registry();
+    let host = Host::new(sim.root());
+    let err = plan(&PlanInput {
+        profile: Profile::Snp,
+        oci: &oci(&[("cdi.k8s.io/gpu", "nvidia.com/pgpu=0000:42:00.0")]),
+        registry: &registry,
+        host: &host,
+        base: &KataValues::template(Profile::Snp),
+        policy: &policy(),
+        sandbox_id: None,
+    })
+    .expect_err("stale");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "nvidia.com/pgpu=0000:42:00.0 is /dev/vfio/devices/vfio0 in {}, but sysfs says /dev/vfio/devices/vfio0 is 0000:41:00.0: the host spec was written before devices were rebound; regenerate it with `kata-gpu cdi generate` (and restart the device plugin)",
+            sim.path("etc/cdi/stale.yaml").display()
+        )
+    );
+}
+
+/// Issue 24 item 0: the shim maps a kubelet resource back to its kind under whichever name
+/// the plugin found: the node's pci.ids name, or (a plugin that cannot see pci.ids) the
+/// device-id fallback.
+#[test]
+fn host_resources_cover_every_name_the_plugin_may_use() {
+    let mut sim = SimHost::new();
+    sim.add_exposed(
+        &Function::hopper("0000:41:00.0", 0x2339, 40, 0),
+        VfioMode::Iommufd,
+    );
+    fs::create_dir_all(sim.path("usr/share/misc")).expect("dir");
+    fs::write(
+        sim.path("usr/share/misc/pci.ids"),
+        "10de  NVIDIA Corporation\n\t2339  GH100 [H20]\n",
+    )
+    .expect("pci.ids");
+    let got =
+        kata_gpu_plan::resource_names::host_resources(&Host::new(sim.root())).expect("resources");
+    for name in [
+        "nvidia.com/pgpu",
+        "nvidia.com/GH100_H20",
+        "nvidia.com/NVIDIA_2339",
+    ] {
+        assert!(
+            got.iter()
+                .any(|(n, kind)| n == name && *kind == "nvidia.com/pgpu"),
+            "{name} in {got:?}"
         );
     }
 }

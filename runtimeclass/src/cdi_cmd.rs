@@ -21,7 +21,7 @@ pub enum CdiCommand {
         paths: Vec<PathBuf>,
     },
     /// Write the host's CDI specs for passthrough GPUs (nvidia.com/pgpu) and NVSwitches
-    /// (nvidia.com/nvswitch), named by index, IOMMU group and vfioN.
+    /// (nvidia.com/nvswitch), named by index, IOMMU group, vfioN and PCI address.
     Generate {
         /// Directory to write into (default: /var/run/cdi under --host-root).
         #[arg(long, value_name = "DIR")]

@@ -1,12 +1,14 @@
 //! `kata-gpu device-plugin`: serve the host's passthrough GPUs and NVSwitches to kubelet
-//! (`nvidia.com/pgpu`, `nvidia.com/nvswitch`) until SIGTERM or SIGINT. One binary on the node
+//! (under NVIDIA's sandbox device plugin's names, `nvidia.com/GH100_H100_PCIE`, or with
+//! `--resource-naming pgpu` as `nvidia.com/pgpu`, `nvidia.com/nvswitch`) until SIGTERM or
+//! SIGINT. One binary on the node
 //! image runs both the set-up and the plugin, with the same `--host-root`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use kata_gpu_device_plugin::{run as run_plugin, Config, Strategy};
+use kata_gpu_device_plugin::{run as run_plugin, Config, Naming, Strategy};
 
 use crate::{Global, Outcome};
 
@@ -38,6 +40,11 @@ pub struct DevicePluginArgs {
     #[arg(long = "allocate-form", value_enum, value_delimiter = ',',
           default_values_t = [Form::CdiCri, Form::CdiAnnotations, Form::DeviceSpecs])]
     forms: Vec<Form>,
+    /// Resource names: `nvidia` (NVIDIA's sandbox device plugin's, one per device model from
+    /// pci.ids: `nvidia.com/GH100_H100_PCIE`) or `pgpu` (`nvidia.com/pgpu`,
+    /// `nvidia.com/nvswitch`).
+    #[arg(long, default_value = "nvidia", value_name = "NAMING")]
+    resource_naming: Naming,
 }
 
 /// Runs `kata-gpu device-plugin`.
@@ -54,6 +61,7 @@ pub fn run(args: DevicePluginArgs, global: &Global) -> anyhow::Result<Outcome> {
             cdi_annotations: args.forms.contains(&Form::CdiAnnotations),
             device_specs: args.forms.contains(&Form::DeviceSpecs),
         },
+        naming: args.resource_naming,
         ..Config::new(&global.host_root)
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cdi::registry::{Registry, RegistryConfig};
-use kata_gpu_device_plugin::{inventory, Resource};
+use kata_gpu_device_plugin::{inventory, Naming, Resource};
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::Empty;
 use kata_gpu_kubelet_api::{connect_unix, DEVICE_PLUGINS_DIR, KUBELET_SOCKET};
@@ -32,6 +32,7 @@ fn warn(name: &str, detail: String, fix: &str) -> Check {
 /// and the names the installed host CDI spec defines (`installed`, qualified).
 pub fn advertised(
     resource: &str,
+    kind: &str,
     advertised: &[String],
     expected: &[String],
     installed: &BTreeSet<String>,
@@ -39,7 +40,7 @@ pub fn advertised(
     let name = format!("device plugin {resource}");
     let undefined: Vec<&str> = advertised
         .iter()
-        .filter(|id| !installed.contains(&format!("{resource}={id}")))
+        .filter(|id| !installed.contains(&format!("{kind}={id}")))
         .map(String::as_str)
         .collect();
     if !undefined.is_empty() {
@@ -138,7 +139,7 @@ fn resource_check(dir: &Path, resource: &Resource, installed: &BTreeSet<String>)
     }
     let expected: Vec<String> = resource.devices.iter().map(|d| d.id.clone()).collect();
     match probe(&socket) {
-        Ok(ids) => advertised(&resource.name, &ids, &expected, installed),
+        Ok(ids) => advertised(&resource.name, &resource.kind, &ids, &expected, installed),
         Err(e) => fail(&name, e, "restart the device plugin"),
     }
 }
@@ -169,7 +170,24 @@ pub fn checks(root: &Path) -> Vec<Check> {
         ));
     }
     let host = Host::new(root);
-    let resources = match inventory(&host) {
+    // The plugin's naming is its flag; the sockets it serves under say which.
+    let serving = |naming| {
+        inventory(&host, naming).map(|rs| {
+            let any = rs
+                .iter()
+                .any(|r| std::fs::symlink_metadata(dir.join(r.socket_name())).is_ok());
+            (rs, any)
+        })
+    };
+    let resources = match serving(Naming::Nvidia).and_then(|(nvidia, any)| {
+        if any {
+            return Ok(nvidia);
+        }
+        match serving(Naming::Pgpu)? {
+            (pgpu, true) => Ok(pgpu),
+            _ => Ok(nvidia),
+        }
+    }) {
         Ok(r) => r,
         Err(e) => {
             out.push(fail(
@@ -213,6 +231,7 @@ mod tests {
             .collect();
         let c = advertised(
             "nvidia.com/pgpu",
+            "nvidia.com/pgpu",
             &ids(&["0", "1"]),
             &ids(&["0", "1"]),
             &installed,
@@ -221,6 +240,7 @@ mod tests {
         assert_eq!(c.detail, "advertises 2 (0, 1), all in the host CDI spec");
 
         let c = advertised(
+            "nvidia.com/pgpu",
             "nvidia.com/pgpu",
             &ids(&["0", "2"]),
             &ids(&["0", "2"]),
@@ -237,6 +257,7 @@ mod tests {
         );
 
         let c = advertised(
+            "nvidia.com/pgpu",
             "nvidia.com/pgpu",
             &ids(&["0"]),
             &ids(&["0", "1"]),

@@ -281,7 +281,9 @@ fn manifests_step(
     state: &mut NodeState,
 ) -> anyhow::Result<Step> {
     let args = &install.node;
-    let m = Manifests::new(args.profile, &install.manifest.options()?);
+    let mut opts = install.manifest.options()?;
+    opts.gpu_resource = crate::runtimeclass_cmd::sample_resource(root);
+    let m = Manifests::new(args.profile, &opts);
     let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
     let mut step = Step::new("runtimeclass", "");
     if state.manifests.as_ref() != Some(&host_file) {

@@ -7,25 +7,41 @@ use std::path::Path;
 use anyhow::Context;
 use cdi::QualifiedName;
 use kata_gpu_device_plugin::health::problem;
-use kata_gpu_device_plugin::{inventory, preferred, RESOURCES};
+use kata_gpu_device_plugin::{inventory, preferred, Naming, Resource};
 use kata_gpu_plan::host::Host;
 
-/// The devices of our resource names a Pod manifest's containers ask for, summed over its
-/// containers (kubelet allocates per container; the sandbox gets them all).
+/// The resources the device plugin would advertise on `host`: under NVIDIA's names and
+/// under the kinds (a pod may ask either, as the plugin's `--resource-naming` says).
+pub fn advertised(host: &Host) -> anyhow::Result<Vec<Resource>> {
+    let mut out = inventory(host, Naming::Nvidia).context("cannot list the host's devices")?;
+    out.extend(inventory(host, Naming::Pgpu).context("cannot list the host's devices")?);
+    Ok(out)
+}
+
+/// The devices of the plugin's resource names a Pod manifest's containers ask for, summed
+/// over its containers (kubelet allocates per container; the sandbox gets them all).
 pub fn requested_counts(
     pod: &serde_json::Value,
     file: &Path,
+    resources: &[Resource],
 ) -> anyhow::Result<Vec<(String, usize)>> {
     let mut counts: Vec<(String, usize)> = Vec::new();
     let containers = pod["spec"]["containers"]
         .as_array()
         .cloned()
         .unwrap_or_default();
+    let mut names: Vec<&str> = resources.iter().map(|r| r.name.as_str()).collect();
+    for kind in kata_gpu_device_plugin::RESOURCES {
+        if !names.contains(&kind) {
+            names.push(kind);
+        }
+    }
     for (i, c) in containers.iter().enumerate() {
         let name = c["name"]
             .as_str()
             .map_or_else(|| format!("#{i}"), str::to_owned);
-        for resource in RESOURCES {
+        for resource in &names {
+            let resource = *resource;
             let value = &c["resources"]["limits"][resource];
             if value.is_null() {
                 continue;
@@ -136,16 +152,13 @@ pub fn sandbox_limit_annotations(
 /// its healthy devices.
 pub fn preferred_names(
     host: &Host,
+    resources: &[Resource],
     counts: &[(String, usize)],
 ) -> anyhow::Result<Vec<QualifiedName>> {
-    let resources = inventory(host).context("cannot list the host's devices")?;
     let mut names = Vec::new();
     for (resource, count) in counts {
-        let devices = resources
-            .iter()
-            .find(|r| &r.name == resource)
-            .map(|r| r.devices.as_slice())
-            .unwrap_or_default();
+        let found = resources.iter().find(|r| &r.name == resource);
+        let devices = found.map(|r| r.devices.as_slice()).unwrap_or_default();
         let healthy: Vec<String> = devices
             .iter()
             .filter(|d| problem(host, d).is_none())
@@ -159,7 +172,7 @@ pub fn preferred_names(
             );
         }
         for id in preferred(devices, &healthy, &[], *count) {
-            let text = format!("{resource}={id}");
+            let text = found.map_or_else(|| format!("{resource}={id}"), |r| r.cdi_name(&id));
             names.push(
                 text.parse()
                     .with_context(|| format!("{text} is not a CDI name"))?,

@@ -91,7 +91,7 @@ type PodView = (
 );
 
 /// A Pod manifest's annotations, runtime class and the devices it asks kubelet for.
-fn pod_manifest(file: &std::path::Path) -> anyhow::Result<PodView> {
+fn pod_manifest(file: &std::path::Path, host: &Host) -> anyhow::Result<PodView> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let pod: serde_json::Value = serde_yaml_ng::from_str(&text)
@@ -115,7 +115,7 @@ fn pod_manifest(file: &std::path::Path) -> anyhow::Result<PodView> {
     Ok((
         annotations,
         pod["spec"]["runtimeClassName"].as_str().map(str::to_owned),
-        crate::plan_alloc::requested_counts(&pod, file)?,
+        crate::plan_alloc::requested_counts(&pod, file, &crate::plan_alloc::advertised(host)?)?,
     ))
 }
 
@@ -128,7 +128,12 @@ fn parse_annotation(s: &str) -> Result<(String, String), String> {
 
 /// Runs `kata-gpu plan`.
 pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
-    let pod = args.pod.as_deref().map(pod_manifest).transpose()?;
+    let pod_host = Host::new(&global.host_root);
+    let pod = args
+        .pod
+        .as_deref()
+        .map(|p| pod_manifest(p, &pod_host))
+        .transpose()?;
     let profile = match (args.profile, pod.as_ref().and_then(|(_, class, _)| class.as_deref())) {
         (Some(p), _) => p,
         (None, Some(class)) => class.parse().map_err(|_| {
@@ -174,7 +179,7 @@ pub fn run(args: PlanArgs, global: &Global) -> anyhow::Result<Outcome> {
     let allocated = if counts.is_empty() {
         Vec::new()
     } else {
-        crate::plan_alloc::preferred_names(&host, &counts)?
+        crate::plan_alloc::preferred_names(&host, &crate::plan_alloc::advertised(&host)?, &counts)?
     };
     let pod_label = args
         .pod

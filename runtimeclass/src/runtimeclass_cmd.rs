@@ -45,8 +45,27 @@ impl ManifestArgs {
             memory_overhead: self.overhead_memory.clone(),
             cpu_overhead: self.overhead_cpu.clone(),
             node_selector,
+            gpu_resource: kata_gpu_manifests::DEFAULT_GPU_RESOURCE.to_owned(),
         })
     }
+}
+
+/// What the device plugin (default naming) advertises for the first GPU of the host under
+/// `root`, for the sample pod; an H100 PCIe's name when the host has none bound.
+pub fn sample_resource(root: &std::path::Path) -> String {
+    kata_gpu_device_plugin::inventory(
+        &kata_gpu_plan::host::Host::new(root),
+        kata_gpu_device_plugin::Naming::Nvidia,
+    )
+    .ok()
+    .and_then(|rs| {
+        rs.into_iter()
+            .find(|r| r.kind == kata_gpu_plan::host_spec::PGPU_KIND)
+    })
+    .map_or_else(
+        || kata_gpu_manifests::DEFAULT_GPU_RESOURCE.to_owned(),
+        |r| r.name,
+    )
 }
 
 /// Arguments of `kata-gpu runtimeclass`.
@@ -64,7 +83,9 @@ pub struct RuntimeClassArgs {
 
 /// Runs `kata-gpu runtimeclass`.
 pub fn run(args: RuntimeClassArgs, global: &Global) -> anyhow::Result<Outcome> {
-    let m = Manifests::new(args.profile, &args.manifest.options()?);
+    let mut opts = args.manifest.options()?;
+    opts.gpu_resource = sample_resource(&global.host_root);
+    let m = Manifests::new(args.profile, &opts);
     let text = if global.json {
         m.to_json()? + "\n"
     } else {

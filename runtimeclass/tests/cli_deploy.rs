@@ -262,7 +262,7 @@ fn plugin_view(sim: &kata_gpu_tests::SimHost) -> tempfile::TempDir {
 /// whole host, on a host with iommufd nodes and on one with only legacy groups.
 #[test]
 fn the_device_plugin_sees_its_devices_through_only_the_daemonsets_mounts() {
-    use kata_gpu_device_plugin::{health, inventory};
+    use kata_gpu_device_plugin::{health, inventory, Naming};
     use kata_gpu_plan::host::Host;
     use kata_gpu_tests::{SimHost, VfioMode};
     for sim in [
@@ -270,11 +270,15 @@ fn the_device_plugin_sees_its_devices_through_only_the_daemonsets_mounts() {
         SimHost::h100_pcie(VfioMode::Iommufd),
         SimHost::h100_pcie(VfioMode::Legacy),
     ] {
-        let whole = inventory(&Host::new(sim.root())).expect("inventory");
+        // The default naming reads pci.ids under the root, which the view must carry too.
+        let whole = inventory(&Host::new(sim.root()), Naming::default()).expect("inventory");
         assert!(whole.iter().any(|r| !r.devices.is_empty()), "{whole:?}");
         let view = plugin_view(&sim);
         let host = Host::new(view.path());
-        assert_eq!(inventory(&host).expect("inventory in the view"), whole);
+        assert_eq!(
+            inventory(&host, Naming::default()).expect("inventory in the view"),
+            whole
+        );
         for r in &whole {
             for d in &r.devices {
                 assert_eq!(health::problem(&host, d), None, "{}", d.id);

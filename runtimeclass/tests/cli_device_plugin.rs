@@ -71,36 +71,40 @@ fn the_plugin_registers_doctor_checks_it_and_sigterm_removes_its_socket() {
 
     let kubelet = KubeletRegistration::start(sim.root());
     let report = doctor(&sim);
-    let c = check(&report, "device plugin nvidia.com/pgpu");
+    let c = check(&report, "device plugin nvidia.com/GH100_H100_PCIE");
     assert_eq!(c["verdict"], "fail", "{report}");
     assert_eq!(
         c["detail"],
-        "/var/lib/kubelet/device-plugins/kata-gpu-pgpu.sock missing: pods asking for nvidia.com/pgpu stay Pending"
+        "/var/lib/kubelet/device-plugins/kata-gpu-GH100_H100_PCIE.sock missing: pods asking for nvidia.com/GH100_H100_PCIE stay Pending"
     );
 
     let plugin = Plugin::start(&sim);
     let registered = kubelet.next_registration();
-    assert_eq!(registered.resource_name, "nvidia.com/pgpu");
-    assert_eq!(registered.endpoint, "kata-gpu-pgpu.sock");
+    // NVIDIA's sandbox device plugin's name for an H100 PCIe (issue 24 item 0).
+    assert_eq!(registered.resource_name, "nvidia.com/GH100_H100_PCIE");
+    assert_eq!(registered.endpoint, "kata-gpu-GH100_H100_PCIE.sock");
     let report = doctor(&sim);
     assert_eq!(check(&report, "kubelet registration")["verdict"], "ok");
-    let c = check(&report, "device plugin nvidia.com/pgpu");
+    let c = check(&report, "device plugin nvidia.com/GH100_H100_PCIE");
     assert_eq!(c["verdict"], "ok", "{report}");
-    assert_eq!(c["detail"], "advertises 1 (0), all in the host CDI spec");
+    assert_eq!(
+        c["detail"],
+        "advertises 1 (0000:41:00.0), all in the host CDI spec"
+    );
 
     // The host spec no longer defines what the plugin advertises.
     std::fs::remove_file(sim.path("var/run/cdi/nvidia.com-pgpu.yaml")).expect("remove spec");
     let c = doctor(&sim);
-    let c = check(&c, "device plugin nvidia.com/pgpu");
+    let c = check(&c, "device plugin nvidia.com/GH100_H100_PCIE");
     assert_eq!(c["verdict"], "fail");
     assert_eq!(
         c["detail"],
-        "advertises 0 which the host CDI spec does not define"
+        "advertises 0000:41:00.0 which the host CDI spec does not define"
     );
 
     let out = plugin.terminate();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let socket = kubelet.dir().join("kata-gpu-pgpu.sock");
+    let socket = kubelet.dir().join("kata-gpu-GH100_H100_PCIE.sock");
     assert!(!socket.exists(), "{} left", socket.display());
 }
 

@@ -51,7 +51,7 @@ fn a_healthy_h100_passes_the_host_checks_and_fails_what_is_not_installed() {
         "ok    sev-snp: kvm_amd reports sev_snp enabled",
         "ok    gpu 0000:41:00.0: 10de:2331 driver vfio-pci, IOMMU group 40, CC-capable",
         "ok    iommufd: /dev/iommu present; cdevs vfio0",
-        "ok    cdi: host spec present and consistent (3 names)",
+        "ok    cdi: host spec present and consistent (4 names)",
         "FAIL  containerd: not registered in $ROOT/etc/containerd/config.toml",
         "FAIL  artifacts: none installed for kata-qemu-nvidia-gpu-snp",
         "FAIL  kata-gpu shim: containerd-shim-kata-qemu-nvidia-gpu-snp-v2 is not on containerd's PATH or next to containerd ($ROOT/usr/local/sbin:",
@@ -164,7 +164,7 @@ fn missing_cdi_spec_fails_with_the_generate_fix() {
     assert!(
         has_line(
             &shown,
-            "FAIL  cdi: missing nvidia.com/pgpu=0, nvidia.com/pgpu=40"
+            "FAIL  cdi: missing nvidia.com/pgpu=0, nvidia.com/pgpu=0000:41:00.0, nvidia.com/pgpu=40"
         ),
         "{shown}"
     );
@@ -278,7 +278,7 @@ fn a_stale_cdi_spec_fails() {
     assert!(
         has_line(
             &shown,
-            "FAIL  cdi: names devices the host no longer has: nvidia.com/pgpu=0, nvidia.com/pgpu=40, nvidia.com/pgpu=vfio0 — fix: kata-gpu --host-root $ROOT cdi generate"
+            "FAIL  cdi: names devices the host no longer has: nvidia.com/pgpu=0, nvidia.com/pgpu=0000:41:00.0, nvidia.com/pgpu=40, nvidia.com/pgpu=vfio0 — fix: kata-gpu --host-root $ROOT cdi generate"
         ),
         "{shown}"
     );
@@ -458,6 +458,39 @@ fn the_address_bits_a_whole_board_needs_are_shown_and_a_narrow_host_warned() {
              bits, but SEV-SNP guests here can have 39 (40 host bits less 1 reduced by SEV, \
              below the C-bit at 51): at most 2 GPUs fit in one sandbox — fix: ask for at most \
              2 GPUs (or less memory) per pod; larger sandboxes are refused at Create"
+        ),
+        "{shown}"
+    );
+}
+
+/// Issue 24 item 7: after a rebind renumbered the cdevs, the spec on disk names each GPU's
+/// node for the other one; doctor fails naming every name that points elsewhere than sysfs
+/// says, with the regenerate fix.
+#[test]
+fn a_spec_whose_names_point_at_other_devices_fails() {
+    let mut sim = SimHost::new();
+    for (bdf, group) in [("0000:41:00.0", 40), ("0000:42:00.0", 41)] {
+        sim.add_exposed(
+            &kata_gpu_tests::simhost::Function::hopper(bdf, 0x2331, group, 0),
+            VfioMode::Iommufd,
+        );
+    }
+    sim.write_cdi_specs();
+    let spec = sim.path("var/run/cdi/nvidia.com-pgpu.yaml");
+    let text = fs::read_to_string(&spec).expect("spec");
+    let swapped = text
+        .replace("/dev/vfio/devices/vfio0", "@")
+        .replace("/dev/vfio/devices/vfio1", "/dev/vfio/devices/vfio0")
+        .replace('@', "/dev/vfio/devices/vfio1");
+    assert_ne!(swapped, text);
+    fs::write(&spec, swapped).expect("write");
+    let out = doctor(&sim, &["--profile", "gpu"]);
+    let shown = text_on(&sim, &out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        has_line(
+            &shown,
+            "FAIL  cdi: different device nodes for nvidia.com/pgpu=0, nvidia.com/pgpu=0000:41:00.0, nvidia.com/pgpu=0000:42:00.0, nvidia.com/pgpu=1, nvidia.com/pgpu=40, nvidia.com/pgpu=41"
         ),
         "{shown}"
     );

@@ -163,6 +163,57 @@ pub fn claim(state_dir: &Path, dir: &Path, claim: &Claim) -> Result<(), ClaimErr
     kata_gpu_fsutil::write_atomic(&path, &text, 0o600).map_err(io(&path))
 }
 
+/// The claim of the sandbox whose state directory is `dir`, if it holds devices.
+pub fn read(dir: &Path) -> Option<Claim> {
+    serde_json::from_slice(&fs::read(dir.join(CLAIMS_FILE)).ok()?).ok()
+}
+
+/// Of the CDI names a container of a kubelet pod asks for, those its sandbox can give: a
+/// name of our kinds whose VFIO nodes are functions the sandbox holds (`claim`), or a name
+/// of another kind. The pod's own `cdi.k8s.io/*` annotation reaches its containers too
+/// (containerd's `pod_annotations`), and may name other ids of the kind than kubelet
+/// allocated; the sandbox runs on the allocation, so those are left out. Returns (kept,
+/// left out).
+pub fn within(
+    claim: Option<&Claim>,
+    host: &kata_gpu_plan::host::Host,
+    registry: &cdi::Registry,
+    names: &[cdi::QualifiedName],
+) -> (Vec<cdi::QualifiedName>, Vec<cdi::QualifiedName>) {
+    use kata_gpu_plan::host::VfioNode;
+    use kata_gpu_plan::sandbox::allocated::{host_nodes, OUR_KINDS};
+    let held = |bdf: &kata_gpu_plan::host::Bdf| {
+        claim.is_some_and(|c| c.devices.contains(&bdf.to_string()))
+    };
+    let mut kept = Vec::new();
+    let mut left = Vec::new();
+    for name in names {
+        if !OUR_KINDS.contains(&name.kind().as_str()) {
+            kept.push(name.clone());
+            continue;
+        }
+        let nodes = host_nodes(registry, name);
+        let vfio: Vec<&String> = nodes
+            .iter()
+            .filter(|n| n.starts_with("/dev/vfio/") && *n != "/dev/vfio/vfio")
+            .collect();
+        let ok = !vfio.is_empty()
+            && vfio.iter().all(|n| match host.vfio_node(n) {
+                Ok(VfioNode::Cdev { bdf, .. }) => held(&bdf),
+                Ok(VfioNode::Group(g)) => host
+                    .iommu_group_members(g)
+                    .is_ok_and(|members| members.iter().any(held)),
+                Err(_) => false,
+            });
+        if ok {
+            kept.push(name.clone());
+        } else {
+            left.push(name.clone());
+        }
+    }
+    (kept, left)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use crate::proxy::CreateHook;
 use kata_gpu_plan::host::Host;
 use kata_gpu_plan::profile::Profile;
 use kata_gpu_plan::sandbox::{plan, KataValues, PlanInput};
-use kata_gpu_plan::settings::{DownstreamKind, Settings};
+use kata_gpu_plan::settings::{DeviceSource, DownstreamKind, Settings};
 
 /// CRI's annotation telling a pod's sandbox from its containers.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -134,6 +134,33 @@ impl PlanHook {
         Ok(true)
     }
 
+    /// The CDI names a container gets: where kubelet decides, only devices its sandbox
+    /// holds (the pod's own annotation, copied to its containers, may name other ids of the
+    /// kind than kubelet allocated; the sandbox runs on the allocation).
+    fn container_names(
+        &self,
+        annotations: &std::collections::HashMap<String, String>,
+        registry: &Registry,
+        names: Vec<QualifiedName>,
+    ) -> Vec<QualifiedName> {
+        if self.settings.device_source != DeviceSource::Kubelet || names.is_empty() {
+            return names;
+        }
+        let claim = annotations
+            .get(SANDBOX_ID)
+            .and_then(|id| self.sandbox_dir(id).ok())
+            .and_then(|dir| crate::claims::read(&dir));
+        let host = Host::new(&self.settings.host_root);
+        let (kept, left) = crate::claims::within(claim.as_ref(), &host, registry, &names);
+        if !left.is_empty() {
+            tracing::info!(
+                "{} left out of the container: not devices its sandbox holds (kubelet's allocation)",
+                kata_gpu_plan::sandbox::allocated::list(&left)
+            );
+        }
+        kept
+    }
+
     fn handle(&self, mut request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
         let config_json = Path::new(&request.bundle).join("config.json");
         let mut spec = OciSpec::load(&config_json)
@@ -145,6 +172,7 @@ impl PlanHook {
             parse_cdi_annotations(&annotations).map_err(|e| format!("pod annotation: {e}"))?;
 
         if container_type == Some("container") {
+            let names = self.container_names(&annotations, &registry, names);
             if self.apply_cdi(&registry, &mut spec, &names)? {
                 write_bundle_spec(&config_json, &spec)?;
             }

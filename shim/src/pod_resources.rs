@@ -2,11 +2,13 @@
 //!
 //! kubelet passes no devices to the sandbox (pause) container, yet the VM's PCIe topology is
 //! fixed when it is created: so the shim asks PodResources `Get` for the pod named by CRI's
-//! annotations, takes the allocations of our resource names (`nvidia.com/pgpu`,
-//! `nvidia.com/nvswitch`, CDI kinds) as the CDI names `<resource>=<id>`, and hands them to the
-//! plan and to Kata as the sandbox's one `cdi.k8s.io/*` annotation: the pod's own are checked
-//! against them and removed ([`kata_gpu_plan::sandbox::allocated`]). A gRPC runtime is built
-//! only when a lookup is made.
+//! annotations, takes the allocations of the device plugin's resources (NVIDIA's names,
+//! `nvidia.com/GH100_H100_PCIE`, or the kinds `nvidia.com/pgpu`, `nvidia.com/nvswitch`) as
+//! the CDI names `<kind>=<id>`, and hands them to the plan and to Kata as the sandbox's one
+//! `cdi.k8s.io/*` annotation: the pod's own are checked against them and removed
+//! ([`kata_gpu_plan::sandbox::allocated`]). A gRPC runtime is built only when a lookup is
+//! made. Where devices come from is the node's setting (`device_source`): kubelet's
+//! allocation by default, the pod's annotations only on a node that says so.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +18,9 @@ use kata_gpu_kubelet_api::podresources::v1::pod_resources_lister_client::PodReso
 use kata_gpu_kubelet_api::podresources::v1::{GetPodResourcesRequest, PodResources};
 use oci_spec::runtime::Spec as OciSpec;
 
+use kata_gpu_plan::host::Host;
 use kata_gpu_plan::host_spec::{NVSWITCH_KIND, PGPU_KIND};
+use kata_gpu_plan::resource_names::host_resources;
 #[cfg(test)]
 use kata_gpu_plan::sandbox::allocated::list;
 use kata_gpu_plan::sandbox::allocated::{grant, refuse_pod_set_allocated, refuse_unallocated};
@@ -30,14 +34,20 @@ pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 pub const CRIO_NAME: &str = "io.kubernetes.cri-o.KubeName";
 /// CRI-O's annotation naming the pod namespace.
 pub const CRIO_NAMESPACE: &str = "io.kubernetes.cri-o.Namespace";
-/// The resource names whose allocations become CDI names.
-pub const OUR_RESOURCES: [&str; 2] = [PGPU_KIND, NVSWITCH_KIND];
+/// The resource names whose allocations become CDI names under either naming of the device
+/// plugin: the kinds, always, and NVIDIA's names of the host's devices
+/// ([`kata_gpu_plan::resource_names::host_resources`]), each with its CDI kind.
+pub const KIND_RESOURCES: [&str; 2] = [PGPU_KIND, NVSWITCH_KIND];
 
 /// The pod a sandbox belongs to, as (namespace, name), from CRI's or CRI-O's annotations.
+/// CRI-O's first: CRI-O hands the runtime every annotation of the pod and then sets its
+/// own, so under CRI-O containerd's keys are the pod author's and could name another pod
+/// (and so its allocation); containerd passes a pod's annotations only as its
+/// `pod_annotations` allow, which does not take `io.kubernetes.*`.
 pub fn pod_of(annotations: &std::collections::HashMap<String, String>) -> Option<(&str, &str)> {
     [
-        (SANDBOX_NAMESPACE, SANDBOX_NAME),
         (CRIO_NAMESPACE, CRIO_NAME),
+        (SANDBOX_NAMESPACE, SANDBOX_NAME),
     ]
     .into_iter()
     .find_map(|(ns, name)| {
@@ -49,20 +59,25 @@ pub fn pod_of(annotations: &std::collections::HashMap<String, String>) -> Option
     .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
 }
 
-/// The CDI names of the pod's allocations of our resources, in kubelet's order, once each.
-pub fn allocated_names(pod: &PodResources) -> Result<Vec<QualifiedName>, String> {
+/// The CDI names of the pod's allocations of our resources (`resources`: resource name and
+/// CDI kind), in kubelet's order, once each: `<kind>=<id>`.
+pub fn allocated_names(
+    pod: &PodResources,
+    resources: &[(String, &str)],
+) -> Result<Vec<QualifiedName>, String> {
     let mut out: Vec<QualifiedName> = Vec::new();
     for container in &pod.containers {
         for devices in &container.devices {
-            if !OUR_RESOURCES.contains(&devices.resource_name.as_str()) {
+            let Some((_, kind)) = resources.iter().find(|(r, _)| *r == devices.resource_name)
+            else {
                 continue;
-            }
+            };
             for id in &devices.device_ids {
-                let text = format!("{}={id}", devices.resource_name);
+                let text = format!("{kind}={id}");
                 let name: QualifiedName = text.parse().map_err(|e| {
                     format!(
-                        "kubelet allocated {text:?} to pod {}/{}, which is not a CDI name: {e}",
-                        pod.namespace, pod.name
+                        "kubelet allocated {} {id:?} to pod {}/{}, and {text:?} is not a CDI name: {e}",
+                        devices.resource_name, pod.namespace, pod.name
                     )
                 })?;
                 if !out.contains(&name) {
@@ -134,6 +149,8 @@ pub struct Lookup {
     pub timeout: Duration,
     /// Where devices come from.
     pub source: DeviceSource,
+    /// The host's root, whose devices name the device plugin's resources.
+    pub host_root: PathBuf,
 }
 
 impl Lookup {
@@ -144,6 +161,7 @@ impl Lookup {
             socket: (!path.is_empty()).then(|| cdi::inject::under_root(&settings.host_root, &path)),
             timeout: Duration::from_secs(settings.pod_resources_timeout_seconds),
             source: settings.device_source,
+            host_root: settings.host_root.clone(),
         }
     }
 }
@@ -193,7 +211,10 @@ pub fn sandbox_devices(
         ));
     }
     let pod = get(socket, namespace, name, lookup.timeout)?;
-    let allocated = allocated_names(&pod)?;
+    let resources = host_resources(&Host::new(&lookup.host_root)).map_err(|e| {
+        format!("cannot tell which of kubelet's resources are the host's devices: {e}")
+    })?;
+    let allocated = allocated_names(&pod, &resources)?;
     let done = grant(spec, registry, &format!("{namespace}/{name}"), &allocated)
         .map_err(|e| e.to_string())?;
     if let Some(note) = &done.note {
@@ -225,27 +246,45 @@ mod tests {
         }
     }
 
+    fn ours() -> Vec<(String, &'static str)> {
+        vec![
+            (PGPU_KIND.to_owned(), PGPU_KIND),
+            (NVSWITCH_KIND.to_owned(), NVSWITCH_KIND),
+            ("nvidia.com/GH100_H100_PCIE".to_owned(), PGPU_KIND),
+            ("nvidia.com/GH100_H100_NVSWITCH".to_owned(), NVSWITCH_KIND),
+        ]
+    }
+
+    /// Issue 24 item 0: NVIDIA's resource names map back to the CDI kinds (failed before:
+    /// only nvidia.com/pgpu and nvidia.com/nvswitch were read).
     #[test]
     fn only_our_resources_become_cdi_names() {
-        let names = allocated_names(&pod(&[
-            ("nvidia.com/pgpu", &["0", "3"]),
-            ("example.com/nic", &["eth1"]),
-            ("nvidia.com/nvswitch", &["1"]),
-            ("nvidia.com/pgpu", &["0"]),
-        ]))
+        let names = allocated_names(
+            &pod(&[
+                ("nvidia.com/pgpu", &["0", "3"]),
+                ("example.com/nic", &["eth1"]),
+                ("nvidia.com/nvswitch", &["1"]),
+                ("nvidia.com/pgpu", &["0"]),
+                ("nvidia.com/GH100_H100_PCIE", &["5"]),
+                ("nvidia.com/GH100_H100_NVSWITCH", &["2"]),
+                ("nvidia.com/gpu", &["GPU-1234"]),
+            ]),
+            &ours(),
+        )
         .expect("names");
         assert_eq!(
             list(&names),
-            "nvidia.com/pgpu=0,nvidia.com/pgpu=3,nvidia.com/nvswitch=1"
+            "nvidia.com/pgpu=0,nvidia.com/pgpu=3,nvidia.com/nvswitch=1,nvidia.com/pgpu=5,nvidia.com/nvswitch=2"
         );
     }
 
     #[test]
     fn an_id_that_is_no_cdi_name_is_refused_naming_it() {
-        let err = allocated_names(&pod(&[("nvidia.com/pgpu", &["a b"])])).expect_err("refused");
+        let err =
+            allocated_names(&pod(&[("nvidia.com/pgpu", &["a b"])]), &ours()).expect_err("refused");
         assert!(
             err.starts_with(
-                "kubelet allocated \"nvidia.com/pgpu=a b\" to pod ns/p, which is not a CDI name"
+                "kubelet allocated nvidia.com/pgpu \"a b\" to pod ns/p, and \"nvidia.com/pgpu=a b\" is not a CDI name"
             ),
             "{err}"
         );
@@ -268,6 +307,16 @@ mod tests {
             Some(("m", "b"))
         );
         assert_eq!(pod_of(&map(&[(SANDBOX_NAME, "a")])), None);
+        // Under CRI-O, a pod setting containerd's keys does not name another pod.
+        assert_eq!(
+            pod_of(&map(&[
+                (SANDBOX_NAME, "victim"),
+                (SANDBOX_NAMESPACE, "other"),
+                (CRIO_NAME, "b"),
+                (CRIO_NAMESPACE, "m")
+            ])),
+            Some(("m", "b"))
+        );
         assert_eq!(
             pod_of(&map(&[(SANDBOX_NAME, ""), (SANDBOX_NAMESPACE, "n")])),
             None

@@ -20,6 +20,7 @@ fn hgx(c: &mut Criterion) {
     let kubelet = KubeletRegistration::start(sim.root());
     let _plugin = DevicePlugin::start(Config {
         interval: Duration::from_secs(3600),
+        naming: kata_gpu_device_plugin::Naming::Pgpu,
         ..Config::new(sim.root())
     });
     let endpoint = loop {
@@ -41,7 +42,18 @@ fn hgx(c: &mut Criterion) {
     });
     let request = AllocateRequest {
         container_requests: vec![ContainerAllocateRequest {
-            devices_ids: (0..8).map(|i| i.to_string()).collect(),
+            devices_ids: [
+                "0000:18:00.0",
+                "0000:2a:00.0",
+                "0000:3a:00.0",
+                "0000:5d:00.0",
+                "0000:9a:00.0",
+                "0000:ab:00.0",
+                "0000:ba:00.0",
+                "0000:db:00.0",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }],
     };
     let answer = runtime
@@ -49,7 +61,8 @@ fn hgx(c: &mut Criterion) {
         .expect("Allocate")
         .into_inner();
     assert_eq!(answer.container_responses[0].cdi_devices.len(), 8);
-    let resources = inventory(&Host::new(sim.root())).expect("inventory");
+    let resources =
+        inventory(&Host::new(sim.root()), kata_gpu_device_plugin::Naming::Pgpu).expect("inventory");
 
     let mut group = c.benchmark_group("device_plugin");
     group.bench_function("floor_get_device_plugin_options", |b| {

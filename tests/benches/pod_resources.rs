@@ -34,10 +34,11 @@ fn hgx(c: &mut Criterion) {
     );
     let timeout = Duration::from_secs(5);
     let pod = get(&socket, "default", "train", timeout).expect("lookup");
-    let names = allocated_names(&pod).expect("names");
+    let host = Host::new(sim.root());
+    let resources = kata_gpu_plan::resource_names::host_resources(&host).expect("resources");
+    let names = allocated_names(&pod, &resources).expect("names");
     assert_eq!(names.len(), 12);
 
-    let host = Host::new(sim.root());
     assert_eq!(host.pci_functions().expect("reads").len(), 12);
 
     let mut group = c.benchmark_group("pod_resources");
@@ -47,7 +48,7 @@ fn hgx(c: &mut Criterion) {
     group.bench_function("lookup_hgx_12_devices", |b| {
         b.iter(|| {
             let pod = get(black_box(&socket), "default", "train", timeout).expect("lookup");
-            black_box(allocated_names(&pod).expect("names"))
+            black_box(allocated_names(&pod, &resources).expect("names"))
         })
     });
     group.finish();

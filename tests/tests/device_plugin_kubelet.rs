@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use kata_gpu_device_plugin::Config;
+use kata_gpu_device_plugin::{Config, Naming};
 use kata_gpu_kubelet_api::connect_unix;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::{
@@ -34,17 +34,43 @@ async fn plugin(
     )
 }
 
-/// The plugin with a short interval, on its own runtime.
+/// The plugin with a short interval, on its own runtime, naming its resources by kind
+/// (`--resource-naming pgpu`; NVIDIA's names: `nvidia_names_by_default`).
 fn start_plugin(root: &Path) -> DevicePlugin {
     DevicePlugin::start(Config {
         interval: Duration::from_millis(50),
+        naming: Naming::Pgpu,
         ..Config::new(root)
     })
 }
 
-/// The H100 host's one GPU with `health`, as ListAndWatch lists it.
+/// The H100 host's one GPU with `health`, as ListAndWatch lists it: by its PCI address.
 fn gpu0(health: &str) -> Vec<(String, String)> {
-    vec![("0".to_owned(), health.to_owned())]
+    vec![("0000:41:00.0".to_owned(), health.to_owned())]
+}
+
+/// The HGX board's GPUs, by index, and NVSwitches: the device plugin's ids are their PCI
+/// addresses (issue 24 item 7).
+const HGX_GPUS: [&str; 8] = [
+    "0000:18:00.0",
+    "0000:2a:00.0",
+    "0000:3a:00.0",
+    "0000:5d:00.0",
+    "0000:9a:00.0",
+    "0000:ab:00.0",
+    "0000:ba:00.0",
+    "0000:db:00.0",
+];
+const HGX_SWITCHES: [&str; 4] = [
+    "0000:05:00.0",
+    "0000:06:00.0",
+    "0000:07:00.0",
+    "0000:08:00.0",
+];
+
+/// The HGX GPUs of indexes `i`.
+fn gpus(i: &[usize]) -> Vec<String> {
+    i.iter().map(|&i| HGX_GPUS[i].to_owned()).collect()
 }
 
 async fn next(stream: &mut Streaming<ListAndWatchResponse>) -> Vec<(String, String)> {
@@ -100,9 +126,13 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
             .filter_map(|n| n.strip_prefix(&format!("{kind}=")).map(str::to_owned))
             .collect()
     };
-    for (endpoint, kind, count) in [
-        ("kata-gpu-pgpu.sock", "nvidia.com/pgpu", 8),
-        ("kata-gpu-nvswitch.sock", "nvidia.com/nvswitch", 4),
+    for (endpoint, kind, want) in [
+        ("kata-gpu-pgpu.sock", "nvidia.com/pgpu", &HGX_GPUS[..]),
+        (
+            "kata-gpu-nvswitch.sock",
+            "nvidia.com/nvswitch",
+            &HGX_SWITCHES[..],
+        ),
     ] {
         let mut client = plugin(&kubelet, endpoint).await;
         let first = client
@@ -115,7 +145,6 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
             .expect("a first list")
             .expect("a list");
         let ids: Vec<&str> = first.devices.iter().map(|d| d.id.as_str()).collect();
-        let want: Vec<String> = (0..count).map(|i| i.to_string()).collect();
         assert_eq!(ids, want, "{kind}");
         let names = spec_names(kind);
         assert!(
@@ -135,25 +164,17 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
 
     // GetPreferredAllocation keeps a request on one NUMA node, packed beside earlier ones.
     let mut pgpu = plugin(&kubelet, "kata-gpu-pgpu.sock").await;
-    let ask = |available: &[&str], size: i32| PreferredAllocationRequest {
+    let ask = |available: &[usize], size: i32| PreferredAllocationRequest {
         container_requests: vec![ContainerPreferredAllocationRequest {
-            available_device_i_ds: available.iter().map(|s| (*s).to_owned()).collect(),
+            available_device_i_ds: gpus(available),
             must_include_device_i_ds: Vec::new(),
             allocation_size: size,
         }],
     };
     for (available, size, want) in [
-        (
-            &["0", "1", "2", "3", "4", "5", "6", "7"][..],
-            4,
-            &["0", "1", "2", "3"][..],
-        ),
-        (
-            &["1", "2", "3", "4", "5", "6", "7"][..],
-            4,
-            &["4", "5", "6", "7"][..],
-        ),
-        (&["2", "3", "4", "5", "6", "7"][..], 2, &["2", "3"][..]),
+        (&[0, 1, 2, 3, 4, 5, 6, 7][..], 4, &[0, 1, 2, 3][..]),
+        (&[1, 2, 3, 4, 5, 6, 7][..], 4, &[4, 5, 6, 7][..]),
+        (&[2, 3, 4, 5, 6, 7][..], 2, &[2, 3][..]),
     ] {
         let got = pgpu
             .get_preferred_allocation(ask(available, size))
@@ -161,7 +182,8 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
             .expect("GetPreferredAllocation")
             .into_inner();
         assert_eq!(
-            got.container_responses[0].device_i_ds, want,
+            got.container_responses[0].device_i_ds,
+            gpus(want),
             "{available:?} {size}"
         );
     }
@@ -174,6 +196,70 @@ async fn advertised_ids_are_the_host_cdi_spec_names_on_hgx() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["kubelet.sock"]);
+}
+
+/// Issue 24 item 0: by default the plugin advertises NVIDIA's sandbox device plugin's names
+/// (pci.ids from the node, else the built-in table), one resource per model, and Allocate
+/// answers the CDI kind's names (failed before: nvidia.com/pgpu and nvidia.com/nvswitch).
+#[tokio::test]
+async fn nvidia_names_by_default() {
+    let sim = SimHost::hgx_8x_h100();
+    sim.write_cdi_specs();
+    let kubelet = KubeletRegistration::start(sim.root());
+    let _plugin = DevicePlugin::start(Config {
+        interval: Duration::from_millis(50),
+        ..Config::new(sim.root())
+    });
+    let mut seen = [kubelet.next_registration(), kubelet.next_registration()];
+    seen.sort_by(|a, b| a.resource_name.cmp(&b.resource_name));
+    assert_eq!(
+        seen.iter()
+            .map(|r| (r.resource_name.as_str(), r.endpoint.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                "nvidia.com/GH100_H100_NVSWITCH",
+                "kata-gpu-GH100_H100_NVSWITCH.sock"
+            ),
+            (
+                "nvidia.com/GH100_H100_SXM5_80GB",
+                "kata-gpu-GH100_H100_SXM5_80GB.sock"
+            ),
+        ]
+    );
+    let mut client = plugin(&kubelet, "kata-gpu-GH100_H100_SXM5_80GB.sock").await;
+    let answer = client
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec![HGX_GPUS[3].to_owned()],
+            }],
+        })
+        .await
+        .expect("Allocate")
+        .into_inner();
+    let c = &answer.container_responses[0];
+    assert_eq!(c.cdi_devices[0].name, "nvidia.com/pgpu=0000:5d:00.0");
+    assert_eq!(
+        c.annotations
+            .get("cdi.k8s.io/kata-gpu-device-plugin_GH100_H100_SXM5_80GB")
+            .map(String::as_str),
+        Some("nvidia.com/pgpu=0000:5d:00.0")
+    );
+
+    // The node's pci.ids wins over the built-in table.
+    let h100 = SimHost::h100_pcie(VfioMode::Iommufd);
+    std::fs::create_dir_all(h100.path("usr/share/hwdata")).expect("mkdir");
+    std::fs::write(
+        h100.path("usr/share/hwdata/pci.ids"),
+        "10de  NVIDIA Corporation\n\t2331  GH100 [H100 PCIe 80GB/x]\n",
+    )
+    .expect("pci.ids");
+    let resources = kata_gpu_device_plugin::inventory(
+        &kata_gpu_plan::host::Host::new(h100.root()),
+        Naming::Nvidia,
+    )
+    .expect("inventory");
+    assert_eq!(resources[0].name, "nvidia.com/GH100_H100_PCIE_80GB_X");
 }
 
 #[tokio::test]
@@ -191,7 +277,7 @@ async fn allocate_answers_cdi_names_nodes_and_annotations_and_refuses_unknown_id
         }],
     };
     let answer = client
-        .allocate(asked(&["0"]))
+        .allocate(asked(&["0000:41:00.0"]))
         .await
         .expect("Allocate")
         .into_inner();
@@ -201,7 +287,7 @@ async fn allocate_answers_cdi_names_nodes_and_annotations_and_refuses_unknown_id
             .iter()
             .map(|d| d.name.as_str())
             .collect::<Vec<_>>(),
-        ["nvidia.com/pgpu=0"]
+        ["nvidia.com/pgpu=0000:41:00.0"]
     );
     assert_eq!(
         c.devices
@@ -221,20 +307,20 @@ async fn allocate_answers_cdi_names_nodes_and_annotations_and_refuses_unknown_id
         c.annotations
             .get("cdi.k8s.io/kata-gpu-device-plugin_pgpu")
             .map(String::as_str),
-        Some("nvidia.com/pgpu=0")
+        Some("nvidia.com/pgpu=0000:41:00.0")
     );
     // The annotation form reads back as the same CDI names.
     let parsed = cdi::parse_cdi_annotations(&c.annotations).expect("annotations parse");
     assert_eq!(parsed.len(), 1);
 
     let refused = client
-        .allocate(asked(&["0", "9"]))
+        .allocate(asked(&["0000:41:00.0", "9"]))
         .await
         .expect_err("an unknown id is refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert_eq!(
         refused.message(),
-        "unknown nvidia.com/pgpu device \"9\"; this node advertises: 0"
+        "unknown nvidia.com/pgpu device \"9\"; this node advertises: 0000:41:00.0"
     );
     // The plugin is still there after the refusal.
     client
@@ -266,6 +352,20 @@ async fn a_device_that_leaves_vfio_pci_or_loses_its_node_is_reported_unhealthy()
     std::fs::remove_file(&node).expect("remove the cdev");
     assert_eq!(next(&mut stream).await, gpu0("Unhealthy"));
     std::fs::write(&node, "").expect("cdev back");
+    assert_eq!(next(&mut stream).await, gpu0("Healthy"));
+
+    // A rebind gives its cdev to another function (issue 24 item 7): the node no longer
+    // reaches the device the id names.
+    let class = sim.path("sys/class/vfio-dev/vfio0");
+    let was = std::fs::read_link(&class).expect("class link");
+    let other = sim.path("sys/devices/pci0000:40/0000:42:00.0");
+    std::fs::create_dir_all(other.join("vfio-dev/vfio0")).expect("other function");
+    std::os::unix::fs::symlink("../..", other.join("vfio-dev/vfio0/device")).expect("link");
+    std::fs::remove_file(&class).expect("unlink class");
+    std::os::unix::fs::symlink(other.join("vfio-dev/vfio0"), &class).expect("relink class");
+    assert_eq!(next(&mut stream).await, gpu0("Unhealthy"));
+    std::fs::remove_file(&class).expect("unlink class");
+    std::os::unix::fs::symlink(&was, &class).expect("restore class");
     assert_eq!(next(&mut stream).await, gpu0("Healthy"));
 
     // The function moves to another IOMMU group: its id no longer means what it did.

@@ -77,7 +77,8 @@ fn derive(profile: &str, kata_text: &str) -> String {
     // renders with no warning. Rendering with no override touches nothing else.
     let filtered = render(kata_text, Path::new(file), &Overrides::default())
         .unwrap_or_else(|e| panic!("{file}: {e}"));
-    // And pod_resource_api_sock, which Kata's configs set and ours renders empty.
+    // Kata's own snp and tdx configs name kubelet's socket; the renderer owns that key
+    // and empties it (set below as well), saying so.
     let removed: Vec<&str> = filtered
         .warnings
         .iter()

@@ -176,7 +176,7 @@ fn allocate_gpu_0(rig: &Rig, runtime: &tokio::runtime::Runtime) -> ContainerAllo
         DevicePluginClient::new(channel)
             .allocate(AllocateRequest {
                 container_requests: vec![ContainerAllocateRequest {
-                    devices_ids: vec!["0".into()],
+                    devices_ids: vec!["0000:41:00.0".into()],
                 }],
             })
             .await
@@ -217,8 +217,8 @@ fn gpu_pod(release: Containerd, test: &str, kubelet: bool) {
             vec![Allocation::one(
                 "default",
                 "gpu-pod",
-                "nvidia.com/pgpu",
-                &["0"],
+                "nvidia.com/GH100_H100_PCIE",
+                &["0000:41:00.0"],
             )],
         )
     });
@@ -303,7 +303,7 @@ fn gpu_pod(release: Containerd, test: &str, kubelet: bool) {
                 [("default".to_owned(), "gpu-pod".to_owned())]
             );
             let plan = fs::read_to_string(config.with_file_name("plan.json")).expect("plan");
-            assert!(plan.contains("\"nvidia.com/pgpu=0\""), "{plan}");
+            assert!(plan.contains("\"nvidia.com/pgpu=0000:41:00.0\""), "{plan}");
             let bundle = PathBuf::from(record["bundle"].as_str().expect("bundle"));
             let spec: serde_json::Value = serde_json::from_slice(
                 &fs::read(bundle.join("config.json")).expect("sandbox config.json"),
@@ -311,7 +311,7 @@ fn gpu_pod(release: Containerd, test: &str, kubelet: bool) {
             .expect("json");
             assert_eq!(
                 spec["annotations"]["cdi.k8s.io/kata-gpu-allocated"],
-                "nvidia.com/pgpu=0"
+                "nvidia.com/pgpu=0000:41:00.0"
             );
         }
 

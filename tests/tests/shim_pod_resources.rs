@@ -108,7 +108,13 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
     let _kubelet = PodResourcesStandIn::start(
         &kubelet_socket(&rig),
         vec![
-            Allocation::one("default", "nvidia-sample", "nvidia.com/pgpu", &["1"]),
+            // As kubelet reports NVIDIA's resource name, the one the plugin advertises.
+            Allocation::one(
+                "default",
+                "nvidia-sample",
+                "nvidia.com/GH100_H100_PCIE",
+                &["0000:42:00.0"],
+            ),
             Allocation::one("default", "greedy", "nvidia.com/pgpu", &["1"]),
         ],
     );
@@ -117,7 +123,12 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
         &rig,
         &id,
         "nvidia-sample",
-        &["--annotation", "cdi.k8s.io/gpu=nvidia.com/pgpu=0"],
+        &[
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=0",
+            "--annotation",
+            "io.katacontainers.config.hypervisor.default_memory=16384",
+        ],
     );
     assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
     let plan: serde_json::Value =
@@ -125,7 +136,7 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
             .expect("json");
     assert_eq!(
         plan["requested"],
-        serde_json::json!(["nvidia.com/pgpu=1"]),
+        serde_json::json!(["nvidia.com/pgpu=0000:42:00.0"]),
         "{plan}"
     );
     let plan_text = plan.to_string();
@@ -149,7 +160,7 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
         cdi,
         [(
             &"cdi.k8s.io/kata-gpu-allocated".to_owned(),
-            &serde_json::json!("nvidia.com/pgpu=1")
+            &serde_json::json!("nvidia.com/pgpu=0000:42:00.0")
         )]
     );
     assert!(
@@ -158,6 +169,51 @@ fn nvidias_documented_pod_runs_on_the_gpu_kubelet_allocated() {
             .contains("the sandbox gets the allocation (an annotation reads as that many devices of its kind)"),
         "the log says so"
     );
+
+    // A container of the pod, on containerd 1.6 (no CDI there: the proxy applies it), gets
+    // the pod's annotation copied (pod_annotations) beside the plugin's Allocate answer:
+    // only the sandbox's device reaches it.
+    let container = Rig::id("sample-c");
+    let member = format!("io.kubernetes.cri.sandbox-id={id}");
+    let o = rig.run(
+        &[
+            "-d",
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            &member,
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=0",
+            "--annotation",
+            "cdi.k8s.io/kata-gpu-device-plugin_GH100_H100_PCIE=nvidia.com/pgpu=0000:42:00.0",
+        ],
+        &container,
+        &["/bin/busybox", "sleep", "300"],
+    );
+    assert!(o.status.success(), "{}\n{}", err(&o), rig.ctrd.log());
+    let record: serde_json::Value = serde_json::from_slice(
+        &fs::read(rig.work.path().join(format!("records/{container}.json")))
+            .expect("recorded container Create"),
+    )
+    .expect("json");
+    let bundle = PathBuf::from(record["bundle"].as_str().expect("bundle"));
+    let spec: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).expect("config.json"))
+            .expect("json");
+    let vfio: Vec<&str> = spec["linux"]["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["path"].as_str())
+        .filter(|p| p.starts_with("/dev/vfio/devices/"))
+        .collect();
+    assert_eq!(
+        vfio,
+        ["/dev/vfio/devices/vfio1"],
+        "{}",
+        spec["linux"]["devices"]
+    );
+    rig.kill_and_remove(&container, "SIGKILL");
 
     // Two GPUs named, one allocated: refused, naming both sets.
     let greedy = Rig::id("greedy");

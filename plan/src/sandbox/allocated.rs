@@ -175,9 +175,12 @@ fn beyond_nodes(edits: &cdi::model::ContainerEdits) -> Vec<&'static str> {
     out
 }
 
-/// A device the sandbox plan may take: of our kinds, and giving device nodes only (a VM's
-/// sandbox applies no hook, mount or environment of a CDI spec on the host).
+/// A device the sandbox plan may take: of our kinds, giving device nodes only (a VM's
+/// sandbox applies no hook, mount or environment of a CDI spec on the host), and, when
+/// named by its PCI address (the device plugin's ids), one whose VFIO node sysfs says is
+/// that function's: a spec written before a rebind moved the nodes names another device.
 pub(crate) fn check_device(
+    host: &crate::host::Host,
     name: &QualifiedName,
     resolved: &cdi::registry::ResolvedDevice<'_>,
 ) -> Result<(), super::PlanError> {
@@ -198,6 +201,40 @@ pub(crate) fn check_device(
             device: name.to_string(),
             spec: resolved.spec.path.display().to_string(),
             edits: edits.join(", "),
+        });
+    }
+    let Ok(bdf) = name.name().parse::<crate::host::Bdf>() else {
+        return Ok(());
+    };
+    let nodes = resolved
+        .spec
+        .spec
+        .container_edits
+        .device_nodes
+        .iter()
+        .chain(&resolved.device.container_edits.device_nodes)
+        .map(|n| n.host_path.clone().unwrap_or_else(|| n.path.clone()))
+        .filter(|p| is_vfio_node(p));
+    for node in nodes {
+        let actual = match host.vfio_node(&node) {
+            Ok(crate::host::VfioNode::Cdev { bdf: actual, .. }) if actual == bdf => continue,
+            Ok(crate::host::VfioNode::Cdev { bdf: actual, .. }) => actual.to_string(),
+            Ok(crate::host::VfioNode::Group(g)) => {
+                if host
+                    .iommu_group_members(g)
+                    .is_ok_and(|members| members.contains(&bdf))
+                {
+                    continue;
+                }
+                format!("IOMMU group {g}")
+            }
+            Err(_) => "no device".to_owned(),
+        };
+        return Err(super::PlanError::StaleName {
+            device: name.to_string(),
+            spec: resolved.spec.path.display().to_string(),
+            node,
+            actual,
         });
     }
     Ok(())

@@ -217,4 +217,16 @@ pub enum PlanError {
         /// Its value.
         value: String,
     },
+    /// A device named by its PCI address whose spec node is another device's.
+    #[error("{device} is {node} in {spec}, but sysfs says {node} is {actual}: the host spec was written before devices were rebound; regenerate it with `kata-gpu cdi generate` (and restart the device plugin)")]
+    StaleName {
+        /// The CDI name.
+        device: String,
+        /// The spec file.
+        spec: String,
+        /// The node the spec gives.
+        node: String,
+        /// What sysfs says the node is.
+        actual: String,
+    },
 }

@@ -82,7 +82,7 @@ impl Default for Policy {
         Self {
             memory_min_mib: 2048,
             memory_max_mib: 1024 * 1024,
-            memory_without_limit_max_mib: 8192,
+            memory_without_limit_max_mib: 16384,
             vcpus_without_limit_max: 8,
             kernel_params: Vec::new(),
             refuse_non_cc_gpus: false,
@@ -191,7 +191,7 @@ fn vfio_requests(
     let mut out: Vec<NodeRequest> = Vec::new();
     let resolved = input.registry.resolve(requested)?;
     for (name, d) in requested.iter().zip(&resolved) {
-        allocated::check_device(name, d)?;
+        allocated::check_device(input.host, name, d)?;
         let nodes = d
             .spec
             .spec

@@ -24,6 +24,10 @@ pub const DEFAULT_VCPUS_ANNOTATION: &str = "io.katacontainers.config.hypervisor.
 
 const MIB: u64 = 1024 * 1024;
 
+/// CRI-O's annotation naming the pod: CRI-O hands the runtime every pod annotation, so
+/// there containerd's `io.kubernetes.cri.*` keys would be the pod author's.
+const CRIO_NAME: &str = "io.kubernetes.cri-o.KubeName";
+
 fn annotation<'a>(oci: &'a OciSpec, key: &str) -> Option<&'a str> {
     oci.annotations()
         .as_ref()
@@ -31,9 +35,17 @@ fn annotation<'a>(oci: &'a OciSpec, key: &str) -> Option<&'a str> {
         .map(|v| v.trim())
 }
 
+/// containerd's sandbox annotation `key`, unless the sandbox is CRI-O's.
+fn cri_annotation<'a>(oci: &'a OciSpec, key: &str) -> Option<&'a str> {
+    annotation(oci, CRIO_NAME)
+        .is_none()
+        .then(|| annotation(oci, key))
+        .flatten()
+}
+
 /// The pod's memory limit in MiB, and where it was read; `None` when it has none.
 pub fn memory_limit_mib(oci: &OciSpec) -> Option<(u64, &'static str)> {
-    if let Some(bytes) = annotation(oci, SANDBOX_MEMORY).and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(bytes) = cri_annotation(oci, SANDBOX_MEMORY).and_then(|v| v.parse::<u64>().ok()) {
         if bytes > 0 {
             return Some((bytes / MIB, SANDBOX_MEMORY));
         }
@@ -57,7 +69,7 @@ fn ceil_div(quota: i64, period: i64) -> u64 {
 /// The pod's CPU limit in whole vCPUs (rounded up), and where it was read; `None` when it
 /// has none.
 pub fn cpu_limit(oci: &OciSpec) -> Option<(u64, &'static str)> {
-    let int = |key| annotation(oci, key).and_then(|v| v.parse::<i64>().ok());
+    let int = |key| cri_annotation(oci, key).and_then(|v| v.parse::<i64>().ok());
     if let (Some(quota), Some(period)) = (int(SANDBOX_CPU_QUOTA), int(SANDBOX_CPU_PERIOD)) {
         if quota > 0 && period > 0 {
             return Some((ceil_div(quota, period), SANDBOX_CPU_QUOTA));

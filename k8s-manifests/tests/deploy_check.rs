@@ -191,6 +191,7 @@ fn the_device_plugin_mounts_only_what_it_reads_read_only_and_recursively() {
             "/sys/devices",
             "/sys/kernel/iommu_groups",
             "/sys/class",
+            "/usr/share",
             "/var/lib/kubelet/device-plugins"
         ]
     );
@@ -220,7 +221,7 @@ fn the_device_plugin_mounts_only_what_it_reads_read_only_and_recursively() {
         [
             "DaemonSet kata-gpu-device-plugin: container device-plugin mounts the host's /dev, \
           which the device plugin does not read; mount only /dev/vfio, /sys/bus/pci, \
-          /sys/devices, /sys/kernel/iommu_groups, /sys/class"
+          /sys/devices, /sys/kernel/iommu_groups, /sys/class, /usr/share"
         ]
     );
     let got = with(|o| {

@@ -467,6 +467,9 @@ fn a_kubelet_that_never_answers_stalls_neither_the_loop_nor_the_stop() {
     std::fs::remove_file(sim.path("var/lib/kubelet/device-plugins/kubelet.sock"))
         .expect("remove the silent socket");
     let kubelet = KubeletRegistration::start(sim.root());
-    assert_eq!(kubelet.next_registration().resource_name, "nvidia.com/pgpu");
+    assert_eq!(
+        kubelet.next_registration().resource_name,
+        "nvidia.com/GH100_H100_PCIE"
+    );
     running.stop().expect("the plugin stops cleanly");
 }

@@ -4,11 +4,11 @@
 //! config); the successful answers to `Create`, `Start`, `Exec` and `Delete` are read, never
 //! changed, to know which processes the downstream runs; everything else passes through
 //! untouched, with the caller's deadline and metadata, and downstream errors keep their
-//! status codes. Once the downstream is dead, `Delete`, `State`, `Wait`, `Kill` and
-//! `Shutdown` are answered here for its tasks. The bytes travel through [`crate::relay`].
+//! status codes. Once the downstream is dead, `Connect`, `Delete`, `State`, `Wait`, `Kill`
+//! and `Shutdown` are answered here for its tasks. The bytes travel through [`crate::relay`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,9 @@ use containerd_shim_protos::api::Status as TaskStatus;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
 use containerd_shim_protos::shim::shim::{
-    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest,
-    StartRequest, StartResponse, StateRequest, StateResponse, WaitResponse,
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, ExecProcessRequest, StartRequest, StartResponse, StateRequest, StateResponse,
+    WaitResponse,
 };
 use ttrpc::proto::ResponseInit;
 use ttrpc::{get_status, Code, Request, Response};
@@ -145,6 +146,23 @@ pub struct Proxy {
     tracked: Mutex<BTreeMap<(String, String), Tracked>>,
     died_at: Mutex<Option<Timestamp>>,
     downstream_name: String,
+    /// The downstream's pid, from its socket's peer credentials (0 until known).
+    downstream_pid: AtomicU32,
+    /// containerd connections open now; notified when the count changes.
+    connections: (Mutex<usize>, Condvar),
+}
+
+/// One containerd connection, counted while it lives (see [`Proxy::wait_abandoned`]).
+pub struct Connection(Arc<Proxy>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let (count, cv) = &self.0.connections;
+        if let Ok(mut n) = count.lock() {
+            *n = n.saturating_sub(1);
+            cv.notify_all();
+        }
+    }
 }
 
 /// The exit status reported for the tasks of a downstream that died.
@@ -176,7 +194,58 @@ impl Proxy {
             tracked: Mutex::new(BTreeMap::new()),
             died_at: Mutex::new(None),
             downstream_name,
+            downstream_pid: AtomicU32::new(0),
+            connections: (Mutex::new(0), Condvar::new()),
         })
+    }
+
+    /// Notes the downstream's pid (its socket's peer), which a dead downstream's `Connect`
+    /// still answers with.
+    pub fn set_downstream_pid(&self, pid: u32) {
+        self.downstream_pid.store(pid, Ordering::SeqCst);
+    }
+
+    /// Counts a containerd connection until the returned guard is dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> Connection {
+        let (count, cv) = &self.connections;
+        if let Ok(mut n) = count.lock() {
+            *n += 1;
+            cv.notify_all();
+        }
+        Connection(Arc::clone(self))
+    }
+
+    /// Once the downstream is dead: waits until no containerd connection has been open for
+    /// `idle` together, i.e. nobody will call again (containerd holds one connection to a
+    /// shim it knows for as long as it knows it, and opens one again at once when it
+    /// reloads its shims after a restart). True when that happened; false at `until`.
+    pub fn wait_abandoned(&self, idle: Duration, until: Option<Instant>) -> bool {
+        let (count, cv) = &self.connections;
+        let Ok(mut n) = count.lock() else {
+            return true;
+        };
+        loop {
+            let now = Instant::now();
+            let left = until.map_or(Duration::MAX, |u| u.saturating_duration_since(now));
+            if left.is_zero() {
+                return false;
+            }
+            if *n > 0 {
+                n = match cv.wait_timeout_while(n, left, |n| *n > 0) {
+                    Ok((n, _)) => n,
+                    Err(_) => return true,
+                };
+                continue;
+            }
+            let quiet_since = Instant::now();
+            n = match cv.wait_timeout_while(n, idle.min(left), |n| *n == 0) {
+                Ok((n, _)) => n,
+                Err(_) => return true,
+            };
+            if *n == 0 && quiet_since.elapsed() >= idle {
+                return true;
+            }
+        }
     }
 
     /// The downstream binary, for messages.
@@ -312,6 +381,52 @@ impl Proxy {
         ok_payload(state.write_to_bytes().unwrap_or_default())
     }
 
+    /// Forgets the tasks of a dead downstream that nobody will delete through us (see
+    /// [`Proxy::wait_abandoned`]): their state goes, as their Delete would have removed it.
+    pub fn abandon(&self) {
+        let ids: std::collections::BTreeSet<String> = self
+            .tracked
+            .lock()
+            .map(|mut t| {
+                std::mem::take(&mut *t)
+                    .into_keys()
+                    .map(|(c, _)| c)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in ids {
+            self.hook.on_deleted(&id);
+        }
+    }
+
+    /// Answers Connect (containerd's `PID()`, called before every Wait and when it reloads
+    /// its shims) for a dead downstream with the pids it had: the downstream's own, and the
+    /// task's as its Create or Start answered (Kata answers every id, with its own pid when
+    /// it has no other), so that containerd never takes this proxy for a dead one and goes
+    /// on to Wait, Delete and Shutdown.
+    fn connect_dead(&self, payload: &[u8]) -> Response {
+        let Ok(req) = ConnectRequest::parse_from_bytes(payload) else {
+            return status_response(Code::INVALID_ARGUMENT, "cannot decode ConnectRequest");
+        };
+        let shim_pid = match self.downstream_pid.load(Ordering::SeqCst) {
+            0 => std::process::id(),
+            pid => pid,
+        };
+        let task_pid = self
+            .tracked
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&(req.id.clone(), req.id.clone())).map(|t| t.pid))
+            .filter(|pid| *pid != 0)
+            .unwrap_or(shim_pid);
+        let answer = ConnectResponse {
+            shim_pid,
+            task_pid,
+            ..ConnectResponse::default()
+        };
+        ok_payload(answer.write_to_bytes().unwrap_or_default())
+    }
+
     /// Answers containerd's Delete of a task whose downstream is gone: cleans it up and
     /// reports it exited (255), so that `ctr task rm` and CRI's RemoveContainer succeed.
     fn delete_dead(&self, payload: &[u8]) -> Response {
@@ -347,10 +462,12 @@ impl Proxy {
     }
 
     /// The answer for a call while the downstream is dead: Delete, State, Wait and Kill
-    /// are answered as for an exited task, Shutdown succeeds, anything else is refused.
+    /// are answered as for an exited task, Connect with the pids it had, Shutdown
+    /// succeeds, anything else is refused.
     pub fn answer_dead(&self, method: &str, payload: &[u8]) -> Response {
         match method {
             "Shutdown" => ok_empty(),
+            "Connect" => self.connect_dead(payload),
             "Delete" => self.delete_dead(payload),
             "State" => self.state_dead(payload),
             "Wait" => ok_payload(self.exited().0),

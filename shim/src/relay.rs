@@ -115,11 +115,15 @@ pub fn serve(listener: UnixListener, connect: Connect, proxy: Arc<Proxy>, after:
 }
 
 /// Blocks until the downstream's socket closes (it exited), through a connection of its
-/// own on which nothing is ever sent; at once if it cannot be reached.
-pub fn watch(connect: &Connect) {
+/// own on which nothing is ever sent; at once if it cannot be reached. The connection's
+/// peer tells the proxy the downstream's pid.
+pub fn watch(connect: &Connect, proxy: &Proxy) {
     let Ok(mut stream) = connect() else {
         return;
     };
+    if let Some(pid) = peer_pid(&stream) {
+        proxy.set_downstream_pid(pid);
+    }
     let mut buf = [0u8; 64];
     loop {
         match stream.read(&mut buf) {
@@ -127,6 +131,13 @@ pub fn watch(connect: &Connect) {
             Ok(_) => {}
         }
     }
+}
+
+/// The pid of the process at the other end of `stream` (`SO_PEERCRED`).
+fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    let cred =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    u32::try_from(cred.pid()).ok()
 }
 
 /// containerd's side of one connection.
@@ -425,6 +436,7 @@ fn relay(
     proxy: &Arc<Proxy>,
     after_shutdown: &AfterShutdown,
 ) -> io::Result<()> {
+    let _counted = proxy.connection_opened();
     let up = Arc::new(Upstream {
         writer: Mutex::new(conn.try_clone()?),
         gone: AtomicBool::new(false),

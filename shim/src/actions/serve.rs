@@ -82,7 +82,7 @@ pub fn serve_with(
         socket.display()
     );
 
-    crate::relay::watch(&connect);
+    crate::relay::watch(&connect, &proxy);
     remove_dead_socket(&downstream_socket);
     let tracked = match proxy.downstream_closed() {
         Verdict::ShutDown => {
@@ -96,11 +96,22 @@ pub fn serve_with(
         tracked.len()
     );
     publish_exits(&flags.namespace, &tracked);
-    // Keep answering (for the dead) until containerd shuts us down.
-    loop {
-        std::thread::park();
-    }
+    // Keep answering (for the dead) until containerd shuts us down, or until nobody is
+    // left to call: containerd holds a connection to every shim it knows, so none for
+    // ABANDONED_AFTER means it forgot us (it ran `delete` for a shim it could not load, or
+    // it is down, and then its reload runs `delete` when it finds our socket gone).
+    proxy.wait_abandoned(ABANDONED_AFTER, None);
+    tracing::warn!(
+        "no containerd connection for {} s since the downstream died; exiting",
+        ABANDONED_AFTER.as_secs()
+    );
+    proxy.abandon();
+    exit_cleanly(&socket, &downstream_socket, &proxy);
 }
+
+/// How long a proxy whose downstream died waits with no containerd connection before it
+/// exits: longer than containerd takes to restart and reload its shims.
+const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 
 fn exit_cleanly(socket: &Path, downstream_socket: &Path, proxy: &Proxy) -> ! {
     remove_dead_socket(downstream_socket);

@@ -9,8 +9,9 @@ use std::sync::mpsc;
 
 use containerd_shim_protos::api::Status as TaskStatus;
 use containerd_shim_protos::shim::shim::{
-    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, PidsRequest,
-    PidsResponse, ShutdownRequest, StateRequest, StateResponse, WaitRequest, WaitResponse,
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, PidsRequest, PidsResponse, ShutdownRequest, StateRequest, StateResponse,
+    WaitRequest, WaitResponse,
 };
 use ttrpc::Code;
 
@@ -150,7 +151,7 @@ fn rig() -> Rig {
     let (tx, verdict) = mpsc::channel();
     let p = Arc::clone(&proxy);
     std::thread::spawn(move || {
-        watch(&monitor);
+        watch(&monitor, &p);
         let _ = tx.send(p.downstream_closed());
     });
     // Another sandbox of the namespace, served by another proxy.
@@ -391,6 +392,52 @@ fn after_a_death_calls_are_answered_for_the_task_they_name() {
     assert_eq!(code(&c.answer().1), Code::OK);
     assert!(rig.after_shutdown_ran(), "a dead proxy exits here");
     assert!(rig.proxy.is_dead());
+}
+
+#[test]
+fn after_a_death_connect_answers_with_the_pids_it_had() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.create(&mut c, "pod-a", 42);
+    rig.down.exit();
+    assert_eq!(ids(&rig.verdict()), ["pod-a"]);
+    let connect = ConnectRequest {
+        id: "pod-a".into(),
+        ..Default::default()
+    };
+    // containerd's connection (Connect comes before every Wait), then a new one, as when
+    // containerd reloads its shims after a restart.
+    for mut c in [c, rig.containerd()] {
+        c.send("Connect", &connect, Duration::ZERO);
+        let res: ConnectResponse = decode(&c.answer().1);
+        // The downstream was this process's end of a socketpair.
+        assert_eq!((res.shim_pid, res.task_pid), (std::process::id(), 42));
+        c.send("Wait", &wait_for("pod-a"), Duration::ZERO);
+        let waited: WaitResponse = decode(&c.answer().1);
+        assert_eq!(waited.exit_status, DEAD_EXIT_STATUS);
+    }
+    assert!(rig.dir("pod-a").join("configuration.toml").is_file());
+}
+
+#[test]
+fn a_dead_proxy_that_no_containerd_connection_reaches_gives_up_its_tasks() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.create(&mut c, "pod-a", 42);
+    rig.down.exit();
+    assert_eq!(ids(&rig.verdict()), ["pod-a"]);
+    let idle = Duration::from_millis(100);
+    assert!(
+        !rig.proxy
+            .wait_abandoned(idle, Some(Instant::now() + Duration::from_millis(500))),
+        "containerd still holds its connection: it may call again"
+    );
+    // containerd forgets the shim (or goes away): its connection closes.
+    c.conn.shutdown(std::net::Shutdown::Both).expect("hang up");
+    assert!(rig.proxy.wait_abandoned(idle, Some(Instant::now() + STEP)));
+    rig.proxy.abandon();
+    assert!(!rig.dir("pod-a").exists());
+    assert!(rig.dir("pod-other").join("configuration.toml").is_file());
 }
 
 #[test]

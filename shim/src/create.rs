@@ -148,6 +148,13 @@ impl PlanHook {
             write_bundle_spec(&config_json, &spec)?;
         }
         if container_type == Some("container") {
+            // CRI on containerd 2.x sends the handler's options on every Create, and runc's
+            // shim knows only its own type.
+            if self.settings.downstream_kind == DownstreamKind::Runc
+                && request.options.as_ref().is_some_and(is_runtime_options)
+            {
+                request.options = MessageField::none();
+            }
             return Ok(request);
         }
         // Devices kubelet allocated to the pod join the plan as an annotation would.
@@ -319,6 +326,33 @@ mod tests {
             .path()
             .join("default/pod-b/configuration.toml")
             .is_file());
+    }
+
+    #[test]
+    fn a_runc_downstream_never_gets_kata_options_on_a_pods_container() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut hook = plan_hook(state.path(), "k8s.io");
+        hook.settings.downstream_kind = DownstreamKind::Runc;
+        let bundle = state.path().join("bundle");
+        fs::create_dir_all(&bundle).expect("bundle");
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": { CONTAINER_TYPE: "container", SANDBOX_ID: "pod" },
+        });
+        fs::write(bundle.join("config.json"), spec.to_string()).expect("config.json");
+        // What `kata-gpu containerd register` configures, as CRI 2.x passes it.
+        let request = CreateTaskRequest {
+            id: "app".into(),
+            bundle: bundle.display().to_string(),
+            options: MessageField::some(Any {
+                type_url: format!("type.googleapis.com/{RUNTIME_OPTIONS}"),
+                value: runtime_options("/etc/kata/configuration.toml").expect("encode"),
+                ..Any::default()
+            }),
+            ..Default::default()
+        };
+        let forwarded = hook.on_create(request).expect("the container's Create");
+        assert!(forwarded.options.is_none(), "{:?}", forwarded.options);
     }
 
     #[test]

@@ -75,7 +75,10 @@ pub fn serve_with(
     };
     {
         let (connect, proxy) = (Arc::clone(&connect), Arc::clone(&proxy));
-        std::thread::spawn(move || crate::relay::serve(listener, connect, proxy, after_shutdown));
+        std::thread::Builder::new()
+            .name("accept".to_owned())
+            .spawn(move || crate::relay::serve(listener, connect, proxy, after_shutdown))
+            .map_err(io("cannot start the proxy's accept thread"))?;
     }
     tracing::info!(
         "serving on {} for downstream {downstream} (task API v{version})",

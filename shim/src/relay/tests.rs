@@ -658,3 +658,86 @@ fn frames_round_trip() {
     let huge = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0];
     assert!(read_frame(&mut &huge[..]).is_err());
 }
+
+#[test]
+fn out_of_file_descriptors_the_accept_loop_backs_off_and_then_accepts() {
+    let window = Duration::from_millis(300);
+    let until = Instant::now() + window;
+    let (mut tries, mut handled) = (0usize, 0usize);
+    let (_ours, theirs) = UnixStream::pair().expect("socketpair");
+    let mut pending = Some(theirs);
+    accept_loop(
+        || {
+            tries += 1;
+            if Instant::now() < until {
+                Err(io::Error::from_raw_os_error(nix::libc::EMFILE))
+            } else {
+                Ok(pending.take())
+            }
+        },
+        |_| handled += 1,
+    );
+    // Backing off (1 ms doubling to 100 ms) makes about 9 tries in 300 ms; a spin, millions.
+    assert!(tries < 50, "{tries} accepts in {window:?} of EMFILE");
+    assert_eq!(handled, 1, "the connection queued meanwhile was taken");
+}
+
+#[test]
+fn a_connection_no_thread_can_be_started_for_is_closed_and_the_next_is_served() {
+    let rig = rig();
+    let (mut refused, theirs1) = UnixStream::pair().expect("socketpair");
+    let (ours, theirs2) = UnixStream::pair().expect("socketpair");
+    ours.set_read_timeout(Some(STEP)).expect("timeout");
+    let (connect, proxy) = (Arc::clone(&rig.connect), Arc::clone(&rig.proxy));
+    let after: AfterShutdown = Arc::new(|| {});
+    std::thread::spawn(move || {
+        let mut conns = vec![theirs2, theirs1];
+        // Every try for the first connection fails, as when out of threads.
+        FAIL_SPAWNS.with(|n| n.set(5));
+        accept_loop(
+            || Ok(conns.pop()),
+            |conn| {
+                let (connect, proxy, after) =
+                    (Arc::clone(&connect), Arc::clone(&proxy), Arc::clone(&after));
+                spawn_relay(conn, move |conn| {
+                    let _ = relay(conn, &connect, &proxy, &after);
+                });
+            },
+        );
+    });
+    assert!(has_eof(&mut refused), "the first connection was closed");
+    let mut c = Containerd {
+        conn: ours,
+        next: 1,
+    };
+    rig.create(&mut c, "pod-a", 42);
+    assert!(!rig.proxy.is_dead() && !rig.proxy.is_gone());
+}
+
+#[test]
+fn a_call_whose_answers_cannot_get_a_thread_is_unavailable_and_the_next_goes_through() {
+    let rig = rig();
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    ours.set_read_timeout(Some(STEP)).expect("timeout");
+    let (connect, proxy) = (Arc::clone(&rig.connect), Arc::clone(&rig.proxy));
+    let after: AfterShutdown = Arc::new(|| {});
+    std::thread::spawn(move || {
+        // The downstream connection made at once, and the one made for the first call.
+        FAIL_SPAWNS.with(|n| n.set(2));
+        relay(theirs, &connect, &proxy, &after)
+    });
+    let mut c = Containerd {
+        conn: ours,
+        next: 1,
+    };
+    let create = CreateTaskRequest {
+        id: "pod-x".into(),
+        bundle: "/nowhere".into(),
+        ..Default::default()
+    };
+    c.send("Create", &create, Duration::from_millis(300));
+    let (_, res) = c.answer();
+    assert_eq!(code(&res), Code::UNAVAILABLE, "{res:?}");
+    assert!(!rig.dir("pod-x").exists(), "the hook did not run");
+    rig.create(&mut c, "pod-x", 7);
+}

@@ -16,7 +16,10 @@ use crate::proxy_record::{downstream_record, proxy_alive, DownstreamRecord};
 use kata_gpu_plan::profile::Profile;
 use kata_gpu_plan::settings::Settings;
 
-use super::{group_of, remove_dead_socket, run_downstream, socket_path, task_service, ShimError};
+use super::{
+    group_of, remove_dead_socket, remove_group_socket, run_downstream, socket_path, task_service,
+    ShimError,
+};
 
 /// `delete`: the downstream's `delete`, then our state; returns the `DeleteResponse` bytes.
 /// When the proxy itself died, its downstream is cleaned up through its own API first.
@@ -58,9 +61,7 @@ pub fn delete_with(
         match record {
             Some(record) => cleanup_orphan(&socket, record, &flags.id),
             // Nothing known to reach: only the dead proxy's socket is left.
-            None if group == flags.id => {
-                let _ = fs::remove_file(&socket);
-            }
+            None if group == flags.id => remove_group_socket(&socket),
             None => {}
         }
     }
@@ -102,7 +103,7 @@ fn cleanup_orphan(socket: &Path, record: DownstreamRecord, id: &str) {
     let forget = || {
         let _ = fs::remove_file(downstream_record(socket));
         remove_dead_socket(&downstream_socket);
-        let _ = fs::remove_file(socket);
+        remove_group_socket(socket);
     };
     // A connection of our own, on which nothing is sent: its end is the downstream's exit.
     let mut watch = match UnixStream::connect(&downstream_socket) {

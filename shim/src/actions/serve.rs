@@ -17,7 +17,8 @@ use kata_gpu_plan::settings::Settings;
 
 use super::events::publish_exits;
 use super::{
-    io, remove_dead_socket, ShimError, ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION, ENV_SOCKET,
+    io, remove_dead_socket, remove_group_socket, ShimError, ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION,
+    ENV_SOCKET,
 };
 
 /// The proxy: relays containerd's Task calls to the downstream until both have
@@ -125,7 +126,7 @@ fn exit_cleanly(socket: &Path, downstream_socket: &Path, proxy: &Proxy) -> ! {
     // as soon as every Shutdown's answer has left, but not before: the downstream may close
     // its side while we are still writing its answer back. Bounded only in case of a bug.
     proxy.wait_shutdowns_answered(Duration::from_secs(1));
-    let _ = fs::remove_file(socket);
+    remove_group_socket(socket);
     std::process::exit(0)
 }
 

@@ -507,10 +507,30 @@ impl Proxy {
                 )
             })?;
             created = Some((request.id.clone(), request.bundle.clone()));
+            let id = request.id.clone();
+            let started = Instant::now();
             let rewritten = self
                 .hook
                 .on_create(request)
                 .map_err(|reason| status_response(Code::FAILED_PRECONDITION, reason))?;
+            // The downstream gets what is left of containerd's deadline, not all of it.
+            if let Ok(timeout) = u64::try_from(req.timeout_nano) {
+                if timeout > 0 {
+                    let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let Some(left) = timeout.checked_sub(spent).filter(|left| *left > 0) else {
+                        self.hook.on_deleted(&id);
+                        return Err(status_response(
+                            Code::DEADLINE_EXCEEDED,
+                            format!(
+                                "planning the sandbox took {} ms, past the Create's deadline of {} ms; nothing was created (retry; a slow host lookup or CDI spec directory is the usual cause)",
+                                spent / 1_000_000,
+                                timeout / 1_000_000
+                            ),
+                        ));
+                    };
+                    req.timeout_nano = i64::try_from(left).unwrap_or(i64::MAX);
+                }
+            }
             req.payload = rewritten.write_to_bytes().map_err(|e| {
                 status_response(
                     Code::INTERNAL,

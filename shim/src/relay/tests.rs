@@ -24,11 +24,12 @@ use kata_gpu_plan::settings::Settings;
 const STEP: Duration = Duration::from_secs(30);
 
 /// Writes each created sandbox's state as the real hook does; deletes it through the
-/// real [`PlanHook`].
-struct StateHook(PlanHook);
+/// real [`PlanHook`]. Takes `slow` milliseconds to plan, as a slow host would.
+struct StateHook(PlanHook, Arc<std::sync::atomic::AtomicU64>);
 
 impl CreateHook for StateHook {
     fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
+        std::thread::sleep(Duration::from_millis(self.1.load(Ordering::SeqCst)));
         let dir = self.0.sandbox_dir(&request.id)?;
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         fs::write(dir.join("configuration.toml"), "[hypervisor.qemu]\n")
@@ -118,6 +119,8 @@ struct Rig {
     shutdown_done: mpsc::Sender<()>,
     verdict: mpsc::Receiver<Verdict>,
     state: tempfile::TempDir,
+    /// How long the hook takes to plan a Create, in milliseconds.
+    slow: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn rig() -> Rig {
@@ -136,7 +139,12 @@ fn rig() -> Rig {
         },
         namespace: "default".to_owned(),
     };
-    let proxy = Proxy::new(2, Box::new(StateHook(plan_hook)), "scripted".to_owned());
+    let slow = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let proxy = Proxy::new(
+        2,
+        Box::new(StateHook(plan_hook, Arc::clone(&slow))),
+        "scripted".to_owned(),
+    );
     let d = Arc::clone(&down);
     let connect: Connect = Arc::new(move || d.connect());
     // The monitor's connection is made before the test starts, as the proxy's is.
@@ -168,6 +176,7 @@ fn rig() -> Rig {
         shutdown_done,
         verdict,
         state,
+        slow,
     }
 }
 
@@ -740,4 +749,40 @@ fn a_call_whose_answers_cannot_get_a_thread_is_unavailable_and_the_next_goes_thr
     assert_eq!(code(&res), Code::UNAVAILABLE, "{res:?}");
     assert!(!rig.dir("pod-x").exists(), "the hook did not run");
     rig.create(&mut c, "pod-x", 7);
+}
+
+#[test]
+fn a_create_gets_what_is_left_of_its_deadline_and_none_once_it_has_passed() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.slow.store(200, Ordering::SeqCst);
+    let create = |id: &str| CreateTaskRequest {
+        id: id.into(),
+        bundle: "/nowhere".into(),
+        ..Default::default()
+    };
+    // Planning outlasts the deadline: refused, nothing forwarded, nothing left.
+    c.send("Create", &create("pod-late"), Duration::from_millis(100));
+    let (_, res) = c.answer();
+    assert_eq!(code(&res), Code::DEADLINE_EXCEEDED, "{res:?}");
+    assert!(!rig.dir("pod-late").exists(), "the planned state went");
+    // Within the deadline: forwarded with what is left of it.
+    let deadline = Duration::from_secs(10);
+    c.send("Create", &create("pod-a"), deadline);
+    let call = rig.next_call();
+    assert_eq!(
+        call.request.method, "Create",
+        "the late Create never reached the downstream"
+    );
+    let forwarded = Duration::from_nanos(u64::try_from(call.request.timeout_nano).expect("set"));
+    assert!(
+        forwarded <= deadline - Duration::from_millis(200),
+        "forwarded with {forwarded:?} of {deadline:?} after 200 ms of planning"
+    );
+    assert!(forwarded > Duration::ZERO);
+    call.reply(&CreateTaskResponse {
+        pid: 42,
+        ..Default::default()
+    });
+    assert_eq!(code(&c.answer().1), Code::OK);
 }

@@ -18,7 +18,7 @@ use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
 use containerd_shim_protos::shim::shim::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, ExecProcessRequest, StartRequest, StartResponse, StateRequest, StateResponse,
-    WaitResponse,
+    WaitRequest, WaitResponse,
 };
 use ttrpc::proto::ResponseInit;
 use ttrpc::{get_status, Code, Request, Response};
@@ -48,6 +48,26 @@ pub struct Tracked {
     pub pid: u32,
     /// The bundle of an init process (empty for an exec).
     pub bundle: String,
+    /// Its exit, once a Wait's answer passed through: status, and when (seconds, nanos).
+    pub exited: Option<(u32, i64, i32)>,
+}
+
+impl Tracked {
+    /// Its exit status and time: the one that passed through, else the downstream's death
+    /// (`DEAD_EXIT_STATUS` at `died`).
+    fn exit(&self, died: &Timestamp) -> (u32, Timestamp) {
+        match self.exited {
+            Some((status, seconds, nanos)) => (
+                status,
+                Timestamp {
+                    seconds,
+                    nanos,
+                    ..Timestamp::default()
+                },
+            ),
+            None => (DEAD_EXIT_STATUS, died.clone()),
+        }
+    }
 }
 
 /// A request on its way to the downstream: what its answer is needed for, and what to
@@ -328,22 +348,44 @@ impl Proxy {
             .unwrap_or_default()
     }
 
-    /// A `WaitResponse` saying "exited with 255 when the downstream died", and that time.
-    fn exited(&self) -> (Vec<u8>, Timestamp) {
-        let at = self
-            .died_at
+    /// When the downstream died.
+    fn died_at(&self) -> Timestamp {
+        self.died_at
             .lock()
             .ok()
             .and_then(|t| t.clone())
-            .unwrap_or_else(now);
+            .unwrap_or_else(now)
+    }
+
+    /// The exit of process `exec` (empty: the init) of task `id` of a dead downstream: the
+    /// one that passed through in a Wait's answer, else 255 when the downstream died.
+    fn exit_of(&self, id: &str, exec: &str) -> (u32, Timestamp) {
+        let exec = if exec.is_empty() { id } else { exec };
+        let died = self.died_at();
+        self.tracked
+            .lock()
+            .ok()
+            .and_then(|t| {
+                t.get(&(id.to_owned(), exec.to_owned()))
+                    .map(|t| t.exit(&died))
+            })
+            .unwrap_or((DEAD_EXIT_STATUS, died))
+    }
+
+    /// Answers Wait for a process of a dead downstream (see [`Proxy::exit_of`]).
+    fn wait_dead(&self, payload: &[u8]) -> Response {
+        let Ok(req) = WaitRequest::parse_from_bytes(payload) else {
+            return status_response(Code::INVALID_ARGUMENT, "cannot decode WaitRequest");
+        };
+        let (exit_status, at) = self.exit_of(&req.id, &req.exec_id);
         let bytes = WaitResponse {
-            exit_status: DEAD_EXIT_STATUS,
-            exited_at: MessageField::some(at.clone()),
+            exit_status,
+            exited_at: MessageField::some(at),
             ..WaitResponse::default()
         }
         .write_to_bytes()
         .unwrap_or_default();
-        (bytes, at)
+        ok_payload(bytes)
     }
 
     /// Answers State for a task of a dead downstream: stopped, with status 255.
@@ -367,13 +409,13 @@ impl Proxy {
                 format!("{} is not known to the proxy", req.id),
             );
         };
-        let (_, at) = self.exited();
+        let (exit_status, at) = t.exit(&self.died_at());
         let state = StateResponse {
             id: req.id.clone(),
             bundle: t.bundle,
             pid: t.pid,
             status: EnumOrUnknown::new(TaskStatus::STOPPED),
-            exit_status: DEAD_EXIT_STATUS,
+            exit_status,
             exited_at: MessageField::some(at),
             exec_id: req.exec_id,
             ..StateResponse::default()
@@ -444,10 +486,14 @@ impl Proxy {
             .lock()
             .ok()
             .and_then(|mut t| t.remove(&(req.id.clone(), exec)));
+        let died = self.died_at();
+        let (exit_status, at) = tracked
+            .as_ref()
+            .map_or((DEAD_EXIT_STATUS, died.clone()), |t| t.exit(&died));
         let payload = DeleteResponse {
             pid: tracked.as_ref().map_or(0, |t| t.pid),
-            exit_status: DEAD_EXIT_STATUS,
-            exited_at: MessageField::some(self.exited().1),
+            exit_status,
+            exited_at: MessageField::some(at),
             ..DeleteResponse::default()
         }
         .write_to_bytes()
@@ -470,7 +516,7 @@ impl Proxy {
             "Connect" => self.connect_dead(payload),
             "Delete" => self.delete_dead(payload),
             "State" => self.state_dead(payload),
-            "Wait" => ok_payload(self.exited().0),
+            "Wait" => self.wait_dead(payload),
             "Kill" => ok_empty(),
             _ => status_response(
                 Code::UNAVAILABLE,
@@ -597,6 +643,7 @@ impl Proxy {
                             exec_id: id,
                             pid: res.pid,
                             bundle,
+                            exited: None,
                         },
                     );
                 }
@@ -610,6 +657,7 @@ impl Proxy {
                             exec_id: req.exec_id,
                             pid: 0,
                             bundle: String::new(),
+                            exited: None,
                         },
                     );
                 }
@@ -626,6 +674,25 @@ impl Proxy {
                     };
                     if let Some(t) = tracked.get_mut(&(req.id.clone(), exec)) {
                         t.pid = res.pid;
+                    }
+                }
+            }
+            "Wait" => {
+                if let (Ok(req), Ok(res)) = (
+                    WaitRequest::parse_from_bytes(request),
+                    WaitResponse::parse_from_bytes(response),
+                ) {
+                    let exec = if req.exec_id.is_empty() {
+                        req.id.clone()
+                    } else {
+                        req.exec_id
+                    };
+                    if let Some(t) = tracked.get_mut(&(req.id, exec)) {
+                        let at = res
+                            .exited_at
+                            .as_ref()
+                            .map_or((0, 0), |t| (t.seconds, t.nanos));
+                        t.exited = Some((res.exit_status, at.0, at.1));
                     }
                 }
             }

@@ -95,11 +95,13 @@ pub fn serve_with(
         }
         Verdict::Died(tracked) => tracked,
     };
+    // A process whose exit already passed through was reported by the downstream itself.
+    let running: Vec<_> = tracked.into_iter().filter(|t| t.exited.is_none()).collect();
     tracing::error!(
         "the downstream shim exited unexpectedly; reporting {} process(es) as exited",
-        tracked.len()
+        running.len()
     );
-    publish_exits(&flags.namespace, &tracked);
+    publish_exits(&flags.namespace, &running);
     // Keep answering (for the dead) until containerd shuts us down, or until nobody is
     // left to call: containerd holds a connection to every shim it knows, so none for
     // ABANDONED_AFTER means it forgot us (it ran `delete` for a shim it could not load, or

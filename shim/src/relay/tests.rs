@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 
 use containerd_shim_protos::api::Status as TaskStatus;
+use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::{
     ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
     DeleteResponse, PidsRequest, PidsResponse, ShutdownRequest, StateRequest, StateResponse,
@@ -785,4 +786,48 @@ fn a_create_gets_what_is_left_of_its_deadline_and_none_once_it_has_passed() {
         ..Default::default()
     });
     assert_eq!(code(&c.answer().1), Code::OK);
+}
+
+#[test]
+fn an_exit_that_passed_through_is_kept_after_the_downstream_dies() {
+    use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.create(&mut c, "pod-a", 42);
+    rig.create(&mut c, "app", 43);
+    c.send("Wait", &wait_for("app"), Duration::ZERO);
+    let at = Timestamp {
+        seconds: 1_000,
+        nanos: 5,
+        ..Timestamp::default()
+    };
+    rig.next_call().reply(&WaitResponse {
+        exit_status: 0,
+        exited_at: MessageField::some(at.clone()),
+        ..Default::default()
+    });
+    assert_eq!(decode::<WaitResponse>(&c.answer().1).exit_status, 0);
+    rig.down.exit();
+    let mut died = ids(&rig.verdict());
+    died.sort();
+    assert_eq!(died, ["app", "pod-a"]);
+    let mut c = rig.containerd();
+    c.send("State", &state_of("app"), Duration::ZERO);
+    let st: StateResponse = decode(&c.answer().1);
+    assert_eq!(
+        (st.exit_status, st.exited_at.seconds, st.exited_at.nanos),
+        (0, 1_000, 5),
+        "the exit that passed through, not the downstream's death"
+    );
+    c.send("Wait", &wait_for("app"), Duration::ZERO);
+    assert_eq!(decode::<WaitResponse>(&c.answer().1).exit_status, 0);
+    c.send("Wait", &wait_for("pod-a"), Duration::ZERO);
+    assert_eq!(
+        decode::<WaitResponse>(&c.answer().1).exit_status,
+        DEAD_EXIT_STATUS,
+        "still running when the downstream died"
+    );
+    c.send("Delete", &by_id("app"), Duration::ZERO);
+    let deleted: DeleteResponse = decode(&c.answer().1);
+    assert_eq!((deleted.pid, deleted.exit_status), (43, 0));
 }

@@ -107,7 +107,7 @@ impl Pending {
 /// What the downstream's going away means, decided by [`Proxy::downstream_closed`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// It closed while a Shutdown waited, or with no task left: it shut down; exit.
+    /// It closed with no task left: it shut down; exit.
     ShutDown,
     /// It died running these processes: report them exited, answer for them, and exit at
     /// containerd's Shutdown.
@@ -161,8 +161,6 @@ pub struct Proxy {
     /// Shutdowns forwarded and not yet answered to containerd (or dropped with its
     /// connection).
     shutdowns: (Mutex<usize>, Condvar),
-    /// A Shutdown was answered by the downstream closing its connection (Kata's way).
-    shut_down_by_close: AtomicBool,
     tracked: Mutex<BTreeMap<(String, String), Tracked>>,
     died_at: Mutex<Option<Timestamp>>,
     downstream_name: String,
@@ -210,7 +208,6 @@ impl Proxy {
             dead: AtomicBool::new(false),
             gone: Signal::default(),
             shutdowns: (Mutex::new(0), Condvar::new()),
-            shut_down_by_close: AtomicBool::new(false),
             tracked: Mutex::new(BTreeMap::new()),
             died_at: Mutex::new(None),
             downstream_name,
@@ -317,19 +314,20 @@ impl Proxy {
             .unwrap_or(false)
     }
 
-    fn shutdown_in_flight(&self) -> bool {
-        self.shutdowns.0.lock().map(|n| *n > 0).unwrap_or(false)
+    /// Whether the downstream runs no task that went through us (all were deleted).
+    pub fn is_idle(&self) -> bool {
+        self.tracked.lock().map(|t| t.is_empty()).unwrap_or(true)
     }
 
     /// Decides, once the downstream's socket has closed, whether it shut down or died.
-    /// Kata accepts a Shutdown by exiting without a reply and declines it by replying
-    /// (when it still runs tasks), so a close while a Shutdown waits is a shutdown; so is a
-    /// close with no task left. A close with tasks left is a death: they are returned (and
-    /// kept, so that containerd's later Delete can clean each one up).
+    /// Kata accepts a Shutdown (by exiting without a reply) only once it runs no task, and
+    /// declines it (by replying) while it does; containerd sends one after each task's
+    /// Delete. So a close with no task left is a shutdown, and a close with tasks left is a
+    /// death, a Shutdown in flight or not: they are returned (and kept, so that
+    /// containerd's later Delete can clean each one up).
     pub fn downstream_closed(&self) -> Verdict {
         self.note_gone();
-        let idle = self.tracked.lock().map(|t| t.is_empty()).unwrap_or(true);
-        if idle || self.shutdown_in_flight() || self.shut_down_by_close.load(Ordering::SeqCst) {
+        if self.is_idle() {
             return Verdict::ShutDown;
         }
         Verdict::Died(self.mark_dead())
@@ -532,9 +530,6 @@ impl Proxy {
     /// answer came, the downstream having gone: a Shutdown was accepted (Kata exits without
     /// replying), anything else is answered as for a dead downstream, from its own payload.
     pub fn answer_lost(&self, pending: &Pending) -> Response {
-        if pending.method == "Shutdown" {
-            self.shut_down_by_close.store(true, Ordering::SeqCst);
-        }
         self.answer_dead(&pending.method, &pending.payload)
     }
 

@@ -63,10 +63,11 @@ pub fn serve_with(
     let downstream_socket = PathBuf::from(downstream.trim_start_matches("unix://"));
     let (exit_socket, exit_downstream) = (socket.clone(), downstream_socket.clone());
     let after_shutdown_proxy = Arc::clone(&proxy);
-    // A Shutdown answered for a dead downstream ends us; one the downstream answered ends
-    // us when the downstream exits (the monitor below), and one it declined does not.
+    // A Shutdown answered for a dead downstream ends us once no task of it is left (each
+    // task's Delete comes with one); one the downstream answered ends us when the
+    // downstream exits (the monitor below), and one it declined does not.
     let after_shutdown: crate::relay::AfterShutdown = Arc::new(move || {
-        if after_shutdown_proxy.is_dead() {
+        if after_shutdown_proxy.is_dead() && after_shutdown_proxy.is_idle() {
             exit_cleanly(&exit_socket, &exit_downstream, &after_shutdown_proxy);
         }
     });

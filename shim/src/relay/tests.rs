@@ -831,3 +831,28 @@ fn an_exit_that_passed_through_is_kept_after_the_downstream_dies() {
     let deleted: DeleteResponse = decode(&c.answer().1);
     assert_eq!((deleted.pid, deleted.exit_status), (43, 0));
 }
+
+#[test]
+fn a_crash_while_a_shutdown_waits_with_tasks_left_is_a_crash() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.create(&mut c, "pod-a", 42);
+    rig.create(&mut c, "app", 43);
+    // containerd's Shutdown after some other task's Delete; Kata, still running both,
+    // would decline it, but crashes first.
+    c.send("Shutdown", &ShutdownRequest::default(), Duration::ZERO);
+    assert_eq!(rig.next_call().request.method, "Shutdown");
+    rig.down.exit();
+    let mut died = ids(&rig.verdict());
+    died.sort();
+    assert_eq!(
+        died,
+        ["app", "pod-a"],
+        "reported exited, not taken for a shutdown"
+    );
+    assert_eq!(code(&c.answer().1), Code::OK);
+    assert!(rig.proxy.is_dead() && !rig.proxy.is_idle());
+    c.send("State", &state_of("app"), Duration::ZERO);
+    let st: StateResponse = decode(&c.answer().1);
+    assert_eq!((st.pid, st.exit_status), (43, DEAD_EXIT_STATUS));
+}

@@ -17,8 +17,8 @@ use kata_gpu_plan::settings::Settings;
 
 use super::events::publish_exits;
 use super::{
-    io, remove_dead_socket, remove_group_socket, ShimError, ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION,
-    ENV_SOCKET,
+    io, lock_group, remove_dead_socket, ShimError, ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION,
+    ENV_SOCKET, GROUP_LOCK_WAIT,
 };
 
 /// The proxy: relays containerd's Task calls to the downstream until both have
@@ -122,6 +122,9 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 
 fn exit_cleanly(socket: &Path, downstream_socket: &Path, proxy: &Proxy) -> ! {
     remove_dead_socket(downstream_socket);
+    // Under the group's lock: the `start` that spawned us holds it until it has written our
+    // record, so a proxy that exits at once never has its record written after it went.
+    let lock = lock_group(socket, GROUP_LOCK_WAIT).ok();
     // The record goes first, so that a `delete` never finds it beside a proxy that has
     // already gone and mistakes a clean exit for a dead proxy.
     let _ = fs::remove_file(downstream_record(socket));
@@ -129,7 +132,10 @@ fn exit_cleanly(socket: &Path, downstream_socket: &Path, proxy: &Proxy) -> ! {
     // as soon as every Shutdown's answer has left, but not before: the downstream may close
     // its side while we are still writing its answer back. Bounded only in case of a bug.
     proxy.wait_shutdowns_answered(Duration::from_secs(1));
-    remove_group_socket(socket);
+    let _ = fs::remove_file(socket);
+    if let Some(lock) = lock {
+        let _ = fs::remove_file(lock.path());
+    }
     std::process::exit(0)
 }
 

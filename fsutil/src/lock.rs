@@ -77,6 +77,18 @@ impl FileLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether the file locked is still the one at [`FileLock::path`]: false once it was
+    /// unlinked (or replaced) after it was opened, when the lock guards nothing any more.
+    /// A lock file may be removed only by a holder of the lock; a taker that finds it
+    /// removed takes it again.
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._flock.metadata(), std::fs::metadata(&self.path)) {
+            (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +110,11 @@ mod tests {
         assert!(FileLock::acquire(&p, false, ms(10), ms(5)).is_err());
         drop(held);
         FileLock::acquire(&p, false, ms(10), ms(5)).expect("after release");
+        let held = FileLock::acquire(&p, true, ms(10), ms(5)).expect("exclusive");
+        assert!(held.is_current());
+        std::fs::remove_file(&p).expect("unlink");
+        assert!(!held.is_current(), "unlinked under its holder");
+        drop(held);
         let missing = FileLock::acquire(&dir.path().join("no/lock"), true, ms(1), ms(1));
         assert!(matches!(missing, Err(LockError::Io(e)) if e.kind() == io::ErrorKind::NotFound));
     }

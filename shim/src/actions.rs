@@ -10,8 +10,10 @@
 //! - `runner`: runs the downstream binary for `start` and `delete`.
 
 use std::fs;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kata_gpu_fsutil::{FileLock, LockError};
 
 use sha2::{Digest, Sha256};
 
@@ -140,8 +142,81 @@ fn group_of(bundle: &Path, id: &str) -> String {
 
 pub(super) use crate::proxy::task_service;
 
+/// Whether something listens on `socket`, asked without waiting: a listener whose accept
+/// queue is full (a live proxy under load) counts, where a blocking connect would wait for
+/// it to make room.
 pub(crate) fn is_listening(socket: &Path) -> bool {
-    UnixStream::connect(socket).is_ok()
+    use nix::errno::Errno;
+    use nix::sys::socket::{connect, socket as new_socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let Ok(addr) = nix::sys::socket::UnixAddr::new(socket) else {
+        return false;
+    };
+    let Ok(fd) = new_socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        // Cannot ask (out of descriptors): take it as alive, so that nothing is replaced.
+        return true;
+    };
+    matches!(
+        connect(fd.as_raw_fd(), &addr),
+        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS)
+    )
+}
+
+/// How long a `start`, a `delete` or an exiting proxy waits for another holder of a
+/// group's lock (see [`lock_group`]).
+const GROUP_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The lock beside a group's socket: `start`'s take-over of the socket, and every removal
+/// of the socket, its record and the lock file itself, happen under it.
+pub(crate) fn group_lock_path(socket: &Path) -> PathBuf {
+    socket.with_extension("lock")
+}
+
+/// Takes the group's lock, waiting at most `wait` for another holder.
+pub(crate) fn lock_group(socket: &Path, wait: Duration) -> Result<FileLock, ShimError> {
+    let path = group_lock_path(socket);
+    // A holder may remove the file while we wait on it: then take the new one.
+    for _ in 0..3 {
+        let lock = FileLock::acquire(&path, true, wait, Duration::from_millis(5)).map_err(
+            |e| match e {
+                LockError::Busy { waited } => ShimError::Io {
+                    what: format!(
+                        "another start or delete of this sandbox held {} for {} ms; retry, or remove that file if no shim of the sandbox runs",
+                        path.display(),
+                        waited.as_millis()
+                    ),
+                    source: std::io::ErrorKind::WouldBlock.into(),
+                },
+                LockError::Io(source) => ShimError::Io {
+                    what: format!("cannot lock {}", path.display()),
+                    source,
+                },
+            },
+        )?;
+        if lock.is_current() {
+            return Ok(lock);
+        }
+    }
+    Err(ShimError::Io {
+        what: format!("{} was removed each time it was locked", path.display()),
+        source: std::io::ErrorKind::WouldBlock.into(),
+    })
+}
+
+/// Removes a finished group's socket and, holding its lock, the lock file (which stays when
+/// the lock cannot be had in time: removing a lock file someone holds would let a third
+/// party take a new one beside them).
+pub(crate) fn remove_group_socket(socket: &Path) {
+    let lock = lock_group(socket, GROUP_LOCK_WAIT);
+    let _ = fs::remove_file(socket);
+    if let Ok(lock) = lock {
+        let _ = fs::remove_file(lock.path());
+    }
 }
 
 /// Removes the downstream's socket once the downstream has closed its connection to us (it

@@ -176,6 +176,13 @@ impl PlanHook {
             if self.apply_cdi(&registry, &mut spec, &names)? {
                 write_bundle_spec(&config_json, &spec)?;
             }
+            // CRI on containerd 2.x sends the handler's options on every Create, and runc's
+            // shim knows only its own type.
+            if self.settings.downstream_kind == DownstreamKind::Runc
+                && request.options.as_ref().is_some_and(is_runtime_options)
+            {
+                request.options = MessageField::none();
+            }
             return Ok(request);
         }
         let sandbox_id = annotations
@@ -200,10 +207,6 @@ impl PlanHook {
         let host = Host::new(&self.settings.host_root);
         let base = KataValues::from_config(&base_text);
         let policy = self.settings.policy();
-        let sandbox_id = annotations
-            .get(SANDBOX_ID)
-            .cloned()
-            .unwrap_or_else(|| request.id.clone());
         let planned = plan(&PlanInput {
             profile: self.profile,
             oci: &spec,
@@ -364,6 +367,33 @@ mod tests {
             .path()
             .join("default/pod-b/configuration.toml")
             .is_file());
+    }
+
+    #[test]
+    fn a_runc_downstream_never_gets_kata_options_on_a_pods_container() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let mut hook = plan_hook(state.path(), "k8s.io");
+        hook.settings.downstream_kind = DownstreamKind::Runc;
+        let bundle = state.path().join("bundle");
+        fs::create_dir_all(&bundle).expect("bundle");
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": { CONTAINER_TYPE: "container", SANDBOX_ID: "pod" },
+        });
+        fs::write(bundle.join("config.json"), spec.to_string()).expect("config.json");
+        // What `kata-gpu containerd register` configures, as CRI 2.x passes it.
+        let request = CreateTaskRequest {
+            id: "app".into(),
+            bundle: bundle.display().to_string(),
+            options: MessageField::some(Any {
+                type_url: format!("type.googleapis.com/{RUNTIME_OPTIONS}"),
+                value: runtime_options("/etc/kata/configuration.toml").expect("encode"),
+                ..Any::default()
+            }),
+            ..Default::default()
+        };
+        let forwarded = hook.on_create(request).expect("the container's Create");
+        assert!(forwarded.options.is_none(), "{:?}", forwarded.options);
     }
 
     #[test]

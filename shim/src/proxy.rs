@@ -4,11 +4,11 @@
 //! config); the successful answers to `Create`, `Start`, `Exec` and `Delete` are read, never
 //! changed, to know which processes the downstream runs; everything else passes through
 //! untouched, with the caller's deadline and metadata, and downstream errors keep their
-//! status codes. Once the downstream is dead, `Delete`, `State`, `Wait`, `Kill` and
-//! `Shutdown` are answered here for its tasks. The bytes travel through [`crate::relay`].
+//! status codes. Once the downstream is dead, `Connect`, `Delete`, `State`, `Wait`, `Kill`
+//! and `Shutdown` are answered here for its tasks. The bytes travel through [`crate::relay`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,9 @@ use containerd_shim_protos::api::Status as TaskStatus;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{EnumOrUnknown, Message, MessageField};
 use containerd_shim_protos::shim::shim::{
-    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest,
-    StartRequest, StartResponse, StateRequest, StateResponse, WaitResponse,
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, ExecProcessRequest, StartRequest, StartResponse, StateRequest, StateResponse,
+    WaitRequest, WaitResponse,
 };
 use ttrpc::proto::ResponseInit;
 use ttrpc::{get_status, Code, Request, Response};
@@ -47,6 +48,26 @@ pub struct Tracked {
     pub pid: u32,
     /// The bundle of an init process (empty for an exec).
     pub bundle: String,
+    /// Its exit, once a Wait's answer passed through: status, and when (seconds, nanos).
+    pub exited: Option<(u32, i64, i32)>,
+}
+
+impl Tracked {
+    /// Its exit status and time: the one that passed through, else the downstream's death
+    /// (`DEAD_EXIT_STATUS` at `died`).
+    fn exit(&self, died: &Timestamp) -> (u32, Timestamp) {
+        match self.exited {
+            Some((status, seconds, nanos)) => (
+                status,
+                Timestamp {
+                    seconds,
+                    nanos,
+                    ..Timestamp::default()
+                },
+            ),
+            None => (DEAD_EXIT_STATUS, died.clone()),
+        }
+    }
 }
 
 /// A request on its way to the downstream: what its answer is needed for, and what to
@@ -86,7 +107,7 @@ impl Pending {
 /// What the downstream's going away means, decided by [`Proxy::downstream_closed`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// It closed while a Shutdown waited, or with no task left: it shut down; exit.
+    /// It closed with no task left: it shut down; exit.
     ShutDown,
     /// It died running these processes: report them exited, answer for them, and exit at
     /// containerd's Shutdown.
@@ -140,11 +161,26 @@ pub struct Proxy {
     /// Shutdowns forwarded and not yet answered to containerd (or dropped with its
     /// connection).
     shutdowns: (Mutex<usize>, Condvar),
-    /// A Shutdown was answered by the downstream closing its connection (Kata's way).
-    shut_down_by_close: AtomicBool,
     tracked: Mutex<BTreeMap<(String, String), Tracked>>,
     died_at: Mutex<Option<Timestamp>>,
     downstream_name: String,
+    /// The downstream's pid, from its socket's peer credentials (0 until known).
+    downstream_pid: AtomicU32,
+    /// containerd connections open now; notified when the count changes.
+    connections: (Mutex<usize>, Condvar),
+}
+
+/// One containerd connection, counted while it lives (see [`Proxy::wait_abandoned`]).
+pub struct Connection(Arc<Proxy>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let (count, cv) = &self.0.connections;
+        if let Ok(mut n) = count.lock() {
+            *n = n.saturating_sub(1);
+            cv.notify_all();
+        }
+    }
 }
 
 /// The exit status reported for the tasks of a downstream that died.
@@ -172,11 +208,61 @@ impl Proxy {
             dead: AtomicBool::new(false),
             gone: Signal::default(),
             shutdowns: (Mutex::new(0), Condvar::new()),
-            shut_down_by_close: AtomicBool::new(false),
             tracked: Mutex::new(BTreeMap::new()),
             died_at: Mutex::new(None),
             downstream_name,
+            downstream_pid: AtomicU32::new(0),
+            connections: (Mutex::new(0), Condvar::new()),
         })
+    }
+
+    /// Notes the downstream's pid (its socket's peer), which a dead downstream's `Connect`
+    /// still answers with.
+    pub fn set_downstream_pid(&self, pid: u32) {
+        self.downstream_pid.store(pid, Ordering::SeqCst);
+    }
+
+    /// Counts a containerd connection until the returned guard is dropped.
+    pub fn connection_opened(self: &Arc<Self>) -> Connection {
+        let (count, cv) = &self.connections;
+        if let Ok(mut n) = count.lock() {
+            *n += 1;
+            cv.notify_all();
+        }
+        Connection(Arc::clone(self))
+    }
+
+    /// Once the downstream is dead: waits until no containerd connection has been open for
+    /// `idle` together, i.e. nobody will call again (containerd holds one connection to a
+    /// shim it knows for as long as it knows it, and opens one again at once when it
+    /// reloads its shims after a restart). True when that happened; false at `until`.
+    pub fn wait_abandoned(&self, idle: Duration, until: Option<Instant>) -> bool {
+        let (count, cv) = &self.connections;
+        let Ok(mut n) = count.lock() else {
+            return true;
+        };
+        loop {
+            let now = Instant::now();
+            let left = until.map_or(Duration::MAX, |u| u.saturating_duration_since(now));
+            if left.is_zero() {
+                return false;
+            }
+            if *n > 0 {
+                n = match cv.wait_timeout_while(n, left, |n| *n > 0) {
+                    Ok((n, _)) => n,
+                    Err(_) => return true,
+                };
+                continue;
+            }
+            let quiet_since = Instant::now();
+            n = match cv.wait_timeout_while(n, idle.min(left), |n| *n == 0) {
+                Ok((n, _)) => n,
+                Err(_) => return true,
+            };
+            if *n == 0 && quiet_since.elapsed() >= idle {
+                return true;
+            }
+        }
     }
 
     /// The downstream binary, for messages.
@@ -228,19 +314,20 @@ impl Proxy {
             .unwrap_or(false)
     }
 
-    fn shutdown_in_flight(&self) -> bool {
-        self.shutdowns.0.lock().map(|n| *n > 0).unwrap_or(false)
+    /// Whether the downstream runs no task that went through us (all were deleted).
+    pub fn is_idle(&self) -> bool {
+        self.tracked.lock().map(|t| t.is_empty()).unwrap_or(true)
     }
 
     /// Decides, once the downstream's socket has closed, whether it shut down or died.
-    /// Kata accepts a Shutdown by exiting without a reply and declines it by replying
-    /// (when it still runs tasks), so a close while a Shutdown waits is a shutdown; so is a
-    /// close with no task left. A close with tasks left is a death: they are returned (and
-    /// kept, so that containerd's later Delete can clean each one up).
+    /// Kata accepts a Shutdown (by exiting without a reply) only once it runs no task, and
+    /// declines it (by replying) while it does; containerd sends one after each task's
+    /// Delete. So a close with no task left is a shutdown, and a close with tasks left is a
+    /// death, a Shutdown in flight or not: they are returned (and kept, so that
+    /// containerd's later Delete can clean each one up).
     pub fn downstream_closed(&self) -> Verdict {
         self.note_gone();
-        let idle = self.tracked.lock().map(|t| t.is_empty()).unwrap_or(true);
-        if idle || self.shutdown_in_flight() || self.shut_down_by_close.load(Ordering::SeqCst) {
+        if self.is_idle() {
             return Verdict::ShutDown;
         }
         Verdict::Died(self.mark_dead())
@@ -259,22 +346,44 @@ impl Proxy {
             .unwrap_or_default()
     }
 
-    /// A `WaitResponse` saying "exited with 255 when the downstream died", and that time.
-    fn exited(&self) -> (Vec<u8>, Timestamp) {
-        let at = self
-            .died_at
+    /// When the downstream died.
+    fn died_at(&self) -> Timestamp {
+        self.died_at
             .lock()
             .ok()
             .and_then(|t| t.clone())
-            .unwrap_or_else(now);
+            .unwrap_or_else(now)
+    }
+
+    /// The exit of process `exec` (empty: the init) of task `id` of a dead downstream: the
+    /// one that passed through in a Wait's answer, else 255 when the downstream died.
+    fn exit_of(&self, id: &str, exec: &str) -> (u32, Timestamp) {
+        let exec = if exec.is_empty() { id } else { exec };
+        let died = self.died_at();
+        self.tracked
+            .lock()
+            .ok()
+            .and_then(|t| {
+                t.get(&(id.to_owned(), exec.to_owned()))
+                    .map(|t| t.exit(&died))
+            })
+            .unwrap_or((DEAD_EXIT_STATUS, died))
+    }
+
+    /// Answers Wait for a process of a dead downstream (see [`Proxy::exit_of`]).
+    fn wait_dead(&self, payload: &[u8]) -> Response {
+        let Ok(req) = WaitRequest::parse_from_bytes(payload) else {
+            return status_response(Code::INVALID_ARGUMENT, "cannot decode WaitRequest");
+        };
+        let (exit_status, at) = self.exit_of(&req.id, &req.exec_id);
         let bytes = WaitResponse {
-            exit_status: DEAD_EXIT_STATUS,
-            exited_at: MessageField::some(at.clone()),
+            exit_status,
+            exited_at: MessageField::some(at),
             ..WaitResponse::default()
         }
         .write_to_bytes()
         .unwrap_or_default();
-        (bytes, at)
+        ok_payload(bytes)
     }
 
     /// Answers State for a task of a dead downstream: stopped, with status 255.
@@ -298,18 +407,64 @@ impl Proxy {
                 format!("{} is not known to the proxy", req.id),
             );
         };
-        let (_, at) = self.exited();
+        let (exit_status, at) = t.exit(&self.died_at());
         let state = StateResponse {
             id: req.id.clone(),
             bundle: t.bundle,
             pid: t.pid,
             status: EnumOrUnknown::new(TaskStatus::STOPPED),
-            exit_status: DEAD_EXIT_STATUS,
+            exit_status,
             exited_at: MessageField::some(at),
             exec_id: req.exec_id,
             ..StateResponse::default()
         };
         ok_payload(state.write_to_bytes().unwrap_or_default())
+    }
+
+    /// Forgets the tasks of a dead downstream that nobody will delete through us (see
+    /// [`Proxy::wait_abandoned`]): their state goes, as their Delete would have removed it.
+    pub fn abandon(&self) {
+        let ids: std::collections::BTreeSet<String> = self
+            .tracked
+            .lock()
+            .map(|mut t| {
+                std::mem::take(&mut *t)
+                    .into_keys()
+                    .map(|(c, _)| c)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in ids {
+            self.hook.on_deleted(&id);
+        }
+    }
+
+    /// Answers Connect (containerd's `PID()`, called before every Wait and when it reloads
+    /// its shims) for a dead downstream with the pids it had: the downstream's own, and the
+    /// task's as its Create or Start answered (Kata answers every id, with its own pid when
+    /// it has no other), so that containerd never takes this proxy for a dead one and goes
+    /// on to Wait, Delete and Shutdown.
+    fn connect_dead(&self, payload: &[u8]) -> Response {
+        let Ok(req) = ConnectRequest::parse_from_bytes(payload) else {
+            return status_response(Code::INVALID_ARGUMENT, "cannot decode ConnectRequest");
+        };
+        let shim_pid = match self.downstream_pid.load(Ordering::SeqCst) {
+            0 => std::process::id(),
+            pid => pid,
+        };
+        let task_pid = self
+            .tracked
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&(req.id.clone(), req.id.clone())).map(|t| t.pid))
+            .filter(|pid| *pid != 0)
+            .unwrap_or(shim_pid);
+        let answer = ConnectResponse {
+            shim_pid,
+            task_pid,
+            ..ConnectResponse::default()
+        };
+        ok_payload(answer.write_to_bytes().unwrap_or_default())
     }
 
     /// Answers containerd's Delete of a task whose downstream is gone: cleans it up and
@@ -329,10 +484,14 @@ impl Proxy {
             .lock()
             .ok()
             .and_then(|mut t| t.remove(&(req.id.clone(), exec)));
+        let died = self.died_at();
+        let (exit_status, at) = tracked
+            .as_ref()
+            .map_or((DEAD_EXIT_STATUS, died.clone()), |t| t.exit(&died));
         let payload = DeleteResponse {
             pid: tracked.as_ref().map_or(0, |t| t.pid),
-            exit_status: DEAD_EXIT_STATUS,
-            exited_at: MessageField::some(self.exited().1),
+            exit_status,
+            exited_at: MessageField::some(at),
             ..DeleteResponse::default()
         }
         .write_to_bytes()
@@ -347,13 +506,15 @@ impl Proxy {
     }
 
     /// The answer for a call while the downstream is dead: Delete, State, Wait and Kill
-    /// are answered as for an exited task, Shutdown succeeds, anything else is refused.
+    /// are answered as for an exited task, Connect with the pids it had, Shutdown
+    /// succeeds, anything else is refused.
     pub fn answer_dead(&self, method: &str, payload: &[u8]) -> Response {
         match method {
             "Shutdown" => ok_empty(),
+            "Connect" => self.connect_dead(payload),
             "Delete" => self.delete_dead(payload),
             "State" => self.state_dead(payload),
-            "Wait" => ok_payload(self.exited().0),
+            "Wait" => self.wait_dead(payload),
             "Kill" => ok_empty(),
             _ => status_response(
                 Code::UNAVAILABLE,
@@ -369,9 +530,6 @@ impl Proxy {
     /// answer came, the downstream having gone: a Shutdown was accepted (Kata exits without
     /// replying), anything else is answered as for a dead downstream, from its own payload.
     pub fn answer_lost(&self, pending: &Pending) -> Response {
-        if pending.method == "Shutdown" {
-            self.shut_down_by_close.store(true, Ordering::SeqCst);
-        }
         self.answer_dead(&pending.method, &pending.payload)
     }
 
@@ -390,10 +548,30 @@ impl Proxy {
                 )
             })?;
             created = Some((request.id.clone(), request.bundle.clone()));
+            let id = request.id.clone();
+            let started = Instant::now();
             let rewritten = self
                 .hook
                 .on_create(request)
                 .map_err(|reason| status_response(Code::FAILED_PRECONDITION, reason))?;
+            // The downstream gets what is left of containerd's deadline, not all of it.
+            if let Ok(timeout) = u64::try_from(req.timeout_nano) {
+                if timeout > 0 {
+                    let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let Some(left) = timeout.checked_sub(spent).filter(|left| *left > 0) else {
+                        self.hook.on_deleted(&id);
+                        return Err(status_response(
+                            Code::DEADLINE_EXCEEDED,
+                            format!(
+                                "planning the sandbox took {} ms, past the Create's deadline of {} ms; nothing was created (retry; a slow host lookup or CDI spec directory is the usual cause)",
+                                spent / 1_000_000,
+                                timeout / 1_000_000
+                            ),
+                        ));
+                    };
+                    req.timeout_nano = i64::try_from(left).unwrap_or(i64::MAX);
+                }
+            }
             req.payload = rewritten.write_to_bytes().map_err(|e| {
                 status_response(
                     Code::INTERNAL,
@@ -460,6 +638,7 @@ impl Proxy {
                             exec_id: id,
                             pid: res.pid,
                             bundle,
+                            exited: None,
                         },
                     );
                 }
@@ -473,6 +652,7 @@ impl Proxy {
                             exec_id: req.exec_id,
                             pid: 0,
                             bundle: String::new(),
+                            exited: None,
                         },
                     );
                 }
@@ -489,6 +669,25 @@ impl Proxy {
                     };
                     if let Some(t) = tracked.get_mut(&(req.id.clone(), exec)) {
                         t.pid = res.pid;
+                    }
+                }
+            }
+            "Wait" => {
+                if let (Ok(req), Ok(res)) = (
+                    WaitRequest::parse_from_bytes(request),
+                    WaitResponse::parse_from_bytes(response),
+                ) {
+                    let exec = if req.exec_id.is_empty() {
+                        req.id.clone()
+                    } else {
+                        req.exec_id
+                    };
+                    if let Some(t) = tracked.get_mut(&(req.id, exec)) {
+                        let at = res
+                            .exited_at
+                            .as_ref()
+                            .map_or((0, 0), |t| (t.seconds, t.nanos));
+                        t.exited = Some((res.exit_status, at.0, at.1));
                     }
                 }
             }

@@ -102,24 +102,114 @@ const HANGUP_WAIT: Duration = Duration::from_secs(60);
 
 /// Serves containerd connections from `listener` until the process exits.
 pub fn serve(listener: UnixListener, connect: Connect, proxy: Arc<Proxy>, after: AfterShutdown) {
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let (connect, proxy, after) =
-            (Arc::clone(&connect), Arc::clone(&proxy), Arc::clone(&after));
-        std::thread::spawn(move || {
-            if let Err(e) = relay(conn, &connect, &proxy, &after) {
-                tracing::debug!("connection ended: {e}");
+    accept_loop(
+        || listener.accept().map(|(conn, _)| Some(conn)),
+        |conn| {
+            let (connect, proxy, after) =
+                (Arc::clone(&connect), Arc::clone(&proxy), Arc::clone(&after));
+            spawn_relay(conn, move |conn| {
+                if let Err(e) = relay(conn, &connect, &proxy, &after) {
+                    tracing::debug!("connection ended: {e}");
+                }
+            });
+        },
+    );
+}
+
+/// The longest pause between accepts while the process (or the system) is out of file
+/// descriptors or memory.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+
+/// Accepts connections and hands each to `handle`, until `accept` gives `None` (never, on
+/// a listener). Out of file descriptors (EMFILE, ENFILE) or memory, the pending connection
+/// stays queued and the loop backs off (1 ms doubling to [`ACCEPT_BACKOFF_MAX`]) instead of
+/// spinning on the same error; other errors are the one connection's (e.g. ECONNABORTED).
+fn accept_loop(
+    mut accept: impl FnMut() -> io::Result<Option<UnixStream>>,
+    mut handle: impl FnMut(UnixStream),
+) {
+    let mut pause = Duration::ZERO;
+    loop {
+        match accept() {
+            Ok(Some(conn)) => {
+                pause = Duration::ZERO;
+                handle(conn);
             }
-        });
+            Ok(None) => return,
+            Err(e) if out_of_resources(&e) => {
+                if pause.is_zero() {
+                    tracing::warn!("cannot accept a containerd connection: {e}; backing off");
+                }
+                pause = (pause * 2).clamp(Duration::from_millis(1), ACCEPT_BACKOFF_MAX);
+                std::thread::sleep(pause);
+            }
+            Err(e) => tracing::debug!("accept: {e}"),
+        }
     }
 }
 
+fn out_of_resources(e: &io::Error) -> bool {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}
+
+/// Runs `f` on a thread of its own; when no thread can be started (out of memory or of
+/// the process's thread limit), retries for a while, then gives up on the connection
+/// alone: it is closed, and the proxy goes on serving the others.
+fn spawn_relay(conn: UnixStream, f: impl FnOnce(UnixStream) + Send + 'static) {
+    let f = Arc::new(Mutex::new(Some((conn, f))));
+    let mut pause = Duration::from_millis(10);
+    for attempt in 0..5 {
+        let job = Arc::clone(&f);
+        let spawned = spawn_thread("relay", move || {
+            if let Some((conn, f)) = job.lock().ok().and_then(|mut j| j.take()) {
+                f(conn);
+            }
+        });
+        match spawned {
+            Ok(()) => return,
+            Err(e) if attempt == 4 => {
+                tracing::error!(
+                    "cannot start a thread for a containerd connection: {e}; closing it"
+                );
+            }
+            Err(_) => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+        }
+    }
+    // Dropping the connection closes it: containerd sees a shim it cannot talk to.
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many of this thread's next thread starts fail, as when out of threads.
+    static FAIL_SPAWNS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Starts a named thread, or says why it cannot.
+fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    #[cfg(test)]
+    if FAIL_SPAWNS.with(|n| n.replace(n.get().saturating_sub(1))) > 0 {
+        return Err(io::Error::from_raw_os_error(nix::libc::EAGAIN));
+    }
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map(drop)
+}
+
 /// Blocks until the downstream's socket closes (it exited), through a connection of its
-/// own on which nothing is ever sent; at once if it cannot be reached.
-pub fn watch(connect: &Connect) {
+/// own on which nothing is ever sent; at once if it cannot be reached. The connection's
+/// peer tells the proxy the downstream's pid.
+pub fn watch(connect: &Connect, proxy: &Proxy) {
     let Ok(mut stream) = connect() else {
         return;
     };
+    if let Some(pid) = peer_pid(&stream) {
+        proxy.set_downstream_pid(pid);
+    }
     let mut buf = [0u8; 64];
     loop {
         match stream.read(&mut buf) {
@@ -127,6 +217,13 @@ pub fn watch(connect: &Connect) {
             Ok(_) => {}
         }
     }
+}
+
+/// The pid of the process at the other end of `stream` (`SO_PEERCRED`).
+fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    let cred =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    u32::try_from(cred.pid()).ok()
 }
 
 /// containerd's side of one connection.
@@ -169,7 +266,9 @@ impl Link {
         );
         // It ends when the connection does: [`Hangup`] shuts the connection down on every
         // way out of the relay.
-        std::thread::spawn(move || pump_back(from, &up, &waiting, &proxy, &*after));
+        spawn_thread("answers", move || {
+            pump_back(from, &up, &waiting, &proxy, &*after);
+        })?;
         Ok(Link { stream, calls })
     }
 
@@ -425,6 +524,7 @@ fn relay(
     proxy: &Arc<Proxy>,
     after_shutdown: &AfterShutdown,
 ) -> io::Result<()> {
+    let _counted = proxy.connection_opened();
     let up = Arc::new(Upstream {
         writer: Mutex::new(conn.try_clone()?),
         gone: AtomicBool::new(false),
@@ -435,7 +535,8 @@ fn relay(
         link: None,
     };
     if let Ok(stream) = connect() {
-        hangup.link = Some(Link::open(stream, &up, proxy, after_shutdown)?);
+        // No thread for its answers: tried again at the first call.
+        hangup.link = Link::open(stream, &up, proxy, after_shutdown).ok();
     }
     let mut reader = conn;
     while let Some(frame) = read_frame(&mut reader)? {
@@ -465,8 +566,10 @@ fn relay(
                 .filter(|n| *n > 0)
                 .map_or(now + NO_DEADLINE_WAIT, |n| now + Duration::from_nanos(n))
                 .min(now + NO_DEADLINE_WAIT);
-            match connect_until(connect, proxy, until) {
-                Ok(stream) => hangup.link = Some(Link::open(stream, &up, proxy, after_shutdown)?),
+            match connect_until(connect, proxy, until)
+                .and_then(|stream| Link::open(stream, &up, proxy, after_shutdown))
+            {
+                Ok(link) => hangup.link = Some(link),
                 Err(e) => tracing::warn!("cannot reach the downstream shim for {method}: {e}"),
             }
         }

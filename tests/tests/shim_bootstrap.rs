@@ -327,6 +327,24 @@ fn a_downstream_that_hangs_or_fails_fails_start_in_bounded_time_naming_it() {
 }
 
 #[test]
+fn a_proxy_that_exits_right_after_start_leaves_no_record_socket_or_lock() {
+    let probe = MockContainerd::new();
+    // A downstream whose `start` names a socket nobody listens on: the proxy finds it gone
+    // at once, with no task, and exits while `start` may still be writing its record.
+    let gone = script(&probe, "gone", "echo unix:///nonexistent/kata.sock");
+    let mock = MockContainerd::with_downstream(&gone, "");
+    for i in 0..5 {
+        let id = format!("quick{i}");
+        let (stdout, _) = mock.start(&id, &Caller::Legacy);
+        assert!(String::from_utf8_lossy(&stdout).starts_with("unix://"));
+    }
+    let sockets = mock.work.path().join("st/s");
+    wait_until("every proxy exited and removed its files", || {
+        fs::read_dir(&sockets).map_or(true, |d| d.count() == 0)
+    });
+}
+
+#[test]
 fn the_binary_name_selects_the_profile_and_v_prints_version_and_commit() {
     let mock = MockContainerd::new();
     for (profile, name) in [

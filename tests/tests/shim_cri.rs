@@ -42,9 +42,28 @@ fn cri_table(release: Containerd, kubelet: bool) -> String {
     };
     let handler = |plugin: &str| {
         format!(
-            "[plugins.\"{plugin}\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
-             [plugins.\"{plugin}\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.{HANDLER}.v2\"\n  \
+            "[plugins.\"{plugin}\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.{HANDLER}.v2\"\n  \
              privileged_without_host_devices = true\n  pod_annotations = [\"cdi.k8s.io/*\", \"io.katacontainers.*\"]\n{container_annotations}"
+        )
+    };
+    cri_table_without_ours(release) + &handler(runtime_plugin(release))
+}
+
+/// The plugin whose `containerd.runtimes` are CRI's handlers on `release`.
+fn runtime_plugin(release: Containerd) -> &'static str {
+    if release.is_v2() {
+        "io.containerd.cri.v1.runtime"
+    } else {
+        "io.containerd.grpc.v1.cri"
+    }
+}
+
+/// The CRI tables of `release` with runc's handler only: the sandbox image, and (where
+/// containerd has CDI) CDI on, reading the simulated host's spec.
+fn cri_table_without_ours(release: Containerd) -> String {
+    let runc = |plugin: &str| {
+        format!(
+            "[plugins.\"{plugin}\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
         )
     };
     let cdi = format!("  enable_cdi = true\n  cdi_spec_dirs = [\"{CDI_SPEC_DIR}\"]\n");
@@ -60,7 +79,7 @@ fn cri_table(release: Containerd, kubelet: bool) -> String {
             format!(
                 "[plugins.\"{plugin}\"]\n  sandbox_image = \"{IMAGE}\"\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n{cdi}\
                  [plugins.\"{plugin}\".containerd]\n  snapshotter = \"native\"\n"
-            ) + &handler(plugin)
+            ) + &runc(plugin)
         }
         Containerd::V2_1 | Containerd::V2_3 => {
             let plugin = "io.containerd.cri.v1.runtime";
@@ -68,9 +87,128 @@ fn cri_table(release: Containerd, kubelet: bool) -> String {
                 "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n\
                  [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{IMAGE}\"\n\
                  [plugins.\"{plugin}\"]\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n{cdi}"
-            ) + &handler(plugin)
+            ) + &runc(plugin)
         }
     }
+}
+
+/// The CRI tables of `release` with our handler as `kata-gpu containerd register` writes
+/// it (its own code, the spec `handler_spec` builds: `options.ConfigPath` naming the base
+/// Kata config, which CRI 2.x passes on every container's Create), in the file version the
+/// private containerd's config declares.
+fn cri_table_registered(release: Containerd, base_config: &std::path::Path) -> String {
+    let version = if release.is_v2() { 3 } else { 2 };
+    let text = format!("version = {version}\n{}", cri_table_without_ours(release));
+    let profile = kata_gpu_plan::Profile::Snp;
+    let spec = kata_gpu_containerd_config::HandlerSpec::new(
+        profile.handler(),
+        profile.runtime_type(),
+        base_config.display().to_string(),
+    );
+    assert_eq!(spec.name, HANDLER);
+    let registered = kata_gpu_containerd_config::register(
+        &text,
+        &spec,
+        kata_gpu_containerd_config::Target {
+            file: "config.toml",
+            version: None,
+        },
+    )
+    .expect("register");
+    assert!(
+        registered.text.contains("ConfigPath"),
+        "{}",
+        registered.text
+    );
+    registered
+        .text
+        .strip_prefix(&format!("version = {version}\n"))
+        .expect("the version line stays first")
+        .to_owned()
+}
+
+kata_gpu_tests::tests_per_release!(a_pod_on_the_registered_handler_with_runc_downstream:
+    a_pod_on_the_registered_handler_with_runc_downstream_on_containerd_1_7 = V1_7,
+    a_pod_on_the_registered_handler_with_runc_downstream_on_containerd_2_1 = V2_1,
+    a_pod_on_the_registered_handler_with_runc_downstream_on_containerd_2_3 = V2_3,
+);
+
+/// A pod and a container of it on the handler as `register` writes it, with runc's shim
+/// downstream: runc's shim never sees Kata's options type (CRI 2.x sends it on the
+/// container's Create too), and nothing is left afterwards.
+fn a_pod_on_the_registered_handler_with_runc_downstream(release: Containerd, test: &str) {
+    let Some(_) = available(test, release.bin_dir()) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    // Where `register` points a node's handler; the proxy plans from its own settings'
+    // base config and never reads this one (Kata would).
+    let table = cri_table_registered(
+        release,
+        std::path::Path::new("/opt/kata-gpu/kata-qemu-nvidia-gpu-snp/current/configuration.toml"),
+    );
+    let rig = Rig::on_with_cri(release, Downstream::Runc, "", &table);
+    let archive = rig.work.path().join("pause.tar");
+    write_oci_archive(
+        &rig.rootfs,
+        IMAGE,
+        &["/bin/busybox", "sleep", "3600"],
+        &archive,
+    )
+    .expect("image archive");
+    rig.ctrd.import(&archive);
+    runtime.block_on(async {
+        let mut cri = client(rig.ctrd.address()).await;
+        let pod_config = sandbox_config(&rig, "reg-pod", &Ask::Annotation);
+        let pod = cri
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod_config.clone()),
+                runtime_handler: HANDLER.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", rig.ctrd.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        let id = cri
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container_config("app", false, &Ask::Annotation)),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", rig.ctrd.log()))
+            .into_inner()
+            .container_id;
+        cri.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", rig.ctrd.log()));
+        let echo = cri
+            .exec_sync(ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["/bin/busybox".into(), "echo".into(), "ran".into()],
+                timeout: 10,
+            })
+            .await
+            .expect("ExecSync")
+            .into_inner();
+        assert_eq!(String::from_utf8_lossy(&echo.stdout).trim(), "ran");
+        cri.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+        cri.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+    });
+    rig.assert_clean();
 }
 
 /// How the pod asks for its GPU.

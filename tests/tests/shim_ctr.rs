@@ -245,6 +245,48 @@ fn two_hundred_containers_in_one_pod_do_not_grow_the_proxy() {
     rig.assert_clean();
 }
 
+#[test]
+fn a_killed_proxy_leaves_no_downstream_when_its_sandbox_is_deleted_before_its_app() {
+    let rig = Rig::new(Downstream::Runc, "");
+    let pod = Rig::id("orphanpod");
+    let app = Rig::id("orphanapp");
+    let member = format!("io.kubernetes.cri.sandbox-id={pod}");
+    for (id, kind) in [(&pod, "sandbox"), (&app, "container")] {
+        let kind = format!("io.kubernetes.cri.container-type={kind}");
+        let o = rig.run(
+            &["-d", "--annotation", &kind, "--annotation", &member],
+            id,
+            &["/bin/busybox", "sleep", "600"],
+        );
+        assert!(o.status.success(), "{id}: {}", err(&o));
+    }
+    let proxy = pids_of(&rig, &[SHIM, "serve", &format!("-id {pod}")]);
+    assert_eq!(proxy.len(), 1, "{proxy:?}");
+    let downstream = pids_of(&rig, &["containerd-shim-runc-v2", &format!("-id {pod}")]);
+    assert_eq!(
+        downstream.len(),
+        1,
+        "one downstream for the group: {downstream:?}"
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &proxy[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // containerd runs our `delete` for each task whose connection closed, in no set order;
+    // deleting the sandbox first is what once left the app's downstream behind.
+    for id in [&pod, &app] {
+        let _ = rig.ctr(&["tasks", "delete", "--force", id]);
+    }
+    wait_until("the downstream exited", || {
+        !std::path::Path::new(&format!("/proc/{}", downstream[0])).exists()
+    });
+    for id in [&pod, &app] {
+        let _ = rig.ctr(&["containers", "delete", id]);
+    }
+    rig.assert_clean();
+}
+
 /// A tiny tmpfs mounted for the test, unmounted when dropped.
 struct TinyFs(std::path::PathBuf);
 

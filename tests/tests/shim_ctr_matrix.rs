@@ -30,6 +30,7 @@ fn battery(release: Containerd, test: &str) {
     a_pods_containers_share_one_proxy_and_downstream(&rig, &v);
     killing_the_downstream_reports_the_exit(&rig, &v);
     killing_the_proxy_lets_containerd_clean_up(&rig, &v);
+    a_containerd_restarted_after_the_downstream_died_still_reaches_the_proxy(&mut rig, &v);
     tasks_survive_a_containerd_restart(&mut rig, &v);
 }
 
@@ -224,6 +225,37 @@ fn killing_the_proxy_lets_containerd_clean_up(rig: &Rig, v: &str) {
         pids_of(rig, &["sleep 300"]).is_empty(),
         "the container's process was cleaned up"
     );
+}
+
+/// containerd 1.7 and 2.x reload a shim after a restart only if it answers `Connect`; one
+/// that does not is forgotten (and never sent the Shutdown that ends a dead proxy): a proxy
+/// whose downstream died must answer it, and exit once containerd is done with it.
+fn a_containerd_restarted_after_the_downstream_died_still_reaches_the_proxy(
+    rig: &mut Rig,
+    v: &str,
+) {
+    let id = Rig::id(&format!("deadreload{v}"));
+    let o = rig.run(&["-d"], &id, &["/bin/busybox", "sleep", "300"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let downstream = pids_of(rig, &["containerd-shim-runc-v2", &format!("-id {id}")]);
+    assert_eq!(downstream.len(), 1, "one downstream daemon: {downstream:?}");
+    kill_9(downstream[0]);
+    wait_for_exit(rig, &id);
+    rig.ctrd.restart();
+    // 1.6 and 2.3 keep the stopped task; 1.7 and 2.1 find it has no process (Pids) and
+    // delete it as a leaked shim, through the proxy, as they do runc's own. Either way the
+    // proxy is deleted through and shut down, and exits.
+    let tasks = out(&rig.ctr(&["tasks", "ls"]));
+    if tasks
+        .lines()
+        .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+    {
+        rig.remove_stopped(&id);
+    } else {
+        let o = rig.ctr(&["containers", "delete", &id]);
+        assert!(o.status.success(), "{}", err(&o));
+    }
+    rig.assert_clean();
 }
 
 fn tasks_survive_a_containerd_restart(rig: &mut Rig, v: &str) {

@@ -70,7 +70,7 @@ pub(crate) fn run_downstream(
         let (Some(mut stream), chunks) = (stream, chunks.clone()) else {
             continue;
         };
-        std::thread::spawn(move || {
+        let reader = std::thread::Builder::new().spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n @ 1..) = stream.read(&mut buf) {
                 if chunks.send((is_stdout, buf[..n].to_vec())).is_err() {
@@ -78,6 +78,14 @@ pub(crate) fn run_downstream(
                 }
             }
         });
+        if let Err(e) = reader {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ShimError::Io {
+                what: format!("cannot start a thread to read {}", path.display()),
+                source: e,
+            });
+        }
     }
     drop(chunks);
     let seconds = settings.start_timeout_seconds;
@@ -85,9 +93,22 @@ pub(crate) fn run_downstream(
     // Waited for on a thread, so that its exit is seen at once rather than at a poll.
     let pid = child.id();
     let (done, exited) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let waiter = std::thread::Builder::new().spawn(move || {
         let _ = done.send(child.wait());
     });
+    if let Err(e) = waiter {
+        // The child went with the closure, unwaited: kill it by its pid.
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        return Err(ShimError::Io {
+            what: format!("cannot start a thread to wait for {}", path.display()),
+            source: e,
+        });
+    }
     let status = match exited.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         Ok(status) => status.map_err(io(format!("cannot wait for {}", path.display())))?,
         Err(_) => {

@@ -17,7 +17,8 @@ use kata_gpu_plan::settings::Settings;
 
 use super::events::publish_exits;
 use super::{
-    io, remove_dead_socket, ShimError, ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION, ENV_SOCKET,
+    io, lock_group, remove_dead_socket, ShimError, ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION,
+    ENV_SOCKET, GROUP_LOCK_WAIT,
 };
 
 /// The proxy: relays containerd's Task calls to the downstream until both have
@@ -62,10 +63,11 @@ pub fn serve_with(
     let downstream_socket = PathBuf::from(downstream.trim_start_matches("unix://"));
     let (exit_socket, exit_downstream) = (socket.clone(), downstream_socket.clone());
     let after_shutdown_proxy = Arc::clone(&proxy);
-    // A Shutdown answered for a dead downstream ends us; one the downstream answered ends
-    // us when the downstream exits (the monitor below), and one it declined does not.
+    // A Shutdown answered for a dead downstream ends us once no task of it is left (each
+    // task's Delete comes with one); one the downstream answered ends us when the
+    // downstream exits (the monitor below), and one it declined does not.
     let after_shutdown: crate::relay::AfterShutdown = Arc::new(move || {
-        if after_shutdown_proxy.is_dead() {
+        if after_shutdown_proxy.is_dead() && after_shutdown_proxy.is_idle() {
             exit_cleanly(&exit_socket, &exit_downstream, &after_shutdown_proxy);
         }
     });
@@ -75,14 +77,17 @@ pub fn serve_with(
     };
     {
         let (connect, proxy) = (Arc::clone(&connect), Arc::clone(&proxy));
-        std::thread::spawn(move || crate::relay::serve(listener, connect, proxy, after_shutdown));
+        std::thread::Builder::new()
+            .name("accept".to_owned())
+            .spawn(move || crate::relay::serve(listener, connect, proxy, after_shutdown))
+            .map_err(io("cannot start the proxy's accept thread"))?;
     }
     tracing::info!(
         "serving on {} for downstream {downstream} (task API v{version})",
         socket.display()
     );
 
-    crate::relay::watch(&connect);
+    crate::relay::watch(&connect, &proxy);
     remove_dead_socket(&downstream_socket);
     let tracked = match proxy.downstream_closed() {
         Verdict::ShutDown => {
@@ -91,19 +96,35 @@ pub fn serve_with(
         }
         Verdict::Died(tracked) => tracked,
     };
+    // A process whose exit already passed through was reported by the downstream itself.
+    let running: Vec<_> = tracked.into_iter().filter(|t| t.exited.is_none()).collect();
     tracing::error!(
         "the downstream shim exited unexpectedly; reporting {} process(es) as exited",
-        tracked.len()
+        running.len()
     );
-    publish_exits(&flags.namespace, &tracked);
-    // Keep answering (for the dead) until containerd shuts us down.
-    loop {
-        std::thread::park();
-    }
+    publish_exits(&flags.namespace, &running);
+    // Keep answering (for the dead) until containerd shuts us down, or until nobody is
+    // left to call: containerd holds a connection to every shim it knows, so none for
+    // ABANDONED_AFTER means it forgot us (it ran `delete` for a shim it could not load, or
+    // it is down, and then its reload runs `delete` when it finds our socket gone).
+    proxy.wait_abandoned(ABANDONED_AFTER, None);
+    tracing::warn!(
+        "no containerd connection for {} s since the downstream died; exiting",
+        ABANDONED_AFTER.as_secs()
+    );
+    proxy.abandon();
+    exit_cleanly(&socket, &downstream_socket, &proxy);
 }
+
+/// How long a proxy whose downstream died waits with no containerd connection before it
+/// exits: longer than containerd takes to restart and reload its shims.
+const ABANDONED_AFTER: Duration = Duration::from_secs(30);
 
 fn exit_cleanly(socket: &Path, downstream_socket: &Path, proxy: &Proxy) -> ! {
     remove_dead_socket(downstream_socket);
+    // Under the group's lock: the `start` that spawned us holds it until it has written our
+    // record, so a proxy that exits at once never has its record written after it went.
+    let lock = lock_group(socket, GROUP_LOCK_WAIT).ok();
     // The record goes first, so that a `delete` never finds it beside a proxy that has
     // already gone and mistakes a clean exit for a dead proxy.
     let _ = fs::remove_file(downstream_record(socket));
@@ -112,6 +133,9 @@ fn exit_cleanly(socket: &Path, downstream_socket: &Path, proxy: &Proxy) -> ! {
     // its side while we are still writing its answer back. Bounded only in case of a bug.
     proxy.wait_shutdowns_answered(Duration::from_secs(1));
     let _ = fs::remove_file(socket);
+    if let Some(lock) = lock {
+        let _ = fs::remove_file(lock.path());
+    }
     std::process::exit(0)
 }
 

@@ -8,23 +8,25 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use containerd_shim_protos::protobuf::Message;
 
 use crate::bootstrap::{encode_reply, parse_reply, reply_form, Flags};
 use crate::proxy_record::{downstream_record, DownstreamRecord};
+use kata_gpu_fsutil::FileLock;
 use kata_gpu_plan::profile::Profile;
 use kata_gpu_plan::settings::Settings;
 
 use super::{
-    group_of, io, is_listening, run_downstream, socket_path, task_service, ShimError,
-    ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION, ENV_SOCKET, SERVE_ACTION,
+    group_of, io, is_listening, lock_group, run_downstream, socket_path, task_service, ShimError,
+    ENV_DOWNSTREAM, ENV_DOWNSTREAM_VERSION, ENV_SOCKET, GROUP_LOCK_WAIT, SERVE_ACTION,
 };
 
-/// Binds `socket` for a new proxy, or finds that a proxy (running, or being started by
-/// a concurrent `start`: its socket is bound before its process runs) serves it already:
-/// `None`. A socket left by a proxy that is gone is replaced, under a lock on its
-/// directory so that two `start`s never both replace it.
+/// Binds `socket` for a new proxy, or finds that a proxy serves it already (it answers,
+/// or its accept queue is full): `None`. Run under the group's lock ([`take_over`]), so
+/// that two `start`s never both bind or replace it; a socket left by a proxy that is gone
+/// is replaced.
 fn take_socket(socket: &Path) -> Result<Option<UnixListener>, ShimError> {
     let bind = |socket: &Path| match UnixListener::bind(socket) {
         Ok(listener) => {
@@ -38,32 +40,43 @@ fn take_socket(socket: &Path) -> Result<Option<UnixListener>, ShimError> {
             source: e,
         }),
     };
-    if let Some(listener) = bind(socket)? {
-        return Ok(Some(listener));
-    }
-    let dir = socket.parent().unwrap_or(Path::new("/"));
-    let handle = fs::File::open(dir).map_err(io(format!("cannot open {}", dir.display())))?;
-    let _lock = nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive).map_err(
-        |(_, errno)| ShimError::Io {
-            what: format!("cannot lock {}", dir.display()),
-            source: errno.into(),
-        },
-    )?;
-    // A live socket is only ever replaced under the lock, after this check, so a bind that
-    // fails again means another `start` bound it in between: check again.
+    // A bind that fails again after the removal means a `start` that does not take the
+    // lock (an older one) bound it in between: check again.
     for _ in 0..3 {
+        if let Some(listener) = bind(socket)? {
+            return Ok(Some(listener));
+        }
         if is_listening(socket) {
             return Ok(None);
         }
         let _ = fs::remove_file(socket);
-        if let Some(listener) = bind(socket)? {
-            return Ok(Some(listener));
-        }
     }
     Err(ShimError::Io {
         what: format!("cannot take over {}", socket.display()),
         source: std::io::ErrorKind::AddrInUse.into(),
     })
+}
+
+/// [`take_socket`] under the group's lock, waited for at most `wait`. A new listener comes
+/// with the lock, to be held until the proxy's record is written; on failure, nothing of
+/// ours is left.
+fn take_over(socket: &Path, wait: Duration) -> Result<Option<(UnixListener, FileLock)>, ShimError> {
+    let lock = lock_group(socket, wait)?;
+    match take_socket(socket) {
+        Ok(Some(listener)) => Ok(Some((listener, lock))),
+        Ok(None) => Ok(None),
+        Err(e) => {
+            let _ = fs::remove_file(lock.path());
+            Err(e)
+        }
+    }
+}
+
+/// Undoes a take-over whose proxy did not start: the socket and the lock file go, the lock
+/// still held.
+fn give_up(socket: &Path, lock: FileLock) {
+    let _ = fs::remove_file(socket);
+    let _ = fs::remove_file(lock.path());
 }
 
 /// `start`: starts (or finds) the downstream, starts (or finds) our proxy, writes the
@@ -155,7 +168,7 @@ fn serve_in_front(
         .mode(0o700)
         .create(dir)
         .map_err(io(format!("cannot create {}", dir.display())))?;
-    if let Some(listener) = take_socket(&socket)? {
+    if let Some((listener, lock)) = take_over(&socket, GROUP_LOCK_WAIT)? {
         // As containerd's own shim library does: the socket is bound here and its listening
         // end handed to the proxy, so that containerd may connect the moment `start`
         // returns, and a concurrent `start` of the group finds it taken.
@@ -195,7 +208,7 @@ fn serve_in_front(
         let mut proxy_process = match spawned {
             Ok(proxy_process) => proxy_process,
             Err(e) => {
-                let _ = fs::remove_file(&socket);
+                give_up(&socket, lock);
                 return Err(ShimError::Io {
                     what: "cannot start the proxy".to_owned(),
                     source: e,
@@ -215,12 +228,13 @@ fn serve_in_front(
             // Without its record a proxy cannot be told from a dead one: none at all.
             let _ = proxy_process.kill();
             let _ = proxy_process.wait();
-            let _ = fs::remove_file(&socket);
+            give_up(&socket, lock);
             return Err(ShimError::Io {
                 what: format!("cannot write {}", record_path.display()),
                 source: e,
             });
         }
+        drop(lock);
     }
     let address = format!("unix://{}", socket.display());
     // After the downstream wrote its own: containerd reconnects through this file.
@@ -249,4 +263,95 @@ fn shutdown_downstream(downstream: &crate::bootstrap::ShimAddress, id: &str) {
         timeout_nano: 5_000_000_000,
         ..ttrpc::Request::default()
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actions::group_lock_path;
+    use nix::errno::Errno;
+    use nix::sys::socket::{
+        bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    /// A listener that never accepts, its accept queue full: a live proxy under load.
+    fn full_listener(path: &Path) -> (OwnedFd, Vec<OwnedFd>) {
+        let addr = UnixAddr::new(path).expect("address");
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        bind(listener.as_raw_fd(), &addr).expect("bind");
+        listen(&listener, Backlog::new(0).expect("backlog")).expect("listen");
+        let mut queued = Vec::new();
+        loop {
+            let c = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .expect("socket");
+            match connect(c.as_raw_fd(), &addr) {
+                Ok(()) => queued.push(c),
+                Err(Errno::EAGAIN) => break,
+                Err(e) => panic!("connect: {e}"),
+            }
+            assert!(queued.len() < 1000, "the accept queue never filled");
+        }
+        (listener, queued)
+    }
+
+    #[test]
+    fn a_proxy_whose_accept_queue_is_full_is_found_at_once_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("sock");
+        let _busy = full_listener(&socket);
+        let (tx, rx) = mpsc::channel();
+        let s = socket.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(take_socket(&s).map(|l| l.is_some()));
+        });
+        // A blocking connect would wait until the proxy accepts: here, forever.
+        let taken = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("take_socket returned while the proxy's queue was full");
+        assert!(
+            !taken.expect("no error"),
+            "a live proxy's socket was replaced"
+        );
+        assert!(socket.exists());
+    }
+
+    #[test]
+    fn a_start_waits_for_another_of_its_sandbox_a_bounded_time_and_says_which_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("sock");
+        let held = lock_group(&socket, Duration::from_secs(1)).expect("lock");
+        let started = Instant::now();
+        let e = take_over(&socket, Duration::from_millis(200)).expect_err("the lock is held");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let message = e.to_string();
+        assert!(
+            message.contains("another start or delete of this sandbox held")
+                && message.contains(&group_lock_path(&socket).display().to_string()),
+            "{message}"
+        );
+        assert!(!socket.exists(), "nothing was bound outside the lock");
+        drop(held);
+        // A socket left by a proxy that is gone is replaced, under the lock.
+        drop(UnixListener::bind(&socket).expect("bind"));
+        let (_listener, lock) = take_over(&socket, Duration::from_secs(1))
+            .expect("taken")
+            .expect("a new listener");
+        assert!(lock.is_current() && socket.exists());
+        give_up(&socket, lock);
+        assert!(!socket.exists() && !group_lock_path(&socket).exists());
+    }
 }

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 
 use containerd_shim_protos::api::Status as TaskStatus;
+use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim::shim::{
-    CreateTaskRequest, CreateTaskResponse, DeleteRequest, DeleteResponse, PidsRequest,
-    PidsResponse, ShutdownRequest, StateRequest, StateResponse, WaitRequest, WaitResponse,
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, PidsRequest, PidsResponse, ShutdownRequest, StateRequest, StateResponse,
+    WaitRequest, WaitResponse,
 };
 use ttrpc::Code;
 
@@ -23,11 +25,12 @@ use kata_gpu_plan::settings::Settings;
 const STEP: Duration = Duration::from_secs(30);
 
 /// Writes each created sandbox's state as the real hook does; deletes it through the
-/// real [`PlanHook`].
-struct StateHook(PlanHook);
+/// real [`PlanHook`]. Takes `slow` milliseconds to plan, as a slow host would.
+struct StateHook(PlanHook, Arc<std::sync::atomic::AtomicU64>);
 
 impl CreateHook for StateHook {
     fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
+        std::thread::sleep(Duration::from_millis(self.1.load(Ordering::SeqCst)));
         let dir = self.0.sandbox_dir(&request.id)?;
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         fs::write(dir.join("configuration.toml"), "[hypervisor.qemu]\n")
@@ -117,6 +120,8 @@ struct Rig {
     shutdown_done: mpsc::Sender<()>,
     verdict: mpsc::Receiver<Verdict>,
     state: tempfile::TempDir,
+    /// How long the hook takes to plan a Create, in milliseconds.
+    slow: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn rig() -> Rig {
@@ -135,7 +140,12 @@ fn rig() -> Rig {
         },
         namespace: "default".to_owned(),
     };
-    let proxy = Proxy::new(2, Box::new(StateHook(plan_hook)), "scripted".to_owned());
+    let slow = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let proxy = Proxy::new(
+        2,
+        Box::new(StateHook(plan_hook, Arc::clone(&slow))),
+        "scripted".to_owned(),
+    );
     let d = Arc::clone(&down);
     let connect: Connect = Arc::new(move || d.connect());
     // The monitor's connection is made before the test starts, as the proxy's is.
@@ -150,7 +160,7 @@ fn rig() -> Rig {
     let (tx, verdict) = mpsc::channel();
     let p = Arc::clone(&proxy);
     std::thread::spawn(move || {
-        watch(&monitor);
+        watch(&monitor, &p);
         let _ = tx.send(p.downstream_closed());
     });
     // Another sandbox of the namespace, served by another proxy.
@@ -167,6 +177,7 @@ fn rig() -> Rig {
         shutdown_done,
         verdict,
         state,
+        slow,
     }
 }
 
@@ -394,6 +405,52 @@ fn after_a_death_calls_are_answered_for_the_task_they_name() {
 }
 
 #[test]
+fn after_a_death_connect_answers_with_the_pids_it_had() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.create(&mut c, "pod-a", 42);
+    rig.down.exit();
+    assert_eq!(ids(&rig.verdict()), ["pod-a"]);
+    let connect = ConnectRequest {
+        id: "pod-a".into(),
+        ..Default::default()
+    };
+    // containerd's connection (Connect comes before every Wait), then a new one, as when
+    // containerd reloads its shims after a restart.
+    for mut c in [c, rig.containerd()] {
+        c.send("Connect", &connect, Duration::ZERO);
+        let res: ConnectResponse = decode(&c.answer().1);
+        // The downstream was this process's end of a socketpair.
+        assert_eq!((res.shim_pid, res.task_pid), (std::process::id(), 42));
+        c.send("Wait", &wait_for("pod-a"), Duration::ZERO);
+        let waited: WaitResponse = decode(&c.answer().1);
+        assert_eq!(waited.exit_status, DEAD_EXIT_STATUS);
+    }
+    assert!(rig.dir("pod-a").join("configuration.toml").is_file());
+}
+
+#[test]
+fn a_dead_proxy_that_no_containerd_connection_reaches_gives_up_its_tasks() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.create(&mut c, "pod-a", 42);
+    rig.down.exit();
+    assert_eq!(ids(&rig.verdict()), ["pod-a"]);
+    let idle = Duration::from_millis(100);
+    assert!(
+        !rig.proxy
+            .wait_abandoned(idle, Some(Instant::now() + Duration::from_millis(500))),
+        "containerd still holds its connection: it may call again"
+    );
+    // containerd forgets the shim (or goes away): its connection closes.
+    c.conn.shutdown(std::net::Shutdown::Both).expect("hang up");
+    assert!(rig.proxy.wait_abandoned(idle, Some(Instant::now() + STEP)));
+    rig.proxy.abandon();
+    assert!(!rig.dir("pod-a").exists());
+    assert!(rig.dir("pod-other").join("configuration.toml").is_file());
+}
+
+#[test]
 fn kata_exiting_on_shutdown_without_a_reply_is_a_shutdown() {
     let rig = rig();
     let mut c = rig.containerd();
@@ -610,4 +667,192 @@ fn frames_round_trip() {
     assert!(read_frame(&mut &b""[..]).expect("eof").is_none());
     let huge = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 1, 1, 0];
     assert!(read_frame(&mut &huge[..]).is_err());
+}
+
+#[test]
+fn out_of_file_descriptors_the_accept_loop_backs_off_and_then_accepts() {
+    let window = Duration::from_millis(300);
+    let until = Instant::now() + window;
+    let (mut tries, mut handled) = (0usize, 0usize);
+    let (_ours, theirs) = UnixStream::pair().expect("socketpair");
+    let mut pending = Some(theirs);
+    accept_loop(
+        || {
+            tries += 1;
+            if Instant::now() < until {
+                Err(io::Error::from_raw_os_error(nix::libc::EMFILE))
+            } else {
+                Ok(pending.take())
+            }
+        },
+        |_| handled += 1,
+    );
+    // Backing off (1 ms doubling to 100 ms) makes about 9 tries in 300 ms; a spin, millions.
+    assert!(tries < 50, "{tries} accepts in {window:?} of EMFILE");
+    assert_eq!(handled, 1, "the connection queued meanwhile was taken");
+}
+
+#[test]
+fn a_connection_no_thread_can_be_started_for_is_closed_and_the_next_is_served() {
+    let rig = rig();
+    let (mut refused, theirs1) = UnixStream::pair().expect("socketpair");
+    let (ours, theirs2) = UnixStream::pair().expect("socketpair");
+    ours.set_read_timeout(Some(STEP)).expect("timeout");
+    let (connect, proxy) = (Arc::clone(&rig.connect), Arc::clone(&rig.proxy));
+    let after: AfterShutdown = Arc::new(|| {});
+    std::thread::spawn(move || {
+        let mut conns = vec![theirs2, theirs1];
+        // Every try for the first connection fails, as when out of threads.
+        FAIL_SPAWNS.with(|n| n.set(5));
+        accept_loop(
+            || Ok(conns.pop()),
+            |conn| {
+                let (connect, proxy, after) =
+                    (Arc::clone(&connect), Arc::clone(&proxy), Arc::clone(&after));
+                spawn_relay(conn, move |conn| {
+                    let _ = relay(conn, &connect, &proxy, &after);
+                });
+            },
+        );
+    });
+    assert!(has_eof(&mut refused), "the first connection was closed");
+    let mut c = Containerd {
+        conn: ours,
+        next: 1,
+    };
+    rig.create(&mut c, "pod-a", 42);
+    assert!(!rig.proxy.is_dead() && !rig.proxy.is_gone());
+}
+
+#[test]
+fn a_call_whose_answers_cannot_get_a_thread_is_unavailable_and_the_next_goes_through() {
+    let rig = rig();
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    ours.set_read_timeout(Some(STEP)).expect("timeout");
+    let (connect, proxy) = (Arc::clone(&rig.connect), Arc::clone(&rig.proxy));
+    let after: AfterShutdown = Arc::new(|| {});
+    std::thread::spawn(move || {
+        // The downstream connection made at once, and the one made for the first call.
+        FAIL_SPAWNS.with(|n| n.set(2));
+        relay(theirs, &connect, &proxy, &after)
+    });
+    let mut c = Containerd {
+        conn: ours,
+        next: 1,
+    };
+    let create = CreateTaskRequest {
+        id: "pod-x".into(),
+        bundle: "/nowhere".into(),
+        ..Default::default()
+    };
+    c.send("Create", &create, Duration::from_millis(300));
+    let (_, res) = c.answer();
+    assert_eq!(code(&res), Code::UNAVAILABLE, "{res:?}");
+    assert!(!rig.dir("pod-x").exists(), "the hook did not run");
+    rig.create(&mut c, "pod-x", 7);
+}
+
+#[test]
+fn a_create_gets_what_is_left_of_its_deadline_and_none_once_it_has_passed() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.slow.store(200, Ordering::SeqCst);
+    let create = |id: &str| CreateTaskRequest {
+        id: id.into(),
+        bundle: "/nowhere".into(),
+        ..Default::default()
+    };
+    // Planning outlasts the deadline: refused, nothing forwarded, nothing left.
+    c.send("Create", &create("pod-late"), Duration::from_millis(100));
+    let (_, res) = c.answer();
+    assert_eq!(code(&res), Code::DEADLINE_EXCEEDED, "{res:?}");
+    assert!(!rig.dir("pod-late").exists(), "the planned state went");
+    // Within the deadline: forwarded with what is left of it.
+    let deadline = Duration::from_secs(10);
+    c.send("Create", &create("pod-a"), deadline);
+    let call = rig.next_call();
+    assert_eq!(
+        call.request.method, "Create",
+        "the late Create never reached the downstream"
+    );
+    let forwarded = Duration::from_nanos(u64::try_from(call.request.timeout_nano).expect("set"));
+    assert!(
+        forwarded <= deadline - Duration::from_millis(200),
+        "forwarded with {forwarded:?} of {deadline:?} after 200 ms of planning"
+    );
+    assert!(forwarded > Duration::ZERO);
+    call.reply(&CreateTaskResponse {
+        pid: 42,
+        ..Default::default()
+    });
+    assert_eq!(code(&c.answer().1), Code::OK);
+}
+
+#[test]
+fn an_exit_that_passed_through_is_kept_after_the_downstream_dies() {
+    use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.create(&mut c, "pod-a", 42);
+    rig.create(&mut c, "app", 43);
+    c.send("Wait", &wait_for("app"), Duration::ZERO);
+    let at = Timestamp {
+        seconds: 1_000,
+        nanos: 5,
+        ..Timestamp::default()
+    };
+    rig.next_call().reply(&WaitResponse {
+        exit_status: 0,
+        exited_at: MessageField::some(at.clone()),
+        ..Default::default()
+    });
+    assert_eq!(decode::<WaitResponse>(&c.answer().1).exit_status, 0);
+    rig.down.exit();
+    let mut died = ids(&rig.verdict());
+    died.sort();
+    assert_eq!(died, ["app", "pod-a"]);
+    let mut c = rig.containerd();
+    c.send("State", &state_of("app"), Duration::ZERO);
+    let st: StateResponse = decode(&c.answer().1);
+    assert_eq!(
+        (st.exit_status, st.exited_at.seconds, st.exited_at.nanos),
+        (0, 1_000, 5),
+        "the exit that passed through, not the downstream's death"
+    );
+    c.send("Wait", &wait_for("app"), Duration::ZERO);
+    assert_eq!(decode::<WaitResponse>(&c.answer().1).exit_status, 0);
+    c.send("Wait", &wait_for("pod-a"), Duration::ZERO);
+    assert_eq!(
+        decode::<WaitResponse>(&c.answer().1).exit_status,
+        DEAD_EXIT_STATUS,
+        "still running when the downstream died"
+    );
+    c.send("Delete", &by_id("app"), Duration::ZERO);
+    let deleted: DeleteResponse = decode(&c.answer().1);
+    assert_eq!((deleted.pid, deleted.exit_status), (43, 0));
+}
+
+#[test]
+fn a_crash_while_a_shutdown_waits_with_tasks_left_is_a_crash() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    rig.create(&mut c, "pod-a", 42);
+    rig.create(&mut c, "app", 43);
+    // containerd's Shutdown after some other task's Delete; Kata, still running both,
+    // would decline it, but crashes first.
+    c.send("Shutdown", &ShutdownRequest::default(), Duration::ZERO);
+    assert_eq!(rig.next_call().request.method, "Shutdown");
+    rig.down.exit();
+    let mut died = ids(&rig.verdict());
+    died.sort();
+    assert_eq!(
+        died,
+        ["app", "pod-a"],
+        "reported exited, not taken for a shutdown"
+    );
+    assert_eq!(code(&c.answer().1), Code::OK);
+    assert!(rig.proxy.is_dead() && !rig.proxy.is_idle());
+    c.send("State", &state_of("app"), Duration::ZERO);
+    let st: StateResponse = decode(&c.answer().1);
+    assert_eq!((st.pid, st.exit_status), (43, DEAD_EXIT_STATUS));
 }

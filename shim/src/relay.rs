@@ -1,7 +1,8 @@
 //! The wire side of the proxy: ttrpc frames relayed between each containerd connection and
 //! a connection of its own to the downstream, with no thread hand-off on the way. Request
-//! frames are decoded only to rename the service (and, for Create, to run the hook);
-//! response frames pass through as they came, stream ids and all.
+//! frames are decoded to learn the method, and re-encoded only to rename the service or
+//! for Create's hook; response frames pass through as they came, stream ids and all, and
+//! are decoded only for the calls whose bookkeeping needs them.
 //!
 //! The failure paths are decided by state, never by a timer: the downstream closing its
 //! connection answers what waits on it (a Shutdown accepted, anything else as for a dead

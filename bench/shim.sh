@@ -55,3 +55,30 @@ import sys
 (w50, w99), (d50, d99) = [tuple(map(float, l.split()[1:])) for l in open(sys.argv[1])]
 print(f"State, {sys.argv[2]} calls: through the proxy p50 {w50:.1f} us p99 {w99:.1f} us; runc shim directly p50 {d50:.1f} us p99 {d99:.1f} us; added p50 {w50-d50:.1f} us, p99 {w99-d99:.1f} us")
 PY
+
+# 4. Memory at node scale: PSS (/proc/PID/smaps_rollup, so that the pages the proxies share
+# count once) of the proxies of PODS running pods of one task each, summed and divided by
+# PODS, against runc's shims of as many tasks started directly.
+PODS=${PODS:-20}
+for i in $(seq "$PODS"); do
+  "${CTR[@]}" run -d "${PROXIED[@]}" --rootfs "$W/rootfs" "pp$i" /bin/busybox sleep 600 >/dev/null
+  "${CTR[@]}" run -d "${DIRECT[@]}" --rootfs "$W/rootfs" "pd$i" /bin/busybox sleep 600 >/dev/null
+done
+sleep 1
+mapfile -t PROXIES < <(pgrep -f "$SHIM .*-id pp[0-9]+ .*serve")
+mapfile -t RUNCS < <(pgrep -f "containerd-shim-runc-v2 -namespace default -id pd[0-9]+ ")
+python3 - "$PODS" "${#PROXIES[@]}" "${PROXIES[@]}" "${RUNCS[@]}" <<'PY'
+import sys
+pods, n = int(sys.argv[1]), int(sys.argv[2])
+pids = sys.argv[3:]
+def pss(pid):
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+proxies, runcs = pids[:n], pids[n:]
+assert len(proxies) == pods and len(runcs) == pods, (len(proxies), len(runcs))
+p = sum(map(pss, proxies)) / pods / 1024
+r = sum(map(pss, runcs)) / pods / 1024
+print(f"PSS per pod, {pods} pods: proxy {p:.2f} MiB, runc shim {r:.2f} MiB, ratio {p/r:.2f}")
+PY

@@ -102,6 +102,13 @@ impl Pending {
     pub fn records(&self) -> bool {
         matches!(self.method.as_str(), "Create" | "Start" | "Exec" | "Delete")
     }
+
+    /// Whether the answer is read at all ([`Proxy::complete`]): the calls that change the
+    /// bookkeeping, and Wait, whose exit is kept. Every other answer passes through
+    /// undecoded.
+    pub fn reads_answer(&self) -> bool {
+        self.records() || self.method == "Wait"
+    }
 }
 
 /// What the downstream's going away means, decided by [`Proxy::downstream_closed`].
@@ -533,6 +540,11 @@ impl Proxy {
         self.answer_dead(&pending.method, &pending.payload)
     }
 
+    /// The Task service name the downstream serves.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
     /// Readies a request for the downstream: renames the service, and at Create runs the
     /// hook. Returns what to remember until the answer comes, or the answer to give now.
     pub fn prepare(&self, method: &str, req: &mut Request) -> Result<Pending, Response> {
@@ -586,7 +598,9 @@ impl Proxy {
                 *n += 1;
             }
         }
-        req.service = self.service.clone();
+        if req.service != self.service {
+            req.service.clone_from(&self.service);
+        }
         let deadline = u64::try_from(req.timeout_nano)
             .ok()
             .filter(|n| *n > 0)
@@ -601,6 +615,9 @@ impl Proxy {
 
     /// Takes note of the downstream's answer to a prepared request.
     pub fn complete(&self, pending: Pending, response: &Response) {
+        if !pending.reads_answer() {
+            return;
+        }
         let ok = response
             .status
             .as_ref()

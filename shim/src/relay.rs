@@ -1,7 +1,8 @@
 //! The wire side of the proxy: ttrpc frames relayed between each containerd connection and
 //! a connection of its own to the downstream, with no thread hand-off on the way. Request
-//! frames are decoded only to rename the service (and, for Create, to run the hook);
-//! response frames pass through as they came, stream ids and all.
+//! frames are decoded to learn the method, and re-encoded only to rename the service or
+//! for Create's hook; response frames pass through as they came, stream ids and all, and
+//! are decoded only for the calls whose bookkeeping needs them.
 //!
 //! The failure paths are decided by state, never by a timer: the downstream closing its
 //! connection answers what waits on it (a Shutdown accepted, anything else as for a dead
@@ -283,12 +284,9 @@ impl Link {
         &mut self,
         stream: u32,
         flags: u8,
-        request: &Request,
+        bytes: &[u8],
         pending: Pending,
     ) -> Result<(), Pending> {
-        let Ok(bytes) = request.write_to_bytes() else {
-            return Err(pending);
-        };
         {
             let Ok(mut calls) = self.calls.0.lock() else {
                 return Err(pending);
@@ -298,7 +296,7 @@ impl Link {
             }
             calls.by_stream.insert(stream, pending);
         }
-        if write_frame(&mut self.stream, stream, REQUEST, flags, &bytes).is_err() {
+        if write_frame(&mut self.stream, stream, REQUEST, flags, bytes).is_err() {
             let _ = self.stream.shutdown(std::net::Shutdown::Both);
         }
         Ok(())
@@ -366,13 +364,15 @@ impl Drop for Hangup {
 /// Answers downstream replies back to containerd, after taking note of them; when the
 /// downstream connection ends, answers what still waits (see [`answer_stranded`]).
 fn pump_back(
-    mut from: UnixStream,
+    from: UnixStream,
     up: &Upstream,
     waiting: &(Mutex<Calls>, Condvar),
     proxy: &Proxy,
     after_shutdown: &(dyn Fn() + Send + Sync),
 ) {
     let (lock, settled) = waiting;
+    // Buffered: a frame's header and payload in one read.
+    let mut from = io::BufReader::new(from);
     while let Ok(Some(frame)) = read_frame(&mut from) {
         let pending = if frame.kind == RESPONSE {
             lock.lock().ok().and_then(|mut calls| {
@@ -385,7 +385,7 @@ fn pump_back(
         };
         let answered = pending.is_some();
         let shutdown = pending.as_ref().is_some_and(|p| p.method() == "Shutdown");
-        if let Some(p) = pending {
+        if let Some(p) = pending.filter(Pending::reads_answer) {
             if let Ok(response) = Response::parse_from_bytes(&frame.payload) {
                 proxy.complete(p, &response);
             }
@@ -538,7 +538,8 @@ fn relay(
         // No thread for its answers: tried again at the first call.
         hangup.link = Link::open(stream, &up, proxy, after_shutdown).ok();
     }
-    let mut reader = conn;
+    // Buffered: a frame's header and payload in one read.
+    let mut reader = io::BufReader::new(conn);
     while let Some(frame) = read_frame(&mut reader)? {
         if frame.kind != REQUEST {
             continue;
@@ -555,6 +556,7 @@ fn relay(
             }
         };
         let method = request.method.clone();
+        let service_renamed = request.service != proxy.service();
         // A connection whose reader has ended answers nothing more: use a new one.
         if hangup.link.as_ref().is_some_and(Link::is_closed) {
             hangup.drop_closed_link();
@@ -586,7 +588,28 @@ fn relay(
             None => Some(proxy.answer_dead(&method, &request.payload)),
             Some(link) => match proxy.prepare(&method, &mut request) {
                 Err(answer) => Some(answer),
-                Ok(pending) => match link.send(frame.stream, frame.flags, &request, pending) {
+                Ok(pending) => match link.send(
+                    frame.stream,
+                    frame.flags,
+                    // As containerd sent it, unless the service was renamed or Create's
+                    // request rewritten.
+                    &if method == "Create" || service_renamed {
+                        match request.write_to_bytes() {
+                            Ok(bytes) => bytes,
+                            Err(e) => {
+                                let answer = status(
+                                    ttrpc::Code::INTERNAL,
+                                    format!("cannot encode the request: {e}"),
+                                );
+                                respond(&up.writer, frame.stream, &answer)?;
+                                continue;
+                            }
+                        }
+                    } else {
+                        frame.payload
+                    },
+                    pending,
+                ) {
                     Ok(()) => None,
                     Err(pending) => {
                         // The connection closed between the check and the send.

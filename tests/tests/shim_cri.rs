@@ -150,7 +150,13 @@ fn a_pod_on_the_registered_handler_with_runc_downstream(release: Containerd, tes
         release,
         std::path::Path::new("/opt/kata-gpu/kata-qemu-nvidia-gpu-snp/current/configuration.toml"),
     );
-    let rig = Rig::on_with_cri(release, Downstream::Runc, "", &table);
+    // The pod names its GPU by annotation: a node without kubelet, in annotation mode.
+    let rig = Rig::on_with_cri(
+        release,
+        Downstream::Runc,
+        "device_source = \"annotations\"\n",
+        &table,
+    );
     let archive = rig.work.path().join("pause.tar");
     write_oci_archive(
         &rig.rootfs,

@@ -61,13 +61,37 @@ fn take_socket(socket: &Path) -> Result<Option<UnixListener>, ShimError> {
 /// with the lock, to be held until the proxy's record is written; on failure, nothing of
 /// ours is left.
 fn take_over(socket: &Path, wait: Duration) -> Result<Option<(UnixListener, FileLock)>, ShimError> {
-    let lock = lock_group(socket, wait)?;
+    let lock = lock_in_place(socket, wait)?;
     match take_socket(socket) {
         Ok(Some(listener)) => Ok(Some((listener, lock))),
         Ok(None) => Ok(None),
         Err(e) => {
             let _ = fs::remove_file(lock.path());
             Err(e)
+        }
+    }
+}
+
+/// Takes the group's lock, making the sockets' directory again when it has gone: it is also
+/// the state directory of the containerd namespace named `s` (`<state_dir>/<namespace>`),
+/// which that namespace's last sandbox removes when it goes, empty, at any moment. A
+/// directory holding a lock file is never empty, so it stays while the lock is held.
+fn lock_in_place(socket: &Path, wait: Duration) -> Result<FileLock, ShimError> {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    let mut tries = 0;
+    loop {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(format!("cannot create {}", dir.display())))?;
+        match lock_group(socket, wait) {
+            Err(ShimError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && tries < 3 =>
+            {
+                tries += 1;
+            }
+            other => return other,
         }
     }
 }
@@ -353,5 +377,22 @@ mod tests {
         assert!(lock.is_current() && socket.exists());
         give_up(&socket, lock);
         assert!(!socket.exists() && !group_lock_path(&socket).exists());
+    }
+}
+
+#[cfg(test)]
+mod gone_dir_tests {
+    use super::*;
+
+    #[test]
+    fn a_sockets_directory_removed_under_start_is_made_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // As after the last sandbox of containerd namespace `s` removed `<state_dir>/s`.
+        let socket = dir.path().join("s").join("sock");
+        let (_listener, lock) = take_over(&socket, Duration::from_secs(1))
+            .expect("taken")
+            .expect("a new listener");
+        assert!(socket.exists() && lock.is_current());
+        give_up(&socket, lock);
     }
 }

@@ -326,6 +326,49 @@ fn a_downstream_that_hangs_or_fails_fails_start_in_bounded_time_naming_it() {
     );
 }
 
+/// Issue 29 item 2: Kata's Rust shim exits 0 on every failure, so a `start` that printed
+/// no address failed: reported at once, in one line with what it said on stderr.
+#[test]
+fn a_downstream_start_that_exits_0_without_an_address_fails_in_one_line() {
+    let probe = MockContainerd::new();
+    let like_runtime_rs = script(
+        &probe,
+        "rs",
+        "printf 'Kata Containers containerd shim (Rust): id: io.containerd.kata.v2, version: 4.1.0\\nERROR: containerd-shim-kata-v2 failed: shim start\\n\\nCaused by:\\n    0: do start\\n    1: bind address\\n    2: Address already in use (os error 98)\\n\\nStack backtrace:\\n   0: <unknown>\\n' >&2; exit 0",
+    );
+    let silent = script(&probe, "silent", "exit 0");
+    for (downstream, said) in [
+        (
+            &like_runtime_rs,
+            "ERROR: containerd-shim-kata-v2 failed: shim start: do start: bind address: Address already in use (os error 98)",
+        ),
+        (&silent, "it printed nothing"),
+    ] {
+        let mock = MockContainerd::with_downstream_kind(downstream, "kata-rs", "start_timeout_seconds = 20\n");
+        let started = std::time::Instant::now();
+        let out = mock.try_start("rs", &Caller::Legacy);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(!out.status.success(), "{downstream}: start succeeded");
+        assert!(out.stdout.is_empty(), "no reply on failure");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(text.trim_end().lines().count(), 1, "one line: {text:?}");
+        assert!(
+            text.contains(&format!(
+                "the downstream shim {downstream} failed `start` (exit status: 0, but no address on stdout): {said}"
+            )),
+            "{text}"
+        );
+        assert!(
+            !mock.work.path().join("bundle/address").exists(),
+            "no address written"
+        );
+    }
+}
+
 #[test]
 fn a_proxy_that_exits_right_after_start_leaves_no_record_socket_or_lock() {
     let probe = MockContainerd::new();

@@ -718,3 +718,142 @@ fn wait_gone(socket: &Path) {
         || !socket.exists(),
     );
 }
+
+/// The pids of processes running `binary` with `-id <id>` on their command line.
+fn pids_of(binary: &str, id: &str) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let runs = args.first().is_some_and(|a| *a == binary.as_bytes())
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"-id".as_slice() && w[1] == id.as_bytes());
+            runs.then_some(pid)
+        })
+        .collect()
+}
+
+/// Ends, with SIGKILL (it ignores SIGTERM), every runtime-rs daemon a test started for `id`,
+/// and removes its socket: on the way out of a test, passed or failed.
+struct RuntimeRsGuard {
+    shim: String,
+    id: String,
+    socket: Option<PathBuf>,
+}
+
+impl Drop for RuntimeRsGuard {
+    fn drop(&mut self) {
+        for pid in pids_of(&self.shim, &self.id) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(socket) = &self.socket {
+            let _ = fs::remove_file(socket);
+        }
+    }
+}
+
+/// Issue 29 item 2, with the real Kata 4.1 Rust shim: a second `start` for one id fails in
+/// runtime-rs with status 0 ("Address already in use"), which the proxy reports in one line;
+/// runtime-rs's `Shutdown` replies through the proxy, the daemon exits, and the socket it
+/// leaves behind is removed by the proxy.
+#[test]
+fn kata_rs_second_start_fails_in_one_line_and_shutdown_replies_and_leaves_nothing() {
+    let test = "kata_rs_second_start_fails_in_one_line_and_shutdown_replies_and_leaves_nothing";
+    let Some(kata) = kata_gpu_tests::available(test, kata_gpu_tests::KataRs::find()) else {
+        return;
+    };
+    let shim = kata.shim().display().to_string();
+    let mock = MockContainerd::with_downstream_kind(&shim, "kata-rs", "");
+    // runtime-rs's daemon exits at once when containerd's ttrpc socket (TTRPC_ADDRESS,
+    // for its events) cannot be reached: a listener stands in, holding what connects.
+    let events =
+        std::os::unix::net::UnixListener::bind(mock.work.path().join("containerd.sock.ttrpc"))
+            .expect("containerd's ttrpc socket");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in events.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let id = format!("rs{}", std::process::id());
+    let mut guard = RuntimeRsGuard {
+        shim: shim.clone(),
+        id: id.clone(),
+        socket: None,
+    };
+    fs::write(
+        mock.bundle().join("config.json"),
+        r#"{"ociVersion":"1.0.2","process":{"args":["/bin/true"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"rootfs"},"linux":{}}"#,
+    )
+    .expect("config.json");
+    let (stdout, _) = mock.start(&id, &Caller::Legacy);
+    let address = String::from_utf8(stdout).expect("utf-8");
+    assert!(
+        address.contains(&mock.work.path().join("st/s/").display().to_string()),
+        "the proxy's own socket: {address}"
+    );
+    // runtime-rs's own socket, as its start printed it (upper-case hex), in the proxy's record.
+    let record = Path::new(address.trim_start_matches("unix://")).with_extension("downstream");
+    let record = fs::read_to_string(&record).expect("the proxy's record");
+    let rs_socket = PathBuf::from(
+        record
+            .split_whitespace()
+            .nth(1)
+            .expect("a downstream address")
+            .trim_start_matches("unix://"),
+    );
+    guard.socket = Some(rs_socket.clone());
+    let name = rs_socket.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    assert!(
+        rs_socket.exists() && name.len() == 64 && name == name.to_uppercase(),
+        "runtime-rs's socket {} (daemons {:?})",
+        rs_socket.display(),
+        pids_of(&shim, &id),
+    );
+    assert_eq!(pids_of(&shim, &id).len(), 1, "one runtime-rs daemon");
+
+    // A second start: runtime-rs exits 0 with nothing on stdout; the proxy fails it.
+    let out = mock.try_start(&id, &Caller::Legacy);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second start succeeded: {text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "one line: {text:?}");
+    assert!(
+        text.contains("failed `start` (exit status: 0, but no address on stdout)")
+            && text.contains("bind address: Address already in use (os error 98)"),
+        "{text}"
+    );
+
+    // Shutdown replies (the Go shim exits without one), then the daemon and the proxy exit.
+    let shutdown = ShutdownRequest {
+        id: id.clone(),
+        now: true,
+        ..ShutdownRequest::default()
+    };
+    let answered = call(
+        &address,
+        "containerd.task.v2.Task",
+        "Shutdown",
+        shutdown.write_to_bytes().expect("encode"),
+    );
+    assert!(answered.is_ok(), "Shutdown: {answered:?}");
+    wait_gone(Path::new(address.trim_start_matches("unix://")));
+    wait_until("runtime-rs exits after Shutdown", || {
+        pids_of(&shim, &id).is_empty()
+    });
+    wait_until(
+        &format!(
+            "the proxy removes runtime-rs's socket {}",
+            rs_socket.display()
+        ),
+        || !rs_socket.exists(),
+    );
+}

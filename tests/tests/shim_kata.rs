@@ -4,6 +4,9 @@
 //! (Kata's error and Kata's log name it), the error reaches `ctr` as one line, Kata's
 //! `Shutdown` (which exits without a reply) ends the proxy, and nothing of ours is left.
 //!
+//! The same battery runs with Kata 4.1's Rust shim (runtime-rs) downstream, on its own
+//! generated config as the base: it stops later, at the VM's vsock.
+//!
 //! Kata cannot boot a VM here (no `/dev/vhost-vsock`): its Create stops while loading the
 //! config, before QEMU starts. containerd and Kata run in a private mount namespace with a
 //! syslog socket ([`kata_gpu_tests::katans`]).
@@ -13,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kata_gpu_tests::shimrig::{err, Downstream, Rig};
-use kata_gpu_tests::{available, Containerd, Kata};
+use kata_gpu_tests::{available, Containerd, Kata, KataRs};
 use sha2::{Digest, Sha256};
 
 /// Kata's socket for a task: `/run/containerd/s/sha256(<containerd address>/<ns>/<id>)`,
@@ -155,4 +158,112 @@ fn kata_behind_the_proxy(release: Containerd, test: &str) {
     for p in &left {
         remove(p);
     }
+}
+
+kata_gpu_tests::tests_per_release!(kata_rs_behind_the_proxy:
+    kata_rs_behind_the_proxy_on_1_6 = Debian,
+    kata_rs_behind_the_proxy_on_1_7 = V1_7,
+    kata_rs_behind_the_proxy_on_2_1 = V2_1,
+    kata_rs_behind_the_proxy_on_2_3 = V2_3,
+);
+
+/// Issue 29 item 3: the same battery with Kata 4.1's Rust shim (runtime-rs) downstream. It
+/// stops at Create where a VM would start ("generate vhost vsock cid failed": no vhost-vsock
+/// here), after loading the config the proxy rendered.
+fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
+    let Some(_) = available(test, release.bin_dir()) else {
+        return;
+    };
+    let Some(kata) = available(test, KataRs::find()) else {
+        return;
+    };
+    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+        return;
+    };
+    let rig = Rig::on(release, Downstream::KataRs, "");
+    let id = Rig::id(&format!("katars{}", release.version().replace('.', "")));
+    // runtime-rs names its socket in upper-case hex.
+    let socket = kata_socket(&rig.ctrd.address(), "default", &id);
+    let socket = socket.with_file_name(
+        socket
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_uppercase(),
+    );
+    assert!(!socket.exists(), "{} before the test", socket.display());
+
+    // The config runtime-rs loads is the one the proxy rendered: none of runtime-rs's own
+    // default paths exists, and with our (Go runtime's) template as the base, runtime-rs
+    // refuses a key only that template has, `agent.kata.dial_timeout` (runtime-rs reads
+    // `dial_timeout_ms`).
+    for default in [
+        "/etc/kata-containers/runtime-rs/configuration.toml",
+        "/usr/share/defaults/kata-containers/runtime-rs/configuration.toml",
+        "/opt/kata/share/defaults/kata-containers/runtime-rs/configuration.toml",
+    ] {
+        assert!(!Path::new(default).exists(), "{default} exists");
+    }
+    let base = rig.work.path().join("base.toml");
+    let rs_base = std::fs::read_to_string(&base).expect("base config");
+    std::fs::write(
+        &base,
+        kata_gpu_configs::template("snp").expect("our template"),
+    )
+    .expect("our template as the base");
+    let go_id = format!("{id}-go");
+    let o = rig.run(&[], &go_id, &["/bin/busybox", "true"]);
+    let stderr = err(&o);
+    assert!(!o.status.success(), "runtime-rs took our Go template");
+    assert!(
+        stderr.contains("unknown field `dial_timeout`") && stderr.contains("in `agent.kata`"),
+        "{stderr}"
+    );
+    let _ = rig.ctr(&["containers", "delete", &go_id]);
+    std::fs::write(&base, rs_base).expect("runtime-rs's config as the base");
+
+    let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
+    let config = rig.state_dir(&id).join("configuration.toml");
+    let stderr = err(&o);
+    let log = rig.ctrd.log();
+    assert!(!o.status.success(), "ctr run through runtime-rs succeeded");
+    assert!(
+        stderr.contains("generate vhost vsock cid failed"),
+        "{stderr}\n{log}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !(l.starts_with("time=") && l.contains("level=warning")))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
+    assert!(lines[0].starts_with("ctr: "), "{stderr:?}");
+    assert!(
+        log.lines().any(|l| l.contains("serving on")
+            && l.contains(&format!("for downstream unix://{}", socket.display()))
+            && l.contains("(task API v2)")),
+        "{log}"
+    );
+
+    let _ = rig.ctr(&["containers", "delete", &id]);
+    rig.assert_clean();
+    assert!(
+        !config.exists() && !rig.state_dir(&id).exists(),
+        "{}",
+        config.display()
+    );
+    let daemons: Vec<String> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.starts_with(&kata.shim().display().to_string()) && c.contains(&id))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(daemons.is_empty(), "runtime-rs left running: {daemons:?}");
+    assert!(
+        !socket.exists(),
+        "runtime-rs's socket left: {}",
+        socket.display()
+    );
 }

@@ -219,6 +219,13 @@ fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
         stderr.contains("unknown field `dial_timeout`") && stderr.contains("in `agent.kata`"),
         "{stderr}"
     );
+    // A refused Create leaves no state, whatever containerd does next (2.x may not run
+    // the shim's `delete` after runtime-rs's clean Shutdown).
+    assert!(
+        !rig.state_dir(&go_id).exists(),
+        "{}",
+        rig.state_dir(&go_id).display()
+    );
     let _ = rig.ctr(&["containers", "delete", &go_id]);
     std::fs::write(&base, rs_base).expect("runtime-rs's config as the base");
 
@@ -244,6 +251,11 @@ fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
         "{log}"
     );
 
+    assert!(
+        !config.exists(),
+        "a refused Create's config left: {}",
+        config.display()
+    );
     let _ = rig.ctr(&["containers", "delete", &id]);
     rig.assert_clean();
     assert!(

@@ -857,3 +857,183 @@ fn kata_rs_second_start_fails_in_one_line_and_shutdown_replies_and_leaves_nothin
         || !rs_socket.exists(),
     );
 }
+
+/// Issue 29 item 2: a pod's later container whose `start` makes runtime-rs start a daemon of
+/// its own (runtime-rs does when it cannot read the container's spec) gets the pod's proxy,
+/// and that daemon, which nothing would ever use or shut down, is ended by the proxy's
+/// `start`, its socket removed.
+#[test]
+fn kata_rs_a_stray_daemon_of_a_pods_later_container_is_ended_and_its_socket_removed() {
+    let test = "kata_rs_a_stray_daemon_of_a_pods_later_container_is_ended_and_its_socket_removed";
+    let Some(kata) = kata_gpu_tests::available(test, kata_gpu_tests::KataRs::find()) else {
+        return;
+    };
+    let shim = kata.shim().display().to_string();
+    let mock = MockContainerd::with_downstream_kind(&shim, "kata-rs", "");
+    let events =
+        std::os::unix::net::UnixListener::bind(mock.work.path().join("containerd.sock.ttrpc"))
+            .expect("containerd's ttrpc socket");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in events.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let group = format!("pod{}", std::process::id());
+    let app = format!("app{}", std::process::id());
+    let _pod_guard = RuntimeRsGuard {
+        shim: shim.clone(),
+        id: group.clone(),
+        socket: None,
+    };
+    let mut app_guard = RuntimeRsGuard {
+        shim: shim.clone(),
+        id: app.clone(),
+        socket: None,
+    };
+    // runtime-rs's socket for an id: upper-case sha256 of `<address>/<namespace>/<id>`.
+    let rs_socket = |id: &str| {
+        let key = mock
+            .work
+            .path()
+            .join("containerd.sock")
+            .join("mock")
+            .join(id);
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(key.display().to_string().as_bytes());
+        Path::new("/run/containerd/s").join(kata_gpu_fsutil::hex(&hash).to_uppercase())
+    };
+    app_guard.socket = Some(rs_socket(&app));
+    // Both specs lack a process: runtime-rs takes each for a sandbox of its own.
+    let pod = mock.pod_bundle(&group, &group);
+    let out = mock.try_start_in(&pod, &group, &Caller::Legacy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxy = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(pids_of(&shim, &group).len(), 1, "the pod's runtime-rs");
+
+    let bundle = mock.pod_bundle(&app, &group);
+    let out = mock.try_start_in(&bundle, &app, &Caller::Legacy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).expect("utf-8"),
+        proxy,
+        "the pod's proxy"
+    );
+    wait_until("the stray runtime-rs daemon is gone", || {
+        pids_of(&shim, &app).is_empty()
+    });
+    assert!(
+        !rs_socket(&app).exists(),
+        "the stray daemon's socket {} is left",
+        rs_socket(&app).display()
+    );
+    assert_eq!(
+        pids_of(&shim, &group).len(),
+        1,
+        "the pod's runtime-rs is kept"
+    );
+
+    // The pod's own: Shutdown through the proxy, as containerd would.
+    let shutdown = ShutdownRequest {
+        id: group.clone(),
+        now: true,
+        ..ShutdownRequest::default()
+    };
+    let answered = call(
+        &proxy,
+        "containerd.task.v2.Task",
+        "Shutdown",
+        shutdown.write_to_bytes().expect("encode"),
+    );
+    assert!(answered.is_ok(), "Shutdown: {answered:?}");
+    wait_gone(Path::new(proxy.trim_start_matches("unix://")));
+    wait_until("the pod's runtime-rs exits", || {
+        pids_of(&shim, &group).is_empty()
+    });
+    wait_until("the pod's runtime-rs socket is removed", || {
+        !rs_socket(&group).exists()
+    });
+}
+
+/// Issue 29 item 2: a stray downstream that neither answers Shutdown nor minds SIGTERM (as
+/// runtime-rs ignores SIGTERM) is ended with SIGKILL by the pod's later `start`, and its
+/// socket removed.
+#[test]
+fn a_stray_downstream_that_ignores_shutdown_and_sigterm_is_killed() {
+    let probe = MockContainerd::new();
+    let dir = probe.work.path().display().to_string();
+    // One daemon per id: it listens, ignores SIGTERM, never answers; its pid in <id>.pid.
+    let body = format!(
+        r#"for a in "$@"; do [ "$prev" = "-id" ] && id=$a; prev=$a; done
+[ "$prev" = start ] || exit 0
+setsid python3 -c '
+import os, signal, socket, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(16)
+open(sys.argv[2], "w").write(str(os.getpid()))
+held = []
+while True: held.append(s.accept())
+' {dir}/$id.sock {dir}/$id.pid </dev/null >/dev/null 2>&1 &
+while [ ! -s {dir}/$id.pid ]; do sleep 0.05; done
+printf 'unix://{dir}/%s.sock' "$id""#
+    );
+    let downstream = script(&probe, "stubborn", &body);
+    let mock = MockContainerd::with_downstream_kind(&downstream, "kata-rs", "");
+    let pid_of = |id: &str| -> Option<i32> {
+        fs::read_to_string(probe.work.path().join(format!("{id}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let alive = |pid: i32| {
+        // A zombie is gone for our purpose: its state is Z.
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+    };
+    let group = format!("spod{}", std::process::id());
+    let app = format!("sapp{}", std::process::id());
+    let pod = mock.pod_bundle(&group, &group);
+    let out = mock.try_start_in(&pod, &group, &Caller::Legacy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxy = String::from_utf8(out.stdout).expect("utf-8");
+    let record = Path::new(proxy.trim_start_matches("unix://")).with_extension("downstream");
+    let proxy_pid: Option<i32> = fs::read_to_string(&record)
+        .ok()
+        .and_then(|r| r.split_whitespace().nth(2).and_then(|p| p.parse().ok()));
+
+    let bundle = mock.pod_bundle(&app, &group);
+    let out = mock.try_start_in(&bundle, &app, &Caller::Legacy);
+    let stray = pid_of(&app);
+    let stray_alive = stray.is_some_and(alive);
+    // What this test started ends here, whatever was seen.
+    for pid in [pid_of(&group), stray, proxy_pid].into_iter().flatten() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).expect("utf-8"), proxy);
+    assert!(stray.is_some(), "the stray daemon never started");
+    assert!(!stray_alive, "the stray daemon was left running");
+    assert!(
+        !probe.work.path().join(format!("{app}.sock")).exists(),
+        "the stray daemon's socket is left"
+    );
+}

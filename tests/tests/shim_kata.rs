@@ -279,3 +279,84 @@ fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
         socket.display()
     );
 }
+
+/// Issue 29 item 4: which keys of our templates, that no runtime-rs 4.1 config sets or
+/// mentions, runtime-rs refuses when they reach it in a per-sandbox config the proxy
+/// rendered (each added alone to runtime-rs's own snp config as the base); the others it
+/// loads past (ignored: none of them is in its schema's documentation). ARCHITECTURE.md
+/// ("Handing Kata a per-sandbox configuration") lists the same.
+#[test]
+fn keys_of_our_templates_runtime_rs_refuses() {
+    let test = "keys_of_our_templates_runtime_rs_refuses";
+    let Some(_) = available(test, Containerd::Debian.bin_dir()) else {
+        return;
+    };
+    let Some(_) = available(test, KataRs::find()) else {
+        return;
+    };
+    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+        return;
+    };
+    let ours: kata_gpu_configs::toml_edit::DocumentMut = kata_gpu_configs::template("snp")
+        .expect("our template")
+        .parse()
+        .expect("parses");
+    let rig = Rig::on(Containerd::Debian, Downstream::KataRs, "");
+    let base = rig.work.path().join("base.toml");
+    let rs_base = std::fs::read_to_string(&base).expect("base config");
+    let keys = [
+        "agent.kata.dial_timeout",
+        "factory.enable_template",
+        "factory.template_path",
+        "factory.vm_cache_endpoint",
+        "factory.vm_cache_number",
+        "hypervisor.qemu.enable_numa",
+        "hypervisor.qemu.file_mem_backend",
+        "hypervisor.qemu.msize_9p",
+        "hypervisor.qemu.numa_mapping",
+        "hypervisor.qemu.seccompsandbox",
+        "hypervisor.qemu.valid_file_mem_backends",
+        "runtime.create_container_timeout",
+        "runtime.disable_guest_empty_dir",
+        "runtime.experimental_force_guest_pull",
+        "runtime.guest_selinux_label",
+    ];
+    let mut refused = Vec::new();
+    for (n, key) in keys.iter().enumerate() {
+        let path: Vec<&str> = key.split('.').collect();
+        let (leaf, tables) = path.split_last().expect("a dotted key");
+        let mut value = ours.as_item();
+        for part in &path {
+            value = &value[*part];
+        }
+        let value = value.clone();
+        assert!(!value.is_none(), "{key} is not in our template");
+        let mut doc: kata_gpu_configs::toml_edit::DocumentMut =
+            rs_base.parse().expect("runtime-rs's config");
+        let mut table = doc.as_item_mut();
+        for part in tables {
+            if table.get(part).is_none() {
+                table[*part] = kata_gpu_configs::toml_edit::table();
+            }
+            table = &mut table[*part];
+        }
+        table[*leaf] = value;
+        std::fs::write(&base, doc.to_string()).expect("base with the key");
+        let id = Rig::id(&format!("key{n}"));
+        let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
+        let stderr = err(&o);
+        let _ = rig.ctr(&["containers", "delete", &id]);
+        if stderr.contains(&format!("unknown field `{leaf}`")) {
+            refused.push(*key);
+        } else {
+            assert!(
+                stderr.contains("generate vhost vsock cid failed"),
+                "{key}: {stderr}"
+            );
+        }
+    }
+    let _ = writeln!(std::io::stderr().lock(), "{test}: refused {refused:?}");
+    assert_eq!(refused, ["agent.kata.dial_timeout"]);
+    std::fs::write(&base, rs_base).expect("runtime-rs's config as the base");
+    rig.assert_clean();
+}

@@ -25,11 +25,24 @@ pub const DEFAULT_DOWNSTREAM: &str = "/opt/kata/bin/containerd-shim-kata-v2";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DownstreamKind {
-    /// Kata's shim: reads `runtimeoptions.v1.Options{config_path}`.
+    /// Kata's Go shim (3.x): reads `runtimeoptions.v1.Options{config_path}`.
     #[default]
     Kata,
+    /// Kata's Rust shim (runtime-rs, 4.x): reads the same options as the Go shim, but a
+    /// failed `start` exits 0 with nothing on stdout, `Shutdown` replies before it exits,
+    /// and it ignores SIGTERM (a leftover daemon is ended with SIGKILL).
+    #[serde(rename = "kata-rs")]
+    KataRs,
     /// runc's shim (tests): reads only its own option type, so ours are never sent.
     Runc,
+}
+
+impl DownstreamKind {
+    /// Whether `Create` takes `runtimeoptions.v1.Options` (both Kata shims); runc's shim
+    /// knows only its own options type.
+    pub fn reads_kata_options(self) -> bool {
+        matches!(self, Self::Kata | Self::KataRs)
+    }
 }
 
 /// Where a sandbox's devices come from.
@@ -318,6 +331,17 @@ mod tests {
             ["agent.aa_kbc_params=cc_kbc::http://kbs:8080"]
         );
         assert_eq!(s.policy().memory_max_mib, 65536);
+    }
+
+    /// Issue 29 item 1: Kata's Rust shim is a kind of its own, and reads Kata's options.
+    #[test]
+    fn kata_rs_is_a_downstream_kind_that_takes_kata_options() {
+        let s = Settings::parse("downstream_kind = \"kata-rs\"\n", Path::new("s.toml"))
+            .expect("parses");
+        assert_eq!(s.downstream_kind, DownstreamKind::KataRs);
+        assert!(s.downstream_kind.reads_kata_options());
+        assert!(DownstreamKind::Kata.reads_kata_options());
+        assert!(!DownstreamKind::Runc.reads_kata_options());
     }
 
     /// Issue 24 item 1: devices come from kubelet unless a node says otherwise, and a

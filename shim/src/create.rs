@@ -255,12 +255,12 @@ impl PlanHook {
             .map_err(|e| format!("cannot encode the runtime options: {e}"))?;
         request.options = match (self.settings.downstream_kind, options) {
             // Kata: our options, or theirs with the path replaced.
-            (DownstreamKind::Kata, None) => MessageField::some(Any {
+            (kind, None) if kind.reads_kata_options() => MessageField::some(Any {
                 type_url: RUNTIME_OPTIONS.to_owned(),
                 value: ours,
                 ..Any::default()
             }),
-            (DownstreamKind::Kata, Some(any)) if is_runtime_options(&any) => {
+            (kind, Some(any)) if kind.reads_kata_options() && is_runtime_options(&any) => {
                 MessageField::some(Any {
                     type_url: any.type_url.clone(),
                     value: ours,

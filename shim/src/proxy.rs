@@ -629,6 +629,10 @@ impl Proxy {
                 &response.payload,
                 pending.created,
             );
+        } else if let Some((id, _)) = pending.created {
+            // A refused Create leaves no task to delete: runtime-rs then fails the Delete
+            // that follows, and containerd 2.x need not run `delete` after a clean Shutdown.
+            self.hook.on_deleted(&id);
         }
     }
 

@@ -221,7 +221,7 @@ pub fn watch(connect: &Connect, proxy: &Proxy) {
 }
 
 /// The pid of the process at the other end of `stream` (`SO_PEERCRED`).
-fn peer_pid(stream: &UnixStream) -> Option<u32> {
+pub(crate) fn peer_pid(stream: &UnixStream) -> Option<u32> {
     let cred =
         nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
     u32::try_from(cred.pid()).ok()

@@ -26,7 +26,7 @@ pub mod shimrig;
 pub use kata_gpu_simhost as simhost;
 
 pub use containerd::{busybox_rootfs, is_root, on_path, require, PrivateContainerd};
-pub use parts::{available, Containerd, Kata};
+pub use parts::{available, Containerd, Kata, KataRs};
 pub use simhost::{SimHost, VfioMode};
 
 /// Gives a simulated host the CDI specs that `kata-gpu cdi generate` writes for it.

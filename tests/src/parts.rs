@@ -1,7 +1,8 @@
 //! Where the real parts are: Debian's containerd 1.6 on `PATH`, and the versions Debian 12 does
-//! not ship (containerd 1.7.24, 2.1.9, 2.3.4 and Kata 3.30), which `make deps` unpacks under
+//! not ship (containerd 1.7.24, 2.1.9, 2.3.4, Kata 3.30 and Kata 4.1's Rust shim), which `make deps`
+//! unpacks under
 //! `KATA_GPU_PARTS` (default `<workspace>/parts`), one folder each: `containerd-<version>/bin/`,
-//! `kata-<version>/bin/` and `kata-<version>/config/`; `kata-qemu-args-<version>/` (Kata's own
+//! `kata-<version>/bin/` and `kata-<version>/config/` (runtime-rs: `kata-rs-<version>/`); `kata-qemu-args-<version>/` (Kata's own
 //! code printing the QEMU command line it would launch); and `guest/vmlinuz`, Debian 12's cloud
 //! kernel for the boot test's guest. The boot test's firmware (Debian's `ovmf`) and busybox
 //! (`busybox-static`) are Debian packages `make deps` installs.
@@ -129,6 +130,58 @@ impl Kata {
     }
 
     /// One generated config, e.g. `configuration-qemu-nvidia-gpu-snp.toml`.
+    pub fn config(&self, name: &str) -> PathBuf {
+        self.config_dir().join(name)
+    }
+}
+
+/// Kata 4.1's Rust shim (runtime-rs) and the QEMU configs its build generates
+/// (`configuration-qemu-nvidia-gpu{,-snp,-tdx}-runtime-rs.toml` among them); no `kata-runtime`.
+#[derive(Clone, Debug)]
+pub struct KataRs {
+    dir: PathBuf,
+}
+
+impl KataRs {
+    /// The Kata release whose Rust shim the tests run against.
+    pub const VERSION: &'static str = "4.1.0";
+
+    /// Finds the unpacked runtime-rs part (`kata-rs-<version>/`).
+    pub fn find() -> Result<Self, Missing> {
+        Self::find_in(&parts_dir())
+    }
+
+    /// [`KataRs::find`] under a given parts directory.
+    pub fn find_in(parts: &Path) -> Result<Self, Missing> {
+        let kata = Self {
+            dir: parts.join(format!("kata-rs-{}", Self::VERSION)),
+        };
+        for path in [
+            kata.shim(),
+            kata.config("configuration-qemu-nvidia-gpu-snp-runtime-rs.toml"),
+        ] {
+            if !path.exists() {
+                return Err(Missing(format!(
+                    "Kata {}'s Rust shim (runtime-rs) is not unpacked: {} is missing",
+                    Self::VERSION,
+                    path.display()
+                )));
+            }
+        }
+        Ok(kata)
+    }
+
+    /// runtime-rs's `containerd-shim-kata-v2`.
+    pub fn shim(&self) -> PathBuf {
+        self.dir.join("bin/containerd-shim-kata-v2")
+    }
+
+    /// The folder of generated `configuration-*-runtime-rs.toml` files.
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    /// One generated config, e.g. `configuration-qemu-nvidia-gpu-snp-runtime-rs.toml`.
     pub fn config(&self, name: &str) -> PathBuf {
         self.config_dir().join(name)
     }
@@ -339,11 +392,16 @@ pub fn in_ci() -> bool {
 /// The part, or `None` after saying `SKIPPED <test>: <why>` on the terminal; in CI a missing
 /// part panics instead.
 pub fn available<T>(test: &str, part: Result<T, Missing>) -> Option<T> {
+    available_in(test, part, in_ci())
+}
+
+/// [`available`], told whether this is CI.
+fn available_in<T>(test: &str, part: Result<T, Missing>, ci: bool) -> Option<T> {
     match part {
         Ok(part) => Some(part),
         Err(Missing(why)) => {
             assert!(
-                !in_ci(),
+                !ci,
                 "{test}: a real part is missing in CI: {why}. Run `make deps` (KATA_GPU_PARTS \
                  points at the unpacked parts)."
             );
@@ -355,5 +413,56 @@ pub fn available<T>(test: &str, part: Result<T, Missing>) -> Option<T> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 29 item 1: runtime-rs is found where `make deps` unpacks it, and a parts
+    /// directory without it says which file is missing.
+    #[test]
+    fn kata_rs_is_found_and_a_missing_one_names_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Missing(why) = KataRs::find_in(dir.path()).expect_err("nothing unpacked");
+        assert!(
+            why.contains("runtime-rs") && why.contains("kata-rs-4.1.0/bin/containerd-shim-kata-v2"),
+            "{why}"
+        );
+        let root = dir.path().join("kata-rs-4.1.0");
+        std::fs::create_dir_all(root.join("bin")).expect("bin");
+        std::fs::create_dir_all(root.join("config")).expect("config");
+        std::fs::write(root.join("bin/containerd-shim-kata-v2"), "").expect("shim");
+        let Missing(why) = KataRs::find_in(dir.path()).expect_err("no config");
+        assert!(
+            why.contains("configuration-qemu-nvidia-gpu-snp-runtime-rs.toml"),
+            "{why}"
+        );
+        std::fs::write(
+            root.join("config/configuration-qemu-nvidia-gpu-snp-runtime-rs.toml"),
+            "",
+        )
+        .expect("config");
+        let found = KataRs::find_in(dir.path()).expect("found");
+        assert_eq!(found.shim(), root.join("bin/containerd-shim-kata-v2"));
+    }
+
+    /// In CI a missing part is a failure, not a skip.
+    #[test]
+    fn a_missing_kata_rs_fails_under_ci() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = KataRs::find_in(dir.path());
+        // `available` asks `in_ci()`; asked here as CI would answer.
+        let outcome = std::panic::catch_unwind(|| available_in("t", missing, true));
+        let message = outcome
+            .expect_err("a missing part under CI panics")
+            .downcast::<String>()
+            .map(|s| *s)
+            .unwrap_or_default();
+        assert!(
+            message.contains("t: a real part is missing in CI") && message.contains("runtime-rs"),
+            "{message}"
+        );
     }
 }

@@ -44,6 +44,16 @@ pub enum Downstream {
     /// [`KataNs`]: a syslog socket, stand-ins for the base config's files, and no
     /// `/dev/vhost-vsock`, so that Kata's Create loads our config and stops there.
     Kata,
+    /// Kata 4.1's Rust shim (runtime-rs, `downstream_kind = "kata-rs"`), in a [`KataNs`]
+    /// like [`Downstream::Kata`]: its Create loads our config and stops at the vsock.
+    KataRs,
+}
+
+impl Downstream {
+    /// Whether this is one of Kata's shims, run in a [`KataNs`].
+    pub fn is_kata(self) -> bool {
+        matches!(self, Self::Kata | Self::KataRs)
+    }
 }
 
 /// The proxy shim in front of a private containerd, and everything it needs.
@@ -103,10 +113,20 @@ impl Rig {
             .expect("link shim");
         let sim = SimHost::h100_pcie(VfioMode::Iommufd);
         sim.write_cdi_specs();
-        let mut base = kata_gpu_configs::template("snp")
-            .expect("template")
-            .to_owned();
-        if downstream == Downstream::Kata {
+        // runtime-rs refuses our (Go runtime's) template: its own generated config is the base.
+        let mut base = match downstream {
+            Downstream::KataRs => match crate::KataRs::find() {
+                Ok(kata) => fs::read_to_string(
+                    kata.config("configuration-qemu-nvidia-gpu-snp-runtime-rs.toml"),
+                )
+                .expect("runtime-rs's snp config"),
+                Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
+            },
+            _ => kata_gpu_configs::template("snp")
+                .expect("template")
+                .to_owned(),
+        };
+        if downstream.is_kata() {
             // Kata logs which config it loaded only at debug level.
             let mut doc: kata_gpu_configs::toml_edit::DocumentMut =
                 base.parse().expect("template parses");
@@ -125,6 +145,10 @@ impl Rig {
             ),
             Downstream::Kata => match Kata::find() {
                 Ok(kata) => (kata.shim().display().to_string(), "kata"),
+                Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
+            },
+            Downstream::KataRs => match crate::KataRs::find() {
+                Ok(kata) => (kata.shim().display().to_string(), "kata-rs"),
                 Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
             },
         };
@@ -164,7 +188,7 @@ impl Rig {
                 w.join("records").display().to_string(),
             ),
         ];
-        let kata_ns = (downstream == Downstream::Kata).then(|| kata_ns_for(base));
+        let kata_ns = downstream.is_kata().then(|| kata_ns_for(base));
         let ctrd = match (cri, &kata_ns) {
             (None, Some(ns)) => PrivateContainerd::start_release_under(
                 release,
@@ -395,6 +419,17 @@ fn kata_ns_for(base: &str) -> KataNs {
     for key in ["kernel", "image", "initrd", "firmware"] {
         if let Some(path) = qemu_table.get(key).and_then(|v| v.as_str()) {
             if !path.is_empty() {
+                ns.stub(path);
+            }
+        }
+    }
+    // runtime-rs's NVIDIA configs cold-plug extension images, checked at load.
+    if let Some(images) = qemu_table
+        .get("guest_extension_images")
+        .and_then(|v| v.as_array_of_tables())
+    {
+        for image in images.iter() {
+            if let Some(path) = image.get("path").and_then(|v| v.as_str()) {
                 ns.stub(path);
             }
         }

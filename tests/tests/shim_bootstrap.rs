@@ -326,6 +326,49 @@ fn a_downstream_that_hangs_or_fails_fails_start_in_bounded_time_naming_it() {
     );
 }
 
+/// Issue 29 item 2: Kata's Rust shim exits 0 on every failure, so a `start` that printed
+/// no address failed: reported at once, in one line with what it said on stderr.
+#[test]
+fn a_downstream_start_that_exits_0_without_an_address_fails_in_one_line() {
+    let probe = MockContainerd::new();
+    let like_runtime_rs = script(
+        &probe,
+        "rs",
+        "printf 'Kata Containers containerd shim (Rust): id: io.containerd.kata.v2, version: 4.1.0\\nERROR: containerd-shim-kata-v2 failed: shim start\\n\\nCaused by:\\n    0: do start\\n    1: bind address\\n    2: Address already in use (os error 98)\\n\\nStack backtrace:\\n   0: <unknown>\\n' >&2; exit 0",
+    );
+    let silent = script(&probe, "silent", "exit 0");
+    for (downstream, said) in [
+        (
+            &like_runtime_rs,
+            "ERROR: containerd-shim-kata-v2 failed: shim start: do start: bind address: Address already in use (os error 98)",
+        ),
+        (&silent, "it printed nothing"),
+    ] {
+        let mock = MockContainerd::with_downstream_kind(downstream, "kata-rs", "start_timeout_seconds = 20\n");
+        let started = std::time::Instant::now();
+        let out = mock.try_start("rs", &Caller::Legacy);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(!out.status.success(), "{downstream}: start succeeded");
+        assert!(out.stdout.is_empty(), "no reply on failure");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(text.trim_end().lines().count(), 1, "one line: {text:?}");
+        assert!(
+            text.contains(&format!(
+                "the downstream shim {downstream} failed `start` (exit status: 0, but no address on stdout): {said}"
+            )),
+            "{text}"
+        );
+        assert!(
+            !mock.work.path().join("bundle/address").exists(),
+            "no address written"
+        );
+    }
+}
+
 #[test]
 fn a_proxy_that_exits_right_after_start_leaves_no_record_socket_or_lock() {
     let probe = MockContainerd::new();
@@ -673,5 +716,324 @@ fn wait_gone(socket: &Path) {
             socket.display()
         ),
         || !socket.exists(),
+    );
+}
+
+/// The pids of processes running `binary` with `-id <id>` on their command line.
+fn pids_of(binary: &str, id: &str) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let runs = args.first().is_some_and(|a| *a == binary.as_bytes())
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"-id".as_slice() && w[1] == id.as_bytes());
+            runs.then_some(pid)
+        })
+        .collect()
+}
+
+/// Ends, with SIGKILL (it ignores SIGTERM), every runtime-rs daemon a test started for `id`,
+/// and removes its socket: on the way out of a test, passed or failed.
+struct RuntimeRsGuard {
+    shim: String,
+    id: String,
+    socket: Option<PathBuf>,
+}
+
+impl Drop for RuntimeRsGuard {
+    fn drop(&mut self) {
+        for pid in pids_of(&self.shim, &self.id) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(socket) = &self.socket {
+            let _ = fs::remove_file(socket);
+        }
+    }
+}
+
+/// Issue 29 item 2, with the real Kata 4.1 Rust shim: a second `start` for one id fails in
+/// runtime-rs with status 0 ("Address already in use"), which the proxy reports in one line;
+/// runtime-rs's `Shutdown` replies through the proxy, the daemon exits, and the socket it
+/// leaves behind is removed by the proxy.
+#[test]
+fn kata_rs_second_start_fails_in_one_line_and_shutdown_replies_and_leaves_nothing() {
+    let test = "kata_rs_second_start_fails_in_one_line_and_shutdown_replies_and_leaves_nothing";
+    let Some(kata) = kata_gpu_tests::available(test, kata_gpu_tests::KataRs::find()) else {
+        return;
+    };
+    let shim = kata.shim().display().to_string();
+    let mock = MockContainerd::with_downstream_kind(&shim, "kata-rs", "");
+    // runtime-rs's daemon exits at once when containerd's ttrpc socket (TTRPC_ADDRESS,
+    // for its events) cannot be reached: a listener stands in, holding what connects.
+    let events =
+        std::os::unix::net::UnixListener::bind(mock.work.path().join("containerd.sock.ttrpc"))
+            .expect("containerd's ttrpc socket");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in events.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let id = format!("rs{}", std::process::id());
+    let mut guard = RuntimeRsGuard {
+        shim: shim.clone(),
+        id: id.clone(),
+        socket: None,
+    };
+    fs::write(
+        mock.bundle().join("config.json"),
+        r#"{"ociVersion":"1.0.2","process":{"args":["/bin/true"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"rootfs"},"linux":{}}"#,
+    )
+    .expect("config.json");
+    let (stdout, _) = mock.start(&id, &Caller::Legacy);
+    let address = String::from_utf8(stdout).expect("utf-8");
+    assert!(
+        address.contains(&mock.work.path().join("st/s/").display().to_string()),
+        "the proxy's own socket: {address}"
+    );
+    // runtime-rs's own socket, as its start printed it (upper-case hex), in the proxy's record.
+    let record = Path::new(address.trim_start_matches("unix://")).with_extension("downstream");
+    let record = fs::read_to_string(&record).expect("the proxy's record");
+    let rs_socket = PathBuf::from(
+        record
+            .split_whitespace()
+            .nth(1)
+            .expect("a downstream address")
+            .trim_start_matches("unix://"),
+    );
+    guard.socket = Some(rs_socket.clone());
+    let name = rs_socket.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    assert!(
+        rs_socket.exists() && name.len() == 64 && name == name.to_uppercase(),
+        "runtime-rs's socket {} (daemons {:?})",
+        rs_socket.display(),
+        pids_of(&shim, &id),
+    );
+    assert_eq!(pids_of(&shim, &id).len(), 1, "one runtime-rs daemon");
+
+    // A second start: runtime-rs exits 0 with nothing on stdout; the proxy fails it.
+    let out = mock.try_start(&id, &Caller::Legacy);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second start succeeded: {text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "one line: {text:?}");
+    assert!(
+        text.contains("failed `start` (exit status: 0, but no address on stdout)")
+            && text.contains("bind address: Address already in use (os error 98)"),
+        "{text}"
+    );
+
+    // Shutdown replies (the Go shim exits without one), then the daemon and the proxy exit.
+    let shutdown = ShutdownRequest {
+        id: id.clone(),
+        now: true,
+        ..ShutdownRequest::default()
+    };
+    let answered = call(
+        &address,
+        "containerd.task.v2.Task",
+        "Shutdown",
+        shutdown.write_to_bytes().expect("encode"),
+    );
+    assert!(answered.is_ok(), "Shutdown: {answered:?}");
+    wait_gone(Path::new(address.trim_start_matches("unix://")));
+    wait_until("runtime-rs exits after Shutdown", || {
+        pids_of(&shim, &id).is_empty()
+    });
+    wait_until(
+        &format!(
+            "the proxy removes runtime-rs's socket {}",
+            rs_socket.display()
+        ),
+        || !rs_socket.exists(),
+    );
+}
+
+/// Issue 29 item 2: a pod's later container whose `start` makes runtime-rs start a daemon of
+/// its own (runtime-rs does when it cannot read the container's spec) gets the pod's proxy,
+/// and that daemon, which nothing would ever use or shut down, is ended by the proxy's
+/// `start`, its socket removed.
+#[test]
+fn kata_rs_a_stray_daemon_of_a_pods_later_container_is_ended_and_its_socket_removed() {
+    let test = "kata_rs_a_stray_daemon_of_a_pods_later_container_is_ended_and_its_socket_removed";
+    let Some(kata) = kata_gpu_tests::available(test, kata_gpu_tests::KataRs::find()) else {
+        return;
+    };
+    let shim = kata.shim().display().to_string();
+    let mock = MockContainerd::with_downstream_kind(&shim, "kata-rs", "");
+    let events =
+        std::os::unix::net::UnixListener::bind(mock.work.path().join("containerd.sock.ttrpc"))
+            .expect("containerd's ttrpc socket");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in events.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let group = format!("pod{}", std::process::id());
+    let app = format!("app{}", std::process::id());
+    let _pod_guard = RuntimeRsGuard {
+        shim: shim.clone(),
+        id: group.clone(),
+        socket: None,
+    };
+    let mut app_guard = RuntimeRsGuard {
+        shim: shim.clone(),
+        id: app.clone(),
+        socket: None,
+    };
+    // runtime-rs's socket for an id: upper-case sha256 of `<address>/<namespace>/<id>`.
+    let rs_socket = |id: &str| {
+        let key = mock
+            .work
+            .path()
+            .join("containerd.sock")
+            .join("mock")
+            .join(id);
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(key.display().to_string().as_bytes());
+        Path::new("/run/containerd/s").join(kata_gpu_fsutil::hex(&hash).to_uppercase())
+    };
+    app_guard.socket = Some(rs_socket(&app));
+    // Both specs lack a process: runtime-rs takes each for a sandbox of its own.
+    let pod = mock.pod_bundle(&group, &group);
+    let out = mock.try_start_in(&pod, &group, &Caller::Legacy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxy = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(pids_of(&shim, &group).len(), 1, "the pod's runtime-rs");
+
+    let bundle = mock.pod_bundle(&app, &group);
+    let out = mock.try_start_in(&bundle, &app, &Caller::Legacy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).expect("utf-8"),
+        proxy,
+        "the pod's proxy"
+    );
+    wait_until("the stray runtime-rs daemon is gone", || {
+        pids_of(&shim, &app).is_empty()
+    });
+    assert!(
+        !rs_socket(&app).exists(),
+        "the stray daemon's socket {} is left",
+        rs_socket(&app).display()
+    );
+    assert_eq!(
+        pids_of(&shim, &group).len(),
+        1,
+        "the pod's runtime-rs is kept"
+    );
+
+    // The pod's own: Shutdown through the proxy, as containerd would.
+    let shutdown = ShutdownRequest {
+        id: group.clone(),
+        now: true,
+        ..ShutdownRequest::default()
+    };
+    let answered = call(
+        &proxy,
+        "containerd.task.v2.Task",
+        "Shutdown",
+        shutdown.write_to_bytes().expect("encode"),
+    );
+    assert!(answered.is_ok(), "Shutdown: {answered:?}");
+    wait_gone(Path::new(proxy.trim_start_matches("unix://")));
+    wait_until("the pod's runtime-rs exits", || {
+        pids_of(&shim, &group).is_empty()
+    });
+    wait_until("the pod's runtime-rs socket is removed", || {
+        !rs_socket(&group).exists()
+    });
+}
+
+/// Issue 29 item 2: a stray downstream that neither answers Shutdown nor minds SIGTERM (as
+/// runtime-rs ignores SIGTERM) is ended with SIGKILL by the pod's later `start`, and its
+/// socket removed.
+#[test]
+fn a_stray_downstream_that_ignores_shutdown_and_sigterm_is_killed() {
+    let probe = MockContainerd::new();
+    let dir = probe.work.path().display().to_string();
+    // One daemon per id: it listens, ignores SIGTERM, never answers; its pid in <id>.pid.
+    let body = format!(
+        r#"for a in "$@"; do [ "$prev" = "-id" ] && id=$a; prev=$a; done
+[ "$prev" = start ] || exit 0
+setsid python3 -c '
+import os, signal, socket, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(16)
+open(sys.argv[2], "w").write(str(os.getpid()))
+held = []
+while True: held.append(s.accept())
+' {dir}/$id.sock {dir}/$id.pid </dev/null >/dev/null 2>&1 &
+while [ ! -s {dir}/$id.pid ]; do sleep 0.05; done
+printf 'unix://{dir}/%s.sock' "$id""#
+    );
+    let downstream = script(&probe, "stubborn", &body);
+    let mock = MockContainerd::with_downstream_kind(&downstream, "kata-rs", "");
+    let pid_of = |id: &str| -> Option<i32> {
+        fs::read_to_string(probe.work.path().join(format!("{id}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let alive = |pid: i32| {
+        // A zombie is gone for our purpose: its state is Z.
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+    };
+    let group = format!("spod{}", std::process::id());
+    let app = format!("sapp{}", std::process::id());
+    let pod = mock.pod_bundle(&group, &group);
+    let out = mock.try_start_in(&pod, &group, &Caller::Legacy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let proxy = String::from_utf8(out.stdout).expect("utf-8");
+    let record = Path::new(proxy.trim_start_matches("unix://")).with_extension("downstream");
+    let proxy_pid: Option<i32> = fs::read_to_string(&record)
+        .ok()
+        .and_then(|r| r.split_whitespace().nth(2).and_then(|p| p.parse().ok()));
+
+    let bundle = mock.pod_bundle(&app, &group);
+    let out = mock.try_start_in(&bundle, &app, &Caller::Legacy);
+    let stray = pid_of(&app);
+    let stray_alive = stray.is_some_and(alive);
+    // What this test started ends here, whatever was seen.
+    for pid in [pid_of(&group), stray, proxy_pid].into_iter().flatten() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).expect("utf-8"), proxy);
+    assert!(stray.is_some(), "the stray daemon never started");
+    assert!(!stray_alive, "the stray daemon was left running");
+    assert!(
+        !probe.work.path().join(format!("{app}.sock")).exists(),
+        "the stray daemon's socket is left"
     );
 }

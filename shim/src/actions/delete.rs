@@ -185,7 +185,7 @@ fn nobody_listens(e: &std::io::Error) -> bool {
 }
 
 /// Waits until the downstream's end of `watch` closes (it exited), at most until `until`.
-fn exited(watch: &mut UnixStream, until: Instant) -> bool {
+pub(super) fn exited(watch: &mut UnixStream, until: Instant) -> bool {
     use std::io::Read;
     let mut buf = [0u8; 64];
     loop {

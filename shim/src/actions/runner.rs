@@ -133,9 +133,11 @@ pub(crate) fn run_downstream(
         }
     }
     if !status.success() {
-        let output = String::from_utf8_lossy(if stderr.is_empty() { &stdout } else { &stderr })
-            .trim()
-            .to_owned();
+        let output = one_line(&String::from_utf8_lossy(if stderr.is_empty() {
+            &stdout
+        } else {
+            &stderr
+        }));
         return Err(ShimError::DownstreamFailed {
             path,
             action,
@@ -143,5 +145,63 @@ pub(crate) fn run_downstream(
             output,
         });
     }
+    // Kata's Rust shim exits 0 on every failure: a `start` without an address failed, and
+    // its stderr says why.
+    if action == "start" && String::from_utf8_lossy(&stdout).trim().is_empty() {
+        let said = one_line(&String::from_utf8_lossy(&stderr));
+        return Err(ShimError::DownstreamFailed {
+            path,
+            action,
+            status: format!("{status}, but no address on stdout"),
+            output: if said.is_empty() {
+                "it printed nothing".to_owned()
+            } else {
+                said
+            },
+        });
+    }
     Ok(stdout)
+}
+
+/// What a downstream printed on failure, as one line for containerd: an anyhow report
+/// (Kata's Rust shim: a banner line, `Caused by:` and numbered causes, a stack backtrace)
+/// becomes its chain of causes joined with `: `; other output, its lines so joined.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Stack backtrace:") {
+            break;
+        }
+        if line.is_empty()
+            || line == "Caused by:"
+            || line.starts_with("Kata Containers containerd shim")
+        {
+            continue;
+        }
+        let line = match line.split_once(": ") {
+            Some((n, cause)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => cause,
+            _ => line,
+        };
+        parts.push(line);
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// Issue 29 item 2: runtime-rs's report of a second `start` for one id, as it printed it.
+    #[test]
+    fn an_anyhow_report_becomes_its_chain_of_causes_on_one_line() {
+        let report = "Kata Containers containerd shim (Rust): id: io.containerd.kata.v2, version: 4.1.0, commit: ddcb1ad\nERROR: containerd-shim-kata-v2 failed: shim start\n\nCaused by:\n    0: do start\n    1: bind address\n    2: Address already in use (os error 98)\n\nStack backtrace:\n   0: <unknown>\n   8: __libc_start_call_main\n             at ./csu/../sysdeps/nptl/libc_start_call_main.h:58:16\n";
+        assert_eq!(
+            one_line(report),
+            "ERROR: containerd-shim-kata-v2 failed: shim start: do start: bind address: Address already in use (os error 98)"
+        );
+        assert_eq!(one_line("cannot open /dev/kvm\n"), "cannot open /dev/kvm");
+        assert_eq!(one_line("a\n\nb: c\n"), "a: b: c");
+        assert_eq!(one_line(""), "");
+    }
 }

@@ -259,6 +259,13 @@ fn serve_in_front(
             });
         }
         drop(lock);
+    } else if let Some(record) = DownstreamRecord::read(&socket) {
+        // Our proxy of this group talks to the downstream it recorded; one that this `start`
+        // started at another address (runtime-rs does, for a container whose spec it cannot
+        // read) would serve nobody and never be shut down.
+        if record.address != downstream.address {
+            end_stray_downstream(downstream, &flags.id);
+        }
     }
     let address = format!("unix://{}", socket.display());
     // After the downstream wrote its own: containerd reconnects through this file.
@@ -266,6 +273,34 @@ fn serve_in_front(
         io(format!("cannot write {}", bundle.join("address").display())),
     )?;
     Ok(address)
+}
+
+/// How long a stray downstream is given to exit after its Shutdown before SIGKILL.
+const STRAY_EXIT_WAIT: Duration = Duration::from_millis(500);
+
+/// Ends a downstream this `start` started and nothing will use: Shutdown, then SIGKILL if it
+/// has not exited (runtime-rs ignores SIGTERM), then its socket, which runtime-rs leaves.
+fn end_stray_downstream(downstream: &crate::bootstrap::ShimAddress, id: &str) {
+    let path = PathBuf::from(downstream.address.trim_start_matches("unix://"));
+    let Ok(mut watch) = std::os::unix::net::UnixStream::connect(&path) else {
+        super::remove_dead_socket(&path);
+        return;
+    };
+    let pid = crate::relay::peer_pid(&watch);
+    shutdown_downstream(downstream, id);
+    if !super::delete::exited(&mut watch, std::time::Instant::now() + STRAY_EXIT_WAIT) {
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) {
+            tracing::warn!(
+                "the downstream {} that start {id} started is not used and did not exit on Shutdown; killing it (pid {pid})",
+                path.display()
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    super::remove_dead_socket(&path);
 }
 
 /// Asks a downstream to shut down (it does only when it runs no task).

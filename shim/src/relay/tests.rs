@@ -856,3 +856,31 @@ fn a_crash_while_a_shutdown_waits_with_tasks_left_is_a_crash() {
     let st: StateResponse = decode(&c.answer().1);
     assert_eq!((st.pid, st.exit_status), (43, DEAD_EXIT_STATUS));
 }
+
+/// Issue 29 item 3: a Create the downstream refuses leaves no task, so its sandbox's
+/// state goes at once. runtime-rs answers the Delete that follows with an error (it never
+/// had the container), and containerd 2.x need not run the shim's `delete` after a clean
+/// Shutdown: before, the state stayed.
+#[test]
+fn a_create_the_downstream_refuses_leaves_no_sandbox_state() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    let create = CreateTaskRequest {
+        id: "pod-a".into(),
+        bundle: "/nowhere".into(),
+        ..Default::default()
+    };
+    c.send("Create", &create, Duration::ZERO);
+    let call = rig.next_call();
+    assert_eq!(call.request.method, "Create");
+    call.reply_with(&Response::init_status(ttrpc::get_status(
+        Code::UNKNOWN,
+        "start vm: generate vhost vsock cid failed",
+    )));
+    let (_, res) = c.answer();
+    assert_eq!(code(&res), Code::UNKNOWN);
+    assert!(
+        !rig.dir("pod-a").exists(),
+        "the refused sandbox's state is left"
+    );
+}

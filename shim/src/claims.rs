@@ -150,11 +150,7 @@ pub fn claim(state_dir: &Path, dir: &Path, claim: &Claim) -> Result<(), ClaimErr
             });
         }
     }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(dir))?;
+    kata_gpu_fsutil::create_dirs(dir, 0o700).map_err(io(dir))?;
     let path = dir.join(CLAIMS_FILE);
     let text = serde_json::to_vec_pretty(claim).map_err(|e| ClaimError::Io {
         path: path.clone(),

@@ -2,7 +2,7 @@
 //! sandbox, render its Kata configuration, and point the downstream at it.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use cdi::{parse_cdi_annotations, QualifiedName, Registry};
@@ -52,10 +52,7 @@ pub struct PlanHook {
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        kata_gpu_fsutil::create_dirs(dir, 0o700)?;
     }
     kata_gpu_fsutil::write_atomic(path, text.as_bytes(), 0o600)
 }
@@ -88,6 +85,14 @@ impl PlanHook {
                     "{what} {name:?} cannot name a state directory (empty, or with / or ..)"
                 ));
             }
+        }
+        // `<state_dir>/s` holds the proxies' sockets (actions::socket_path): a namespace of
+        // that name would put its sandboxes' state among them.
+        if self.namespace == "s" {
+            return Err(format!(
+                "containerd namespace \"s\" cannot keep sandbox state: {} holds the kata-gpu proxies' sockets; run the sandbox in another namespace",
+                self.settings.state_dir.join("s").display()
+            ));
         }
         Ok(self
             .settings
@@ -301,9 +306,9 @@ impl CreateHook for PlanHook {
         if dir.exists() {
             let _ = fs::remove_dir_all(&dir);
         }
-        if let Some(ns) = dir.parent() {
-            let _ = fs::remove_dir(ns);
-        }
+        // The namespace's directory stays, even empty: removed here, it could vanish between
+        // another sandbox's making it and making its own directory in it, failing that
+        // sandbox's Create. `kata-gpu uninstall` removes the state directory whole.
     }
 }
 
@@ -367,6 +372,35 @@ mod tests {
             .path()
             .join("default/pod-b/configuration.toml")
             .is_file());
+    }
+
+    #[test]
+    fn a_namespace_named_like_the_sockets_directory_keeps_no_state_there() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let err = plan_hook(state.path(), "s")
+            .sandbox_dir("pod")
+            .expect_err("refused");
+        assert!(
+            err.starts_with("containerd namespace \"s\" cannot keep sandbox state: "),
+            "{err}"
+        );
+        assert!(plan_hook(state.path(), "s2").sandbox_dir("pod").is_ok());
+    }
+
+    #[test]
+    fn the_last_sandbox_of_a_namespace_leaves_its_directory_for_the_next() {
+        // Removing the namespace's directory when it empties raced another sandbox's
+        // Create, which makes that directory and then its own in it (issue 25 item 5).
+        let state = tempfile::tempdir().expect("tempdir");
+        let s = plan_hook(state.path(), "k8s.io");
+        let only = state.path().join("k8s.io/pod-a");
+        fs::create_dir_all(&only).expect("mkdir");
+        fs::write(only.join("configuration.toml"), "x").expect("config");
+        s.on_deleted("pod-a");
+        assert!(!only.exists());
+        assert!(state.path().join("k8s.io").is_dir());
+        // The next sandbox's state goes where it always did.
+        write_private(&state.path().join("k8s.io/pod-b/plan.json"), "{}").expect("written");
     }
 
     #[test]

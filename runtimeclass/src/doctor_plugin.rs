@@ -110,8 +110,37 @@ fn probe(socket: &Path) -> Result<Vec<String>, String> {
     })
 }
 
+/// The pid of a `kata-gpu device-plugin` running on the host (its `/proc` under `root`).
+pub fn running_plugin(root: &Path) -> Option<u32> {
+    let proc = kata_gpu_fsutil::resolve_in_root(root, Path::new("/proc")).ok()?;
+    std::fs::read_dir(proc).ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let mut args = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty());
+        let exe = args.next()?;
+        let ours = exe.rsplit(|b| *b == b'/').next() == Some(b"kata-gpu".as_slice());
+        (ours && args.any(|a| a == b"device-plugin")).then_some(pid)
+    })
+}
+
+/// The fix for a plugin that does not serve the host's devices as they are now: a running
+/// plugin takes them again by itself; none running is the cause.
+fn plugin_fix(running: Option<u32>) -> String {
+    match running {
+        Some(pid) => format!(
+            "wait: the device plugin (pid {pid}) runs and takes the host's devices again within its --interval (5 s), and drops a departed one after a minute; if this stays, read its log (kubectl -n kata-gpu logs ds/kata-gpu-device-plugin)"
+        ),
+        None => "run the device plugin on this node (kata-gpu device-plugin, as a DaemonSet)".to_owned(),
+    }
+}
+
 /// One resource's plugin socket and what it advertises.
-fn resource_check(dir: &Path, resource: &Resource, installed: &BTreeSet<String>) -> Check {
+fn resource_check(
+    dir: &Path,
+    resource: &Resource,
+    installed: &BTreeSet<String>,
+    running: Option<u32>,
+) -> Check {
     let name = format!("device plugin {}", resource.name);
     let socket = dir.join(resource.socket_name());
     let shown = Path::new(DEVICE_PLUGINS_DIR).join(resource.socket_name());
@@ -125,7 +154,7 @@ fn resource_check(dir: &Path, resource: &Resource, installed: &BTreeSet<String>)
                     shown.display(),
                     resource.name
                 ),
-                "run the device plugin on this node (kata-gpu device-plugin, as a DaemonSet)",
+                &plugin_fix(running),
             )
         }
     };
@@ -139,7 +168,13 @@ fn resource_check(dir: &Path, resource: &Resource, installed: &BTreeSet<String>)
     }
     let expected: Vec<String> = resource.devices.iter().map(|d| d.id.clone()).collect();
     match probe(&socket) {
-        Ok(ids) => advertised(&resource.name, &resource.kind, &ids, &expected, installed),
+        Ok(ids) => {
+            let mut c = advertised(&resource.name, &resource.kind, &ids, &expected, installed);
+            if c.verdict == Verdict::Fail && ids != expected && running.is_some() {
+                c.fix = Some(plugin_fix(running));
+            }
+            c
+        }
         Err(e) => fail(&name, e, "restart the device plugin"),
     }
 }
@@ -207,10 +242,11 @@ pub fn checks(root: &Path) -> Vec<Check> {
     }
     let registry = Registry::new(RegistryConfig::under_root(root));
     let installed: BTreeSet<String> = registry.devices().map(|(n, _)| n.to_string()).collect();
+    let running = running_plugin(root);
     out.extend(
         resources
             .iter()
-            .map(|r| resource_check(&dir, r, &installed)),
+            .map(|r| resource_check(&dir, r, &installed, running)),
     );
     out
 }

@@ -244,20 +244,20 @@ fn a_gpu_bound_to_nvidia_fails_with_the_bind_fix() {
 }
 
 #[test]
-fn an_h200_warns_that_it_is_not_cc_capable() {
-    let sim = SimHost::h200();
+fn an_a100_warns_that_it_is_not_cc_capable() {
+    let sim = SimHost::a100();
     sim.write_cdi_specs();
     let shown = text_on(&sim, &doctor(&sim, &[]));
     assert!(
         has_line(
             &shown,
-            "WARN  gpu 0000:41:00.0: 10de:2335 driver vfio-pci, IOMMU group 40, NOT CC-capable — fix: use a CC-capable GPU (10de:2330"
+            "WARN  gpu 0000:41:00.0: 10de:20b5 driver vfio-pci, IOMMU group 40, NOT CC-capable — fix: use a CC-capable GPU (10de:2330"
         ),
         "{shown}"
     );
     let shown = text_on(&sim, &doctor(&sim, &["--profile", "gpu"]));
     assert!(
-        has_line(&shown, "ok    gpu 0000:41:00.0: 10de:2335"),
+        has_line(&shown, "ok    gpu 0000:41:00.0: 10de:20b5"),
         "{shown}"
     );
 }
@@ -318,7 +318,7 @@ fn labels_are_refused_while_a_check_fails() {
 
 #[test]
 fn json_report_shape() {
-    let sim = SimHost::h200();
+    let sim = SimHost::a100();
     sim.write_cdi_specs();
     let out = doctor(&sim, &["--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

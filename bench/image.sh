@@ -68,7 +68,8 @@ for _ in $(seq "$RUNS"); do
   t=$(now)
   "$BIN/kata-gpu" --host-root "$root" agent --label --from "$BIN" --artifacts "$set_dir" > "$log" &
   pid=$!
-  until grep -q "waiting for SIGTERM" "$log"; do
+  # ready, or (a host doctor fails on) its first "not ready, checking again" line
+  until grep -qE "waiting for SIGTERM|not ready, checking again" "$log"; do
     kill -0 "$pid" 2>/dev/null || { cat "$log"; exit 1; }
     sleep 0.001
   done

@@ -1,4 +1,5 @@
-//! Records the git commit the shim is built from, for `-v`.
+//! Records the git commit the shim (for `-v`) is built from: `GIT_COMMIT` when set (an image build
+//! without `.git`), else `git rev-parse`, else `unknown` (nodes have no git to ask).
 //!
 //! It reruns only when the commit can have changed: git's HEAD and the current branch's ref,
 //! where git says they are (in a worktree `../.git` is a file, not the git directory). A
@@ -19,9 +20,15 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    let commit = std::env::var("GIT_COMMIT")
+        .ok()
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric()))
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=KATA_GPU_COMMIT={commit}");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=GIT_COMMIT");
     let branch = git(&["symbolic-ref", "-q", "HEAD"]);
     let watched = [
         Some("HEAD".to_owned()),

@@ -80,6 +80,32 @@ fn flow_too_deep(bytes: &[u8]) -> Option<usize> {
     None
 }
 
+/// A parser's message without the text it quotes from the file (serde's `string "…"`,
+/// which names a scalar it did not expect): a file that is not a spec (a link to a key,
+/// say) must not reach doctor's output or a bug report through its error.
+fn elide_strings(message: &str) -> String {
+    const AT: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(AT) {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let mut escaped = false;
+        let body = &rest[i + AT.len()..];
+        let end = body
+            .char_indices()
+            .find(|&(_, c)| {
+                let close = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                close
+            })
+            .map_or(body.len(), |(j, _)| j + 1);
+        rest = &body[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Parses bytes into the spec model without checking the rules; `origin` labels errors.
 pub fn parse_spec(bytes: &[u8], format: Format, origin: &Path) -> Result<Spec, Error> {
     let syntax = |line, column, message: String| Error::Syntax {
@@ -87,7 +113,7 @@ pub fn parse_spec(bytes: &[u8], format: Format, origin: &Path) -> Result<Spec, E
         format,
         line,
         column,
-        message: strip_position(&message),
+        message: elide_strings(&strip_position(&message)),
     };
     match format {
         Format::Json => serde_json::from_slice(bytes).map_err(|e| {
@@ -195,6 +221,23 @@ mod tests {
             assert!(shown.contains(want), "want {want:?} in {shown:?}");
             assert!(!shown.contains(" at line "), "position twice: {shown}");
         }
+    }
+
+    #[test]
+    fn a_parsers_message_never_quotes_the_files_text() {
+        assert_eq!(
+            elide_strings(
+                r#"invalid type: string "the host's \"private\" key", expected struct Spec"#
+            ),
+            "invalid type: a string, expected struct Spec"
+        );
+        let e = parse_spec(
+            b"the host's private key\n",
+            Format::Yaml,
+            Path::new("k.yaml"),
+        )
+        .expect_err("not a spec");
+        assert!(!e.to_string().contains("private"), "{e}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ const INVALID: &[(&str, &str)] = &[
     ("missing-cdi-version.yaml", "missing field `cdiVersion`"),
     ("missing-kind.json", "missing field `kind`"),
     ("missing-devices.yaml", "missing field `devices`"),
-    ("type-major-as-string.json", "invalid type: string \"195\", expected i64"),
+    ("type-major-as-string.json", "invalid type: a string, expected i64"),
     ("type-devices-as-object.yaml", "devices: invalid type: map, expected a sequence"),
     ("type-additional-gids-negative.json", "invalid value: integer `-1`, expected u32"),
     ("empty-devices-list.json", "the spec defines no devices"),

@@ -2,11 +2,12 @@
 //! device-plugins directory, register it, watch health, and start over when kubelet's socket
 //! is recreated (a kubelet restart removes every plugin socket and forgets every plugin).
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_server::DevicePluginServer;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::registration_client::RegistrationClient;
@@ -41,11 +42,18 @@ pub struct Config {
     pub register_timeout: Duration,
     /// How resources are named.
     pub naming: Naming,
+    /// How long a device may be missing from the host's inventory (unbound from vfio-pci,
+    /// say) before the plugin stops advertising it; meanwhile it is listed unhealthy. A
+    /// device that arrives is advertised within one interval.
+    pub gone_after: Duration,
 }
 
 /// [`Config::register_timeout`] by default: kubelet answers `Register` at once (it only
 /// records the plugin and dials it back later), so this is a wedged kubelet.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`Config::gone_after`] by default: longer than a rebind takes.
+pub const GONE_AFTER: Duration = Duration::from_secs(60);
 
 impl Config {
     /// The defaults for a host whose `/` is `host_root`.
@@ -57,6 +65,7 @@ impl Config {
             strategy: Strategy::default(),
             register_timeout: REGISTER_TIMEOUT,
             naming: Naming::default(),
+            gone_after: GONE_AFTER,
         }
     }
 }
@@ -131,6 +140,10 @@ struct Round {
     stop: watch::Sender<bool>,
     sockets: Vec<PathBuf>,
     kubelet: Option<(u64, u64)>,
+    /// What the round serves: (resource name, device id).
+    served: BTreeSet<(String, String)>,
+    /// Since when a device it serves has been missing from the host's inventory.
+    missing_since: Option<Instant>,
 }
 
 /// A round ends when dropped, also half-way through its registrations (the plugin
@@ -146,9 +159,60 @@ impl Drop for Round {
     }
 }
 
+/// (resource name, device id) of every device in `resources`.
+fn served(resources: &[Resource]) -> BTreeSet<(String, String)> {
+    resources
+        .iter()
+        .flat_map(|r| r.devices.iter().map(|d| (r.name.clone(), d.id.clone())))
+        .collect()
+}
+
+fn shown(devices: &BTreeSet<&(String, String)>) -> String {
+    devices
+        .iter()
+        .map(|(r, id)| format!("{id} ({r})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Round {
     fn end(self) {
         drop(self);
+    }
+
+    /// Whether the host's devices are no longer those served: one arrived (at once), or one
+    /// has been missing for `gone_after` (till then, health lists it unhealthy).
+    fn devices_changed(&mut self, host: &Host, config: &Config) -> bool {
+        let now = match inventory(host, config.naming) {
+            Ok(rs) => served(&rs),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot list the host's devices: {e}; trying again within {:?}",
+                    config.interval
+                );
+                return false;
+            }
+        };
+        let arrived: BTreeSet<_> = now.difference(&self.served).collect();
+        if !arrived.is_empty() {
+            tracing::info!("devices arrived: {}; serving them", shown(&arrived));
+            return true;
+        }
+        let left: BTreeSet<_> = self.served.difference(&now).collect();
+        if left.is_empty() {
+            self.missing_since = None;
+            return false;
+        }
+        let since = *self.missing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < config.gone_after {
+            return false;
+        }
+        tracing::info!(
+            "devices left the host's inventory {:?} ago: {}; no longer advertised",
+            config.gone_after,
+            shown(&left)
+        );
+        true
     }
 
     /// Whether kubelet restarted (its socket is new) or removed one of ours.
@@ -204,12 +268,21 @@ async fn start_round(
         return Ok(None);
     };
     let (stop, stopped) = watch::channel(false);
+    let resources = inventory(host, config.naming)?;
     let mut round = Round {
         stop,
         sockets: Vec::new(),
         kubelet: Some(kubelet),
+        served: served(&resources),
+        missing_since: None,
     };
-    for resource in inventory(host, config.naming)? {
+    if resources.is_empty() {
+        tracing::info!(
+            "no device to advertise yet (none bound to vfio-pci); looking again every {:?}",
+            config.interval
+        );
+    }
+    for resource in resources {
         let resource = Arc::new(resource);
         let path = dir.join(resource.socket_name());
         let listener = match bind_private(&path) {
@@ -287,13 +360,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tokio::pin!(shutdown);
     let mut round: Option<Round> = None;
     loop {
-        let fresh = round.as_ref().is_none_or(|r| r.stale(&kubelet_sock));
-        if fresh {
+        let stale = round.as_ref().is_some_and(|r| r.stale(&kubelet_sock));
+        let changed = !stale
+            && round
+                .as_mut()
+                .is_some_and(|r| r.devices_changed(&host, &config));
+        if round.is_none() || stale || changed {
             if let Some(old) = round.take() {
-                tracing::info!(
-                    "kubelet's socket {} changed; registering again",
-                    kubelet_sock.display()
-                );
+                if stale {
+                    tracing::info!(
+                        "kubelet's socket {} changed; registering again",
+                        kubelet_sock.display()
+                    );
+                }
                 old.end();
             }
             // A round registers with kubelet: shutdown is watched meanwhile, so a slow

@@ -225,10 +225,54 @@ pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
             ..PodSpec::default()
         },
     );
-    let (k, v) = NODE_ROOT_ANNOTATION;
-    ds.metadata.annotations = Some(BTreeMap::from([(k.to_owned(), v.to_owned())]));
+    let mut said = BTreeMap::from([
+        (
+            NODE_ROOT_ANNOTATION.0.to_owned(),
+            NODE_ROOT_ANNOTATION.1.to_owned(),
+        ),
+        (
+            HOST_ROOT_WRITABLE_ANNOTATION.0.to_owned(),
+            HOST_ROOT_WRITABLE_ANNOTATION.1.to_owned(),
+        ),
+        (why_privileged("vfio-bind"), WHY_PRIVILEGED_BIND.to_owned()),
+    ]);
+    for p in &o.profiles {
+        said.insert(
+            why_privileged(&format!("agent-{}", p.name())),
+            WHY_PRIVILEGED_AGENT.to_owned(),
+        );
+    }
+    ds.metadata.annotations = Some(said);
     ds
 }
+
+/// The annotation that says why container `container` is privileged.
+pub fn why_privileged(container: &str) -> String {
+    format!("{WHY_PRIVILEGED_PREFIX}{container}")
+}
+
+/// [`why_privileged`]'s key before the container's name.
+pub const WHY_PRIVILEGED_PREFIX: &str = "kata-gpu.io/why-privileged.";
+
+/// Why the init container is privileged.
+pub const WHY_PRIVILEGED_BIND: &str =
+    "vfio bind writes the host's sysfs (each GPU's driver_override, unbind and the \
+     vfio-pci bind under /host/sys), which only a privileged container can write; it runs before the agents so that doctor finds the GPUs on vfio-pci";
+
+/// Why each agent container is privileged.
+pub const WHY_PRIVILEGED_AGENT: &str =
+    "host-exec enters the host's PID 1 mount namespace (setns on /host/proc/1/ns/mnt needs \
+     CAP_SYS_ADMIN and CAP_SYS_PTRACE) to run systemctl restart of containerd's unit and nothing else; \
+     install writes files owned by root anywhere under the host's /";
+
+/// Why the host's `/` is mounted read-write, on the node DaemonSet.
+pub const HOST_ROOT_WRITABLE_ANNOTATION: (&str, &str) = (
+    "kata-gpu.io/why-host-root-writable",
+    "install writes the shim (/usr/local/bin), containerd's config and its drop-in, the \
+     Kata artifact sets (/opt), the CDI specs (/var/run/cdi), the boot unit (/etc/systemd) \
+     and NFD's features.d file; uninstall puts each back as it was; no hostPID: the host's \
+     /proc comes with its /",
+);
 
 /// What the node DaemonSet's privileges mean for whoever may reach its pods, on the
 /// DaemonSet itself.

@@ -1,14 +1,19 @@
 //! What a deployment must hold, checked on the objects as they will be applied (JSON), so
 //! that an edit that drops a node selector, a toleration, `privileged` where the node
 //! agent needs it, or adds `hostPID` or API rights, is caught before it reaches a cluster.
-//! `kata-gpu deploy` refuses to print objects that fail. The device plugin's container
+//! Each privilege says why on its DaemonSet (`kata-gpu.io/why-privileged.<container>`,
+//! `kata-gpu.io/why-host-root-writable`, `kata-gpu.io/why-uid-0`), and losing one is a
+//! problem. `kata-gpu deploy` refuses to print objects that fail. The device plugin's container
 //! must stay confined: seccomp `RuntimeDefault`, every capability dropped and none added,
 //! no privilege escalation, a read-only root, and of the host only what it reads
 //! ([`PLUGIN_READS`], read-only with `recursiveReadOnly`) and kubelet's plugin directory.
 
 use serde_json::Value;
 
-use crate::deploy::{DEVICE_PLUGINS, GPU_TAINT, PLUGIN_READS};
+use crate::deploy::{
+    why_privileged, DEVICE_PLUGINS, GPU_TAINT, HOST_ROOT_WRITABLE_ANNOTATION, PLUGIN_READS,
+    ROOT_ANNOTATION,
+};
 use crate::PASSTHROUGH_LABEL;
 
 fn name(o: &Value) -> String {
@@ -127,10 +132,46 @@ fn daemonset(o: &Value, problems: &mut Vec<String>) {
     if o["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"].is_null() {
         problems.push(format!("{who}: no rollingUpdate.maxUnavailable"));
     }
+    let said = |key: &str| {
+        o["metadata"]["annotations"][key]
+            .as_str()
+            .is_some_and(|v| !v.trim().is_empty())
+    };
+    let unsaid = |what: String, key: &str| {
+        format!("{who}: {what} without the annotation {key} saying why; keep kata-gpu deploy's annotations")
+    };
+    let root_volumes: Vec<&str> = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["hostPath"]["path"] == "/")
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    let root_writable = containers(pod).any(|c| {
+        c["volumeMounts"].as_array().into_iter().flatten().any(|m| {
+            m["readOnly"] != true
+                && m["name"]
+                    .as_str()
+                    .is_some_and(|n| root_volumes.contains(&n))
+        })
+    });
+    let (root_key, _) = HOST_ROOT_WRITABLE_ANNOTATION;
+    if root_writable && !said(root_key) {
+        problems.push(unsaid("mounts the host's / writable".to_owned(), root_key));
+    }
     for c in containers(pod) {
         let privileged = c["securityContext"]["privileged"] == true;
-        let needs = runs(c, "agent") || runs(c, "vfio");
         let cname = c["name"].as_str().unwrap_or("?");
+        let key = why_privileged(cname);
+        let needs = runs(c, "agent") || runs(c, "vfio");
+        // (A container privileged that need not be is refused below, for that.)
+        if needs && privileged && !said(&key) {
+            problems.push(unsaid(format!("container {cname} is privileged"), &key));
+        }
+        let (uid_key, _) = ROOT_ANNOTATION;
+        if runs(c, "device-plugin") && c["securityContext"]["runAsUser"] == 0 && !said(uid_key) {
+            problems.push(unsaid(format!("container {cname} runs as UID 0"), uid_key));
+        }
         if needs && !privileged {
             problems.push(format!(
                 "{who}: container {cname} changes the host and must be privileged"

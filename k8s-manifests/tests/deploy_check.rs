@@ -322,3 +322,47 @@ fn the_device_plugin_keeps_seccomp_no_capabilities_and_no_escalation() {
         ["DaemonSet kata-gpu-device-plugin: hostNetwork without a container that needs it; remove it"]
     );
 }
+
+/// Each privilege of the node DaemonSet is explained on the object (the YAML is
+/// generated, so annotations are where it says so), and a manifest that loses an
+/// explanation is refused.
+#[test]
+fn every_privilege_says_why_and_a_manifest_that_loses_it_is_refused() {
+    let o = objects();
+    let said = &o[NODE]["metadata"]["annotations"];
+    for (key, want) in [
+        ("kata-gpu.io/why-privileged.vfio-bind", "driver_override"),
+        ("kata-gpu.io/why-privileged.agent-snp", "mount namespace"),
+        ("kata-gpu.io/why-privileged.agent-tdx", "mount namespace"),
+        ("kata-gpu.io/why-host-root-writable", "containerd's config"),
+    ] {
+        let why = said[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key}: {said}"));
+        assert!(why.contains(want), "{key}: {why}");
+    }
+    for (ds, key, problem) in [
+        (
+            NODE,
+            "kata-gpu.io/why-privileged.vfio-bind",
+            "DaemonSet kata-gpu-node: container vfio-bind is privileged without the annotation kata-gpu.io/why-privileged.vfio-bind saying why; keep kata-gpu deploy's annotations",
+        ),
+        (
+            NODE,
+            "kata-gpu.io/why-host-root-writable",
+            "DaemonSet kata-gpu-node: mounts the host's / writable without the annotation kata-gpu.io/why-host-root-writable saying why; keep kata-gpu deploy's annotations",
+        ),
+        (
+            PLUGIN,
+            "kata-gpu.io/why-uid-0",
+            "DaemonSet kata-gpu-device-plugin: container device-plugin runs as UID 0 without the annotation kata-gpu.io/why-uid-0 saying why; keep kata-gpu deploy's annotations",
+        ),
+    ] {
+        let got = with(|o| {
+            if let Some(a) = o[ds]["metadata"]["annotations"].as_object_mut() {
+                a.remove(key);
+            }
+        });
+        assert_eq!(got, [problem], "{key}");
+    }
+}

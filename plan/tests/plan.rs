@@ -139,11 +139,11 @@ fn golden_group_with_audio_keeps_the_audio_and_leaves_the_bridge() {
 }
 
 #[test]
-fn golden_h200_warns_by_default_and_is_refused_by_policy() {
-    let sim = SimHost::h200();
+fn golden_a100_warns_by_default_and_is_refused_by_policy() {
+    let sim = SimHost::a100();
     let p = run(&sim, Profile::Snp, GPU0, &policy()).expect("plans with a warning");
     assert_eq!(p.warnings.len(), 1);
-    golden("h200-snp", &p);
+    golden("a100-snp", &p);
     let strict = Policy {
         refuse_non_cc_gpus: true,
         ..policy()
@@ -151,7 +151,7 @@ fn golden_h200_warns_by_default_and_is_refused_by_policy() {
     let err = run(&sim, Profile::Snp, GPU0, &strict).expect_err("refused");
     assert!(
         err.to_string()
-            .starts_with("0000:41:00.0 (10de:2335) is not a confidential-computing capable GPU"),
+            .starts_with("0000:41:00.0 (10de:20b5) is not a confidential-computing capable GPU"),
         "{err}"
     );
     run(&sim, Profile::Gpu, GPU0, &strict).expect("no CC check without a TEE");

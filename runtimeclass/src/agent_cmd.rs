@@ -1,7 +1,7 @@
 //! `kata-gpu agent`: what the node DaemonSet's container runs. It installs the shim and
 //! runs `kata-gpu install`, restarts containerd only when it has not loaded its changed
-//! config (`kata-gpu status`), labels the
-//! node once `kata-gpu doctor` passes, then waits; on SIGTERM or SIGINT it removes the
+//! config (`kata-gpu status`), runs `kata-gpu doctor` every `--recheck-every` seconds
+//! until it passes (saying what it waits for), labels the node then, and waits; on SIGTERM or SIGINT it removes the
 //! label, runs `kata-gpu uninstall` (the config comes back byte for byte) and removes the
 //! shim. Each step is this same binary run as a child with the same `--host-root`, so the
 //! agent adds no second way of doing what the commands do.
@@ -18,6 +18,8 @@ use anyhow::{bail, Context};
 use kata_gpu_containerd_config::fsio;
 use kata_gpu_plan::Profile;
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::time::{Duration, Instant};
 
 use crate::node_state::inside;
 use crate::{Global, Outcome};
@@ -56,6 +58,11 @@ pub struct AgentArgs {
     /// Label the node (through NFD's features.d) when doctor passes.
     #[arg(long)]
     pub label: bool,
+    /// Until doctor passes, run it again every SECONDS (Kata's shim or the GPUs' binding
+    /// may arrive after the agent starts).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub recheck_every: u64,
     /// Arguments for both install and uninstall, e.g. --containerd-config F.
     #[arg(last = true, value_name = "ARGS")]
     pub rest: Vec<String>,
@@ -120,13 +127,7 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
         return Err(e);
     }
     restart_if_owed(&args, global)?;
-    let labelled = if args.label {
-        label(&args, global)?
-    } else {
-        None
-    };
-    say("ready; waiting for SIGTERM to uninstall");
-    let signal = stop.wait().context("cannot wait for a signal")?;
+    let (labelled, signal) = until_ready(&args, global, &stop)?;
     say(&format!("{signal}: uninstalling"));
     if let Some(file) = labelled {
         fsio::remove_file(&file)?;
@@ -249,9 +250,59 @@ fn restart_if_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The labels the node gets when doctor passes: what `doctor --labels` finds, and the
-/// node selector of the profile's RuntimeClass, so that its pods land only here.
-fn label(args: &AgentArgs, global: &Global) -> anyhow::Result<Option<PathBuf>> {
+/// Runs doctor until it passes (labelling the node then, with `--label`), saying what it
+/// waits for whenever that changes, and then waits for SIGTERM or SIGINT: the labels file
+/// written, if any, and the signal. A signal while not ready ends the wait unlabelled.
+fn until_ready(
+    args: &AgentArgs,
+    global: &Global,
+    stop: &SigSet,
+) -> anyhow::Result<(Option<PathBuf>, Signal)> {
+    let signals = SignalFd::with_flags(stop, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("cannot watch for SIGTERM")?;
+    let mut said = String::new();
+    loop {
+        match check(args, global)? {
+            Ok(labels) => {
+                let labelled = if args.label {
+                    Some(label(args, global, labels)?)
+                } else {
+                    None
+                };
+                say("ready; waiting for SIGTERM to uninstall");
+                let signal = stop.wait().context("cannot wait for a signal")?;
+                return Ok((labelled, signal));
+            }
+            Err(waits) => {
+                if waits != said {
+                    say(&format!(
+                        "not ready, checking again in {}s; waiting for: {waits}",
+                        args.recheck_every
+                    ));
+                    said = waits;
+                }
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(args.recheck_every);
+        while Instant::now() < until {
+            if let Some(info) = signals.read_signal().context("cannot read a signal")? {
+                let signal = i32::try_from(info.ssi_signo)
+                    .ok()
+                    .and_then(|n| Signal::try_from(n).ok())
+                    .unwrap_or(Signal::SIGTERM);
+                return Ok((None, signal));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Runs doctor: the labels `doctor --labels` finds when every check passes, else the
+/// failing checks (doctor's `FAIL` lines, each with its fix) on one line.
+fn check(
+    args: &AgentArgs,
+    global: &Global,
+) -> anyhow::Result<Result<BTreeMap<String, String>, String>> {
     let profile = ["--profile", args.profile.name()];
     // `doctor --labels` runs every check and prints labels only when all pass; the plain
     // report runs only to say why they did not.
@@ -260,18 +311,39 @@ fn label(args: &AgentArgs, global: &Global) -> anyhow::Result<Option<PathBuf>> {
         .args(profile)
         .output()
         .context("cannot run doctor --labels")?;
-    if !found.status.success() {
-        let doctor = me(global)?
-            .arg("doctor")
-            .args(profile)
-            .output()
-            .context("cannot run doctor")?;
-        say("not labelled: kata-gpu doctor found problems:");
-        print!("{}", shown(&doctor));
-        return Ok(None);
+    if found.status.success() {
+        let labels: BTreeMap<String, String> = serde_json::from_slice(&found.stdout)
+            .with_context(|| format!("doctor --labels printed no labels: {}", shown(&found)))?;
+        return Ok(Ok(labels));
     }
-    let mut labels: BTreeMap<String, String> = serde_json::from_slice(&found.stdout)
-        .with_context(|| format!("doctor --labels printed no labels: {}", shown(&found)))?;
+    let doctor = me(global)?
+        .arg("doctor")
+        .args(profile)
+        .output()
+        .context("cannot run doctor")?;
+    let text = shown(&doctor);
+    let fails: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("FAIL"))
+        .map(str::trim)
+        .collect();
+    Ok(Err(if fails.is_empty() {
+        format!(
+            "kata-gpu doctor to pass: {}",
+            text.trim().replace('\n', "; ")
+        )
+    } else {
+        fails.join("; ")
+    }))
+}
+
+/// Writes the labels the node gets when doctor passes: what `doctor --labels` found, and
+/// the node selector of the profile's RuntimeClass, so that its pods land only here.
+fn label(
+    args: &AgentArgs,
+    global: &Global,
+    mut labels: BTreeMap<String, String>,
+) -> anyhow::Result<PathBuf> {
     let class = kata_gpu_manifests::runtime_class(args.profile, &Default::default());
     labels.extend(
         class
@@ -293,7 +365,7 @@ fn label(args: &AgentArgs, global: &Global) -> anyhow::Result<Option<PathBuf>> {
         host.display(),
         text.trim().replace('\n', ", ")
     ));
-    Ok(Some(real))
+    Ok(real)
 }
 
 /// Runs `systemctl restart UNIT` (containerd's) in the mount namespace of the host's PID 1,

@@ -593,7 +593,7 @@ mod tests {
     }
 
     #[test]
-    fn labels_of_an_h100_an_h200_and_a_host_without_snp() {
+    fn labels_of_an_h100_an_h200_an_a100_and_a_host_without_snp() {
         let snp = Platform {
             iommu: true,
             sev_snp: true,
@@ -614,8 +614,13 @@ mod tests {
             ]
         );
         assert_eq!(
-            labels(&snp, &[gpu(0x2335)])["nvidia.com/cc.capable"],
+            labels(&snp, &[gpu(0x20b5)])["nvidia.com/cc.capable"],
             "false"
+        );
+        // The H200 SXM is CC-capable (NVIDIA's list; issue 27 item 11).
+        assert_eq!(
+            labels(&snp, &[gpu(0x2335)])["nvidia.com/cc.capable"],
+            "true"
         );
         let no_snp = Platform {
             sev_snp: false,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use cdi::registry::{Registry, RegistryConfig};
 use kata_gpu_plan::host::Host;
@@ -257,6 +258,16 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     out.push(our_shim(args.profile, root, &args.containerd));
     out.push(kata_shim(args.profile, root));
     out.push(device_source(args.profile, root));
+    if let Ok((settings, _)) = shim_check::settings(args.profile, root) {
+        if settings.device_source == kata_gpu_plan::settings::DeviceSource::Kubelet {
+            let limit = Duration::from_secs(settings.pod_resources_timeout_seconds.clamp(1, 10));
+            out.extend(plugin::pod_resources(
+                root,
+                &settings.pod_resources_socket,
+                limit,
+            ));
+        }
+    }
     out.push(cdi_check(&host, root));
     out.extend(plugin::checks(root));
     if root != Path::new("/") {

@@ -11,6 +11,8 @@ use cdi::registry::{Registry, RegistryConfig};
 use kata_gpu_device_plugin::{inventory, Naming, Resource};
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::Empty;
+use kata_gpu_kubelet_api::podresources::v1::pod_resources_lister_client::PodResourcesListerClient;
+use kata_gpu_kubelet_api::podresources::v1::GetPodResourcesRequest;
 use kata_gpu_kubelet_api::{connect_unix, DEVICE_PLUGINS_DIR, KUBELET_SOCKET};
 use kata_gpu_plan::host::Host;
 
@@ -110,8 +112,104 @@ fn probe(socket: &Path) -> Result<Vec<String>, String> {
     })
 }
 
+/// The pid of a `kata-gpu device-plugin` running on the host (its `/proc` under `root`).
+pub fn running_plugin(root: &Path) -> Option<u32> {
+    let proc = kata_gpu_fsutil::resolve_in_root(root, Path::new("/proc")).ok()?;
+    std::fs::read_dir(proc).ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let mut args = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty());
+        let exe = args.next()?;
+        let ours = exe.rsplit(|b| *b == b'/').next() == Some(b"kata-gpu".as_slice());
+        (ours && args.any(|a| a == b"device-plugin")).then_some(pid)
+    })
+}
+
+/// The fix for a plugin that does not serve the host's devices as they are now: a running
+/// plugin takes them again by itself; none running is the cause.
+fn plugin_fix(running: Option<u32>) -> String {
+    match running {
+        Some(pid) => format!(
+            "wait: the device plugin (pid {pid}) runs and takes the host's devices again within its --interval (5 s), and drops a departed one after a minute; if this stays, read its log (kubectl -n kata-gpu logs ds/kata-gpu-device-plugin)"
+        ),
+        None => "run the device plugin on this node (kata-gpu device-plugin, as a DaemonSet)".to_owned(),
+    }
+}
+
+/// Whether kubelet's PodResources `socket` (a host path) answers `Get` within `limit`, on a
+/// node with kubelet (`/var/lib/kubelet`); `None` on a node without one. Every kubelet
+/// pod's Create asks it in kubelet device mode.
+pub fn pod_resources(root: &Path, socket: &Path, limit: Duration) -> Option<Check> {
+    const NAME: &str = "kubelet PodResources";
+    let kubelet = kata_gpu_fsutil::resolve_in_root(root, Path::new("/var/lib/kubelet")).ok()?;
+    if !kubelet.is_dir() {
+        return None;
+    }
+    let shown = socket.display();
+    let fix_missing = "start kubelet (its PodResources socket is on by default); if kubelet runs with another --root-dir, set pod_resources_socket in the kata-gpu shim settings";
+    let real = match kata_gpu_fsutil::resolve_in_root(root, socket) {
+        Ok(p) if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_socket()) => p,
+        _ => {
+            return Some(fail(
+                NAME,
+                format!("{shown} missing: every pod's Create will be refused"),
+                fix_missing,
+            ))
+        }
+    };
+    let asked = (|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        runtime.block_on(async {
+            tokio::time::timeout(limit, async {
+                let channel = connect_unix(&real)
+                    .await
+                    .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+                // A pod no node has: kubelet answers "not found", which is an answer.
+                let answer = PodResourcesListerClient::new(channel)
+                    .get(GetPodResourcesRequest {
+                        pod_name: "kata-gpu-doctor-probe".to_owned(),
+                        pod_namespace: "kata-gpu-doctor-probe".to_owned(),
+                    })
+                    .await;
+                match answer {
+                    Err(status)
+                        if status.code() == tonic::Code::Unimplemented
+                            || status.message().contains("disabled") =>
+                    {
+                        Err(format!("{shown} refuses Get: {}", status.message()))
+                    }
+                    _ => Ok(()),
+                }
+            })
+            .await
+            .map_err(|_| format!("{shown} accepts and gives no answer within {limit:?}"))?
+        })
+    })();
+    Some(match asked {
+        Ok(()) => ok(NAME, format!("{shown} answers Get")),
+        Err(e) if e.contains("refuses Get") => fail(
+            NAME,
+            e,
+            "on kubelet before 1.34 turn on the feature gate KubeletPodResourcesGet",
+        ),
+        Err(e) => fail(
+            NAME,
+            format!("{e}; no answer within the bound means every pod's Create is refused"),
+            "check that kubelet runs and is healthy (systemctl status kubelet)",
+        ),
+    })
+}
+
 /// One resource's plugin socket and what it advertises.
-fn resource_check(dir: &Path, resource: &Resource, installed: &BTreeSet<String>) -> Check {
+fn resource_check(
+    dir: &Path,
+    resource: &Resource,
+    installed: &BTreeSet<String>,
+    running: Option<u32>,
+) -> Check {
     let name = format!("device plugin {}", resource.name);
     let socket = dir.join(resource.socket_name());
     let shown = Path::new(DEVICE_PLUGINS_DIR).join(resource.socket_name());
@@ -125,7 +223,7 @@ fn resource_check(dir: &Path, resource: &Resource, installed: &BTreeSet<String>)
                     shown.display(),
                     resource.name
                 ),
-                "run the device plugin on this node (kata-gpu device-plugin, as a DaemonSet)",
+                &plugin_fix(running),
             )
         }
     };
@@ -139,7 +237,13 @@ fn resource_check(dir: &Path, resource: &Resource, installed: &BTreeSet<String>)
     }
     let expected: Vec<String> = resource.devices.iter().map(|d| d.id.clone()).collect();
     match probe(&socket) {
-        Ok(ids) => advertised(&resource.name, &resource.kind, &ids, &expected, installed),
+        Ok(ids) => {
+            let mut c = advertised(&resource.name, &resource.kind, &ids, &expected, installed);
+            if c.verdict == Verdict::Fail && ids != expected && running.is_some() {
+                c.fix = Some(plugin_fix(running));
+            }
+            c
+        }
         Err(e) => fail(&name, e, "restart the device plugin"),
     }
 }
@@ -207,10 +311,11 @@ pub fn checks(root: &Path) -> Vec<Check> {
     }
     let registry = Registry::new(RegistryConfig::under_root(root));
     let installed: BTreeSet<String> = registry.devices().map(|(n, _)| n.to_string()).collect();
+    let running = running_plugin(root);
     out.extend(
         resources
             .iter()
-            .map(|r| resource_check(&dir, r, &installed)),
+            .map(|r| resource_check(&dir, r, &installed, running)),
     );
     out
 }

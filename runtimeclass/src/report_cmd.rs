@@ -178,6 +178,28 @@ fn named_files(root: &Path, profile: Profile) -> Vec<PathBuf> {
     files
 }
 
+/// `kata-gpu doctor --json --profile P` on the same host, as it printed it (this binary run
+/// as a child, so a check that panics or hangs past its bounds costs the report only
+/// this file); its exit status is the findings, not a failure of the report.
+fn doctor(root: &Path, profile: Profile) -> String {
+    let run = std::env::current_exe().and_then(|exe| {
+        std::process::Command::new(exe)
+            .arg("--host-root")
+            .arg(root)
+            .args(["doctor", "--json", "--profile", profile.name()])
+            .stdin(std::process::Stdio::null())
+            .output()
+    });
+    match run {
+        Ok(o) if !o.stdout.is_empty() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => serde_json::json!({
+            "error": format!("kata-gpu doctor printed nothing: {}", String::from_utf8_lossy(&o.stderr).trim())
+        })
+        .to_string() + "\n",
+        Err(e) => serde_json::json!({ "error": format!("cannot run kata-gpu doctor: {e}") }).to_string() + "\n",
+    }
+}
+
 /// Runs `kata-gpu report`.
 pub fn run(args: ReportArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
@@ -222,9 +244,18 @@ pub fn run(args: ReportArgs, global: &Global) -> anyhow::Result<Outcome> {
         fs::write(out.join(&name), text + "\n")?;
         taken.files.push(name);
     }
+    for profile in Profile::ALL {
+        let name = format!("doctor-{}.json", profile.name());
+        fs::write(out.join(&name), doctor(root, profile))?;
+        taken.files.push(name);
+    }
     fs::write(
         out.join("version.txt"),
-        format!("kata-gpu {}\n", env!("CARGO_PKG_VERSION")),
+        format!(
+            "kata-gpu {}\ncommit {}\n",
+            env!("CARGO_PKG_VERSION"),
+            env!("KATA_GPU_COMMIT")
+        ),
     )?;
     taken.files.push("version.txt".to_owned());
     let notes = notes(&taken);

@@ -512,7 +512,11 @@ fn containerd_restarts_only_when_it_has_not_loaded_the_change() {
         ];
         let child = agent_under(&launcher, &sim, &image, Some(&set), &log);
         let read = || fs::read_to_string(&log).unwrap_or_default();
-        wait_until("the agent waits", || read().contains("waiting for SIGTERM"));
+        // After a restart the stand-in systemctl did not do, doctor finds it still owed:
+        // the agent waits, checking again.
+        wait_until("the agent waits", || {
+            read().contains("waiting for SIGTERM") || read().contains("not ready, checking again")
+        });
         let first = want.split_inclusive('\n').next().unwrap_or_default();
         assert_eq!(
             fs::read_to_string(&calls).unwrap_or_default(),
@@ -538,4 +542,55 @@ fn containerd_restarts_only_when_it_has_not_loaded_the_change() {
             read()
         );
     }
+}
+
+/// Kata's shim not yet on the node: the agent says what it waits for, never "ready", keeps
+/// checking, and labels the node once doctor passes.
+#[test]
+fn the_agent_keeps_checking_and_labels_the_node_when_it_becomes_ready() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    let kata = sim.path("opt/kata/bin/containerd-shim-kata-v2");
+    fs::remove_file(&kata).expect("remove Kata's shim");
+    let log = work.path().join("agent.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .arg("--host-root")
+        .arg(sim.root())
+        .args(["agent", "--label", "--recheck-every", "1"])
+        .arg("--from")
+        .arg(&image)
+        .arg("--image-sets")
+        .arg(image.with_file_name("image-sets"))
+        .arg("--artifacts")
+        .arg(&set)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&log).expect("log"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(|c| Running(Some(c)))
+        .expect("start the agent");
+    let read = || fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the agent says what it waits for", || {
+        read().contains("not ready, checking again in 1s")
+    });
+    let said = read();
+    assert!(said.contains("containerd-shim-kata-v2"), "{said}");
+    assert!(!said.contains("ready;"), "{said}");
+    assert!(
+        !sim.path(LABELS).exists(),
+        "labelled while not ready: {said}"
+    );
+
+    fs::write(&kata, b"kata").expect("Kata's shim arrives");
+    wait_until("the agent labels the node", || {
+        read().contains("ready; waiting for SIGTERM")
+    });
+    let labels = fs::read_to_string(sim.path(LABELS)).unwrap_or_else(|e| panic!("{e}: {}", read()));
+    assert!(
+        labels.contains("nvidia.com/gpu.workload.config=vm-passthrough\n"),
+        "{labels}"
+    );
+    let pid = i32::try_from(child.id()).expect("pid");
+    sigterm(child, pid, &log);
+    assert!(!sim.path(LABELS).exists(), "labels left");
 }

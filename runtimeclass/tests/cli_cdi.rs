@@ -46,7 +46,7 @@ fn an_invalid_file_fails_naming_file_line_and_rule() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains(&format!(
-            "invalid {bad}:12:26: invalid JSON: invalid type: string \"195\", expected i64"
+            "invalid {bad}:12:26: invalid JSON: invalid type: a string, expected i64"
         )),
         "{text}"
     );

@@ -78,6 +78,26 @@ fn the_plugin_registers_doctor_checks_it_and_sigterm_removes_its_socket() {
         "/var/lib/kubelet/device-plugins/kata-gpu-GH100_H100_PCIE.sock missing: pods asking for nvidia.com/GH100_H100_PCIE stay Pending"
     );
 
+    // A plugin running (its process in the host's /proc) that has not served the GPU yet:
+    // doctor does not tell the admin to run it.
+    let cmdline = sim.path("proc/777/cmdline");
+    std::fs::create_dir_all(cmdline.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &cmdline,
+        b"/usr/local/bin/kata-gpu\0--host-root\0/host\0device-plugin\0",
+    )
+    .expect("cmdline");
+    let report = doctor(&sim);
+    let c = check(&report, "device plugin nvidia.com/GH100_H100_PCIE");
+    assert_eq!(c["verdict"], "fail", "{report}");
+    let fix = c["fix"].as_str().expect("a fix");
+    assert!(!fix.contains("run the device plugin"), "{fix}");
+    assert!(
+        fix.contains("pid 777") && fix.contains("--interval"),
+        "{fix}"
+    );
+    std::fs::remove_file(&cmdline).expect("rm cmdline");
+
     let plugin = Plugin::start(&sim);
     let registered = kubelet.next_registration();
     // NVIDIA's sandbox device plugin's name for an H100 PCIe (issue 24 item 0).

@@ -244,20 +244,20 @@ fn a_gpu_bound_to_nvidia_fails_with_the_bind_fix() {
 }
 
 #[test]
-fn an_h200_warns_that_it_is_not_cc_capable() {
-    let sim = SimHost::h200();
+fn an_a100_warns_that_it_is_not_cc_capable() {
+    let sim = SimHost::a100();
     sim.write_cdi_specs();
     let shown = text_on(&sim, &doctor(&sim, &[]));
     assert!(
         has_line(
             &shown,
-            "WARN  gpu 0000:41:00.0: 10de:2335 driver vfio-pci, IOMMU group 40, NOT CC-capable — fix: use a CC-capable GPU (10de:2330"
+            "WARN  gpu 0000:41:00.0: 10de:20b5 driver vfio-pci, IOMMU group 40, NOT CC-capable — fix: use a CC-capable GPU (10de:2330"
         ),
         "{shown}"
     );
     let shown = text_on(&sim, &doctor(&sim, &["--profile", "gpu"]));
     assert!(
-        has_line(&shown, "ok    gpu 0000:41:00.0: 10de:2335"),
+        has_line(&shown, "ok    gpu 0000:41:00.0: 10de:20b5"),
         "{shown}"
     );
 }
@@ -318,7 +318,7 @@ fn labels_are_refused_while_a_check_fails() {
 
 #[test]
 fn json_report_shape() {
-    let sim = SimHost::h200();
+    let sim = SimHost::a100();
     sim.write_cdi_specs();
     let out = doctor(&sim, &["--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -494,4 +494,45 @@ fn a_spec_whose_names_point_at_other_devices_fails() {
         ),
         "{shown}"
     );
+}
+
+/// In kubelet device mode (the default) every pod's Create asks kubelet's PodResources:
+/// on a kubelet node, doctor fails a missing or silent socket (within a bound) with the fix,
+/// and passes one that answers.
+#[test]
+fn doctor_checks_that_kubelets_pod_resources_socket_answers() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    fs::create_dir_all(sim.path("var/lib/kubelet")).expect("a kubelet node");
+    let pod_resources = |o: &Output| {
+        text_on(&sim, o)
+            .lines()
+            .find(|l| l.contains("kubelet PodResources"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no PodResources check: {}", text(o)))
+    };
+    let line = pod_resources(&doctor(&sim, &[]));
+    assert!(line.starts_with("FAIL"), "{line}");
+    assert!(
+        line.contains("/var/lib/kubelet/pod-resources/kubelet.sock") && line.contains("fix:"),
+        "{line}"
+    );
+
+    // A socket that accepts and never answers: failed within the bound, not hung.
+    let socket = sim.path("var/lib/kubelet/pod-resources/kubelet.sock");
+    fs::create_dir_all(socket.parent().expect("parent")).expect("mkdir");
+    let silent = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let started = std::time::Instant::now();
+    let line = pod_resources(&doctor(&sim, &[]));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(
+        line.starts_with("FAIL") && line.contains("no answer within"),
+        "{line}"
+    );
+    drop(silent);
+    fs::remove_file(&socket).expect("rm socket");
+
+    let _kubelet = kata_gpu_tests::kubelet::PodResourcesStandIn::start(&socket, Vec::new());
+    let line = pod_resources(&doctor(&sim, &[]));
+    assert!(line.starts_with("ok"), "{line}");
 }

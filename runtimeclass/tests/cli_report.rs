@@ -230,3 +230,34 @@ fn a_symlink_is_never_followed_and_is_named() {
     assert!(said.lines().any(|l| l == line), "no line {line}:\n{said}");
     assert!(!report.join("var/run/cdi/fifo").exists(), "{said}");
 }
+
+/// The report holds doctor's findings for every profile (as `doctor --json` prints them) and
+/// the commit the binary was built from, which a node without git can still say.
+#[test]
+fn the_report_holds_doctors_output_and_the_commit() {
+    let node = registered();
+    let report = node.dir.path().join("report");
+    let out = node.run(&["report", "--output", &report.display().to_string()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for profile in ["snp", "tdx", "gpu"] {
+        let file = report.join(format!("doctor-{profile}.json"));
+        let body = fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(v["profile"], profile, "{body}");
+        assert!(
+            v["checks"].as_array().is_some_and(|c| !c.is_empty()),
+            "{body}"
+        );
+    }
+    let version = fs::read_to_string(report.join("version.txt")).expect("version.txt");
+    let commit = version
+        .lines()
+        .find_map(|l| l.strip_prefix("commit "))
+        .unwrap_or_else(|| panic!("no commit in {version}"));
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{version}"
+    );
+    assert_no_secret(&report);
+}

@@ -282,11 +282,27 @@ impl PlanHook {
     }
 }
 
+/// ` (pod NAMESPACE/NAME)` from a bundle's spec annotations, or nothing where the spec
+/// cannot be read or names no pod (a `ctr run`).
+fn pod_words(bundle: &str) -> String {
+    let Ok(spec) = OciSpec::load(Path::new(bundle).join("config.json")) else {
+        return String::new();
+    };
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    crate::pod_resources::pod_of(&annotations)
+        .map(|(ns, name)| format!(" (pod={ns}/{name})"))
+        .unwrap_or_default()
+}
+
 impl CreateHook for PlanHook {
     fn on_create(&self, request: CreateTaskRequest) -> Result<CreateTaskRequest, String> {
         let id = request.id.clone();
+        let bundle = request.bundle.clone();
         let result = self.handle(request);
-        if result.is_err() {
+        if let Err(reason) = &result {
+            // kubelet shows the reason in `kubectl describe pod`; the node's log keeps it
+            // with the sandbox (every line's prefix) and the pod it was for.
+            tracing::error!("Create of {id} refused{}: {reason}", pod_words(&bundle));
             // A failed Create leaves nothing behind.
             if let Ok(dir) = self.sandbox_dir(&id) {
                 let _ = fs::remove_dir_all(dir);

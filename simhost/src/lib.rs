@@ -183,7 +183,7 @@ impl SimHost {
             "hgx" => Self::hgx_8x_h100(),
             "audio-bridge" => Self::gpu_with_audio_and_bridge(),
             "nvidia-bound" => Self::gpu_bound_to_nvidia(),
-            "h200" => Self::h200(),
+            "a100" => Self::a100(),
             "no-iommu" => Self::no_iommu(),
             "no-snp" => Self::no_snp(),
             "nvme-in-group" => Self::gpu_with_nvme_in_group(),
@@ -200,7 +200,7 @@ impl SimHost {
         "hgx",
         "audio-bridge",
         "nvidia-bound",
-        "h200",
+        "a100",
         "no-iommu",
         "no-snp",
         "nvme-in-group",
@@ -465,11 +465,11 @@ impl SimHost {
         host
     }
 
-    /// An H200 SXM (10de:2335), not on the CC-capable list.
-    pub fn h200() -> Self {
+    /// An A100 80GB PCIe (10de:20b5), not on the CC-capable list (Ampere has no CC mode).
+    pub fn a100() -> Self {
         let mut host = Self::new();
         host.add_exposed(
-            &Function::hopper("0000:41:00.0", 0x2335, 40, 0),
+            &Function::hopper("0000:41:00.0", 0x20b5, 40, 0),
             VfioMode::Iommufd,
         );
         host

@@ -250,6 +250,11 @@ impl KubeletRegistration {
             .expect("a registration within a minute")
     }
 
+    /// A registration that comes within `bound`, if any.
+    pub fn registration_within(&self, bound: std::time::Duration) -> Option<RegisterRequest> {
+        self.registrations.recv_timeout(bound).ok()
+    }
+
     /// What a kubelet restart does: its socket and every plugin's go, a new socket comes.
     pub fn restart(mut self, root: &Path) -> Self {
         drop(self.server.take());

@@ -473,3 +473,48 @@ fn a_kubelet_that_never_answers_stalls_neither_the_loop_nor_the_stop() {
     );
     running.stop().expect("the plugin stops cleanly");
 }
+
+/// A first rollout: the plugin starts before the init container binds the GPU. It serves
+/// the GPU once bound, and stops advertising it once it has been gone for `gone_after`
+/// (listed unhealthy meanwhile).
+#[tokio::test]
+async fn a_device_bound_after_start_is_advertised_and_one_that_left_is_removed() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.set_driver("0000:41:00.0", Some("nvidia"));
+    let kubelet = KubeletRegistration::start(sim.root());
+    let _plugin = DevicePlugin::start(Config {
+        interval: Duration::from_millis(50),
+        naming: Naming::Pgpu,
+        gone_after: Duration::from_millis(500),
+        ..Config::new(sim.root())
+    });
+    assert!(
+        kubelet
+            .registration_within(Duration::from_millis(500))
+            .is_none(),
+        "registered with no device bound"
+    );
+
+    sim.set_driver("0000:41:00.0", Some("vfio-pci"));
+    let r = kubelet.next_registration();
+    assert_eq!(r.resource_name, "nvidia.com/pgpu");
+    let socket = kubelet.dir().join(&r.endpoint);
+    let mut client = plugin(&kubelet, &r.endpoint).await;
+    let mut stream = client
+        .list_and_watch(Empty {})
+        .await
+        .expect("ListAndWatch")
+        .into_inner();
+    assert_eq!(next(&mut stream).await, gpu0("Healthy"));
+
+    sim.set_driver("0000:41:00.0", Some("nvidia"));
+    assert_eq!(next(&mut stream).await, gpu0("Unhealthy"));
+    let deadline = std::time::Instant::now() + HANG;
+    while socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the departed GPU's resource is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

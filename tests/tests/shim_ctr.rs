@@ -123,6 +123,34 @@ fn a_refused_plan_fails_the_create_with_its_reason_and_leaves_nothing() {
 }
 
 #[test]
+fn a_refused_create_leaves_its_reason_the_sandbox_and_the_pod_in_containerds_log() {
+    let rig = Rig::new(Downstream::Runc, ANNOTATION_MODE);
+    let id = Rig::id("refusedlog");
+    let o = rig.run(
+        &[
+            "--rm",
+            "--annotation",
+            "cdi.k8s.io/gpu=nvidia.com/pgpu=7",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-namespace=team-a",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-name=trainer-0",
+        ],
+        &id,
+        &["/bin/true"],
+    );
+    rig.assert_refused(&o, &id, "nvidia.com/pgpu=7 is not defined on this node");
+    let log = rig.ctrd.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused") && l.contains("nvidia.com/pgpu=7 is not defined"))
+        .unwrap_or_else(|| panic!("no refusal in containerd's log:\n{log}"));
+    assert!(line.contains(&format!("sandbox={id}")), "{line}");
+    assert!(line.contains("pod=team-a/trainer-0"), "{line}");
+    rig.assert_clean();
+}
+
+#[test]
 fn a_missing_downstream_fails_start_naming_the_path() {
     let rig = Rig::new(Downstream::Runc, "");
     let nodown_id = Rig::id("nodown");

@@ -30,7 +30,7 @@ use crate::host::{Bar, Bdf, Host, VfioNode};
 use crate::profile::{Profile, Tee};
 
 /// Device ids (vendor 10de) of GPUs that run in confidential-computing mode.
-pub const CC_CAPABLE_GPUS: [u16; 6] = [0x2330, 0x2331, 0x2322, 0x2324, 0x2339, 0x233d];
+pub const CC_CAPABLE_GPUS: [u16; 7] = [0x2330, 0x2331, 0x2322, 0x2324, 0x2335, 0x2339, 0x233d];
 
 /// The pod annotation through which a pod may size the guest's memory.
 pub use kata_gpu_configs::DEFAULT_MEMORY_ANNOTATION;

@@ -14,7 +14,7 @@ pub const API_VERSION: &str = "nfd.k8s-sigs.io/v1alpha1";
 pub const KIND: &str = "NodeFeatureRule";
 
 /// PCI device IDs (vendor 10de) of the Hopper GPUs that support confidential computing.
-pub const CC_CAPABLE_HOPPER: [&str; 6] = ["2330", "2331", "2322", "2324", "2339", "233d"];
+pub const CC_CAPABLE_HOPPER: [&str; 7] = ["2330", "2331", "2322", "2324", "2335", "2339", "233d"];
 
 /// A NodeFeatureRule object.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,13 +2,19 @@
 //! NVSwitches): a fresh runtime, a connection and one `Get` to a stand-in that speaks
 //! kubelet's protocol, as the shim makes it once per sandbox; beside reading the board's PCI
 //! functions from sysfs (the floor of the plan Create makes anyway), measured in one run.
+//! And the same lookup with the checks Create makes around it (the pod's own annotations
+//! against the allocation, the allocation written into the sandbox's spec, and the claim of
+//! its 12 functions under the node's claims lock against every other sandbox's), against
+//! the lookup alone.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kata_gpu_plan::host::Host;
-use kata_gpu_shim::pod_resources::{allocated_names, get};
+use kata_gpu_plan::settings::DeviceSource;
+use kata_gpu_shim::claims::{claim, Claim};
+use kata_gpu_shim::pod_resources::{allocated_names, get, sandbox_devices, Lookup};
 use kata_gpu_tests::kubelet::{Allocation, PodResourcesStandIn};
 use kata_gpu_tests::{SimHost, WriteCdiSpecs};
 
@@ -49,6 +55,63 @@ fn hgx(c: &mut Criterion) {
         b.iter(|| {
             let pod = get(black_box(&socket), "default", "train", timeout).expect("lookup");
             black_box(allocated_names(&pod, &resources).expect("names"))
+        })
+    });
+    // The checks: a sandbox spec as CRI makes it, naming the pod; its own annotation asks
+    // what kubelet gave (NVIDIA's documented form); 7 other live sandboxes hold claims.
+    let registry = sim.registry();
+    let lookup = Lookup {
+        socket: Some(socket.clone()),
+        timeout,
+        source: DeviceSource::Kubelet,
+        host_root: sim.root().to_path_buf(),
+    };
+    let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_annotations(Some(
+        [
+            ("io.kubernetes.cri.sandbox-namespace", "default"),
+            ("io.kubernetes.cri.sandbox-name", "train"),
+            ("io.kubernetes.cri.container-type", "sandbox"),
+            ("cdi.k8s.io/gpu", "nvidia.com/pgpu=0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    ));
+    let state = tempfile::tempdir().expect("state dir");
+    for i in 0..7 {
+        let other = Claim {
+            namespace: "k8s.io".into(),
+            sandbox: format!("other-{i}"),
+            pod: Some(format!("default/other-{i}")),
+            devices: vec![format!("0000:f{i}:00.0")],
+        };
+        claim(
+            state.path(),
+            &state.path().join("k8s.io").join(&other.sandbox),
+            &other,
+        )
+        .expect("another sandbox's claim");
+    }
+    let ours = Claim {
+        namespace: "k8s.io".into(),
+        sandbox: "train".into(),
+        pod: Some("default/train".into()),
+        devices: host
+            .pci_functions()
+            .expect("reads")
+            .iter()
+            .map(|f| f.bdf.to_string())
+            .collect(),
+    };
+    let dir = state.path().join("k8s.io/train");
+    group.bench_function("lookup_and_create_checks_hgx_12_devices", |b| {
+        b.iter(|| {
+            let mut sandbox = spec.clone();
+            let allocated =
+                sandbox_devices(&lookup, &mut sandbox, &registry, "train").expect("the allocation");
+            claim(state.path(), &dir, &ours).expect("claimed");
+            black_box((allocated, sandbox))
         })
     });
     group.finish();

@@ -296,6 +296,22 @@ impl DevicePlugin {
         self.halt().expect("the plugin was running")
     }
 
+    /// How the plugin's run ended when it ends by itself (an error) within `within`, else
+    /// how it ends when stopped then: a stop sent too early would end a run that had not
+    /// yet reached what the caller waits for.
+    pub fn ended_within(
+        mut self,
+        within: std::time::Duration,
+    ) -> Result<(), kata_gpu_device_plugin::PluginError> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline
+            && !self.thread.as_ref().is_some_and(|t| t.is_finished())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.halt().expect("the plugin was running")
+    }
+
     fn halt(&mut self) -> Option<Result<(), kata_gpu_device_plugin::PluginError>> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

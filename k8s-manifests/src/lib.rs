@@ -16,7 +16,7 @@ pub mod nfd;
 mod objects;
 
 pub use objects::{
-    runtime_class, sample_pod, Options, CC_READY_LABEL, DEFAULT_CPU_OVERHEAD, DEFAULT_GPU_RESOURCE,
+    ready_label, runtime_class, sample_pod, Options, DEFAULT_CPU_OVERHEAD, DEFAULT_GPU_RESOURCE,
     DEFAULT_MEMORY_OVERHEAD, MEMORY_ANNOTATION, PASSTHROUGH_LABEL, PGPU_RESOURCE, SAMPLE_IMAGE,
 };
 

@@ -14,10 +14,22 @@ pub const DEFAULT_MEMORY_OVERHEAD: &str = "2048Mi";
 /// CPU a pod of these classes costs beyond its containers: QEMU's own threads.
 pub const DEFAULT_CPU_OVERHEAD: &str = "1";
 
-/// The node label a confidential class selects by default: set by the GPU operator once
-/// the node's GPUs are in CC mode.
-pub const CC_READY_LABEL: (&str, &str) = ("nvidia.com/cc.ready.state", "true");
-/// The node label the plain GPU class selects by default: nodes set up for passthrough.
+/// The node label each class selects by default: `kata-gpu doctor --labels` (and the agent)
+/// set it only where every check of the profile passes, the one thing kata-gpu can back.
+/// Not `nvidia.com/cc.ready.state`: that says the GPUs are in CC mode, which kata-gpu never
+/// reads (the GPU Operator's cc-manager sets the mode and owns that label); an admin who
+/// wants both selects both (`--node-selector`).
+pub fn ready_label(profile: Profile) -> (String, &'static str) {
+    (
+        format!(
+            "feature.node.kubernetes.io/kata-gpu.{}-ready",
+            profile.name()
+        ),
+        "true",
+    )
+}
+/// The node label that marks a node for passthrough (the GPU Operator's word for it): the
+/// node DaemonSet selects it, and doctor sets it where a GPU is on vfio-pci.
 pub const PASSTHROUGH_LABEL: (&str, &str) = ("nvidia.com/gpu.workload.config", "vm-passthrough");
 
 /// What may be tuned about the RuntimeClass.
@@ -65,18 +77,13 @@ pub(crate) fn labels(profile: Option<Profile>) -> BTreeMap<String, String> {
 }
 
 /// The RuntimeClass of `profile`: its handler, the pod overhead, and a node selector
-/// (by default `nvidia.com/cc.ready.state: "true"` for the confidential profiles and
-/// `nvidia.com/gpu.workload.config: vm-passthrough` for plain passthrough).
+/// (by default the profile's [`ready_label`]).
 pub fn runtime_class(profile: Profile, opts: &Options) -> RuntimeClass {
     let selector: BTreeMap<String, String> = match &opts.node_selector {
         Some(pairs) => pairs.iter().cloned().collect(),
         None => {
-            let (k, v) = if profile.confidential() {
-                CC_READY_LABEL
-            } else {
-                PASSTHROUGH_LABEL
-            };
-            BTreeMap::from([(k.to_owned(), v.to_owned())])
+            let (k, v) = ready_label(profile);
+            BTreeMap::from([(k, v.to_owned())])
         }
     };
     RuntimeClass {
@@ -155,17 +162,17 @@ mod tests {
             (
                 Profile::Snp,
                 None,
-                Some(("nvidia.com/cc.ready.state", "true")),
+                Some(("feature.node.kubernetes.io/kata-gpu.snp-ready", "true")),
             ),
             (
                 Profile::Tdx,
                 None,
-                Some(("nvidia.com/cc.ready.state", "true")),
+                Some(("feature.node.kubernetes.io/kata-gpu.tdx-ready", "true")),
             ),
             (
                 Profile::Gpu,
                 None,
-                Some(("nvidia.com/gpu.workload.config", "vm-passthrough")),
+                Some(("feature.node.kubernetes.io/kata-gpu.gpu-ready", "true")),
             ),
             (Profile::Snp, Some(vec![]), None),
             (

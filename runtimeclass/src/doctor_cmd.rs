@@ -314,8 +314,8 @@ struct Report<'a> {
 
 /// Prints the labels the host deserves, only when every check of the profile passes
 /// (labels follow the checks: a node labelled ready gets the class's pods). The label the
-/// RuntimeClass selects by default (`nvidia.com/cc.ready.state=true` for snp and tdx) is
-/// among them.
+/// RuntimeClass selects by default (`feature.node.kubernetes.io/kata-gpu.<profile>-ready`)
+/// is among them; `nvidia.com/cc.ready.state` is not (nothing here reads the GPUs' CC mode).
 fn print_labels(
     args: &DoctorArgs,
     root: &Path,
@@ -339,10 +339,8 @@ fn print_labels(
     let host = Host::new(root);
     let devs = devices(&host).map_err(anyhow::Error::msg)?;
     let mut labels = checks::labels(&host.platform(), &devs);
-    if args.profile != Profile::Gpu {
-        let (k, v) = kata_gpu_manifests::CC_READY_LABEL;
-        labels.insert(k.to_owned(), v.to_owned());
-    }
+    let (k, v) = kata_gpu_manifests::ready_label(args.profile);
+    labels.insert(k, v.to_owned());
     if json {
         println!("{}", serde_json::to_string_pretty(&labels)?);
     } else {

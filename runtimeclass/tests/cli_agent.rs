@@ -152,7 +152,7 @@ fn the_node_is_labelled_once_doctor_passes_and_unlabelled_on_sigterm() {
     wait_until("the agent waits", || read().contains("waiting for SIGTERM"));
     let labels = fs::read_to_string(sim.path(LABELS)).unwrap_or_else(|e| panic!("{e}: {}", read()));
     for want in [
-        "nvidia.com/cc.ready.state=true\n",
+        "feature.node.kubernetes.io/kata-gpu.snp-ready=true\n",
         "nvidia.com/gpu.workload.config=vm-passthrough\n",
         "nvidia.com/cc.capable=true\n",
     ] {

@@ -306,7 +306,11 @@ fn runtimeclass_prints_the_three_objects() {
         yaml.contains("handler: kata-qemu-nvidia-gpu-tdx\n"),
         "{yaml}"
     );
-    assert!(yaml.contains("nvidia.com/cc.ready.state: 'true'"), "{yaml}");
+    assert!(
+        yaml.contains("feature.node.kubernetes.io/kata-gpu.tdx-ready: 'true'"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("cc.ready.state"), "{yaml}");
     assert!(yaml.contains("kind: NodeFeatureRule"), "{yaml}");
     assert!(
         yaml.contains("runtimeClassName: kata-qemu-nvidia-gpu-tdx"),

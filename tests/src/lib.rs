@@ -6,6 +6,7 @@
 //! - [`guest`]: boots the VM shape Kata prints, with stand-ins for the GPUs, and reads back
 //!   which BARs the guest placed.
 //! - [`kata_host`]: the host description `kata-qemu-args` takes, from a simulated host.
+//! - [`readme`]: the README's own commands, section by section, for tests that run them.
 //! - [`parts`]: where the real parts are (containerd releases, Kata), and how a missing one
 //!   is reported.
 //! - [`simhost`]: simulated GPU hosts, sysfs and `/dev` trees under a temp root that every
@@ -21,6 +22,7 @@ pub mod kata_host;
 pub mod katans;
 pub mod kubelet;
 pub mod parts;
+pub mod readme;
 pub mod sandbox_config;
 pub mod shimrig;
 pub use kata_gpu_simhost as simhost;
@@ -152,22 +154,14 @@ pub fn output_text(o: &std::process::Output) -> String {
     )
 }
 
-/// The command of README.md's "Deploy on a cluster" block whose line starts with `start`,
-/// as words up to a pipe: the deployment tests run the README's own commands.
+/// The command of README.md's "Deploy on a cluster" whose line starts with `start`, as
+/// words up to a pipe: the deployment tests run the README's own commands.
 pub fn readme_command(start: &str) -> Vec<String> {
-    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let text = std::fs::read_to_string(&readme).expect("README.md");
-    let (_, section) = text
-        .split_once("## Deploy on a cluster")
-        .expect("README.md has a \"Deploy on a cluster\" section");
-    let (_, block) = section.split_once("```sh\n").expect("a sh block in it");
-    let (block, _) = block.split_once("```").expect("the block ends");
-    let line = block
-        .lines()
-        .find(|l| l.trim_start().starts_with(start))
-        .unwrap_or_else(|| panic!("no line starting with {start:?} in:\n{block}"));
-    line.split_whitespace()
-        .take_while(|w| *w != "|")
-        .map(str::to_owned)
+    let line = readme::Walkthrough::of("## Deploy on a cluster")
+        .find(start)
+        .unwrap_or_else(|| panic!("no line starting with {start:?} in \"Deploy on a cluster\""));
+    readme::words(&line)
+        .into_iter()
+        .take_while(|w| w != "|")
         .collect()
 }

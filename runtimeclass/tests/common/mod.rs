@@ -129,9 +129,14 @@ pub fn vfio(sim: &SimHost, args: &[&str], expect: &str) {
     assert!(text(&out).contains(expect), "{}", text(&out));
     let bdfs: Vec<Bdf> = args[2..].iter().map(|b| b.parse().expect("bdf")).collect();
     let host = Host::new(sim.root());
+    let targets = if bdfs.is_empty() {
+        Targets::All
+    } else {
+        Targets::Named(&bdfs)
+    };
     let steps = match args[1] {
-        "bind" => vfio::plan_bind(&host, Targets::Named(&bdfs), false),
-        _ => vfio::plan_unbind(&host, Targets::Named(&bdfs)),
+        "bind" => vfio::plan_bind(&host, targets, false),
+        _ => vfio::plan_unbind(&host, targets),
     }
     .expect("plan");
     vfio::apply(&host, &Kernel(sim), &steps).expect("vfio");

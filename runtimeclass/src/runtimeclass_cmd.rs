@@ -21,7 +21,8 @@ pub struct ManifestArgs {
     #[arg(long, value_name = "QUANTITY", default_value = DEFAULT_CPU_OVERHEAD)]
     pub overhead_cpu: String,
     /// A node label pods of the class must land on (replaces the profile's default,
-    /// nvidia.com/cc.ready.state=true for snp and tdx); repeat for several.
+    /// feature.node.kubernetes.io/kata-gpu.<profile>-ready=true, which doctor --labels and
+    /// the agent set where doctor passes); repeat for several.
     #[arg(long = "node-selector", value_name = "KEY=VALUE")]
     pub node_selector: Vec<String>,
     /// No node selector at all.

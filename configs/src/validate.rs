@@ -1,5 +1,5 @@
 //! Validation of a Kata configuration: the types of the keys Kata reads, and the rules that
-//! make a GPU sandbox start (DESIGN.md §3, "Kata keys for GPU + SNP"). Every problem names
+//! make a GPU sandbox start (ARCHITECTURE.md, "Handing Kata a per-sandbox configuration"). Every problem names
 //! its key, and its line and column when the text is at hand.
 
 use std::ops::Range;

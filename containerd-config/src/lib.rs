@@ -1,5 +1,5 @@
 //! Registering a runtime handler in containerd's config, surgically, reversibly and
-//! atomically (`DESIGN.md` §3, containerd's config).
+//! atomically (ARCHITECTURE.md, "containerd's config").
 //!
 //! The core is pure, text in and text out:
 //! - [`register`] adds the handler table of a [`HandlerSpec`] at the layout of the config's

@@ -1,5 +1,5 @@
-//! Config versions and where each keeps its runtime handlers (`DESIGN.md` §3, containerd's
-//! config).
+//! Config versions and where each keeps its runtime handlers (ARCHITECTURE.md, "containerd's
+//! config").
 
 use std::fmt;
 

@@ -1,6 +1,6 @@
 //! The Kubernetes objects of a runtime class, built from typed structs (k8s-openapi for the
 //! built-in kinds, [`nfd`] for NFD's NodeFeatureRule CRD), never from string templates
-//! (`DESIGN.md` §3, Kubernetes):
+//! (ARCHITECTURE.md, "On a cluster"):
 //!
 //! - [`runtime_class`]: `node.k8s.io/v1` RuntimeClass with the handler, the pod overhead
 //!   and a node selector;

@@ -1,5 +1,5 @@
 //! Profiles: one shim binary serves several runtime classes, told apart by the name it is
-//! invoked as (`DESIGN.md` §2, Profiles).
+//! invoked as (ARCHITECTURE.md, "Profiles").
 
 use std::fmt;
 use std::str::FromStr;

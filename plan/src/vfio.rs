@@ -1,5 +1,5 @@
 //! Binding NVIDIA GPUs and NVSwitches to `vfio-pci`, and handing them back, through sysfs
-//! under a root (`DESIGN.md` §3 "VFIO and PCI").
+//! under a root (ARCHITECTURE.md, "VFIO and PCI").
 //!
 //! A group passes through whole, so binding a GPU binds every function of its IOMMU group
 //! except host and PCI bridges. Planning is pure (it reads the host and says what it would

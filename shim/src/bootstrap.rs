@@ -3,7 +3,7 @@
 //!
 //! containerd 1.6 reads a plain address; 1.7 also reads JSON; 2.0–2.2 pass
 //! `MAX_SHIM_VERSION` and read JSON with the task API version; 2.3+ may send a protobuf
-//! `BootstrapParams` on stdin and then read a protobuf `BootstrapResult` (`DESIGN.md` §3).
+//! `BootstrapParams` on stdin and then read a protobuf `BootstrapResult` (ARCHITECTURE.md, "containerd and the shim").
 
 use containerd_shim_protos::bootstrap_api::{BootstrapParams, BootstrapResult};
 use containerd_shim_protos::protobuf::Message;

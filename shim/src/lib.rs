@@ -2,7 +2,7 @@
 //!
 //! It sits between containerd and Kata's own shim so that it sees every sandbox's
 //! `Create` and can hand Kata a VM shaped for exactly the GPUs the pod asked for
-//! (`DESIGN.md` §1). This crate holds only what runs in containerd's path: bootstrap, the
+//! (ARCHITECTURE.md, "The VM Kata builds"). This crate holds only what runs in containerd's path: bootstrap, the
 //! proxy, the relay, the Create hook and logging; the host view, the sandbox plan it hands
 //! Kata and the settings file live in `kata-gpu-plan`.
 //!
@@ -16,6 +16,7 @@ pub mod claims;
 pub mod create;
 pub mod info;
 mod logging;
+mod one_line;
 pub mod pod_resources;
 pub mod proxy;
 mod proxy_record;

@@ -385,11 +385,14 @@ fn pump_back(
         };
         let answered = pending.is_some();
         let shutdown = pending.as_ref().is_some_and(|p| p.method() == "Shutdown");
+        let mut rewritten = None;
         if let Some(p) = pending.filter(Pending::reads_answer) {
-            if let Ok(response) = Response::parse_from_bytes(&frame.payload) {
+            if let Ok(mut response) = Response::parse_from_bytes(&frame.payload) {
+                rewritten = condense(&mut response);
                 proxy.complete(p, &response);
             }
         }
+        let payload = rewritten.as_deref().unwrap_or(&frame.payload);
         // After containerd hung up, answers are still read for their bookkeeping.
         let written = !up.gone.load(Ordering::SeqCst)
             && up
@@ -397,13 +400,7 @@ fn pump_back(
                 .lock()
                 .map_err(|_| io::Error::other("poisoned writer"))
                 .and_then(|mut w| {
-                    write_frame(
-                        &mut *w,
-                        frame.stream,
-                        frame.kind,
-                        frame.flags,
-                        &frame.payload,
-                    )
+                    write_frame(&mut *w, frame.stream, frame.kind, frame.flags, payload)
                 })
                 .is_ok();
         if answered {
@@ -431,6 +428,17 @@ fn pump_back(
         })
         .unwrap_or_default();
     answer_stranded(stranded, up, proxy, after_shutdown);
+}
+
+/// A failed answer's message in one line ([`crate::one_line`]), re-encoded; `None` when it
+/// passes as it came (its code is never changed).
+fn condense(response: &mut Response) -> Option<Vec<u8>> {
+    let status = response.status.as_mut()?;
+    if status.code() == ttrpc::Code::OK {
+        return None;
+    }
+    status.message = crate::one_line::one_line(&status.message)?;
+    response.write_to_bytes().ok()
 }
 
 /// Answers the calls left waiting on a downstream connection that closed. containerd gone:

@@ -79,6 +79,18 @@ impl PrivateContainerd {
         Self::launch_under(release, false, extra, env, (launcher, args))
     }
 
+    /// As [`PrivateContainerd::start_release_under`] with the CRI plugins on: Kata behind a
+    /// pod's runtime handler, in Kata's namespace.
+    pub fn start_release_cri_under(
+        release: Containerd,
+        extra: &str,
+        env: &[(&str, String)],
+        launcher: Vec<OsString>,
+        args: Vec<OsString>,
+    ) -> Self {
+        Self::launch_under(release, true, extra, env, (launcher, args))
+    }
+
     /// As [`PrivateContainerd::start_with`] with the CRI plugin on; `extra` holds its
     /// `[plugins."io.containerd.grpc.v1.cri"]` table (sandbox image, runtimes).
     pub fn start_cri(extra: &str, env: &[(&str, String)]) -> Self {

@@ -198,10 +198,19 @@ impl Rig {
                 vec!["--log-level".into(), "debug".into()],
             ),
             (None, None) => PrivateContainerd::start_release(release, "", &env),
-            (Some(table), _) => {
+            (Some(table), ns) => {
                 let cdi_dir = sim.path("var/run/cdi").display().to_string();
                 let table = table.replace(CDI_SPEC_DIR, &cdi_dir);
-                PrivateContainerd::start_release_cri(release, &table, &env)
+                match ns {
+                    Some(ns) => PrivateContainerd::start_release_cri_under(
+                        release,
+                        &table,
+                        &env,
+                        ns.launcher(Vsock::None),
+                        vec!["--log-level".into(), "debug".into()],
+                    ),
+                    None => PrivateContainerd::start_release_cri(release, &table, &env),
+                }
             }
         };
         let rootfs = busybox_rootfs(w);

@@ -21,76 +21,13 @@ use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePlu
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::{
     AllocateRequest, ContainerAllocateRequest, ContainerAllocateResponse,
 };
-use kata_gpu_tests::cri::{client, host_network_pod};
+use kata_gpu_tests::cri::{
+    client, cri_table, cri_table_without_ours, host_network_pod, HANDLER, PAUSE_IMAGE as IMAGE,
+};
 use kata_gpu_tests::image::write_oci_archive;
 use kata_gpu_tests::kubelet::{Allocation, DevicePlugin, KubeletRegistration, PodResourcesStandIn};
-use kata_gpu_tests::shimrig::{pids_of, Downstream, Rig, CDI_SPEC_DIR, SHIM};
+use kata_gpu_tests::shimrig::{pids_of, Downstream, Rig, SHIM};
 use kata_gpu_tests::{available, Containerd};
-
-const IMAGE: &str = "docker.io/library/kata-gpu-pause:test";
-const HANDLER: &str = "kata-qemu-nvidia-gpu-snp";
-
-/// The CRI tables of `release`, in its config format: our handler, runc's, the test's
-/// sandbox image, and (where containerd has CDI) CDI on, reading the simulated host's spec.
-fn cri_table(release: Containerd, kubelet: bool) -> String {
-    // containerd 1.6 has no CDI: a device plugin's annotation form reaches the proxy
-    // only through the container's annotations.
-    let container_annotations = if kubelet && release == Containerd::Debian {
-        "  container_annotations = [\"cdi.k8s.io/*\"]\n"
-    } else {
-        ""
-    };
-    let handler = |plugin: &str| {
-        format!(
-            "[plugins.\"{plugin}\".containerd.runtimes.{HANDLER}]\n  runtime_type = \"io.containerd.{HANDLER}.v2\"\n  \
-             privileged_without_host_devices = true\n  pod_annotations = [\"cdi.k8s.io/*\", \"io.katacontainers.*\"]\n{container_annotations}"
-        )
-    };
-    cri_table_without_ours(release) + &handler(runtime_plugin(release))
-}
-
-/// The plugin whose `containerd.runtimes` are CRI's handlers on `release`.
-fn runtime_plugin(release: Containerd) -> &'static str {
-    if release.is_v2() {
-        "io.containerd.cri.v1.runtime"
-    } else {
-        "io.containerd.grpc.v1.cri"
-    }
-}
-
-/// The CRI tables of `release` with runc's handler only: the sandbox image, and (where
-/// containerd has CDI) CDI on, reading the simulated host's spec.
-fn cri_table_without_ours(release: Containerd) -> String {
-    let runc = |plugin: &str| {
-        format!(
-            "[plugins.\"{plugin}\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n"
-        )
-    };
-    let cdi = format!("  enable_cdi = true\n  cdi_spec_dirs = [\"{CDI_SPEC_DIR}\"]\n");
-    match release {
-        Containerd::Debian | Containerd::V1_7 => {
-            let plugin = "io.containerd.grpc.v1.cri";
-            // containerd 1.6 has no CDI.
-            let cdi = if release == Containerd::Debian {
-                ""
-            } else {
-                &cdi
-            };
-            format!(
-                "[plugins.\"{plugin}\"]\n  sandbox_image = \"{IMAGE}\"\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n{cdi}\
-                 [plugins.\"{plugin}\".containerd]\n  snapshotter = \"native\"\n"
-            ) + &runc(plugin)
-        }
-        Containerd::V2_1 | Containerd::V2_3 => {
-            let plugin = "io.containerd.cri.v1.runtime";
-            format!(
-                "[plugins.\"io.containerd.cri.v1.images\"]\n  snapshotter = \"native\"\n\
-                 [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n  sandbox = \"{IMAGE}\"\n\
-                 [plugins.\"{plugin}\"]\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n{cdi}"
-            ) + &runc(plugin)
-        }
-    }
-}
 
 /// The CRI tables of `release` with our handler as `kata-gpu containerd register` writes
 /// it (its own code, the spec `handler_spec` builds: `options.ConfigPath` naming the base

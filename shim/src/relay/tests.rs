@@ -884,3 +884,40 @@ fn a_create_the_downstream_refuses_leaves_no_sandbox_state() {
         "the refused sandbox's state is left"
     );
 }
+
+#[test]
+fn a_downstreams_multi_line_error_reaches_containerd_in_one_line_with_its_code() {
+    let rig = rig();
+    let mut c = rig.containerd();
+    let create = CreateTaskRequest {
+        id: "pod-rs".into(),
+        bundle: "/nowhere".into(),
+        ..Default::default()
+    };
+    // As runtime-rs answers: the Debug form of its error, causes and a backtrace.
+    let said = "Others(\"start sandbox\\n\\nCaused by:\\n    0: start vm\\n    1: no vsock\\n\\nStack backtrace:\\n   0: <unknown>\")";
+    c.send("Create", &create, Duration::ZERO);
+    rig.next_call()
+        .reply_with(&Response::init_status(ttrpc::get_status(
+            Code::INTERNAL,
+            said,
+        )));
+    let (_, res) = c.answer();
+    assert_eq!(code(&res), Code::INTERNAL);
+    assert_eq!(
+        res.status.as_ref().map(|s| s.message.as_str()),
+        Some("start sandbox: start vm: no vsock")
+    );
+    // A one-line error passes as it came.
+    c.send("Delete", &by_id("pod-rs"), Duration::ZERO);
+    rig.next_call()
+        .reply_with(&Response::init_status(ttrpc::get_status(
+            Code::NOT_FOUND,
+            "pod-rs: not found",
+        )));
+    let (_, res) = c.answer();
+    assert_eq!(
+        (code(&res), res.status.as_ref().map(|s| s.message.as_str())),
+        (Code::NOT_FOUND, Some("pod-rs: not found"))
+    );
+}

@@ -17,7 +17,7 @@ pub mod annotations;
 mod cmdline;
 mod edit;
 pub mod error;
-pub mod glob;
+pub use kata_gpu_fsutil::glob;
 pub mod keys;
 pub mod overrides;
 pub mod pattern;

@@ -15,7 +15,7 @@
 //! names (ASCII letters, digits, `.`, `_`, `-`), where `regex`'s Unicode `\w \d \s \b` and
 //! Go's ASCII ones agree.
 //!
-//! `valid_hypervisor_paths` globs are in [`crate::glob`].
+//! `valid_hypervisor_paths` globs are in [`kata_gpu_fsutil::glob`].
 
 use regex::{Regex, RegexBuilder};
 use regex_syntax::ast::{self, ClassSetBinaryOp, ClassSetItem};

@@ -8,7 +8,7 @@ use std::path::Path;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
 use crate::error::{ConfigError, Location, Problem};
-use crate::glob::Glob;
+use kata_gpu_fsutil::glob::Glob;
 use crate::keys::{self, dotted, Kind, QEMU_SECTION, RUNTIME_SECTION};
 
 /// Finds where a key (section path, key name; empty name for the section) is in the file.

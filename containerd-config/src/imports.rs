@@ -196,39 +196,11 @@ pub fn remove_import(
     })
 }
 
-/// Whether an `imports` entry (a path or a glob as containerd's `filepath.Glob` reads it:
-/// `*` and `?` within one path segment) names `path`.
+/// Whether an `imports` entry (a path, or a glob that containerd's `filepath.Glob` expands:
+/// `*`, `?` and `[...]` within one path segment) names `path`. A malformed glob names
+/// nothing (containerd's `Glob` finds no file with it).
 pub fn covers(pattern: &str, path: &str) -> bool {
-    if pattern == path {
-        return true;
-    }
-    let p: Vec<&str> = pattern.split('/').collect();
-    let s: Vec<&str> = path.split('/').collect();
-    p.len() == s.len() && p.iter().zip(&s).all(|(p, s)| segment_matches(p, s))
-}
-
-fn segment_matches(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Classic wildcard matching with backtracking on the last `*`.
-    let (mut i, mut j) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while j < n.len() {
-        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
-            i += 1;
-            j += 1;
-        } else if i < p.len() && p[i] == '*' {
-            star = Some((i, j));
-            i += 1;
-        } else if let Some((si, sj)) = star {
-            i = si + 1;
-            j = sj + 1;
-            star = Some((si, sj + 1));
-        } else {
-            return false;
-        }
-    }
-    p[i..].iter().all(|c| *c == '*')
+    pattern == path || kata_gpu_fsutil::glob::glob_match(pattern, path).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -253,6 +225,10 @@ mod tests {
             ("/etc/containerd/*.toml", E, false),
             ("/etc/containerd/conf.d/*.conf", E, false),
             ("conf.d/*.toml", E, false),
+            // Classes, as Go's filepath.Match reads them; a malformed one covers nothing.
+            ("/etc/containerd/conf.d/[jk]ata-*.toml", E, true),
+            ("/etc/containerd/conf.d/[^k]ata-*.toml", E, false),
+            ("/etc/containerd/conf.d/[*.toml", E, false),
         ];
         for (pattern, path, want) in table {
             assert_eq!(covers(pattern, path), want, "{pattern}");

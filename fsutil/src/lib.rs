@@ -4,6 +4,7 @@
 //! installed artifact sets live ([`layout`]), and the hex digests that name files and
 //! sockets ([`hex`]).
 
+pub mod glob;
 pub mod layout;
 mod lock;
 mod root;

@@ -1,6 +1,7 @@
 //! Shell patterns as Go's `filepath.Match` reads them, the contract for the globs Kata and
-//! containerd take from their configuration (here: `valid_hypervisor_paths`, matched
-//! against a path as a string; Kata expands them on the host, we do not look).
+//! containerd take from their configuration (Kata's `valid_hypervisor_paths`, containerd's
+//! `imports`, whose `filepath.Glob` matches each name this way), matched against a path as
+//! a string: Kata and containerd expand them on the host, we do not look.
 //!
 //! `*` is any run of characters other than `/`, `?` one such character, `[...]` a class
 //! (`^` negates; a class may match `/`), and `\` escapes. A malformed pattern is an error

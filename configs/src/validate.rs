@@ -8,8 +8,8 @@ use std::path::Path;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
 use crate::error::{ConfigError, Location, Problem};
-use kata_gpu_fsutil::glob::Glob;
 use crate::keys::{self, dotted, Kind, QEMU_SECTION, RUNTIME_SECTION};
+use kata_gpu_fsutil::glob::Glob;
 
 /// Finds where a key (section path, key name; empty name for the section) is in the file.
 pub(crate) type Locate<'a> = dyn Fn(&[&str], &str) -> Option<Location> + 'a;

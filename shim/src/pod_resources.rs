@@ -154,11 +154,18 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    /// The lookup the shim's settings ask for.
+    /// The lookup the shim's settings ask for. The socket is found under the host root as
+    /// the host would find it (`/var/lib/kubelet` is often a link to a data disk, and an
+    /// absolute link's target starts again at the root); a path that cannot be resolved
+    /// (a link loop) is taken as written, and the connection says why it fails.
     pub fn from_settings(settings: &kata_gpu_plan::settings::Settings) -> Self {
         let path = settings.pod_resources_socket.display().to_string();
+        let root = &settings.host_root;
         Self {
-            socket: (!path.is_empty()).then(|| cdi::inject::under_root(&settings.host_root, &path)),
+            socket: (!path.is_empty()).then(|| {
+                kata_gpu_fsutil::resolve_in_root(root, &settings.pod_resources_socket)
+                    .unwrap_or_else(|_| cdi::inject::under_root(root, &path))
+            }),
             timeout: Duration::from_secs(settings.pod_resources_timeout_seconds),
             source: settings.device_source,
             host_root: settings.host_root.clone(),
@@ -227,6 +234,29 @@ pub fn sandbox_devices(
 mod tests {
     use super::*;
     use kata_gpu_kubelet_api::podresources::v1::{ContainerDevices, ContainerResources};
+
+    #[test]
+    fn kubelets_socket_is_found_through_links_under_the_root() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("data/kubelet/pod-resources");
+        std::fs::create_dir_all(&data).expect("mkdir");
+        std::fs::create_dir_all(root.path().join("var/lib")).expect("mkdir");
+        // As on a node whose kubelet state lives on a data disk: an absolute link, which
+        // must start again at the root, not at this machine's `/`.
+        std::os::unix::fs::symlink("/data/kubelet", root.path().join("var/lib/kubelet"))
+            .expect("link");
+        let settings = kata_gpu_plan::settings::Settings {
+            host_root: root.path().to_path_buf(),
+            ..Default::default()
+        };
+        let lookup = Lookup::from_settings(&settings);
+        assert_eq!(lookup.socket, Some(data.join("kubelet.sock")));
+        let none = Lookup::from_settings(&kata_gpu_plan::settings::Settings {
+            pod_resources_socket: PathBuf::new(),
+            ..settings
+        });
+        assert_eq!(none.socket, None);
+    }
 
     fn pod(devices: &[(&str, &[&str])]) -> PodResources {
         PodResources {

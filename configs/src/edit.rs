@@ -9,9 +9,10 @@ pub const ADDED_KEY_COMMENT: &str = "# Set by kata-gpu for this sandbox.\n";
 
 /// Sets `key` to `new` in `table`. An existing value equal to `new` is left as it was (not
 /// even its quoting changes); a different one is replaced, keeping its decor (the space
-/// after `=` and a trailing comment). A missing key is added at the end of the table after
-/// [`ADDED_KEY_COMMENT`]. Returns whether anything changed.
-pub fn set_value(table: &mut dyn TableLike, key: &str, mut new: Value) -> bool {
+/// after `=` and a trailing comment). A missing key is added at the end of the table, after
+/// [`ADDED_KEY_COMMENT`] unless the table is `inline` (`qemu = { … }`: TOML allows no
+/// comment or line break there). Returns whether anything changed.
+pub fn set_value(table: &mut dyn TableLike, inline: bool, key: &str, mut new: Value) -> bool {
     match table.get_mut(key) {
         Some(item) => {
             if let Some(old) = item.as_value() {
@@ -24,7 +25,7 @@ pub fn set_value(table: &mut dyn TableLike, key: &str, mut new: Value) -> bool {
         }
         None => {
             table.insert(key, Item::Value(new));
-            if let Some(mut k) = table.key_mut(key) {
+            if let Some(mut k) = table.key_mut(key).filter(|_| !inline) {
                 k.leaf_decor_mut().set_prefix(ADDED_KEY_COMMENT);
             }
         }
@@ -169,9 +170,9 @@ mod tests {
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
         let t = doc["t"].as_table_like_mut().unwrap_or_else(|| panic!("t"));
-        assert!(set_value(t, "n", Value::from(2)));
-        assert!(!set_value(t, "s", Value::from("lit")));
-        assert!(set_value(t, "new", Value::from("x")));
+        assert!(set_value(t, false, "n", Value::from(2)));
+        assert!(!set_value(t, false, "s", Value::from("lit")));
+        assert!(set_value(t, false, "new", Value::from("x")));
         assert_eq!(
             doc.to_string(),
             format!("[t]\nn = 2 # one\ns = 'lit' # lit\n{ADDED_KEY_COMMENT}new = \"x\"\n[u]\n")

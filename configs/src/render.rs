@@ -300,9 +300,9 @@ fn decide(
 /// touch as it was, and the file's CR LF line ends are put back.
 fn render_tree(parsed: Document<&str>, base_toml: &str, edits: &Edits) -> String {
     let mut doc = parsed.into_mut();
-    if let Some(qemu) = qemu_mut(&mut doc) {
+    if let Some((qemu, inline)) = qemu_mut(&mut doc) {
         for (key, value) in &edits.set {
-            set_value(qemu, key, value.clone());
+            set_value(qemu, inline, key, value.clone());
         }
         if let Some(array) = qemu
             .get_mut(keys::ENABLE_ANNOTATIONS)
@@ -312,11 +312,16 @@ fn render_tree(parsed: Document<&str>, base_toml: &str, edits: &Edits) -> String
         }
     }
     if edits.clear_pod_resources {
-        if let Some(runtime) = doc
-            .get_mut(RUNTIME_SECTION[0])
-            .and_then(Item::as_table_like_mut)
-        {
-            set_value(runtime, keys::POD_RESOURCE_API_SOCK, Value::from(""));
+        if let Some(runtime) = doc.get_mut(RUNTIME_SECTION[0]) {
+            let inline = runtime.is_inline_table();
+            if let Some(runtime) = runtime.as_table_like_mut() {
+                set_value(
+                    runtime,
+                    inline,
+                    keys::POD_RESOURCE_API_SOCK,
+                    Value::from(""),
+                );
+            }
         }
     }
     let text = doc.to_string();
@@ -369,12 +374,16 @@ fn check_overrides(overrides: &Overrides) -> Vec<Problem> {
         .collect()
 }
 
-fn qemu_mut(doc: &mut toml_edit::DocumentMut) -> Option<&mut dyn TableLike> {
+/// `[hypervisor.qemu]`, and whether it is (or lies in) an inline table.
+fn qemu_mut(doc: &mut toml_edit::DocumentMut) -> Option<(&mut dyn TableLike, bool)> {
     let mut table: &mut dyn TableLike = doc.as_table_mut();
+    let mut inline = false;
     for step in QEMU_SECTION {
-        table = table.get_mut(step)?.as_table_like_mut()?;
+        let item = table.get_mut(step)?;
+        inline |= item.is_inline_table();
+        table = item.as_table_like_mut()?;
     }
-    Some(table)
+    Some((table, inline))
 }
 
 /// Decides the edits: each override that differs from the base, the appended kernel

@@ -137,6 +137,38 @@ fn no_overrides_and_a_safe_list_is_the_identity() {
 }
 
 #[test]
+fn keys_added_to_inline_tables_carry_no_comment_and_the_file_still_parses() {
+    for base in [
+        "[hypervisor]\nqemu = { path = \"/usr/bin/qemu\", enable_annotations = [] }\n",
+        "hypervisor = { qemu = { path = \"/usr/bin/qemu\" } }\nruntime = { internetworking_model = \"tcfilter\" }\n",
+    ] {
+        let out = render_ok(
+            base,
+            &Overrides {
+                pcie_root_port: Some(2),
+                default_memory: Some(4096),
+                ..Overrides::default()
+            },
+        );
+        let doc: toml_edit::DocumentMut = out.parse().unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert!(!out.contains('#'), "{out}");
+        assert_eq!(doc["hypervisor"]["qemu"]["pcie_root_port"].as_integer(), Some(2), "{out}");
+    }
+    // A regular table still says who added the key.
+    let out = render_ok(
+        "[hypervisor.qemu]\npath = \"/usr/bin/qemu\"\n",
+        &Overrides {
+            pcie_root_port: Some(2),
+            ..Overrides::default()
+        },
+    );
+    assert!(
+        out.contains("# Set by kata-gpu for this sandbox.\npcie_root_port = 2"),
+        "{out}"
+    );
+}
+
+#[test]
 fn crlf_files_keep_their_line_ends() {
     let base = "[hypervisor.qemu]\r\n# c\r\npcie_root_port = 0\r\nkernel_params = \"a\"\r\n";
     let o = Overrides {

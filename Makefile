@@ -85,10 +85,13 @@ ARTIFACTS ?=
 IMAGE_TAR ?= target/kata-gpu-image.tar
 IMAGE_PROFILE ?= release
 IMAGE_BIN = target/$(if $(filter dev,$(IMAGE_PROFILE)),debug,$(IMAGE_PROFILE))
+# The image's revision label: the commit, `-dirty` when tracked files differ from it (an
+# image built from a changed tree must not pass for the commit).
+REVISION = $(shell git rev-parse -q --verify HEAD 2>/dev/null || echo unknown)$(shell git rev-parse -q --verify HEAD >/dev/null 2>&1 && { git diff --quiet HEAD -- || echo -dirty; })
 .PHONY: image
 image:
 	$(CARGO) build --quiet --profile $(IMAGE_PROFILE) -p kata-gpu -p kata-gpu-shim -p kata-gpu-image
 	$(IMAGE_BIN)/kata-gpu-image --kata-gpu $(IMAGE_BIN)/kata-gpu \
 	  --shim $(IMAGE_BIN)/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 \
 	  $(foreach a,$(ARTIFACTS),--artifacts $(a)) \
-	  --name $(IMAGE) --revision "$$(git rev-parse HEAD)" --output $(IMAGE_TAR)
+	  --name $(IMAGE) --revision "$(REVISION)" --output $(IMAGE_TAR)

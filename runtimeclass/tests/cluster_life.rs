@@ -162,6 +162,33 @@ fn image_paths(tar: &Path) -> BTreeSet<String> {
     paths
 }
 
+/// The image config's revision label.
+fn revision_label(tar: &Path) -> String {
+    let mut outer = tar::Archive::new(fs::File::open(tar).expect("image tar"));
+    for blob in outer.entries().expect("entries") {
+        let mut blob = blob.expect("entry");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut blob, &mut bytes).expect("read");
+        if let Ok(json) = serde_json::from_slice::<Value>(&bytes) {
+            if let Some(label) =
+                json["config"]["Labels"]["org.opencontainers.image.revision"].as_str()
+            {
+                return label.to_owned();
+            }
+        }
+    }
+    panic!("no image config with a revision label");
+}
+
+/// What `git` says in the workspace.
+fn git(args: &[&str]) -> std::process::Output {
+    Command::new("git")
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .expect("run git")
+}
+
 /// `vfio …`, the words after `kata-gpu` as the README gives them, `--host-root /host` (the
 /// node's `/` in a debug pod) being the simulated root.
 fn vfio(sim: &SimHost, words: &[String]) {
@@ -215,6 +242,15 @@ fn a_cluster_from_make_image_to_removal_as_the_readme_says() {
         .strip_prefix("IMAGE=")
         .expect("IMAGE=")
         .to_owned();
+    // Labelled with the commit, and `-dirty` when the tree differs from it.
+    let head = String::from_utf8_lossy(&git(&["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_owned();
+    let clean = git(&["diff", "--quiet", "HEAD", "--"]).status.success();
+    assert_eq!(
+        revision_label(&tar),
+        if clean { head } else { format!("{head}-dirty") }
+    );
     let in_image = image_paths(&tar);
     assert!(in_image.contains("/usr/local/bin/kata-gpu"), "{in_image:?}");
 

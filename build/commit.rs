@@ -1,10 +1,12 @@
-//! Records the git commit kata-gpu is built from, for `report`'s `version.txt`:
-//! `GIT_COMMIT` when set (an image build without `.git`), else `git rev-parse`, else
+//! The build script of `kata-gpu` and of the shim (both name this file as `build =`):
+//! records the git commit they are built from, for `report`'s `version.txt` and the shim's
+//! `-v`: `GIT_COMMIT` when set (a build without `.git`), else `git rev-parse`, else
 //! `unknown` (nodes have no git to ask).
 //!
 //! It reruns only when the commit can have changed: git's HEAD and the current branch's ref,
 //! where git says they are (in a worktree `../.git` is a file, not the git directory). A
-//! path that does not exist would make cargo rerun it, and relink kata-gpu, on every build.
+//! path that does not exist would make cargo rerun it, and relink the binary, on every
+//! build (under shims running from it).
 
 use std::path::Path;
 use std::process::Command;
@@ -27,7 +29,7 @@ fn main() {
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=KATA_GPU_COMMIT={commit}");
-    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=../build/commit.rs");
     println!("cargo:rerun-if-env-changed=GIT_COMMIT");
     let branch = git(&["symbolic-ref", "-q", "HEAD"]);
     let watched = [

@@ -35,6 +35,10 @@ pub const TRASH_PREFIX: &str = ".trash-";
 /// `<dir>/sandboxes/<sandbox>/configuration.toml` or `<dir>/<namespace>/<sandbox>/configuration.toml`.
 pub const DEFAULT_SANDBOXES_DIR: &str = "/run/kata-gpu";
 
+/// The directory, directly in the shim's state directory, of the proxies' sockets and their
+/// records (one a running pod): no sandbox's state, and so no containerd namespace's name.
+pub const PROXY_SOCKETS_DIR: &str = "s";
+
 /// The lock file, directly in the shim's state directory, under which a sandbox's Create
 /// checks and claims its devices; no sandbox's state, so it may stay behind.
 pub const CLAIMS_LOCK: &str = "claims.lock";

@@ -82,8 +82,12 @@ fn sandboxes(
     }
     let mut files = Vec::new();
     files_under(&real, &real, &mut files);
-    // The claims lock is no sandbox's state.
+    // The claims lock is no sandbox's state; the proxies' sockets and records are pods
+    // running, counted as such.
     files.retain(|f| f != Path::new(kata_gpu_artifacts::layout::CLAIMS_LOCK));
+    let (proxies, files): (Vec<PathBuf>, Vec<PathBuf>) = files
+        .into_iter()
+        .partition(|f| f.starts_with(kata_gpu_artifacts::layout::PROXY_SOCKETS_DIR));
     let mut sandboxes: Vec<String> = files
         .iter()
         .filter_map(|f| {
@@ -96,13 +100,29 @@ fn sandboxes(
         })
         .collect();
     sandboxes.dedup();
-    Ok(if !files.is_empty() {
+    let mut kept = Vec::new();
+    if !sandboxes.is_empty() {
+        kept.push(format!(
+            "state of running sandboxes ({})",
+            sandboxes.join(", ")
+        ));
+    } else if !files.is_empty() {
+        kept.push(format!("{} file(s) of sandbox state", files.len()));
+    }
+    if !proxies.is_empty() {
+        // A socket (a bare name) per running pod's proxy, beside its records.
+        let sockets = proxies.iter().filter(|f| f.extension().is_none()).count();
+        kept.push(format!(
+            "{sockets} running pod(s)' proxy socket(s) ({} file(s) in {}/)",
+            proxies.len(),
+            kata_gpu_artifacts::layout::PROXY_SOCKETS_DIR
+        ));
+    }
+    let running = kept.join(" and ");
+    Ok(if !running.is_empty() {
         Step::new(
             "sandboxes",
-            format!(
-                "kept {name}: state of running sandboxes ({}); drain the node (kubectl drain) and uninstall again",
-                if sandboxes.is_empty() { files.len().to_string() + " file(s)" } else { sandboxes.join(", ") }
-            ),
+            format!("kept {name}: {running}; drain the node (kubectl drain) and uninstall again"),
         )
     } else if !others.is_empty() {
         Step::new(

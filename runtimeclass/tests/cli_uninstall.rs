@@ -67,6 +67,15 @@ fn uninstall_removes_what_install_wrote_and_names_what_it_leaves() {
     let sandbox = sim.path("run/kata-gpu/k8s.io/pod-1");
     fs::create_dir_all(&sandbox).expect("mkdir");
     fs::write(sandbox.join("configuration.toml"), "# a sandbox's\n").expect("state");
+    // Its proxy's socket and record, which are no sandbox (issue 28: they were counted
+    // as one, "s/<hash>").
+    fs::create_dir_all(sim.path("run/kata-gpu/s")).expect("mkdir");
+    fs::write(sim.path("run/kata-gpu/s/0a1b"), "").expect("socket");
+    fs::write(
+        sim.path("run/kata-gpu/s/0a1b.downstream"),
+        "2 unix:///x 7\n",
+    )
+    .expect("record");
 
     let out = kata_gpu(&sim, &["uninstall", "--purge"]);
     let said = text(&out).replace(&sim.root().display().to_string(), "$ROOT");
@@ -74,7 +83,7 @@ fn uninstall_removes_what_install_wrote_and_names_what_it_leaves() {
     for line in [
         format!("boot:         removed $ROOT/etc/systemd/system/kata-gpu-{HANDLER}.service and its link in $ROOT/etc/systemd/system/multi-user.target.wants"),
         format!("artifacts:    removed $ROOT/opt/nvidia-gpu-operator/artifacts/runtimeclasses/{HANDLER} (current, sha256-"),
-        "sandboxes:    kept $ROOT/run/kata-gpu: state of running sandboxes (k8s.io/pod-1); drain the node (kubectl drain) and uninstall again".to_owned(),
+        "sandboxes:    kept $ROOT/run/kata-gpu: state of running sandboxes (k8s.io/pod-1) and 1 running pod(s)' proxy socket(s) (2 file(s) in s/); drain the node (kubectl drain) and uninstall again".to_owned(),
         "binaries:     kept $ROOT/usr/local/bin/kata-gpu, $ROOT/usr/local/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2, ".to_owned(),
         "vfio:         kept on vfio-pci: 0000:41:00.0 (the host may want them there; kata-gpu vfio unbind gives them back to the driver they had)".to_owned(),
         format!("record:       kept $ROOT/var/lib/kata-gpu/state/{HANDLER}.json: containerd still runs with {HANDLER} loaded until it restarts"),
@@ -91,6 +100,7 @@ fn uninstall_removes_what_install_wrote_and_names_what_it_leaves() {
     // The sandbox is gone (drained): a second uninstall takes the empty state directory,
     // the shim's device-claims lock with it (no sandbox's state).
     fs::remove_dir_all(&sandbox).expect("rm");
+    fs::remove_dir_all(sim.path("run/kata-gpu/s")).expect("rm");
     fs::write(sim.path("run/kata-gpu/claims.lock"), "").expect("lock");
     let out = kata_gpu(&sim, &["uninstall"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -122,7 +122,7 @@ pub fn socket_path(settings: &Settings, flags: &Flags, group: &str) -> Result<Pa
     );
     let path = settings
         .state_dir
-        .join("s")
+        .join(kata_gpu_fsutil::layout::PROXY_SOCKETS_DIR)
         .join(kata_gpu_fsutil::hex(&digest));
     if path.as_os_str().len() > 107 {
         return Err(ShimError::SocketPathTooLong(path));

@@ -88,10 +88,11 @@ impl PlanHook {
         }
         // `<state_dir>/s` holds the proxies' sockets (actions::socket_path): a namespace of
         // that name would put its sandboxes' state among them.
-        if self.namespace == "s" {
+        let sockets = kata_gpu_fsutil::layout::PROXY_SOCKETS_DIR;
+        if self.namespace == sockets {
             return Err(format!(
-                "containerd namespace \"s\" cannot keep sandbox state: {} holds the kata-gpu proxies' sockets; run the sandbox in another namespace",
-                self.settings.state_dir.join("s").display()
+                "containerd namespace \"{sockets}\" cannot keep sandbox state: {} holds the kata-gpu proxies' sockets; run the sandbox in another namespace",
+                self.settings.state_dir.join(sockets).display()
             ));
         }
         Ok(self

@@ -112,6 +112,16 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
     stop.add(Signal::SIGINT);
     stop.thread_block().context("cannot block SIGTERM")?;
     let root = &global.host_root;
+    // Labels follow doctor: a file an agent killed by SIGKILL left stays off until doctor
+    // passes again.
+    let labels = labels_file(&args, global)?;
+    if std::fs::symlink_metadata(&labels).is_ok() {
+        fsio::remove_file(&labels)?;
+        say(&format!(
+            "removed the node labels a previous agent left ({}); they come back once doctor passes",
+            labels.display()
+        ));
+    }
     let (shim, created) = install_shim(&args, root)?;
     say(&format!("installed {}", shim.display()));
     let mut install = vec!["install".to_owned()];
@@ -161,6 +171,18 @@ fn install_shim(args: &AgentArgs, root: &Path) -> anyhow::Result<(PathBuf, bool)
     let name = args.profile.shim_binary();
     let from = args.from.join(&name);
     let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+    // The image's shim must be this kata-gpu's, under the profile's name: it is what
+    // containerd will run for every pod of the class.
+    let said = crate::shim_check::version(Path::new("/"), &from)
+        .map_err(|e| anyhow::anyhow!("{e}; the image is broken; nothing was installed"))?;
+    if !said.starts_with(&format!("{name} ")) || !crate::shim_check::same_version(&said) {
+        bail!(
+            "{} -v says {said:?}, not the kata-gpu {} shim for {}; the image is broken; nothing was installed",
+            from.display(),
+            env!("CARGO_PKG_VERSION"),
+            args.profile.handler()
+        );
+    }
     let host = args.shim_dir.join(&name);
     let real = inside(root, &host)?;
     let created = std::fs::symlink_metadata(&real).is_err();
@@ -352,7 +374,7 @@ fn label(
             .unwrap_or_default(),
     );
     let text: String = labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    let host = Path::new(FEATURES_DIR).join(format!("kata-gpu-{}", args.profile.name()));
+    let host = labels_host_path(args);
     let real = inside(&global.host_root, &host)?;
     if let Some(dir) = real.parent() {
         kata_gpu_fsutil::create_dirs(dir, 0o755)
@@ -366,6 +388,16 @@ fn label(
         text.trim().replace('\n', ", ")
     ));
     Ok(real)
+}
+
+/// The profile's NFD label file, as the host sees it.
+fn labels_host_path(args: &AgentArgs) -> PathBuf {
+    Path::new(FEATURES_DIR).join(format!("kata-gpu-{}", args.profile.name()))
+}
+
+/// The profile's NFD label file under the host root.
+fn labels_file(args: &AgentArgs, global: &Global) -> anyhow::Result<PathBuf> {
+    inside(&global.host_root, &labels_host_path(args))
 }
 
 /// Runs `systemctl restart UNIT` (containerd's) in the mount namespace of the host's PID 1,

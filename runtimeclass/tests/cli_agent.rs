@@ -251,6 +251,69 @@ fn an_image_without_the_shim_changes_nothing() {
     assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
 }
 
+/// An image whose shim is not this kata-gpu's (another release, another program) is
+/// refused before anything changes on the host: containerd would run it for every pod.
+#[test]
+fn an_image_whose_shim_is_not_ours_changes_nothing() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    let shim = image.join(common::SNP);
+    fs::write(
+        &shim,
+        "#!/bin/sh\necho containerd-shim-kata-qemu-nvidia-gpu-snp-v2 0.0.9\n",
+    )
+    .expect("write");
+    fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let before = fs::read(sim.path(CONFIG)).expect("config");
+    let out = finish(agent(&sim, &image, &set, &work.path().join("agent.log")));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "kata-gpu: {} -v says \"containerd-shim-kata-qemu-nvidia-gpu-snp-v2 0.0.9\", not the kata-gpu {} shim for kata-qemu-nvidia-gpu-snp; the image is broken; nothing was installed\n",
+            shim.display(),
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert!(fs::read(sim.path(CONFIG)).expect("config") == before);
+    assert!(!sim.path(SHIM).exists());
+    assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
+}
+
+/// Labels a killed agent left (SIGKILL runs no uninstall) are taken off when the next
+/// agent starts, and come back only once doctor passes.
+#[test]
+fn labels_a_killed_agent_left_stay_off_until_doctor_passes() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    // Doctor cannot pass: Kata's shim is missing.
+    fs::remove_file(sim.path("opt/kata/bin/containerd-shim-kata-v2")).expect("rm");
+    let stale = sim.path(LABELS);
+    fs::create_dir_all(stale.parent().expect("parent")).expect("mkdir");
+    fs::write(
+        &stale,
+        "feature.node.kubernetes.io/kata-gpu.snp-ready=true\n",
+    )
+    .expect("labels");
+    let log = work.path().join("agent.log");
+    let child = agent(&sim, &image, &set, &log);
+    let read = || fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the agent waits for doctor", || {
+        read().contains("not ready")
+    });
+    assert!(
+        read().contains(&format!(
+            "removed the node labels a previous agent left ({})",
+            stale.display()
+        )),
+        "{}",
+        read()
+    );
+    assert!(!stale.exists(), "labelled while doctor fails: {}", read());
+    let pid = i32::try_from(child.id()).expect("pid");
+    sigterm(child, pid, &log);
+}
+
 /// A file under the shim's name on the host that is not a kata-gpu shim is not replaced:
 /// one line names it, and nothing on the host changes.
 #[test]

@@ -45,7 +45,8 @@ pub enum Downstream {
     /// `/dev/vhost-vsock`, so that Kata's Create loads our config and stops there.
     Kata,
     /// Kata 4.1's Rust shim (runtime-rs, `downstream_kind = "kata-rs"`), in a [`KataNs`]
-    /// like [`Downstream::Kata`]: its Create loads our config and stops at the vsock.
+    /// like [`Downstream::Kata`], on our runtime-rs snp template as the base: its Create
+    /// loads our config and stops at the vsock.
     KataRs,
 }
 
@@ -113,19 +114,14 @@ impl Rig {
             .expect("link shim");
         let sim = SimHost::h100_pcie(VfioMode::Iommufd);
         sim.write_cdi_specs();
-        // runtime-rs refuses our (Go runtime's) template: its own generated config is the base.
-        let mut base = match downstream {
-            Downstream::KataRs => match crate::KataRs::find() {
-                Ok(kata) => fs::read_to_string(
-                    kata.config("configuration-qemu-nvidia-gpu-snp-runtime-rs.toml"),
-                )
-                .expect("runtime-rs's snp config"),
-                Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
-            },
-            _ => kata_gpu_configs::template("snp")
-                .expect("template")
-                .to_owned(),
+        // runtime-rs refuses our Go runtime's template: our runtime-rs template is its base.
+        let runtime = match downstream {
+            Downstream::KataRs => kata_gpu_configs::KataRuntime::Rs,
+            _ => kata_gpu_configs::KataRuntime::Go,
         };
+        let mut base = kata_gpu_configs::template_for("snp", runtime)
+            .expect("template")
+            .to_owned();
         if downstream.is_kata() {
             // Kata logs which config it loaded only at debug level.
             let mut doc: kata_gpu_configs::toml_edit::DocumentMut =

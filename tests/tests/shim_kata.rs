@@ -376,3 +376,99 @@ fn keys_of_our_templates_runtime_rs_refuses() {
     std::fs::write(&base, rs_base).expect("our runtime-rs template as the base");
     rig.assert_clean();
 }
+
+/// Issue 29 item 4, end to end: what `kata-gpu install --kata-runtime rs` leaves on a node
+/// (the class's shim settings file and the installed artifact set, whose base config is
+/// our runtime-rs snp template) is what the real proxy reads: it starts runtime-rs from
+/// the settings' `downstream` (kata-deploy's path, linked to the runtime-rs part inside
+/// Kata's namespace), and runtime-rs loads the config rendered from the installed base,
+/// stopping at the VM's vsock.
+#[test]
+fn an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy() {
+    let test = "an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy";
+    let Some(_) = available(test, Containerd::Debian.bin_dir()) else {
+        return;
+    };
+    let Some(_) = available(test, KataRs::find()) else {
+        return;
+    };
+    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+        return;
+    };
+    let rs = kata_gpu_configs::KataRuntime::Rs;
+    // The node: our shim where containerd finds it, and an artifact set whose base config
+    // is our runtime-rs template.
+    let sim = kata_gpu_tests::SimHost::h100_pcie(kata_gpu_tests::VfioMode::Iommufd);
+    kata_gpu_tests::place_built_shims(&sim);
+    let set = tempfile::tempdir().expect("tempdir");
+    for (name, body) in [
+        ("vmlinuz-nvidia-gpu.container", "kernel"),
+        ("kata-containers-nvidia.img", "image"),
+        ("AMDSEV.fd", "fw"),
+    ] {
+        std::fs::write(set.path().join(name), body).expect("write");
+    }
+    std::fs::write(
+        set.path()
+            .join(kata_gpu_configs::template_file_name_for("snp", rs).expect("name")),
+        kata_gpu_configs::template_for("snp", rs).expect("template"),
+    )
+    .expect("config");
+    let kata_gpu = kata_gpu_tests::workspace_bin("kata-gpu", "kata-gpu");
+    let o = kata_gpu_tests::run_on_host(
+        &kata_gpu.display().to_string(),
+        &sim,
+        &[
+            "install",
+            "--config-version",
+            "2",
+            "--kata-runtime",
+            "rs",
+            "--artifacts",
+            &set.path().display().to_string(),
+        ],
+    );
+    assert!(o.status.success(), "{}", kata_gpu_tests::output_text(&o));
+    let class =
+        sim.path("opt/nvidia-gpu-operator/artifacts/runtimeclasses/kata-qemu-nvidia-gpu-snp");
+    let settings = std::fs::read_to_string(class.join("shim.toml")).expect("installed settings");
+    let base = std::fs::read_to_string(class.join("current/configuration.toml"))
+        .expect("installed base config");
+    assert!(
+        settings.contains("downstream = \"/opt/kata/runtime-rs/bin/containerd-shim-kata-v2\""),
+        "{settings}"
+    );
+
+    let rig = Rig::on_installed_rs(Containerd::Debian, &base, &settings);
+    let id = Rig::id("installedrs");
+    let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
+    let stderr = err(&o);
+    let log = rig.ctrd.log();
+    assert!(!o.status.success(), "ctr run through runtime-rs succeeded");
+    assert!(
+        stderr.contains("generate vhost vsock cid failed"),
+        "{stderr}\n{log}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !(l.starts_with("time=") && l.contains("level=warning")))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
+    let _ = rig.ctr(&["containers", "delete", &id]);
+    rig.assert_clean();
+    assert!(
+        !rig.state_dir(&id).exists(),
+        "{}",
+        rig.state_dir(&id).display()
+    );
+    let daemons: Vec<String> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains("containerd-shim-kata-v2") && c.contains(&id))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(daemons.is_empty(), "runtime-rs left running: {daemons:?}");
+}

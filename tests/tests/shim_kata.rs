@@ -472,3 +472,35 @@ fn an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy() {
         .unwrap_or_default();
     assert!(daemons.is_empty(), "runtime-rs left running: {daemons:?}");
 }
+
+/// Each of our runtime-rs templates (snp, tdx, gpu) as the base: runtime-rs 4.1 loads the
+/// config the proxy renders from it, up to the VM's vsock.
+#[test]
+fn runtime_rs_loads_the_config_rendered_from_each_of_our_runtime_rs_templates() {
+    let test = "runtime_rs_loads_the_config_rendered_from_each_of_our_runtime_rs_templates";
+    let Some(_) = available(test, Containerd::Debian.bin_dir()) else {
+        return;
+    };
+    let Some(_) = available(test, KataRs::find()) else {
+        return;
+    };
+    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+        return;
+    };
+    let settings = "downstream = \"/opt/kata/runtime-rs/bin/containerd-shim-kata-v2\"\ndownstream_kind = \"kata-rs\"\n";
+    for profile in kata_gpu_configs::PROFILES {
+        let base = kata_gpu_configs::template_for(profile, kata_gpu_configs::KataRuntime::Rs)
+            .expect("template");
+        let rig = Rig::on_installed_rs(Containerd::Debian, base, settings);
+        let id = Rig::id(&format!("rs{profile}"));
+        let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
+        let stderr = err(&o);
+        let _ = rig.ctr(&["containers", "delete", &id]);
+        assert!(
+            stderr.contains("generate vhost vsock cid failed"),
+            "{profile}: {stderr}\n{}",
+            rig.ctrd.log()
+        );
+        rig.assert_clean();
+    }
+}

@@ -95,6 +95,51 @@ pub fn install(store: &Store, src: &Path, opts: &InstallOptions) -> Result<Insta
     stage(store, src, opts)?.commit()
 }
 
+/// The base Kata configuration of the set at `src`, as the set ships it (before the install
+/// rewrites its paths), with the path it has in the source: for a caller that must check the
+/// config before anything is written (which Kata runtime it is for). Writes nothing; a
+/// tarball or OCI layer is read through (every entry hashed, as an install checks it).
+pub fn read_base_config(src: &Path, opts: &InstallOptions) -> Result<(PathBuf, String)> {
+    let scan = source::scan(src, opts.oci_ref.as_deref())?;
+    let roles =
+        roles::assign(scan.files.iter().map(|f| &f.path)).map_err(|e| role_error(src, e))?;
+    let at = src.join(roles.config.to_path());
+    let mut config_text = Vec::new();
+    source::copy_all(&scan, &mut |file, reader| {
+        if file.path == roles.config {
+            return read_config(file, reader, &mut config_text, src);
+        }
+        let mut h = Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(io_at(&src.join(file.path.to_path()), "read"))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok((size, h.finish()))
+    })?;
+    if config_text.len() as u64 > MAX_CONFIG {
+        return Err(Error::Config {
+            file: at,
+            problem: format!(
+                "{} bytes is too large for a Kata configuration; ship the real one",
+                config_text.len()
+            ),
+        });
+    }
+    let text = String::from_utf8(config_text).map_err(|_| Error::Config {
+        file: at.clone(),
+        problem: "not UTF-8 text".to_owned(),
+    })?;
+    Ok((at, text))
+}
+
 /// Checks `src`, then copies it into a staging directory of the store (or finds it
 /// installed already); nothing is visible to readers until [`Staged::commit`].
 pub fn stage<'a>(store: &'a Store, src: &Path, opts: &InstallOptions) -> Result<Staged<'a>> {

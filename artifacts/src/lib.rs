@@ -42,7 +42,9 @@ pub use kata_gpu_fsutil::layout;
 
 pub use error::{Error, Result};
 pub use fsutil::Lock;
-pub use install::{install, stage, InstallOptions, InstallOutcome, InstallReport, Staged};
+pub use install::{
+    install, read_base_config, stage, InstallOptions, InstallOutcome, InstallReport, Staged,
+};
 pub use lifecycle::{
     prune, remove_class, rollback, sets_in_use, Kept, PruneReport, RemoveReport, Switch,
 };

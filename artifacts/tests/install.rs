@@ -290,3 +290,33 @@ fn an_oci_tar_layer_contributes_its_entries() {
         install(&store, &write_dir(&host.src("d"), &full_set("a")), &opts()).expect("dir");
     assert_eq!(from_dir.version, r.version);
 }
+
+/// The base config of a set is read from every kind of source as the set ships it (before
+/// an install rewrites it), and nothing is written: a caller checks it first.
+#[test]
+fn the_base_config_is_read_from_every_source_without_writing() {
+    let host = Host::new();
+    let files = full_set("a");
+    let want = files
+        .iter()
+        .find(|f| f.name.starts_with("configuration"))
+        .map(|f| String::from_utf8(f.data.clone()).expect("text"))
+        .expect("a config in the set");
+    let sources = [
+        write_dir(&host.src("set"), &files),
+        write_tar(&host.src("set.tar"), &files, &[], false),
+        write_tar(&host.src("set.tar.gz"), &files, &[], true),
+        write_oci(&host.src("oci"), &files, "v1"),
+    ];
+    for src in &sources {
+        let (at, text) = kata_gpu_artifacts::read_base_config(src, &opts())
+            .unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        assert_eq!(text, want, "{}", src.display());
+        assert!(
+            at.display().to_string().ends_with(".toml"),
+            "{}",
+            at.display()
+        );
+    }
+    assert!(!host.class_dir().exists(), "reading wrote the store");
+}

@@ -9,7 +9,8 @@
 //!   each failure naming its key (and line and column when the text is known).
 //! - [`check_pod_annotations`]: the pod annotations the sandbox plan must refuse, by the
 //!   profile's [`AnnotationPolicy`].
-//! - [`template`]: the base configurations we ship for `snp`, `tdx` and `gpu`.
+//! - [`template`] / [`template_for`]: the base configurations we ship for `snp`, `tdx` and
+//!   `gpu`, for Kata's Go runtime or its Rust one ([`KataRuntime`]).
 //! - [`write_rendered`]: the one side effect, an atomic write.
 
 mod allow;
@@ -34,7 +35,9 @@ pub use annotations::{
 pub use error::{ConfigError, Location, Problem};
 pub use overrides::Overrides;
 pub use render::{kernel_params_line, render, DiffEntry, Rendered, Warning};
-pub use templates::{template, template_file_name, PROFILES};
+pub use templates::{
+    template, template_file_name, template_file_name_for, template_for, KataRuntime, PROFILES,
+};
 pub use validate::{validate, validate_config};
 pub use write::write_rendered;
 

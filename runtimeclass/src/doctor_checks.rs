@@ -650,6 +650,7 @@ mod tests {
             shim: Some("containerd-shim-kata-qemu-nvidia-gpu-snp-v2 0.1.0".to_owned()),
             kata_shim: true,
             device_source: Some("kubelet".to_owned()),
+            kata_runtime: Some("go".to_owned()),
             details: vec![
                 "artifacts: current set v1".to_owned(),
                 "containerd: registered in place in /etc/containerd/config.toml".to_owned(),

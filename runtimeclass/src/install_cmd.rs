@@ -1,6 +1,6 @@
-//! `kata-gpu install`: the node set-up steps in order, each idempotent — artifacts ▸ host
-//! CDI spec ▸ boot unit ▸ containerd registration (▸ restart) ▸ shim check ▸ RuntimeClass
-//! manifests (their reverse is `uninstall_cmd`). `--dry-run` prints the diff of every file
+//! `kata-gpu install`: the node set-up steps in order, each idempotent — artifacts ▸ the
+//! class's shim settings (`--kata-runtime rs`) ▸ host CDI spec ▸ boot unit ▸ containerd
+//! registration (▸ restart) ▸ shim check ▸ RuntimeClass manifests (their reverse is `uninstall_cmd`). `--dry-run` prints the diff of every file
 //! a step would change.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use crate::containerd_cmd::{self, handler_spec, ContainerdArgs};
 use crate::node_state::{host_path, inside, shown, under, NodeLock, NodeState};
 use crate::registration::Request;
 use crate::runtimeclass_cmd::ManifestArgs;
+use crate::shim_settings;
 use crate::{Global, Outcome};
 
 /// Where install writes the manifests, as the host sees it.
@@ -59,6 +60,12 @@ pub struct InstallArgs {
     /// installed, else this one on a real host, else /usr/local/bin/kata-gpu).
     #[arg(long, value_name = "PATH")]
     pub kata_gpu: Option<PathBuf>,
+    /// Which of Kata's runtimes the class's sandboxes go to: go (Kata's Go shim, the
+    /// default: no settings file written) or rs (Kata 4's Rust shim, runtime-rs, at
+    /// /opt/kata/runtime-rs/bin/containerd-shim-kata-v2: written to the class's shim.toml).
+    /// The base config must be that runtime's.
+    #[arg(long, value_name = "go|rs", default_value = "go")]
+    pub kata_runtime: kata_gpu_configs::KataRuntime,
 }
 
 /// One step's result.
@@ -406,6 +413,20 @@ fn shim_step(args: &NodeArgs, root: &Path) -> (Step, bool) {
     (step, found_ours)
 }
 
+/// The base config install will leave current, shown as a path, and its text: the one in
+/// `--artifacts` (as the set ships it), else the installed set's; `None` when there is none.
+fn base_config(args: &InstallArgs, root: &Path) -> anyhow::Result<Option<(String, String)>> {
+    if let Some(src) = &args.artifacts {
+        let (at, text) = kata_gpu_artifacts::read_base_config(src, &InstallOptions::default())?;
+        return Ok(Some((at.display().to_string(), text)));
+    }
+    let config = kata_gpu_artifacts::layout::current_config_path(
+        &args.node.containerd.common.artifacts_root,
+        args.node.profile.handler(),
+    );
+    Ok(fsio::read_config(&under(root, &config))?.map(|t| (shown(root, &config), t)))
+}
+
 /// Runs `kata-gpu install`.
 pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
@@ -420,8 +441,35 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     if !args.skip_cdi {
         crate::coexist::refuse_foreign_specs(root)?;
     }
+    // The Kata runtime's checks, before anything is written: the base config is that
+    // runtime's, and the class's shim settings file is ours to write (or remove).
+    if let Some((file, text)) = base_config(&args, root)? {
+        shim_settings::check_base_config(node.profile, args.kata_runtime, &file, &text)?;
+    }
+    let settings_plan = shim_settings::plan(
+        node.profile,
+        args.kata_runtime,
+        root,
+        NodeState::load(root, handler)?.shim_settings.as_ref(),
+    )?;
     let mut steps = vec![artifacts_step(&args, root)?];
     let mut state = NodeState::load(root, handler)?;
+    let mut recorded = state.shim_settings.clone();
+    steps.push(shim_settings::apply(
+        settings_plan,
+        node.profile,
+        args.kata_runtime,
+        root,
+        node.containerd.common.dry_run,
+        &mut recorded,
+        &mut |r| {
+            state.shim_settings = r.clone();
+            if node.containerd.common.dry_run {
+                return Ok(());
+            }
+            state.save(root, handler)
+        },
+    )?);
     steps.push(cdi_step(&args, root, &mut state)?);
     steps.push(boot_step(&args, root, &mut state)?);
     steps.extend(containerd_steps(containerd, node, root, &lock)?);

@@ -23,6 +23,7 @@ mod report_cmd;
 mod report_redact;
 mod runtimeclass_cmd;
 mod shim_check;
+mod shim_settings;
 mod status_cmd;
 mod uninstall_cmd;
 mod unregistration;

@@ -140,6 +140,9 @@ pub struct NodeState {
     /// The restart an unregister left pending (the registration record is gone by then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unregistered: Option<PendingRestart>,
+    /// The class's shim settings file written by `install --kata-runtime rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim_settings: Option<crate::shim_settings::Written>,
 }
 
 impl NodeState {
@@ -179,6 +182,7 @@ impl NodeState {
             && self.manifests.is_none()
             && self.boot_unit.is_none()
             && self.unregistered.is_none()
+            && self.shim_settings.is_none()
     }
 
     /// Saves it (removes the file when nothing is recorded).

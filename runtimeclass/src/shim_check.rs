@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kata_gpu_plan::settings::{DeviceSource, Settings, SYSTEM_SETTINGS};
+use kata_gpu_plan::settings::{DeviceSource, DownstreamKind, Settings, SYSTEM_SETTINGS};
 use kata_gpu_plan::Profile;
 
 use crate::node_state::{shown, under};
@@ -136,11 +136,7 @@ pub fn settings(profile: Profile, root: &Path) -> Result<(Settings, Option<PathB
         return Settings::load(profile).map_err(|e| e.to_string());
     }
     let candidates = [
-        kata_gpu_artifacts::layout::class_dir(
-            Path::new(kata_gpu_artifacts::layout::DEFAULT_ROOT),
-            profile.handler(),
-        )
-        .join("shim.toml"),
+        crate::shim_settings::path(profile),
         PathBuf::from(SYSTEM_SETTINGS),
     ];
     match candidates.into_iter().find(|p| under(root, p).exists()) {
@@ -154,19 +150,44 @@ pub fn settings(profile: Profile, root: &Path) -> Result<(Settings, Option<PathB
     }
 }
 
-/// Kata's shim as our shim's settings name it: `Ok(Ok(found))`, `Ok(Err(missing))`, or
-/// `Err` when the settings cannot be read.
+/// Kata's shim as our shim's settings name it, and which Kata runtime it is (by the
+/// settings' `downstream_kind`): `Ok(Ok(found))`, `Ok(Err(missing))`, or `Err` when the
+/// settings cannot be read.
 pub fn kata_shim(profile: Profile, root: &Path) -> Result<Result<String, String>, String> {
     let (settings, from) = settings(profile, root)?;
     let from = from.map_or("the default".to_owned(), |p| {
         format!("downstream in {}", shown(root, &p))
     });
     let path = &settings.downstream;
+    let runtime = runtime_words(settings.downstream_kind);
     Ok(if under(root, path).is_file() {
-        Ok(format!("{} present ({from})", shown(root, path)))
+        Ok(format!("{} present ({from}): {runtime}", shown(root, path)))
     } else {
-        Err(format!("{} missing ({from})", shown(root, path)))
+        Err(format!("{} missing ({from}): {runtime}", shown(root, path)))
     })
+}
+
+/// A downstream kind as the Kata runtime it is, in words.
+fn runtime_words(kind: DownstreamKind) -> &'static str {
+    match crate::shim_settings::runtime_of(kind) {
+        Some(runtime) => runtime.describe(),
+        None => "runc's shim (for tests only)",
+    }
+}
+
+/// Which Kata runtime the profile's sandboxes go to, by the shim settings'
+/// `downstream_kind` (`go`, `rs`; `runc` for tests), with the file that says so.
+pub fn kata_runtime(profile: Profile, root: &Path) -> Result<(String, String), String> {
+    let (settings, from) = settings(profile, root)?;
+    let name =
+        crate::shim_settings::runtime_of(settings.downstream_kind).map_or("runc", |r| r.name());
+    let from = from.map_or("the default".to_owned(), |p| {
+        format!("downstream_kind in {}", shown(root, &p))
+    });
+    Ok((
+        name.to_owned(),
+        format!("{} ({from})", runtime_words(settings.downstream_kind)),
+    ))
 }
 
 /// Where the profile's sandboxes get their devices, as the shim settings say, in words:

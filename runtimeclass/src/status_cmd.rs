@@ -60,6 +60,9 @@ pub struct Status {
     /// Where sandboxes get their devices: `kubelet` or `annotations` (None: the shim
     /// settings cannot be read).
     pub device_source: Option<String>,
+    /// Which Kata runtime the sandboxes go to, by the shim settings: `go` or `rs` (`runc`
+    /// in tests; None: the shim settings cannot be read).
+    pub kata_runtime: Option<String>,
     /// Details, one line each.
     pub details: Vec<String>,
 }
@@ -216,6 +219,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         shim: None,
         kata_shim: false,
         device_source: None,
+        kata_runtime: None,
         details: Vec::new(),
     };
     artifacts(args, root, &mut s);
@@ -351,6 +355,13 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
         Ok(Err(missing)) => s.details.push(format!("kata shim: {missing}")),
         Err(e) => s.details.push(format!("kata shim: {e}")),
     }
+    match shim_check::kata_runtime(args.profile, root) {
+        Ok((name, line)) => {
+            s.kata_runtime = Some(name);
+            s.details.push(format!("kata runtime: {line}"));
+        }
+        Err(e) => s.details.push(format!("kata runtime: {e}")),
+    }
     match shim_check::device_source(args.profile, root) {
         Ok((kubelet, line)) => {
             s.device_source = Some(if kubelet { "kubelet" } else { "annotations" }.to_owned());
@@ -377,6 +388,10 @@ pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
         println!("  restart pending: {}", yes(s.restart_pending));
         println!("  shim:            {}", yes(s.shim.is_some()));
         println!("  kata shim:       {}", yes(s.kata_shim));
+        println!(
+            "  kata runtime:    {}",
+            s.kata_runtime.as_deref().unwrap_or("unknown")
+        );
         println!(
             "  devices from:    {}",
             s.device_source.as_deref().unwrap_or("unknown")

@@ -1,5 +1,6 @@
 //! `kata-gpu uninstall`: `install` undone in the safe order — containerd's config and its
-//! restart first, then the host CDI spec, the manifests, the boot unit and (with
+//! restart first, then the host CDI spec, the manifests, the boot unit, the class's shim
+//! settings file install wrote and (with
 //! `--purge`) the artifact store — and what it leaves, each with the reason and the
 //! command that removes it.
 
@@ -77,6 +78,11 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     steps.push(remove_cdi(&mut state, root, dry_run)?);
     steps.push(remove_manifests(&mut state, root, dry_run)?);
     steps.push(remove_boot_unit(&mut state, handler, root, dry_run)?);
+    steps.push(crate::shim_settings::uninstall_step(
+        root,
+        &mut state.shim_settings,
+        dry_run,
+    )?);
     if !dry_run {
         state.save(root, handler)?;
     }

@@ -45,7 +45,8 @@ pub enum Downstream {
     /// `/dev/vhost-vsock`, so that Kata's Create loads our config and stops there.
     Kata,
     /// Kata 4.1's Rust shim (runtime-rs, `downstream_kind = "kata-rs"`), in a [`KataNs`]
-    /// like [`Downstream::Kata`]: its Create loads our config and stops at the vsock.
+    /// like [`Downstream::Kata`], on our runtime-rs snp template as the base: its Create
+    /// loads our config and stops at the vsock.
     KataRs,
 }
 
@@ -81,6 +82,21 @@ impl Rig {
         Self::build(release, downstream, extra_settings, None)
     }
 
+    /// A rig on containerd `release` with runtime-rs downstream as `kata-gpu install
+    /// --kata-runtime rs` leaves a node: `base` is the installed base config, and
+    /// `installed_settings` the class's shim settings file it wrote, which the proxy reads
+    /// as it is, with only the rig's `state_dir`, `host_root` and `base_config` added. Its
+    /// `downstream` path is made, inside Kata's namespace, a link to the runtime-rs part.
+    pub fn on_installed_rs(release: Containerd, base: &str, installed_settings: &str) -> Self {
+        Self::build_from(
+            release,
+            Downstream::KataRs,
+            "",
+            None,
+            Some((base, installed_settings)),
+        )
+    }
+
     /// A rig on containerd `release` whose containerd runs CRI with `cri_table` (in that
     /// release's format) as its CRI plugin table.
     pub fn on_with_cri(
@@ -98,6 +114,18 @@ impl Rig {
         extra_settings: &str,
         cri: Option<&str>,
     ) -> Self {
+        Self::build_from(release, downstream, extra_settings, cri, None)
+    }
+
+    /// [`Rig::build`], with an installed base config and shim settings (`(base,
+    /// settings)`) in place of the template and the rig's own downstream.
+    fn build_from(
+        release: Containerd,
+        downstream: Downstream,
+        extra_settings: &str,
+        cri: Option<&str>,
+        installed: Option<(&str, &str)>,
+    ) -> Self {
         let runc_shim = match release.runc_shim() {
             Ok(path) => path.display().to_string(),
             Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
@@ -113,16 +141,14 @@ impl Rig {
             .expect("link shim");
         let sim = SimHost::h100_pcie(VfioMode::Iommufd);
         sim.write_cdi_specs();
-        // runtime-rs refuses our (Go runtime's) template: its own generated config is the base.
-        let mut base = match downstream {
-            Downstream::KataRs => match crate::KataRs::find() {
-                Ok(kata) => fs::read_to_string(
-                    kata.config("configuration-qemu-nvidia-gpu-snp-runtime-rs.toml"),
-                )
-                .expect("runtime-rs's snp config"),
-                Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
-            },
-            _ => kata_gpu_configs::template("snp")
+        // runtime-rs refuses our Go runtime's template: our runtime-rs template is its base.
+        let runtime = match downstream {
+            Downstream::KataRs => kata_gpu_configs::KataRuntime::Rs,
+            _ => kata_gpu_configs::KataRuntime::Go,
+        };
+        let mut base = match installed {
+            Some((base, _)) => base.to_owned(),
+            None => kata_gpu_configs::template_for("snp", runtime)
                 .expect("template")
                 .to_owned(),
         };
@@ -152,12 +178,18 @@ impl Rig {
                 Err(missing) => panic!("precondition not met: {}. Run `make deps`.", missing.0),
             },
         };
-        let settings = format!(
-            "downstream = \"{downstream_path}\"\ndownstream_kind = \"{kind}\"\nstate_dir = \"{st}\"\nhost_root = \"{root}\"\nbase_config = \"{base}\"\n{extra_settings}",
+        let own = format!(
+            "state_dir = \"{st}\"\nhost_root = \"{root}\"\nbase_config = \"{base}\"\n{extra_settings}",
             st = w.join("st").display(),
             root = sim.root().display(),
             base = w.join("base.toml").display(),
         );
+        let settings = match installed {
+            Some((_, settings)) => format!("{settings}{own}"),
+            None => {
+                format!("downstream = \"{downstream_path}\"\ndownstream_kind = \"{kind}\"\n{own}")
+            }
+        };
         fs::write(w.join("shim.toml"), settings).expect("settings");
         fs::write(
             w.join("recorder.toml"),
@@ -188,7 +220,16 @@ impl Rig {
                 w.join("records").display().to_string(),
             ),
         ];
-        let kata_ns = downstream.is_kata().then(|| kata_ns_for(base));
+        let mut kata_ns = downstream.is_kata().then(|| kata_ns_for(base));
+        if let (Some((_, settings)), Some(ns)) = (installed, kata_ns.as_mut()) {
+            let doc: kata_gpu_configs::toml_edit::DocumentMut =
+                settings.parse().expect("installed settings parse");
+            let at = doc
+                .get("downstream")
+                .and_then(|v| v.as_str())
+                .expect("installed settings name a downstream");
+            ns.link(at, &downstream_path);
+        }
         let ctrd = match (cri, &kata_ns) {
             (None, Some(ns)) => PrivateContainerd::start_release_under(
                 release,

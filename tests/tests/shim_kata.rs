@@ -4,8 +4,9 @@
 //! (Kata's error and Kata's log name it), the error reaches `ctr` as one line, Kata's
 //! `Shutdown` (which exits without a reply) ends the proxy, and nothing of ours is left.
 //!
-//! The same battery runs with Kata 4.1's Rust shim (runtime-rs) downstream, on its own
-//! generated config as the base: it stops later, at the VM's vsock.
+//! The same battery runs with Kata 4.1's Rust shim (runtime-rs) downstream, on our
+//! runtime-rs template (`configs/templates/configuration-qemu-nvidia-gpu-snp-runtime-rs.toml`)
+//! as the base: it stops later, at the VM's vsock, past its config load.
 //!
 //! Kata cannot boot a VM here (no `/dev/vhost-vsock`): its Create stops while loading the
 //! config, before QEMU starts. containerd and Kata run in a private mount namespace with a
@@ -167,9 +168,10 @@ kata_gpu_tests::tests_per_release!(kata_rs_behind_the_proxy:
     kata_rs_behind_the_proxy_on_2_3 = V2_3,
 );
 
-/// Issue 29 item 3: the same battery with Kata 4.1's Rust shim (runtime-rs) downstream. It
-/// stops at Create where a VM would start ("generate vhost vsock cid failed": no vhost-vsock
-/// here), after loading the config the proxy rendered.
+/// Issue 29 items 3 and 4: the same battery with Kata 4.1's Rust shim (runtime-rs) downstream,
+/// the base being our runtime-rs snp template. It stops at Create where a VM would start
+/// ("generate vhost vsock cid failed": no vhost-vsock here), after loading the config the
+/// proxy rendered from it; our Go runtime's template as the base it refuses.
 fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
     let Some(_) = available(test, release.bin_dir()) else {
         return;
@@ -194,7 +196,7 @@ fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
     assert!(!socket.exists(), "{} before the test", socket.display());
 
     // The config runtime-rs loads is the one the proxy rendered: none of runtime-rs's own
-    // default paths exists, and with our (Go runtime's) template as the base, runtime-rs
+    // default paths exists, and with our Go runtime's template as the base, runtime-rs
     // refuses a key only that template has, `agent.kata.dial_timeout` (runtime-rs reads
     // `dial_timeout_ms`).
     for default in [
@@ -227,7 +229,21 @@ fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
         rig.state_dir(&go_id).display()
     );
     let _ = rig.ctr(&["containers", "delete", &go_id]);
-    std::fs::write(&base, rs_base).expect("runtime-rs's config as the base");
+    std::fs::write(&base, &rs_base).expect("our runtime-rs template as the base");
+    // The rig's base is our runtime-rs template (debug on): its files are the artifact
+    // store's, which the rig stubs, and none of runtime-rs's own.
+    let ours = kata_gpu_configs::template_for("snp", kata_gpu_configs::KataRuntime::Rs)
+        .expect("our runtime-rs template");
+    let strip_debug = |t: &str| {
+        t.lines()
+            .filter(|l| !l.starts_with("enable_debug"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip_debug(&rs_base), strip_debug(ours), "the rig's base");
+    assert!(rs_base.contains(
+        "kernel = \"/opt/nvidia-gpu-operator/artifacts/runtimeclasses/kata-qemu-nvidia-gpu-snp/current/"
+    ));
 
     let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
     let config = rig.state_dir(&id).join("configuration.toml");
@@ -282,7 +298,7 @@ fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
 
 /// Issue 29 item 4: which keys of our templates, that no runtime-rs 4.1 config sets or
 /// mentions, runtime-rs refuses when they reach it in a per-sandbox config the proxy
-/// rendered (each added alone to runtime-rs's own snp config as the base); the others it
+/// rendered (each added alone to our runtime-rs snp template as the base); the others it
 /// loads past (ignored: none of them is in its schema's documentation). ARCHITECTURE.md
 /// ("Handing Kata a per-sandbox configuration") lists the same.
 #[test]
@@ -332,7 +348,7 @@ fn keys_of_our_templates_runtime_rs_refuses() {
         let value = value.clone();
         assert!(!value.is_none(), "{key} is not in our template");
         let mut doc: kata_gpu_configs::toml_edit::DocumentMut =
-            rs_base.parse().expect("runtime-rs's config");
+            rs_base.parse().expect("our runtime-rs template");
         let mut table = doc.as_item_mut();
         for part in tables {
             if table.get(part).is_none() {
@@ -357,6 +373,134 @@ fn keys_of_our_templates_runtime_rs_refuses() {
     }
     let _ = writeln!(std::io::stderr().lock(), "{test}: refused {refused:?}");
     assert_eq!(refused, ["agent.kata.dial_timeout"]);
-    std::fs::write(&base, rs_base).expect("runtime-rs's config as the base");
+    std::fs::write(&base, rs_base).expect("our runtime-rs template as the base");
     rig.assert_clean();
+}
+
+/// Issue 29 item 4, end to end: what `kata-gpu install --kata-runtime rs` leaves on a node
+/// (the class's shim settings file and the installed artifact set, whose base config is
+/// our runtime-rs snp template) is what the real proxy reads: it starts runtime-rs from
+/// the settings' `downstream` (kata-deploy's path, linked to the runtime-rs part inside
+/// Kata's namespace), and runtime-rs loads the config rendered from the installed base,
+/// stopping at the VM's vsock.
+#[test]
+fn an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy() {
+    let test = "an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy";
+    let Some(_) = available(test, Containerd::Debian.bin_dir()) else {
+        return;
+    };
+    let Some(_) = available(test, KataRs::find()) else {
+        return;
+    };
+    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+        return;
+    };
+    let rs = kata_gpu_configs::KataRuntime::Rs;
+    // The node: our shim where containerd finds it, and an artifact set whose base config
+    // is our runtime-rs template.
+    let sim = kata_gpu_tests::SimHost::h100_pcie(kata_gpu_tests::VfioMode::Iommufd);
+    kata_gpu_tests::place_built_shims(&sim);
+    let set = tempfile::tempdir().expect("tempdir");
+    for (name, body) in [
+        ("vmlinuz-nvidia-gpu.container", "kernel"),
+        ("kata-containers-nvidia.img", "image"),
+        ("AMDSEV.fd", "fw"),
+    ] {
+        std::fs::write(set.path().join(name), body).expect("write");
+    }
+    std::fs::write(
+        set.path()
+            .join(kata_gpu_configs::template_file_name_for("snp", rs).expect("name")),
+        kata_gpu_configs::template_for("snp", rs).expect("template"),
+    )
+    .expect("config");
+    let kata_gpu = kata_gpu_tests::workspace_bin("kata-gpu", "kata-gpu");
+    let o = kata_gpu_tests::run_on_host(
+        &kata_gpu.display().to_string(),
+        &sim,
+        &[
+            "install",
+            "--config-version",
+            "2",
+            "--kata-runtime",
+            "rs",
+            "--artifacts",
+            &set.path().display().to_string(),
+        ],
+    );
+    assert!(o.status.success(), "{}", kata_gpu_tests::output_text(&o));
+    let class =
+        sim.path("opt/nvidia-gpu-operator/artifacts/runtimeclasses/kata-qemu-nvidia-gpu-snp");
+    let settings = std::fs::read_to_string(class.join("shim.toml")).expect("installed settings");
+    let base = std::fs::read_to_string(class.join("current/configuration.toml"))
+        .expect("installed base config");
+    assert!(
+        settings.contains("downstream = \"/opt/kata/runtime-rs/bin/containerd-shim-kata-v2\""),
+        "{settings}"
+    );
+
+    let rig = Rig::on_installed_rs(Containerd::Debian, &base, &settings);
+    let id = Rig::id("installedrs");
+    let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
+    let stderr = err(&o);
+    let log = rig.ctrd.log();
+    assert!(!o.status.success(), "ctr run through runtime-rs succeeded");
+    assert!(
+        stderr.contains("generate vhost vsock cid failed"),
+        "{stderr}\n{log}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !(l.starts_with("time=") && l.contains("level=warning")))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
+    let _ = rig.ctr(&["containers", "delete", &id]);
+    rig.assert_clean();
+    assert!(
+        !rig.state_dir(&id).exists(),
+        "{}",
+        rig.state_dir(&id).display()
+    );
+    let daemons: Vec<String> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains("containerd-shim-kata-v2") && c.contains(&id))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(daemons.is_empty(), "runtime-rs left running: {daemons:?}");
+}
+
+/// Each of our runtime-rs templates (snp, tdx, gpu) as the base: runtime-rs 4.1 loads the
+/// config the proxy renders from it, up to the VM's vsock.
+#[test]
+fn runtime_rs_loads_the_config_rendered_from_each_of_our_runtime_rs_templates() {
+    let test = "runtime_rs_loads_the_config_rendered_from_each_of_our_runtime_rs_templates";
+    let Some(_) = available(test, Containerd::Debian.bin_dir()) else {
+        return;
+    };
+    let Some(_) = available(test, KataRs::find()) else {
+        return;
+    };
+    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+        return;
+    };
+    let settings = "downstream = \"/opt/kata/runtime-rs/bin/containerd-shim-kata-v2\"\ndownstream_kind = \"kata-rs\"\n";
+    for profile in kata_gpu_configs::PROFILES {
+        let base = kata_gpu_configs::template_for(profile, kata_gpu_configs::KataRuntime::Rs)
+            .expect("template");
+        let rig = Rig::on_installed_rs(Containerd::Debian, base, settings);
+        let id = Rig::id(&format!("rs{profile}"));
+        let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
+        let stderr = err(&o);
+        let _ = rig.ctr(&["containers", "delete", &id]);
+        assert!(
+            stderr.contains("generate vhost vsock cid failed"),
+            "{profile}: {stderr}\n{}",
+            rig.ctrd.log()
+        );
+        rig.assert_clean();
+    }
 }

@@ -2,6 +2,7 @@
 //! and the node labels the host deserves.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use kata_gpu_plan::host::{Bar, PciFunction, Platform};
 use kata_gpu_plan::sandbox::Room;
@@ -516,6 +517,53 @@ pub fn cdi(
             )
         },
     )
+}
+
+/// The node's sandboxes: one that no longer runs (no proxy, Kata shim or QEMU of its own)
+/// but left its state keeps the devices it claimed from every new pod: a leak, with its fix.
+/// `root` shows where the state lies on a host under `--host-root`.
+pub fn sandboxes(facts: &kata_gpu_node::sandboxes::Sandboxes, root: &Path) -> Vec<Check> {
+    let running = facts.sandboxes.iter().filter(|s| s.running()).count();
+    let gone: Vec<&kata_gpu_node::sandboxes::Sandbox> =
+        facts.sandboxes.iter().filter(|s| !s.running()).collect();
+    if gone.is_empty() {
+        return vec![Check::new(
+            "sandboxes",
+            Verdict::Ok,
+            format!("{running} running, none gone with its state left"),
+            None,
+        )];
+    }
+    gone.iter()
+        .map(|s| {
+            let held: Vec<String> = s
+                .devices
+                .iter()
+                .map(|d| d.cdi.as_ref().map_or(d.bdf.clone(), |c| format!("{c} ({})", d.bdf)))
+                .collect();
+            let what = if held.is_empty() {
+                "its state is left".to_owned()
+            } else {
+                format!(
+                    "it still claims {}, which no new pod gets until its state goes",
+                    held.join(", ")
+                )
+            };
+            Check::new(
+                &format!("sandbox {}", s.id),
+                Verdict::Warn,
+                format!(
+                    "{} no longer runs (no proxy, Kata shim or QEMU of its own): {what}",
+                    s.holder()
+                ),
+                Some(format!(
+                    "check that nothing of it runs (kata-gpu sandboxes {}), then remove its state: rm -r {}",
+                    s.id,
+                    crate::node_state::shown(root, &s.dir)
+                )),
+            )
+        })
+        .collect()
 }
 
 /// The node labels the host deserves.

@@ -270,6 +270,12 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     }
     out.push(cdi_check(&host, root));
     out.extend(plugin::checks(root));
+    let sandboxes = kata_gpu_node::sandboxes::gather(
+        root,
+        &shim_check::state_dirs(root),
+        std::time::SystemTime::now(),
+    );
+    out.extend(checks::sandboxes(&sandboxes, root));
     if root != Path::new("/") {
         for c in &mut out {
             c.fix = c.fix.take().map(|f| on_root(&f, root));

@@ -22,6 +22,7 @@ mod registration;
 mod report_cmd;
 mod report_redact;
 mod runtimeclass_cmd;
+mod sandboxes_cmd;
 mod shim_check;
 mod shim_settings;
 mod status_cmd;
@@ -79,6 +80,9 @@ enum Command {
     /// The artifact store: install, list, verify, roll back and prune kernel/image/firmware sets.
     #[command(subcommand)]
     Artifacts(artifacts_cmd::ArtifactsCommand),
+    /// The node's GPU sandboxes (pod, devices, processes, files) and who holds each GPU;
+    /// SANDBOX: how to reach its VM and where its logs are.
+    Sandboxes(sandboxes_cmd::SandboxesArgs),
     /// Check that this host can run the profile's pods; --labels: the node labels it deserves.
     Doctor(doctor_cmd::DoctorArgs),
     /// Collect the files to attach to a bug report into a new directory.
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status_cmd::run(args, &cli.global),
         Command::Artifacts(cmd) => artifacts_cmd::run(cmd, &cli.global),
         Command::Doctor(args) => doctor_cmd::run(args, &cli.global),
+        Command::Sandboxes(args) => sandboxes_cmd::run(args, &cli.global),
         Command::Vfio(cmd) => vfio_cmd::run(cmd, &cli.global),
         Command::DevicePlugin(args) => device_plugin_cmd::run(args, &cli.global),
         Command::Binaries(cmd) => binaries_cmd::run(cmd, &cli.global),

@@ -150,6 +150,23 @@ pub fn settings(profile: Profile, root: &Path) -> Result<(Settings, Option<PathB
     }
 }
 
+/// The shim's state directories of every profile, as their settings put them (host
+/// paths, once each).
+pub fn state_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Profile::ALL
+        .iter()
+        .map(|p| {
+            settings(*p, root).map_or_else(
+                |_| PathBuf::from(kata_gpu_artifacts::layout::DEFAULT_SANDBOXES_DIR),
+                |(s, _)| s.state_dir,
+            )
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// Kata's shim as our shim's settings name it, and which Kata runtime it is (by the
 /// settings' `downstream_kind`): `Ok(Ok(found))`, `Ok(Err(missing))`, or `Err` when the
 /// settings cannot be read.

@@ -182,7 +182,25 @@ fn a_node_from_make_install_to_removal_as_the_readme_says() {
     let line = readme.next("kata-gpu status");
     ok(&run_line(&sim, &line, &[]));
 
-    // ## Logs and bug reports
+    // ## Logs and bug reports: no pod runs here, so no sandbox, and the GPU is free.
+    let line = readme.next("kata-gpu sandboxes");
+    let said = ok(&run_line(&sim, &line, &[]));
+    assert!(said.starts_with("no GPU sandbox on this node\n"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "gpu {GPU} 10de:2331 (nvidia.com/pgpu=0, NUMA 0): free"
+        )),
+        "{said}"
+    );
+    let line = readme.next("kata-gpu sandboxes <sandbox-id>");
+    let out = run_line(&sim, &line, &[("<sandbox-id>", "no-such-sandbox")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("no sandbox no-such-sandbox on this node; kata-gpu sandboxes lists them"),
+        "{}",
+        text(&out)
+    );
     let report = src.path().join("report");
     let line = readme.next("kata-gpu report --output /tmp/kata-gpu-report");
     let said = ok(&run_line(

@@ -1,0 +1,14 @@
+//! What is true of a node, gathered once and returned as values: the library under
+//! `kata-gpu`'s commands, which print what it finds (this crate prints nothing, and reads
+//! only: the node's writers stay in the commands until they move here too).
+//!
+//! - [`processes`]: the host's processes, by their command lines (the host's `/proc` under
+//!   `--host-root`).
+//! - [`sandboxes`]: the node's GPU sandboxes — the proxy's per-sandbox state, the processes
+//!   that serve each (our proxy, Kata's shim, QEMU), and which GPU each holds, is free, or
+//!   is held by a sandbox that no longer runs (a leak).
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod processes;
+pub mod sandboxes;

@@ -61,6 +61,9 @@ pub struct DeployOptions {
     /// A profile's artifact set on the node (a host path: directory, tarball or OCI
     /// layout), installed by its agent.
     pub artifacts: BTreeMap<Profile, String>,
+    /// The Kata runtime behind the proxy on every node (its artifact sets must be that
+    /// runtime's): the agents install with `--kata-runtime`.
+    pub kata_runtime: kata_gpu_configs::KataRuntime,
 }
 
 impl Default for DeployOptions {
@@ -72,6 +75,7 @@ impl Default for DeployOptions {
             max_unavailable: 1,
             runtime_class: Options::default(),
             artifacts: BTreeMap::new(),
+            kata_runtime: kata_gpu_configs::KataRuntime::Go,
         }
     }
 }
@@ -207,7 +211,12 @@ pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
                 "--label",
                 "--restart-containerd",
             ];
-            let args = [&host[..], &agent[..], &set[..]].concat();
+            // The Go runtime is the agent's default: its argv stays as it was.
+            let runtime: Vec<&str> = match o.kata_runtime {
+                kata_gpu_configs::KataRuntime::Go => Vec::new(),
+                rs => vec!["--kata-runtime", rs.name()],
+            };
+            let args = [&host[..], &agent[..], &set[..], &runtime[..]].concat();
             let mut c = container(&format!("agent-{}", p.name()), &o.image, &args);
             c.security_context = privileged();
             c.volume_mounts = Some(vec![mount("host-root", HOST_MOUNT, false)]);

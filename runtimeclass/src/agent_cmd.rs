@@ -63,6 +63,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub recheck_every: u64,
+    /// The Kata runtime behind the proxy, for install (`kata-gpu install --kata-runtime`):
+    /// go (Kata's Go shim) or rs (runtime-rs); uninstall removes what install wrote.
+    #[arg(long, value_name = "go|rs", default_value = "go")]
+    pub kata_runtime: kata_gpu_configs::KataRuntime,
     /// Arguments for both install and uninstall, e.g. --containerd-config F.
     #[arg(last = true, value_name = "ARGS")]
     pub rest: Vec<String>,
@@ -124,7 +128,11 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
     }
     let (shim, created) = install_shim(&args, root)?;
     say(&format!("installed {}", shim.display()));
-    let mut install = vec!["install".to_owned()];
+    let mut install = vec![
+        "install".to_owned(),
+        "--kata-runtime".to_owned(),
+        args.kata_runtime.name().to_owned(),
+    ];
     if let Some(src) = artifact_set(&args) {
         say(&format!("artifact set {}", src.display()));
         install.extend(["--artifacts".to_owned(), src.display().to_string()]);

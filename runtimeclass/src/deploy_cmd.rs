@@ -34,6 +34,11 @@ pub struct DeployArgs {
     /// profile's set in the image (`make image ARTIFACTS=…`), if it has one.
     #[arg(long = "artifacts", value_name = "PROFILE=PATH")]
     pub artifacts: Vec<String>,
+    /// The Kata runtime behind the proxy on every node: go (Kata's Go shim) or rs
+    /// (runtime-rs, /opt/kata/runtime-rs/bin/containerd-shim-kata-v2); the artifact sets
+    /// must be that runtime's.
+    #[arg(long, value_name = "go|rs", default_value = "go")]
+    pub kata_runtime: kata_gpu_configs::KataRuntime,
     #[command(flatten)]
     pub manifest: ManifestArgs,
     /// Write to this file instead of standard output.
@@ -110,6 +115,7 @@ pub fn run(args: DeployArgs, global: &Global) -> anyhow::Result<Outcome> {
         max_unavailable: args.max_unavailable,
         runtime_class: args.manifest.options()?,
         artifacts,
+        kata_runtime: args.kata_runtime,
     });
     let found = problems(&d.values()?);
     if !found.is_empty() {

@@ -94,6 +94,18 @@ fn agent_under(
     set: Option<&Path>,
     log: &Path,
 ) -> Running {
+    agent_with(launcher, sim, image, set, log, &[])
+}
+
+/// [`agent_under`] with `extra` agent arguments.
+fn agent_with(
+    launcher: &[&str],
+    sim: &SimHost,
+    image: &Path,
+    set: Option<&Path>,
+    log: &Path,
+    extra: &[&str],
+) -> Running {
     let exe = env!("CARGO_BIN_EXE_kata-gpu");
     let mut c = match launcher.split_first() {
         Some((program, args)) => {
@@ -116,6 +128,7 @@ fn agent_under(
                 .into_iter()
                 .flatten(),
         )
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(fs::File::create(log).expect("log"))
         .stderr(Stdio::piped())
@@ -278,6 +291,52 @@ fn an_image_whose_shim_is_not_ours_changes_nothing() {
     assert!(fs::read(sim.path(CONFIG)).expect("config") == before);
     assert!(!sim.path(SHIM).exists());
     assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
+}
+
+/// `--kata-runtime rs`: the agent installs the class with runtime-rs behind the proxy (its
+/// settings file in the store, from a runtime-rs artifact set), labels the node once doctor
+/// passes, and on SIGTERM gives the node back byte for byte.
+#[test]
+fn an_agent_for_runtime_rs_installs_its_settings_and_takes_them_away() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    fs::remove_file(set.join("configuration-qemu-nvidia-gpu-snp.toml")).expect("rm");
+    fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/templates/configuration-qemu-nvidia-gpu-snp-runtime-rs.toml"
+        ),
+        set.join("configuration-qemu-nvidia-gpu-snp-runtime-rs.toml"),
+    )
+    .expect("runtime-rs config");
+    let rs = sim.path("opt/kata/runtime-rs/bin/containerd-shim-kata-v2");
+    fs::create_dir_all(rs.parent().expect("parent")).expect("mkdir");
+    fs::write(&rs, b"runtime-rs").expect("runtime-rs stand-in");
+    let before = fs::read(sim.path(CONFIG)).expect("config");
+    let log = work.path().join("agent.log");
+    let child = agent_with(
+        &[],
+        &sim,
+        &image,
+        Some(&set),
+        &log,
+        &["--kata-runtime", "rs"],
+    );
+    let read = || fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the agent labels the node", || {
+        read().contains("waiting for SIGTERM")
+    });
+    let settings = sim.path(&format!("{STORE}/shim.toml"));
+    let text = fs::read_to_string(&settings).unwrap_or_else(|e| panic!("{e}: {}", read()));
+    assert!(text.contains("downstream_kind = \"kata-rs\""), "{text}");
+    assert!(
+        text.contains("downstream = \"/opt/kata/runtime-rs/bin/containerd-shim-kata-v2\""),
+        "{text}"
+    );
+    let pid = i32::try_from(child.id()).expect("pid");
+    sigterm(child, pid, &log);
+    assert!(!settings.exists(), "{}", read());
+    assert!(fs::read(sim.path(CONFIG)).expect("config") == before);
 }
 
 /// Labels a killed agent left (SIGKILL runs no uninstall) are taken off when the next

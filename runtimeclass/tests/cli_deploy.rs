@@ -288,3 +288,47 @@ fn the_device_plugin_sees_its_devices_through_only_the_daemonsets_mounts() {
         }
     }
 }
+
+/// `--kata-runtime rs`: every profile's agent installs with runtime-rs behind the proxy;
+/// the default (Go) leaves the agents' arguments as they were.
+#[test]
+fn deploy_passes_the_kata_runtime_to_every_agent() {
+    let agents = |extra: &[&str]| -> Vec<Vec<String>> {
+        let out = kata_gpu(&[&["deploy", "--profile", "snp", "--profile", "tdx"], extra].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let objects: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_slice(&out.stdout)
+            .map(|doc| serde::Deserialize::deserialize(doc).expect("a YAML document"))
+            .collect();
+        assert_eq!(problems(&objects), Vec::<String>::new());
+        let node = objects
+            .iter()
+            .find(|o| o["kind"] == "DaemonSet" && o["metadata"]["name"] == "kata-gpu-node")
+            .expect("the node DaemonSet");
+        node["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .map(|c| {
+                c["args"]
+                    .as_array()
+                    .expect("args")
+                    .iter()
+                    .map(|a| a.as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .collect()
+    };
+    let rs = agents(&["--kata-runtime", "rs"]);
+    assert_eq!(rs.len(), 2);
+    for args in &rs {
+        assert!(
+            args.windows(2).any(|w| w == ["--kata-runtime", "rs"]),
+            "{args:?}"
+        );
+    }
+    for args in agents(&[]) {
+        assert!(!args.contains(&"--kata-runtime".to_owned()), "{args:?}");
+    }
+    let out = kata_gpu(&["deploy", "--kata-runtime", "java"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use kata_gpu_artifacts::layout::{self, current_config_path};
-use kata_gpu_artifacts::{
-    InstallOptions, InstallOutcome, RemoveReport, SetInfo, Store, StoreConfig,
-};
+use kata_gpu_artifacts::{InstallOptions, InstallOutcome, SetInfo, Store, StoreConfig};
 use serde::Serialize;
 
+use crate::steps::removal;
 use crate::{Global, Outcome};
 
 /// The runtime class of the default profile (snp).
@@ -334,25 +333,6 @@ fn remove(store: &Store, root: &Path, dry_run: bool, json: bool) -> anyhow::Resu
         println!("{}", removal(&r, root, dry_run));
     }
     Ok(Outcome::Clean)
-}
-
-/// One line on what removing a class's store did (or would do); `uninstall --purge` says
-/// the same.
-pub fn removal(r: &RemoveReport, root: &Path, dry_run: bool) -> String {
-    let dir = crate::node_state::shown(root, &r.class_dir);
-    if !r.present {
-        return format!("nothing to remove: {dir} does not exist");
-    }
-    let verb = if dry_run { "would remove" } else { "removed" };
-    let entries = r.removed.join(", ");
-    if r.dir_removed {
-        format!("{verb} {dir} ({entries})")
-    } else {
-        format!(
-            "{verb} {entries} from {dir}; kept {} and the directory (not the store's)",
-            r.kept.join(", ")
-        )
-    }
 }
 
 /// A size in the largest unit that keeps it above 1.

@@ -10,7 +10,8 @@ use kata_gpu_manifests::deploy::{DeployOptions, Deployment, DEFAULT_IMAGE, DEFAU
 use kata_gpu_manifests::deploy_check::problems;
 use kata_gpu_plan::Profile;
 
-use crate::runtimeclass_cmd::{emit, ManifestArgs};
+use crate::args::ManifestArgs;
+use crate::manifests::emit;
 use crate::{Global, Outcome};
 
 /// Arguments of `kata-gpu deploy`.

@@ -11,7 +11,7 @@ use kata_gpu_plan::vfio::{Foreign, VfioError};
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
-use crate::status_cmd::Status;
+use crate::status::Status;
 
 /// How one check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -11,9 +11,10 @@ use kata_gpu_plan::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
+use crate::args::StatusArgs;
 use crate::node_state::shown;
 use crate::shim_check;
-use crate::status_cmd::{self, StatusArgs};
+use crate::status;
 use crate::{Global, Outcome};
 
 #[path = "doctor_checks.rs"]
@@ -91,7 +92,7 @@ fn names<'a>(
 
 /// The host CDI spec against what the host should have.
 fn cdi_check(host: &Host, root: &Path) -> Check {
-    let ours = crate::install_cmd::our_spec_path;
+    let ours = crate::paths::our_spec_path;
     if let Some((file, kind)) = crate::coexist::foreign_specs(root)
         .into_iter()
         .find(|(_, kind)| crate::node_state::under(root, &ours(kind)).exists())
@@ -250,7 +251,7 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
         containerd: args.containerd.clone(),
         socket: args.socket.clone(),
     };
-    let status = status_cmd::gather(&status_args, root).map_err(|e| format!("{e:#}"));
+    let status = status::gather(&status_args, root).map_err(|e| format!("{e:#}"));
     out.extend(checks::registration(
         args.profile,
         status.as_ref().map_err(Clone::clone),

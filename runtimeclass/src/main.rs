@@ -5,17 +5,24 @@
 //! success, 1 on a finding or refusal, 2 on bad usage.
 
 mod agent_cmd;
+mod args;
 mod artifacts_cmd;
+mod binaries;
 mod binaries_cmd;
 mod boot_unit;
 mod cdi_cmd;
 mod coexist;
 mod containerd_cmd;
+mod containerd_facts;
+mod containerd_ops;
 mod deploy_cmd;
 mod device_plugin_cmd;
 mod doctor_cmd;
 mod install_cmd;
+mod install_ops;
+mod manifests;
 mod node_state;
+mod paths;
 mod plan_alloc;
 mod plan_cmd;
 mod registration;
@@ -25,7 +32,9 @@ mod runtimeclass_cmd;
 mod sandboxes_cmd;
 mod shim_check;
 mod shim_settings;
+mod status;
 mod status_cmd;
+mod steps;
 mod uninstall_cmd;
 mod unregistration;
 mod vfio_cmd;
@@ -72,11 +81,11 @@ enum Command {
     /// The RuntimeClass, NodeFeatureRule and sample pod of a profile, as YAML (JSON with --json).
     Runtimeclass(runtimeclass_cmd::RuntimeClassArgs),
     /// Set the node up: artifacts, host CDI spec, containerd registration, restart, manifests.
-    Install(install_cmd::InstallArgs),
+    Install(args::InstallArgs),
     /// Undo install in the safe order: containerd config, restart, then the rest.
     Uninstall(uninstall_cmd::UninstallArgs),
     /// What is installed, verified, registered and loaded, and whether containerd must restart.
-    Status(status_cmd::StatusArgs),
+    Status(args::StatusArgs),
     /// The artifact store: install, list, verify, roll back and prune kernel/image/firmware sets.
     #[command(subcommand)]
     Artifacts(artifacts_cmd::ArtifactsCommand),

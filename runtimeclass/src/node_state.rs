@@ -142,7 +142,7 @@ pub struct NodeState {
     pub unregistered: Option<PendingRestart>,
     /// The class's shim settings file written by `install --kata-runtime rs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shim_settings: Option<crate::shim_settings::Written>,
+    pub shim_settings: Option<Written>,
 }
 
 impl NodeState {
@@ -214,6 +214,19 @@ pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The shim settings file install wrote, recorded with its text, so that uninstall removes
+/// it only while it is still what install wrote, and knows which directories to remove.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// The file, as the host sees it.
+    pub path: PathBuf,
+    /// What install wrote in it.
+    pub text: String,
+    /// The directories install created for it, deepest first, as the host sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_dirs: Vec<PathBuf>,
 }
 
 #[cfg(test)]

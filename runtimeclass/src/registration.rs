@@ -17,8 +17,6 @@ use crate::node_state::{
     host_path, inside, now, under, ContainerdState, Mode, NodeLock, NodeState, PendingRestart,
 };
 
-/// The default main config, as the host sees it.
-pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
 /// The default systemd unit.
 pub const DEFAULT_UNIT: &str = "containerd";
 
@@ -51,7 +49,10 @@ impl Request {
     ) -> Request {
         Request {
             root: root.to_path_buf(),
-            config: host_path(root, config.unwrap_or(Path::new(DEFAULT_CONFIG))),
+            config: host_path(
+                root,
+                config.unwrap_or(Path::new(crate::containerd_facts::DEFAULT_CONFIG)),
+            ),
             drop_in_dir: drop_in_dir.map(|d| host_path(root, d)),
             spec,
             version,
@@ -120,7 +121,7 @@ fn containerd_default_version(root: &Path) -> Option<ConfigVersion> {
     let binary = if root == Path::new("/") {
         PathBuf::from("containerd")
     } else {
-        crate::shim_check::containerd_path(root)
+        crate::containerd_facts::containerd_path(root)
             .split(':')
             .map(|d| under(root, &Path::new(d).join("containerd")))
             .find(|p| p.is_file())?
@@ -401,7 +402,7 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyho
         match (&mut state.containerd, state.unregistered.take()) {
             // Registered again before containerd restarted: the restart is still owed.
             (Some(c), Some(p)) => {
-                if crate::status_cmd::restart_owed(root, &p.config, p.changed_at) {
+                if crate::containerd_facts::restart_owed(root, &p.config, p.changed_at) {
                     c.restart_pending = true;
                     c.changed_at = c.changed_at.max(p.changed_at);
                 }
@@ -448,15 +449,4 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyho
         record(&None)?;
     }
     Ok(())
-}
-
-/// The socket containerd serves on, from the config (under the root).
-pub fn socket(root: &Path, config: &Path, given: Option<&Path>) -> PathBuf {
-    match given {
-        Some(s) => under(root, &host_path(root, s)),
-        None => {
-            let text = fsio::read_config(&under(root, config)).ok().flatten();
-            under(root, &daemon::socket_of(text.as_deref()))
-        }
-    }
 }

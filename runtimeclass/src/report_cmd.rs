@@ -216,18 +216,13 @@ pub fn run(args: ReportArgs, global: &Global) -> anyhow::Result<Outcome> {
     for dir in DIRS {
         take(root, Path::new(dir), out, &mut taken)?;
     }
-    take(
-        root,
-        Path::new(crate::binaries_cmd::RECORD),
-        out,
-        &mut taken,
-    )?;
+    take(root, Path::new(crate::paths::RECORD), out, &mut taken)?;
     for profile in Profile::ALL {
         for f in named_files(root, profile) {
             take(root, &f, out, &mut taken)?;
         }
-        let status = crate::status_cmd::gather(
-            &crate::status_cmd::StatusArgs {
+        let status = crate::status::gather(
+            &crate::args::StatusArgs {
                 profile,
                 containerd_config: None,
                 artifacts_root: PathBuf::from(kata_gpu_artifacts::layout::DEFAULT_ROOT),

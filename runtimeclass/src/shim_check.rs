@@ -11,34 +11,10 @@ use kata_gpu_plan::Profile;
 
 use crate::node_state::{shown, under};
 
-/// systemd's default PATH for services, which a containerd started by systemd inherits.
-pub const STANDARD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// containerd's PATH on the host under `root`: the running containerd's own environment
-/// when one runs there, else ours on a real host, else systemd's default.
-pub fn containerd_path(root: &Path) -> String {
-    let running = crate::status_cmd::containerd_processes(root)
-        .into_iter()
-        .find_map(|dir| {
-            let env = std::fs::read(dir.join("environ")).ok()?;
-            env.split(|b| *b == 0).find_map(|kv| {
-                let kv = String::from_utf8_lossy(kv);
-                kv.strip_prefix("PATH=").map(str::to_owned)
-            })
-        });
-    match running {
-        Some(path) => path,
-        None if root == Path::new("/") => {
-            std::env::var("PATH").unwrap_or_else(|_| STANDARD_PATH.to_owned())
-        }
-        None => STANDARD_PATH.to_owned(),
-    }
-}
-
 /// Where containerd looks up shim binaries, as the host sees them: its PATH, then the
 /// directory of the containerd binary.
 pub fn shim_dirs(root: &Path, containerd: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = containerd_path(root)
+    let mut dirs: Vec<PathBuf> = crate::containerd_facts::containerd_path(root)
         .split(':')
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)

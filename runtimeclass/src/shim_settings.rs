@@ -13,26 +13,12 @@ use kata_gpu_configs::{template_file_name_for, KataRuntime};
 use kata_gpu_containerd_config::{diff, fsio};
 use kata_gpu_plan::settings::DownstreamKind;
 use kata_gpu_plan::Profile;
-use serde::{Deserialize, Serialize};
 
-use crate::install_cmd::Step;
-use crate::node_state::{inside, shown, under};
+use crate::node_state::{inside, shown, under, Written};
+use crate::steps::Step;
 
 /// Where kata-deploy installs runtime-rs's shim, as the host sees it.
 pub const RS_DOWNSTREAM: &str = "/opt/kata/runtime-rs/bin/containerd-shim-kata-v2";
-
-/// The shim settings file install wrote, recorded with its text, so that uninstall removes
-/// it only while it is still what install wrote, and knows which directories to remove.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Written {
-    /// The file, as the host sees it.
-    pub path: PathBuf,
-    /// What install wrote in it.
-    pub text: String,
-    /// The directories install created for it, deepest first, as the host sees them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub created_dirs: Vec<PathBuf>,
-}
 
 /// The settings file the shim reads for `profile` (unless `$KATA_GPU_SHIM_CONFIG` names
 /// another), as the host sees it: beside the class's artifact sets.

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use kata_gpu_containerd_config::{diff, fsio};
 use kata_gpu_plan::Profile;
 
+use crate::args::{CommonArgs, ContainerdArgs, NodeArgs};
 use crate::boot_unit;
-use crate::containerd_cmd::{self, CommonArgs, ContainerdArgs};
-use crate::install_cmd::{
-    containerd_steps, node_lock, print, request, store, NodeArgs, Step, MANIFEST_DIR,
-};
+use crate::containerd_ops;
+use crate::install_ops::{containerd_steps, node_lock, request, store};
+use crate::paths::MANIFEST_DIR;
+use crate::steps::{print, Step};
 
 #[path = "uninstall_leftovers.rs"]
 mod leftovers;
@@ -29,7 +30,7 @@ pub struct UninstallArgs {
     pub profile: Profile,
     /// containerd's config file, when kata-gpu has no record of registering (the record
     /// names the file it changed).
-    #[arg(long, value_name = "F", default_value = crate::registration::DEFAULT_CONFIG)]
+    #[arg(long, value_name = "F", default_value = crate::containerd_facts::DEFAULT_CONFIG)]
     pub containerd_config: PathBuf,
     #[command(flatten)]
     pub common: CommonArgs,
@@ -58,7 +59,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     let node = &args.node();
     let handler = node.profile.handler();
     let dry_run = args.common.dry_run;
-    containerd_cmd::check_restart(&args.common, root)?;
+    containerd_ops::check_restart(&args.common, root)?;
     let lock = node_lock(node, root)?;
     let purge = if args.purge {
         let store = store(node, root)?;
@@ -69,7 +70,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
         None
     };
     let mut steps = containerd_steps(
-        containerd_cmd::plan_one(false, &request(node, root), root)?,
+        containerd_ops::plan_one(false, &request(node, root), root)?,
         node,
         root,
         &lock,
@@ -94,7 +95,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
             }
             Step::new(
                 "artifacts",
-                crate::artifacts_cmd::removal(&removed, root, dry_run),
+                crate::steps::removal(&removed, root, dry_run),
             )
         }
         None => Step::new(

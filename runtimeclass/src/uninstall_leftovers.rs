@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use kata_gpu_plan::Profile;
 
-use crate::binaries_cmd::Record;
-use crate::install_cmd::Step;
+use crate::binaries::Record;
 use crate::node_state::{inside, shown, NodeState};
 use crate::shim_check;
+use crate::steps::Step;
 
 /// The leftover steps for `profile`, after its record was saved (`state`).
 pub fn steps(

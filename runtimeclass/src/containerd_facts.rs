@@ -1,0 +1,99 @@
+//! Facts about containerd on the node: its default config, the socket it serves on, its
+//! processes (from the host's `/proc`), when the one reading a config started, and so
+//! whether it has loaded a change; and the PATH it finds shims on.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use kata_gpu_containerd_config::{daemon, fsio};
+
+use crate::node_state::{host_path, under};
+
+/// The default main config, as the host sees it.
+pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
+
+/// The socket containerd serves on, from the config (under the root).
+pub fn socket(root: &Path, config: &Path, given: Option<&Path>) -> PathBuf {
+    match given {
+        Some(s) => under(root, &host_path(root, s)),
+        None => {
+            let text = fsio::read_config(&under(root, config)).ok().flatten();
+            under(root, &daemon::socket_of(text.as_deref()))
+        }
+    }
+}
+
+/// Whether the containerd that reads `config` still runs from before `changed_at` (or none
+/// runs), so that it has not loaded the change made then.
+pub(crate) fn restart_owed(root: &Path, config: &Path, changed_at: u64) -> bool {
+    containerd_started(root, config).is_none_or(|t| t < changed_at)
+}
+
+/// The `<root>/proc/<pid>` directories of the containerd processes running on the host.
+pub fn containerd_processes(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(under(root, Path::new("/proc"))) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|dir| fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "containerd"))
+        .collect()
+}
+
+/// When the containerd that reads `config` started (seconds since the epoch), from
+/// `<root>/proc`; `None` if none is found.
+pub fn containerd_started(root: &Path, config: &Path) -> Option<u64> {
+    let proc = under(root, Path::new("/proc"));
+    let btime: u64 = fs::read_to_string(proc.join("stat"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    containerd_processes(root).into_iter().find_map(|dir| {
+        let cmdline = fs::read(dir.join("cmdline")).ok()?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let named = args
+            .iter()
+            .position(|a| a == "--config" || a == "-c")
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| {
+                args.iter()
+                    .find_map(|a| a.strip_prefix("--config=").map(str::to_owned))
+            })
+            .unwrap_or_else(|| DEFAULT_CONFIG.to_owned());
+        if Path::new(&named) != config {
+            return None;
+        }
+        let stat = fs::read_to_string(dir.join("stat")).ok()?;
+        let after_comm = stat.rsplit_once(')')?.1;
+        let ticks: u64 = after_comm.split_whitespace().nth(19)?.parse().ok()?;
+        Some(btime + ticks / 100)
+    })
+}
+
+/// containerd's PATH on the host under `root`: the running containerd's own environment
+/// when one runs there, else ours on a real host, else systemd's default.
+pub fn containerd_path(root: &Path) -> String {
+    let running = crate::containerd_facts::containerd_processes(root)
+        .into_iter()
+        .find_map(|dir| {
+            let env = std::fs::read(dir.join("environ")).ok()?;
+            env.split(|b| *b == 0).find_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.strip_prefix("PATH=").map(str::to_owned)
+            })
+        });
+    match running {
+        Some(path) => path,
+        None if root == Path::new("/") => {
+            std::env::var("PATH").unwrap_or_else(|_| STANDARD_PATH.to_owned())
+        }
+        None => STANDARD_PATH.to_owned(),
+    }
+}
+
+/// systemd's default PATH for services, which a containerd started by systemd inherits.
+pub const STANDARD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -1,0 +1,248 @@
+//! One handler in containerd's config: the handler a profile registers, one registration
+//! planned and applied, and the restart that makes containerd load it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kata_gpu_containerd_config::{daemon, HandlerSpec};
+use kata_gpu_plan::Profile;
+use serde::Serialize;
+
+use crate::args::{CommonArgs, ContainerdArgs};
+use crate::containerd_facts::socket;
+use crate::node_state::{shown, NodeLock, NodeState};
+use crate::registration::{apply, plan_register, Plan, Request};
+use crate::unregistration::plan_unregister;
+use kata_gpu_containerd_config::cri as cri_probe;
+
+/// The handler a profile registers.
+pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {
+    let config_path = kata_gpu_artifacts::layout::current_config_path(
+        &args.common.artifacts_root,
+        profile.handler(),
+    );
+    let mut spec = HandlerSpec::new(
+        profile.handler(),
+        profile.runtime_type(),
+        config_path.display().to_string(),
+    );
+    spec.runtime_path = args.runtime_path.clone();
+    spec.snapshotter = args.snapshotter.clone();
+    spec
+}
+
+/// How containerd restarts on the host under `root`: the command to run (`None` under a
+/// `--host-root` with no `--restart-command`: no command of the real host may run for a
+/// simulated one) and the line that tells an admin how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartHow {
+    /// What `--restart` runs.
+    pub argv: Option<Vec<String>>,
+    /// The command, or (under a root, without one) what to restart.
+    pub line: String,
+}
+
+/// How to restart the containerd that reads `config` (as the host sees it) on the host
+/// under `root`, run as `unit`, with the admin's own command if `given`.
+pub fn restart_how(root: &Path, unit: &str, given: Option<&str>, config: &Path) -> RestartHow {
+    match given {
+        Some(line) => RestartHow {
+            argv: Some(daemon::shell_command(line)),
+            line: line.to_owned(),
+        },
+        None if root == Path::new("/") => RestartHow {
+            argv: Some(daemon::restart_command(unit)),
+            line: daemon::restart_command_line(unit),
+        },
+        None => RestartHow {
+            argv: None,
+            line: format!(
+                "restart the containerd that reads {} (the config was written under --host-root {}, \
+                 so kata-gpu names no command of the real host; --restart --restart-command CMD runs yours)",
+                shown(root, config),
+                root.display()
+            ),
+        },
+    }
+}
+
+/// Refuses `--restart` under a `--host-root` without `--restart-command`, before anything
+/// changes: the real host's `systemctl restart containerd` must never run for a simulated
+/// host's config.
+pub fn check_restart(args: &CommonArgs, root: &Path) -> anyhow::Result<()> {
+    if args.restart && args.restart_command.is_none() && root != Path::new("/") {
+        anyhow::bail!(
+            "--restart under --host-root {}: kata-gpu runs no restart of the real host's containerd \
+             for it; add --restart-command CMD (the command that restarts the containerd reading \
+             that root's config), or leave --restart out; nothing was changed",
+            root.display()
+        );
+    }
+    Ok(())
+}
+
+/// What a register/unregister did, for text and JSON output.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// register or unregister.
+    pub action: &'static str,
+    /// The handler.
+    pub handler: String,
+    /// The main config.
+    pub config: PathBuf,
+    /// Whether files changed (or would, with --dry-run).
+    pub changed: bool,
+    /// The files changed.
+    pub files: Vec<PathBuf>,
+    /// Unified diffs (with --dry-run).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub diffs: Vec<String>,
+    /// Notes.
+    pub notes: Vec<String>,
+    /// containerd must restart to see the change.
+    pub restart_pending: bool,
+    /// The command that restarts it.
+    pub restart_command: String,
+    /// Whether we restarted it.
+    pub restarted: bool,
+}
+
+/// A register or unregister planned but not yet applied: `install` plans first, so that a
+/// refusal comes before it writes anything, and applies the same plan later.
+pub struct Planned {
+    register: bool,
+    /// The main config the record names (else the one asked for).
+    config: PathBuf,
+    plan: Plan,
+}
+
+/// Plans register or unregister against the recorded state; writes nothing.
+pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Planned> {
+    let state = NodeState::load(root, &req.spec.name)?;
+    if register && state.containerd.is_none() {
+        crate::coexist::refuse_foreign_handler(root, &req.config, &req.spec)?;
+    }
+    let plan = if register {
+        plan_register(req, state.containerd.as_ref())?
+    } else {
+        plan_unregister(req, state.containerd.as_ref())?
+    };
+    let config = state
+        .containerd
+        .as_ref()
+        .map_or_else(|| req.config.clone(), |c| c.config.clone());
+    Ok(Planned {
+        register,
+        config,
+        plan,
+    })
+}
+
+/// Applies a plan (unless dry-run), then restarts containerd when asked; the caller holds
+/// the node lock (taken before the plan read the record).
+pub fn apply_one(
+    planned: Planned,
+    req: &Request,
+    args: &CommonArgs,
+    root: &Path,
+    lock: &NodeLock,
+) -> anyhow::Result<Report> {
+    let Planned {
+        register,
+        config,
+        plan,
+    } = planned;
+    let handler = req.spec.name.clone();
+    let how = restart_how(root, &req.unit, args.restart_command.as_deref(), &config);
+    let mut report = Report {
+        action: if register { "register" } else { "unregister" },
+        handler: handler.clone(),
+        config,
+        changed: plan.changes_files(),
+        files: plan.changes.iter().map(|c| c.path.clone()).collect(),
+        diffs: Vec::new(),
+        notes: plan.notes.clone(),
+        restart_pending: false,
+        restart_command: how.line.clone(),
+        restarted: false,
+    };
+    if args.dry_run {
+        report.diffs = plan.changes.iter().map(|c| c.diff()).collect();
+        report.restart_pending = report.changed;
+        return Ok(report);
+    }
+    let socket_path = socket(root, &report.config, args.socket.as_deref());
+    apply(root, &handler, &plan, lock)?;
+    let mut state = NodeState::load(root, &handler)?;
+    let mut pending = match &state.containerd {
+        Some(c) => c.restart_pending,
+        None => state.unregistered.is_some(),
+    };
+    if pending && !args.restart {
+        // The running containerd's answer beats the record: restarted by hand since, it
+        // already serves (or no longer serves) the handler as the files say.
+        if let Ok(served) = cri_probe::loaded_handlers(&socket_path, cri_probe::TIMEOUT) {
+            let registered = state.containerd.is_some();
+            if served.contains(&handler) == registered {
+                pending = false;
+                if let Some(c) = state.containerd.as_mut() {
+                    c.restart_pending = false;
+                }
+                state.unregistered = None;
+                state.save(root, &handler)?;
+                report.notes.push(format!(
+                    "the running containerd already {} {handler}: no restart needed",
+                    if registered {
+                        "serves"
+                    } else {
+                        "no longer serves"
+                    }
+                ));
+            }
+        }
+    }
+    if let (true, true, Some(argv)) = (pending, args.restart, &how.argv) {
+        let waited = daemon::restart(
+            argv,
+            &socket_path,
+            Duration::from_secs(args.restart_timeout),
+        )?;
+        report.restarted = true;
+        report.notes.push(format!(
+            "containerd answered {} ms after the restart",
+            waited.as_millis()
+        ));
+        if let Some(c) = state.containerd.as_mut() {
+            c.restart_pending = false;
+        }
+        state.unregistered = None;
+        state.save(root, &handler)?;
+    }
+    report.restart_pending = pending && !report.restarted;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_host_restarts_through_systemctl_a_simulated_one_names_only_its_root() {
+        let config = Path::new("/etc/containerd/config.toml");
+        let real = restart_how(Path::new("/"), "k3s-agent", None, config);
+        assert_eq!(real.line, "systemctl restart k3s-agent");
+        assert_eq!(real.argv, Some(daemon::restart_command("k3s-agent")));
+        let sim = restart_how(Path::new("/sim"), "containerd", None, config);
+        assert_eq!(sim.argv, None);
+        assert!(
+            sim.line
+                .starts_with("restart the containerd that reads /sim/etc/containerd/config.toml"),
+            "{}",
+            sim.line
+        );
+        assert!(!sim.line.contains("systemctl"), "{}", sim.line);
+        let given = restart_how(Path::new("/sim"), "containerd", Some("kill -HUP 1"), config);
+        assert_eq!(given.argv, Some(daemon::shell_command("kill -HUP 1")));
+        assert_eq!(given.line, "kill -HUP 1");
+    }
+}

@@ -12,6 +12,7 @@ use kata_gpu_plan::Profile;
 use serde::Serialize;
 
 use crate::args::StatusArgs;
+use crate::command_line::rooted;
 use crate::node_state::shown;
 use crate::shim_check;
 use crate::status;
@@ -279,32 +280,9 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     out.extend(checks::sandboxes(&sandboxes, root));
     if root != Path::new("/") {
         for c in &mut out {
-            c.fix = c.fix.take().map(|f| on_root(&f, root));
+            c.fix = c.fix.take().map(|f| rooted(&f, root));
         }
     }
-    out
-}
-
-/// A fix as it must be run for the host under `root`: every `kata-gpu` command in it gets
-/// `--host-root`, so that pasting it never acts on the real host.
-fn on_root(fix: &str, root: &Path) -> String {
-    use clap::CommandFactory;
-    // Every subcommand clap knows, so that a command added later is covered too.
-    let cli = crate::Cli::command();
-    let mut out = String::new();
-    let mut rest = fix;
-    while let Some(at) = rest.find("kata-gpu ") {
-        let (before, from) = rest.split_at(at);
-        let after = &from["kata-gpu ".len()..];
-        out.push_str(before);
-        out.push_str("kata-gpu ");
-        let word = after.split_whitespace().next();
-        if cli.get_subcommands().any(|c| Some(c.get_name()) == word) {
-            out.push_str(&format!("--host-root {} ", root.display()));
-        }
-        rest = after;
-    }
-    out.push_str(rest);
     out
 }
 
@@ -391,27 +369,4 @@ pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Findings
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::on_root;
-    use std::path::Path;
-
-    #[test]
-    fn fixes_under_a_root_name_the_root_and_only_in_kata_gpu_commands() {
-        let root = Path::new("/sim");
-        assert_eq!(
-            on_root("kata-gpu artifacts verify, then reinstall: kata-gpu install --profile snp", root),
-            "kata-gpu --host-root /sim artifacts verify, then reinstall: kata-gpu --host-root /sim install --profile snp"
-        );
-        assert_eq!(
-            on_root("restart it: kata-gpu device-plugin", root),
-            "restart it: kata-gpu --host-root /sim device-plugin"
-        );
-        assert_eq!(
-            on_root("install the kata-gpu shim as X", root),
-            "install the kata-gpu shim as X"
-        );
-    }
 }

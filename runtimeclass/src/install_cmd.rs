@@ -61,7 +61,7 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     steps.push(shim);
     let mut state = NodeState::load(root, handler)?;
     steps.push(manifests_step(&args, root, &mut state)?);
-    print(&steps, global.json)?;
+    print(&steps, root, global.json)?;
     if found_ours || node.containerd.common.dry_run {
         return Ok(Outcome::Clean);
     }

@@ -12,6 +12,7 @@ mod binaries_cmd;
 mod boot_unit;
 mod cdi_cmd;
 mod coexist;
+mod command_line;
 mod containerd_cmd;
 mod containerd_facts;
 mod containerd_ops;
@@ -160,11 +161,13 @@ fn main() -> ExitCode {
         Ok(Outcome::Findings) => ExitCode::from(1),
         Err(e) if cli.global.json => {
             // A consumer of --json parses stdout: the error is JSON there too.
-            println!("{}", serde_json::json!({ "error": format!("{e:#}") }));
+            let said = command_line::rooted(&format!("{e:#}"), &cli.global.host_root);
+            println!("{}", serde_json::json!({ "error": said }));
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("kata-gpu: {e:#}");
+            let said = command_line::rooted(&format!("{e:#}"), &cli.global.host_root);
+            eprintln!("kata-gpu: {said}");
             ExitCode::from(1)
         }
     }

@@ -30,7 +30,7 @@ pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
             s.device_source.as_deref().unwrap_or("unknown")
         );
         for d in &s.details {
-            println!("  {d}");
+            println!("  {}", crate::command_line::rooted(d, &global.host_root));
         }
     }
     Ok(if s.ok() {

@@ -110,7 +110,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
         ),
     });
     steps.extend(leftovers::steps(root, node.profile, &state, dry_run)?);
-    print(&steps, global.json)
+    print(&steps, root, global.json)
 }
 
 /// The host CDI specs install wrote.

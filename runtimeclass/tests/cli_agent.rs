@@ -230,8 +230,12 @@ fn a_failing_install_leaves_no_shim_and_no_change() {
     let out = finish(agent(&sim, &image, &set, &log));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
+    // The step as the agent ran it, under its --host-root.
     assert!(
-        err.starts_with("kata-gpu: kata-gpu install failed: "),
+        err.starts_with(&format!(
+            "kata-gpu: kata-gpu --host-root {} install failed: ",
+            sim.root().display()
+        )),
         "{err}"
     );
     assert!(err.contains("config.toml"), "{err}");

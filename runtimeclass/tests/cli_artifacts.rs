@@ -307,7 +307,14 @@ fn a_full_disk_mid_copy_leaves_the_current_set_and_no_partial_set() {
         err.contains("/kata-containers-confidential.img: cannot write: File too large"),
         "{err}"
     );
-    assert!(err.ends_with("; free space under the store root (e.g. `kata-gpu artifacts prune --keep 1`) and retry\n"), "{err}");
+    // The fix names the host it was run on.
+    assert!(
+        err.ends_with(&format!(
+            "; free space under the store root (e.g. `kata-gpu --host-root {} artifacts prune --keep 1`) and retry\n",
+            host.root().display()
+        )),
+        "{err}"
+    );
     assert_eq!(
         host.tree(),
         before,
@@ -322,7 +329,10 @@ fn nothing_installed_and_bad_usage() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        format!("kata-gpu: /{STORE}: no artifact set is installed (no `current` link); run `kata-gpu artifacts install SRC --class NAME`\n")
+        format!(
+            "kata-gpu: /{STORE}: no artifact set is installed (no `current` link); run `kata-gpu --host-root {} artifacts install SRC --class NAME`\n",
+            host.root().display()
+        )
     );
     let out = host.run(&["artifacts", "list"]);
     assert_eq!(out.status.code(), Some(0));

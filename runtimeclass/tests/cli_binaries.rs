@@ -272,8 +272,11 @@ fn binaries_remove_waits_for_every_profile_to_be_uninstalled() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "kata-gpu: a profile is still registered with containerd, whose pods need the shim: run \
-         kata-gpu uninstall --profile tdx first; nothing was removed\n"
+        format!(
+            "kata-gpu: a profile is still registered with containerd, whose pods need the shim: run \
+             kata-gpu --host-root {} uninstall --profile tdx first; nothing was removed\n",
+            sim.root().display()
+        )
     );
     assert_eq!(tree(sim.root()), before);
     let out = kata_gpu(&sim, &["containerd", "unregister", "--profile", "tdx"]);

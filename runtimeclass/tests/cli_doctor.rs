@@ -300,8 +300,11 @@ fn labels_are_refused_while_a_check_fails() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "kata-gpu: no labels: 4 of kata-qemu-nvidia-gpu-snp's checks fail (containerd, artifacts, \
-         kata-gpu shim, kata shim); kata-gpu doctor --profile snp says why and how to fix them\n"
+        format!(
+            "kata-gpu: no labels: 4 of kata-qemu-nvidia-gpu-snp's checks fail (containerd, artifacts, \
+             kata-gpu shim, kata shim); kata-gpu --host-root {} doctor --profile snp says why and how to fix them\n",
+            sim.root().display()
+        )
     );
 
     let sim = SimHost::no_snp();

@@ -372,7 +372,10 @@ fn install_rs_never_replaces_a_settings_file_it_did_not_write() {
     let out = kata_gpu(&sim, &["uninstall"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        text(&out).contains("changed since kata-gpu install wrote it: left as it is"),
+        text(&out).contains(&format!(
+            "changed since kata-gpu --host-root {} install wrote it: left as it is",
+            sim.root().display()
+        )),
         "{}",
         text(&out)
     );

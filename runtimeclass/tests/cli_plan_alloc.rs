@@ -122,7 +122,7 @@ fn bad_requests_are_refused_naming_what_and_where() {
     let cases = [
         (
             pod("2", ""),
-            "the pod asks for 2 nvidia.com/pgpu; this host advertises 1 healthy (0000:41:00.0); bind devices with `kata-gpu vfio bind`".to_owned(),
+            format!("the pod asks for 2 nvidia.com/pgpu; this host advertises 1 healthy (0000:41:00.0); bind devices with `kata-gpu --host-root {} vfio bind`", sim.root().display()),
         ),
         (
             pod("lots", ""),

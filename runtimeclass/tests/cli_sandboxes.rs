@@ -166,7 +166,10 @@ fn one_sandbox_how_to_reach_its_vm_and_where_its_logs_are() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "kata-gpu: no sandbox zzz on this node; kata-gpu sandboxes lists them\n"
+        format!(
+            "kata-gpu: no sandbox zzz on this node; kata-gpu --host-root {} sandboxes lists them\n",
+            sim.root().display()
+        )
     );
     sandbox(&sim, "aaa222", "default/other", "0000:3a:00.0", false);
     let out = kata_gpu(&sim, &["sandboxes", "aaa"]);

@@ -85,7 +85,7 @@ fn uninstall_removes_what_install_wrote_and_names_what_it_leaves() {
         format!("artifacts:    removed $ROOT/opt/nvidia-gpu-operator/artifacts/runtimeclasses/{HANDLER} (current, sha256-"),
         "sandboxes:    kept $ROOT/run/kata-gpu: state of running sandboxes (k8s.io/pod-1) and 1 running pod(s)' proxy socket(s) (2 file(s) in s/); drain the node (kubectl drain) and uninstall again".to_owned(),
         "binaries:     kept $ROOT/usr/local/bin/kata-gpu, $ROOT/usr/local/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2, ".to_owned(),
-        "vfio:         kept on vfio-pci: 0000:41:00.0 (the host may want them there; kata-gpu vfio unbind gives them back to the driver they had)".to_owned(),
+        "vfio:         kept on vfio-pci: 0000:41:00.0 (the host may want them there; kata-gpu --host-root $ROOT vfio unbind gives them back to the driver they had)".to_owned(),
         format!("record:       kept $ROOT/var/lib/kata-gpu/state/{HANDLER}.json: containerd still runs with {HANDLER} loaded until it restarts"),
     ] {
         assert!(said.lines().any(|l| l.starts_with(&line)), "{line:?} in\n{said}");

@@ -196,8 +196,7 @@ fn a_node_from_make_install_to_removal_as_the_readme_says() {
     let out = run_line(&sim, &line, &[("<sandbox-id>", "no-such-sandbox")]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out)
-            .contains("no sandbox no-such-sandbox on this node; kata-gpu sandboxes lists them"),
+        text(&out).contains("no sandbox no-such-sandbox on this node; kata-gpu --host-root "),
         "{}",
         text(&out)
     );
@@ -240,7 +239,10 @@ fn a_node_from_make_install_to_removal_as_the_readme_says() {
     let line = readme.next("kata-gpu uninstall --purge --restart");
     let said = ok(&run_line(&sim, &line, &[]));
     assert!(
-        said.contains("vfio:         no function bound by kata-gpu vfio bind"),
+        said.contains(&format!(
+            "vfio:         no function bound by kata-gpu --host-root {} vfio bind",
+            sim.root().display()
+        )),
         "{said}"
     );
     ctrd.restart();

@@ -703,6 +703,7 @@ mod tests {
                 "artifacts: current set v1".to_owned(),
                 "containerd: registered in place in /etc/containerd/config.toml".to_owned(),
             ],
+            probes: Default::default(),
         }
     }
 

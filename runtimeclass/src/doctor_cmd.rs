@@ -147,9 +147,9 @@ fn cdi_check(host: &Host, root: &Path) -> Check {
     checks::cdi(&expected, &installed, &notes)
 }
 
-/// The downstream Kata shim named by the profile's shim settings, under `root`.
-fn kata_shim(profile: Profile, root: &Path) -> Check {
-    match shim_check::kata_shim(profile, root) {
+/// The downstream Kata shim named by the profile's shim settings, as probed.
+fn kata_shim(probed: Result<Result<String, String>, String>) -> Check {
+    match probed {
         Ok(Ok(found)) => checks::ok("kata shim", found),
         Ok(Err(missing)) => checks::fail(
             "kata shim",
@@ -162,8 +162,8 @@ fn kata_shim(profile: Profile, root: &Path) -> Check {
 
 /// Where sandboxes get their devices: kubelet's allocation, or (a node without kubelet)
 /// pod annotations, which is said as a warning.
-fn device_source(profile: Profile, root: &Path) -> Check {
-    match shim_check::device_source(profile, root) {
+fn device_source(probed: Result<(bool, String), String>) -> Check {
+    match probed {
         Ok((true, line)) => checks::ok("device source", line),
         Ok((false, line)) => Check::new(
             "device source",
@@ -175,10 +175,11 @@ fn device_source(profile: Profile, root: &Path) -> Check {
     }
 }
 
-/// Our own shim binary, where containerd finds it, and whether it runs as this version.
-fn our_shim(profile: Profile, root: &Path, containerd: &Path) -> Check {
+/// Our own shim binary, where containerd finds it, and whether it runs as this version,
+/// as probed.
+fn our_shim(profile: Profile, root: &Path, probed: Result<shim_check::OurShim, String>) -> Check {
     let binary = profile.shim_binary();
-    match shim_check::our_shim(root, profile, containerd, None) {
+    match probed {
         Ok(found) => match &found.version {
             Ok(v) if shim_check::same_version(v) => checks::ok(
                 "kata-gpu shim",
@@ -257,9 +258,24 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
         args.profile,
         status.as_ref().map_err(Clone::clone),
     ));
-    out.push(our_shim(args.profile, root, &args.containerd));
-    out.push(kata_shim(args.profile, root));
-    out.push(device_source(args.profile, root));
+    // The shims as status probed them (once, with the handler's runtime_path); asked here
+    // only when status could not be gathered.
+    let mut probes = status.map(|s| s.probes).unwrap_or_default();
+    let ours = probes
+        .our_shim
+        .take()
+        .unwrap_or_else(|| shim_check::our_shim(root, args.profile, &args.containerd, None));
+    out.push(our_shim(args.profile, root, ours));
+    let kata = probes
+        .kata_shim
+        .take()
+        .unwrap_or_else(|| shim_check::kata_shim(args.profile, root));
+    out.push(kata_shim(kata));
+    let devices = probes
+        .device_source
+        .take()
+        .unwrap_or_else(|| shim_check::device_source(args.profile, root));
+    out.push(device_source(devices));
     if let Ok((settings, _)) = shim_check::settings(args.profile, root) {
         if settings.device_source == kata_gpu_plan::settings::DeviceSource::Kubelet {
             let limit = Duration::from_secs(settings.pod_resources_timeout_seconds.clamp(1, 10));

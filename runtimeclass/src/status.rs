@@ -43,6 +43,21 @@ pub struct Status {
     pub kata_runtime: Option<String>,
     /// Details, one line each.
     pub details: Vec<String>,
+    /// The probes behind `shim`, `kata_shim` and `device_source`, as they answered, so that
+    /// doctor judges the same answers instead of running the shim's `-v` again.
+    #[serde(skip)]
+    pub probes: Probes,
+}
+
+/// What the shim probes answered (`None`: not asked).
+#[derive(Debug, Default)]
+pub struct Probes {
+    /// Our shim where containerd runs it from (the handler's `runtime_path` when set).
+    pub our_shim: Option<Result<shim_check::OurShim, String>>,
+    /// Kata's shim, where the shim settings name it.
+    pub kata_shim: Option<Result<Result<String, String>, String>>,
+    /// Where sandboxes get their devices, from the shim settings.
+    pub device_source: Option<Result<(bool, String), String>>,
 }
 
 impl Status {
@@ -148,6 +163,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         device_source: None,
         kata_runtime: None,
         details: Vec::new(),
+        probes: Probes::default(),
     };
     artifacts(args, root, &mut s);
     let config = match (
@@ -253,20 +269,21 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
         .containerd
         .as_ref()
         .and_then(|c| c.spec.runtime_path.as_deref());
-    match shim_check::our_shim(root, args.profile, &args.containerd, runtime_path) {
-        Ok(found) => match found.version {
+    let our = shim_check::our_shim(root, args.profile, &args.containerd, runtime_path);
+    match &our {
+        Ok(found) => match &found.version {
             Ok(v) => {
                 s.details.push(format!(
                     "shim: containerd runs {} ({v})",
                     shown(root, &found.path)
                 ));
-                if !shim_check::same_version(&v) {
+                if !shim_check::same_version(v) {
                     s.details.push(format!(
                         "shim: it is not kata-gpu's version {}: install both from one build (make install)",
                         env!("CARGO_PKG_VERSION")
                     ));
                 }
-                s.shim = Some(v);
+                s.shim = Some(v.clone());
             }
             Err(e) => s.details.push(format!("shim: {e}")),
         },
@@ -274,7 +291,9 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
             "shim: {missing}: make install (or kata-gpu binaries install)"
         )),
     }
-    match shim_check::kata_shim(args.profile, root) {
+    s.probes.our_shim = Some(our);
+    let kata = shim_check::kata_shim(args.profile, root);
+    match &kata {
         Ok(Ok(found)) => {
             s.kata_shim = true;
             s.details.push(format!("kata shim: {found}"));
@@ -282,6 +301,7 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
         Ok(Err(missing)) => s.details.push(format!("kata shim: {missing}")),
         Err(e) => s.details.push(format!("kata shim: {e}")),
     }
+    s.probes.kata_shim = Some(kata);
     match shim_check::kata_runtime(args.profile, root) {
         Ok((name, line)) => {
             s.kata_runtime = Some(name);
@@ -289,11 +309,13 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
         }
         Err(e) => s.details.push(format!("kata runtime: {e}")),
     }
-    match shim_check::device_source(args.profile, root) {
+    let devices = shim_check::device_source(args.profile, root);
+    match &devices {
         Ok((kubelet, line)) => {
-            s.device_source = Some(if kubelet { "kubelet" } else { "annotations" }.to_owned());
+            s.device_source = Some(if *kubelet { "kubelet" } else { "annotations" }.to_owned());
             s.details.push(format!("devices: {line}"));
         }
         Err(e) => s.details.push(format!("devices: {e}")),
     }
+    s.probes.device_source = Some(devices);
 }

@@ -539,3 +539,44 @@ fn doctor_checks_that_kubelets_pod_resources_socket_answers() {
     let line = pod_resources(&doctor(&sim, &[]));
     assert!(line.starts_with("ok"), "{line}");
 }
+
+/// A handler registered with `--runtime-path` runs the shim from there, off containerd's
+/// PATH: doctor judges the shim status found there (one `-v`), not a PATH lookup that
+/// misses it (issue 28: doctor probed again without the runtime path).
+#[test]
+fn the_shim_a_handler_names_by_runtime_path_is_the_one_doctor_checks() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    sim.write_cdi_specs();
+    let shim = kata_gpu_tests::workspace_bin(
+        "kata-gpu-shim",
+        "containerd-shim-kata-qemu-nvidia-gpu-snp-v2",
+    );
+    let placed = sim.path("opt/kata-gpu/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2");
+    fs::create_dir_all(placed.parent().expect("parent")).expect("mkdir");
+    fs::copy(&shim, &placed).expect("the shim off PATH");
+    let config = sim.path("etc/containerd/config.toml");
+    fs::create_dir_all(config.parent().expect("parent")).expect("mkdir");
+    fs::write(&config, "version = 2\n").expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_kata-gpu"))
+        .args([
+            "containerd",
+            "register",
+            "--config-version",
+            "2",
+            "--runtime-path",
+            "/opt/kata-gpu/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2",
+            "--host-root",
+        ])
+        .arg(sim.root())
+        .output()
+        .expect("register");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = text_on(&sim, &doctor(&sim, &[]));
+    assert!(
+        has_line(
+            &shown,
+            "ok    kata-gpu shim: $ROOT/opt/kata-gpu/bin/containerd-shim-kata-qemu-nvidia-gpu-snp-v2 present (containerd-shim-kata-qemu-nvidia-gpu-snp-v2 "
+        ),
+        "{shown}"
+    );
+}

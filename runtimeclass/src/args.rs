@@ -11,7 +11,7 @@ use kata_gpu_manifests::{
 };
 use kata_gpu_plan::Profile;
 
-/// Arguments of `kata-gpu status`.
+/// Arguments of `kata-gpu status`, and what `doctor` asks status.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// The runtime class's profile: snp, tdx or gpu.

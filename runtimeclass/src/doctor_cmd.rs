@@ -2,7 +2,7 @@
 //! with a fix for each that is not ok, and (`--labels`) the node labels the host deserves.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use cdi::registry::{Registry, RegistryConfig};
@@ -25,29 +25,15 @@ mod plugin;
 
 use checks::{Check, Device, Verdict};
 
-/// Arguments of `kata-gpu doctor`.
+/// Arguments of `kata-gpu doctor`: what `status` is asked, and `--labels`.
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
-    /// The runtime class's profile: snp, tdx or gpu.
-    #[arg(long, default_value = "snp")]
-    pub profile: Profile,
+    #[command(flatten)]
+    pub node: StatusArgs,
     /// Print the node labels this host deserves instead of the checks; only when every
     /// check passes (exit 1 and no labels otherwise).
     #[arg(long)]
     pub labels: bool,
-    /// containerd's config file (default: the one registered into, else /etc/containerd/config.toml).
-    #[arg(long, value_name = "F")]
-    pub containerd_config: Option<PathBuf>,
-    /// Root of the artifact store.
-    #[arg(long, value_name = "DIR", default_value = kata_gpu_artifacts::layout::DEFAULT_ROOT)]
-    pub artifacts_root: PathBuf,
-    /// The containerd binary (its directory is where containerd also looks for shims).
-    #[arg(long, value_name = "PATH", default_value = "containerd")]
-    pub containerd: PathBuf,
-    /// containerd's socket, asked over CRI what it serves (default: [grpc] address of the
-    /// config, else /run/containerd/containerd.sock).
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
 }
 
 /// The NVIDIA GPUs and NVSwitches of the host, with their cdevs and what else of their
@@ -214,13 +200,13 @@ fn our_shim(profile: Profile, root: &Path, probed: Result<shim_check::OurShim, S
 fn base_values(args: &DoctorArgs, root: &Path) -> kata_gpu_plan::sandbox::KataValues {
     let installed = cdi::inject::under_root(
         root,
-        &kata_gpu_fsutil::layout::current_config_path(&args.artifacts_root, args.profile.handler())
+        &kata_gpu_fsutil::layout::current_config_path(&args.node.artifacts_root, args.node.profile.handler())
             .display()
             .to_string(),
     );
     match std::fs::read_to_string(installed) {
         Ok(text) => kata_gpu_plan::sandbox::KataValues::from_config(&text),
-        Err(_) => kata_gpu_plan::sandbox::KataValues::template(args.profile),
+        Err(_) => kata_gpu_plan::sandbox::KataValues::template(args.node.profile),
     }
 }
 
@@ -231,31 +217,24 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     let mut out = vec![
         checks::kvm(&platform),
         checks::iommu(&platform),
-        checks::tee(args.profile, &platform),
+        checks::tee(args.node.profile, &platform),
     ];
     match devices(&host) {
         Ok(devs) => {
-            out.extend(checks::devices(args.profile, &devs));
-            out.push(checks::iommufd(args.profile, &platform, &devs));
+            out.extend(checks::devices(args.node.profile, &devs));
+            out.push(checks::iommufd(args.node.profile, &platform, &devs));
             let base = base_values(args, root);
             let facts = host.cpu_memory();
             let tee = kata_gpu_plan::sandbox::TeeSettings::default();
-            out.push(checks::address_bits(args.profile, &devs, |bars| {
-                kata_gpu_plan::sandbox::room(args.profile, &base, &facts, &tee, bars)
+            out.push(checks::address_bits(args.node.profile, &devs, |bars| {
+                kata_gpu_plan::sandbox::room(args.node.profile, &base, &facts, &tee, bars)
             }));
         }
         Err(e) => out.push(checks::fail("gpus", e, "check that /sys is mounted")),
     }
-    let status_args = StatusArgs {
-        profile: args.profile,
-        containerd_config: args.containerd_config.clone(),
-        artifacts_root: args.artifacts_root.clone(),
-        containerd: args.containerd.clone(),
-        socket: args.socket.clone(),
-    };
-    let status = status::gather(&status_args, root).map_err(|e| format!("{e:#}"));
+    let status = status::gather(&args.node, root).map_err(|e| format!("{e:#}"));
     out.extend(checks::registration(
-        args.profile,
+        args.node.profile,
         status.as_ref().map_err(Clone::clone),
     ));
     // The shims as status probed them (once, with the handler's runtime_path); asked here
@@ -264,19 +243,19 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     let ours = probes
         .our_shim
         .take()
-        .unwrap_or_else(|| shim_check::our_shim(root, args.profile, &args.containerd, None));
-    out.push(our_shim(args.profile, root, ours));
+        .unwrap_or_else(|| shim_check::our_shim(root, args.node.profile, &args.node.containerd, None));
+    out.push(our_shim(args.node.profile, root, ours));
     let kata = probes
         .kata_shim
         .take()
-        .unwrap_or_else(|| shim_check::kata_shim(args.profile, root));
+        .unwrap_or_else(|| shim_check::kata_shim(args.node.profile, root));
     out.push(kata_shim(kata));
     let devices = probes
         .device_source
         .take()
-        .unwrap_or_else(|| shim_check::device_source(args.profile, root));
+        .unwrap_or_else(|| shim_check::device_source(args.node.profile, root));
     out.push(device_source(devices));
-    if let Ok((settings, _)) = shim_check::settings(args.profile, root) {
+    if let Ok((settings, _)) = shim_check::settings(args.node.profile, root) {
         if settings.device_source == kata_gpu_plan::settings::DeviceSource::Kubelet {
             let limit = Duration::from_secs(settings.pod_resources_timeout_seconds.clamp(1, 10));
             out.extend(plugin::pod_resources(
@@ -332,15 +311,15 @@ fn print_labels(
         anyhow::bail!(
             "no labels: {} of {}'s checks fail ({}); kata-gpu doctor --profile {} says why and how to fix them",
             failed.len(),
-            args.profile.handler(),
+            args.node.profile.handler(),
             failed.join(", "),
-            args.profile.name()
+            args.node.profile.name()
         );
     }
     let host = Host::new(root);
     let devs = devices(&host).map_err(anyhow::Error::msg)?;
     let mut labels = checks::labels(&host.platform(), &devs);
-    let (k, v) = kata_gpu_manifests::ready_label(args.profile);
+    let (k, v) = kata_gpu_manifests::ready_label(args.node.profile);
     labels.insert(k, v.to_owned());
     if json {
         println!("{}", serde_json::to_string_pretty(&labels)?);
@@ -363,8 +342,8 @@ pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<Outcome> {
     let (failures, warnings) = (count(Verdict::Fail), count(Verdict::Warn));
     if global.json {
         let report = Report {
-            profile: args.profile.name(),
-            handler: args.profile.handler(),
+            profile: args.node.profile.name(),
+            handler: args.node.profile.handler(),
             ok: failures == 0,
             failures,
             warnings,
@@ -377,7 +356,7 @@ pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<Outcome> {
         }
         println!(
             "{}: {failures} failed, {warnings} warning(s)",
-            args.profile.handler()
+            args.node.profile.handler()
         );
     }
     Ok(if failures == 0 {

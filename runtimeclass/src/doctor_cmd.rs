@@ -200,9 +200,12 @@ fn our_shim(profile: Profile, root: &Path, probed: Result<shim_check::OurShim, S
 fn base_values(args: &DoctorArgs, root: &Path) -> kata_gpu_plan::sandbox::KataValues {
     let installed = cdi::inject::under_root(
         root,
-        &kata_gpu_fsutil::layout::current_config_path(&args.node.artifacts_root, args.node.profile.handler())
-            .display()
-            .to_string(),
+        &kata_gpu_fsutil::layout::current_config_path(
+            &args.node.artifacts_root,
+            args.node.profile.handler(),
+        )
+        .display()
+        .to_string(),
     );
     match std::fs::read_to_string(installed) {
         Ok(text) => kata_gpu_plan::sandbox::KataValues::from_config(&text),
@@ -240,10 +243,9 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     // The shims as status probed them (once, with the handler's runtime_path); asked here
     // only when status could not be gathered.
     let mut probes = status.map(|s| s.probes).unwrap_or_default();
-    let ours = probes
-        .our_shim
-        .take()
-        .unwrap_or_else(|| shim_check::our_shim(root, args.node.profile, &args.node.containerd, None));
+    let ours = probes.our_shim.take().unwrap_or_else(|| {
+        shim_check::our_shim(root, args.node.profile, &args.node.containerd, None)
+    });
     out.push(our_shim(args.node.profile, root, ours));
     let kata = probes
         .kata_shim

@@ -68,27 +68,17 @@ impl PrivateContainerd {
     /// As [`PrivateContainerd::start_release`], with containerd run as the last argument of
     /// `launcher` (which must exec it, so that signals reach containerd), e.g.
     /// [`crate::katans::KataNs::launcher`], and given `args` (e.g. `--log-level debug`, which
-    /// containerd hands its shims as `-debug`).
+    /// containerd hands its shims as `-debug`); with `cri`, the CRI plugins on (Kata behind
+    /// a pod's runtime handler, in Kata's namespace).
     pub fn start_release_under(
         release: Containerd,
+        cri: bool,
         extra: &str,
         env: &[(&str, String)],
         launcher: Vec<OsString>,
         args: Vec<OsString>,
     ) -> Self {
-        Self::launch_under(release, false, extra, env, (launcher, args))
-    }
-
-    /// As [`PrivateContainerd::start_release_under`] with the CRI plugins on: Kata behind a
-    /// pod's runtime handler, in Kata's namespace.
-    pub fn start_release_cri_under(
-        release: Containerd,
-        extra: &str,
-        env: &[(&str, String)],
-        launcher: Vec<OsString>,
-        args: Vec<OsString>,
-    ) -> Self {
-        Self::launch_under(release, true, extra, env, (launcher, args))
+        Self::launch_under(release, cri, extra, env, (launcher, args))
     }
 
     /// As [`PrivateContainerd::start_with`] with the CRI plugin on; `extra` holds its

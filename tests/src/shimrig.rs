@@ -230,29 +230,19 @@ impl Rig {
                 .expect("installed settings name a downstream");
             ns.link(at, &downstream_path);
         }
-        let ctrd = match (cri, &kata_ns) {
-            (None, Some(ns)) => PrivateContainerd::start_release_under(
+        let cdi_dir = sim.path("var/run/cdi").display().to_string();
+        let table = cri.map(|t| t.replace(CDI_SPEC_DIR, &cdi_dir));
+        let ctrd = match (&kata_ns, &table) {
+            (Some(ns), _) => PrivateContainerd::start_release_under(
                 release,
-                "",
+                table.is_some(),
+                table.as_deref().unwrap_or_default(),
                 &env,
                 ns.launcher(Vsock::None),
                 vec!["--log-level".into(), "debug".into()],
             ),
+            (None, Some(t)) => PrivateContainerd::start_release_cri(release, t, &env),
             (None, None) => PrivateContainerd::start_release(release, "", &env),
-            (Some(table), ns) => {
-                let cdi_dir = sim.path("var/run/cdi").display().to_string();
-                let table = table.replace(CDI_SPEC_DIR, &cdi_dir);
-                match ns {
-                    Some(ns) => PrivateContainerd::start_release_cri_under(
-                        release,
-                        &table,
-                        &env,
-                        ns.launcher(Vsock::None),
-                        vec!["--log-level".into(), "debug".into()],
-                    ),
-                    None => PrivateContainerd::start_release_cri(release, &table, &env),
-                }
-            }
         };
         let rootfs = busybox_rootfs(w);
         Self {

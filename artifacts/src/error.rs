@@ -125,7 +125,8 @@ pub enum Error {
         /// The lock file.
         lock: PathBuf,
     },
-    /// The class has no active set.
+    /// The class has no active set. Paths in errors are where a user on this machine finds
+    /// them: under the host root.
     #[error("{}: no artifact set is installed (no `current` link); run `kata-gpu artifacts install SRC --class NAME`", class_dir.display())]
     NotInstalled {
         /// The class directory.

@@ -34,15 +34,15 @@ pub fn rollback(store: &Store) -> Result<Switch> {
     let class_dir = store.class_dir_on_disk();
     if !class_dir.is_dir() {
         return Err(Error::NotInstalled {
-            class_dir: store.class_dir(),
+            class_dir: store.class_dir_on_disk(),
         });
     }
     let _lock = store.lock(true)?;
     let current = store.current()?.ok_or_else(|| Error::NotInstalled {
-        class_dir: store.class_dir(),
+        class_dir: store.class_dir_on_disk(),
     })?;
     let previous = store.previous()?.ok_or_else(|| Error::NoPrevious {
-        class_dir: store.class_dir(),
+        class_dir: store.class_dir_on_disk(),
     })?;
     let report = verify_set(store, &previous)?;
     if let Some(f) = report.findings.first() {
@@ -270,7 +270,7 @@ pub fn remove_class(store: &Store, dry_run: bool) -> Result<RemoveReport> {
         Err(e) => return Err(Error::io(&class_dir, "inspect", e)),
         Ok(m) if !m.is_dir() => {
             return Err(Error::Broken {
-                path: host_dir,
+                path: class_dir,
                 problem: "is a link or a file, not a store directory; nothing was removed: remove it by hand if it is not wanted".into(),
             })
         }
@@ -285,9 +285,9 @@ pub fn remove_class(store: &Store, dry_run: bool) -> Result<RemoveReport> {
         .collect();
     if !users.is_empty() {
         return Err(Error::InUse {
-            class_dir: host_dir,
+            class_dir,
             sets: sets_named_by(store, &configs)?.into_keys().collect(),
-            configs: users,
+            configs: users.iter().map(|p| store.config().on_disk(p)).collect(),
         });
     }
 

@@ -112,7 +112,7 @@ pub fn verify(store: &Store, all: bool) -> Result<Vec<VerifyReport>> {
     let class_dir = store.class_dir_on_disk();
     if !class_dir.is_dir() {
         return Err(Error::NotInstalled {
-            class_dir: store.class_dir(),
+            class_dir: store.class_dir_on_disk(),
         });
     }
     let _lock = store.lock(false)?;
@@ -124,7 +124,7 @@ pub fn verify(store: &Store, all: bool) -> Result<Vec<VerifyReport>> {
             Some(c) => vec![c.clone()],
             None => {
                 return Err(Error::NotInstalled {
-                    class_dir: store.class_dir(),
+                    class_dir: store.class_dir_on_disk(),
                 })
             }
         }

@@ -214,7 +214,10 @@ fn remove_takes_the_whole_store_but_not_while_a_sandbox_uses_it() {
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert_eq!(
             String::from_utf8_lossy(&out.stderr),
-            format!("kata-gpu: /{STORE}: set {va} is in use by /run/kata-gpu/sandboxes/pod-1/configuration.toml; nothing was removed: stop those pods (or delete the configuration a sandbox that is gone left behind) and retry\n")
+            format!(
+                "kata-gpu: {root}/{STORE}: set {va} is in use by {root}/run/kata-gpu/sandboxes/pod-1/configuration.toml; nothing was removed: stop those pods (or delete the configuration a sandbox that is gone left behind) and retry\n",
+                root = host.root().display()
+            )
         );
         assert_eq!(host.tree(), before);
     }
@@ -330,8 +333,8 @@ fn nothing_installed_and_bad_usage() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         format!(
-            "kata-gpu: /{STORE}: no artifact set is installed (no `current` link); run `kata-gpu --host-root {} artifacts install SRC --class NAME`\n",
-            host.root().display()
+            "kata-gpu: {root}/{STORE}: no artifact set is installed (no `current` link); run `kata-gpu --host-root {root} artifacts install SRC --class NAME`\n",
+            root = host.root().display()
         )
     );
     let out = host.run(&["artifacts", "list"]);

@@ -95,7 +95,11 @@ fn verify_without_a_set_says_how_to_install_one() {
     let e = verify(&host.store(), false).expect_err("nothing installed");
     assert_eq!(
         e.to_string(),
-        format!("{ROOT}/{CLASS}: no artifact set is installed (no `current` link); run `kata-gpu artifacts install SRC --class NAME`")
+        // Where a user on this machine finds it: under the host root.
+        format!(
+            "{}{ROOT}/{CLASS}: no artifact set is installed (no `current` link); run `kata-gpu artifacts install SRC --class NAME`",
+            host.root().display()
+        )
     );
 }
 
@@ -125,7 +129,8 @@ fn rollback_refuses_without_a_previous_set_or_to_a_damaged_one() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{ROOT}/{CLASS}: no previous set to roll back to; install the set you want instead"
+            "{}{ROOT}/{CLASS}: no previous set to roll back to; install the set you want instead",
+            host.root().display()
         )
     );
     let (store, a, _) = two_sets(&host);
@@ -357,9 +362,10 @@ fn remove_class_refuses_a_store_a_running_sandbox_uses_and_changes_nothing() {
         assert_eq!(
             e.to_string(),
             format!(
-                "/opt/nvidia-gpu-operator/artifacts/runtimeclasses/{CLASS}: set {a} is in use by \
-                 /run/kata-gpu/sandboxes/pod-1/configuration.toml; nothing was removed: stop \
-                 those pods (or delete the configuration a sandbox that is gone left behind) and retry"
+                "{root}/opt/nvidia-gpu-operator/artifacts/runtimeclasses/{CLASS}: set {a} is in use by \
+                 {root}/run/kata-gpu/sandboxes/pod-1/configuration.toml; nothing was removed: stop \
+                 those pods (or delete the configuration a sandbox that is gone left behind) and retry",
+                root = host.root().display()
             )
         );
         assert_eq!(snapshot(host.root()), before, "byte for byte");
@@ -378,9 +384,10 @@ fn remove_class_refuses_a_store_a_running_sandbox_uses_and_changes_nothing() {
     .expect("write");
     let e = remove_class(&store, false).expect_err("in use");
     assert!(
-        e.to_string().contains(
-            ": the store is in use by /run/kata-gpu/k8s.io/pod-2/configuration.toml; nothing was removed"
-        ),
+        e.to_string().contains(&format!(
+            ": the store is in use by {}/run/kata-gpu/k8s.io/pod-2/configuration.toml; nothing was removed",
+            host.root().display()
+        )),
         "{e}"
     );
     assert!(host.class_dir().join("current").exists());

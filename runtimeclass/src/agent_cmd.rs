@@ -27,6 +27,71 @@ use crate::{Global, Outcome};
 /// NFD's local feature files, as the host sees them.
 pub const FEATURES_DIR: &str = "/etc/kubernetes/node-feature-discovery/features.d";
 
+/// Where each agent marks that it is changing the node (one file a profile, on the tmpfs
+/// `/run`, beside the shim's state directory and not in it: no sandbox's), so that the agents of several profiles, which start together, restart
+/// containerd once between them: an agent restarts it only once no other agent is mid-change.
+pub const CHANGING_DIR: &str = "/run/kata-gpu-agents";
+/// How long an agent waits for the others to finish changing the node before it restarts
+/// containerd all the same.
+const SETTLE: Duration = Duration::from_secs(120);
+/// A mark older than this is a killed agent's, and waits for nothing.
+const STALE: Duration = Duration::from_secs(600);
+
+/// This agent's mark in [`CHANGING_DIR`] while it installs or uninstalls; gone on drop.
+struct Changing(PathBuf);
+
+impl Changing {
+    fn mark(args: &AgentArgs, global: &Global) -> anyhow::Result<Changing> {
+        let file = inside(
+            &global.host_root,
+            &Path::new(CHANGING_DIR).join(args.profile.name()),
+        )?;
+        if let Some(dir) = file.parent() {
+            kata_gpu_fsutil::create_dirs(dir, 0o755)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        kata_gpu_fsutil::write_atomic(&file, std::process::id().to_string().as_bytes(), 0o644)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        Ok(Changing(file))
+    }
+}
+
+impl Drop for Changing {
+    /// Removes the mark, and the directory once no agent marks anything in it.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The other profiles whose agents are changing the node now (their marks, younger than
+/// [`STALE`]).
+fn others_changing(args: &AgentArgs, global: &Global) -> Vec<String> {
+    let Ok(dir) = inside(&global.host_root, Path::new(CHANGING_DIR)) else {
+        return Vec::new();
+    };
+    let mut others: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_str() != Some(args.profile.name()))
+                .filter(|e| {
+                    e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age < STALE)
+                })
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    others.sort();
+    others
+}
+
 /// Arguments of `kata-gpu agent`; what follows `--` goes to both install and uninstall.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -137,6 +202,7 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
         say(&format!("artifact set {}", src.display()));
         install.extend(["--artifacts".to_owned(), src.display().to_string()]);
     }
+    let changing = Changing::mark(&args, global)?;
     if let Err(e) = step(&args, global, &install) {
         // A shim no registration names is not left behind.
         if created {
@@ -144,6 +210,7 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
         }
         return Err(e);
     }
+    drop(changing);
     restart_if_owed(&args, global)?;
     let (labelled, signal) = until_ready(&args, global, &stop)?;
     say(&format!("{signal}: uninstalling"));
@@ -151,7 +218,9 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
         fsio::remove_file(&file)?;
         say(&format!("removed the node labels ({})", file.display()));
     }
+    let changing = Changing::mark(&args, global)?;
     step(&args, global, &["uninstall".to_owned()])?;
+    drop(changing);
     restart_if_owed(&args, global)?;
     fsio::remove_file(&inside(root, &shim)?)?;
     say(&format!("removed {}", shim.display()));
@@ -253,8 +322,28 @@ fn restart_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<bool> {
 }
 
 /// Restarts containerd in the host's mount namespace when it has not loaded its config
-/// and the agent may; else says the restart is owed.
+/// and the agent may; else says the restart is owed. It first waits (up to [`SETTLE`]) for
+/// the other profiles' agents to finish changing the node, then decides under the node lock:
+/// the first agent restarts, and the others find containerd has loaded their change too.
 fn restart_if_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETTLE;
+    let mut said = false;
+    loop {
+        let others = others_changing(args, global);
+        if others.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        if !said {
+            say(&format!(
+                "waiting for the agent(s) of {} to finish, to restart containerd once for all",
+                others.join(", ")
+            ));
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _lock =
+        crate::node_state::NodeLock::take(&global.host_root, Duration::from_secs(60), false)?;
     if !restart_owed(args, global)? {
         return Ok(());
     }

@@ -720,3 +720,113 @@ fn the_agent_keeps_checking_and_labels_the_node_when_it_becomes_ready() {
     sigterm(child, pid, &log);
     assert!(!sim.path(LABELS).exists(), "labels left");
 }
+
+/// The agents of two profiles, started together as the node DaemonSet starts them, restart
+/// containerd once between them, after install and again after uninstall (issue 28: each
+/// restarted it). The stand-in `systemctl` "restarts" containerd by giving the host's
+/// `/proc` a containerd started now, so that a later check finds the change loaded.
+#[test]
+fn the_agents_of_two_profiles_restart_containerd_once_between_them() {
+    kata_gpu_tests::require(kata_gpu_tests::is_root(), "root is needed for unshare");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (sim, image, set) = ready_host(work.path());
+    // No containerd runs: each install owes a restart.
+    fs::remove_dir_all(sim.path("proc")).expect("no containerd in /proc");
+    fs::create_dir_all(sim.path("proc/1/ns")).expect("mkdir");
+    std::os::unix::fs::symlink("/proc/1/ns/mnt", sim.path("proc/1/ns/mnt")).expect("link");
+    fs::copy(
+        image.join(common::SNP),
+        image.join("containerd-shim-kata-qemu-nvidia-gpu-v2"),
+    )
+    .expect("the gpu profile's shim");
+    let bin = work.path().join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    let calls = work.path().join("systemctl.calls");
+    let proc = sim.path("proc");
+    fs::write(
+        bin.join("systemctl"),
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {calls}\nnow=$(date +%s)\nmkdir -p {proc}/4242\n\
+             printf 'cpu 0\\nbtime %s\\n' \"$now\" > {proc}/stat\n\
+             echo containerd > {proc}/4242/comm\n\
+             printf 'containerd\\0--config\\0/etc/containerd/config.toml\\0' > {proc}/4242/cmdline\n\
+             printf '4242 (containerd) S{zeros}\\n' > {proc}/4242/stat\n",
+            calls = calls.display(),
+            proc = proc.display(),
+            zeros = " 0".repeat(19),
+        ),
+    )
+    .expect("systemctl");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    fs::set_permissions(bin.join("systemctl"), mode).expect("chmod");
+    let path = format!(
+        "PATH={}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let launcher = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--",
+        "env",
+        &path,
+    ];
+    let logs = [work.path().join("snp.log"), work.path().join("gpu.log")];
+    let agents: Vec<Running> = [("snp", &logs[0]), ("gpu", &logs[1])]
+        .into_iter()
+        .map(|(profile, log)| {
+            agent_with(
+                &launcher,
+                &sim,
+                &image,
+                Some(&set),
+                log,
+                &["--profile", profile],
+            )
+        })
+        .collect();
+    let read = |log: &Path| fs::read_to_string(log).unwrap_or_default();
+    for log in &logs {
+        wait_until("both agents wait", || {
+            read(log).contains("waiting for SIGTERM")
+                || read(log).contains("not ready, checking again")
+        });
+    }
+    let restarts = || fs::read_to_string(&calls).unwrap_or_default();
+    assert_eq!(
+        restarts(),
+        "restart containerd\n",
+        "{}\n{}",
+        read(&logs[0]),
+        read(&logs[1])
+    );
+    // SIGTERM to both, as a pod's deletion sends it: one more restart. (A second later:
+    // the host tells a process's start to the second, so a change within the second of a
+    // restart counts as loaded by it.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let pids: Vec<i32> = agents
+        .iter()
+        .map(|a| {
+            let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", a.id()))
+                .expect("unshare's children");
+            children.trim().parse().expect("one child")
+        })
+        .collect();
+    for pid in &pids {
+        kill(Pid::from_raw(*pid), Signal::SIGTERM).expect("SIGTERM");
+    }
+    for (a, log) in agents.into_iter().zip(&logs) {
+        let out = finish(a);
+        assert!(out.status.success(), "{}", read(log));
+    }
+    assert_eq!(
+        restarts(),
+        "restart containerd\nrestart containerd\n",
+        "{}\n{}",
+        read(&logs[0]),
+        read(&logs[1])
+    );
+    assert!(!sim.path("run/kata-gpu-agents").exists());
+}

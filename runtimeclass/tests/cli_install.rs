@@ -232,9 +232,10 @@ fn uninstall_purge_removes_the_store_unless_a_sandbox_uses_it() {
     let said = text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
-        said.contains(
-            "in use by /run/kata-gpu/k8s.io/pod-1/configuration.toml; nothing was removed"
-        ),
+        said.contains(&format!(
+            "in use by {}/run/kata-gpu/k8s.io/pod-1/configuration.toml; nothing was removed",
+            sim.root().display()
+        )),
         "{said}"
     );
     assert_eq!(tree(sim.root()), before, "changed: {said}");

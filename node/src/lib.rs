@@ -2,6 +2,9 @@
 //! `kata-gpu`'s commands, which print what it finds (this crate prints nothing, and reads
 //! only: the node's writers stay in the commands until they move here too).
 //!
+//! - [`paths`]: host paths under `--host-root`, and how they are named.
+//! - [`containerd`]: containerd on the node: its default config and socket, its processes,
+//!   whether it has loaded a change, the PATH it finds shims on.
 //! - [`processes`]: the host's processes, by their command lines (the host's `/proc` under
 //!   `--host-root`).
 //! - [`sandboxes`]: the node's GPU sandboxes — the proxy's per-sandbox state, the processes
@@ -10,5 +13,7 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod containerd;
+pub mod paths;
 pub mod processes;
 pub mod sandboxes;

@@ -113,7 +113,7 @@ pub struct NodeArgs {
     #[arg(long, default_value = "snp")]
     pub profile: Profile,
     /// containerd's config file.
-    #[arg(long, value_name = "F", default_value = crate::containerd_facts::DEFAULT_CONFIG)]
+    #[arg(long, value_name = "F", default_value = kata_gpu_node::containerd::DEFAULT_CONFIG)]
     pub containerd_config: PathBuf,
     #[command(flatten)]
     pub containerd: ContainerdArgs,

@@ -135,7 +135,7 @@ fn install(args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<String>> {
             "warning:  {} is not on containerd's PATH ({}): containerd will not find the shim there; \
              pick a prefix on it, or register with --runtime-path {}",
             bin.display(),
-            crate::containerd_facts::containerd_path(root),
+            kata_gpu_node::containerd::containerd_path(root),
             files[1].display()
         ));
     }

@@ -28,7 +28,7 @@ pub enum ContainerdCommand {
 #[derive(Debug, clap::Args)]
 pub struct RegisterArgs {
     /// containerd's config file.
-    #[arg(long, value_name = "F", default_value = crate::containerd_facts::DEFAULT_CONFIG)]
+    #[arg(long, value_name = "F", default_value = kata_gpu_node::containerd::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// The runtime class's profile: snp, tdx or gpu.
     #[arg(long, default_value = "snp")]

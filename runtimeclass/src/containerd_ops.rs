@@ -9,11 +9,11 @@ use kata_gpu_plan::Profile;
 use serde::Serialize;
 
 use crate::args::{CommonArgs, ContainerdArgs};
-use crate::containerd_facts::socket;
 use crate::node_state::{shown, NodeLock, NodeState};
 use crate::registration::{apply, plan_register, Plan, Request};
 use crate::unregistration::plan_unregister;
 use kata_gpu_containerd_config::cri as cri_probe;
+use kata_gpu_node::containerd::socket;
 
 /// The handler a profile registers.
 pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {

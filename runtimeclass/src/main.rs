@@ -14,7 +14,6 @@ mod cdi_cmd;
 mod coexist;
 mod command_line;
 mod containerd_cmd;
-mod containerd_facts;
 mod containerd_ops;
 mod deploy_cmd;
 mod device_plugin_cmd;

@@ -16,16 +16,7 @@ pub const STATE_DIR: &str = "/var/lib/kata-gpu/state";
 /// The lock every node-changing command holds, as the host sees it.
 pub const LOCK: &str = "/run/lock/kata-gpu.lock";
 
-/// `host` (as the host sees it) under `root`.
-pub fn under(root: &Path, host: &Path) -> PathBuf {
-    root.join(host.strip_prefix("/").unwrap_or(host))
-}
-
-/// `host` (as the host sees it) as it is named under `root`, for what kata-gpu prints: under
-/// `--host-root` every path it names is the one inside the root, never the real host's.
-pub fn shown(root: &Path, host: &Path) -> String {
-    under(root, host).display().to_string()
-}
+pub use kata_gpu_node::paths::{host_path, shown, under};
 
 /// `host` under `root` with every symlink on the way resolved inside `root`
 /// ([`kata_gpu_fsutil::resolve_in_root`]), so that a linked directory never leads a read or
@@ -33,19 +24,6 @@ pub fn shown(root: &Path, host: &Path) -> String {
 pub fn inside(root: &Path, host: &Path) -> anyhow::Result<PathBuf> {
     kata_gpu_fsutil::resolve_in_root(root, host)
         .with_context(|| format!("cannot resolve {} under {}", host.display(), root.display()))
-}
-
-/// A path given on the command line, as the host sees it: absolute as given; a relative one
-/// is taken from the current directory on a real host (`--host-root /`) and from the root
-/// of a simulated one.
-pub fn host_path(root: &Path, given: &Path) -> PathBuf {
-    if given.is_absolute() {
-        given.to_path_buf()
-    } else if root == Path::new("/") {
-        std::path::absolute(given).unwrap_or_else(|_| given.to_path_buf())
-    } else {
-        Path::new("/").join(given)
-    }
 }
 
 /// The node lock, held for a whole command: reading the record, changing files and saving

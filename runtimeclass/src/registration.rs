@@ -51,7 +51,7 @@ impl Request {
             root: root.to_path_buf(),
             config: host_path(
                 root,
-                config.unwrap_or(Path::new(crate::containerd_facts::DEFAULT_CONFIG)),
+                config.unwrap_or(Path::new(kata_gpu_node::containerd::DEFAULT_CONFIG)),
             ),
             drop_in_dir: drop_in_dir.map(|d| host_path(root, d)),
             spec,
@@ -121,7 +121,7 @@ fn containerd_default_version(root: &Path) -> Option<ConfigVersion> {
     let binary = if root == Path::new("/") {
         PathBuf::from("containerd")
     } else {
-        crate::containerd_facts::containerd_path(root)
+        kata_gpu_node::containerd::containerd_path(root)
             .split(':')
             .map(|d| under(root, &Path::new(d).join("containerd")))
             .find(|p| p.is_file())?
@@ -402,7 +402,7 @@ pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyho
         match (&mut state.containerd, state.unregistered.take()) {
             // Registered again before containerd restarted: the restart is still owed.
             (Some(c), Some(p)) => {
-                if crate::containerd_facts::restart_owed(root, &p.config, p.changed_at) {
+                if kata_gpu_node::containerd::restart_owed(root, &p.config, p.changed_at) {
                     c.restart_pending = true;
                     c.changed_at = c.changed_at.max(p.changed_at);
                 }

@@ -14,7 +14,7 @@ use crate::node_state::{shown, under};
 /// Where containerd looks up shim binaries, as the host sees them: its PATH, then the
 /// directory of the containerd binary.
 pub fn shim_dirs(root: &Path, containerd: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = crate::containerd_facts::containerd_path(root)
+    let mut dirs: Vec<PathBuf> = kata_gpu_node::containerd::containerd_path(root)
         .split(':')
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)

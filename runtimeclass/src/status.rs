@@ -10,11 +10,11 @@ use kata_gpu_containerd_config::{covers, find_handler, fsio, imports};
 use serde::Serialize;
 
 use crate::args::StatusArgs;
-use crate::containerd_facts::{restart_owed, DEFAULT_CONFIG};
 use crate::containerd_ops::restart_how;
 use crate::node_state::{host_path, inside, shown, ContainerdState, Mode, NodeState};
 use crate::shim_check;
 use kata_gpu_containerd_config::cri as cri_probe;
+use kata_gpu_node::containerd::{restart_owed, DEFAULT_CONFIG};
 
 /// The status of one profile.
 #[derive(Debug, Serialize)]
@@ -177,7 +177,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         (None, None, None) => PathBuf::from(DEFAULT_CONFIG),
     };
     // What the running containerd serves, asked over its CRI socket (not the file).
-    let socket = crate::containerd_facts::socket(root, &config, args.socket.as_deref());
+    let socket = kata_gpu_node::containerd::socket(root, &config, args.socket.as_deref());
     let running = cri_probe::loaded_handlers(&socket, cri_probe::TIMEOUT);
     let loaded = running
         .as_ref()

@@ -30,7 +30,7 @@ pub struct UninstallArgs {
     pub profile: Profile,
     /// containerd's config file, when kata-gpu has no record of registering (the record
     /// names the file it changed).
-    #[arg(long, value_name = "F", default_value = crate::containerd_facts::DEFAULT_CONFIG)]
+    #[arg(long, value_name = "F", default_value = kata_gpu_node::containerd::DEFAULT_CONFIG)]
     pub containerd_config: PathBuf,
     #[command(flatten)]
     pub common: CommonArgs,

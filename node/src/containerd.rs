@@ -1,13 +1,14 @@
 //! Facts about containerd on the node: its default config, the socket it serves on, its
-//! processes (from the host's `/proc`), when the one reading a config started, and so
-//! whether it has loaded a change; and the PATH it finds shims on.
+//! processes (from the host's `/proc` under the root), when the one reading a config
+//! started, and so whether it has loaded a change made since; and the PATH it finds shims
+//! on.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use kata_gpu_containerd_config::{daemon, fsio};
 
-use crate::node_state::{host_path, under};
+use crate::paths::{host_path, under};
 
 /// The default main config, as the host sees it.
 pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
@@ -25,7 +26,7 @@ pub fn socket(root: &Path, config: &Path, given: Option<&Path>) -> PathBuf {
 
 /// Whether the containerd that reads `config` still runs from before `changed_at` (or none
 /// runs), so that it has not loaded the change made then.
-pub(crate) fn restart_owed(root: &Path, config: &Path, changed_at: u64) -> bool {
+pub fn restart_owed(root: &Path, config: &Path, changed_at: u64) -> bool {
     containerd_started(root, config).is_none_or(|t| t < changed_at)
 }
 
@@ -77,15 +78,13 @@ pub fn containerd_started(root: &Path, config: &Path) -> Option<u64> {
 /// containerd's PATH on the host under `root`: the running containerd's own environment
 /// when one runs there, else ours on a real host, else systemd's default.
 pub fn containerd_path(root: &Path) -> String {
-    let running = crate::containerd_facts::containerd_processes(root)
-        .into_iter()
-        .find_map(|dir| {
-            let env = std::fs::read(dir.join("environ")).ok()?;
-            env.split(|b| *b == 0).find_map(|kv| {
-                let kv = String::from_utf8_lossy(kv);
-                kv.strip_prefix("PATH=").map(str::to_owned)
-            })
-        });
+    let running = containerd_processes(root).into_iter().find_map(|dir| {
+        let env = std::fs::read(dir.join("environ")).ok()?;
+        env.split(|b| *b == 0).find_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.strip_prefix("PATH=").map(str::to_owned)
+        })
+    });
     match running {
         Some(path) => path,
         None if root == Path::new("/") => {
@@ -97,3 +96,54 @@ pub fn containerd_path(root: &Path) -> String {
 
 /// systemd's default PATH for services, which a containerd started by systemd inherits.
 pub const STANDARD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host whose `/proc` shows one containerd reading `config`, started `after_boot`
+    /// seconds after a boot at `btime`, with `PATH=/opt/bin` in its environment.
+    fn host(config: &str, btime: u64, after_boot: u64) -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        let proc = root.path().join("proc");
+        fs::create_dir_all(proc.join("77")).expect("mkdir");
+        fs::write(proc.join("stat"), format!("cpu 0\nbtime {btime}\n")).expect("stat");
+        fs::write(proc.join("77/comm"), "containerd\n").expect("comm");
+        fs::write(
+            proc.join("77/cmdline"),
+            format!("containerd\0--config\0{config}\0"),
+        )
+        .expect("cmdline");
+        fs::write(proc.join("77/environ"), "A=b\0PATH=/opt/bin\0").expect("environ");
+        let ticks = after_boot * 100;
+        let fields: Vec<String> = (0..19)
+            .map(|i| {
+                if i == 18 {
+                    ticks.to_string()
+                } else {
+                    "0".to_owned()
+                }
+            })
+            .collect();
+        fs::write(
+            proc.join("77/stat"),
+            format!("77 (containerd) S {}\n", fields.join(" ")),
+        )
+        .expect("stat");
+        root
+    }
+
+    #[test]
+    fn a_change_is_loaded_once_containerd_started_after_it() {
+        let root = host(DEFAULT_CONFIG, 1_000, 50);
+        let config = Path::new(DEFAULT_CONFIG);
+        assert_eq!(containerd_started(root.path(), config), Some(1_050));
+        assert!(!restart_owed(root.path(), config, 1_050));
+        assert!(restart_owed(root.path(), config, 1_051));
+        // Another config's containerd, or none at all: a change is not loaded.
+        assert!(restart_owed(root.path(), Path::new("/etc/k3s.toml"), 1));
+        assert!(restart_owed(Path::new("/nowhere"), config, 1));
+        assert_eq!(containerd_path(root.path()), "/opt/bin");
+        assert_eq!(containerd_path(Path::new("/nowhere")), STANDARD_PATH);
+    }
+}

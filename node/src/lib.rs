@@ -5,6 +5,9 @@
 //! - [`paths`]: host paths under `--host-root`, and how they are named.
 //! - [`containerd`]: containerd on the node: its default config and socket, its processes,
 //!   whether it has loaded a change, the PATH it finds shims on.
+//! - [`shims`]: our shim where containerd finds it (and its `-v`), Kata's shim where the
+//!   shim settings name it, the settings themselves.
+//! - [`boot_unit`]: the systemd unit that makes a node ready again after a reboot.
 //! - [`processes`]: the host's processes, by their command lines (the host's `/proc` under
 //!   `--host-root`).
 //! - [`sandboxes`]: the node's GPU sandboxes — the proxy's per-sandbox state, the processes
@@ -13,7 +16,9 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod boot_unit;
 pub mod containerd;
 pub mod paths;
 pub mod processes;
 pub mod sandboxes;
+pub mod shims;

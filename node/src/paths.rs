@@ -1,6 +1,6 @@
 //! Host paths under `--host-root`: every path kata-gpu reads, writes or names is a host path
 //! (as the host sees it) placed under the root it was given (`/` on a node, a directory
-//! holding a simulated host in tests).
+//! holding a simulated host in tests); and where kata-gpu keeps its files on a node.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +26,33 @@ pub fn host_path(root: &Path, given: &Path) -> PathBuf {
     } else {
         Path::new("/").join(given)
     }
+}
+
+/// Where install writes the manifests, as the host sees it.
+pub const MANIFEST_DIR: &str = "/var/lib/kata-gpu/manifests";
+
+/// Where install writes the host CDI specs, as the host sees it.
+pub const CDI_DIR: &str = "/var/run/cdi";
+
+/// Our host CDI spec of `kind`, as the host sees it.
+pub fn our_spec_path(kind: &str) -> PathBuf {
+    Path::new(CDI_DIR).join(cdi::write::spec_file_name(kind))
+}
+
+/// The record of installed binaries, as the host sees it.
+pub const RECORD: &str = "/var/lib/kata-gpu/binaries.json";
+
+/// The default prefix.
+pub const DEFAULT_PREFIX: &str = "/usr/local";
+
+/// The settings file the shim reads for `profile` (unless `$KATA_GPU_SHIM_CONFIG` names
+/// another), as the host sees it: beside the class's artifact sets.
+pub fn shim_settings(profile: kata_gpu_plan::Profile) -> PathBuf {
+    kata_gpu_fsutil::layout::class_dir(
+        Path::new(kata_gpu_fsutil::layout::DEFAULT_ROOT),
+        profile.handler(),
+    )
+    .join("shim.toml")
 }
 
 #[cfg(test)]

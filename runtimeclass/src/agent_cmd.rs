@@ -250,9 +250,9 @@ fn install_shim(args: &AgentArgs, root: &Path) -> anyhow::Result<(PathBuf, bool)
     let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
     // The image's shim must be this kata-gpu's, under the profile's name: it is what
     // containerd will run for every pod of the class.
-    let said = crate::shim_check::version(Path::new("/"), &from)
+    let said = kata_gpu_node::shims::version(Path::new("/"), &from)
         .map_err(|e| anyhow::anyhow!("{e}; the image is broken; nothing was installed"))?;
-    if !said.starts_with(&format!("{name} ")) || !crate::shim_check::same_version(&said) {
+    if !said.starts_with(&format!("{name} ")) || !kata_gpu_node::shims::same_version(&said) {
         bail!(
             "{} -v says {said:?}, not the kata-gpu {} shim for {}; the image is broken; nothing was installed",
             from.display(),

@@ -9,8 +9,8 @@ use kata_gpu_plan::Profile;
 use serde::{Deserialize, Serialize};
 
 use crate::node_state::{inside, shown};
-use crate::paths::RECORD;
-use crate::shim_check;
+use kata_gpu_node::paths::RECORD;
+use kata_gpu_node::shims;
 
 /// What `binaries install` put on the node, as the host sees it.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ pub fn check_shim_target(root: &Path, dst: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         _ => {}
     }
-    let said = shim_check::version(root, dst);
+    let said = shims::version(root, dst);
     if said.as_deref().is_ok_and(|line| {
         Profile::ALL
             .iter()

@@ -14,8 +14,9 @@ use kata_gpu_plan::Profile;
 
 use crate::binaries::{check_shim_target, place_shim, planned_files, Record};
 use crate::node_state::{inside, shown, NodeLock, NodeState};
-use crate::paths::{DEFAULT_PREFIX, RECORD};
-use crate::{shim_check, Global, Outcome};
+use crate::{Global, Outcome};
+use kata_gpu_node::paths::{DEFAULT_PREFIX, RECORD};
+use kata_gpu_node::shims;
 
 /// `kata-gpu binaries` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -85,7 +86,7 @@ fn install(args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<String>> {
     let kata_gpu = source(&from, "kata-gpu")?;
     let shim = source(&from, &snp)?;
     // The shim must be ours: a wrong file under its name would be what containerd runs.
-    let said = shim_check::version(Path::new("/"), &shim)
+    let said = shims::version(Path::new("/"), &shim)
         .map_err(|e| anyhow::anyhow!("{e}; nothing was installed"))?;
     if !said.starts_with(&format!("{snp} ")) {
         bail!(
@@ -130,7 +131,7 @@ fn install(args: &InstallArgs, root: &Path) -> anyhow::Result<Vec<String>> {
         said_lines.push(format!("linked    {} -> {snp}", shown(root, link)));
     }
     said_lines.push(format!("shim:     {said}"));
-    if !shim_check::shim_dirs(root, Path::new("containerd")).contains(&bin) {
+    if !shims::shim_dirs(root, Path::new("containerd")).contains(&bin) {
         said_lines.push(format!(
             "warning:  {} is not on containerd's PATH ({}): containerd will not find the shim there; \
              pick a prefix on it, or register with --runtime-path {}",

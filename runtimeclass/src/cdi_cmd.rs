@@ -303,7 +303,9 @@ fn generate(
     let dir = match output_dir {
         Some(d) => d,
         // A symlinked /var/run (most distributions: -> /run) resolves inside the root.
-        None => crate::node_state::inside(&global.host_root, Path::new(crate::paths::CDI_DIR))?,
+        None => {
+            crate::node_state::inside(&global.host_root, Path::new(kata_gpu_node::paths::CDI_DIR))?
+        }
     };
     let found = kata_gpu_plan::host_spec::host_specs(&host)
         .context("cannot read the host's PCI devices")?;

@@ -32,7 +32,7 @@ pub fn foreign_specs(root: &Path) -> Vec<(PathBuf, String)> {
                 continue;
             };
             let host = Path::new(dir).join(file.file_name().unwrap_or_default());
-            let ours = crate::paths::our_spec_path(&spec.kind);
+            let ours = kata_gpu_node::paths::our_spec_path(&spec.kind);
             if [PGPU_KIND, NVSWITCH_KIND].contains(&spec.kind.as_str()) && host != ours {
                 found.push((host, spec.kind));
             }

@@ -14,9 +14,9 @@ use serde::Serialize;
 use crate::args::StatusArgs;
 use crate::command_line::rooted;
 use crate::node_state::shown;
-use crate::shim_check;
 use crate::status;
 use crate::{Global, Outcome};
+use kata_gpu_node::shims;
 
 #[path = "doctor_checks.rs"]
 mod checks;
@@ -79,7 +79,7 @@ fn names<'a>(
 
 /// The host CDI spec against what the host should have.
 fn cdi_check(host: &Host, root: &Path) -> Check {
-    let ours = crate::paths::our_spec_path;
+    let ours = kata_gpu_node::paths::our_spec_path;
     if let Some((file, kind)) = crate::coexist::foreign_specs(root)
         .into_iter()
         .find(|(_, kind)| crate::node_state::under(root, &ours(kind)).exists())
@@ -163,11 +163,11 @@ fn device_source(probed: Result<(bool, String), String>) -> Check {
 
 /// Our own shim binary, where containerd finds it, and whether it runs as this version,
 /// as probed.
-fn our_shim(profile: Profile, root: &Path, probed: Result<shim_check::OurShim, String>) -> Check {
+fn our_shim(profile: Profile, root: &Path, probed: Result<shims::OurShim, String>) -> Check {
     let binary = profile.shim_binary();
     match probed {
         Ok(found) => match &found.version {
-            Ok(v) if shim_check::same_version(v) => checks::ok(
+            Ok(v) if shims::same_version(v) => checks::ok(
                 "kata-gpu shim",
                 format!("{} present ({v})", shown(root, &found.path)),
             ),
@@ -243,21 +243,22 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     // The shims as status probed them (once, with the handler's runtime_path); asked here
     // only when status could not be gathered.
     let mut probes = status.map(|s| s.probes).unwrap_or_default();
-    let ours = probes.our_shim.take().unwrap_or_else(|| {
-        shim_check::our_shim(root, args.node.profile, &args.node.containerd, None)
-    });
+    let ours = probes
+        .our_shim
+        .take()
+        .unwrap_or_else(|| shims::our_shim(root, args.node.profile, &args.node.containerd, None));
     out.push(our_shim(args.node.profile, root, ours));
     let kata = probes
         .kata_shim
         .take()
-        .unwrap_or_else(|| shim_check::kata_shim(args.node.profile, root));
+        .unwrap_or_else(|| shims::kata_shim(args.node.profile, root));
     out.push(kata_shim(kata));
     let devices = probes
         .device_source
         .take()
-        .unwrap_or_else(|| shim_check::device_source(args.node.profile, root));
+        .unwrap_or_else(|| shims::device_source(args.node.profile, root));
     out.push(device_source(devices));
-    if let Ok((settings, _)) = shim_check::settings(args.node.profile, root) {
+    if let Ok((settings, _)) = shims::settings(args.node.profile, root) {
         if settings.device_source == kata_gpu_plan::settings::DeviceSource::Kubelet {
             let limit = Duration::from_secs(settings.pod_resources_timeout_seconds.clamp(1, 10));
             out.extend(plugin::pod_resources(
@@ -271,7 +272,7 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
     out.extend(plugin::checks(root));
     let sandboxes = kata_gpu_node::sandboxes::gather(
         root,
-        &shim_check::state_dirs(root),
+        &shims::state_dirs(root),
         std::time::SystemTime::now(),
     );
     out.extend(checks::sandboxes(&sandboxes, root));

@@ -12,12 +12,12 @@ use kata_gpu_containerd_config::{diff, fsio};
 use kata_gpu_manifests::Manifests;
 
 use crate::args::{InstallArgs, NodeArgs};
-use crate::boot_unit;
 use crate::containerd_ops::{self, handler_spec};
 use crate::node_state::{host_path, inside, shown, under, NodeLock, NodeState};
-use crate::paths::{our_spec_path, MANIFEST_DIR};
 use crate::registration::Request;
 use crate::steps::Step;
+use kata_gpu_node::boot_unit;
+use kata_gpu_node::paths::{our_spec_path, MANIFEST_DIR};
 
 pub(crate) fn store(args: &NodeArgs, root: &Path) -> anyhow::Result<Store> {
     let config = StoreConfig {
@@ -145,7 +145,7 @@ pub(crate) fn boot_kata_gpu(args: &InstallArgs, root: &Path) -> anyhow::Result<P
     }
     match std::env::current_exe() {
         Ok(exe) if root == Path::new("/") => Ok(exe),
-        _ => Ok(Path::new(crate::paths::DEFAULT_PREFIX).join("bin/kata-gpu")),
+        _ => Ok(Path::new(kata_gpu_node::paths::DEFAULT_PREFIX).join("bin/kata-gpu")),
     }
 }
 
@@ -312,11 +312,11 @@ pub(crate) fn shim_step(args: &NodeArgs, root: &Path) -> (Step, bool) {
     let containerd = Path::new("containerd");
     let mut step = Step::new("shim", "");
     let mut found_ours = true;
-    match crate::shim_check::our_shim(root, args.profile, containerd, runtime_path) {
+    match kata_gpu_node::shims::our_shim(root, args.profile, containerd, runtime_path) {
         Ok(found) => {
             step.result = format!("containerd will run {}", shown(root, &found.path));
             match found.version {
-                Ok(v) if crate::shim_check::same_version(&v) => step.notes.push(v),
+                Ok(v) if kata_gpu_node::shims::same_version(&v) => step.notes.push(v),
                 Ok(v) => step.warnings.push(format!(
                     "{v}: not kata-gpu's version {}; install both from one build (make install)",
                     env!("CARGO_PKG_VERSION")
@@ -332,7 +332,7 @@ pub(crate) fn shim_step(args: &NodeArgs, root: &Path) -> (Step, bool) {
             ));
         }
     }
-    match crate::shim_check::kata_shim(args.profile, root) {
+    match kata_gpu_node::shims::kata_shim(args.profile, root) {
         Ok(Ok(_)) => {}
         Ok(Err(missing)) => step.warnings.push(format!(
             "Kata's shim {missing}: install Kata Containers (kata-deploy or its release tarball)"

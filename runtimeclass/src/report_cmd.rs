@@ -18,7 +18,8 @@ use kata_gpu_plan::Profile;
 
 use crate::node_state::{inside, shown, NodeState, STATE_DIR};
 use crate::report_redact::{self, Redaction};
-use crate::{shim_check, Global, Outcome};
+use crate::{Global, Outcome};
+use kata_gpu_node::shims;
 
 /// Arguments of `kata-gpu report`.
 #[derive(Debug, clap::Args)]
@@ -172,7 +173,7 @@ fn named_files(root: &Path, profile: Profile) -> Vec<PathBuf> {
         }
         files.extend(state.boot_unit.clone());
     }
-    if let Ok((_, Some(settings))) = shim_check::settings(profile, root) {
+    if let Ok((_, Some(settings))) = shims::settings(profile, root) {
         files.push(settings);
     }
     files
@@ -216,7 +217,12 @@ pub fn run(args: ReportArgs, global: &Global) -> anyhow::Result<Outcome> {
     for dir in DIRS {
         take(root, Path::new(dir), out, &mut taken)?;
     }
-    take(root, Path::new(crate::paths::RECORD), out, &mut taken)?;
+    take(
+        root,
+        Path::new(kata_gpu_node::paths::RECORD),
+        out,
+        &mut taken,
+    )?;
     for profile in Profile::ALL {
         for f in named_files(root, profile) {
             take(root, &f, out, &mut taken)?;

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 use kata_gpu_node::sandboxes::{gather, Holder, HostDevice, Sandbox, Sandboxes};
 
 use crate::node_state::shown;
-use crate::shim_check;
 use crate::{Global, Outcome};
+use kata_gpu_node::shims;
 
 /// `kata-gpu sandboxes`.
 #[derive(Debug, clap::Args)]
@@ -25,7 +25,7 @@ pub struct SandboxesArgs {
 /// Runs `kata-gpu sandboxes`.
 pub fn run(args: SandboxesArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
-    let facts: Sandboxes = gather(root, &shim_check::state_dirs(root), SystemTime::now());
+    let facts: Sandboxes = gather(root, &shims::state_dirs(root), SystemTime::now());
     for p in &facts.problems {
         eprintln!("kata-gpu sandboxes: {p}");
     }

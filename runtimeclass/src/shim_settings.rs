@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use kata_gpu_configs::{template_file_name_for, KataRuntime};
 use kata_gpu_containerd_config::{diff, fsio};
-use kata_gpu_plan::settings::DownstreamKind;
 use kata_gpu_plan::Profile;
 
 use crate::node_state::{inside, shown, under, Written};
@@ -19,16 +18,6 @@ use crate::steps::Step;
 
 /// Where kata-deploy installs runtime-rs's shim, as the host sees it.
 pub const RS_DOWNSTREAM: &str = "/opt/kata/runtime-rs/bin/containerd-shim-kata-v2";
-
-/// The settings file the shim reads for `profile` (unless `$KATA_GPU_SHIM_CONFIG` names
-/// another), as the host sees it: beside the class's artifact sets.
-pub fn path(profile: Profile) -> PathBuf {
-    kata_gpu_fsutil::layout::class_dir(
-        Path::new(kata_gpu_fsutil::layout::DEFAULT_ROOT),
-        profile.handler(),
-    )
-    .join("shim.toml")
-}
 
 /// The settings file's text for `runtime`; `None` for the Go runtime, whose shim is the
 /// settings' default downstream.
@@ -41,15 +30,6 @@ pub fn text(runtime: KataRuntime) -> Option<String> {
              downstream = \"{RS_DOWNSTREAM}\"\n\
              downstream_kind = \"kata-rs\"\n"
         )),
-    }
-}
-
-/// The Kata runtime a shim settings' downstream kind is, `None` for runc (tests only).
-pub fn runtime_of(kind: DownstreamKind) -> Option<KataRuntime> {
-    match kind {
-        DownstreamKind::Kata => Some(KataRuntime::Go),
-        DownstreamKind::KataRs => Some(KataRuntime::Rs),
-        DownstreamKind::Runc => None,
     }
 }
 
@@ -97,7 +77,7 @@ pub fn plan(
     root: &Path,
     recorded: Option<&Written>,
 ) -> anyhow::Result<Plan> {
-    let host = path(profile);
+    let host = kata_gpu_node::paths::shim_settings(profile);
     let real = inside(root, &host)?;
     if std::fs::symlink_metadata(&real).is_ok_and(|m| m.file_type().is_symlink()) {
         bail!(
@@ -182,7 +162,7 @@ pub fn apply(
     recorded: &mut Option<Written>,
     record: &mut dyn FnMut(&Option<Written>) -> anyhow::Result<()>,
 ) -> anyhow::Result<Step> {
-    let host = path(profile);
+    let host = kata_gpu_node::paths::shim_settings(profile);
     let real = inside(root, &host)?;
     let shown_path = shown(root, &host);
     let mut step = Step::new("settings", "");
@@ -325,9 +305,15 @@ mod tests {
         let rs = text(KataRuntime::Rs).expect("settings");
         let s = kata_gpu_plan::settings::Settings::parse(&rs, Path::new("shim.toml"))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(s.downstream_kind, DownstreamKind::KataRs);
+        assert_eq!(
+            s.downstream_kind,
+            kata_gpu_plan::settings::DownstreamKind::KataRs
+        );
         assert_eq!(s.downstream, Path::new(RS_DOWNSTREAM));
-        assert_eq!(runtime_of(s.downstream_kind), Some(KataRuntime::Rs));
+        assert_eq!(
+            kata_gpu_node::shims::runtime_of(s.downstream_kind),
+            Some(KataRuntime::Rs)
+        );
         assert_eq!(text(KataRuntime::Go), None);
     }
 

@@ -12,9 +12,9 @@ use serde::Serialize;
 use crate::args::StatusArgs;
 use crate::containerd_ops::restart_how;
 use crate::node_state::{host_path, inside, shown, ContainerdState, Mode, NodeState};
-use crate::shim_check;
 use kata_gpu_containerd_config::cri as cri_probe;
 use kata_gpu_node::containerd::{restart_owed, DEFAULT_CONFIG};
+use kata_gpu_node::shims;
 
 /// The status of one profile.
 #[derive(Debug, Serialize)]
@@ -53,7 +53,7 @@ pub struct Status {
 #[derive(Debug, Default)]
 pub struct Probes {
     /// Our shim where containerd runs it from (the handler's `runtime_path` when set).
-    pub our_shim: Option<Result<shim_check::OurShim, String>>,
+    pub our_shim: Option<Result<shims::OurShim, String>>,
     /// Kata's shim, where the shim settings name it.
     pub kata_shim: Option<Result<Result<String, String>, String>>,
     /// Where sandboxes get their devices, from the shim settings.
@@ -269,7 +269,7 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
         .containerd
         .as_ref()
         .and_then(|c| c.spec.runtime_path.as_deref());
-    let our = shim_check::our_shim(root, args.profile, &args.containerd, runtime_path);
+    let our = shims::our_shim(root, args.profile, &args.containerd, runtime_path);
     match &our {
         Ok(found) => match &found.version {
             Ok(v) => {
@@ -277,7 +277,7 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
                     "shim: containerd runs {} ({v})",
                     shown(root, &found.path)
                 ));
-                if !shim_check::same_version(v) {
+                if !shims::same_version(v) {
                     s.details.push(format!(
                         "shim: it is not kata-gpu's version {}: install both from one build (make install)",
                         env!("CARGO_PKG_VERSION")
@@ -292,7 +292,7 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
         )),
     }
     s.probes.our_shim = Some(our);
-    let kata = shim_check::kata_shim(args.profile, root);
+    let kata = shims::kata_shim(args.profile, root);
     match &kata {
         Ok(Ok(found)) => {
             s.kata_shim = true;
@@ -302,14 +302,14 @@ fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
         Err(e) => s.details.push(format!("kata shim: {e}")),
     }
     s.probes.kata_shim = Some(kata);
-    match shim_check::kata_runtime(args.profile, root) {
+    match shims::kata_runtime(args.profile, root) {
         Ok((name, line)) => {
             s.kata_runtime = Some(name);
             s.details.push(format!("kata runtime: {line}"));
         }
         Err(e) => s.details.push(format!("kata runtime: {e}")),
     }
-    let devices = shim_check::device_source(args.profile, root);
+    let devices = shims::device_source(args.profile, root);
     match &devices {
         Ok((kubelet, line)) => {
             s.device_source = Some(if *kubelet { "kubelet" } else { "annotations" }.to_owned());

@@ -10,11 +10,11 @@ use kata_gpu_containerd_config::{diff, fsio};
 use kata_gpu_plan::Profile;
 
 use crate::args::{CommonArgs, ContainerdArgs, NodeArgs};
-use crate::boot_unit;
 use crate::containerd_ops;
 use crate::install_ops::{containerd_steps, node_lock, request, store};
-use crate::paths::MANIFEST_DIR;
 use crate::steps::{print, Step};
+use kata_gpu_node::boot_unit;
+use kata_gpu_node::paths::MANIFEST_DIR;
 
 #[path = "uninstall_leftovers.rs"]
 mod leftovers;

@@ -10,8 +10,8 @@ use kata_gpu_plan::Profile;
 
 use crate::binaries::Record;
 use crate::node_state::{inside, shown, NodeState};
-use crate::shim_check;
 use crate::steps::Step;
+use kata_gpu_node::shims;
 
 /// The leftover steps for `profile`, after its record was saved (`state`).
 pub fn steps(
@@ -72,7 +72,7 @@ fn sandboxes(
     others: &[&str],
     dry_run: bool,
 ) -> anyhow::Result<Step> {
-    let host = shim_check::settings(profile, root)
+    let host = shims::settings(profile, root)
         .map(|(s, _)| s.state_dir)
         .unwrap_or_else(|_| PathBuf::from(kata_gpu_artifacts::layout::DEFAULT_SANDBOXES_DIR));
     let real = inside(root, &host)?;

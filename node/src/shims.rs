@@ -6,15 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kata_gpu_configs::KataRuntime;
 use kata_gpu_plan::settings::{DeviceSource, DownstreamKind, Settings, SYSTEM_SETTINGS};
 use kata_gpu_plan::Profile;
 
-use crate::node_state::{shown, under};
+use crate::paths::{shown, under};
 
 /// Where containerd looks up shim binaries, as the host sees them: its PATH, then the
 /// directory of the containerd binary.
 pub fn shim_dirs(root: &Path, containerd: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = kata_gpu_node::containerd::containerd_path(root)
+    let mut dirs: Vec<PathBuf> = crate::containerd::containerd_path(root)
         .split(':')
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
@@ -101,7 +102,8 @@ pub fn version(root: &Path, path: &Path) -> Result<String, String> {
     }
 }
 
-/// Whether a shim's `-v` line names this kata-gpu's version.
+/// Whether a shim's `-v` line names this kata-gpu's version (every crate of the workspace,
+/// this library, the shim and `kata-gpu`, carries the one version).
 pub fn same_version(line: &str) -> bool {
     line.split_whitespace().nth(1) == Some(env!("CARGO_PKG_VERSION"))
 }
@@ -112,7 +114,7 @@ pub fn settings(profile: Profile, root: &Path) -> Result<(Settings, Option<PathB
         return Settings::load(profile).map_err(|e| e.to_string());
     }
     let candidates = [
-        crate::shim_settings::path(profile),
+        crate::paths::shim_settings(profile),
         PathBuf::from(SYSTEM_SETTINGS),
     ];
     match candidates.into_iter().find(|p| under(root, p).exists()) {
@@ -133,7 +135,7 @@ pub fn state_dirs(root: &Path) -> Vec<PathBuf> {
         .iter()
         .map(|p| {
             settings(*p, root).map_or_else(
-                |_| PathBuf::from(kata_gpu_artifacts::layout::DEFAULT_SANDBOXES_DIR),
+                |_| PathBuf::from(kata_gpu_fsutil::layout::DEFAULT_SANDBOXES_DIR),
                 |(s, _)| s.state_dir,
             )
         })
@@ -162,7 +164,7 @@ pub fn kata_shim(profile: Profile, root: &Path) -> Result<Result<String, String>
 
 /// A downstream kind as the Kata runtime it is, in words.
 fn runtime_words(kind: DownstreamKind) -> &'static str {
-    match crate::shim_settings::runtime_of(kind) {
+    match runtime_of(kind) {
         Some(runtime) => runtime.describe(),
         None => "runc's shim (for tests only)",
     }
@@ -172,8 +174,7 @@ fn runtime_words(kind: DownstreamKind) -> &'static str {
 /// `downstream_kind` (`go`, `rs`; `runc` for tests), with the file that says so.
 pub fn kata_runtime(profile: Profile, root: &Path) -> Result<(String, String), String> {
     let (settings, from) = settings(profile, root)?;
-    let name =
-        crate::shim_settings::runtime_of(settings.downstream_kind).map_or("runc", |r| r.name());
+    let name = runtime_of(settings.downstream_kind).map_or("runc", |r| r.name());
     let from = from.map_or("the default".to_owned(), |p| {
         format!("downstream_kind in {}", shown(root, &p))
     });
@@ -203,6 +204,15 @@ pub fn device_source(profile: Profile, root: &Path) -> Result<(bool, String), St
             format!("pod annotations, unchecked by kubelet: whoever creates a sandbox names any GPU ({from})"),
         ),
     })
+}
+
+/// The Kata runtime a shim settings' downstream kind is, `None` for runc (tests only).
+pub fn runtime_of(kind: DownstreamKind) -> Option<KataRuntime> {
+    match kind {
+        DownstreamKind::Kata => Some(KataRuntime::Go),
+        DownstreamKind::KataRs => Some(KataRuntime::Rs),
+        DownstreamKind::Runc => None,
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - [`shims`]: our shim where containerd finds it (and its `-v`), Kata's shim where the
 //!   shim settings name it, the settings themselves.
 //! - [`boot_unit`]: the systemd unit that makes a node ready again after a reboot.
+//! - [`record`]: what kata-gpu did to the node, per handler, and the node lock.
 //! - [`processes`]: the host's processes, by their command lines (the host's `/proc` under
 //!   `--host-root`).
 //! - [`sandboxes`]: the node's GPU sandboxes — the proxy's per-sandbox state, the processes
@@ -20,5 +21,6 @@ pub mod boot_unit;
 pub mod containerd;
 pub mod paths;
 pub mod processes;
+pub mod record;
 pub mod sandboxes;
 pub mod shims;

@@ -51,7 +51,7 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
             if node.containerd.common.dry_run {
                 return Ok(());
             }
-            state.save(root, handler)
+            Ok(state.save(root, handler)?)
         },
     )?);
     steps.push(cdi_step(&args, root, &mut state)?);

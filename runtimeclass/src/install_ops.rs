@@ -88,7 +88,7 @@ pub(crate) fn record_intent(state: &NodeState, args: &NodeArgs, root: &Path) -> 
     if args.containerd.common.dry_run {
         return Ok(());
     }
-    state.save(root, args.profile.handler())
+    Ok(state.save(root, args.profile.handler())?)
 }
 
 pub(crate) fn cdi_step(
@@ -250,11 +250,11 @@ pub(crate) fn manifests_step(
 }
 
 pub(crate) fn node_lock(args: &NodeArgs, root: &Path) -> anyhow::Result<NodeLock> {
-    NodeLock::take(
+    Ok(NodeLock::take(
         root,
         std::time::Duration::from_secs(args.containerd.common.lock_timeout),
         args.containerd.common.dry_run,
-    )
+    )?)
 }
 
 pub(crate) fn request(args: &NodeArgs, root: &Path) -> Request {

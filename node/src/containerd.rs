@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use kata_gpu_containerd_config::{daemon, fsio};
 
-use crate::paths::{host_path, under};
+use crate::paths::{host_path, shown, under};
 
 /// The default main config, as the host sees it.
 pub const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
@@ -97,6 +97,41 @@ pub fn containerd_path(root: &Path) -> String {
 /// systemd's default PATH for services, which a containerd started by systemd inherits.
 pub const STANDARD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// How containerd restarts on the host under `root`: the command to run (`None` under a
+/// `--host-root` with no `--restart-command`: no command of the real host may run for a
+/// simulated one) and the line that tells an admin how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartHow {
+    /// What `--restart` runs.
+    pub argv: Option<Vec<String>>,
+    /// The command, or (under a root, without one) what to restart.
+    pub line: String,
+}
+
+/// How to restart the containerd that reads `config` (as the host sees it) on the host
+/// under `root`, run as `unit`, with the admin's own command if `given`.
+pub fn restart_how(root: &Path, unit: &str, given: Option<&str>, config: &Path) -> RestartHow {
+    match given {
+        Some(line) => RestartHow {
+            argv: Some(daemon::shell_command(line)),
+            line: line.to_owned(),
+        },
+        None if root == Path::new("/") => RestartHow {
+            argv: Some(daemon::restart_command(unit)),
+            line: daemon::restart_command_line(unit),
+        },
+        None => RestartHow {
+            argv: None,
+            line: format!(
+                "restart the containerd that reads {} (the config was written under --host-root {}, \
+                 so kata-gpu names no command of the real host; --restart --restart-command CMD runs yours)",
+                shown(root, config),
+                root.display()
+            ),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +180,25 @@ mod tests {
         assert!(restart_owed(Path::new("/nowhere"), config, 1));
         assert_eq!(containerd_path(root.path()), "/opt/bin");
         assert_eq!(containerd_path(Path::new("/nowhere")), STANDARD_PATH);
+    }
+
+    #[test]
+    fn a_real_host_restarts_through_systemctl_a_simulated_one_names_only_its_root() {
+        let config = Path::new("/etc/containerd/config.toml");
+        let real = restart_how(Path::new("/"), "k3s-agent", None, config);
+        assert_eq!(real.line, "systemctl restart k3s-agent");
+        assert_eq!(real.argv, Some(daemon::restart_command("k3s-agent")));
+        let sim = restart_how(Path::new("/sim"), "containerd", None, config);
+        assert_eq!(sim.argv, None);
+        assert!(
+            sim.line
+                .starts_with("restart the containerd that reads /sim/etc/containerd/config.toml"),
+            "{}",
+            sim.line
+        );
+        assert!(!sim.line.contains("systemctl"), "{}", sim.line);
+        let given = restart_how(Path::new("/sim"), "containerd", Some("kill -HUP 1"), config);
+        assert_eq!(given.argv, Some(daemon::shell_command("kill -HUP 1")));
+        assert_eq!(given.line, "kill -HUP 1");
     }
 }

@@ -7,6 +7,8 @@
 //!   whether it has loaded a change, the PATH it finds shims on.
 //! - [`shims`]: our shim where containerd finds it (and its `-v`), Kata's shim where the
 //!   shim settings name it, the settings themselves.
+//! - [`status`]: a profile's status on the node: installed, verified, registered, loaded by
+//!   the running containerd, restart owed; what the shim probes answered.
 //! - [`boot_unit`]: the systemd unit that makes a node ready again after a reboot.
 //! - [`record`]: what kata-gpu did to the node, per handler, and the node lock.
 //! - [`processes`]: the host's processes, by their command lines (the host's `/proc` under
@@ -24,3 +26,4 @@ pub mod processes;
 pub mod record;
 pub mod sandboxes;
 pub mod shims;
+pub mod status;

@@ -32,6 +32,19 @@ pub struct StatusArgs {
     pub socket: Option<PathBuf>,
 }
 
+impl StatusArgs {
+    /// What the node library's `status` is asked.
+    pub fn query(&self) -> kata_gpu_node::status::StatusQuery {
+        kata_gpu_node::status::StatusQuery {
+            profile: self.profile,
+            containerd_config: self.containerd_config.clone(),
+            artifacts_root: self.artifacts_root.clone(),
+            containerd: self.containerd.clone(),
+            socket: self.socket.clone(),
+        }
+    }
+}
+
 /// Where and what to register; shared with `install`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ContainerdArgs {

@@ -9,11 +9,11 @@ use kata_gpu_plan::Profile;
 use serde::Serialize;
 
 use crate::args::{CommonArgs, ContainerdArgs};
-use crate::node_state::{shown, NodeLock, NodeState};
+use crate::node_state::{NodeLock, NodeState};
 use crate::registration::{apply, plan_register, Plan, Request};
 use crate::unregistration::plan_unregister;
 use kata_gpu_containerd_config::cri as cri_probe;
-use kata_gpu_node::containerd::socket;
+use kata_gpu_node::containerd::{restart_how, socket};
 
 /// The handler a profile registers.
 pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {
@@ -29,41 +29,6 @@ pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {
     spec.runtime_path = args.runtime_path.clone();
     spec.snapshotter = args.snapshotter.clone();
     spec
-}
-
-/// How containerd restarts on the host under `root`: the command to run (`None` under a
-/// `--host-root` with no `--restart-command`: no command of the real host may run for a
-/// simulated one) and the line that tells an admin how.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestartHow {
-    /// What `--restart` runs.
-    pub argv: Option<Vec<String>>,
-    /// The command, or (under a root, without one) what to restart.
-    pub line: String,
-}
-
-/// How to restart the containerd that reads `config` (as the host sees it) on the host
-/// under `root`, run as `unit`, with the admin's own command if `given`.
-pub fn restart_how(root: &Path, unit: &str, given: Option<&str>, config: &Path) -> RestartHow {
-    match given {
-        Some(line) => RestartHow {
-            argv: Some(daemon::shell_command(line)),
-            line: line.to_owned(),
-        },
-        None if root == Path::new("/") => RestartHow {
-            argv: Some(daemon::restart_command(unit)),
-            line: daemon::restart_command_line(unit),
-        },
-        None => RestartHow {
-            argv: None,
-            line: format!(
-                "restart the containerd that reads {} (the config was written under --host-root {}, \
-                 so kata-gpu names no command of the real host; --restart --restart-command CMD runs yours)",
-                shown(root, config),
-                root.display()
-            ),
-        },
-    }
 }
 
 /// Refuses `--restart` under a `--host-root` without `--restart-command`, before anything
@@ -220,29 +185,4 @@ pub fn apply_one(
     }
     report.restart_pending = pending && !report.restarted;
     Ok(report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_real_host_restarts_through_systemctl_a_simulated_one_names_only_its_root() {
-        let config = Path::new("/etc/containerd/config.toml");
-        let real = restart_how(Path::new("/"), "k3s-agent", None, config);
-        assert_eq!(real.line, "systemctl restart k3s-agent");
-        assert_eq!(real.argv, Some(daemon::restart_command("k3s-agent")));
-        let sim = restart_how(Path::new("/sim"), "containerd", None, config);
-        assert_eq!(sim.argv, None);
-        assert!(
-            sim.line
-                .starts_with("restart the containerd that reads /sim/etc/containerd/config.toml"),
-            "{}",
-            sim.line
-        );
-        assert!(!sim.line.contains("systemctl"), "{}", sim.line);
-        let given = restart_how(Path::new("/sim"), "containerd", Some("kill -HUP 1"), config);
-        assert_eq!(given.argv, Some(daemon::shell_command("kill -HUP 1")));
-        assert_eq!(given.line, "kill -HUP 1");
-    }
 }

@@ -11,7 +11,7 @@ use kata_gpu_plan::vfio::{Foreign, VfioError};
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
-use crate::status::Status;
+use kata_gpu_node::status::Status;
 
 /// How one check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

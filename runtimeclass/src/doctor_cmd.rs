@@ -14,9 +14,9 @@ use serde::Serialize;
 use crate::args::StatusArgs;
 use crate::command_line::rooted;
 use crate::node_state::shown;
-use crate::status;
 use crate::{Global, Outcome};
 use kata_gpu_node::shims;
+use kata_gpu_node::status;
 
 #[path = "doctor_checks.rs"]
 mod checks;
@@ -235,7 +235,7 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
         }
         Err(e) => out.push(checks::fail("gpus", e, "check that /sys is mounted")),
     }
-    let status = status::gather(&args.node, root).map_err(|e| format!("{e:#}"));
+    let status = status::gather(&args.node.query(), root).map_err(|e| format!("{e:#}"));
     out.extend(checks::registration(
         args.node.profile,
         status.as_ref().map_err(Clone::clone),

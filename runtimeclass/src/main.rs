@@ -29,7 +29,6 @@ mod report_redact;
 mod runtimeclass_cmd;
 mod sandboxes_cmd;
 mod shim_settings;
-mod status;
 mod status_cmd;
 mod steps;
 mod uninstall_cmd;

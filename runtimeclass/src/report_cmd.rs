@@ -227,16 +227,8 @@ pub fn run(args: ReportArgs, global: &Global) -> anyhow::Result<Outcome> {
         for f in named_files(root, profile) {
             take(root, &f, out, &mut taken)?;
         }
-        let status = crate::status::gather(
-            &crate::args::StatusArgs {
-                profile,
-                containerd_config: None,
-                artifacts_root: PathBuf::from(kata_gpu_artifacts::layout::DEFAULT_ROOT),
-                containerd: PathBuf::from("containerd"),
-                socket: None,
-            },
-            root,
-        );
+        let status =
+            kata_gpu_node::status::gather(&kata_gpu_node::status::StatusQuery::of(profile), root);
         let text = match status {
             Ok(s) => serde_json::to_string_pretty(&s)?,
             Err(e) => serde_json::json!({ "error": format!("{e:#}") }).to_string(),

@@ -1,12 +1,12 @@
-//! `kata-gpu status`: prints what [`crate::status::gather`] finds for a profile.
+//! `kata-gpu status`: prints what [`kata_gpu_node::status::gather`] finds for a profile.
 
 use crate::args::StatusArgs;
-use crate::status::gather;
 use crate::{Global, Outcome};
+use kata_gpu_node::status::gather;
 
 /// Runs `kata-gpu status`.
 pub fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Outcome> {
-    let s = gather(&args, &global.host_root)?;
+    let s = gather(&args.query(), &global.host_root)?;
     let handler = &s.handler;
     if global.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

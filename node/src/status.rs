@@ -1,7 +1,7 @@
 //! What is true of a profile on the node: whether its artifacts are installed and
-//! verified, its handler registered in containerd's config and loaded by containerd, and
-//! whether containerd still has to restart (`status`, `doctor`, `report` and the agent read
-//! it).
+//! verified, its handler registered in containerd's config and loaded by the running
+//! containerd (asked over CRI), whether containerd still has to restart, and what the shim
+//! probes answered (`status`, `doctor`, `report` and the agent read it).
 
 use std::path::{Path, PathBuf};
 
@@ -9,12 +9,53 @@ use kata_gpu_artifacts::{Store, StoreConfig};
 use kata_gpu_containerd_config::{covers, find_handler, fsio, imports};
 use serde::Serialize;
 
-use crate::args::StatusArgs;
-use crate::containerd_ops::restart_how;
-use crate::node_state::{host_path, inside, shown, ContainerdState, Mode, NodeState};
 use kata_gpu_containerd_config::cri as cri_probe;
-use kata_gpu_node::containerd::{restart_owed, DEFAULT_CONFIG};
-use kata_gpu_node::shims;
+use kata_gpu_plan::Profile;
+
+use crate::containerd::{restart_how, restart_owed, socket, DEFAULT_CONFIG};
+use crate::paths::{host_path, shown};
+use crate::record::{resolve as inside, ContainerdState, Mode, NodeState, RecordError};
+use crate::shims;
+
+/// What `status` is asked: the profile, and where to look (as the command line gives it).
+#[derive(Clone, Debug)]
+pub struct StatusQuery {
+    /// The runtime class's profile.
+    pub profile: Profile,
+    /// containerd's config file (default: the one registered into, else the default).
+    pub containerd_config: Option<PathBuf>,
+    /// Root of the artifact store, a host path.
+    pub artifacts_root: PathBuf,
+    /// The containerd binary (its directory is where containerd also looks for shims).
+    pub containerd: PathBuf,
+    /// containerd's socket (default: the config's `[grpc] address`).
+    pub socket: Option<PathBuf>,
+}
+
+impl StatusQuery {
+    /// The defaults for `profile`: the record's config, the default store, `containerd` on
+    /// PATH, the config's socket.
+    pub fn of(profile: Profile) -> StatusQuery {
+        StatusQuery {
+            profile,
+            containerd_config: None,
+            artifacts_root: PathBuf::from(kata_gpu_fsutil::layout::DEFAULT_ROOT),
+            containerd: PathBuf::from("containerd"),
+            socket: None,
+        }
+    }
+}
+
+/// Why a profile's status could not be gathered.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The node's record could not be read.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// containerd's config could not be read.
+    #[error(transparent)]
+    Config(#[from] kata_gpu_containerd_config::Error),
+}
 
 /// The status of one profile.
 #[derive(Debug, Serialize)]
@@ -73,7 +114,7 @@ impl Status {
     }
 }
 
-fn artifacts(args: &StatusArgs, root: &Path, s: &mut Status) {
+fn artifacts(args: &StatusQuery, root: &Path, s: &mut Status) {
     let config = StoreConfig {
         root: args.artifacts_root.clone(),
         ..StoreConfig::under_root(root)
@@ -111,7 +152,7 @@ fn artifacts(args: &StatusArgs, root: &Path, s: &mut Status) {
 }
 
 /// Whether the registration's files carry the handler as recorded.
-fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> anyhow::Result<bool> {
+fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> Result<bool, StatusError> {
     let config_real = inside(root, &c.config)?;
     let main = fsio::read_config(&config_real)?;
     match c.mode {
@@ -148,7 +189,7 @@ fn registered(root: &Path, c: &ContainerdState, s: &mut Status) -> anyhow::Resul
 }
 
 /// Gathers the status of `args.profile` on the host under `root`.
-pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
+pub fn gather(args: &StatusQuery, root: &Path) -> Result<Status, StatusError> {
     let handler = args.profile.handler();
     let state = NodeState::load(root, handler)?;
     let mut s = Status {
@@ -177,7 +218,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
         (None, None, None) => PathBuf::from(DEFAULT_CONFIG),
     };
     // What the running containerd serves, asked over its CRI socket (not the file).
-    let socket = kata_gpu_node::containerd::socket(root, &config, args.socket.as_deref());
+    let socket = socket(root, &config, args.socket.as_deref());
     let running = cri_probe::loaded_handlers(&socket, cri_probe::TIMEOUT);
     let loaded = running
         .as_ref()
@@ -264,7 +305,7 @@ pub fn gather(args: &StatusArgs, root: &Path) -> anyhow::Result<Status> {
 }
 
 /// Our shim as containerd will run it, and Kata's as our shim will.
-fn shims(args: &StatusArgs, root: &Path, state: &NodeState, s: &mut Status) {
+fn shims(args: &StatusQuery, root: &Path, state: &NodeState, s: &mut Status) {
     let runtime_path = state
         .containerd
         .as_ref()

@@ -9,6 +9,8 @@
 //!   shim settings name it, the settings themselves.
 //! - [`status`]: a profile's status on the node: installed, verified, registered, loaded by
 //!   the running containerd, restart owed; what the shim probes answered.
+//! - [`coexist`]: other tools that set up the same things (another CDI spec of our kinds, a
+//!   handler of our name that runs something else), and the refusal with its fix.
 //! - [`boot_unit`]: the systemd unit that makes a node ready again after a reboot.
 //! - [`record`]: what kata-gpu did to the node, per handler, and the node lock.
 //! - [`processes`]: the host's processes, by their command lines (the host's `/proc` under
@@ -20,6 +22,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod boot_unit;
+pub mod coexist;
 pub mod containerd;
 pub mod paths;
 pub mod processes;

@@ -298,7 +298,7 @@ fn generate(
 ) -> anyhow::Result<Outcome> {
     let host = kata_gpu_plan::Host::new(&global.host_root);
     if output_dir.is_none() && !dry_run {
-        crate::coexist::refuse_foreign_specs(&global.host_root)?;
+        kata_gpu_node::coexist::refuse_foreign_specs(&global.host_root)?;
     }
     let dir = match output_dir {
         Some(d) => d,

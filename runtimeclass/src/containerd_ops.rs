@@ -85,7 +85,7 @@ pub struct Planned {
 pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Planned> {
     let state = NodeState::load(root, &req.spec.name)?;
     if register && state.containerd.is_none() {
-        crate::coexist::refuse_foreign_handler(root, &req.config, &req.spec)?;
+        kata_gpu_node::coexist::refuse_foreign_handler(root, &req.config, &req.spec)?;
     }
     let plan = if register {
         plan_register(req, state.containerd.as_ref())?

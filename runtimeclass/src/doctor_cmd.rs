@@ -80,7 +80,7 @@ fn names<'a>(
 /// The host CDI spec against what the host should have.
 fn cdi_check(host: &Host, root: &Path) -> Check {
     let ours = kata_gpu_node::paths::our_spec_path;
-    if let Some((file, kind)) = crate::coexist::foreign_specs(root)
+    if let Some((file, kind)) = kata_gpu_node::coexist::foreign_specs(root)
         .into_iter()
         .find(|(_, kind)| crate::node_state::under(root, &ours(kind)).exists())
     {
@@ -95,7 +95,7 @@ fn cdi_check(host: &Host, root: &Path) -> Check {
             ),
             &format!(
                 "remove one: {}, or kata-gpu's {}",
-                crate::coexist::foreign_spec_fix(&file),
+                kata_gpu_node::coexist::foreign_spec_fix(&file),
                 shown(root, &ours(&kind))
             ),
         );

@@ -23,7 +23,7 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
     let containerd = containerd_ops::plan_one(true, &request(node, root), root)?;
     if !args.skip_cdi {
-        crate::coexist::refuse_foreign_specs(root)?;
+        kata_gpu_node::coexist::refuse_foreign_specs(root)?;
     }
     // The Kata runtime's checks, before anything is written: the base config is that
     // runtime's, and the class's shim settings file is ours to write (or remove).

@@ -10,7 +10,6 @@ mod artifacts_cmd;
 mod binaries;
 mod binaries_cmd;
 mod cdi_cmd;
-mod coexist;
 mod command_line;
 mod containerd_cmd;
 mod containerd_ops;

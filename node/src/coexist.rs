@@ -8,11 +8,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
 use kata_gpu_containerd_config::{find_handler, fsio, imports, FoundHandler, HandlerSpec};
 use kata_gpu_plan::host_spec::{NVSWITCH_KIND, PGPU_KIND};
 
-use crate::node_state::{inside, shown};
+use crate::paths::shown;
+use crate::record::resolve as inside;
 
 /// Spec files in the host's CDI directories, not written by kata-gpu, that define one of
 /// our kinds: `(file as the host sees it, kind)`.
@@ -32,7 +32,7 @@ pub fn foreign_specs(root: &Path) -> Vec<(PathBuf, String)> {
                 continue;
             };
             let host = Path::new(dir).join(file.file_name().unwrap_or_default());
-            let ours = kata_gpu_node::paths::our_spec_path(&spec.kind);
+            let ours = crate::paths::our_spec_path(&spec.kind);
             if [PGPU_KIND, NVSWITCH_KIND].contains(&spec.kind.as_str()) && host != ours {
                 found.push((host, spec.kind));
             }
@@ -51,16 +51,18 @@ pub fn foreign_spec_fix(file: &str) -> String {
 }
 
 /// Refuses to write the host spec beside a foreign one, before anything is written.
-pub fn refuse_foreign_specs(root: &Path) -> anyhow::Result<()> {
-    if let Some((file, kind)) = foreign_specs(root).into_iter().next() {
-        let file = shown(root, &file);
-        bail!(
-            "{file} (not kata-gpu's) defines {kind} too: a device two specs define is usable by \
-             neither, so kata-gpu writes no spec beside it; {}; nothing was written",
-            foreign_spec_fix(&file)
-        );
+pub fn refuse_foreign_specs(root: &Path) -> Result<(), Refusal> {
+    match foreign_specs(root).into_iter().next() {
+        Some((file, kind)) => {
+            let file = shown(root, &file);
+            Err(Refusal::ForeignSpec {
+                fix: foreign_spec_fix(&file),
+                file,
+                kind,
+            })
+        }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The files containerd reads for `config` (as the host sees it): the file and the ones its
@@ -89,7 +91,8 @@ fn config_files(root: &Path, config: &Path) -> Vec<(PathBuf, String)> {
             None => out.extend(read(root, &entry)),
             Some((before, after)) => {
                 let dir = entry.parent().unwrap_or(Path::new("/"));
-                let Ok(listing) = inside(root, dir).and_then(|d| Ok(fs::read_dir(d)?)) else {
+                let Some(listing) = inside(root, dir).ok().and_then(|d| fs::read_dir(d).ok())
+                else {
                     continue;
                 };
                 let mut names: Vec<String> = listing
@@ -151,22 +154,42 @@ pub fn refuse_foreign_handler(
     root: &Path,
     config: &Path,
     spec: &HandlerSpec,
-) -> anyhow::Result<()> {
-    if let Some((file, found)) = foreign_handler(root, config, spec) {
-        let name = &spec.name;
-        let runs = match (&found.runtime_path, &found.runtime_type) {
-            (Some(p), _) => format!("runtime_path {p}"),
-            (None, Some(t)) => format!("runtime_type {t}"),
-            (None, None) => "another runtime".to_owned(),
-        };
-        bail!(
-            "{} already has a {name} handler that kata-gpu did not register and that runs \
-             something else ({runs}; kata-deploy registers this name): containerd would run that \
-             and not the kata-gpu shim; remove it (kata-deploy: undeploy it on this node, or \
-             deploy it without the NVIDIA shims), or, if it is kata-gpu's from a lost record, \
-             run kata-gpu containerd unregister first; nothing was changed",
-            shown(root, &file)
-        );
+) -> Result<(), Refusal> {
+    match foreign_handler(root, config, spec) {
+        Some((file, found)) => Err(Refusal::ForeignHandler {
+            file: shown(root, &file),
+            name: spec.name.clone(),
+            runs: match (&found.runtime_path, &found.runtime_type) {
+                (Some(p), _) => format!("runtime_path {p}"),
+                (None, Some(t)) => format!("runtime_type {t}"),
+                (None, None) => "another runtime".to_owned(),
+            },
+        }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Why kata-gpu will not set up beside another tool, with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Another tool's CDI spec defines one of our kinds.
+    #[error("{file} (not kata-gpu's) defines {kind} too: a device two specs define is usable by neither, so kata-gpu writes no spec beside it; {fix}; nothing was written")]
+    ForeignSpec {
+        /// The spec file, as shown.
+        file: String,
+        /// The kind it defines.
+        kind: String,
+        /// What to do.
+        fix: String,
+    },
+    /// A handler of our name that runs something else.
+    #[error("{file} already has a {name} handler that kata-gpu did not register and that runs something else ({runs}; kata-deploy registers this name): containerd would run that and not the kata-gpu shim; remove it (kata-deploy: undeploy it on this node, or deploy it without the NVIDIA shims), or, if it is kata-gpu's from a lost record, run kata-gpu containerd unregister first; nothing was changed")]
+    ForeignHandler {
+        /// The config file, as shown.
+        file: String,
+        /// The handler.
+        name: String,
+        /// What it runs.
+        runs: String,
+    },
 }

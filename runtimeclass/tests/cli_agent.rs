@@ -252,10 +252,7 @@ fn an_image_without_the_shim_changes_nothing() {
     let work = tempfile::tempdir().expect("tempdir");
     let (sim, image, set) = ready_host(work.path());
     fs::remove_file(image.join("containerd-shim-kata-qemu-nvidia-gpu-snp-v2")).expect("rm");
-    let before = fs::read(sim.path(CONFIG)).expect("config");
-    let out = finish(agent(&sim, &image, &set, &work.path().join("agent.log")));
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_untouched(work.path(), &sim, &image, &set);
     assert_eq!(
         err.lines().next().unwrap_or_default(),
         format!(
@@ -263,9 +260,18 @@ fn an_image_without_the_shim_changes_nothing() {
             image.display()
         )
     );
+}
+
+/// Runs the agent, which must refuse (exit 1) before it changes anything on the host:
+/// containerd's config as it was, no shim placed, no install record. What it said on stderr.
+fn refused_untouched(work: &Path, sim: &SimHost, image: &Path, set: &Path) -> String {
+    let before = fs::read(sim.path(CONFIG)).expect("config");
+    let out = finish(agent(sim, image, set, &work.join("agent.log")));
+    assert_eq!(out.status.code(), Some(1));
     assert!(fs::read(sim.path(CONFIG)).expect("config") == before);
     assert!(!sim.path(SHIM).exists());
     assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// An image whose shim is not this kata-gpu's (another release, another program) is
@@ -281,20 +287,14 @@ fn an_image_whose_shim_is_not_ours_changes_nothing() {
     )
     .expect("write");
     fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let before = fs::read(sim.path(CONFIG)).expect("config");
-    let out = finish(agent(&sim, &image, &set, &work.path().join("agent.log")));
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
+        refused_untouched(work.path(), &sim, &image, &set),
         format!(
             "kata-gpu: {} -v says \"containerd-shim-kata-qemu-nvidia-gpu-snp-v2 0.0.9\", not the kata-gpu {} shim for kata-qemu-nvidia-gpu-snp; the image is broken; nothing was installed\n",
             shim.display(),
             env!("CARGO_PKG_VERSION")
         )
     );
-    assert!(fs::read(sim.path(CONFIG)).expect("config") == before);
-    assert!(!sim.path(SHIM).exists());
-    assert!(!sim.path("var/lib/kata-gpu").exists(), "install ran");
 }
 
 /// `--kata-runtime rs`: the agent installs the class with runtime-rs behind the proxy (its
@@ -591,6 +591,36 @@ fn the_agent_refuses_a_unit_host_exec_would_not_restart() {
     );
 }
 
+/// Where the agent restarts containerd in tests: the host's PID 1, whose mount namespace
+/// host-exec enters, is the agent's own (PID 1 of the namespace the launcher makes), and a
+/// stand-in `systemctl` records its arguments in the returned file, then runs `script`.
+/// The launcher (`unshare … env PATH=…`) execs the agent as that PID 1.
+fn restart_rig(work: &Path, sim: &SimHost, script: &str) -> (PathBuf, Vec<String>) {
+    fs::create_dir_all(sim.path("proc/1/ns")).expect("mkdir");
+    std::os::unix::fs::symlink("/proc/1/ns/mnt", sim.path("proc/1/ns/mnt")).expect("link");
+    let bin = work.join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    let calls = work.join("systemctl.calls");
+    fs::write(
+        bin.join("systemctl"),
+        format!("#!/bin/sh\necho \"$@\" >> {}\n{script}", calls.display()),
+    )
+    .expect("systemctl");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    fs::set_permissions(bin.join("systemctl"), mode).expect("chmod");
+    let path = format!(
+        "PATH={}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let launcher = ["unshare", "--pid", "--fork", "--mount-proc", "--", "env"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([path])
+        .collect();
+    (calls, launcher)
+}
+
 /// With --restart-containerd the agent restarts containerd after install and after
 /// uninstall only when containerd (by the host's /proc) has not loaded the change: twice
 /// on a host where no containerd ran since, never on one where it started after.
@@ -606,36 +636,9 @@ fn containerd_restarts_only_when_it_has_not_loaded_the_change() {
         if !started_after {
             fs::remove_dir_all(sim.path("proc")).expect("no containerd in /proc");
         }
-        // The host's PID 1, whose mount namespace host-exec enters: the agent's own, PID 1
-        // of the namespace it runs in below.
-        fs::create_dir_all(sim.path("proc/1/ns")).expect("mkdir");
-        std::os::unix::fs::symlink("/proc/1/ns/mnt", sim.path("proc/1/ns/mnt")).expect("link");
-        let bin = work.path().join("bin");
-        fs::create_dir_all(&bin).expect("mkdir");
-        let calls = work.path().join("systemctl.calls");
-        fs::write(
-            bin.join("systemctl"),
-            format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
-        )
-        .expect("systemctl");
-        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-        fs::set_permissions(bin.join("systemctl"), mode).expect("chmod");
-        let path = format!(
-            "PATH={}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let (calls, launcher) = restart_rig(work.path(), &sim, "");
+        let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
         let log = work.path().join("agent.log");
-        // env execs the agent, which becomes PID 1 of the new PID namespace.
-        let launcher = [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--",
-            "env",
-            &path,
-        ];
         let child = agent_under(&launcher, &sim, &image, Some(&set), &log);
         let read = || fs::read_to_string(&log).unwrap_or_default();
         // After a restart the stand-in systemctl did not do, doctor finds it still owed:
@@ -732,47 +735,26 @@ fn the_agents_of_two_profiles_restart_containerd_once_between_them() {
     let (sim, image, set) = ready_host(work.path());
     // No containerd runs: each install owes a restart.
     fs::remove_dir_all(sim.path("proc")).expect("no containerd in /proc");
-    fs::create_dir_all(sim.path("proc/1/ns")).expect("mkdir");
-    std::os::unix::fs::symlink("/proc/1/ns/mnt", sim.path("proc/1/ns/mnt")).expect("link");
     fs::copy(
         image.join(common::SNP),
         image.join("containerd-shim-kata-qemu-nvidia-gpu-v2"),
     )
     .expect("the gpu profile's shim");
-    let bin = work.path().join("bin");
-    fs::create_dir_all(&bin).expect("mkdir");
-    let calls = work.path().join("systemctl.calls");
     let proc = sim.path("proc");
-    fs::write(
-        bin.join("systemctl"),
-        format!(
-            "#!/bin/sh\necho \"$@\" >> {calls}\nnow=$(date +%s)\nmkdir -p {proc}/4242\n\
+    let (calls, launcher) = restart_rig(
+        work.path(),
+        &sim,
+        &format!(
+            "now=$(date +%s)\nmkdir -p {proc}/4242\n\
              printf 'cpu 0\\nbtime %s\\n' \"$now\" > {proc}/stat\n\
              echo containerd > {proc}/4242/comm\n\
              printf 'containerd\\0--config\\0/etc/containerd/config.toml\\0' > {proc}/4242/cmdline\n\
              printf '4242 (containerd) S{zeros}\\n' > {proc}/4242/stat\n",
-            calls = calls.display(),
             proc = proc.display(),
             zeros = " 0".repeat(19),
         ),
-    )
-    .expect("systemctl");
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    fs::set_permissions(bin.join("systemctl"), mode).expect("chmod");
-    let path = format!(
-        "PATH={}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
     );
-    let launcher = [
-        "unshare",
-        "--pid",
-        "--fork",
-        "--mount-proc",
-        "--",
-        "env",
-        &path,
-    ];
+    let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
     let logs = [work.path().join("snp.log"), work.path().join("gpu.log")];
     let agents: Vec<Running> = [("snp", &logs[0]), ("gpu", &logs[1])]
         .into_iter()

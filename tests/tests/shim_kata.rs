@@ -46,6 +46,19 @@ fn kata_leftovers(id: &str) -> Vec<PathBuf> {
     candidates.into_iter().filter(|p| p.exists()).collect()
 }
 
+/// The one line `ctr` printed for a refused run (besides what ctr itself logs: 2.3 warns
+/// about cgroup v1), which starts `ctr: `.
+#[track_caller]
+fn one_ctr_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !(l.starts_with("time=") && l.contains("level=warning")))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
+    assert!(lines[0].starts_with("ctr: "), "{stderr:?}");
+    lines[0].to_owned()
+}
+
 fn remove(path: &Path) {
     let removed = if path.is_dir() {
         // cgroup directories go with rmdir; the others are plain trees.
@@ -88,13 +101,7 @@ fn kata_behind_the_proxy(release: Containerd, test: &str) {
         config.display()
     );
     assert!(stderr.contains(&want), "{stderr}\n{}", rig.ctrd.log());
-    // One line, besides what ctr itself logs (2.3 warns about cgroup v1).
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !(l.starts_with("time=") && l.contains("level=warning")))
-        .collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
-    assert!(lines[0].starts_with("ctr: "), "{stderr:?}");
+    one_ctr_line(&stderr);
 
     // The proxy answered start in this containerd's form and serves on its own socket,
     // talking task v2 to Kata's.
@@ -254,17 +261,12 @@ fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
         stderr.contains("generate vhost vsock cid failed"),
         "{stderr}\n{log}"
     );
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !(l.starts_with("time=") && l.contains("level=warning")))
-        .collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
-    assert!(lines[0].starts_with("ctr: "), "{stderr:?}");
+    let line = one_ctr_line(&stderr);
     // runtime-rs's Debug dump (escaped line breaks, a backtrace) comes out as its words.
     assert!(
-        lines[0].contains("start vm: generate vhost vsock cid failed: ")
-            && !lines[0].contains("Stack backtrace")
-            && !lines[0].contains("\\n"),
+        line.contains("start vm: generate vhost vsock cid failed: ")
+            && !line.contains("Stack backtrace")
+            && !line.contains("\\n"),
         "{stderr:?}"
     );
     assert!(
@@ -456,11 +458,7 @@ fn an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy() {
         stderr.contains("generate vhost vsock cid failed"),
         "{stderr}\n{log}"
     );
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !(l.starts_with("time=") && l.contains("level=warning")))
-        .collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
+    one_ctr_line(&stderr);
     let _ = rig.ctr(&["containers", "delete", &id]);
     rig.assert_clean();
     assert!(

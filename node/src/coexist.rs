@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use kata_gpu_containerd_config::{find_handler, fsio, imports, FoundHandler, HandlerSpec};
+use kata_gpu_containerd_config::{covers, find_handler, fsio, imports, FoundHandler, HandlerSpec};
 use kata_gpu_plan::host_spec::{NVSWITCH_KIND, PGPU_KIND};
 
 use crate::paths::shown;
@@ -66,7 +66,7 @@ pub fn refuse_foreign_specs(root: &Path) -> Result<(), Refusal> {
 }
 
 /// The files containerd reads for `config` (as the host sees it): the file and the ones its
-/// `imports` name (a `*` in the last part matched against the directory's files).
+/// `imports` name (a glob in the last part matched against the directory's files).
 fn config_files(root: &Path, config: &Path) -> Vec<(PathBuf, String)> {
     let Ok(real) = inside(root, config) else {
         return Vec::new();
@@ -82,29 +82,26 @@ fn config_files(root: &Path, config: &Path) -> Vec<(PathBuf, String)> {
         } else {
             config.parent().unwrap_or(Path::new("/")).join(entry)
         };
-        let name = entry
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        match name.split_once('*') {
-            None => out.extend(read(root, &entry)),
-            Some((before, after)) => {
-                let dir = entry.parent().unwrap_or(Path::new("/"));
-                let Some(listing) = inside(root, dir).ok().and_then(|d| fs::read_dir(d).ok())
-                else {
-                    continue;
-                };
-                let mut names: Vec<String> = listing
-                    .filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(before) && n.ends_with(after))
-                    .collect();
-                names.sort();
-                for n in names {
-                    out.extend(read(root, &dir.join(n)));
-                }
-            }
+        let name = entry.file_name().unwrap_or_default().to_string_lossy();
+        if !name.contains(['*', '?', '[']) {
+            out.extend(read(root, &entry));
+            continue;
+        }
+        // A glob in the last part, matched against the directory's files as containerd's
+        // `filepath.Glob` does (the same matcher `imports` coverage uses).
+        let dir = entry.parent().unwrap_or(Path::new("/"));
+        let Some(listing) = inside(root, dir).ok().and_then(|d| fs::read_dir(d).ok()) else {
+            continue;
+        };
+        let pattern = entry.display().to_string();
+        let mut files: Vec<PathBuf> = listing
+            .filter_map(Result::ok)
+            .map(|e| dir.join(e.file_name()))
+            .filter(|f| covers(&pattern, &f.display().to_string()))
+            .collect();
+        files.sort();
+        for f in files {
+            out.extend(read(root, &f));
         }
     }
     out.insert(0, (config.to_path_buf(), text));

@@ -395,6 +395,16 @@ pub fn available<T>(test: &str, part: Result<T, Missing>) -> Option<T> {
     available_in(test, part, in_ci())
 }
 
+/// What a test of Kata behind the proxy needs: containerd `release`, the Kata part `kata`
+/// (Kata 3.30's [`Kata::find`] or runtime-rs's [`KataRs::find`]) and QEMU 10, each through
+/// [`available`]; the Kata part when all three are there.
+pub fn kata_parts<T>(test: &str, release: Containerd, kata: Result<T, Missing>) -> Option<T> {
+    available(test, release.bin_dir())?;
+    let kata = available(test, kata)?;
+    available(test, qemu())?;
+    Some(kata)
+}
+
 /// [`available`], told whether this is CI.
 fn available_in<T>(test: &str, part: Result<T, Missing>, ci: bool) -> Option<T> {
     match part {

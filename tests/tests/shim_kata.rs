@@ -16,8 +16,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kata_gpu_tests::parts::kata_parts;
 use kata_gpu_tests::shimrig::{err, Downstream, Rig};
-use kata_gpu_tests::{available, Containerd, Kata, KataRs};
+use kata_gpu_tests::{Containerd, Kata, KataRs};
 use sha2::{Digest, Sha256};
 
 /// Kata's socket for a task: `/run/containerd/s/sha256(<containerd address>/<ns>/<id>)`,
@@ -59,6 +60,20 @@ fn one_ctr_line(stderr: &str) -> String {
     lines[0].to_owned()
 }
 
+/// A `ctr run` that reached runtime-rs, which loaded the config and stopped where the VM
+/// would start (no vhost-vsock here): ctr's one line.
+#[track_caller]
+fn runtime_rs_stopped_at_the_vm(rig: &Rig, o: &std::process::Output) -> String {
+    let stderr = err(o);
+    assert!(!o.status.success(), "ctr run through runtime-rs succeeded");
+    assert!(
+        stderr.contains("generate vhost vsock cid failed"),
+        "{stderr}\n{}",
+        rig.ctrd.log()
+    );
+    one_ctr_line(&stderr)
+}
+
 fn remove(path: &Path) {
     let removed = if path.is_dir() {
         // cgroup directories go with rmdir; the others are plain trees.
@@ -77,13 +92,7 @@ kata_gpu_tests::tests_per_release!(kata_behind_the_proxy:
 );
 
 fn kata_behind_the_proxy(release: Containerd, test: &str) {
-    let Some(_) = available(test, release.bin_dir()) else {
-        return;
-    };
-    let Some(_) = available(test, Kata::find()) else {
-        return;
-    };
-    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+    let Some(_) = kata_parts(test, release, Kata::find()) else {
         return;
     };
     let rig = Rig::on(release, Downstream::Kata, "");
@@ -180,13 +189,7 @@ kata_gpu_tests::tests_per_release!(kata_rs_behind_the_proxy:
 /// ("generate vhost vsock cid failed": no vhost-vsock here), after loading the config the
 /// proxy rendered from it; our Go runtime's template as the base it refuses.
 fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
-    let Some(_) = available(test, release.bin_dir()) else {
-        return;
-    };
-    let Some(kata) = available(test, KataRs::find()) else {
-        return;
-    };
-    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+    let Some(kata) = kata_parts(test, release, KataRs::find()) else {
         return;
     };
     let rig = Rig::on(release, Downstream::KataRs, "");
@@ -254,14 +257,8 @@ fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
 
     let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
     let config = rig.state_dir(&id).join("configuration.toml");
-    let stderr = err(&o);
+    let line = runtime_rs_stopped_at_the_vm(&rig, &o);
     let log = rig.ctrd.log();
-    assert!(!o.status.success(), "ctr run through runtime-rs succeeded");
-    assert!(
-        stderr.contains("generate vhost vsock cid failed"),
-        "{stderr}\n{log}"
-    );
-    let line = one_ctr_line(&stderr);
     // runtime-rs's Debug dump (escaped line breaks, a backtrace) comes out as its words.
     assert!(
         line.contains("start vm: generate vhost vsock cid failed: ")
@@ -313,13 +310,7 @@ fn kata_rs_behind_the_proxy(release: Containerd, test: &str) {
 #[test]
 fn keys_of_our_templates_runtime_rs_refuses() {
     let test = "keys_of_our_templates_runtime_rs_refuses";
-    let Some(_) = available(test, Containerd::Debian.bin_dir()) else {
-        return;
-    };
-    let Some(_) = available(test, KataRs::find()) else {
-        return;
-    };
-    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+    let Some(_) = kata_parts(test, Containerd::Debian, KataRs::find()) else {
         return;
     };
     let ours: kata_gpu_configs::toml_edit::DocumentMut = kata_gpu_configs::template("snp")
@@ -395,13 +386,7 @@ fn keys_of_our_templates_runtime_rs_refuses() {
 #[test]
 fn an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy() {
     let test = "an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy";
-    let Some(_) = available(test, Containerd::Debian.bin_dir()) else {
-        return;
-    };
-    let Some(_) = available(test, KataRs::find()) else {
-        return;
-    };
-    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+    let Some(_) = kata_parts(test, Containerd::Debian, KataRs::find()) else {
         return;
     };
     let rs = kata_gpu_configs::KataRuntime::Rs;
@@ -451,14 +436,7 @@ fn an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy() {
     let rig = Rig::on_installed_rs(Containerd::Debian, &base, &settings);
     let id = Rig::id("installedrs");
     let o = rig.run(&[], &id, &["/bin/busybox", "true"]);
-    let stderr = err(&o);
-    let log = rig.ctrd.log();
-    assert!(!o.status.success(), "ctr run through runtime-rs succeeded");
-    assert!(
-        stderr.contains("generate vhost vsock cid failed"),
-        "{stderr}\n{log}"
-    );
-    one_ctr_line(&stderr);
+    runtime_rs_stopped_at_the_vm(&rig, &o);
     let _ = rig.ctr(&["containers", "delete", &id]);
     rig.assert_clean();
     assert!(
@@ -483,13 +461,7 @@ fn an_installed_runtime_rs_class_reaches_runtime_rs_through_the_proxy() {
 #[test]
 fn runtime_rs_loads_the_config_rendered_from_each_of_our_runtime_rs_templates() {
     let test = "runtime_rs_loads_the_config_rendered_from_each_of_our_runtime_rs_templates";
-    let Some(_) = available(test, Containerd::Debian.bin_dir()) else {
-        return;
-    };
-    let Some(_) = available(test, KataRs::find()) else {
-        return;
-    };
-    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
+    let Some(_) = kata_parts(test, Containerd::Debian, KataRs::find()) else {
         return;
     };
     let settings = "downstream = \"/opt/kata/runtime-rs/bin/containerd-shim-kata-v2\"\ndownstream_kind = \"kata-rs\"\n";

@@ -10,8 +10,9 @@ use std::fs;
 use k8s_cri::v1::{ListPodSandboxRequest, RunPodSandboxRequest};
 use kata_gpu_tests::cri::{client, cri_table, host_network_pod, HANDLER, PAUSE_IMAGE};
 use kata_gpu_tests::image::write_oci_archive;
+use kata_gpu_tests::parts::kata_parts;
 use kata_gpu_tests::shimrig::{Downstream, Rig};
-use kata_gpu_tests::{available, Containerd, Kata, KataRs};
+use kata_gpu_tests::{Containerd, Kata, KataRs};
 
 kata_gpu_tests::tests_per_release!(go_kata_through_cri:
     go_kata_through_cri_on_1_6 = Debian,
@@ -28,11 +29,11 @@ kata_gpu_tests::tests_per_release!(kata_rs_through_cri:
 );
 
 fn go_kata_through_cri(release: Containerd, test: &str) {
-    let Some(_) = available(test, Kata::find()) else {
+    let Some(_) = kata_parts(test, release, Kata::find()) else {
         return;
     };
     // Kata's Go shim names the file it loaded: the proxy's per-sandbox config.
-    through_cri(release, test, Downstream::Kata, |rig, said| {
+    through_cri(release, Downstream::Kata, |rig, said| {
         let ours = rig.work.path().join("st/k8s.io").display().to_string();
         said.contains("host system doesn't support vsock")
             && said.contains(&ours)
@@ -41,12 +42,12 @@ fn go_kata_through_cri(release: Containerd, test: &str) {
 }
 
 fn kata_rs_through_cri(release: Containerd, test: &str) {
-    let Some(_) = available(test, KataRs::find()) else {
+    let Some(_) = kata_parts(test, release, KataRs::find()) else {
         return;
     };
     // runtime-rs answers the Debug form of its error (quoted, escaped, with a backtrace);
     // the proxy passes its words on in one line.
-    through_cri(release, test, Downstream::KataRs, |_, said| {
+    through_cri(release, Downstream::KataRs, |_, said| {
         said.contains(
             "failed to handle message start sandbox in task handler: start vm: generate vhost vsock cid failed: ",
         ) && !said.contains("Stack backtrace")
@@ -55,20 +56,9 @@ fn kata_rs_through_cri(release: Containerd, test: &str) {
 }
 
 /// A GPU-less pod (a node in annotation mode: no kubelet here) on our handler, `downstream`
-/// behind the proxy: `RunPodSandbox` fails in one line that `reason` accepts, containerd
+/// (whose parts the caller found) behind the proxy: `RunPodSandbox` fails in one line that `reason` accepts, containerd
 /// keeps no sandbox, and nothing is left.
-fn through_cri(
-    release: Containerd,
-    test: &str,
-    downstream: Downstream,
-    reason: impl Fn(&Rig, &str) -> bool,
-) {
-    let Some(_) = available(test, release.bin_dir()) else {
-        return;
-    };
-    let Some(_) = available(test, kata_gpu_tests::parts::qemu()) else {
-        return;
-    };
+fn through_cri(release: Containerd, downstream: Downstream, reason: impl Fn(&Rig, &str) -> bool) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

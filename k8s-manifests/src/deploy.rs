@@ -216,7 +216,15 @@ pub fn node_daemonset(o: &DeployOptions) -> DaemonSet {
                 kata_gpu_configs::KataRuntime::Go => Vec::new(),
                 rs => vec!["--kata-runtime", rs.name()],
             };
-            let args = [&host[..], &agent[..], &set[..], &runtime[..]].concat();
+            // The other profiles' agents run beside this one: it restarts containerd once
+            // their change is made too.
+            let peers: Vec<&str> = o
+                .profiles
+                .iter()
+                .filter(|q| *q != p)
+                .flat_map(|q| ["--peer-profile", q.name()])
+                .collect();
+            let args = [&host[..], &agent[..], &peers[..], &set[..], &runtime[..]].concat();
             let mut c = container(&format!("agent-{}", p.name()), &o.image, &args);
             c.security_context = privileged();
             c.volume_mounts = Some(vec![mount("host-root", HOST_MOUNT, false)]);

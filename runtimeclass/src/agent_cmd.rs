@@ -132,6 +132,11 @@ pub struct AgentArgs {
     /// go (Kata's Go shim) or rs (runtime-rs); uninstall removes what install wrote.
     #[arg(long, value_name = "go|rs", default_value = "go")]
     pub kata_runtime: kata_gpu_configs::KataRuntime,
+    /// A profile whose agent runs beside this one (the node DaemonSet's other agent
+    /// containers); repeat for several. containerd is restarted once those have changed the
+    /// node too (installed, or uninstalled), so that one restart loads every change.
+    #[arg(long = "peer-profile", value_name = "P")]
+    pub peers: Vec<Profile>,
     /// Arguments for both install and uninstall, e.g. --containerd-config F.
     #[arg(last = true, value_name = "ARGS")]
     pub rest: Vec<String>,
@@ -211,7 +216,7 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
         return Err(e);
     }
     drop(changing);
-    restart_if_owed(&args, global)?;
+    restart_if_owed(&args, global, true)?;
     let (labelled, signal) = until_ready(&args, global, &stop)?;
     say(&format!("{signal}: uninstalling"));
     if let Some(file) = labelled {
@@ -221,7 +226,7 @@ pub fn run(args: AgentArgs, global: &Global) -> anyhow::Result<Outcome> {
     let changing = Changing::mark(&args, global)?;
     step(&args, global, &["uninstall".to_owned()])?;
     drop(changing);
-    restart_if_owed(&args, global)?;
+    restart_if_owed(&args, global, false)?;
     fsio::remove_file(&inside(root, &shim)?)?;
     say(&format!("removed {}", shim.display()));
     stop.thread_unblock().context("cannot unblock SIGTERM")?;
@@ -321,15 +326,35 @@ fn restart_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<bool> {
     Ok(status["restart_pending"] == true)
 }
 
+/// The peers (`--peer-profile`) whose change is not made yet: registered with containerd
+/// when `installed` is wanted, still registered when it is not.
+fn peers_behind(args: &AgentArgs, global: &Global, installed: bool) -> Vec<String> {
+    args.peers
+        .iter()
+        .filter(|p| {
+            crate::node_state::NodeState::load(&global.host_root, p.handler())
+                .map_or(true, |s| s.containerd.is_some() != installed)
+        })
+        .map(|p| p.name().to_owned())
+        .collect()
+}
+
 /// Restarts containerd in the host's mount namespace when it has not loaded its config
 /// and the agent may; else says the restart is owed. It first waits (up to [`SETTLE`]) for
-/// the other profiles' agents to finish changing the node, then decides under the node lock:
-/// the first agent restarts, and the others find containerd has loaded their change too.
-fn restart_if_owed(args: &AgentArgs, global: &Global) -> anyhow::Result<()> {
+/// the other profiles' agents to finish changing the node (their marks gone, and each
+/// `--peer-profile` `installed` or uninstalled as this agent is), then decides under the
+/// node lock: the first agent restarts, and the others find containerd has loaded their
+/// change too.
+fn restart_if_owed(args: &AgentArgs, global: &Global, installed: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + SETTLE;
     let mut said = false;
     loop {
-        let others = others_changing(args, global);
+        let mut others = others_changing(args, global);
+        for p in peers_behind(args, global, installed) {
+            if !others.contains(&p) {
+                others.push(p);
+            }
+        }
         if others.is_empty() || Instant::now() >= deadline {
             break;
         }

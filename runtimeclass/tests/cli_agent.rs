@@ -756,16 +756,17 @@ fn the_agents_of_two_profiles_restart_containerd_once_between_them() {
     );
     let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
     let logs = [work.path().join("snp.log"), work.path().join("gpu.log")];
-    let agents: Vec<Running> = [("snp", &logs[0]), ("gpu", &logs[1])]
+    // As the node DaemonSet starts them: each told of the other (`--peer-profile`).
+    let agents: Vec<Running> = [("snp", "gpu", &logs[0]), ("gpu", "snp", &logs[1])]
         .into_iter()
-        .map(|(profile, log)| {
+        .map(|(profile, peer, log)| {
             agent_with(
                 &launcher,
                 &sim,
                 &image,
                 Some(&set),
                 log,
-                &["--profile", profile],
+                &["--profile", profile, "--peer-profile", peer],
             )
         })
         .collect();

@@ -594,7 +594,7 @@ fn the_agent_refuses_a_unit_host_exec_would_not_restart() {
 /// Where the agent restarts containerd in tests: the host's PID 1, whose mount namespace
 /// host-exec enters, is the agent's own (PID 1 of the namespace the launcher makes), and a
 /// stand-in `systemctl` records its arguments in the returned file, then runs `script`.
-/// The launcher (`unshare … env PATH=…`) execs the agent as that PID 1.
+/// The launcher (`unshare --kill-child … env PATH=…`) execs the agent as that PID 1.
 fn restart_rig(work: &Path, sim: &SimHost, script: &str) -> (PathBuf, Vec<String>) {
     fs::create_dir_all(sim.path("proc/1/ns")).expect("mkdir");
     std::os::unix::fs::symlink("/proc/1/ns/mnt", sim.path("proc/1/ns/mnt")).expect("link");
@@ -613,11 +613,21 @@ fn restart_rig(work: &Path, sim: &SimHost, script: &str) -> (PathBuf, Vec<String
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let launcher = ["unshare", "--pid", "--fork", "--mount-proc", "--", "env"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain([path])
-        .collect();
+    // --kill-child: a test that fails before SIGTERM leaves no agent behind when its
+    // `Running` kills unshare.
+    let launcher = [
+        "unshare",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "--",
+        "env",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain([path])
+    .collect();
     (calls, launcher)
 }
 

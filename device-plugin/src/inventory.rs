@@ -5,7 +5,7 @@
 //! kind with `--resource-naming pgpu` ([`kata_gpu_plan::resource_names`]).
 
 use kata_gpu_plan::host::{Host, HostError, VfioNode};
-use kata_gpu_plan::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
+use kata_gpu_plan::host_spec::{host_specs, HostSpecs, NVSWITCH_KIND, PGPU_KIND};
 use kata_gpu_plan::resource_names::{read_pci_ids, resource_name, Naming};
 use kata_gpu_plan::Bdf;
 
@@ -66,7 +66,11 @@ impl Resource {
 /// The host's advertised devices, one [`Resource`] per resource name that has devices:
 /// kinds in [`RESOURCES`] order, names in order of first device.
 pub fn inventory(host: &Host, naming: Naming) -> Result<Vec<Resource>, HostError> {
-    let specs = host_specs(host)?;
+    Ok(inventory_of(host, &host_specs(host)?, naming))
+}
+
+/// [`inventory`] from the host's specs as a caller already built them.
+pub fn inventory_of(host: &Host, specs: &HostSpecs, naming: Naming) -> Vec<Resource> {
     let pci_ids = match naming {
         Naming::Nvidia => read_pci_ids(host.root()),
         Naming::Pgpu => None,
@@ -122,7 +126,7 @@ pub fn inventory(host: &Host, naming: Naming) -> Result<Vec<Resource>, HostError
             });
         }
     }
-    Ok(out)
+    out
 }
 
 /// The GPU or NVSwitch behind a VFIO node.

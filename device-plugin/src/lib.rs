@@ -14,6 +14,6 @@ pub mod serve;
 pub mod service;
 
 pub use allocate::{allocate, AllocateError, Strategy};
-pub use inventory::{inventory, PluginDevice, Resource, RESOURCES};
+pub use inventory::{inventory, inventory_of, PluginDevice, Resource, RESOURCES};
 pub use preferred::preferred;
 pub use serve::{run, Config, Naming, PluginError};

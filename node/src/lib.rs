@@ -2,6 +2,8 @@
 //! `kata-gpu`'s commands, which print what it finds (this crate prints nothing, and reads
 //! only: the node's writers stay in the commands until they move here too).
 //!
+//! - [`facts`]: the node's facts read once per command into one value (the host's
+//!   devices and CDI specs, a profile's status, the sandboxes) that every view reads.
 //! - [`paths`]: host paths under `--host-root`, and how they are named.
 //! - [`containerd`]: containerd on the node: its default config and socket, its processes,
 //!   whether it has loaded a change, the PATH it finds shims on.
@@ -12,6 +14,9 @@
 //! - [`coexist`]: other tools that set up the same things (another CDI spec of our kinds, a
 //!   handler of our name that runs something else), and the refusal with its fix.
 //! - [`boot_unit`]: the systemd unit that makes a node ready again after a reboot.
+//! - [`registration`]: a handler registered in containerd's config and unregistered
+//!   again (planned, then applied under the node lock with the record kept), and the
+//!   restart that makes containerd load it.
 //! - [`record`]: what kata-gpu did to the node, per handler, and the node lock.
 //! - [`processes`]: the host's processes, by their command lines (the host's `/proc` under
 //!   `--host-root`).
@@ -24,9 +29,11 @@
 pub mod boot_unit;
 pub mod coexist;
 pub mod containerd;
+pub mod facts;
 pub mod paths;
 pub mod processes;
 pub mod record;
+pub mod registration;
 pub mod sandboxes;
 pub mod shims;
 pub mod status;

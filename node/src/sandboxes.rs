@@ -14,10 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use kata_gpu_configs::templates::KataRuntime;
-use kata_gpu_plan::host::Host;
-use kata_gpu_plan::host_spec::host_specs;
 use serde::{Deserialize, Serialize};
 
+use crate::facts::HostFacts;
 use crate::processes::{self, Process};
 
 /// The directory of the proxies' sockets in a state directory: no namespace.
@@ -181,11 +180,13 @@ struct PlanFile {
 }
 
 /// Reads the sandboxes under each state directory (host paths, as the shim settings of the
-/// installed profiles name them), the host's processes and devices, all under `root`.
-pub fn gather(root: &Path, state_dirs: &[PathBuf], now: SystemTime) -> Sandboxes {
+/// installed profiles name them) and the host's processes, under the root of `host`, whose
+/// devices and specs say which GPU each holds.
+pub fn gather(host: &HostFacts, state_dirs: &[PathBuf], now: SystemTime) -> Sandboxes {
+    let root = host.root.as_path();
     let mut out = Sandboxes::default();
     let procs = processes::scan(root);
-    let cdi_names = cdi_names(root, &mut out.problems);
+    let cdi_names = cdi_names(host, &mut out.problems);
     let mut dirs: Vec<&PathBuf> = state_dirs.iter().collect();
     dirs.sort();
     dirs.dedup();
@@ -194,7 +195,7 @@ pub fn gather(root: &Path, state_dirs: &[PathBuf], now: SystemTime) -> Sandboxes
     }
     out.sandboxes
         .sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
-    out.devices = host_devices(root, &cdi_names, &out.sandboxes, &mut out.problems);
+    out.devices = host_devices(host, &cdi_names, &out.sandboxes, &mut out.problems);
     out
 }
 
@@ -343,9 +344,8 @@ fn find_processes(sandbox: &mut Sandbox, procs: &[Process]) {
 }
 
 /// PCI address → CDI name by index (`nvidia.com/pgpu=0`), as the host spec names it.
-fn cdi_names(root: &Path, problems: &mut Vec<String>) -> BTreeMap<String, String> {
-    let host = Host::new(root);
-    let specs = match host_specs(&host) {
+fn cdi_names(host: &HostFacts, problems: &mut Vec<String>) -> BTreeMap<String, String> {
+    let specs = match &host.specs {
         Ok(specs) => specs,
         Err(e) => {
             problems.push(format!("cannot read the host's devices: {e}"));
@@ -368,21 +368,21 @@ fn cdi_names(root: &Path, problems: &mut Vec<String>) -> BTreeMap<String, String
 
 /// Every NVIDIA GPU and NVSwitch of the host, with its holder.
 fn host_devices(
-    root: &Path,
+    host: &HostFacts,
     cdi_names: &BTreeMap<String, String>,
     sandboxes: &[Sandbox],
     problems: &mut Vec<String>,
 ) -> Vec<HostDevice> {
-    let functions = match Host::new(root).pci_functions() {
-        Ok(f) => f,
+    let devices = match &host.devices {
+        Ok(d) => d,
         Err(e) => {
-            problems.push(format!("cannot list PCI functions: {e}"));
+            problems.push(e.clone());
             return Vec::new();
         }
     };
-    functions
-        .into_iter()
-        .filter(|f| f.is_nvidia_gpu() || f.is_nvswitch())
+    devices
+        .iter()
+        .map(|d| &d.function)
         .map(|f| {
             let bdf = f.bdf.to_string();
             let holder = sandboxes
@@ -538,7 +538,7 @@ mod tests {
 
         let now = SystemTime::now();
         let found = gather(
-            sim.root(),
+            &HostFacts::gather(sim.root()),
             &[PathBuf::from(STATE), PathBuf::from(STATE)],
             now,
         );
@@ -607,7 +607,8 @@ mod tests {
         let sim = SimHost::hgx_8x_h100();
         sandbox(&sim, "k8s.io", "aaa", "default/train", &["0000:18:00.0"]);
         put(&sim, "run/kata-gpu/k8s.io/aaa/plan.json", b"{not json");
-        let found = gather(sim.root(), &[PathBuf::from(STATE)], SystemTime::now());
+        let host = HostFacts::gather(sim.root());
+        let found = gather(&host, &[PathBuf::from(STATE)], SystemTime::now());
         assert_eq!(found.problems.len(), 1, "{:?}", found.problems);
         assert!(
             found.problems[0].starts_with("/run/kata-gpu/k8s.io/aaa/plan.json: "),
@@ -617,7 +618,7 @@ mod tests {
         // The claim still names what it holds.
         assert_eq!(found.sandboxes[0].devices[0].bdf, "0000:18:00.0");
         assert!(
-            gather(sim.root(), &[PathBuf::from("/nowhere")], SystemTime::now())
+            gather(&host, &[PathBuf::from("/nowhere")], SystemTime::now())
                 .sandboxes
                 .is_empty()
         );

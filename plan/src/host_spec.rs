@@ -116,10 +116,16 @@ fn spec_for(
 
 /// The CDI specs for the host's passthrough GPUs and NVSwitches.
 pub fn host_specs(host: &Host) -> Result<HostSpecs, HostError> {
+    Ok(host_specs_of(host, &host.pci_functions()?))
+}
+
+/// The CDI specs for the passthrough GPUs and NVSwitches among `functions`, the host's PCI
+/// functions as a caller already listed them (one listing serves every view of a command).
+pub fn host_specs_of(host: &Host, functions: &[PciFunction]) -> HostSpecs {
     let mut gpus = Vec::new();
     let mut switches = Vec::new();
     let mut warnings = Vec::new();
-    for f in host.pci_functions()? {
+    for f in functions.iter().cloned() {
         if !(f.is_nvidia_gpu() || f.is_nvswitch()) {
             continue;
         }
@@ -153,5 +159,5 @@ pub fn host_specs(host: &Host) -> Result<HostSpecs, HostError> {
     .into_iter()
     .flatten()
     .collect();
-    Ok(HostSpecs { specs, warnings })
+    HostSpecs { specs, warnings }
 }

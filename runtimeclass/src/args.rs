@@ -5,10 +5,11 @@
 
 use std::path::PathBuf;
 
-use kata_gpu_containerd_config::ConfigVersion;
+use kata_gpu_containerd_config::{ConfigVersion, HandlerSpec};
 use kata_gpu_manifests::{
     check_quantity, parse_selectors, Options, DEFAULT_CPU_OVERHEAD, DEFAULT_MEMORY_OVERHEAD,
 };
+use kata_gpu_node::registration::handler::{handler_spec, Apply};
 use kata_gpu_plan::Profile;
 
 /// Arguments of `kata-gpu status`, and what `doctor` asks status.
@@ -67,6 +68,16 @@ pub struct ContainerdArgs {
 }
 
 impl ContainerdArgs {
+    /// The handler `profile` registers, shaped by these flags.
+    pub fn handler_spec(&self, profile: Profile) -> HandlerSpec {
+        handler_spec(
+            profile,
+            &self.common.artifacts_root,
+            self.runtime_path.clone(),
+            self.snapshotter.clone(),
+        )
+    }
+
     /// The arguments of a command that only removes (uninstall): nothing of the handler's
     /// shape, the common ones as given.
     pub fn removal(common: CommonArgs) -> ContainerdArgs {
@@ -110,6 +121,19 @@ pub struct CommonArgs {
     /// Print the diff of every file it would change, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl CommonArgs {
+    /// How the registration is applied and containerd restarted.
+    pub fn apply(&self) -> Apply {
+        Apply {
+            dry_run: self.dry_run,
+            restart: self.restart,
+            restart_command: self.restart_command.clone(),
+            socket: self.socket.clone(),
+            restart_timeout: std::time::Duration::from_secs(self.restart_timeout),
+        }
+    }
 }
 
 fn parse_version(s: &str) -> Result<ConfigVersion, String> {

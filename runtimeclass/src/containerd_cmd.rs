@@ -1,5 +1,5 @@
 //! `kata-gpu containerd register|unregister`: one handler in containerd's config, through
-//! [`crate::containerd_ops`], and the report of what changed.
+//! [`kata_gpu_node::registration::handler`], and the report of what changed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,10 +8,10 @@ use clap::Subcommand;
 use kata_gpu_plan::Profile;
 
 use crate::args::{CommonArgs, ContainerdArgs};
-use crate::containerd_ops::{apply_one, check_restart, handler_spec, plan_one, Report};
 use crate::node_state::{shown, NodeLock};
-use crate::registration::Request;
 use crate::{Global, Outcome};
+use kata_gpu_node::registration::handler::{apply_one, plan_one, Report};
+use kata_gpu_node::registration::Request;
 
 /// The `containerd` subcommands.
 #[derive(Debug, Subcommand)]
@@ -43,7 +43,7 @@ pub fn run(cmd: ContainerdCommand, global: &Global) -> anyhow::Result<Outcome> {
         ContainerdCommand::Register(a) => (true, a),
         ContainerdCommand::Unregister(a) => (false, a),
     };
-    let spec = handler_spec(args.profile, &args.containerd);
+    let spec = args.containerd.handler_spec(args.profile);
     let c = &args.containerd;
     let req = Request::new(
         &global.host_root,
@@ -66,9 +66,16 @@ pub fn run_one(
     args: &CommonArgs,
     root: &Path,
 ) -> anyhow::Result<Report> {
-    check_restart(args, root)?;
+    let apply = args.apply();
+    apply.check(root)?;
     let lock = NodeLock::take(root, Duration::from_secs(args.lock_timeout), args.dry_run)?;
-    apply_one(plan_one(register, req, root)?, req, args, root, &lock)
+    Ok(apply_one(
+        plan_one(register, req, root)?,
+        req,
+        &apply,
+        root,
+        &lock,
+    )?)
 }
 
 /// Prints a report; paths as they are under `root`.

@@ -7,7 +7,7 @@ use std::path::Path;
 use kata_gpu_plan::host::{Bar, PciFunction, Platform};
 use kata_gpu_plan::sandbox::Room;
 use kata_gpu_plan::sandbox::CC_CAPABLE_GPUS;
-use kata_gpu_plan::vfio::{Foreign, VfioError};
+use kata_gpu_plan::vfio::VfioError;
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
@@ -83,17 +83,7 @@ pub fn fail(name: &str, detail: impl Into<String>, fix: &str) -> Check {
     Check::new(name, Verdict::Fail, detail, Some(fix.to_owned()))
 }
 
-/// A GPU or NVSwitch with the iommufd cdev it has, if any.
-#[derive(Clone, Debug)]
-pub struct Device {
-    /// The function.
-    pub function: PciFunction,
-    /// Its `vfioN` cdev.
-    pub cdev: Option<String>,
-    /// Functions of its IOMMU group, not NVIDIA's, that `vfio bind` would take from the
-    /// host (and so refuses without `--force`).
-    pub foreign: Vec<Foreign>,
-}
+pub use kata_gpu_node::facts::Device;
 
 /// Whether a function is a CC-capable GPU.
 pub fn cc_capable(f: &PciFunction) -> bool {

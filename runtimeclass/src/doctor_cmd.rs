@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use cdi::registry::{Registry, RegistryConfig};
-use kata_gpu_plan::host::Host;
-use kata_gpu_plan::host_spec::{host_specs, NVSWITCH_KIND, PGPU_KIND};
+use kata_gpu_node::facts::{HostFacts, NodeFacts};
+use kata_gpu_plan::host_spec::{NVSWITCH_KIND, PGPU_KIND};
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
@@ -16,14 +15,13 @@ use crate::command_line::rooted;
 use crate::node_state::shown;
 use crate::{Global, Outcome};
 use kata_gpu_node::shims;
-use kata_gpu_node::status;
 
 #[path = "doctor_checks.rs"]
 mod checks;
 #[path = "doctor_plugin.rs"]
 mod plugin;
 
-use checks::{Check, Device, Verdict};
+use checks::{Check, Verdict};
 
 /// Arguments of `kata-gpu doctor`: what `status` is asked, and `--labels`.
 #[derive(Debug, clap::Args)]
@@ -34,30 +32,6 @@ pub struct DoctorArgs {
     /// check passes (exit 1 and no labels otherwise).
     #[arg(long)]
     pub labels: bool,
-}
-
-/// The NVIDIA GPUs and NVSwitches of the host, with their cdevs and what else of their
-/// IOMMU groups `vfio bind` would take from the host.
-fn devices(host: &Host) -> Result<Vec<Device>, String> {
-    let functions = host
-        .pci_functions()
-        .map_err(|e| format!("cannot list PCI functions: {e}"))?;
-    functions
-        .into_iter()
-        .filter(|f| f.is_nvidia_gpu() || f.is_nvswitch())
-        .map(|f| {
-            let foreign = match f.iommu_group {
-                Some(g) => kata_gpu_plan::vfio::foreign_in_group(host, g)
-                    .map_err(|e| format!("cannot read IOMMU group {g}: {e}"))?,
-                None => Vec::new(),
-            };
-            Ok(Device {
-                cdev: host.vfio_cdev(f.bdf).map(|(name, _)| name),
-                foreign,
-                function: f,
-            })
-        })
-        .collect()
 }
 
 /// Qualified name → device node paths, for our kinds.
@@ -78,7 +52,8 @@ fn names<'a>(
 }
 
 /// The host CDI spec against what the host should have.
-fn cdi_check(host: &Host, root: &Path) -> Check {
+fn cdi_check(host: &HostFacts) -> Check {
+    let root = host.root.as_path();
     let ours = kata_gpu_node::paths::our_spec_path;
     if let Some((file, kind)) = kata_gpu_node::coexist::foreign_specs(root)
         .into_iter()
@@ -100,7 +75,7 @@ fn cdi_check(host: &Host, root: &Path) -> Check {
             ),
         );
     }
-    let expected = match host_specs(host) {
+    let expected = match &host.specs {
         Ok(s) => s,
         Err(e) => {
             return Check {
@@ -116,7 +91,7 @@ fn cdi_check(host: &Host, root: &Path) -> Check {
             .iter()
             .map(move |d| (format!("{}={}", s.kind, d.name), d))
     }));
-    let registry = Registry::new(RegistryConfig::under_root(root));
+    let registry = &host.registry;
     let installed = names(
         registry
             .devices()
@@ -213,52 +188,63 @@ fn base_values(args: &DoctorArgs, root: &Path) -> kata_gpu_plan::sandbox::KataVa
     }
 }
 
-/// Every check for `profile` on the host under `root`.
-fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
-    let host = Host::new(root);
-    let platform = host.platform();
+/// Every check for the profile, over the node's facts (whose shim probes it takes).
+fn run_checks(args: &DoctorArgs, facts: &mut NodeFacts) -> Vec<Check> {
+    let NodeFacts {
+        host,
+        status,
+        sandboxes,
+    } = facts;
+    let root = host.root.as_path();
+    let profile = args.node.profile;
+    let platform = &host.platform;
     let mut out = vec![
-        checks::kvm(&platform),
-        checks::iommu(&platform),
-        checks::tee(args.node.profile, &platform),
+        checks::kvm(platform),
+        checks::iommu(platform),
+        checks::tee(profile, platform),
     ];
-    match devices(&host) {
+    match &host.devices {
         Ok(devs) => {
-            out.extend(checks::devices(args.node.profile, &devs));
-            out.push(checks::iommufd(args.node.profile, &platform, &devs));
+            out.extend(checks::devices(profile, devs));
+            out.push(checks::iommufd(profile, platform, devs));
             let base = base_values(args, root);
-            let facts = host.cpu_memory();
             let tee = kata_gpu_plan::sandbox::TeeSettings::default();
-            out.push(checks::address_bits(args.node.profile, &devs, |bars| {
-                kata_gpu_plan::sandbox::room(args.node.profile, &base, &facts, &tee, bars)
+            out.push(checks::address_bits(profile, devs, |bars| {
+                kata_gpu_plan::sandbox::room(profile, &base, &host.cpu_memory, &tee, bars)
             }));
         }
-        Err(e) => out.push(checks::fail("gpus", e, "check that /sys is mounted")),
+        Err(e) => out.push(checks::fail(
+            "gpus",
+            e.clone(),
+            "check that /sys is mounted",
+        )),
     }
-    let status = status::gather(&args.node.query(), root).map_err(|e| format!("{e:#}"));
     out.extend(checks::registration(
-        args.node.profile,
-        status.as_ref().map_err(Clone::clone),
+        profile,
+        status.as_ref().map_err(|e| format!("{e:#}")),
     ));
     // The shims as status probed them (once, with the handler's runtime_path); asked here
     // only when status could not be gathered.
-    let mut probes = status.map(|s| s.probes).unwrap_or_default();
+    let mut probes = status
+        .as_mut()
+        .map(|s| std::mem::take(&mut s.probes))
+        .unwrap_or_default();
     let ours = probes
         .our_shim
         .take()
-        .unwrap_or_else(|| shims::our_shim(root, args.node.profile, &args.node.containerd, None));
-    out.push(our_shim(args.node.profile, root, ours));
+        .unwrap_or_else(|| shims::our_shim(root, profile, &args.node.containerd, None));
+    out.push(our_shim(profile, root, ours));
     let kata = probes
         .kata_shim
         .take()
-        .unwrap_or_else(|| shims::kata_shim(args.node.profile, root));
+        .unwrap_or_else(|| shims::kata_shim(profile, root));
     out.push(kata_shim(kata));
     let devices = probes
         .device_source
         .take()
-        .unwrap_or_else(|| shims::device_source(args.node.profile, root));
+        .unwrap_or_else(|| shims::device_source(profile, root));
     out.push(device_source(devices));
-    if let Ok((settings, _)) = shims::settings(args.node.profile, root) {
+    if let Ok((settings, _)) = shims::settings(profile, root) {
         if settings.device_source == kata_gpu_plan::settings::DeviceSource::Kubelet {
             let limit = Duration::from_secs(settings.pod_resources_timeout_seconds.clamp(1, 10));
             out.extend(plugin::pod_resources(
@@ -268,14 +254,9 @@ fn run_checks(args: &DoctorArgs, root: &Path) -> Vec<Check> {
             ));
         }
     }
-    out.push(cdi_check(&host, root));
-    out.extend(plugin::checks(root));
-    let sandboxes = kata_gpu_node::sandboxes::gather(
-        root,
-        &shims::state_dirs(root),
-        std::time::SystemTime::now(),
-    );
-    out.extend(checks::sandboxes(&sandboxes, root));
+    out.push(cdi_check(host));
+    out.extend(plugin::checks(host));
+    out.extend(checks::sandboxes(sandboxes, root));
     if root != Path::new("/") {
         for c in &mut out {
             c.fix = c.fix.take().map(|f| rooted(&f, root));
@@ -301,7 +282,7 @@ struct Report<'a> {
 /// is among them; `nvidia.com/cc.ready.state` is not (nothing here reads the GPUs' CC mode).
 fn print_labels(
     args: &DoctorArgs,
-    root: &Path,
+    host: &HostFacts,
     all: &[Check],
     json: bool,
 ) -> anyhow::Result<Outcome> {
@@ -319,9 +300,8 @@ fn print_labels(
             args.node.profile.name()
         );
     }
-    let host = Host::new(root);
-    let devs = devices(&host).map_err(anyhow::Error::msg)?;
-    let mut labels = checks::labels(&host.platform(), &devs);
+    let devs = host.devices.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut labels = checks::labels(&host.platform, devs);
     let (k, v) = kata_gpu_manifests::ready_label(args.node.profile);
     labels.insert(k, v.to_owned());
     if json {
@@ -336,10 +316,14 @@ fn print_labels(
 
 /// Runs `kata-gpu doctor`.
 pub fn run(args: DoctorArgs, global: &Global) -> anyhow::Result<Outcome> {
-    let root = &global.host_root;
-    let all = run_checks(&args, root);
+    let mut facts = NodeFacts::gather(
+        &args.node.query(),
+        &global.host_root,
+        std::time::SystemTime::now(),
+    );
+    let all = run_checks(&args, &mut facts);
     if args.labels {
-        return print_labels(&args, root, &all, global.json);
+        return print_labels(&args, &facts.host, &all, global.json);
     }
     let count = |v: Verdict| all.iter().filter(|c| c.verdict == v).count();
     let (failures, warnings) = (count(Verdict::Fail), count(Verdict::Warn));

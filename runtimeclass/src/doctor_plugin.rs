@@ -7,14 +7,13 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use cdi::registry::{Registry, RegistryConfig};
-use kata_gpu_device_plugin::{inventory, Naming, Resource};
+use kata_gpu_device_plugin::{inventory_of, Naming, Resource};
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::device_plugin_client::DevicePluginClient;
 use kata_gpu_kubelet_api::deviceplugin::v1beta1::Empty;
 use kata_gpu_kubelet_api::podresources::v1::pod_resources_lister_client::PodResourcesListerClient;
 use kata_gpu_kubelet_api::podresources::v1::GetPodResourcesRequest;
 use kata_gpu_kubelet_api::{connect_unix, DEVICE_PLUGINS_DIR, KUBELET_SOCKET};
-use kata_gpu_plan::host::Host;
+use kata_gpu_node::facts::HostFacts;
 
 use super::checks::{fail, ok, Check, Verdict};
 
@@ -248,8 +247,10 @@ fn resource_check(
     }
 }
 
-/// Every device plugin check for the host under `root`.
-pub fn checks(root: &Path) -> Vec<Check> {
+/// Every device plugin check for the host, from its facts (the specs its devices call for
+/// and the installed ones, as the other checks read them).
+pub fn checks(host: &HostFacts) -> Vec<Check> {
+    let root = host.root.as_path();
     let dir = match kata_gpu_fsutil::resolve_in_root(root, Path::new(DEVICE_PLUGINS_DIR)) {
         Ok(d) if d.is_dir() => d,
         _ => {
@@ -273,26 +274,8 @@ pub fn checks(root: &Path) -> Vec<Check> {
             "start kubelet; the device plugin registers again by itself",
         ));
     }
-    let host = Host::new(root);
-    // The plugin's naming is its flag; the sockets it serves under say which.
-    let serving = |naming| {
-        inventory(&host, naming).map(|rs| {
-            let any = rs
-                .iter()
-                .any(|r| std::fs::symlink_metadata(dir.join(r.socket_name())).is_ok());
-            (rs, any)
-        })
-    };
-    let resources = match serving(Naming::Nvidia).and_then(|(nvidia, any)| {
-        if any {
-            return Ok(nvidia);
-        }
-        match serving(Naming::Pgpu)? {
-            (pgpu, true) => Ok(pgpu),
-            _ => Ok(nvidia),
-        }
-    }) {
-        Ok(r) => r,
+    let specs = match &host.specs {
+        Ok(specs) => specs,
         Err(e) => {
             out.push(fail(
                 "device plugin",
@@ -302,6 +285,20 @@ pub fn checks(root: &Path) -> Vec<Check> {
             return out;
         }
     };
+    let view = host.host();
+    // The plugin's naming is its flag; the sockets it serves under say which.
+    let serving = |naming| {
+        let rs = inventory_of(&view, specs, naming);
+        let any = rs
+            .iter()
+            .any(|r| std::fs::symlink_metadata(dir.join(r.socket_name())).is_ok());
+        (rs, any)
+    };
+    let resources = match (serving(Naming::Nvidia), serving(Naming::Pgpu)) {
+        ((nvidia, true), _) => nvidia,
+        (_, (pgpu, true)) => pgpu,
+        ((nvidia, false), _) => nvidia,
+    };
     if resources.is_empty() {
         out.push(ok(
             "device plugin",
@@ -309,8 +306,11 @@ pub fn checks(root: &Path) -> Vec<Check> {
         ));
         return out;
     }
-    let registry = Registry::new(RegistryConfig::under_root(root));
-    let installed: BTreeSet<String> = registry.devices().map(|(n, _)| n.to_string()).collect();
+    let installed: BTreeSet<String> = host
+        .registry
+        .devices()
+        .map(|(n, _)| n.to_string())
+        .collect();
     let running = running_plugin(root);
     out.extend(
         resources

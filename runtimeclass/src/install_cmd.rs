@@ -7,9 +7,10 @@ use crate::install_ops::{
     request, shim_step,
 };
 use crate::node_state::NodeState;
+use crate::shim_settings;
 use crate::steps::print;
-use crate::{containerd_ops, shim_settings};
 use crate::{Global, Outcome};
+use kata_gpu_node::registration::handler;
 
 /// Runs `kata-gpu install`.
 pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
@@ -17,11 +18,11 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let node = &args.node;
     let handler = node.profile.handler();
     // One lock for the whole run: the record is read, changed and saved under it.
-    containerd_ops::check_restart(&node.containerd.common, root)?;
+    node.containerd.common.apply().check(root)?;
     let lock = node_lock(node, root)?;
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
-    let containerd = containerd_ops::plan_one(true, &request(node, root), root)?;
+    let containerd = handler::plan_one(true, &request(node, root), root)?;
     if !args.skip_cdi {
         kata_gpu_node::coexist::refuse_foreign_specs(root)?;
     }

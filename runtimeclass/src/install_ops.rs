@@ -12,12 +12,11 @@ use kata_gpu_containerd_config::{diff, fsio};
 use kata_gpu_manifests::Manifests;
 
 use crate::args::{InstallArgs, NodeArgs};
-use crate::containerd_ops::{self, handler_spec};
 use crate::node_state::{host_path, inside, shown, under, NodeLock, NodeState};
-use crate::registration::Request;
 use crate::steps::Step;
 use kata_gpu_node::boot_unit;
 use kata_gpu_node::paths::{our_spec_path, MANIFEST_DIR};
+use kata_gpu_node::registration::{handler, Request};
 
 pub(crate) fn store(args: &NodeArgs, root: &Path) -> anyhow::Result<Store> {
     let config = StoreConfig {
@@ -262,22 +261,22 @@ pub(crate) fn request(args: &NodeArgs, root: &Path) -> Request {
         root,
         Some(&args.containerd_config),
         args.containerd.drop_in.as_deref(),
-        handler_spec(args.profile, &args.containerd),
+        args.containerd.handler_spec(args.profile),
         args.containerd.config_version,
         Some(&args.containerd.common.unit),
     )
 }
 
 pub(crate) fn containerd_steps(
-    planned: containerd_ops::Planned,
+    planned: handler::Planned,
     args: &NodeArgs,
     root: &Path,
     lock: &NodeLock,
 ) -> anyhow::Result<Vec<Step>> {
-    let report = containerd_ops::apply_one(
+    let report = handler::apply_one(
         planned,
         &request(args, root),
-        &args.containerd.common,
+        &args.containerd.common.apply(),
         root,
         lock,
     )?;

@@ -11,6 +11,7 @@ use kata_gpu_node::sandboxes::{gather, Holder, HostDevice, Sandbox, Sandboxes};
 
 use crate::node_state::shown;
 use crate::{Global, Outcome};
+use kata_gpu_node::facts::HostFacts;
 use kata_gpu_node::shims;
 
 /// `kata-gpu sandboxes`.
@@ -25,7 +26,8 @@ pub struct SandboxesArgs {
 /// Runs `kata-gpu sandboxes`.
 pub fn run(args: SandboxesArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
-    let facts: Sandboxes = gather(root, &shims::state_dirs(root), SystemTime::now());
+    let host = HostFacts::gather(root);
+    let facts: Sandboxes = gather(&host, &shims::state_dirs(root), SystemTime::now());
     for p in &facts.problems {
         eprintln!("kata-gpu sandboxes: {p}");
     }

@@ -10,11 +10,11 @@ use kata_gpu_containerd_config::{diff, fsio};
 use kata_gpu_plan::Profile;
 
 use crate::args::{CommonArgs, ContainerdArgs, NodeArgs};
-use crate::containerd_ops;
 use crate::install_ops::{containerd_steps, node_lock, request, store};
 use crate::steps::{print, Step};
 use kata_gpu_node::boot_unit;
 use kata_gpu_node::paths::MANIFEST_DIR;
+use kata_gpu_node::registration::handler;
 
 #[path = "uninstall_leftovers.rs"]
 mod leftovers;
@@ -59,7 +59,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     let node = &args.node();
     let handler = node.profile.handler();
     let dry_run = args.common.dry_run;
-    containerd_ops::check_restart(&args.common, root)?;
+    args.common.apply().check(root)?;
     let lock = node_lock(node, root)?;
     let purge = if args.purge {
         let store = store(node, root)?;
@@ -70,7 +70,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
         None
     };
     let mut steps = containerd_steps(
-        containerd_ops::plan_one(false, &request(node, root), root)?,
+        handler::plan_one(false, &request(node, root), root)?,
         node,
         root,
         &lock,

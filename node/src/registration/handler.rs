@@ -4,46 +4,63 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kata_gpu_containerd_config::cri as cri_probe;
 use kata_gpu_containerd_config::{daemon, HandlerSpec};
 use kata_gpu_plan::Profile;
 use serde::Serialize;
 
-use crate::args::{CommonArgs, ContainerdArgs};
-use crate::node_state::{NodeLock, NodeState};
-use crate::registration::{apply, plan_register, Plan, Request};
-use crate::unregistration::plan_unregister;
-use kata_gpu_containerd_config::cri as cri_probe;
-use kata_gpu_node::containerd::{restart_how, socket};
+use super::{apply, plan_register, plan_unregister, Plan, RegistrationError, Request};
+use crate::containerd::{restart_how, socket};
+use crate::record::{NodeLock, NodeState};
 
-/// The handler a profile registers.
-pub fn handler_spec(profile: Profile, args: &ContainerdArgs) -> HandlerSpec {
-    let config_path = kata_gpu_artifacts::layout::current_config_path(
-        &args.common.artifacts_root,
-        profile.handler(),
-    );
+/// The handler a profile registers: its runtime type, and the config the artifact set under
+/// `artifacts_root` keeps current; `runtime_path` and `snapshotter` as the user gave them.
+pub fn handler_spec(
+    profile: Profile,
+    artifacts_root: &Path,
+    runtime_path: Option<String>,
+    snapshotter: Option<String>,
+) -> HandlerSpec {
+    let config_path =
+        kata_gpu_artifacts::layout::current_config_path(artifacts_root, profile.handler());
     let mut spec = HandlerSpec::new(
         profile.handler(),
         profile.runtime_type(),
         config_path.display().to_string(),
     );
-    spec.runtime_path = args.runtime_path.clone();
-    spec.snapshotter = args.snapshotter.clone();
+    spec.runtime_path = runtime_path;
+    spec.snapshotter = snapshotter;
     spec
 }
 
-/// Refuses `--restart` under a `--host-root` without `--restart-command`, before anything
-/// changes: the real host's `systemctl restart containerd` must never run for a simulated
-/// host's config.
-pub fn check_restart(args: &CommonArgs, root: &Path) -> anyhow::Result<()> {
-    if args.restart && args.restart_command.is_none() && root != Path::new("/") {
-        anyhow::bail!(
-            "--restart under --host-root {}: kata-gpu runs no restart of the real host's containerd \
-             for it; add --restart-command CMD (the command that restarts the containerd reading \
-             that root's config), or leave --restart out; nothing was changed",
-            root.display()
-        );
+/// How a register or unregister is applied and containerd restarted (the command line's
+/// `--dry-run`, `--restart` and their companions).
+#[derive(Clone, Debug, Default)]
+pub struct Apply {
+    /// Plan and show the diffs; change nothing.
+    pub dry_run: bool,
+    /// Restart containerd when the change needs it.
+    pub restart: bool,
+    /// The command that restarts containerd (else the unit's `systemctl restart`).
+    pub restart_command: Option<String>,
+    /// containerd's socket (else the one its config names).
+    pub socket: Option<PathBuf>,
+    /// How long containerd may take to answer after the restart.
+    pub restart_timeout: Duration,
+}
+
+impl Apply {
+    /// Refuses `restart` under a host root without `restart_command`, before anything
+    /// changes: the real host's `systemctl restart containerd` must never run for a
+    /// simulated host's config.
+    pub fn check(&self, root: &Path) -> Result<(), RegistrationError> {
+        if self.restart && self.restart_command.is_none() && root != Path::new("/") {
+            return Err(RegistrationError::RestartUnderRoot {
+                root: root.to_path_buf(),
+            });
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// What a register/unregister did, for text and JSON output.
@@ -82,10 +99,10 @@ pub struct Planned {
 }
 
 /// Plans register or unregister against the recorded state; writes nothing.
-pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Planned> {
+pub fn plan_one(register: bool, req: &Request, root: &Path) -> Result<Planned, RegistrationError> {
     let state = NodeState::load(root, &req.spec.name)?;
     if register && state.containerd.is_none() {
-        kata_gpu_node::coexist::refuse_foreign_handler(root, &req.config, &req.spec)?;
+        crate::coexist::refuse_foreign_handler(root, &req.config, &req.spec)?;
     }
     let plan = if register {
         plan_register(req, state.containerd.as_ref())?
@@ -108,10 +125,10 @@ pub fn plan_one(register: bool, req: &Request, root: &Path) -> anyhow::Result<Pl
 pub fn apply_one(
     planned: Planned,
     req: &Request,
-    args: &CommonArgs,
+    args: &Apply,
     root: &Path,
     lock: &NodeLock,
-) -> anyhow::Result<Report> {
+) -> Result<Report, RegistrationError> {
     let Planned {
         register,
         config,
@@ -167,11 +184,7 @@ pub fn apply_one(
         }
     }
     if let (true, true, Some(argv)) = (pending, args.restart, &how.argv) {
-        let waited = daemon::restart(
-            argv,
-            &socket_path,
-            Duration::from_secs(args.restart_timeout),
-        )?;
+        let waited = daemon::restart(argv, &socket_path, args.restart_timeout)?;
         report.restarted = true;
         report.notes.push(format!(
             "containerd answered {} ms after the restart",

@@ -1,118 +1,19 @@
-//! Registering a handler on a node: plan the file changes with the pure patcher, then apply
-//! them under the lock (backup first, atomic, refusing files changed behind our back), and
-//! keep the record that lets `unregister` undo them exactly.
+//! Planning a registration: the handler edited into the main config, or written as a
+//! drop-in the main config imports; which one was done before decides what may be done now.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 use kata_gpu_containerd_config::dropin::{
     check_drop_in_safe, drop_in_file_name, drop_in_text, rancher_drop_in_dir, template_version,
 };
 use kata_gpu_containerd_config::{
-    add_import, config_version, covers, daemon, diff, find_handler, fsio, imports,
-    is_template_line, register, ConfigVersion, Error, HandlerSpec, Target,
+    add_import, config_version, covers, daemon, find_handler, fsio, imports, is_template_line,
+    register, ConfigVersion, Error, Target,
 };
 
-use crate::node_state::{
-    host_path, inside, now, under, ContainerdState, Mode, NodeLock, NodeState, PendingRestart,
-};
-
-/// The default systemd unit.
-pub const DEFAULT_UNIT: &str = "containerd";
-
-/// What to register where.
-#[derive(Clone, Debug)]
-pub struct Request {
-    /// `--host-root`.
-    pub root: PathBuf,
-    /// The main config, as the host sees it.
-    pub config: PathBuf,
-    /// Drop-in mode: the directory, as the host sees it.
-    pub drop_in_dir: Option<PathBuf>,
-    /// The handler.
-    pub spec: HandlerSpec,
-    /// `--config-version`.
-    pub version: Option<ConfigVersion>,
-    /// The systemd unit.
-    pub unit: String,
-}
-
-impl Request {
-    /// The request for the command-line values (paths as given, made host paths).
-    pub fn new(
-        root: &Path,
-        config: Option<&Path>,
-        drop_in_dir: Option<&Path>,
-        spec: HandlerSpec,
-        version: Option<ConfigVersion>,
-        unit: Option<&str>,
-    ) -> Request {
-        Request {
-            root: root.to_path_buf(),
-            config: host_path(
-                root,
-                config.unwrap_or(Path::new(kata_gpu_node::containerd::DEFAULT_CONFIG)),
-            ),
-            drop_in_dir: drop_in_dir.map(|d| host_path(root, d)),
-            spec,
-            version,
-            unit: unit.unwrap_or(DEFAULT_UNIT).to_owned(),
-        }
-    }
-
-    pub(crate) fn real(&self, host: &Path) -> anyhow::Result<PathBuf> {
-        inside(&self.root, host)
-    }
-}
-
-/// One file a plan changes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileChange {
-    /// The file (under the host root).
-    pub path: PathBuf,
-    /// Its text now (`None`: absent).
-    pub before: Option<String>,
-    /// Its text after (`None`: removed).
-    pub after: Option<String>,
-    /// Back it up before the first change.
-    pub backup: bool,
-}
-
-impl FileChange {
-    /// The unified diff.
-    pub fn diff(&self) -> String {
-        diff::unified(&self.path, self.before.as_deref(), self.after.as_deref())
-    }
-}
-
-/// The changes of one register/unregister, and the record to keep.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// Files to change, in order.
-    pub changes: Vec<FileChange>,
-    /// The containerd record afterwards (`None`: none).
-    pub state: Option<ContainerdState>,
-    /// Things the user should know.
-    pub notes: Vec<String>,
-    /// A new registration starts: a backup left by an earlier one is replaced, so that it
-    /// holds the config as it is now (within one registration the first backup stays).
-    pub fresh_backup: bool,
-    /// Directories register created, removed after the changes when they are empty.
-    pub remove_dirs: Vec<PathBuf>,
-    /// An unregister that changes files: the restart it leaves pending.
-    pub pending_restart: Option<PendingRestart>,
-}
-
-impl Plan {
-    /// Whether anything changes on disk.
-    pub fn changes_files(&self) -> bool {
-        !self.changes.is_empty()
-    }
-}
-
-pub(crate) fn read(path: &Path) -> anyhow::Result<Option<String>> {
-    Ok(fsio::read_config(path)?)
-}
+use super::{read, refuse_links, FileChange, Plan, RegistrationError, Request};
+use crate::paths::under;
+use crate::record::{now, ContainerdState, Mode};
 
 /// The version the host's containerd writes, for files that do not say: `containerd` on
 /// PATH on a real host; under `--host-root`, the one on containerd's PATH inside the root
@@ -121,7 +22,7 @@ fn containerd_default_version(root: &Path) -> Option<ConfigVersion> {
     let binary = if root == Path::new("/") {
         PathBuf::from("containerd")
     } else {
-        kata_gpu_node::containerd::containerd_path(root)
+        crate::containerd::containerd_path(root)
             .split(':')
             .map(|d| under(root, &Path::new(d).join("containerd")))
             .find(|p| p.is_file())?
@@ -137,68 +38,56 @@ fn with_version<T>(
     root: &Path,
     hint: Option<ConfigVersion>,
     f: impl Fn(Option<ConfigVersion>) -> Result<T, Error>,
-) -> anyhow::Result<T> {
+) -> Result<T, Error> {
     match f(hint) {
         Err(Error::VersionUnknown { .. }) if hint.is_none() => {
             match containerd_default_version(root) {
-                Some(v) => Ok(f(Some(v))?),
-                None => Ok(f(None)?),
+                Some(v) => f(Some(v)),
+                None => f(None),
             }
         }
-        other => Ok(other?),
+        other => other,
     }
 }
 
 /// Plans registering `req.spec`; `old` is the record of an earlier registration.
-pub fn plan_register(req: &Request, old: Option<&ContainerdState>) -> anyhow::Result<Plan> {
+pub fn plan_register(
+    req: &Request,
+    old: Option<&ContainerdState>,
+) -> Result<Plan, RegistrationError> {
     let config_real = req.real(&req.config)?;
     let hint = req.version.or_else(|| template_version(&req.config));
     let text = read(&config_real)?;
     let file = config_real.display().to_string();
     if let Some(o) = old.filter(|o| o.config != req.config) {
-        bail!(
-            "{} is registered in {}; unregister it there first",
-            req.spec.name,
-            o.config.display()
-        );
+        return Err(RegistrationError::RegisteredElsewhere {
+            handler: req.spec.name.clone(),
+            config: o.config.clone(),
+        });
     }
     let old = old.filter(|o| o.spec.name == req.spec.name);
     let plan = match &req.drop_in_dir {
         None => {
             if let Some(o) = old.filter(|o| o.mode == Mode::DropIn) {
-                bail!(
-                    "{} is registered through the drop-in {}; unregister it first to switch to in-place",
-                    req.spec.name,
-                    o.drop_in.as_deref().unwrap_or(Path::new("?")).display()
-                );
+                return Err(RegistrationError::RegisteredAsDropIn {
+                    handler: req.spec.name.clone(),
+                    drop_in: o.drop_in.clone().unwrap_or_else(|| PathBuf::from("?")),
+                });
             }
             plan_in_place(req, old, &config_real, text, &file, hint)?
         }
         Some(dir) => {
             if old.is_some_and(|o| o.mode == Mode::InPlace) {
-                bail!(
-                    "{} is registered in place in {}; unregister it first to switch to a drop-in",
-                    req.spec.name,
-                    req.config.display()
-                );
+                return Err(RegistrationError::RegisteredInPlace {
+                    handler: req.spec.name.clone(),
+                    config: req.config.clone(),
+                });
             }
             plan_drop_in(req, old, dir, &config_real, text, &file, hint)?
         }
     };
     refuse_links(&plan)?;
     Ok(plan)
-}
-
-/// Refuses a plan that would write through a symlink (a changed file or its backup), before
-/// anything is written: see [`fsio::refuse_symlink`].
-pub(crate) fn refuse_links(plan: &Plan) -> Result<(), Error> {
-    for c in &plan.changes {
-        fsio::refuse_symlink(&c.path)?;
-        if c.backup {
-            fsio::refuse_symlink(&fsio::backup_path(&c.path))?;
-        }
-    }
-    Ok(())
 }
 
 fn plan_in_place(
@@ -208,7 +97,7 @@ fn plan_in_place(
     text: Option<String>,
     file: &str,
     hint: Option<ConfigVersion>,
-) -> anyhow::Result<Plan> {
+) -> Result<Plan, RegistrationError> {
     let current = text.clone().unwrap_or_default();
     let done = with_version(&req.root, hint, |version| {
         register(&current, &req.spec, Target { file, version })
@@ -277,7 +166,7 @@ fn plan_drop_in(
     text: Option<String>,
     file: &str,
     hint: Option<ConfigVersion>,
-) -> anyhow::Result<Plan> {
+) -> Result<Plan, RegistrationError> {
     let main = text.clone().unwrap_or_default();
     let template = main.lines().next().is_some_and(is_template_line);
     let version = match config_version(&main, file)?.or(hint) {
@@ -387,66 +276,4 @@ fn plan_drop_in(
         remove_dirs: Vec::new(),
         pending_restart: None,
     })
-}
-
-/// Applies a plan; the caller holds the node lock. The record is the intent: a register's is saved
-/// before any file changes, so that a failed write or a crash never leaves a handler that no
-/// record lets `unregister` remove (a record claiming more than was done is harmless: undoing
-/// what is absent changes nothing); an unregister's goes only after its files changed. Each
-/// file is backed up once when asked, then replaced atomically (or removed) only if it still
-/// holds what the plan read.
-pub fn apply(root: &Path, handler: &str, plan: &Plan, _held: &NodeLock) -> anyhow::Result<()> {
-    let record = |plan_state: &Option<ContainerdState>| -> anyhow::Result<()> {
-        let mut state = NodeState::load(root, handler)?;
-        state.containerd = plan_state.clone();
-        match (&mut state.containerd, state.unregistered.take()) {
-            // Registered again before containerd restarted: the restart is still owed.
-            (Some(c), Some(p)) => {
-                if kata_gpu_node::containerd::restart_owed(root, &p.config, p.changed_at) {
-                    c.restart_pending = true;
-                    c.changed_at = c.changed_at.max(p.changed_at);
-                }
-            }
-            (None, earlier) => state.unregistered = plan.pending_restart.clone().or(earlier),
-            (Some(_), None) => {}
-        }
-        state
-            .save(root, handler)
-            .with_context(|| format!("cannot record the registration of {handler}"))
-    };
-    if plan.state.is_some() {
-        record(&plan.state)?;
-    }
-    for c in &plan.changes {
-        if c.backup {
-            fsio::backup(&c.path, plan.fresh_backup)?;
-        }
-        match &c.after {
-            Some(text) => fsio::replace_if_unchanged(&c.path, c.before.as_deref(), text, None)?,
-            None => {
-                if fsio::read_config(&c.path)? != c.before {
-                    return Err(Error::ChangedConcurrently {
-                        path: c.path.clone(),
-                    }
-                    .into());
-                }
-                fsio::remove_file(&c.path)?;
-            }
-        }
-    }
-    for dir in &plan.remove_dirs {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
-                ) => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", dir.display())),
-        }
-    }
-    if plan.state.is_none() {
-        record(&None)?;
-    }
-    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Unregistering a handler on a node: plan undoing exactly what the record says register
 //! did — the handler or the keys it set, the imports entry, the drop-in and its directory,
-//! the backup — refusing what would break containerd; [`crate::registration::apply`] then
-//! applies the plan.
+//! the backup — refusing what would break containerd; [`super::apply`] then applies the
+//! plan.
 
 use std::path::Path;
 
@@ -10,12 +10,15 @@ use kata_gpu_containerd_config::{
     is_template_line, refuse_dangling_name, remove_import, unregister, ImportChange, Target,
 };
 
-use crate::node_state::{now, ContainerdState, Mode, PendingRestart};
-use crate::registration::{read, refuse_links, FileChange, Plan, Request};
+use super::{read, refuse_links, FileChange, Plan, RegistrationError, Request};
+use crate::record::{now, ContainerdState, Mode, PendingRestart};
 
 /// Plans undoing the registration recorded in `old` (or, without a record, removing the
 /// handler named in `req` from the files `req` names).
-pub fn plan_unregister(req: &Request, old: Option<&ContainerdState>) -> anyhow::Result<Plan> {
+pub fn plan_unregister(
+    req: &Request,
+    old: Option<&ContainerdState>,
+) -> Result<Plan, RegistrationError> {
     let mut notes = Vec::new();
     let (config, mode, drop_in) = match old {
         Some(o) => (o.config.clone(), o.mode, o.drop_in.clone()),
@@ -143,7 +146,7 @@ fn drop_backup(
     after: Option<&str>,
     changes: &mut Vec<FileChange>,
     notes: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> Result<(), RegistrationError> {
     let backup_real = req.real(backup)?;
     let saved = read(&backup_real)?;
     match saved {

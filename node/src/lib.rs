@@ -9,10 +9,15 @@
 //!   whether it has loaded a change, the PATH it finds shims on.
 //! - [`shims`]: our shim where containerd finds it (and its `-v`), Kata's shim where the
 //!   shim settings name it, the settings themselves.
+//! - [`shim_settings`]: the class's shim settings file that hands its sandboxes to Kata's
+//!   Rust runtime, planned, written and removed as install and uninstall do it.
+//! - [`steps`]: what the node's operations did, one step at a time.
 //! - [`status`]: a profile's status on the node: installed, verified, registered, loaded by
 //!   the running containerd, restart owed; what the shim probes answered.
 //! - [`coexist`]: other tools that set up the same things (another CDI spec of our kinds, a
 //!   handler of our name that runs something else), and the refusal with its fix.
+//! - [`binaries`]: what `binaries install` put on the node, and placing a shim where
+//!   containerd finds it, never over a file that is not ours.
 //! - [`boot_unit`]: the systemd unit that makes a node ready again after a reboot.
 //! - [`registration`]: a handler registered in containerd's config and unregistered
 //!   again (planned, then applied under the node lock with the record kept), and the
@@ -26,6 +31,7 @@
 
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod binaries;
 pub mod boot_unit;
 pub mod coexist;
 pub mod containerd;
@@ -35,5 +41,7 @@ pub mod processes;
 pub mod record;
 pub mod registration;
 pub mod sandboxes;
+pub mod shim_settings;
 pub mod shims;
 pub mod status;
+pub mod steps;

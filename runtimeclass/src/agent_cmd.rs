@@ -269,7 +269,7 @@ fn install_shim(args: &AgentArgs, root: &Path) -> anyhow::Result<(PathBuf, bool)
     let real = inside(root, &host)?;
     let created = std::fs::symlink_metadata(&real).is_err();
     if std::fs::read(&real).ok().as_deref() != Some(&bytes[..]) {
-        crate::binaries::place_shim(root, &from, &host)?;
+        kata_gpu_node::binaries::place_shim(root, &from, &host)?;
     }
     Ok((host, created))
 }

@@ -10,8 +10,8 @@ use kata_gpu_artifacts::layout::{self, current_config_path};
 use kata_gpu_artifacts::{InstallOptions, InstallOutcome, SetInfo, Store, StoreConfig};
 use serde::Serialize;
 
-use crate::steps::removal;
 use crate::{Global, Outcome};
+use kata_gpu_node::steps::removal;
 
 /// The runtime class of the default profile (snp).
 const DEFAULT_CLASS: &str = "kata-qemu-nvidia-gpu-snp";

@@ -12,9 +12,9 @@ use anyhow::{bail, Context};
 use kata_gpu_containerd_config::fsio;
 use kata_gpu_plan::Profile;
 
-use crate::binaries::{check_shim_target, place_shim, planned_files, Record};
 use crate::node_state::{inside, shown, NodeLock, NodeState};
 use crate::{Global, Outcome};
+use kata_gpu_node::binaries::{check_shim_target, place_shim, planned_files, Record};
 use kata_gpu_node::paths::{DEFAULT_PREFIX, RECORD};
 use kata_gpu_node::shims;
 

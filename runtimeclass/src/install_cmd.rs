@@ -7,10 +7,10 @@ use crate::install_ops::{
     request, shim_step,
 };
 use crate::node_state::NodeState;
-use crate::shim_settings;
 use crate::steps::print;
 use crate::{Global, Outcome};
 use kata_gpu_node::registration::handler;
+use kata_gpu_node::shim_settings;
 
 /// Runs `kata-gpu install`.
 pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
@@ -52,7 +52,7 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
             if node.containerd.common.dry_run {
                 return Ok(());
             }
-            Ok(state.save(root, handler)?)
+            state.save(root, handler)
         },
     )?);
     steps.push(cdi_step(&args, root, &mut state)?);

@@ -139,7 +139,7 @@ pub(crate) fn boot_kata_gpu(args: &InstallArgs, root: &Path) -> anyhow::Result<P
     if let Some(p) = &args.kata_gpu {
         return Ok(host_path(root, p));
     }
-    if let Some(r) = crate::binaries::Record::load(root)? {
+    if let Some(r) = kata_gpu_node::binaries::Record::load(root)? {
         return Ok(r.prefix.join("bin/kata-gpu"));
     }
     match std::env::current_exe() {

@@ -7,7 +7,6 @@
 mod agent_cmd;
 mod args;
 mod artifacts_cmd;
-mod binaries;
 mod binaries_cmd;
 mod cdi_cmd;
 mod command_line;
@@ -25,7 +24,6 @@ mod report_cmd;
 mod report_redact;
 mod runtimeclass_cmd;
 mod sandboxes_cmd;
-mod shim_settings;
 mod status_cmd;
 mod steps;
 mod uninstall_cmd;

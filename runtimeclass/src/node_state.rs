@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 pub use kata_gpu_node::paths::{host_path, shown, under};
-pub use kata_gpu_node::record::{NodeLock, NodeState, Written, STATE_DIR};
+pub use kata_gpu_node::record::{NodeLock, NodeState, STATE_DIR};
 
 /// `host` under `root` with every symlink on the way resolved inside `root`
 /// ([`kata_gpu_fsutil::resolve_in_root`]), so that a linked directory never leads a read or

@@ -79,7 +79,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
     steps.push(remove_cdi(&mut state, root, dry_run)?);
     steps.push(remove_manifests(&mut state, root, dry_run)?);
     steps.push(remove_boot_unit(&mut state, handler, root, dry_run)?);
-    steps.push(crate::shim_settings::uninstall_step(
+    steps.push(kata_gpu_node::shim_settings::uninstall_step(
         root,
         &mut state.shim_settings,
         dry_run,
@@ -95,7 +95,7 @@ pub fn uninstall(args: UninstallArgs, global: &Global) -> anyhow::Result<Outcome
             }
             Step::new(
                 "artifacts",
-                crate::steps::removal(&removed, root, dry_run),
+                kata_gpu_node::steps::removal(&removed, root, dry_run),
             )
         }
         None => Step::new(

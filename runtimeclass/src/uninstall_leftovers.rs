@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use kata_gpu_plan::Profile;
 
-use crate::binaries::Record;
 use crate::node_state::{inside, shown, NodeState};
 use crate::steps::Step;
+use kata_gpu_node::binaries::Record;
 use kata_gpu_node::shims;
 
 /// The leftover steps for `profile`, after its record was saved (`state`).

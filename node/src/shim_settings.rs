@@ -8,13 +8,65 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
 use kata_gpu_configs::{template_file_name_for, KataRuntime};
 use kata_gpu_containerd_config::{diff, fsio};
 use kata_gpu_plan::Profile;
 
-use crate::node_state::{inside, shown, under, Written};
+use crate::paths::{shown, under};
+use crate::record::{resolve, RecordError, Written};
 use crate::steps::Step;
+
+/// Why the shim settings file could not be planned, written or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimSettingsError {
+    /// A path could not be resolved under the root, or the record not saved.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A file could not be read or removed.
+    #[error(transparent)]
+    File(#[from] kata_gpu_containerd_config::Error),
+    /// The base config is the other runtime's.
+    #[error("{file}: {key} is a key of {}'s configuration, and --kata-runtime {asked} hands the sandboxes to {}: give a base config for it (configs/templates/{template}) or pass --kata-runtime {found}", found.describe(), asked.describe())]
+    OtherRuntime {
+        /// The base config, as shown.
+        file: String,
+        /// The key that tells.
+        key: String,
+        /// The runtime the config is for.
+        found: KataRuntime,
+        /// The runtime asked for.
+        asked: KataRuntime,
+        /// The template of the asked runtime.
+        template: String,
+    },
+    /// The settings file is a symlink.
+    #[error("{shown} is a symlink: kata-gpu does not write the shim settings through one; replace it with the file itself")]
+    Symlink {
+        /// The file, as shown.
+        shown: String,
+    },
+    /// The settings file says something else than install writes.
+    #[error("{shown}: {difference} differs from what --kata-runtime {runtime} writes, and kata-gpu {} it: set downstream = \"{RS_DOWNSTREAM}\" and downstream_kind = \"kata-rs\" in it yourself, or move it aside and run install again", if *changed_since { "wrote it but someone changed it since; it does not replace" } else { "did not write" })]
+    Differs {
+        /// The file, as shown.
+        shown: String,
+        /// Its first difference from ours.
+        difference: String,
+        /// The runtime asked for.
+        runtime: KataRuntime,
+        /// kata-gpu wrote it, and it changed since.
+        changed_since: bool,
+    },
+    /// The settings file could not be written.
+    #[error("cannot write {}", path.display())]
+    Write {
+        /// The file (or its directory).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Where kata-deploy installs runtime-rs's shim, as the host sees it.
 pub const RS_DOWNSTREAM: &str = "/opt/kata/runtime-rs/bin/containerd-shim-kata-v2";
@@ -40,17 +92,18 @@ pub fn check_base_config(
     asked: KataRuntime,
     file: &str,
     text: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), ShimSettingsError> {
     if let Some((found, key)) = KataRuntime::of_config(text) {
         if found != asked {
-            let template = template_file_name_for(profile.name(), asked).unwrap_or("");
-            bail!(
-                "{file}: {key} is a key of {}'s configuration, and --kata-runtime {asked} hands \
-                 the sandboxes to {}: give a base config for it (configs/templates/{template}) \
-                 or pass --kata-runtime {found}",
-                found.describe(),
-                asked.describe()
-            );
+            return Err(ShimSettingsError::OtherRuntime {
+                file: file.to_owned(),
+                key: key.to_string(),
+                found,
+                asked,
+                template: template_file_name_for(profile.name(), asked)
+                    .unwrap_or("")
+                    .to_owned(),
+            });
         }
     }
     Ok(())
@@ -76,14 +129,13 @@ pub fn plan(
     runtime: KataRuntime,
     root: &Path,
     recorded: Option<&Written>,
-) -> anyhow::Result<Plan> {
-    let host = kata_gpu_node::paths::shim_settings(profile);
-    let real = inside(root, &host)?;
+) -> Result<Plan, ShimSettingsError> {
+    let host = crate::paths::shim_settings(profile);
+    let real = resolve(root, &host)?;
     if std::fs::symlink_metadata(&real).is_ok_and(|m| m.file_type().is_symlink()) {
-        bail!(
-            "{} is a symlink: kata-gpu does not write the shim settings through one; replace it with the file itself",
-            shown(root, &host)
-        );
+        return Err(ShimSettingsError::Symlink {
+            shown: shown(root, &host),
+        });
     }
     let on_disk = fsio::read_config(&real)?;
     let ours_still = |t: &String| recorded.is_some_and(|r| &r.text == t);
@@ -98,18 +150,14 @@ pub fn plan(
             }),
         ),
         (Some(want), Some(t)) if ours_still(&t) => Plan::Write(want),
-        (Some(want), Some(t)) => bail!(
-            "{}: {} differs from what --kata-runtime {runtime} writes, and kata-gpu {} it: \
-             set downstream = \"{RS_DOWNSTREAM}\" and downstream_kind = \"kata-rs\" in it \
-             yourself, or move it aside and run install again",
-            shown(root, &host),
-            first_difference(&t, &want),
-            if recorded.is_some() {
-                "wrote it but someone changed it since; it does not replace"
-            } else {
-                "did not write"
-            }
-        ),
+        (Some(want), Some(t)) => {
+            return Err(ShimSettingsError::Differs {
+                shown: shown(root, &host),
+                difference: first_difference(&t, &want),
+                runtime,
+                changed_since: recorded.is_some(),
+            })
+        }
         (None, Some(t)) if ours_still(&t) => Plan::Remove,
         (None, Some(_)) if recorded.is_some() => Plan::Forget(Some(format!(
             "{} changed since kata-gpu wrote it: left as it is (remove it to use Kata's Go runtime)",
@@ -160,10 +208,10 @@ pub fn apply(
     root: &Path,
     dry_run: bool,
     recorded: &mut Option<Written>,
-    record: &mut dyn FnMut(&Option<Written>) -> anyhow::Result<()>,
-) -> anyhow::Result<Step> {
-    let host = kata_gpu_node::paths::shim_settings(profile);
-    let real = inside(root, &host)?;
+    record: &mut dyn FnMut(&Option<Written>) -> Result<(), RecordError>,
+) -> Result<Step, ShimSettingsError> {
+    let host = crate::paths::shim_settings(profile);
+    let real = resolve(root, &host)?;
     let shown_path = shown(root, &host);
     let mut step = Step::new("settings", "");
     let kind = runtime.describe();
@@ -192,10 +240,15 @@ pub fn apply(
                     created_dirs,
                 });
                 record(recorded)?;
+                let failed = |path: &Path| {
+                    let path = path.to_path_buf();
+                    move |source| ShimSettingsError::Write { path, source }
+                };
                 if let Some(dir) = real.parent() {
-                    kata_gpu_fsutil::create_dirs(dir, 0o755)?;
+                    kata_gpu_fsutil::create_dirs(dir, 0o755).map_err(failed(dir))?;
                 }
-                kata_gpu_fsutil::write_atomic(&real, text.as_bytes(), 0o644)?;
+                kata_gpu_fsutil::write_atomic(&real, text.as_bytes(), 0o644)
+                    .map_err(failed(&real))?;
                 step.result = format!("wrote {shown_path} ({kind})");
             }
             if !under(root, Path::new(RS_DOWNSTREAM)).is_file() {
@@ -241,11 +294,11 @@ fn missing_dirs(root: &Path, host: &Path) -> Vec<PathBuf> {
 
 /// Removes the recorded settings file and the directories install created for it (those
 /// that are empty now), and clears the record.
-fn remove(root: &Path, recorded: &mut Option<Written>) -> anyhow::Result<()> {
+fn remove(root: &Path, recorded: &mut Option<Written>) -> Result<(), ShimSettingsError> {
     if let Some(r) = recorded.take() {
-        fsio::remove_file(&inside(root, &r.path)?)?;
+        fsio::remove_file(&resolve(root, &r.path)?)?;
         for dir in &r.created_dirs {
-            if std::fs::remove_dir(inside(root, dir)?).is_err() {
+            if std::fs::remove_dir(resolve(root, dir)?).is_err() {
                 break;
             }
         }
@@ -259,12 +312,12 @@ pub fn uninstall_step(
     root: &Path,
     recorded: &mut Option<Written>,
     dry_run: bool,
-) -> anyhow::Result<Step> {
+) -> Result<Step, ShimSettingsError> {
     let mut step = Step::new("settings", "nothing to remove");
     let Some(r) = recorded.clone() else {
         return Ok(step);
     };
-    let real = inside(root, &r.path)?;
+    let real = resolve(root, &r.path)?;
     let shown_path = shown(root, &r.path);
     match fsio::read_config(&real)? {
         Some(t) if t == r.text => {
@@ -311,7 +364,7 @@ mod tests {
         );
         assert_eq!(s.downstream, Path::new(RS_DOWNSTREAM));
         assert_eq!(
-            kata_gpu_node::shims::runtime_of(s.downstream_kind),
+            crate::shims::runtime_of(s.downstream_kind),
             Some(KataRuntime::Rs)
         );
         assert_eq!(text(KataRuntime::Go), None);

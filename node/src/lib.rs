@@ -4,6 +4,9 @@
 //!
 //! - [`facts`]: the node's facts read once per command into one value (the host's
 //!   devices and CDI specs, a profile's status, the sandboxes) that every view reads.
+//! - [`install`] and [`uninstall`]: the node's set-up steps (artifacts, host CDI spec, boot
+//!   unit, registration and restart, shim check, RuntimeClass manifest) and their reverse,
+//!   with what uninstall leaves and why.
 //! - [`paths`]: host paths under `--host-root`, and how they are named.
 //! - [`containerd`]: containerd on the node: its default config and socket, its processes,
 //!   whether it has loaded a change, the PATH it finds shims on.
@@ -36,6 +39,7 @@ pub mod boot_unit;
 pub mod coexist;
 pub mod containerd;
 pub mod facts;
+pub mod install;
 pub mod paths;
 pub mod processes;
 pub mod record;
@@ -45,3 +49,4 @@ pub mod shim_settings;
 pub mod shims;
 pub mod status;
 pub mod steps;
+pub mod uninstall;

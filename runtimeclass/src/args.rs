@@ -9,7 +9,9 @@ use kata_gpu_containerd_config::{ConfigVersion, HandlerSpec};
 use kata_gpu_manifests::{
     check_quantity, parse_selectors, Options, DEFAULT_CPU_OVERHEAD, DEFAULT_MEMORY_OVERHEAD,
 };
+use kata_gpu_node::install::Setup;
 use kata_gpu_node::registration::handler::{handler_spec, Apply};
+use kata_gpu_node::registration::Request;
 use kata_gpu_plan::Profile;
 
 /// Arguments of `kata-gpu status`, and what `doctor` asks status.
@@ -154,6 +156,36 @@ pub struct NodeArgs {
     pub containerd_config: PathBuf,
     #[command(flatten)]
     pub containerd: ContainerdArgs,
+}
+
+impl NodeArgs {
+    /// What the node's install and uninstall steps are asked, on the host under `root`;
+    /// `artifacts` and `kata_gpu` are install's.
+    pub fn setup(
+        &self,
+        root: &std::path::Path,
+        artifacts: Option<PathBuf>,
+        kata_gpu: Option<PathBuf>,
+    ) -> Setup {
+        let common = &self.containerd.common;
+        Setup {
+            root: root.to_path_buf(),
+            profile: self.profile,
+            artifacts_root: common.artifacts_root.clone(),
+            artifacts,
+            kata_gpu,
+            request: Request::new(
+                root,
+                Some(&self.containerd_config),
+                self.containerd.drop_in.as_deref(),
+                self.containerd.handler_spec(self.profile),
+                self.containerd.config_version,
+                Some(&common.unit),
+            ),
+            apply: common.apply(),
+            lock_timeout: std::time::Duration::from_secs(common.lock_timeout),
+        }
+    }
 }
 
 /// Arguments of `install`.

@@ -1,14 +1,13 @@
-//! `kata-gpu install`: the install steps of [`crate::install_ops`], in their order, under
-//! the node lock, printed as they go.
+//! `kata-gpu install`: the node library's install steps ([`kata_gpu_node::install`]), in
+//! their order, under the node lock, printed as they go.
 
 use crate::args::InstallArgs;
-use crate::install_ops::{
-    artifacts_step, base_config, boot_step, cdi_step, containerd_steps, manifests_step, node_lock,
-    request, shim_step,
-};
 use crate::node_state::NodeState;
 use crate::steps::print;
 use crate::{Global, Outcome};
+use kata_gpu_node::install::{
+    artifacts_step, base_config, boot_step, cdi_step, containerd_steps, manifests_step, shim_step,
+};
 use kata_gpu_node::registration::handler;
 use kata_gpu_node::shim_settings;
 
@@ -17,18 +16,25 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     let root = &global.host_root;
     let node = &args.node;
     let handler = node.profile.handler();
+    let setup = node.setup(root, args.artifacts.clone(), args.kata_gpu.clone());
+    let dry_run = setup.apply.dry_run;
+    // The manifests' flags are checked before anything is written.
+    let mut manifest = args.manifest.options()?;
+    manifest.gpu_resource = crate::manifests::sample_resource(root);
+    let runtime_class =
+        kata_gpu_manifests::Manifests::new(node.profile, &manifest).runtime_class_yaml()?;
     // One lock for the whole run: the record is read, changed and saved under it.
-    node.containerd.common.apply().check(root)?;
-    let lock = node_lock(node, root)?;
+    setup.apply.check(root)?;
+    let lock = setup.lock()?;
     // containerd's config is planned (no write) first, so that a refusal there (invalid
     // TOML, version 1, a symlink) comes before artifacts or the CDI spec are written.
-    let containerd = handler::plan_one(true, &request(node, root), root)?;
+    let containerd = handler::plan_one(true, &setup.request, root)?;
     if !args.skip_cdi {
         kata_gpu_node::coexist::refuse_foreign_specs(root)?;
     }
     // The Kata runtime's checks, before anything is written: the base config is that
     // runtime's, and the class's shim settings file is ours to write (or remove).
-    if let Some((file, text)) = base_config(&args, root)? {
+    if let Some((file, text)) = base_config(&setup)? {
         shim_settings::check_base_config(node.profile, args.kata_runtime, &file, &text)?;
     }
     let settings_plan = shim_settings::plan(
@@ -37,7 +43,7 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
         root,
         NodeState::load(root, handler)?.shim_settings.as_ref(),
     )?;
-    let mut steps = vec![artifacts_step(&args, root)?];
+    let mut steps = vec![artifacts_step(&setup)?];
     let mut state = NodeState::load(root, handler)?;
     let mut recorded = state.shim_settings.clone();
     steps.push(shim_settings::apply(
@@ -45,25 +51,29 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
         node.profile,
         args.kata_runtime,
         root,
-        node.containerd.common.dry_run,
+        dry_run,
         &mut recorded,
         &mut |r| {
             state.shim_settings = r.clone();
-            if node.containerd.common.dry_run {
+            if dry_run {
                 return Ok(());
             }
             state.save(root, handler)
         },
     )?);
-    steps.push(cdi_step(&args, root, &mut state)?);
-    steps.push(boot_step(&args, root, &mut state)?);
-    steps.extend(containerd_steps(containerd, node, root, &lock)?);
-    let (shim, found_ours) = shim_step(node, root);
+    steps.push(if args.skip_cdi {
+        kata_gpu_node::steps::Step::new("cdi", "skipped (--skip-cdi)")
+    } else {
+        cdi_step(&setup, &mut state)?
+    });
+    steps.push(boot_step(&setup, &mut state)?);
+    steps.extend(containerd_steps(&setup, containerd, &lock)?);
+    let (shim, found_ours) = shim_step(&setup);
     steps.push(shim);
     let mut state = NodeState::load(root, handler)?;
-    steps.push(manifests_step(&args, root, &mut state)?);
+    steps.push(manifests_step(&setup, &runtime_class, &mut state)?);
     print(&steps, root, global.json)?;
-    if found_ours || node.containerd.common.dry_run {
+    if found_ours || dry_run {
         return Ok(Outcome::Clean);
     }
     // Everything above stays (uninstall undoes it); the node is not ready, and says so.

@@ -15,7 +15,6 @@ mod deploy_cmd;
 mod device_plugin_cmd;
 mod doctor_cmd;
 mod install_cmd;
-mod install_ops;
 mod manifests;
 mod node_state;
 mod plan_alloc;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-pub use kata_gpu_node::paths::{host_path, shown, under};
+pub use kata_gpu_node::paths::{shown, under};
 pub use kata_gpu_node::record::{NodeLock, NodeState, STATE_DIR};
 
 /// `host` under `root` with every symlink on the way resolved inside `root`
@@ -20,6 +20,7 @@ pub fn inside(root: &Path, host: &Path) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kata_gpu_node::paths::host_path;
 
     #[test]
     fn host_paths_go_under_the_root() {

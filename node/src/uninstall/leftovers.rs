@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 use kata_gpu_plan::Profile;
 
-use crate::node_state::{inside, shown, NodeState};
-use crate::steps::Step;
-use kata_gpu_node::binaries::Record;
-use kata_gpu_node::shims;
+use crate::binaries::Record;
+use crate::paths::shown;
+use crate::record::{resolve, NodeState, STATE_DIR};
+use crate::shims;
+use crate::steps::{Step, StepError};
 
 /// The leftover steps for `profile`, after its record was saved (`state`).
 pub fn steps(
@@ -19,7 +20,7 @@ pub fn steps(
     profile: Profile,
     state: &NodeState,
     dry_run: bool,
-) -> anyhow::Result<Vec<Step>> {
+) -> Result<Vec<Step>, StepError> {
     let others: Vec<&str> = NodeState::registered_profiles(root)
         .into_iter()
         .filter(|p| *p != profile)
@@ -42,7 +43,7 @@ pub fn steps(
             "record",
             format!(
                 "kept {}: containerd still runs with {} loaded until it restarts (status says so; uninstall --restart clears it)",
-                shown(root, &Path::new(crate::node_state::STATE_DIR).join(format!("{}.json", profile.handler()))),
+                shown(root, &Path::new(STATE_DIR).join(format!("{}.json", profile.handler()))),
                 profile.handler()
             ),
         ));
@@ -71,11 +72,11 @@ fn sandboxes(
     profile: Profile,
     others: &[&str],
     dry_run: bool,
-) -> anyhow::Result<Step> {
+) -> Result<Step, StepError> {
     let host = shims::settings(profile, root)
         .map(|(s, _)| s.state_dir)
         .unwrap_or_else(|_| PathBuf::from(kata_gpu_artifacts::layout::DEFAULT_SANDBOXES_DIR));
-    let real = inside(root, &host)?;
+    let real = resolve(root, &host)?;
     let name = shown(root, &host);
     if !real.exists() {
         return Ok(Step::new("sandboxes", format!("nothing in {name}")));
@@ -132,14 +133,17 @@ fn sandboxes(
     } else if dry_run {
         Step::new("sandboxes", format!("would remove {name} (empty)"))
     } else {
-        fs::remove_dir_all(&real)?;
+        fs::remove_dir_all(&real).map_err(|source| StepError::Remove {
+            path: real.clone(),
+            source,
+        })?;
         Step::new("sandboxes", format!("removed {name} (empty)"))
     })
 }
 
 /// GPUs `kata-gpu vfio bind` moved and nothing has given back.
-fn vfio(root: &Path) -> anyhow::Result<Step> {
-    let dir = inside(root, Path::new(kata_gpu_plan::vfio::STATE_DIR))?;
+fn vfio(root: &Path) -> Result<Step, StepError> {
+    let dir = resolve(root, Path::new(kata_gpu_plan::vfio::STATE_DIR))?;
     let mut bdfs: Vec<String> = fs::read_dir(&dir)
         .map(|e| {
             e.filter_map(Result::ok)

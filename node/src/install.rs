@@ -1,37 +1,79 @@
 //! The node set-up steps `kata-gpu install` takes, in order, each idempotent — artifacts ▸
-//! the class's shim settings (`--kata-runtime rs`) ▸ host CDI spec ▸ boot unit ▸ containerd
-//! registration (▸ restart) ▸ shim check ▸ RuntimeClass manifests — and what `uninstall`
-//! (their reverse) shares of them. `--dry-run` shows the diff of every file a step would
-//! change.
+//! the class's shim settings ([`crate::shim_settings`]) ▸ host CDI spec ▸ boot unit ▸
+//! containerd registration (▸ restart) ▸ shim check ▸ RuntimeClass manifest — and what
+//! `uninstall` (their reverse) shares of them. A dry run shows the diff of every file a step
+//! would change. Each step saves the record before the file it names is written.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use kata_gpu_artifacts::{InstallOptions, Store, StoreConfig};
 use kata_gpu_containerd_config::{diff, fsio};
-use kata_gpu_manifests::Manifests;
+use kata_gpu_plan::Profile;
 
-use crate::args::{InstallArgs, NodeArgs};
-use crate::node_state::{host_path, inside, shown, under, NodeLock, NodeState};
-use crate::steps::Step;
-use kata_gpu_node::boot_unit;
-use kata_gpu_node::paths::{our_spec_path, MANIFEST_DIR};
-use kata_gpu_node::registration::{handler, Request};
+use crate::boot_unit;
+use crate::paths::{host_path, our_spec_path, shown, under, MANIFEST_DIR};
+use crate::record::{resolve, NodeLock, NodeState, RecordError};
+use crate::registration::handler::{self, Apply};
+use crate::registration::Request;
+use crate::steps::{Step, StepError};
 
-pub(crate) fn store(args: &NodeArgs, root: &Path) -> anyhow::Result<Store> {
-    let config = StoreConfig {
-        root: args.containerd.common.artifacts_root.clone(),
-        ..StoreConfig::under_root(root)
-    };
-    Ok(Store::new(config, args.profile.handler())?)
+/// What the steps are asked to do: the command line's flags, as values.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// `--host-root`.
+    pub root: PathBuf,
+    /// The profile installed.
+    pub profile: Profile,
+    /// The artifact store's root, as the host sees it.
+    pub artifacts_root: PathBuf,
+    /// The artifact set to install (`--artifacts`), in this process's view.
+    pub artifacts: Option<PathBuf>,
+    /// The kata-gpu the boot unit runs (`--kata-gpu`), as given.
+    pub kata_gpu: Option<PathBuf>,
+    /// The handler registered, and where.
+    pub request: Request,
+    /// How the registration is applied and containerd restarted.
+    pub apply: Apply,
+    /// How long to wait for another installer's lock.
+    pub lock_timeout: std::time::Duration,
 }
 
-pub(crate) fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<Step> {
-    let node = &args.node;
-    let Some(src) = &args.artifacts else {
+impl Setup {
+    fn dry_run(&self) -> bool {
+        self.apply.dry_run
+    }
+
+    /// The node lock for the whole run (none in a dry run).
+    pub fn lock(&self) -> Result<NodeLock, RecordError> {
+        NodeLock::take(&self.root, self.lock_timeout, self.dry_run())
+    }
+
+    /// The profile's artifact store.
+    pub fn store(&self) -> Result<Store, kata_gpu_artifacts::Error> {
+        let config = StoreConfig {
+            root: self.artifacts_root.clone(),
+            ..StoreConfig::under_root(&self.root)
+        };
+        Store::new(config, self.profile.handler())
+    }
+
+    /// Saves the record before the file it names is written (not in a dry run), so that
+    /// no file of ours is ever left on the node without the record uninstall removes it by.
+    fn record_intent(&self, state: &NodeState) -> Result<(), RecordError> {
+        if self.dry_run() {
+            return Ok(());
+        }
+        state.save(&self.root, self.profile.handler())
+    }
+}
+
+/// Installs `--artifacts` into the store (or warns that the handler's ConfigPath has none).
+pub fn artifacts_step(setup: &Setup) -> Result<Step, StepError> {
+    let root = setup.root.as_path();
+    let Some(src) = &setup.artifacts else {
         let config = kata_gpu_artifacts::layout::current_config_path(
-            &node.containerd.common.artifacts_root,
-            node.profile.handler(),
+            &setup.artifacts_root,
+            setup.profile.handler(),
         );
         let mut step = Step::new("artifacts", "skipped (no --artifacts)");
         if !under(root, &config).exists() {
@@ -42,8 +84,8 @@ pub(crate) fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<
         }
         return Ok(step);
     };
-    let store = store(node, root)?;
-    if node.containerd.common.dry_run {
+    let store = setup.store()?;
+    if setup.dry_run() {
         return Ok(Step::new(
             "artifacts",
             format!(
@@ -67,7 +109,7 @@ pub(crate) fn artifacts_step(args: &InstallArgs, root: &Path) -> anyhow::Result<
 }
 
 /// Writes `text` to `path` unless it holds it already; the diff in dry-run.
-pub(crate) fn put(path: &Path, text: &str, dry_run: bool, step: &mut Step) -> anyhow::Result<bool> {
+fn put(path: &Path, text: &str, dry_run: bool, step: &mut Step) -> Result<bool, StepError> {
     let before = fsio::read_config(path)?;
     if before.as_deref() == Some(text) {
         return Ok(false);
@@ -81,42 +123,26 @@ pub(crate) fn put(path: &Path, text: &str, dry_run: bool, step: &mut Step) -> an
     Ok(true)
 }
 
-/// Saves the record before the file it names is written (not in a dry run), so that no
-/// file of ours is ever left on the node without the record uninstall removes it by.
-pub(crate) fn record_intent(state: &NodeState, args: &NodeArgs, root: &Path) -> anyhow::Result<()> {
-    if args.containerd.common.dry_run {
-        return Ok(());
-    }
-    Ok(state.save(root, args.profile.handler())?)
-}
-
-pub(crate) fn cdi_step(
-    install: &InstallArgs,
-    root: &Path,
-    state: &mut NodeState,
-) -> anyhow::Result<Step> {
-    let args = &install.node;
-    if install.skip_cdi {
-        return Ok(Step::new("cdi", "skipped (--skip-cdi)"));
-    }
+/// Writes the host CDI specs of the passthrough devices bound now.
+pub fn cdi_step(setup: &Setup, state: &mut NodeState) -> Result<Step, StepError> {
+    let root = setup.root.as_path();
     let host = kata_gpu_plan::Host::new(root);
-    let found = kata_gpu_plan::host_spec::host_specs(&host)
-        .context("cannot read the host's PCI devices")?;
+    let found = kata_gpu_plan::host_spec::host_specs(&host).map_err(StepError::Devices)?;
     let mut step = Step::new("cdi", "");
     step.warnings = found.warnings.clone();
     let mut written = Vec::new();
     for spec in &found.specs {
         cdi::validate_spec(spec, None)?;
         let host_file = our_spec_path(&spec.kind);
-        let yaml = serde_yaml_ng::to_string(spec)?;
+        let yaml = serde_yaml_ng::to_string(spec).map_err(StepError::Encode)?;
         if !state.cdi_specs.contains(&host_file) {
             state.cdi_specs.push(host_file.clone());
-            record_intent(state, args, root)?;
+            setup.record_intent(state)?;
         }
         if put(
-            &inside(root, &host_file)?,
+            &resolve(root, &host_file)?,
             &yaml,
-            args.containerd.common.dry_run,
+            setup.dry_run(),
             &mut step,
         )? {
             written.push(shown(root, &host_file));
@@ -125,9 +151,7 @@ pub(crate) fn cdi_step(
     step.result = match (found.specs.is_empty(), written.is_empty()) {
         (true, _) => "no NVIDIA GPU or NVSwitch is bound to vfio-pci; no spec written".into(),
         (false, true) => "host specs up to date".into(),
-        (false, false) if args.containerd.common.dry_run => {
-            format!("would write {}", written.join(", "))
-        }
+        (false, false) if setup.dry_run() => format!("would write {}", written.join(", ")),
         (false, false) => format!("wrote {}", written.join(", ")),
     };
     Ok(step)
@@ -135,63 +159,58 @@ pub(crate) fn cdi_step(
 
 /// The kata-gpu a boot unit runs: `--kata-gpu`, else the one `make install` installed,
 /// else this one on a real host, else where `make install` puts it.
-pub(crate) fn boot_kata_gpu(args: &InstallArgs, root: &Path) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &args.kata_gpu {
+fn boot_kata_gpu(setup: &Setup) -> Result<PathBuf, StepError> {
+    let root = setup.root.as_path();
+    if let Some(p) = &setup.kata_gpu {
         return Ok(host_path(root, p));
     }
-    if let Some(r) = kata_gpu_node::binaries::Record::load(root)? {
+    if let Some(r) = crate::binaries::Record::load(root)? {
         return Ok(r.prefix.join("bin/kata-gpu"));
     }
     match std::env::current_exe() {
         Ok(exe) if root == Path::new("/") => Ok(exe),
-        _ => Ok(Path::new(kata_gpu_node::paths::DEFAULT_PREFIX).join("bin/kata-gpu")),
+        _ => Ok(Path::new(crate::paths::DEFAULT_PREFIX).join("bin/kata-gpu")),
     }
 }
 
 /// Writes and enables the unit that binds the GPUs and writes the host CDI spec again at
 /// boot, before containerd.
-pub(crate) fn boot_step(
-    args: &InstallArgs,
-    root: &Path,
-    state: &mut NodeState,
-) -> anyhow::Result<Step> {
-    let node = &args.node;
-    let handler = node.profile.handler();
-    let kata_gpu = boot_kata_gpu(args, root)?;
-    let bdfs = boot_unit::bound_now(&kata_gpu_plan::Host::new(root))
-        .context("cannot read the host's PCI devices")?;
+pub fn boot_step(setup: &Setup, state: &mut NodeState) -> Result<Step, StepError> {
+    let root = setup.root.as_path();
+    let handler = setup.profile.handler();
+    let dry_run = setup.dry_run();
+    let containerd_unit = &setup.request.unit;
+    let kata_gpu = boot_kata_gpu(setup)?;
+    let bdfs = boot_unit::bound_now(&kata_gpu_plan::Host::new(root)).map_err(StepError::Devices)?;
     let unit = boot_unit::unit_path(handler);
     let link = boot_unit::wants_link(handler);
     let mut step = Step::new("boot", "");
     if state.boot_unit.as_ref() != Some(&unit) {
         state.boot_unit = Some(unit.clone());
-        record_intent(state, node, root)?;
+        setup.record_intent(state)?;
     }
-    let text = boot_unit::unit_text(handler, &kata_gpu, &bdfs, &node.containerd.common.unit);
-    let changed = put(
-        &inside(root, &unit)?,
-        &text,
-        node.containerd.common.dry_run,
-        &mut step,
-    )?;
-    let link_real = inside(root, &link)?;
+    let text = boot_unit::unit_text(handler, &kata_gpu, &bdfs, containerd_unit);
+    let changed = put(&resolve(root, &unit)?, &text, dry_run, &mut step)?;
+    let link_real = resolve(root, &link)?;
     let target = Path::new("..").join(unit.file_name().unwrap_or_default());
     let linked = std::fs::read_link(&link_real).is_ok_and(|t| t == target);
-    if !linked && !node.containerd.common.dry_run {
-        kata_gpu_fsutil::create_dirs(link_real.parent().unwrap_or(root), 0o755)?;
-        kata_gpu_fsutil::symlink_atomic(&target, &link_real)
-            .with_context(|| format!("cannot enable {}", link_real.display()))?;
+    if !linked && !dry_run {
+        let enable = |source| StepError::Enable {
+            link: link_real.clone(),
+            source,
+        };
+        kata_gpu_fsutil::create_dirs(link_real.parent().unwrap_or(root), 0o755).map_err(enable)?;
+        kata_gpu_fsutil::symlink_atomic(&target, &link_real).map_err(enable)?;
     }
     step.result = format!(
-        "{} {} (enabled in {}): at boot, before {}.service, `vfio bind{}` and `cdi generate`",
-        match (changed || !linked, node.containerd.common.dry_run) {
+        "{} {} (enabled in {}): at boot, before {containerd_unit}.service, `vfio bind{}` and `cdi generate`",
+        match (changed || !linked, dry_run) {
             (false, _) => "up to date",
             (true, true) => "would write",
             (true, false) => "wrote",
         },
         shown(root, &unit),
         boot_unit::WANTED_BY,
-        node.containerd.common.unit,
         bdfs.iter().map(|b| format!(" {b}")).collect::<String>()
     );
     if bdfs.is_empty() {
@@ -210,30 +229,25 @@ pub(crate) fn boot_step(
     Ok(step)
 }
 
-pub(crate) fn manifests_step(
-    install: &InstallArgs,
-    root: &Path,
-    state: &mut NodeState,
-) -> anyhow::Result<Step> {
-    let args = &install.node;
-    let mut opts = install.manifest.options()?;
-    opts.gpu_resource = crate::manifests::sample_resource(root);
-    let m = Manifests::new(args.profile, &opts);
-    let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", args.profile.handler()));
+/// Writes the RuntimeClass manifest (`yaml`) where `kubectl apply -f` finds it.
+pub fn manifests_step(setup: &Setup, yaml: &str, state: &mut NodeState) -> Result<Step, StepError> {
+    let root = setup.root.as_path();
+    let profile = setup.profile;
+    let host_file = Path::new(MANIFEST_DIR).join(format!("{}.yaml", profile.handler()));
     let mut step = Step::new("runtimeclass", "");
     if state.manifests.as_ref() != Some(&host_file) {
         state.manifests = Some(host_file.clone());
-        record_intent(state, args, root)?;
+        setup.record_intent(state)?;
     }
     let changed = put(
-        &inside(root, &host_file)?,
-        &m.runtime_class_yaml()?,
-        args.containerd.common.dry_run,
+        &resolve(root, &host_file)?,
+        yaml,
+        setup.dry_run(),
         &mut step,
     )?;
     step.result = format!(
         "{} {} (the RuntimeClass): apply with kubectl apply -f {}",
-        match (changed, args.containerd.common.dry_run) {
+        match (changed, setup.dry_run()) {
             (false, _) => "up to date",
             (true, true) => "would write",
             (true, false) => "wrote",
@@ -243,46 +257,22 @@ pub(crate) fn manifests_step(
     );
     step.notes.push(format!(
         "a sample GPU pod and NFD's NodeFeatureRule are printed on request, not applied with the class: kata-gpu runtimeclass --profile {}",
-        args.profile.name()
+        profile.name()
     ));
     Ok(step)
 }
 
-pub(crate) fn node_lock(args: &NodeArgs, root: &Path) -> anyhow::Result<NodeLock> {
-    Ok(NodeLock::take(
-        root,
-        std::time::Duration::from_secs(args.containerd.common.lock_timeout),
-        args.containerd.common.dry_run,
-    )?)
-}
-
-pub(crate) fn request(args: &NodeArgs, root: &Path) -> Request {
-    Request::new(
-        root,
-        Some(&args.containerd_config),
-        args.containerd.drop_in.as_deref(),
-        args.containerd.handler_spec(args.profile),
-        args.containerd.config_version,
-        Some(&args.containerd.common.unit),
-    )
-}
-
-pub(crate) fn containerd_steps(
+/// Applies the planned register or unregister (and the restart), as two steps.
+pub fn containerd_steps(
+    setup: &Setup,
     planned: handler::Planned,
-    args: &NodeArgs,
-    root: &Path,
     lock: &NodeLock,
-) -> anyhow::Result<Vec<Step>> {
-    let report = handler::apply_one(
-        planned,
-        &request(args, root),
-        &args.containerd.common.apply(),
-        root,
-        lock,
-    )?;
+) -> Result<Vec<Step>, StepError> {
+    let root = setup.root.as_path();
+    let report = handler::apply_one(planned, &setup.request, &setup.apply, root, lock)?;
     let mut step = Step::new(
         "containerd",
-        match (report.changed, args.containerd.common.dry_run) {
+        match (report.changed, setup.dry_run()) {
             (false, _) => format!("nothing to change in {}", shown(root, &report.config)),
             (true, true) => format!("would {} in {}", report.action, shown(root, &report.config)),
             (true, false) => format!("{}ed in {}", report.action, shown(root, &report.config)),
@@ -306,16 +296,17 @@ pub(crate) fn containerd_steps(
 /// The shim containerd will run for the handler, and Kata's behind it: not refusals (the
 /// binaries may come after the registration, and `status` keeps showing them), but a
 /// missing shim of ours makes the install fail (`false`): pods of the class cannot start.
-pub(crate) fn shim_step(args: &NodeArgs, root: &Path) -> (Step, bool) {
-    let runtime_path = args.containerd.runtime_path.as_deref();
+pub fn shim_step(setup: &Setup) -> (Step, bool) {
+    let root = setup.root.as_path();
+    let runtime_path = setup.request.spec.runtime_path.as_deref();
     let containerd = Path::new("containerd");
     let mut step = Step::new("shim", "");
     let mut found_ours = true;
-    match kata_gpu_node::shims::our_shim(root, args.profile, containerd, runtime_path) {
+    match crate::shims::our_shim(root, setup.profile, containerd, runtime_path) {
         Ok(found) => {
             step.result = format!("containerd will run {}", shown(root, &found.path));
             match found.version {
-                Ok(v) if kata_gpu_node::shims::same_version(&v) => step.notes.push(v),
+                Ok(v) if crate::shims::same_version(&v) => step.notes.push(v),
                 Ok(v) => step.warnings.push(format!(
                     "{v}: not kata-gpu's version {}; install both from one build (make install)",
                     env!("CARGO_PKG_VERSION")
@@ -331,7 +322,7 @@ pub(crate) fn shim_step(args: &NodeArgs, root: &Path) -> (Step, bool) {
             ));
         }
     }
-    match kata_gpu_node::shims::kata_shim(args.profile, root) {
+    match crate::shims::kata_shim(setup.profile, root) {
         Ok(Ok(_)) => {}
         Ok(Err(missing)) => step.warnings.push(format!(
             "Kata's shim {missing}: install Kata Containers (kata-deploy or its release tarball)"
@@ -343,17 +334,15 @@ pub(crate) fn shim_step(args: &NodeArgs, root: &Path) -> (Step, bool) {
 
 /// The base config install will leave current, shown as a path, and its text: the one in
 /// `--artifacts` (as the set ships it), else the installed set's; `None` when there is none.
-pub(crate) fn base_config(
-    args: &InstallArgs,
-    root: &Path,
-) -> anyhow::Result<Option<(String, String)>> {
-    if let Some(src) = &args.artifacts {
+pub fn base_config(setup: &Setup) -> Result<Option<(String, String)>, StepError> {
+    let root = setup.root.as_path();
+    if let Some(src) = &setup.artifacts {
         let (at, text) = kata_gpu_artifacts::read_base_config(src, &InstallOptions::default())?;
         return Ok(Some((at.display().to_string(), text)));
     }
     let config = kata_gpu_artifacts::layout::current_config_path(
-        &args.node.containerd.common.artifacts_root,
-        args.node.profile.handler(),
+        &setup.artifacts_root,
+        setup.profile.handler(),
     );
     Ok(fsio::read_config(&under(root, &config))?.map(|t| (shown(root, &config), t)))
 }

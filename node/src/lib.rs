@@ -1,6 +1,6 @@
-//! What is true of a node, gathered once and returned as values: the library under
-//! `kata-gpu`'s commands, which print what it finds (this crate prints nothing, and reads
-//! only: the node's writers stay in the commands until they move here too).
+//! What is true of a node, gathered once and returned as values, and what kata-gpu does to
+//! a node, as functions with typed errors: the library under `kata-gpu`'s commands, which
+//! parse flags into its values and print what it returns (this crate prints nothing).
 //!
 //! - [`facts`]: the node's facts read once per command into one value (the host's
 //!   devices and CDI specs, a profile's status, the sandboxes) that every view reads.
@@ -8,6 +8,8 @@
 //!   unit, registration and restart, shim check, RuntimeClass manifest) and their reverse,
 //!   with what uninstall leaves and why.
 //! - [`paths`]: host paths under `--host-root`, and how they are named.
+//! - [`command_line`]: the one formatter of the `kata-gpu` command lines kata-gpu prints,
+//!   each rooted when `--host-root` is set.
 //! - [`containerd`]: containerd on the node: its default config and socket, its processes,
 //!   whether it has loaded a change, the PATH it finds shims on.
 //! - [`shims`]: our shim where containerd finds it (and its `-v`), Kata's shim where the
@@ -37,6 +39,7 @@
 pub mod binaries;
 pub mod boot_unit;
 pub mod coexist;
+pub mod command_line;
 pub mod containerd;
 pub mod facts;
 pub mod install;

@@ -130,11 +130,7 @@ fn plan_in_place(
         created_drop_in_dir: false,
         import: None,
         backup,
-        changed_at: if done.changed {
-            now()
-        } else {
-            old.map_or(now(), |o| o.changed_at)
-        },
+        changed_at: changed_at(done.changed, old),
         restart_pending: done.changed || old.is_some_and(|o| o.restart_pending),
         unit: req.unit.clone(),
     };
@@ -148,14 +144,7 @@ fn plan_in_place(
             req.config.display()
         ));
     }
-    Ok(Plan {
-        changes,
-        state: Some(state),
-        notes,
-        fresh_backup: old.and_then(|o| o.backup.as_ref()).is_none(),
-        remove_dirs: Vec::new(),
-        pending_restart: None,
-    })
+    Ok(registered(changes, state, notes, old))
 }
 
 fn plan_drop_in(
@@ -260,20 +249,37 @@ fn plan_drop_in(
         backup: old
             .and_then(|o| o.backup.clone())
             .or_else(|| backed_up.then(|| fsio::backup_path(&req.config))),
-        changed_at: if changed {
-            now()
-        } else {
-            old.map_or(now(), |o| o.changed_at)
-        },
+        changed_at: changed_at(changed, old),
         restart_pending: changed || old.is_some_and(|o| o.restart_pending),
         unit: req.unit.clone(),
     };
-    Ok(Plan {
+    Ok(registered(changes, state, notes, old))
+}
+
+/// When the registration last changed the files: now when this one does, else when the
+/// earlier one did.
+fn changed_at(changed: bool, old: Option<&ContainerdState>) -> u64 {
+    if changed {
+        now()
+    } else {
+        old.map_or(now(), |o| o.changed_at)
+    }
+}
+
+/// The plan of a registration: its changes, the record afterwards, and its notes; a
+/// backup is taken afresh unless the earlier registration's is kept.
+fn registered(
+    changes: Vec<FileChange>,
+    state: ContainerdState,
+    notes: Vec<String>,
+    old: Option<&ContainerdState>,
+) -> Plan {
+    Plan {
         changes,
         state: Some(state),
         notes,
         fresh_backup: old.and_then(|o| o.backup.as_ref()).is_none(),
         remove_dirs: Vec::new(),
         pending_restart: None,
-    })
+    }
 }

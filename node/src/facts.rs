@@ -1,6 +1,6 @@
 //! The node's facts, read once per command into one value that every view of the command
 //! reads: the host (platform, its NVIDIA functions listed once, the CDI specs they call for,
-//! the CDI specs installed), a profile's status (containerd, registrations, shims, artifact
+//! the CDI specs installed and other tools' of our kinds, its processes), a profile's status (containerd, registrations, shims, artifact
 //! sets) and the node's GPU sandboxes. `doctor` checks it, `--labels` labels from it and
 //! `sandboxes` shows it; a command that needs only part reads only that part
 //! ([`HostFacts::gather`], [`crate::status::gather`]).
@@ -13,6 +13,7 @@ use kata_gpu_plan::host::{CpuMemory, Host, PciFunction, Platform};
 use kata_gpu_plan::host_spec::{host_specs_of, HostSpecs};
 use kata_gpu_plan::vfio::{foreign_in_group, Foreign};
 
+use crate::processes::{self, Process};
 use crate::sandboxes::{self, Sandboxes};
 use crate::shims;
 use crate::status::{self, Status, StatusError, StatusQuery};
@@ -45,6 +46,10 @@ pub struct HostFacts {
     pub specs: Result<HostSpecs, String>,
     /// The CDI specs installed on the host, as containerd and the shim read them.
     pub registry: Registry,
+    /// Other tools' CDI specs of our kinds (file, kind), which make ours unusable.
+    pub foreign_specs: Vec<(PathBuf, String)>,
+    /// The host's processes (sandboxes' proxies, Kata shims and QEMUs; the device plugin).
+    pub processes: Vec<Process>,
 }
 
 impl HostFacts {
@@ -66,7 +71,19 @@ impl HostFacts {
             devices,
             specs,
             registry: Registry::new(RegistryConfig::under_root(root)),
+            foreign_specs: crate::coexist::foreign_specs(root),
+            processes: processes::scan(root),
         }
+    }
+
+    /// The pid of a `kata-gpu device-plugin` running on the host.
+    pub fn device_plugin(&self) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|p| {
+                p.program() == "kata-gpu" && p.argv.iter().skip(1).any(|a| a == "device-plugin")
+            })
+            .map(|p| p.pid)
     }
 
     /// The host under the root, for what the facts do not hold (a device's BARs, its cdev

@@ -17,7 +17,7 @@ use kata_gpu_configs::templates::KataRuntime;
 use serde::{Deserialize, Serialize};
 
 use crate::facts::HostFacts;
-use crate::processes::{self, Process};
+use crate::processes::Process;
 
 /// The directory of the proxies' sockets in a state directory: no namespace.
 const PROXY_SOCKETS_DIR: &str = kata_gpu_fsutil::layout::PROXY_SOCKETS_DIR;
@@ -180,18 +180,17 @@ struct PlanFile {
 }
 
 /// Reads the sandboxes under each state directory (host paths, as the shim settings of the
-/// installed profiles name them) and the host's processes, under the root of `host`, whose
-/// devices and specs say which GPU each holds.
+/// installed profiles name them) under the root of `host`, whose processes say which run
+/// and whose devices and specs say which GPU each holds.
 pub fn gather(host: &HostFacts, state_dirs: &[PathBuf], now: SystemTime) -> Sandboxes {
     let root = host.root.as_path();
     let mut out = Sandboxes::default();
-    let procs = processes::scan(root);
     let cdi_names = cdi_names(host, &mut out.problems);
     let mut dirs: Vec<&PathBuf> = state_dirs.iter().collect();
     dirs.sort();
     dirs.dedup();
     for state in dirs {
-        read_state_dir(root, state, &procs, &cdi_names, now, &mut out);
+        read_state_dir(root, state, &host.processes, &cdi_names, now, &mut out);
     }
     out.sandboxes
         .sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));

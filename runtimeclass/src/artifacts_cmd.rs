@@ -112,7 +112,7 @@ pub fn run(cmd: ArtifactsCommand, global: &Global) -> anyhow::Result<Outcome> {
             src,
             oci_ref,
             store,
-        } => install(&store.store(global)?, src, oci_ref, global.json),
+        } => install(&store.store(global)?, src, oci_ref, global),
         ArtifactsCommand::List { store } => list(&store, global),
         ArtifactsCommand::Verify { all, store } => verify(&store.store(global)?, all, global.json),
         ArtifactsCommand::Rollback { store } => rollback(&store.store(global)?, global.json),
@@ -134,10 +134,10 @@ fn install(
     store: &Store,
     src: PathBuf,
     oci_ref: Option<String>,
-    json: bool,
+    global: &Global,
 ) -> anyhow::Result<Outcome> {
     let report = kata_gpu_artifacts::install(store, &src, &InstallOptions { oci_ref })?;
-    if json {
+    if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(Outcome::Clean);
     }
@@ -179,7 +179,11 @@ fn install(
         println!("  skipped {s} (an old manifest; the store writes its own)");
     }
     if let Some(p) = &report.previous {
-        println!("previous: {p} (kata-gpu artifacts rollback switches back)");
+        let hint = crate::command_line::rooted(
+            "kata-gpu artifacts rollback switches back",
+            &global.host_root,
+        );
+        println!("previous: {p} ({hint})");
     }
     println!(
         "config: {}",

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use kata_gpu_configs::KataRuntime;
 use kata_gpu_plan::host::{Bar, PciFunction, Platform};
 use kata_gpu_plan::sandbox::Room;
 use kata_gpu_plan::sandbox::CC_CAPABLE_GPUS;
@@ -509,6 +510,45 @@ pub fn cdi(
     )
 }
 
+/// The Kata runtime the class's installed base config (`config`: shown path and text) is
+/// written for, against the one its shim settings hand the sandboxes to (`settings`):
+/// runtime-rs refuses the Go runtime's keys at every sandbox's Create, and the Go runtime
+/// reads none of runtime-rs's. `None` when there is no base config (the artifacts check
+/// says so) or the settings name no Kata runtime.
+pub fn kata_runtime(
+    profile: Profile,
+    config: Option<(String, String)>,
+    settings: Option<KataRuntime>,
+) -> Option<Check> {
+    let ((file, text), to) = (config?, settings?);
+    Some(match KataRuntime::of_config(&text) {
+        Some((found, key)) if found != to => fail(
+            "kata runtime",
+            format!(
+                "{file}: {key} is a key of {}'s configuration, but the shim settings hand the sandboxes to {}: every sandbox's Create fails",
+                found.describe(),
+                to.describe()
+            ),
+            &format!(
+                "make them agree: kata-gpu install --profile {} --kata-runtime {found} (or install a base config of {})",
+                profile.name(),
+                to.describe()
+            ),
+        ),
+        Some(_) => ok(
+            "kata runtime",
+            format!("{} (the base config and the shim settings agree)", to.describe()),
+        ),
+        None => ok(
+            "kata runtime",
+            format!(
+                "{} by the shim settings (no key of the base config tells its runtime)",
+                to.describe()
+            ),
+        ),
+    })
+}
+
 /// The node's sandboxes: one that no longer runs (no proxy, Kata shim or QEMU of its own)
 /// but left its state keeps the devices it claimed from every new pod: a leak, with its fix.
 /// `root` shows where the state lies on a host under `--host-root`.
@@ -783,6 +823,43 @@ mod tests {
         assert_eq!(c.detail, "different device nodes for nvidia.com/pgpu=0");
         let c = cdi(&expected, &expected, &["x.yaml: skipped".to_owned()]);
         assert_eq!(c.verdict, Verdict::Warn);
+    }
+
+    #[test]
+    fn the_base_config_and_the_shim_settings_must_name_one_kata_runtime() {
+        let go = kata_gpu_configs::template("snp")
+            .expect("template")
+            .to_owned();
+        let rs = kata_gpu_configs::template_for("snp", KataRuntime::Rs)
+            .expect("template")
+            .to_owned();
+        let config = |text: &str| Some(("/c.toml".to_owned(), text.to_owned()));
+        let check = |text: &str, to| kata_runtime(Profile::Snp, config(text), Some(to));
+        let mixed = check(&go, KataRuntime::Rs).expect("a check");
+        assert_eq!(mixed.verdict, Verdict::Fail);
+        assert!(
+            mixed
+                .detail
+                .starts_with("/c.toml: agent.kata.dial_timeout is a key of Kata's Go runtime's"),
+            "{mixed}"
+        );
+        assert_eq!(
+            mixed.fix.as_deref(),
+            Some("make them agree: kata-gpu install --profile snp --kata-runtime go (or install a base config of Kata's Rust runtime (runtime-rs))")
+        );
+        let mixed = check(&rs, KataRuntime::Go).expect("a check");
+        assert_eq!(mixed.verdict, Verdict::Fail);
+        assert!(mixed.detail.contains("dial_timeout_ms"), "{mixed}");
+        for (text, to) in [(&go, KataRuntime::Go), (&rs, KataRuntime::Rs)] {
+            assert_eq!(check(text, to).expect("a check").verdict, Verdict::Ok);
+        }
+        assert_eq!(
+            check("[hypervisor.qemu]\n", KataRuntime::Rs).map(|c| c.verdict),
+            Some(Verdict::Ok)
+        );
+        // No base config, or a downstream that is no Kata (runc): nothing to compare.
+        assert!(kata_runtime(Profile::Snp, None, Some(KataRuntime::Go)).is_none());
+        assert!(kata_runtime(Profile::Snp, config(&go), None).is_none());
     }
 
     #[test]

@@ -55,23 +55,24 @@ fn names<'a>(
 fn cdi_check(host: &HostFacts) -> Check {
     let root = host.root.as_path();
     let ours = kata_gpu_node::paths::our_spec_path;
-    if let Some((file, kind)) = kata_gpu_node::coexist::foreign_specs(root)
-        .into_iter()
+    if let Some((file, kind)) = host
+        .foreign_specs
+        .iter()
         .find(|(_, kind)| crate::node_state::under(root, &ours(kind)).exists())
     {
         // Not `kata-gpu cdi generate`: it refuses beside a foreign spec, so the fix would
         // loop. (A foreign spec alone, adopted with install --skip-cdi, is checked below.)
-        let file = shown(root, &file);
+        let file = shown(root, file);
         return checks::fail(
             "cdi",
             format!(
                 "{file} (not kata-gpu's) and {} both define {kind}: their devices are usable by neither",
-                shown(root, &ours(&kind))
+                shown(root, &ours(kind))
             ),
             &format!(
                 "remove one: {}, or kata-gpu's {}",
                 kata_gpu_node::coexist::foreign_spec_fix(&file),
-                shown(root, &ours(&kind))
+                shown(root, &ours(kind))
             ),
         );
     }
@@ -170,22 +171,17 @@ fn our_shim(profile: Profile, root: &Path, probed: Result<shims::OurShim, String
     }
 }
 
-/// The values of the base Kata config sandboxes of the profile get: the installed artifact
-/// set's, else the template kata-gpu ships.
-fn base_values(args: &DoctorArgs, root: &Path) -> kata_gpu_plan::sandbox::KataValues {
-    let installed = cdi::inject::under_root(
-        root,
-        &kata_gpu_fsutil::layout::current_config_path(
-            &args.node.artifacts_root,
-            args.node.profile.handler(),
-        )
-        .display()
-        .to_string(),
+/// The installed artifact set's base Kata config, shown as a path, and its text; `None`
+/// when the profile has none.
+fn base_config(args: &DoctorArgs, root: &Path) -> Option<(String, String)> {
+    let host = kata_gpu_fsutil::layout::current_config_path(
+        &args.node.artifacts_root,
+        args.node.profile.handler(),
     );
-    match std::fs::read_to_string(installed) {
-        Ok(text) => kata_gpu_plan::sandbox::KataValues::from_config(&text),
-        Err(_) => kata_gpu_plan::sandbox::KataValues::template(args.node.profile),
-    }
+    let real = cdi::inject::under_root(root, &host.display().to_string());
+    std::fs::read_to_string(real)
+        .ok()
+        .map(|text| (shown(root, &host), text))
 }
 
 /// Every check for the profile, over the node's facts (whose shim probes it takes).
@@ -198,6 +194,7 @@ fn run_checks(args: &DoctorArgs, facts: &mut NodeFacts) -> Vec<Check> {
     let root = host.root.as_path();
     let profile = args.node.profile;
     let platform = &host.platform;
+    let base = base_config(args, root);
     let mut out = vec![
         checks::kvm(platform),
         checks::iommu(platform),
@@ -207,7 +204,12 @@ fn run_checks(args: &DoctorArgs, facts: &mut NodeFacts) -> Vec<Check> {
         Ok(devs) => {
             out.extend(checks::devices(profile, devs));
             out.push(checks::iommufd(profile, platform, devs));
-            let base = base_values(args, root);
+            // The values sandboxes of the profile get: the installed base config's, else
+            // the template kata-gpu ships.
+            let base = match &base {
+                Some((_, text)) => kata_gpu_plan::sandbox::KataValues::from_config(text),
+                None => kata_gpu_plan::sandbox::KataValues::template(profile),
+            };
             let tee = kata_gpu_plan::sandbox::TeeSettings::default();
             out.push(checks::address_bits(profile, devs, |bars| {
                 kata_gpu_plan::sandbox::room(profile, &base, &host.cpu_memory, &tee, bars)
@@ -245,6 +247,11 @@ fn run_checks(args: &DoctorArgs, facts: &mut NodeFacts) -> Vec<Check> {
         .unwrap_or_else(|| shims::device_source(profile, root));
     out.push(device_source(devices));
     if let Ok((settings, _)) = shims::settings(profile, root) {
+        out.extend(checks::kata_runtime(
+            profile,
+            base.clone(),
+            shims::runtime_of(settings.downstream_kind),
+        ));
         if settings.device_source == kata_gpu_plan::settings::DeviceSource::Kubelet {
             let limit = Duration::from_secs(settings.pod_resources_timeout_seconds.clamp(1, 10));
             out.extend(plugin::pod_resources(

@@ -111,19 +111,6 @@ fn probe(socket: &Path) -> Result<Vec<String>, String> {
     })
 }
 
-/// The pid of a `kata-gpu device-plugin` running on the host (its `/proc` under `root`).
-pub fn running_plugin(root: &Path) -> Option<u32> {
-    let proc = kata_gpu_fsutil::resolve_in_root(root, Path::new("/proc")).ok()?;
-    std::fs::read_dir(proc).ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        let mut args = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty());
-        let exe = args.next()?;
-        let ours = exe.rsplit(|b| *b == b'/').next() == Some(b"kata-gpu".as_slice());
-        (ours && args.any(|a| a == b"device-plugin")).then_some(pid)
-    })
-}
-
 /// The fix for a plugin that does not serve the host's devices as they are now: a running
 /// plugin takes them again by itself; none running is the cause.
 fn plugin_fix(running: Option<u32>) -> String {
@@ -311,7 +298,7 @@ pub fn checks(host: &HostFacts) -> Vec<Check> {
         .devices()
         .map(|(n, _)| n.to_string())
         .collect();
-    let running = running_plugin(root);
+    let running = host.device_plugin();
     out.extend(
         resources
             .iter()

@@ -144,9 +144,15 @@ fn install_list_verify_rollback_and_prune() {
     let out = host.run(&["artifacts", "install", &b.display().to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let vb = host.version_of("current");
-    assert!(text(&out).contains(&format!(
-        "previous: {va} (kata-gpu artifacts rollback switches back)"
-    )));
+    // The hint is a command for this host: rooted.
+    assert!(
+        text(&out).contains(&format!(
+            "previous: {va} (kata-gpu --host-root {} artifacts rollback switches back)",
+            host.root().display()
+        )),
+        "{}",
+        text(&out)
+    );
 
     let out = host.run(&["artifacts", "list"]);
     let shown = text(&out);

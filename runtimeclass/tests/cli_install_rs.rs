@@ -197,6 +197,27 @@ fn install_rs_writes_the_class_settings_and_uninstall_gives_the_node_back() {
         "{said}"
     );
 
+    assert!(
+        said.lines().any(|l| l
+            == "ok    kata runtime: Kata's Rust runtime (runtime-rs) (the base config and the shim settings agree)"),
+        "{said}"
+    );
+    // The settings file gone behind kata-gpu's back: the class's sandboxes would go to the
+    // Go runtime with runtime-rs's base config. doctor fails it, with the command that
+    // makes them agree.
+    fs::remove_file(sim.path(SETTINGS)).expect("rm settings");
+    let out = kata_gpu(&sim, &["doctor"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.lines().any(|l| l.starts_with(&format!(
+            "FAIL  kata runtime: {}: agent.kata.dial_timeout_ms is a key of Kata's Rust runtime (runtime-rs)'s configuration, but the shim settings hand the sandboxes to Kata's Go runtime: every sandbox's Create fails — fix: make them agree: kata-gpu --host-root {root} install --profile snp --kata-runtime rs",
+            current.display()
+        ))),
+        "{said}"
+    );
+    fs::write(sim.path(SETTINGS), &written).expect("restore settings");
+
     // The Go runtime on this class's runtime-rs base config: refused, nothing changes.
     let middle = snapshot(sim.root());
     let out = kata_gpu(&sim, &["install", "--config-version", "2"]);

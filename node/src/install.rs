@@ -322,7 +322,7 @@ pub fn shim_step(setup: &Setup) -> (Step, bool) {
             ));
         }
     }
-    match crate::shims::kata_shim(setup.profile, root) {
+    match crate::shims::kata_shim(&crate::shims::settings(setup.profile, root), root) {
         Ok(Ok(_)) => {}
         Ok(Err(missing)) => step.warnings.push(format!(
             "Kata's shim {missing}: install Kata Containers (kata-deploy or its release tarball)"

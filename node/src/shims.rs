@@ -108,8 +108,12 @@ pub fn same_version(line: &str) -> bool {
     line.split_whitespace().nth(1) == Some(env!("CARGO_PKG_VERSION"))
 }
 
+/// A profile's shim settings as read once, and the file they came from (`None`: the
+/// defaults); or, in words, why they cannot be read. Every view of them takes this value.
+pub type SettingsRead = Result<(Settings, Option<PathBuf>), String>;
+
 /// The profile's shim settings as read on the host under `root`, and where from.
-pub fn settings(profile: Profile, root: &Path) -> Result<(Settings, Option<PathBuf>), String> {
+pub fn settings(profile: Profile, root: &Path) -> SettingsRead {
     if root == Path::new("/") {
         return Settings::load(profile).map_err(|e| e.to_string());
     }
@@ -148,10 +152,10 @@ pub fn state_dirs(root: &Path) -> Vec<PathBuf> {
 /// Kata's shim as our shim's settings name it, and which Kata runtime it is (by the
 /// settings' `downstream_kind`): `Ok(Ok(found))`, `Ok(Err(missing))`, or `Err` when the
 /// settings cannot be read.
-pub fn kata_shim(profile: Profile, root: &Path) -> Result<Result<String, String>, String> {
-    let (settings, from) = settings(profile, root)?;
-    let from = from.map_or("the default".to_owned(), |p| {
-        format!("downstream in {}", shown(root, &p))
+pub fn kata_shim(read: &SettingsRead, root: &Path) -> Result<Result<String, String>, String> {
+    let (settings, from) = read.as_ref().map_err(Clone::clone)?;
+    let from = from.as_ref().map_or("the default".to_owned(), |p| {
+        format!("downstream in {}", shown(root, p))
     });
     let path = &settings.downstream;
     let runtime = runtime_words(settings.downstream_kind);
@@ -172,11 +176,11 @@ fn runtime_words(kind: DownstreamKind) -> &'static str {
 
 /// Which Kata runtime the profile's sandboxes go to, by the shim settings'
 /// `downstream_kind` (`go`, `rs`; `runc` for tests), with the file that says so.
-pub fn kata_runtime(profile: Profile, root: &Path) -> Result<(String, String), String> {
-    let (settings, from) = settings(profile, root)?;
+pub fn kata_runtime(read: &SettingsRead, root: &Path) -> Result<(String, String), String> {
+    let (settings, from) = read.as_ref().map_err(Clone::clone)?;
     let name = runtime_of(settings.downstream_kind).map_or("runc", |r| r.name());
-    let from = from.map_or("the default".to_owned(), |p| {
-        format!("downstream_kind in {}", shown(root, &p))
+    let from = from.as_ref().map_or("the default".to_owned(), |p| {
+        format!("downstream_kind in {}", shown(root, p))
     });
     Ok((
         name.to_owned(),
@@ -186,10 +190,10 @@ pub fn kata_runtime(profile: Profile, root: &Path) -> Result<(String, String), S
 
 /// Where the profile's sandboxes get their devices, as the shim settings say, in words:
 /// `Ok((true, line))` for kubelet's allocation, `Ok((false, line))` for annotation mode.
-pub fn device_source(profile: Profile, root: &Path) -> Result<(bool, String), String> {
-    let (settings, from) = settings(profile, root)?;
-    let from = from.map_or("the default".to_owned(), |p| {
-        format!("device_source in {}", shown(root, &p))
+pub fn device_source(read: &SettingsRead, root: &Path) -> Result<(bool, String), String> {
+    let (settings, from) = read.as_ref().map_err(Clone::clone)?;
+    let from = from.as_ref().map_or("the default".to_owned(), |p| {
+        format!("device_source in {}", shown(root, p))
     });
     Ok(match settings.device_source {
         DeviceSource::Kubelet => (

@@ -99,6 +99,8 @@ pub struct Probes {
     pub kata_shim: Option<Result<Result<String, String>, String>>,
     /// Where sandboxes get their devices, from the shim settings.
     pub device_source: Option<Result<(bool, String), String>>,
+    /// The shim settings the probes read (once).
+    pub settings: Option<shims::SettingsRead>,
 }
 
 impl Status {
@@ -333,7 +335,8 @@ fn shims(args: &StatusQuery, root: &Path, state: &NodeState, s: &mut Status) {
         )),
     }
     s.probes.our_shim = Some(our);
-    let kata = shims::kata_shim(args.profile, root);
+    let settings = shims::settings(args.profile, root);
+    let kata = shims::kata_shim(&settings, root);
     match &kata {
         Ok(Ok(found)) => {
             s.kata_shim = true;
@@ -343,14 +346,14 @@ fn shims(args: &StatusQuery, root: &Path, state: &NodeState, s: &mut Status) {
         Err(e) => s.details.push(format!("kata shim: {e}")),
     }
     s.probes.kata_shim = Some(kata);
-    match shims::kata_runtime(args.profile, root) {
+    match shims::kata_runtime(&settings, root) {
         Ok((name, line)) => {
             s.kata_runtime = Some(name);
             s.details.push(format!("kata runtime: {line}"));
         }
         Err(e) => s.details.push(format!("kata runtime: {e}")),
     }
-    let devices = shims::device_source(args.profile, root);
+    let devices = shims::device_source(&settings, root);
     match &devices {
         Ok((kubelet, line)) => {
             s.device_source = Some(if *kubelet { "kubelet" } else { "annotations" }.to_owned());
@@ -359,4 +362,5 @@ fn shims(args: &StatusQuery, root: &Path, state: &NodeState, s: &mut Status) {
         Err(e) => s.details.push(format!("devices: {e}")),
     }
     s.probes.device_source = Some(devices);
+    s.probes.settings = Some(settings);
 }

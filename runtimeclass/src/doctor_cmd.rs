@@ -236,20 +236,24 @@ fn run_checks(args: &DoctorArgs, facts: &mut NodeFacts) -> Vec<Check> {
         .take()
         .unwrap_or_else(|| shims::our_shim(root, profile, &args.node.containerd, None));
     out.push(our_shim(profile, root, ours));
+    let settings = probes
+        .settings
+        .take()
+        .unwrap_or_else(|| shims::settings(profile, root));
     let kata = probes
         .kata_shim
         .take()
-        .unwrap_or_else(|| shims::kata_shim(profile, root));
+        .unwrap_or_else(|| shims::kata_shim(&settings, root));
     out.push(kata_shim(kata));
     let devices = probes
         .device_source
         .take()
-        .unwrap_or_else(|| shims::device_source(profile, root));
+        .unwrap_or_else(|| shims::device_source(&settings, root));
     out.push(device_source(devices));
-    if let Ok((settings, _)) = shims::settings(profile, root) {
+    if let Ok((settings, _)) = &settings {
         out.extend(checks::kata_runtime(
             profile,
-            base.clone(),
+            base,
             shims::runtime_of(settings.downstream_kind),
         ));
         if settings.device_source == kata_gpu_plan::settings::DeviceSource::Kubelet {

@@ -375,6 +375,34 @@ fn install_refuses_a_symlinked_containerd_config_before_writing_anything() {
     assert_eq!(fs::read_to_string(&real).expect("real"), "version = 2\n");
 }
 
+/// A RuntimeClass flag that is wrong is refused before install writes anything: not the
+/// artifact set, the host CDI spec, the boot unit or containerd's config (the manifest is
+/// install's last step, but its flags are checked first).
+#[test]
+fn install_refuses_a_bad_runtimeclass_flag_before_writing_anything() {
+    let sim = SimHost::h100_pcie(VfioMode::Iommufd);
+    let set = tempfile::tempdir().expect("set dir");
+    let set = artifact_set(set.path());
+    let before = tree(sim.root());
+    let out = kata_gpu(
+        &sim,
+        &[
+            "install",
+            "--artifacts",
+            &set.display().to_string(),
+            "--overhead-memory",
+            "2GB",
+        ],
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("\"2GB\" is not a Kubernetes quantity"),
+        "{said}"
+    );
+    assert_eq!(tree(sim.root()), before, "written: {said}");
+}
+
 /// Every path under `dir` with its size and modification time, sorted.
 fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
     let mut out = Vec::new();

@@ -33,7 +33,9 @@ impl Process {
 /// Every process of the host whose command line can be read (kernel threads have none;
 /// a process that exits meanwhile is left out), in pid order.
 pub fn scan(root: &Path) -> Vec<Process> {
-    let Ok(entries) = fs::read_dir(root.join("proc")) else {
+    let Ok(entries) =
+        kata_gpu_fsutil::resolve_in_root(root, Path::new("/proc")).and_then(fs::read_dir)
+    else {
         return Vec::new();
     };
     let mut out: Vec<Process> = entries

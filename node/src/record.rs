@@ -32,12 +32,12 @@ pub enum RecordError {
     #[error(transparent)]
     File(#[from] kata_gpu_containerd_config::Error),
     /// The state file does not parse (or the state does not encode).
-    #[error("{}: damaged state file ({source}); move it aside (mv {p} {p}.damaged) and run again: kata-gpu then has no record of this node, and `kata-gpu containerd unregister` removes the handler from the files it names", path.display(), p = path.display())]
+    #[error("{}: damaged state file ({error}); move it aside (mv {p} {p}.damaged) and run again: kata-gpu then has no record of this node, and `kata-gpu containerd unregister` removes the handler from the files it names", path.display(), p = path.display())]
     Damaged {
         /// The state file.
         path: PathBuf,
-        /// What serde said.
-        source: serde_json::Error,
+        /// What serde said (in the message, so no source of its own).
+        error: serde_json::Error,
     },
 }
 
@@ -169,7 +169,7 @@ impl NodeState {
         match fsio::read_config(&path)? {
             None => Ok(NodeState::default()),
             Some(text) => {
-                serde_json::from_str(&text).map_err(|source| RecordError::Damaged { path, source })
+                serde_json::from_str(&text).map_err(|error| RecordError::Damaged { path, error })
             }
         }
     }
@@ -202,9 +202,9 @@ impl NodeState {
             }
         } else {
             let text =
-                serde_json::to_string_pretty(self).map_err(|source| RecordError::Damaged {
+                serde_json::to_string_pretty(self).map_err(|error| RecordError::Damaged {
                     path: path.clone(),
-                    source,
+                    error,
                 })? + "\n";
             fsio::write_atomic(&path, text.as_bytes(), Some(0o600))?;
         }

@@ -114,15 +114,14 @@ pub enum VfioError {
     #[error("{}", guard::foreign_message(.0))]
     Foreign(Vec<Foreign>),
     /// A sysfs or state file could not be written.
-    #[error("cannot write {value:?} to {}: {source}; run as root on the host", path.display())]
+    #[error("cannot write {value:?} to {}: {error}; run as root on the host", path.display())]
     Write {
         /// The path, under the root.
         path: PathBuf,
         /// What was to be written.
         value: String,
-        /// Why.
-        #[source]
-        source: io::Error,
+        /// Why (in the message, before its fix, so no source of its own).
+        error: io::Error,
     },
     /// A function whose `driver` link, read back after its writes, is not where they
     /// should have put it: the kernel did not carry them out.

@@ -15,9 +15,24 @@ pub fn rooted(text: &str, root: &Path) -> String {
     })
 }
 
+/// An error and its causes in one line, `outer: cause: cause`, each said once: a cause
+/// whose text the line already ends with (a message that writes its source in, as the
+/// libraries' errors do) is not said again.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
-    use super::rooted;
+    use super::{error_line, rooted};
     use std::path::Path;
 
     #[test]
@@ -32,5 +47,21 @@ mod tests {
             );
         }
         assert_eq!(rooted("the kata-gpu shim", root), "the kata-gpu shim");
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        // A library error that writes its source in, under a context.
+        let inner = kata_gpu_containerd_config::Error::Io {
+            what: "cannot read",
+            path: "/c".into(),
+            source: io(),
+        };
+        let e = anyhow::Error::new(inner).context("cannot register");
+        assert_eq!(error_line(&e), "cannot register: cannot read /c: gone");
+        // A context over a bare cause keeps the cause.
+        let e = anyhow::Error::new(io()).context("cannot read /c");
+        assert_eq!(error_line(&e), "cannot read /c: gone");
     }
 }

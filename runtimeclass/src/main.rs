@@ -149,12 +149,12 @@ fn main() -> ExitCode {
         Ok(Outcome::Findings) => ExitCode::from(1),
         Err(e) if cli.global.json => {
             // A consumer of --json parses stdout: the error is JSON there too.
-            let said = command_line::rooted(&format!("{e:#}"), &cli.global.host_root);
+            let said = command_line::rooted(&command_line::error_line(&e), &cli.global.host_root);
             println!("{}", serde_json::json!({ "error": said }));
             ExitCode::from(1)
         }
         Err(e) => {
-            let said = command_line::rooted(&format!("{e:#}"), &cli.global.host_root);
+            let said = command_line::rooted(&command_line::error_line(&e), &cli.global.host_root);
             eprintln!("kata-gpu: {said}");
             ExitCode::from(1)
         }

@@ -788,6 +788,12 @@ fn a_damaged_state_file_says_how_to_recover_and_json_errors_are_json() {
             "{args:?}: {said}"
         );
         assert_eq!(said.trim().lines().count(), 1, "{args:?}: {said}");
+        // What serde said, once.
+        assert_eq!(
+            said.matches("EOF while parsing").count(),
+            1,
+            "{args:?}: {said}"
+        );
         assert_eq!(node.read(CONFIG).as_deref(), Some("version = 2\n"));
 
         let mut json_args = vec!["--json"];
@@ -800,6 +806,23 @@ fn a_damaged_state_file_says_how_to_recover_and_json_errors_are_json() {
         assert!(msg.contains("damaged state file"), "{err}");
         assert!(out.stderr.is_empty(), "{}", text(&out));
     }
+}
+
+/// A config that cannot be read is said in one line with its cause once (the library's
+/// error writes its cause in; the line does not repeat it).
+#[test]
+fn an_unreadable_config_is_said_once_with_its_cause() {
+    let node = Node::new();
+    fs::create_dir_all(node.path(CONFIG)).expect("a directory where the config goes");
+    let out = node.run(&["containerd", "register", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "kata-gpu: cannot read {}: Is a directory (os error 21)\n",
+            node.path(CONFIG).display()
+        )
+    );
 }
 
 /// Issue 18 item 13: a drop-in round trip leaves nothing behind — no backup of the main

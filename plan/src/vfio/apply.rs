@@ -74,10 +74,10 @@ fn check_driver(
 /// Writes or (with `None`) removes one of our record files.
 fn write_record(host: &Host, path: &str, value: Option<&str>) -> Result<(), VfioError> {
     let full = host.path(path);
-    let err = |source| VfioError::Write {
+    let err = |error| VfioError::Write {
         path: full.clone(),
         value: value.unwrap_or_default().to_owned(),
-        source,
+        error,
     };
     let Some(text) = value else {
         return match fs::remove_file(&full) {
@@ -128,11 +128,11 @@ fn perform(host: &Host, sysfs: &dyn Sysfs, writes: &[Write]) -> Result<Option<St
         let full = host.path(&w.path);
         match sysfs.write(&full, &w.value) {
             Ok(()) => {}
-            Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
                 return Err(VfioError::Write {
                     path: full,
                     value: w.value.clone(),
-                    source,
+                    error,
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut && w.path.ends_with("/unbind") => {

@@ -298,14 +298,59 @@ fn location(line: Option<usize>, column: Option<usize>) -> String {
     }
 }
 
-/// Joins an error and its sources into one line, `outer: inner: innermost`.
+/// Joins an error and its sources into one line, `outer: inner: innermost`, each said
+/// once: a source whose text the line already ends with (an error that writes its source
+/// into its own message) is not said again.
 pub fn one_line(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let said = s.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// An error that writes its source into its message, as thiserror's `{source}` does.
+    #[derive(Debug)]
+    struct Says(&'static str, Option<std::io::Error>);
+
+    impl std::fmt::Display for Says {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match &self.1 {
+                Some(e) => write!(f, "{}: {e}", self.0),
+                None => f.write_str(self.0),
+            }
+        }
+    }
+
+    impl std::error::Error for Says {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_ref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn each_source_is_said_once() {
+        let gone = || Some(std::io::Error::other("gone"));
+        assert_eq!(
+            one_line(&Says("cannot read /c", gone())),
+            "cannot read /c: gone"
+        );
+        let bare = std::io::Error::other(Says("inner", None));
+        assert_eq!(one_line(&bare), "inner");
+        let wrapped = crate::Error::Read {
+            path: "/c".into(),
+            source: std::io::Error::other("gone"),
+        };
+        assert_eq!(one_line(&wrapped), "cannot read /c: gone");
+    }
 }

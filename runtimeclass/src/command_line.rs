@@ -15,19 +15,10 @@ pub fn rooted(text: &str, root: &Path) -> String {
     })
 }
 
-/// An error and its causes in one line, `outer: cause: cause`, each said once: a cause
-/// whose text the line already ends with (a message that writes its source in, as the
-/// libraries' errors do) is not said again.
+/// An error and its causes in one line, `outer: cause: cause`, each said once
+/// ([`cdi::one_line`]: the libraries' errors write their source into their message).
 pub fn error_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
+    cdi::one_line(e.as_ref())
 }
 
 #[cfg(test)]

@@ -15,7 +15,64 @@ use crate::paths::{host_path, our_spec_path, shown, under, MANIFEST_DIR};
 use crate::record::{resolve, NodeLock, NodeState, RecordError};
 use crate::registration::handler::{self, Apply};
 use crate::registration::Request;
-use crate::steps::{Step, StepError};
+use crate::steps::Step;
+
+/// Why a step of install or uninstall failed; the steps before it stay done (uninstall
+/// undoes install's; uninstall run again finishes its own).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The record could not be read or saved, a path not resolved, or the lock not taken.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A file could not be read or written.
+    #[error(transparent)]
+    File(#[from] kata_gpu_containerd_config::Error),
+    /// The artifact store refused or failed.
+    #[error(transparent)]
+    Artifacts(#[from] kata_gpu_artifacts::Error),
+    /// The registration refused or failed.
+    #[error(transparent)]
+    Registration(Box<crate::registration::RegistrationError>),
+    /// The binaries' record could not be read.
+    #[error(transparent)]
+    Binaries(#[from] crate::binaries::BinariesError),
+    /// The class's shim settings file could not be planned, written or removed.
+    #[error(transparent)]
+    ShimSettings(#[from] crate::shim_settings::ShimSettingsError),
+    /// The host's PCI devices could not be read.
+    #[error("cannot read the host's PCI devices")]
+    Devices(#[source] kata_gpu_plan::HostError),
+    /// A host CDI spec built here does not validate (a bug: the spec is ours).
+    #[error(transparent)]
+    Spec(#[from] cdi::SpecError),
+    /// A host CDI spec could not be encoded.
+    #[error("cannot encode the host CDI spec")]
+    Encode(#[source] serde_yaml_ng::Error),
+    /// A directory could not be removed.
+    #[error("cannot remove {}", path.display())]
+    Remove {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The boot unit could not be enabled.
+    #[error("cannot enable {}", link.display())]
+    Enable {
+        /// The link in the target's wants directory.
+        link: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<crate::registration::RegistrationError> for StepError {
+    fn from(e: crate::registration::RegistrationError) -> StepError {
+        StepError::Registration(Box::new(e))
+    }
+}
 
 /// What the steps are asked to do: the command line's flags, as values.
 #[derive(Clone, Debug)]

@@ -3,8 +3,10 @@
 //! parse flags into its values and print what it returns (this crate prints nothing).
 //!
 //! What is true of the node:
-//! - [`facts`]: the node's facts read once per command into one value (the host's devices,
-//!   CDI specs and processes, a profile's status, the sandboxes) that every view reads.
+//! - [`host`]: what the host is, read once per command: its devices (PCI listed once), the
+//!   CDI specs they call for and the installed ones, its processes.
+//! - [`facts`]: the node's facts in one value that every view of a command reads: the host,
+//!   a profile's status, the sandboxes.
 //! - [`status`]: a profile's status on the node: installed, verified, registered, loaded by
 //!   the running containerd, restart owed; what the shim probes answered.
 //! - [`containerd`]: containerd on the node: its default config and socket, its processes,
@@ -46,6 +48,7 @@ pub mod coexist;
 pub mod command_line;
 pub mod containerd;
 pub mod facts;
+pub mod host;
 pub mod install;
 pub mod paths;
 pub mod processes;

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use kata_gpu_configs::templates::KataRuntime;
 use serde::{Deserialize, Serialize};
 
-use crate::facts::HostFacts;
+use crate::host::HostFacts;
 use crate::processes::Process;
 
 /// The directory of the proxies' sockets in a state directory: no namespace.

@@ -1,69 +1,10 @@
 //! What the node's operations did, one step at a time (`install` and `uninstall` print
 //! them): each step's result, and the diffs, warnings and notes a user should see.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kata_gpu_artifacts::RemoveReport;
-
-use crate::record::RecordError;
 use serde::Serialize;
-
-/// Why a step of install or uninstall failed; the steps before it stay done (uninstall
-/// undoes install's; uninstall run again finishes its own).
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    /// The record could not be read or saved, a path not resolved, or the lock not taken.
-    #[error(transparent)]
-    Record(#[from] RecordError),
-    /// A file could not be read or written.
-    #[error(transparent)]
-    File(#[from] kata_gpu_containerd_config::Error),
-    /// The artifact store refused or failed.
-    #[error(transparent)]
-    Artifacts(#[from] kata_gpu_artifacts::Error),
-    /// The registration refused or failed.
-    #[error(transparent)]
-    Registration(Box<crate::registration::RegistrationError>),
-    /// The binaries' record could not be read.
-    #[error(transparent)]
-    Binaries(#[from] crate::binaries::BinariesError),
-    /// The class's shim settings file could not be planned, written or removed.
-    #[error(transparent)]
-    ShimSettings(#[from] crate::shim_settings::ShimSettingsError),
-    /// The host's PCI devices could not be read.
-    #[error("cannot read the host's PCI devices")]
-    Devices(#[source] kata_gpu_plan::HostError),
-    /// A host CDI spec built here does not validate (a bug: the spec is ours).
-    #[error(transparent)]
-    Spec(#[from] cdi::SpecError),
-    /// A host CDI spec could not be encoded.
-    #[error("cannot encode the host CDI spec")]
-    Encode(#[source] serde_yaml_ng::Error),
-    /// A directory could not be removed.
-    #[error("cannot remove {}", path.display())]
-    Remove {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The boot unit could not be enabled.
-    #[error("cannot enable {}", link.display())]
-    Enable {
-        /// The link in the target's wants directory.
-        link: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl From<crate::registration::RegistrationError> for StepError {
-    fn from(e: crate::registration::RegistrationError) -> StepError {
-        StepError::Registration(Box::new(e))
-    }
-}
 
 /// One step's result.
 #[derive(Debug, Serialize)]

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use kata_gpu_plan::Profile;
 
 use crate::binaries::Record;
+use crate::install::StepError;
 use crate::paths::shown;
 use crate::record::{resolve, NodeState, STATE_DIR};
 use crate::shims;
-use crate::steps::{Step, StepError};
+use crate::steps::Step;
 
 /// The leftover steps for `profile`, after its record was saved (`state`).
 pub fn steps(

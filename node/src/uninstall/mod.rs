@@ -9,9 +9,10 @@ use std::path::Path;
 use kata_gpu_containerd_config::{diff, fsio};
 
 use crate::boot_unit;
+use crate::install::StepError;
 use crate::paths::{host_path, shown, MANIFEST_DIR};
 use crate::record::{resolve, NodeState};
-use crate::steps::{Step, StepError};
+use crate::steps::Step;
 
 pub mod leftovers;
 

@@ -1,8 +1,8 @@
 //! What the host is, read once per command: the platform, its NVIDIA functions listed once
 //! (with their cdevs and IOMMU-group neighbours), the CDI specs they call for, the CDI specs
 //! installed and other tools' of our kinds, and the host's processes. Every view of a
-//! command reads this one value ([`HostFacts`]); the node's facts (`facts`) add a profile's status
-//! and the sandboxes.
+//! command reads this one value ([`HostFacts`]); the node's facts (`facts`) add a
+//! profile's status and the sandboxes.
 
 use std::path::{Path, PathBuf};
 

@@ -37,14 +37,15 @@ pub fn install(args: InstallArgs, global: &Global) -> anyhow::Result<Outcome> {
     if let Some((file, text)) = base_config(&setup)? {
         shim_settings::check_base_config(node.profile, args.kata_runtime, &file, &text)?;
     }
+    // The record, read once under the lock (installing the artifact set does not change it).
+    let mut state = NodeState::load(root, handler)?;
     let settings_plan = shim_settings::plan(
         node.profile,
         args.kata_runtime,
         root,
-        NodeState::load(root, handler)?.shim_settings.as_ref(),
+        state.shim_settings.as_ref(),
     )?;
     let mut steps = vec![artifacts_step(&setup)?];
-    let mut state = NodeState::load(root, handler)?;
     let mut recorded = state.shim_settings.clone();
     steps.push(shim_settings::apply(
         settings_plan,

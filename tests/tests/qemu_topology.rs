@@ -135,7 +135,7 @@ impl Qemu {
     /// Runs a QMP command and returns its `return`; an `error` reply fails the test.
     fn execute(&mut self, command: &str, arguments: Value) -> Value {
         let request = json!({"execute": command, "arguments": arguments});
-        writeln!(self.stdin, "{request}").expect("write QMP");
+        self.send(&request);
         loop {
             let reply = self.message();
             if let Some(r) = reply.get("return") {
@@ -172,8 +172,16 @@ impl Qemu {
         map
     }
 
+    /// Writes one QMP line in one write: QEMU acts on a JSON object as soon as it is whole,
+    /// so a `quit` written apart from its newline lets QEMU exit before the newline comes.
+    fn send(&mut self, request: &Value) {
+        self.stdin
+            .write_all(format!("{request}\n").as_bytes())
+            .expect("write QMP");
+    }
+
     fn quit(mut self) {
-        writeln!(self.stdin, "{}", json!({"execute": "quit"})).expect("write QMP");
+        self.send(&json!({"execute": "quit"}));
         let mut rest = String::new();
         let _ = self.stdout.read_to_string(&mut rest);
         let status = self.child.wait().expect("qemu exits");
